@@ -1,0 +1,1 @@
+"""Backends: where secrets really live. SDK exceptions never leave this package."""

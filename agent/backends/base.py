@@ -1,0 +1,45 @@
+"""The one small interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from secrets_agent.kinds import Kind
+
+
+@dataclass(frozen=True)
+class Health:
+    ready: bool
+    detail: str = "ok"
+
+
+class Backend(abc.ABC):
+    """Fetches one secret by kind and id: a value, ``None`` for a miss, or an agent error."""
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, name: str, options: Any) -> None:
+        self.name = name
+        self.options = options
+
+    async def start(self) -> None:
+        """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""
+        return None
+
+    async def close(self) -> None:
+        """Release clients and credentials."""
+        return None
+
+    def health(self) -> Health:
+        return Health(ready=True)
+
+    def supports(self, kind: Kind) -> bool:
+        """Whether this backend is configured to hold ``kind`` at all."""
+        return True
+
+    @abc.abstractmethod
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        """Return the value as Airflow expects it, or None when the backend does not have it."""

@@ -1,0 +1,72 @@
+"""Parsers for Airflow's LocalFilesystemBackend file formats: .env, .json, .yaml."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".env", ".json", ".yaml", ".yml")
+
+
+class FileFormatError(ValueError):
+    """A secrets file cannot be parsed; messages give a position, never file content."""
+
+
+def parse_secrets_file(path: Path, text: str) -> dict[str, Any]:
+    """Return the file's top-level mapping of id → raw value."""
+    suffix = path.suffix.lower()
+    if suffix == ".env":
+        return _parse_env(text)
+    if suffix == ".json":
+        return _as_mapping(_parse_json(text))
+    if suffix in (".yaml", ".yml"):
+        return _as_mapping(_parse_yaml(text))
+    raise FileFormatError(f"unsupported file extension {suffix!r} (use {', '.join(SUFFIXES)})")
+
+
+def _parse_env(text: str) -> dict[str, Any]:
+    values: dict[str, list[str]] = defaultdict(list)
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise FileFormatError(f"line {lineno}: expected KEY=VALUE")
+        if not key.strip():
+            raise FileFormatError(f"line {lineno}: empty key")
+        values[key.strip()].append(value.strip())
+    duplicated = sorted(k for k, v in values.items() if len(v) > 1)
+    if duplicated:
+        # Ids are not secret; values are.
+        raise FileFormatError(f"keys defined more than once: {', '.join(duplicated)}")
+    return {k: v[0] for k, v in values.items()}
+
+
+def _parse_json(text: str) -> Any:
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml  # the agent extra ships PyYAML; imported here so the config loader stays light
+
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        # PyYAML's own message quotes the offending line, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise FileFormatError(f"invalid YAML{where}") from None
+
+
+def _as_mapping(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise FileFormatError("the top level must be a mapping of id to value")
+    return {str(k): v for k, v in data.items()}

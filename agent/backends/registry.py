@@ -1,0 +1,14 @@
+"""Backend types by the name used in ``[[backends]] type = ...``."""
+
+from __future__ import annotations
+
+from secrets_agent.backends.base import Backend
+from secrets_agent.backends.env import EnvBackend
+from secrets_agent.backends.file import FileBackend
+from secrets_agent.config import BackendConfig
+
+BACKEND_TYPES: dict[str, type[Backend]] = {cls.type_name: cls for cls in (EnvBackend, FileBackend)}
+
+
+def create_backend(config: BackendConfig) -> Backend:
+    return BACKEND_TYPES[config.common.type](config.common.name, config.options)

@@ -1,0 +1,105 @@
+"""Bounded, encrypted TTL cache that keeps expired values for a bounded stale window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+from secrets_agent.crypto import Cipher
+from secrets_agent.kinds import Kind
+
+Clock = Callable[[], float]
+Key = tuple[Kind, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    token: bytes | None  # None records a miss (negative entry)
+    stored_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    value: str | None
+    age: float
+    fresh: bool
+
+
+class SecretCache:
+    """LRU-bounded; each entry is fresh until its TTL, then servable stale for ``max_stale``.
+
+    Not thread-safe: the agent uses it from its event loop only.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl: Callable[[Kind], float],
+        negative_ttl: float,
+        max_stale: float,
+        cipher: Cipher,
+        clock: Clock,
+    ) -> None:
+        self._entries: LRUCache[Key, _Entry] = LRUCache(maxsize=max_entries)
+        self._ttl, self._negative_ttl, self._max_stale = ttl, negative_ttl, max_stale
+        self._cipher, self._clock = cipher, clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, kind: Kind, secret_id: str) -> Cached | None:
+        """Return the entry (fresh or stale), or None when absent or past its stale window."""
+        key = (kind, secret_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        fresh = now < entry.expires_at
+        if not fresh and not self._servable_stale(entry, now):
+            del self._entries[key]
+            return None
+        value = None if entry.token is None else self._cipher.decrypt(entry.token)
+        if entry.token is not None and value is None:
+            del self._entries[key]  # encrypted under a key we no longer hold
+            return None
+        return Cached(value=value, age=max(0.0, now - entry.stored_at), fresh=fresh)
+
+    def put(self, kind: Kind, secret_id: str, value: str | None) -> None:
+        ttl = self._negative_ttl if value is None else self._ttl(kind)
+        key = (kind, secret_id)
+        if ttl <= 0:
+            self._entries.pop(key, None)
+            return
+        now = self._clock()
+        token = None if value is None else self._cipher.encrypt(value)
+        self._entries[key] = _Entry(token=token, stored_at=now, expires_at=now + ttl)
+
+    def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
+        """Drop everything, one kind, or one id of a kind; return how many entries went."""
+        doomed = [
+            key
+            for key in self._entries
+            if (kind is None or key[0] is kind) and (secret_id is None or key[1] == secret_id)
+        ]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def sweep(self) -> int:
+        """Forget entries that can no longer be served, so old secrets leave memory."""
+        now = self._clock()
+        doomed = [
+            key
+            for key, entry in self._entries.items()
+            if now >= entry.expires_at and not self._servable_stale(entry, now)
+        ]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def _servable_stale(self, entry: _Entry, now: float) -> bool:
+        # Misses are never served stale: "not found" from an unreachable upstream proves nothing.
+        return entry.token is not None and now < entry.expires_at + self._max_stale

@@ -1,0 +1,95 @@
+"""Prometheus metrics. Labels are low-cardinality only: never an id, never a value."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from secrets_agent import __version__
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Every metric the agent exports, on a registry of its own (one per agent instance)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # *_created series double the output and nobody alerts on them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = "secrets_agent_"
+        self.requests = Counter(
+            p + "requests", "API requests by kind and HTTP status.", ["kind", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            p + "request_duration_seconds",
+            "API request handling time.",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_results = Counter(
+            p + "cache_results",
+            "Lookups by kind and cache result (hit, miss, stale, negative).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            p + "coalesced_requests",
+            "Lookups that waited on another lookup's upstream call.",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(p + "cache_entries", "Entries in the cache.", registry=r)
+        self.upstream_calls = Counter(
+            p + "upstream_requests",
+            "Backend fetches by backend, kind and result.",
+            ["backend", "kind", "result"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            p + "upstream_duration_seconds",
+            "Backend fetch time.",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.denied_peers = Counter(
+            p + "denied_peers", "Connections refused because the peer is not allowed.", registry=r
+        )
+        self.auth_attempts = Counter(
+            p + "auth_attempts",
+            "Backend logins and renewals by result.",
+            ["backend", "result"],
+            registry=r,
+        )
+        self.authenticated = Gauge(
+            p + "authenticated",
+            "1 while the backend holds valid credentials.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_ready = Gauge(
+            p + "backend_ready",
+            "1 while the backend is started and healthy.",
+            ["backend"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            p + "build_info", "Agent version.", ["version", "python"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def track_cache_size(self, size: Callable[[], int]) -> None:
+        self.cache_entries.set_function(lambda: float(size()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,80 @@
+"""The aiohttp application: peer check, error mapping and request metrics around thin handlers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from secrets_agent.backends.base import Health
+from secrets_agent.metrics import Metrics
+from secrets_agent.server.errors import error_response, response_for
+from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
+from secrets_agent.service import SecretService
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    service: SecretService
+    policy: AccessPolicy
+    metrics: Metrics
+    readiness: Callable[[], dict[str, Health]]
+
+
+CONTEXT = web.AppKey("context", ApiContext)
+PEER_KEY = "secrets_agent.peer"
+
+
+def create_app(context: ApiContext, max_body_size: int) -> web.Application:
+    from secrets_agent.server import handlers
+
+    app = web.Application(
+        middlewares=[_metrics_middleware, _peer_middleware, _error_middleware],
+        client_max_size=max_body_size,
+    )
+    app[CONTEXT] = context
+    handlers.add_routes(app)
+    return app
+
+
+def request_peer(request: web.Request) -> Peer:
+    peer: Peer = request[PEER_KEY]
+    return peer
+
+
+@web.middleware
+async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[CONTEXT].metrics
+    started = time.perf_counter()
+    response = await handler(request)
+    kind = request.match_info.get("kind", "other")
+    kind = {"connections": "connection", "variables": "variable"}.get(kind, kind)
+    metrics.requests.labels(kind, str(response.status)).inc()
+    metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def _peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    context = request.app[CONTEXT]
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return error_response(403, "peer_denied", "peer credentials are unavailable")
+    peer = peer_credentials(sock)
+    if not context.policy.allows(peer, peer_groups(sock)):
+        context.metrics.denied_peers.inc()
+        return error_response(
+            403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
+        )
+    request[PEER_KEY] = peer
+    return await handler(request)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as exc:
+        return response_for(exc)

@@ -1,0 +1,67 @@
+"""Lookup service: cache first, one upstream call per key at a time, stale on transient errors."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from secrets_agent.cache import SecretCache
+from secrets_agent.chain import BackendChain
+from secrets_agent.errors import TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.metrics import Metrics
+from secrets_agent.singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
+
+
+class CacheState(enum.StrEnum):
+    HIT = "HIT"
+    MISS = "MISS"
+    STALE = "STALE"
+    NEGATIVE = "NEGATIVE"
+
+
+@dataclass(frozen=True)
+class Result:
+    value: str | None
+    state: CacheState
+    age: float
+
+
+class SecretService:
+    def __init__(self, chain: BackendChain, cache: SecretCache, metrics: Metrics) -> None:
+        self.chain, self.cache = chain, cache
+        self._metrics = metrics
+        self._flight: SingleFlight[str | None] = SingleFlight()
+
+    async def lookup(self, kind: Kind, secret_id: str) -> Result:
+        cached = self.cache.get(kind, secret_id)
+        if cached is not None and cached.fresh:
+            state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
+            return self._count(kind, Result(cached.value, state, cached.age))
+        try:
+            value, shared = await self._flight.do(
+                (kind, secret_id), lambda: self._refresh(kind, secret_id)
+            )
+        except TransientError as exc:
+            if cached is None or cached.value is None:
+                raise
+            log.warning("serving a stale %s: %s", kind, exc)
+            return self._count(kind, Result(cached.value, CacheState.STALE, cached.age))
+        if shared:
+            self._metrics.coalesced.labels(kind.value).inc()
+        return self._count(kind, Result(value, CacheState.MISS, 0.0))
+
+    def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
+        return self.cache.invalidate(kind, secret_id)
+
+    async def _refresh(self, kind: Kind, secret_id: str) -> str | None:
+        value = await self.chain.fetch(kind, secret_id)
+        self.cache.put(kind, secret_id, value)
+        return value
+
+    def _count(self, kind: Kind, result: Result) -> Result:
+        self._metrics.cache_results.labels(kind.value, result.state.lower()).inc()
+        return result

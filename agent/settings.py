@@ -1,0 +1,54 @@
+"""Declarative helpers for config sections: a field carries its own validation rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any], str | None]
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Check | None = None,
+    path: bool = False,
+) -> Any:
+    """A dataclass field with rules for the loader; ``path`` resolves against the config dir."""
+    meta = {"min": min, "max": max, "choices": choices, "check": check, "path": path}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_octal_mode(value: str) -> str | None:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        return 'must be an octal file mode such as "0660"'
+    return None
+
+
+def check_regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"is not a valid regular expression ({exc})"
+    return None
+
+
+def check_loopback(value: str) -> str | None:
+    try:
+        if ipaddress.ip_address(value).is_loopback:
+            return None
+    except ValueError:
+        return "must be an IP address"
+    return "must be a loopback address (127.0.0.0/8 or ::1): metrics are never exposed off-host"
+
+
+def check_name(value: str) -> str | None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+        return "must match [a-z0-9][a-z0-9_-]* (it becomes a metric label)"
+    return None

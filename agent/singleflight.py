@@ -1,0 +1,34 @@
+"""Coalesce concurrent calls for one key into a single upstream call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, asyncio.Task[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    async def do(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``call`` unless one is already running for ``key``; return (result, shared)."""
+        task = self._inflight.get(key)
+        shared = task is not None
+        if task is None:
+            task = asyncio.ensure_future(call())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._done(key, t))
+        # shield: a caller that goes away must not cancel the call the others are waiting on.
+        return await asyncio.shield(task), shared
+
+    def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # mark retrieved even if every waiter went away

@@ -1,0 +1,119 @@
+"""``AgentSecretsBackend``: Airflow's secrets-backend interface on top of the agent's socket API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+from secrets_agent_client import DEFAULT_SOCKET_PATH
+from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
+
+log = logging.getLogger(__name__)
+
+ON_UNAVAILABLE = ("fallthrough", "raise")
+
+if TYPE_CHECKING:
+    _Base = object
+else:
+    try:  # Airflow 3.x: the task SDK's base, used by workers
+        from airflow.sdk.bases.secrets_backend import BaseSecretsBackend as _Base
+    except ImportError:
+        try:  # Airflow 2.x
+            from airflow.secrets.base_secrets import BaseSecretsBackend as _Base
+        except ImportError:  # no Airflow: the client still works on its own
+            _Base = object
+
+
+class AgentUnavailableError(RuntimeError):
+    """The agent could not answer and the backend is configured not to fall through."""
+
+
+def _access_denied(message: str) -> Exception:
+    """Airflow's authoritative-deny error where this Airflow has it (task SDK >= 1.2.2)."""
+    try:
+        from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+    except ImportError:
+        return PermissionError(message)
+    error: Exception = AirflowSecretsBackendAccessDenied(message)
+    return error
+
+
+class AgentSecretsBackend(_Base):
+    """Ask the local agent; a 404 returns None so Airflow falls through to env vars / metastore.
+
+    :param socket_path: the agent's socket (default ``$SECRETS_AGENT_SOCKET`` or the system path)
+    :param timeout: seconds to wait for the agent on connect and per request
+    :param on_unavailable: ``fallthrough`` (log once, return None) or ``raise`` when the agent
+        is down or cannot answer
+    """
+
+    _warned: ClassVar[set[str]] = (
+        set()
+    )  # per process: an unreachable agent is logged once, not per lookup
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float | str = 2.0,
+        on_unavailable: str = "fallthrough",
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"AgentSecretsBackend: unknown options {', '.join(sorted(kwargs))}")
+        super().__init__()
+        if on_unavailable not in ON_UNAVAILABLE:
+            raise ValueError(f"on_unavailable must be one of {', '.join(ON_UNAVAILABLE)}")
+        path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+        # Airflow's per-kwarg environment form passes every value as a string.
+        self._transport = UnixTransport(path, float(timeout))
+        self.on_unavailable = on_unavailable
+
+    @property
+    def socket_path(self) -> str:
+        return self._transport.socket_path
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        return self._lookup("connections", conn_id)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self._lookup("variables", key)
+
+    def get_config(self, key: str) -> str | None:
+        return self._lookup("config", key)
+
+    def _lookup(self, segment: str, secret_id: str) -> str | None:
+        try:
+            response = self._transport.request("GET", f"/v1/{segment}/{quote(secret_id, safe='')}")
+        except AgentUnreachable as exc:
+            self._unavailable(str(exc))
+            return None
+        if response.status == 200:
+            value = json.loads(response.body)["value"]
+            return str(value)
+        if response.status == 404:
+            return None
+        if response.status == 400:
+            return None  # an id no backend can hold: let Airflow try its other sources
+        detail = _detail(response)
+        if response.status == 403:
+            raise _access_denied(f"secrets agent denied {segment} lookup: {detail}")
+        self._unavailable(f"agent answered {response.status}: {detail}")
+        return None
+
+    def _unavailable(self, reason: str) -> None:
+        if self.on_unavailable == "raise":
+            raise AgentUnavailableError(reason)
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warning("secrets agent unavailable, falling through to other sources: %s", reason)
+
+
+def _detail(response: Response) -> str:
+    try:
+        body = json.loads(response.body)
+        return f"{body['error']}: {body['detail']}"
+    except (ValueError, KeyError, TypeError):
+        return "no detail"
