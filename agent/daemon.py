@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -38,7 +39,7 @@ class Agent:
         self._backends: list[Backend] = []
         self._started: set[str] = set()
         self._runners: list[web.AppRunner] = []
-        self._socket_bound = False
+        self._socket: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.service: SecretService | None = None
 
@@ -78,9 +79,8 @@ class Agent:
         context = ApiContext(
             self.service, AccessPolicy.from_config(cfg.listener), self.metrics, self.readiness
         )
-        sock = bind_unix_socket(cfg.listener)
-        self._socket_bound = True
-        await self._serve_app(create_app(context, cfg.listener.max_body_size), sock=sock)
+        self._socket = bind_unix_socket(cfg.listener)
+        await self._serve_app(create_app(context, cfg.listener.max_body_size), sock=self._socket)
         if cfg.metrics.port:
             await self._serve_app(
                 _metrics_app(self.metrics), tcp=(cfg.metrics.address, cfg.metrics.port)
@@ -106,7 +106,7 @@ class Agent:
         self,
         app: web.Application,
         *,
-        sock: object | None = None,
+        sock: socket.socket | None = None,
         tcp: tuple[str, int] | None = None,
     ) -> None:
         listener = self.config.listener
@@ -122,9 +122,9 @@ class Agent:
         self._runners.append(runner)
         site: web.BaseSite
         if tcp is not None:
-            site = web.TCPSite(runner, tcp[0], tcp[1], shutdown_timeout=listener.shutdown_timeout)
+            site = web.TCPSite(runner, tcp[0], tcp[1])
         else:
-            site = web.SockSite(runner, sock, shutdown_timeout=listener.shutdown_timeout)  # type: ignore[arg-type]
+            site = web.SockSite(runner, sock)
         try:
             await site.start()
         except OSError as exc:
@@ -151,9 +151,10 @@ class Agent:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._socket_bound:
+        if self._socket is not None:
+            self._socket.close()  # already closed by the runner unless startup failed midway
             remove_socket_file(self.socket_path)
-            self._socket_bound = False
+            self._socket = None
         for backend in self._backends:
             if backend.name in self._started:
                 try:

@@ -75,6 +75,10 @@ class AgentSecretsBackend(_Base):
     def socket_path(self) -> str:
         return self._transport.socket_path
 
+    def close(self) -> None:
+        """Close the kept-alive connection (a new one opens on the next lookup)."""
+        self._transport.close()
+
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         return self._lookup("connections", conn_id)
 

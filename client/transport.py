@@ -72,6 +72,11 @@ class UnixTransport:
             self._conn.close()
             self._conn = None
 
+    def __del__(self) -> None:
+        # Backends live as long as the Airflow process; close quietly when one is dropped.
+        if getattr(self, "_pid", None) == os.getpid():
+            self.close()
+
     def _send(self, method: str, path: str, body: bytes | None) -> Response:
         if self._conn is None:
             self._conn = _UnixHTTPConnection(self.socket_path, self.timeout)

@@ -24,7 +24,7 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("context", ApiContext)
-PEER_KEY = "secrets_agent.peer"
+PEER_KEY = web.RequestKey("peer", Peer)
 
 
 def create_app(context: ApiContext, max_body_size: int) -> web.Application:
@@ -40,8 +40,7 @@ def create_app(context: ApiContext, max_body_size: int) -> web.Application:
 
 
 def request_peer(request: web.Request) -> Peer:
-    peer: Peer = request[PEER_KEY]
-    return peer
+    return request[PEER_KEY]
 
 
 @web.middleware
