@@ -1,0 +1,164 @@
+"""The stdlib client against a scripted HTTP server on a Unix socket (the agent, faked)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from secrets_agent_client import AgentSecretsBackend, AgentUnavailableError
+
+
+class StubAgent(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str) -> None:
+        self.answers: dict[str, tuple[int, dict[str, str]]] = {}
+        self.paths: list[str] = []
+        self.connections = 0
+        super().__init__(path, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real agent
+    server: StubAgent
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.paths.append(self.path)
+        status, body = self.server.answers.get(self.path, (404, {"error": "not_found",
+                                                                  "detail": "no"}))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def address_string(self) -> str:
+        return "unix"
+
+
+@pytest.fixture
+def stub(short_tmp: Path) -> Iterator[StubAgent]:
+    server = StubAgent(str(short_tmp / "agent.sock"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def value(v: str) -> tuple[int, dict[str, str]]:
+    return 200, {"value": v}
+
+
+def test_found_missing_and_quoted_ids(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/a%2Fb%20c"] = value("x")
+    stub.answers["/v1/connections/db"] = value("postgres://h")
+    stub.answers["/v1/config/k"] = value("c")
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    assert client.get_variable("a/b c") == "x"
+    assert client.get_conn_value("db") == "postgres://h"
+    assert client.get_config("k") == "c"
+    assert client.get_variable("absent") is None
+    client.close()
+
+
+def test_one_kept_alive_connection_is_reused(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/k"] = value("x")
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    for _ in range(5):
+        assert client.get_variable("k") == "x"
+    assert (stub.connections, len(stub.paths)) == (1, 5)
+    client.close()
+
+
+def test_bad_id_answer_falls_through(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/x"] = (400, {"error": "invalid_id", "detail": "bad"})
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    assert client.get_variable("x") is None
+
+
+def test_denied_raises_permission_error(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/x"] = (403, {"error": "upstream_denied", "detail": "policy"})
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    with pytest.raises(PermissionError, match="upstream_denied: policy"):
+        client.get_variable("x")
+
+
+def test_upstream_failure_follows_the_policy(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/x"] = (503, {"error": "upstream_unavailable", "detail": "down"})
+    path: str = stub.server_address  # type: ignore[assignment]
+    assert AgentSecretsBackend(socket_path=path).get_variable("x") is None
+    strict = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
+    with pytest.raises(AgentUnavailableError, match="503"):
+        strict.get_variable("x")
+
+
+def test_agent_down_falls_through_and_logs_once(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), timeout="0.5")
+    with caplog.at_level(logging.WARNING):
+        assert client.get_variable("a") is None
+        assert client.get_conn_value("b") is None
+    assert caplog.text.count("secrets agent unavailable") == 1
+    strict = AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), on_unavailable="raise")
+    with pytest.raises(AgentUnavailableError, match="no agent socket"):
+        strict.get_variable("a")
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="on_unavailable"):
+        AgentSecretsBackend(on_unavailable="ignore")
+    with pytest.raises(TypeError, match="unknown options colour"):
+        AgentSecretsBackend(colour="blue")
+
+
+def test_socket_path_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRETS_AGENT_SOCKET", "/run/custom.sock")
+    assert AgentSecretsBackend().socket_path == "/run/custom.sock"
+    monkeypatch.delenv("SECRETS_AGENT_SOCKET")
+    assert AgentSecretsBackend().socket_path == "/run/airflow-secrets-agent/agent.sock"
+
+
+def test_forked_child_opens_its_own_connection(stub: StubAgent) -> None:
+    stub.answers["/v1/variables/k"] = value("x")
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    assert client.get_variable("k") == "x"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.write(write_end, (client.get_variable("k") or "none").encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"x"
+    os.waitpid(pid, 0)
+    assert client.get_variable("k") == "x"  # the parent's connection is still good
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, secrets_agent_client; "
+        "heavy = [m for m in ('airflow', 'aiohttp', 'secrets_agent_client.backend', "
+        "'http.client', 'json') if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
