@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import LRUCache
+
 from secrets_agent.crypto import Cipher
 from secrets_agent.kinds import Kind
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
 from secrets_agent.config import EncryptionConfig
 from secrets_agent.errors import StartupError
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+
 from secrets_agent.backends.base import Backend, Health
 from secrets_agent.backends.registry import create_backend
 from secrets_agent.cache import SecretCache
@@ -121,10 +122,12 @@ class Agent:
         await runner.setup()
         self._runners.append(runner)
         site: web.BaseSite
-        if tcp is not None:
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        elif tcp is not None:
             site = web.TCPSite(runner, tcp[0], tcp[1])
         else:
-            site = web.SockSite(runner, sock)
+            raise ValueError("either sock or tcp is required")
         try:
             await site.start()
         except OSError as exc:
@@ -159,7 +162,7 @@ class Agent:
             if backend.name in self._started:
                 try:
                     await backend.close()
-                except Exception as exc:
+                except Exception as exc:  # one backend failing to close must not stop the rest
                     log.warning("backend %r failed to close: %s", backend.name, type(exc).__name__)
         self._started.clear()
 

@@ -13,6 +13,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
 from secrets_agent import __version__
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -22,7 +23,8 @@ class Metrics:
     """Every metric the agent exports, on a registry of its own (one per agent instance)."""
 
     def __init__(self) -> None:
-        disable_created_metrics()  # *_created series double the output and nobody alerts on them
+        # *_created series double the output and nobody alerts on them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = "secrets_agent_"

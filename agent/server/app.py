@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
 from secrets_agent.backends.base import Health
 from secrets_agent.metrics import Metrics
 from secrets_agent.server.errors import error_response, response_for
@@ -75,5 +76,5 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except Exception as exc:
+    except Exception as exc:  # every failure must become a JSON answer, never a traceback
         return response_for(exc)

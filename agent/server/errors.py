@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+
 from secrets_agent.errors import (
     AgentError,
     BackendError,

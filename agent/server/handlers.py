@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, validate_id
 from secrets_agent.server.app import CONTEXT, request_peer
 from secrets_agent.server.errors import error_response
