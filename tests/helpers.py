@@ -48,6 +48,7 @@ class Script:
     error: Exception | None = None
     gate: asyncio.Event | None = None
     calls: list[tuple[Kind, str]] = field(default_factory=list)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ScriptedBackend(Backend):
@@ -60,6 +61,7 @@ class ScriptedBackend(Backend):
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
         script = self.scripts[self.name]
         script.calls.append((kind, secret_id))
+        script.called.set()
         if script.gate is not None:
             await script.gate.wait()
         if script.error is not None:
@@ -74,21 +76,32 @@ def write_config(directory: Path, body: str, name: str = "agent.toml") -> Path:
 
 
 def demo_files(directory: Path) -> None:
-    (directory / "connections.json").write_text(json.dumps({
-        "pg": "postgresql://user:s3cret-pg@db.local:5432/app",
-        "http_api": {"conn_type": "http", "host": "api.local", "password": "s3cret-http",
-                     "extra": {"verify": False}},
-    }))
-    (directory / "variables.json").write_text(json.dumps({
-        "greeting": "hello", "settings": {"retries": 3}
-    }))
+    (directory / "connections.json").write_text(
+        json.dumps(
+            {
+                "pg": "postgresql://user:s3cret-pg@db.local:5432/app",
+                "http_api": {
+                    "conn_type": "http",
+                    "host": "api.local",
+                    "password": "s3cret-http",
+                    "extra": {"verify": False},
+                },
+            }
+        )
+    )
+    (directory / "variables.json").write_text(
+        json.dumps({"greeting": "hello", "settings": {"retries": 3}})
+    )
     (directory / "config.env").write_text("sql_alchemy_conn=sqlite:////tmp/s3cret.db\n")
 
 
 def agent_config(directory: Path, extra: str = "", backends: str | None = None) -> AgentConfig:
     """A config serving the demo files on ``directory/agent.sock``."""
     demo_files(directory)
-    backends = backends if backends is not None else """
+    backends = (
+        backends
+        if backends is not None
+        else """
         [[backends]]
         name = "local"
         type = "file"
@@ -96,6 +109,7 @@ def agent_config(directory: Path, extra: str = "", backends: str | None = None) 
         variables_file = "variables.json"
         config_file = "config.env"
     """
+    )
     body = f"""
         [listener]
         socket_path = "{directory}/agent.sock"

@@ -11,20 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from helpers import (
     FakeClock,
-    demo_files,
-    write_config,
     RunningAgent,
     Script,
     ScriptedBackend,
     agent_config,
     body_of,
+    demo_files,
     raw_request,
     running_agent,
     status_of,
+    write_config,
 )
-
 from secrets_agent.backends import registry
 from secrets_agent.errors import StartupError, TransientError
 from secrets_agent.kinds import Kind
@@ -46,14 +46,18 @@ def agent(short_tmp: Path, clock: FakeClock) -> Iterator[RunningAgent]:
 
 
 def get(agent: RunningAgent, path: str, headers: str = "") -> bytes:
-    return raw_request(agent.socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    return raw_request(
+        agent.socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode()
+    )
 
 
 def test_client_gets_connections_variables_and_config(agent: RunningAgent) -> None:
     client = AgentSecretsBackend(socket_path=agent.socket_path)
     assert client.get_conn_value("pg") == "postgresql://user:s3cret-pg@db.local:5432/app"
     assert json.loads(client.get_conn_value("http_api") or "") == {
-        "conn_type": "http", "host": "api.local", "password": "s3cret-http",
+        "conn_type": "http",
+        "host": "api.local",
+        "password": "s3cret-http",
         "extra": {"verify": False},
     }
     assert client.get_variable("greeting") == "hello"
@@ -74,8 +78,15 @@ def test_cache_headers_hit_miss_negative_and_age(agent: RunningAgent, clock: Fak
     negative = get(agent, "/v1/variables/absent")
     assert status_of(negative) == 404 and b"X-Cache: NEGATIVE" in negative
     assert body_of(negative)["error"] == "not_found"
-    assert agent.metric("secrets_agent_upstream_requests_total", backend="local",
-                        kind="variable", result="missing") == 1
+    assert (
+        agent.metric(
+            "secrets_agent_upstream_requests_total",
+            backend="local",
+            kind="variable",
+            result="missing",
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,8 +121,9 @@ def test_oversized_request_line_and_headers_are_refused_and_agent_stays_up(
 def test_unknown_route_and_method_are_json_errors(agent: RunningAgent) -> None:
     response = get(agent, "/v2/anything")
     assert status_of(response) == 404 and body_of(response)["error"] == "not_found"
-    post = raw_request(agent.socket_path, b"POST /v1/variables/x HTTP/1.1\r\nHost: x\r\n"
-                                          b"Content-Length: 0\r\n\r\n")
+    post = raw_request(
+        agent.socket_path, b"POST /v1/variables/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
     assert status_of(post) == 405 and "error" in body_of(post)
 
 
@@ -122,9 +134,13 @@ def test_invalidate_all_kind_and_id(agent: RunningAgent) -> None:
 
     def invalidate(body: object) -> bytes:
         data = json.dumps(body).encode()
-        return raw_request(agent.socket_path, b"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\n"
-                           b"Content-Type: application/json\r\n"
-                           + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return raw_request(
+            agent.socket_path,
+            b"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data,
+        )
 
     assert body_of(invalidate({"kind": "variable", "id": "greeting"})) == {"invalidated": 1}
     assert b"X-Cache: MISS" in get(agent, "/v1/variables/greeting")
@@ -168,8 +184,11 @@ def test_stale_value_served_when_upstream_fails_then_503_past_max_stale(
     monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", ScriptedBackend)
     script = Script(values={(Kind.VARIABLE, "k"): "v"})
     ScriptedBackend.scripts = {"flaky": script}
-    config = agent_config(short_tmp, extra="[cache]\nvariable_ttl = 10\nmax_stale = 50\n",
-                          backends='[[backends]]\nname = "flaky"\ntype = "scripted"\n')
+    config = agent_config(
+        short_tmp,
+        extra="[cache]\nvariable_ttl = 10\nmax_stale = 50\n",
+        backends='[[backends]]\nname = "flaky"\ntype = "scripted"\n',
+    )
     with running_agent(config, clock) as agent:
         assert b"X-Cache: MISS" in get(agent, "/v1/variables/k")
         script.error = TransientError("flaky", "connection refused")
@@ -189,7 +208,10 @@ def test_stale_value_served_when_upstream_fails_then_503_past_max_stale(
 def test_socket_file_mode_dir_and_removal(short_tmp: Path) -> None:
     demo_files(short_tmp)
     path = short_tmp / "run" / "agent.sock"
-    config = load_config(write_config(short_tmp, f"""
+    config = load_config(
+        write_config(
+            short_tmp,
+            f"""
         [listener]
         socket_path = "{path}"
         socket_mode = "0600"
@@ -197,7 +219,9 @@ def test_socket_file_mode_dir_and_removal(short_tmp: Path) -> None:
         name = "local"
         type = "file"
         variables_file = "variables.json"
-    """))
+    """,
+        )
+    )
     with running_agent(config):
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -213,7 +237,9 @@ def test_stale_socket_is_replaced_but_a_live_agent_is_not(short_tmp: Path) -> No
     with running_agent(config) as first:
         with pytest.raises(StartupError, match="already listening"), running_agent(config):
             pass
-        assert AgentSecretsBackend(socket_path=first.socket_path).get_variable("greeting") == "hello"
+        assert (
+            AgentSecretsBackend(socket_path=first.socket_path).get_variable("greeting") == "hello"
+        )
 
 
 def test_refuses_to_replace_a_regular_file(short_tmp: Path) -> None:

@@ -41,17 +41,29 @@ def file_backend(**paths: Path) -> FileBackend:
 
 async def test_json_connections_uri_and_fields(tmp_path: Path) -> None:
     path = tmp_path / "conns.json"
-    path.write_text(json.dumps({
-        "uri_conn": "mysql://u:p@host:3306/db",
-        "field_conn": {"conn_type": "http", "host": "h", "port": 8080,
-                       "extra_dejson": {"a": 1}, "conn_id": "field_conn"},
-        "wrapped_uri": {"uri": "redis://h:6379/0"},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "uri_conn": "mysql://u:p@host:3306/db",
+                "field_conn": {
+                    "conn_type": "http",
+                    "host": "h",
+                    "port": 8080,
+                    "extra_dejson": {"a": 1},
+                    "conn_id": "field_conn",
+                },
+                "wrapped_uri": {"uri": "redis://h:6379/0"},
+            }
+        )
+    )
     backend = file_backend(connections_file=path)
     await backend.start()
     assert await backend.fetch(C, "uri_conn") == "mysql://u:p@host:3306/db"
     assert json.loads(await backend.fetch(C, "field_conn") or "") == {
-        "conn_type": "http", "host": "h", "port": 8080, "extra": {"a": 1}
+        "conn_type": "http",
+        "host": "h",
+        "port": 8080,
+        "extra": {"a": 1},
     }
     assert await backend.fetch(C, "wrapped_uri") == "redis://h:6379/0"
     assert await backend.fetch(V, "uri_conn") is None  # no variables file configured
@@ -62,9 +74,11 @@ async def test_yaml_and_env_formats(tmp_path: Path) -> None:
     (tmp_path / "conns.yaml").write_text("pg:\n  conn_type: postgres\n  login: u\n")
     (tmp_path / "vars.env").write_text("# comment\n\ngreeting = hello = world\nempty=\n")
     (tmp_path / "cfg.yml").write_text("fernet_key: abc\n")
-    backend = file_backend(connections_file=tmp_path / "conns.yaml",
-                           variables_file=tmp_path / "vars.env",
-                           config_file=tmp_path / "cfg.yml")
+    backend = file_backend(
+        connections_file=tmp_path / "conns.yaml",
+        variables_file=tmp_path / "vars.env",
+        config_file=tmp_path / "cfg.yml",
+    )
     await backend.start()
     assert json.loads(await backend.fetch(C, "pg") or "") == {"conn_type": "postgres", "login": "u"}
     assert await backend.fetch(V, "greeting") == "hello = world"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from helpers import FakeClock
 
+from helpers import FakeClock
 from secrets_agent.cache import SecretCache
 from secrets_agent.crypto import Cipher
 from secrets_agent.kinds import Kind

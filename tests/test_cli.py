@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+
 from helpers import demo_files, write_config
 
 pytestmark = pytest.mark.integration
@@ -20,8 +21,7 @@ SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60,
-                          env=env)
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def wait_for_socket(path: Path, process: subprocess.Popen[str]) -> None:
@@ -37,7 +37,9 @@ def wait_for_socket(path: Path, process: subprocess.Popen[str]) -> None:
 @pytest.fixture
 def config_path(short_tmp: Path) -> Path:
     demo_files(short_tmp)
-    return write_config(short_tmp, f"""
+    return write_config(
+        short_tmp,
+        f"""
         [listener]
         socket_path = "{short_tmp}/agent.sock"
         [log]
@@ -48,13 +50,15 @@ def config_path(short_tmp: Path) -> Path:
         type = "file"
         connections_file = "connections.json"
         variables_file = "variables.json"
-    """)
+    """,
+    )
 
 
 @pytest.fixture
 def agent_process(config_path: Path) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen([SCRIPT, "run", "--config", str(config_path)],
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [SCRIPT, "run", "--config", str(config_path)], stderr=subprocess.PIPE, text=True
+    )
     wait_for_socket(config_path.parent / "agent.sock", process)
     yield process
     if process.poll() is None:
@@ -62,10 +66,15 @@ def agent_process(config_path: Path) -> Iterator[subprocess.Popen[str]]:
         process.wait()
 
 
-def test_run_get_and_graceful_sigterm(config_path: Path, agent_process: subprocess.Popen[str]) -> None:
+def test_run_get_and_graceful_sigterm(
+    config_path: Path, agent_process: subprocess.Popen[str]
+) -> None:
     sock = str(config_path.parent / "agent.sock")
     got = cli("get", "connection", "pg", "--socket", sock)
-    assert (got.returncode, got.stdout.strip()) == (0, "postgresql://user:s3cret-pg@db.local:5432/app")
+    assert (got.returncode, got.stdout.strip()) == (
+        0,
+        "postgresql://user:s3cret-pg@db.local:5432/app",
+    )
     env = {**os.environ, "SECRETS_AGENT_SOCKET": sock}
     assert cli("get", "variable", "greeting", env=env).stdout.strip() == "hello"
     missing = cli("get", "variable", "absent", "--socket", sock)
@@ -90,11 +99,14 @@ def test_get_when_no_agent_runs(short_tmp: Path) -> None:
 
 
 def test_broken_config_exits_78_before_listening(short_tmp: Path) -> None:
-    path = write_config(short_tmp, f"""
+    path = write_config(
+        short_tmp,
+        f"""
         [listener]
         socket_path = "{short_tmp}/agent.sock"
         shutdown_timeout = 0
-    """)
+    """,
+    )
     result = cli("run", "--config", str(path))
     assert result.returncode == 78
     assert "listener.shutdown_timeout: must be >= 0.1, got 0.0" in result.stderr
@@ -102,14 +114,17 @@ def test_broken_config_exits_78_before_listening(short_tmp: Path) -> None:
 
 
 def test_backend_that_cannot_start_exits_78(short_tmp: Path) -> None:
-    path = write_config(short_tmp, f"""
+    path = write_config(
+        short_tmp,
+        f"""
         [listener]
         socket_path = "{short_tmp}/agent.sock"
         [[backends]]
         name = "local"
         type = "file"
         variables_file = "absent.json"
-    """)
+    """,
+    )
     result = cli("run", "--config", str(path))
     assert result.returncode == 78
     assert "absent.json does not exist" in result.stderr

@@ -36,17 +36,18 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.server.connections += 1
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)
-        status, body = self.server.answers.get(self.path, (404, {"error": "not_found",
-                                                                  "detail": "no"}))
+        status, body = self.server.answers.get(
+            self.path, (404, {"error": "not_found", "detail": "no"})
+        )
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def address_string(self) -> str:
@@ -159,6 +160,7 @@ def test_import_is_light() -> None:
         "heavy = [m for m in ('airflow', 'aiohttp', 'secrets_agent_client.backend', "
         "'http.client', 'json') if m in sys.modules]; print(heavy)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "[]", result.stderr

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_config
 
+from helpers import write_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
 from secrets_agent.loader import load_config
@@ -39,12 +39,15 @@ def test_empty_file_gives_defaults_and_the_env_backend(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_and_sections_are_rejected(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         [cache]
         max_entrys = 5
         [listner]
         socket_path = "/tmp/x.sock"
-    """)
+    """,
+    )
     assert "cache.max_entrys: unknown key" in found
     assert "listner: unknown section" in found
 
@@ -59,7 +62,10 @@ def test_unknown_keys_and_sections_are_rejected(tmp_path: Path) -> None:
         ('[listener]\nsocket_mode = "999"', "listener.socket_mode: must be an octal file mode"),
         ("[listener]\nallowed_uids = [-1]", "listener.allowed_uids: must be >= 0, got -1"),
         ("[listener]\nallowed_uids = 5", "listener.allowed_uids: must be an array, not an integer"),
-        ('[log]\nlevel = "loud"', "log.level: must be one of debug, info, warning, error; got 'loud'"),
+        (
+            '[log]\nlevel = "loud"',
+            "log.level: must be one of debug, info, warning, error; got 'loud'",
+        ),
         ('[metrics]\naddress = "0.0.0.0"', "metrics.address: must be a loopback address"),
         ("[metrics]\nport = 70000", "metrics.port: must be <= 65535, got 70000"),
         ("listener = 3", "listener: must be a table"),
@@ -71,7 +77,9 @@ def test_wrong_types_and_ranges_name_the_key(tmp_path: Path, body: str, expected
 
 
 def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         [[backends]]
         name = "a"
         type = "vaultt"
@@ -89,17 +97,22 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
         [[backends]]
         name = "c"
         type = "file"
-    """)
+    """,
+    )
     assert "backends[0].type: unknown backend type (choose one of: env, file)" in found
     assert "backends[1].colour: unknown key" in found
     assert "backends[2].name: is required" in found
     assert any(p.startswith("backends[3].name: must match") for p in found)
-    assert any(p.startswith("backends[3].variables_lookup_pattern: is not a valid regular") for p in found)
+    assert any(
+        p.startswith("backends[3].variables_lookup_pattern: is not a valid regular") for p in found
+    )
     assert any(p.startswith("backends[4]: set at least one of") for p in found)
 
 
 def test_bad_extension_and_duplicate_names(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         [[backends]]
         name = "x"
         type = "file"
@@ -107,18 +120,24 @@ def test_bad_extension_and_duplicate_names(tmp_path: Path) -> None:
         [[backends]]
         name = "x"
         type = "env"
-    """)
+    """,
+    )
     assert "backends[0].variables_file: must end in .env, .json, .yaml, .yml" in found
     assert "backends[1].name: duplicate backend name 'x'" in found
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, """
+    config = load_config(
+        write_config(
+            tmp_path,
+            """
         [listener]
         socket_path = "run/agent.sock"
         [encryption]
         key_file = "keys/fernet.key"
-    """))
+    """,
+        )
+    )
     assert config.listener.socket_path == str(tmp_path / "run/agent.sock")
     assert config.encryption.key_file == str(tmp_path / "keys/fernet.key")
 

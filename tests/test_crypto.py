@@ -24,8 +24,9 @@ def test_keys_from_every_source_in_order(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "agent-key").write_text(k4)
-    config = EncryptionConfig(key_file=str(tmp_path / "key"), key_env="AGENT_KEY",
-                              credential="agent-key")
+    config = EncryptionConfig(
+        key_file=str(tmp_path / "key"), key_env="AGENT_KEY", credential="agent-key"
+    )
     environ = {"AGENT_KEY": k3, "CREDENTIALS_DIRECTORY": str(creds)}
     assert load_keys(config, environ) == [k.encode() for k in (k1, k2, k3, k4)]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import agent_config, running_agent
 
+from helpers import agent_config, running_agent
 from secrets_agent.config import AgentConfig
 from secrets_agent_client import AgentSecretsBackend
 from secrets_agent_client.transport import UnixTransport
@@ -39,7 +39,7 @@ def as_other_user(uid: int, gid: int, groups: list[int], call: Callable[[], str]
             os.setgid(gid)
             os.setuid(uid)
             answer = call()
-        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+        except BaseException as exc:  # report anything to the parent
             answer = f"ERROR {type(exc).__name__}: {exc}"
         os.write(write_end, answer.encode())
         os._exit(0)

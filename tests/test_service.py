@@ -6,8 +6,8 @@ import asyncio
 import re
 
 import pytest
-from helpers import FakeClock, Script, ScriptedBackend
 
+from helpers import FakeClock, Script, ScriptedBackend
 from secrets_agent.cache import SecretCache
 from secrets_agent.chain import BackendChain, Link
 from secrets_agent.crypto import Cipher
@@ -29,8 +29,14 @@ class Fixture:
             Link(ScriptedBackend(name, None), {V: re.compile(p) if p else None})
             for name, _, p in scripts
         ]
-        cache = SecretCache(max_entries=100, ttl=lambda k: 60.0, negative_ttl=10.0,
-                            max_stale=120.0, cipher=Cipher([]), clock=self.clock)
+        cache = SecretCache(
+            max_entries=100,
+            ttl=lambda k: 60.0,
+            negative_ttl=10.0,
+            max_stale=120.0,
+            cipher=Cipher([]),
+            clock=self.clock,
+        )
         self.service = SecretService(BackendChain(links, self.metrics), cache, self.metrics)
 
     def sample(self, name: str, **labels: str) -> float:
@@ -69,8 +75,7 @@ async def test_concurrent_misses_make_one_upstream_call() -> None:
     script = Script(values={(V, "k"): "v"}, gate=asyncio.Event())
     f = Fixture(("a", script, ""))
     lookups = [asyncio.create_task(f.service.lookup(V, "k")) for _ in range(20)]
-    while not script.calls:
-        await asyncio.sleep(0)
+    await script.called.wait()
     script.gate.set()  # type: ignore[union-attr]
     results = await asyncio.gather(*lookups)
     assert {r.value for r in results} == {"v"}
@@ -123,8 +128,12 @@ async def test_denied_is_raised_and_not_cached() -> None:
         with pytest.raises(DeniedError):
             await f.service.lookup(V, "k")
     assert len(script.calls) == 2
-    assert f.sample("secrets_agent_upstream_requests_total", backend="a", kind="variable",
-                    result="denied") == 2
+    assert (
+        f.sample(
+            "secrets_agent_upstream_requests_total", backend="a", kind="variable", result="denied"
+        )
+        == 2
+    )
 
 
 async def test_chain_order_and_lookup_patterns() -> None:
@@ -139,7 +148,9 @@ async def test_chain_order_and_lookup_patterns() -> None:
 
 async def test_an_error_stops_the_chain_instead_of_falling_through() -> None:
     second = Script(values={(V, "k"): "wrong"})
-    f = Fixture(("first", Script(error=TransientError("first", "down")), ""), ("second", second, ""))
+    f = Fixture(
+        ("first", Script(error=TransientError("first", "down")), ""), ("second", second, "")
+    )
     with pytest.raises(TransientError):
         await f.service.lookup(V, "k")
     assert second.calls == []
