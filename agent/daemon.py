@@ -99,6 +99,8 @@ class Agent:
         except BackendError as exc:
             raise StartupError(str(exc)) from None
         self._started.add(backend.name)
+        if not backend.manages_auth:
+            self.metrics.authenticated.labels(backend.name).set(1)
         self.metrics.backend_ready.labels(backend.name).set_function(
             lambda: float(backend.name in self._started and backend.health().ready)
         )
@@ -164,6 +166,7 @@ class Agent:
                     await backend.close()
                 except Exception as exc:  # one backend failing to close must not stop the rest
                     log.warning("backend %r failed to close: %s", backend.name, type(exc).__name__)
+            self.metrics.authenticated.labels(backend.name).set(0)
         self._started.clear()
 
     async def run(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import stat
 import urllib.request
@@ -160,6 +161,7 @@ def test_health_readiness_and_metrics(agent: RunningAgent) -> None:
     assert 'secrets_agent_requests_total{kind="variable",status="200"} 1.0' in metrics
     assert "secrets_agent_cache_entries 1.0" in metrics
     assert 'secrets_agent_backend_ready{backend="local"} 1.0' in metrics
+    assert 'secrets_agent_authenticated{backend="local"} 1.0' in metrics
     assert "secrets_agent_build_info{" in metrics
     assert "greeting" not in metrics and "hello" not in metrics
 
@@ -227,6 +229,20 @@ def test_socket_file_mode_dir_and_removal(short_tmp: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
     assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_socket_group_is_applied(short_tmp: Path) -> None:
+    config = agent_config(short_tmp, extra='socket_group = "4242"\n')
+    with running_agent(config) as agent:
+        assert Path(agent.socket_path).stat().st_gid == 4242
+
+
+def test_unknown_socket_group_stops_startup(short_tmp: Path) -> None:
+    config = agent_config(short_tmp, extra='socket_group = "no-such-group-here"\n')
+    with pytest.raises(StartupError, match="no such group"), running_agent(config):
+        pass
+    assert not Path(config.listener.socket_path).exists()
 
 
 def test_stale_socket_is_replaced_but_a_live_agent_is_not(short_tmp: Path) -> None:

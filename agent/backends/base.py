@@ -20,6 +20,9 @@ class Backend(abc.ABC):
 
     type_name: ClassVar[str]
     Options: ClassVar[type]
+    # Backends that log in upstream report auth themselves; the others hold all they need once
+    # started, and the agent reports them authenticated.
+    manages_auth: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Any) -> None:
         self.name = name

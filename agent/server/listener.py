@@ -38,29 +38,32 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     path = Path(config.socket_path)
     if len(os.fsencode(path)) >= 108:
         raise StartupError("listener.socket_path is longer than the 107 bytes a socket path allows")
+    gid = _resolve_group(config.socket_group) if config.socket_group else -1
     if not path.parent.exists():
         path.parent.mkdir(mode=0o750, parents=True)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         # Bind under a tight umask so the socket is never briefly open wider than configured.
         old_umask = os.umask(0o177)
         try:
             sock.bind(str(path))
+            bound = True
         finally:
             os.umask(old_umask)
         os.chmod(path, config.mode)
-        if config.socket_group:
-            os.chown(path, -1, _resolve_group(config.socket_group))
+        if gid != -1:
+            os.chown(path, -1, gid)
         sock.listen(128)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        if bound:
+            path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
-    except StartupError:
-        sock.close()
-        raise
     return sock
+
 
 
 def remove_socket_file(path: str) -> None:
