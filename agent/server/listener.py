@@ -65,7 +65,6 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     return sock
 
 
-
 def remove_socket_file(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
