@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from secrets_agent.backends.base import Backend, Health
+from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.registry import create_backend
 from secrets_agent.cache import SecretCache
 from secrets_agent.chain import BackendChain, Link
@@ -59,7 +59,8 @@ class Agent:
     async def _startup(self) -> None:
         cfg = self.config
         cipher = Cipher(load_keys(cfg.encryption))
-        self._backends = [create_backend(b) for b in cfg.backends]
+        lent = BackendContext(metrics=self.metrics, clock=self._clock)
+        self._backends = [create_backend(b, lent) for b in cfg.backends]
         links = [
             Link(backend, {kind: _compile(b.common.lookup_pattern(kind)) for kind in Kind})
             for backend, b in zip(self._backends, cfg.backends, strict=True)

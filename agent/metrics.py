@@ -79,6 +79,12 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.token_ttl = Gauge(
+            p + "auth_token_ttl_seconds",
+            "Seconds until the backend's current token expires.",
+            ["backend"],
+            registry=r,
+        )
         self.backend_ready = Gauge(
             p + "backend_ready",
             "1 while the backend is started and healthy.",

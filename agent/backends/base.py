@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from secrets_agent.kinds import Kind
+from secrets_agent.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the agent lends every backend: its metrics, and the clock that tests move."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -24,9 +35,10 @@ class Backend(abc.ABC):
     # started, and the agent reports them authenticated.
     manages_auth: ClassVar[bool] = False
 
-    def __init__(self, name: str, options: Any) -> None:
+    def __init__(self, name: str, options: Any, context: BackendContext | None = None) -> None:
         self.name = name
         self.options = options
+        self.context = context or BackendContext()
 
     async def start(self) -> None:
         """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""

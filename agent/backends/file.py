@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secrets_agent.backends.base import Backend, Health
+from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.fileformats import SUFFIXES, FileFormatError, parse_secrets_file
 from secrets_agent.connections import ConnectionFormatError, connection_value
 from secrets_agent.errors import BackendError
@@ -110,8 +110,10 @@ class FileBackend(Backend):
     Options = FileOptions
     options: FileOptions
 
-    def __init__(self, name: str, options: FileOptions) -> None:
-        super().__init__(name, options)
+    def __init__(
+        self, name: str, options: FileOptions, context: BackendContext | None = None
+    ) -> None:
+        super().__init__(name, options, context)
         self._sources = {
             kind: _Source(name, kind, Path(options.path(kind)))
             for kind in Kind

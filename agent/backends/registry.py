@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from secrets_agent.backends.base import Backend
+from secrets_agent.backends.base import Backend, BackendContext
 from secrets_agent.backends.env import EnvBackend
 from secrets_agent.backends.file import FileBackend
+from secrets_agent.backends.vault.backend import VaultBackend
 from secrets_agent.config import BackendConfig
 
-BACKEND_TYPES: dict[str, type[Backend]] = {cls.type_name: cls for cls in (EnvBackend, FileBackend)}
+BACKEND_TYPES: dict[str, type[Backend]] = {
+    cls.type_name: cls for cls in (EnvBackend, FileBackend, VaultBackend)
+}
 
 
-def create_backend(config: BackendConfig) -> Backend:
-    return BACKEND_TYPES[config.common.type](config.common.name, config.options)
+def create_backend(config: BackendConfig, context: BackendContext) -> Backend:
+    return BACKEND_TYPES[config.common.type](config.common.name, config.options, context)

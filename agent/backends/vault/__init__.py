@@ -1,0 +1,1 @@
+"""HashiCorp Vault / OpenBao backend (hvac), path-compatible with Airflow's VaultBackend."""

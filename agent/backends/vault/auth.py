@@ -1,0 +1,137 @@
+"""Vault auth methods: one small class each, all with ``login(client) -> Lease``.
+
+They run in the backend's thread pool (hvac is synchronous) and read credential files on every
+login, so rotated files are picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from secrets_agent.backends.vault.errors import CredentialSourceError
+from secrets_agent.backends.vault.options import (
+    AppRoleAuth,
+    JwtAuth,
+    KubernetesAuth,
+    TokenAuth,
+    VaultOptions,
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    token: str = field(repr=False)
+    ttl: float  # seconds; 0 means the token never expires
+    renewable: bool
+
+
+class AuthMethod(Protocol):
+    name: str
+
+    def login(self, client: Any) -> Lease: ...
+
+
+def _auth_lease(response: Any) -> Lease:
+    auth = response["auth"]
+    return Lease(auth["client_token"], float(auth["lease_duration"]), bool(auth["renewable"]))
+
+
+def _read_secret_file(backend: str, path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CredentialSourceError(
+            backend, f"cannot read the {what} file {path}: {exc.strerror}"
+        ) from None
+    if not value:
+        raise CredentialSourceError(backend, f"the {what} file {path} is empty")
+    return value
+
+
+class TokenLogin:
+    name = "token"
+
+    def __init__(self, backend: str, options: TokenAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        token = self._token()
+        client.token = token
+        data = client.auth.token.lookup_self()["data"]
+        return Lease(token, float(data.get("ttl") or 0), bool(data.get("renewable")))
+
+    def _token(self) -> str:
+        if self.options.token:
+            return self.options.token
+        if self.options.token_file:
+            return _read_secret_file(self.backend, self.options.token_file, "token")
+        token = os.environ.get("VAULT_TOKEN", "")
+        if not token:
+            raise CredentialSourceError(
+                self.backend, "no token: set token, token_file or $VAULT_TOKEN"
+            )
+        return token
+
+
+class AppRoleLogin:
+    name = "approle"
+
+    def __init__(self, backend: str, options: AppRoleAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        secret_id = self.options.secret_id or _read_secret_file(
+            self.backend, self.options.secret_id_file, "secret_id"
+        )
+        response = client.auth.approle.login(
+            role_id=self.options.role_id,
+            secret_id=secret_id,
+            mount_point=self.options.mount_point,
+            use_token=False,
+        )
+        return _auth_lease(response)
+
+
+class JwtLogin:
+    name = "jwt"
+
+    def __init__(self, backend: str, options: JwtAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        jwt = _read_secret_file(self.backend, self.options.jwt_file, "JWT")
+        response = client.auth.jwt.jwt_login(
+            role=self.options.role, jwt=jwt, path=self.options.mount_point, use_token=False
+        )
+        return _auth_lease(response)
+
+
+class KubernetesLogin:
+    name = "kubernetes"
+
+    def __init__(self, backend: str, options: KubernetesAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        jwt = _read_secret_file(self.backend, self.options.token_path, "service account token")
+        response = client.auth.kubernetes.login(
+            role=self.options.role, jwt=jwt, mount_point=self.options.mount_point, use_token=False
+        )
+        return _auth_lease(response)
+
+
+_METHODS: dict[str, Callable[[str, VaultOptions], AuthMethod]] = {
+    "token": lambda name, o: TokenLogin(name, o.token or TokenAuth()),
+    "approle": lambda name, o: AppRoleLogin(name, o.approle),  # type: ignore[arg-type]
+    "jwt": lambda name, o: JwtLogin(name, o.jwt),  # type: ignore[arg-type]
+    "kubernetes": lambda name, o: KubernetesLogin(name, o.kubernetes),  # type: ignore[arg-type]
+}
+
+
+def auth_method(backend: str, options: VaultOptions) -> AuthMethod:
+    """The configured method; ``VaultOptions.validate`` guarantees its table is present."""
+    return _METHODS[options.auth_method](backend, options)

@@ -1,0 +1,39 @@
+"""hvac and requests exceptions become the agent's error types here, and nowhere else."""
+
+from __future__ import annotations
+
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+
+
+class TokenRejected(BackendError):
+    """Vault refused the token itself (expired or revoked): log in again."""
+
+
+class CredentialSourceError(BackendError):
+    """A local credential source (token / secret_id / JWT file) is unusable: a config problem."""
+
+
+def translate(backend: str, exc: BaseException, doing: str) -> BackendError:
+    """Map an upstream exception; messages are ours, never Vault's text (it can echo input)."""
+    import hvac.exceptions as hx
+    import requests
+
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, hx.Unauthorized):
+        return TokenRejected(backend, f"Vault rejected the token while {doing}")
+    if isinstance(exc, hx.Forbidden):
+        return DeniedError(backend, f"Vault denied access while {doing}")
+    if isinstance(exc, hx.RateLimitExceeded | hx.VaultDown | hx.InternalServerError):
+        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}) while {doing}")
+    if isinstance(exc, hx.BadGateway | hx.UnexpectedError):
+        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}) while {doing}")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return BackendError(backend, f"TLS handshake with Vault failed while {doing}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return TransientError(backend, f"Vault timed out while {doing}")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return TransientError(backend, f"cannot connect to Vault while {doing}")
+    if isinstance(exc, hx.VaultError):
+        return BackendError(backend, f"Vault error ({type(exc).__name__}) while {doing}")
+    return BackendError(backend, f"unexpected {type(exc).__name__} while {doing}")
