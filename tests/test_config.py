@@ -99,7 +99,7 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
         type = "file"
     """,
     )
-    assert "backends[0].type: unknown backend type (choose one of: env, file)" in found
+    assert "backends[0].type: unknown backend type (choose one of: env, file, vault)" in found
     assert "backends[1].colour: unknown key" in found
     assert "backends[2].name: is required" in found
     assert any(p.startswith("backends[3].name: must match") for p in found)
@@ -167,3 +167,63 @@ def test_check_config_accepts_the_example() -> None:
     result = run_cli("check-config", str(ROOT / "config.example.toml"))
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+def test_vault_backend_section_is_validated(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "vault.local:8200"
+        auth_method = "approle"
+        kv_engine_version = 3
+        client_cert = "cert.pem"
+        [backends.token]
+        token = "a"
+        token_file = "b"
+        [backends.kubernetes]
+        token_path = "/x"
+    """,
+    )
+    assert "backends[0].kv_engine_version: must be <= 2, got 3" in found
+    assert "backends[0].kubernetes.role: is required" in found
+    found = problems(
+        tmp_path,
+        """
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "vault.local:8200"
+        auth_method = "approle"
+        client_cert = "cert.pem"
+        [backends.token]
+        token = "a"
+        token_file = "b"
+    """,
+    )
+    assert "backends[0].url: must start with http:// or https://" in found
+    assert 'backends[0].approle: auth_method = "approle" needs a [backends.approle] table' in found
+    assert "backends[0].token: set token or token_file, not both" in found
+    assert "backends[0].client_cert: client_cert and client_key go together" in found
+
+
+def test_vault_backend_minimal(tmp_path: Path) -> None:
+    config = load_config(
+        write_config(
+            tmp_path,
+            """
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "https://vault.local:8200"
+        auth_method = "kubernetes"
+        [backends.kubernetes]
+        role = "airflow"
+    """,
+        )
+    )
+    options = config.backends[0].options
+    assert options.kubernetes.token_path == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert (options.mount_point, options.kv_engine_version) == ("secret", 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 from secrets_agent.backends.registry import BACKEND_TYPES
@@ -23,21 +24,22 @@ def test_readme_setup_has_exactly_the_demo_and_test_commands_ci_runs() -> None:
 
 def test_example_config_mentions_every_key() -> None:
     example = (ROOT / "config.example.toml").read_text()
-    sections = {f.name: f.type for f in dataclasses.fields(AgentConfig) if f.name != "backends"}
+    sections = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "backends"]
     for section in sections:
         assert f"[{section}]" in example
-    keys = [
-        f.name
-        for cls in (
-            *[type(getattr(AgentConfig(), s)) for s in sections],
-            BackendCommon,
-            *[b.Options for b in BACKEND_TYPES.values()],
-        )
-        for f in dataclasses.fields(cls)
-    ]
+    pending: list[type] = [type(getattr(AgentConfig(), s)) for s in sections]
+    pending += [BackendCommon, *[b.Options for b in BACKEND_TYPES.values()]]
+    keys: list[str] = []
+    while pending:
+        cls = pending.pop()
+        for name, hint in typing.get_type_hints(cls).items():
+            keys.append(name)
+            pending += [
+                t
+                for t in (hint, *typing.get_args(hint))
+                if isinstance(t, type) and dataclasses.is_dataclass(t)
+            ]
     missing = [
-        key
-        for key in keys
-        if not re.search(rf"^#?\s*{key}\b", example, flags=re.M) and key not in example
+        key for key in keys if not re.search(rf"^#?\s*\[?[\w.]*\b{key}\b", example, flags=re.M)
     ]
     assert missing == []
