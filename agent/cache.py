@@ -19,6 +19,8 @@ class _Entry:
     token: bytes | None  # None records a miss (negative entry)
     stored_at: float
     expires_at: float
+    source: str | None = None  # the backend that produced the value
+    version: str | None = None  # its validator, for revalidation without a full fetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class Cached:
     value: str | None
     age: float
     fresh: bool
+    source: str | None = None
+    version: str | None = None
 
 
 class SecretCache:
@@ -66,9 +70,17 @@ class SecretCache:
         if entry.token is not None and value is None:
             del self._entries[key]  # encrypted under a key we no longer hold
             return None
-        return Cached(value=value, age=max(0.0, now - entry.stored_at), fresh=fresh)
+        age = max(0.0, now - entry.stored_at)
+        return Cached(value, age, fresh, entry.source, entry.version)
 
-    def put(self, kind: Kind, secret_id: str, value: str | None) -> None:
+    def put(
+        self,
+        kind: Kind,
+        secret_id: str,
+        value: str | None,
+        source: str | None = None,
+        version: str | None = None,
+    ) -> None:
         ttl = self._negative_ttl if value is None else self._ttl(kind)
         key = (kind, secret_id)
         if ttl <= 0:
@@ -76,7 +88,17 @@ class SecretCache:
             return
         now = self._clock()
         token = None if value is None else self._cipher.encrypt(value)
-        self._entries[key] = _Entry(token=token, stored_at=now, expires_at=now + ttl)
+        self._entries[key] = _Entry(token, now, now + ttl, source, version)
+
+    def restamp(self, kind: Kind, secret_id: str) -> None:
+        """The upstream confirmed the value is current: fresh again, without re-encrypting."""
+        key = (kind, secret_id)
+        entry = self._entries.get(key)
+        if entry is not None and entry.token is not None:
+            now = self._clock()
+            self._entries[key] = _Entry(
+                entry.token, now, now + self._ttl(kind), entry.source, entry.version
+            )
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         """Drop everything, one kind, or one id of a kind; return how many entries went."""

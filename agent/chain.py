@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from secrets_agent.backends.base import Backend
 from secrets_agent.errors import BackendError, DeniedError, TransientError
@@ -14,6 +15,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,13 @@ class Link:
         return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
 
 
+@dataclass(frozen=True)
+class Found:
+    value: str
+    source: str  # the backend's name, so a revalidation asks the same backend
+    version: str | None = None
+
+
 class BackendChain:
     def __init__(self, links: Sequence[Link], metrics: Metrics) -> None:
         self.links = tuple(links)
@@ -36,7 +45,7 @@ class BackendChain:
     def backends(self) -> tuple[Backend, ...]:
         return tuple(link.backend for link in self.links)
 
-    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+    async def fetch(self, kind: Kind, secret_id: str) -> Found | None:
         """Ask each accepting backend in order.
 
         An error stops the walk instead of falling through: a later backend's answer could
@@ -44,18 +53,47 @@ class BackendChain:
         """
         for link in self.links:
             if link.accepts(kind, secret_id):
-                value = await self._fetch_one(link.backend, kind, secret_id)
-                if value is not None:
-                    return value
+                found = await self._fetch_from(link.backend, kind, secret_id)
+                if found is not None:
+                    return found
         return None
 
-    async def _fetch_one(self, backend: Backend, kind: Kind, secret_id: str) -> str | None:
+    async def _fetch_from(self, backend: Backend, kind: Kind, secret_id: str) -> Found | None:
+        got = await self._guard(
+            backend,
+            kind,
+            lambda: backend.fetch_versioned(kind, secret_id),
+            lambda v: "missing" if v is None else "found",
+        )
+        return None if got is None else Found(got.value, backend.name, got.version)
+
+    async def revalidate(self, kind: Kind, secret_id: str, found: Found) -> bool:
+        """Ask the backend that produced ``found`` whether it is still current."""
+        link = next((lk for lk in self.links if lk.backend.name == found.source), None)
+        if link is None or found.version is None or not link.accepts(kind, secret_id):
+            return False
+        backend, version = link.backend, found.version
+        return await self._guard(
+            backend,
+            kind,
+            lambda: backend.revalidate(kind, secret_id, version),
+            lambda same: "unchanged" if same else "changed",
+        )
+
+    async def _guard(
+        self,
+        backend: Backend,
+        kind: Kind,
+        call: Callable[[], Awaitable[T]],
+        outcome: Callable[[T], str],
+    ) -> T:
+        """Run one backend call with metrics; anything but our own errors becomes one."""
         started = time.perf_counter()
         result = "error"
         try:
-            value = await backend.fetch(kind, secret_id)
-            result = "found" if value is not None else "missing"
-            return value
+            answer = await call()
+            result = outcome(answer)
+            return answer
         except DeniedError:
             result = "denied"
             raise
@@ -66,7 +104,7 @@ class BackendChain:
             raise
         except Exception as exc:
             # A backend bug must not leak SDK text (it may quote a value): keep the type only.
-            log.error("backend %r raised %s fetching a %s", backend.name, type(exc).__name__, kind)
+            log.error("backend %r raised %s on a %s", backend.name, type(exc).__name__, kind)
             raise BackendError(backend.name, f"unexpected {type(exc).__name__}") from None
         finally:
             self._metrics.upstream_calls.labels(backend.name, kind.value, result).inc()

@@ -19,7 +19,7 @@ from secrets_agent.cache import SecretCache
 from secrets_agent.chain import BackendChain, Link
 from secrets_agent.config import AgentConfig
 from secrets_agent.crypto import Cipher, load_keys
-from secrets_agent.errors import BackendError, StartupError
+from secrets_agent.errors import AgentError, BackendError, StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.metrics import Metrics
 from secrets_agent.server.app import ApiContext, create_app
@@ -77,6 +77,7 @@ class Agent:
         self.service = SecretService(BackendChain(links, self.metrics), cache, self.metrics)
         for backend in self._backends:
             await self._start_backend(backend)
+            await self._prefetch(backend, cache)
 
         context = ApiContext(
             self.service, AccessPolicy.from_config(cfg.listener), self.metrics, self.readiness
@@ -105,6 +106,18 @@ class Agent:
         self.metrics.backend_ready.labels(backend.name).set_function(
             lambda: float(backend.name in self._started and backend.health().ready)
         )
+
+    async def _prefetch(self, backend: Backend, cache: SecretCache) -> None:
+        """Warm the cache with the ids the backend is configured to load at start."""
+        try:
+            items = await backend.prefetch()
+        except AgentError as exc:  # a warm-up failure only costs the first lookups a round trip
+            log.warning("backend %r: prefetch failed: %s", backend.name, exc)
+            return
+        for item in items:
+            cache.put(item.kind, item.secret_id, item.found.value, backend.name, item.found.version)
+        if items:
+            log.info("backend %r: prefetched %d values", backend.name, len(items))
 
     async def _serve_app(
         self,

@@ -6,8 +6,8 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from secrets_agent.cache import SecretCache
-from secrets_agent.chain import BackendChain
+from secrets_agent.cache import Cached, SecretCache
+from secrets_agent.chain import BackendChain, Found
 from secrets_agent.errors import TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.metrics import Metrics
@@ -34,7 +34,8 @@ class SecretService:
     def __init__(self, chain: BackendChain, cache: SecretCache, metrics: Metrics) -> None:
         self.chain, self.cache = chain, cache
         self._metrics = metrics
-        self._flight: SingleFlight[str | None] = SingleFlight()
+        self._flight: SingleFlight[Found | None] = SingleFlight()
+        self._revalidations: SingleFlight[bool] = SingleFlight()
 
     async def lookup(self, kind: Kind, secret_id: str) -> Result:
         cached = self.cache.get(kind, secret_id)
@@ -42,7 +43,15 @@ class SecretService:
             state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
             return self._count(kind, Result(cached.value, state, cached.age))
         try:
-            value, shared = await self._flight.do(
+            if cached is not None and cached.value is not None and cached.version is not None:
+                current, _ = await self._revalidations.do(
+                    ("revalidate", kind, secret_id),
+                    lambda: self._revalidate(kind, secret_id, cached),
+                )
+                if current:
+                    self._metrics.cache_results.labels(kind.value, "revalidated").inc()
+                    return Result(cached.value, CacheState.HIT, 0.0)
+            found, shared = await self._flight.do(
                 (kind, secret_id), lambda: self._refresh(kind, secret_id)
             )
         except TransientError as exc:
@@ -52,15 +61,28 @@ class SecretService:
             return self._count(kind, Result(cached.value, CacheState.STALE, cached.age))
         if shared:
             self._metrics.coalesced.labels(kind.value).inc()
+        value = None if found is None else found.value
         return self._count(kind, Result(value, CacheState.MISS, 0.0))
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         return self.cache.invalidate(kind, secret_id)
 
-    async def _refresh(self, kind: Kind, secret_id: str) -> str | None:
-        value = await self.chain.fetch(kind, secret_id)
-        self.cache.put(kind, secret_id, value)
-        return value
+    async def _refresh(self, kind: Kind, secret_id: str) -> Found | None:
+        found = await self.chain.fetch(kind, secret_id)
+        if found is None:
+            self.cache.put(kind, secret_id, None)
+        else:
+            self.cache.put(kind, secret_id, found.value, found.source, found.version)
+        return found
+
+    async def _revalidate(self, kind: Kind, secret_id: str, cached: Cached) -> bool:
+        if cached.value is None or cached.source is None:
+            return False
+        found = Found(cached.value, cached.source, cached.version)
+        if await self.chain.revalidate(kind, secret_id, found):
+            self.cache.restamp(kind, secret_id)
+            return True
+        return False
 
     def _count(self, kind: Kind, result: Result) -> Result:
         self._metrics.cache_results.labels(kind.value, result.state.lower()).inc()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from secrets_agent.backends.base import Backend
+from secrets_agent.backends.base import Backend, Versioned
 from secrets_agent.config import AgentConfig
 from secrets_agent.daemon import Agent
 from secrets_agent.kinds import Kind
@@ -49,6 +49,8 @@ class Script:
     gate: asyncio.Event | None = None
     calls: list[tuple[Kind, str]] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    versions: dict[tuple[Kind, str], str] = field(default_factory=dict)
+    revalidations: int = 0
 
 
 class ScriptedBackend(Backend):
@@ -67,6 +69,18 @@ class ScriptedBackend(Backend):
         if script.error is not None:
             raise script.error
         return script.values.get((kind, secret_id))
+
+    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        value = await self.fetch(kind, secret_id)
+        version = self.scripts[self.name].versions.get((kind, secret_id))
+        return None if value is None else Versioned(value, version)
+
+    async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
+        script = self.scripts[self.name]
+        script.revalidations += 1
+        if script.error is not None:
+            raise script.error
+        return script.versions.get((kind, secret_id)) == version
 
 
 def write_config(directory: Path, body: str, name: str = "agent.toml") -> Path:

@@ -162,3 +162,31 @@ async def test_unexpected_backend_exception_is_translated_without_its_text() -> 
         await f.service.lookup(V, "k")
     assert "s3cret" not in str(info.value)
     assert "ValueError" in str(info.value)
+
+
+async def test_expired_entry_is_revalidated_by_version_instead_of_refetched() -> None:
+    script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "ver-1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)
+    again = await f.service.lookup(V, "k")
+    assert (again.state, again.value, again.age) == (CacheState.HIT, "v1", 0.0)
+    assert (len(script.calls), script.revalidations) == (1, 1)
+    assert f.sample("secrets_agent_cache_results_total", kind="variable", result="revalidated") == 1
+    f.clock.advance(30)
+    assert (await f.service.lookup(V, "k")).state is CacheState.HIT  # re-stamped: fresh again
+
+    script.values[(V, "k")], script.versions[(V, "k")] = "v2", "ver-2"
+    f.clock.advance(31)
+    changed = await f.service.lookup(V, "k")
+    assert (changed.state, changed.value) == (CacheState.MISS, "v2")
+    assert (len(script.calls), script.revalidations) == (2, 2)
+
+
+async def test_revalidation_failure_serves_stale() -> None:
+    script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "ver-1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    script.error = TransientError("a", "throttled")
+    f.clock.advance(61)
+    assert (await f.service.lookup(V, "k")).state is CacheState.STALE

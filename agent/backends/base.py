@@ -21,6 +21,21 @@ class BackendContext:
 
 
 @dataclass(frozen=True)
+class Versioned:
+    """A value plus a validator the backend can check more cheaply than a fetch."""
+
+    value: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    kind: Kind
+    secret_id: str
+    found: Versioned
+
+
+@dataclass(frozen=True)
 class Health:
     ready: bool
     detail: str = "ok"
@@ -58,3 +73,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
         """Return the value as Airflow expects it, or None when the backend does not have it."""
+
+    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        """``fetch`` plus a version, for backends that can revalidate cheaply."""
+        value = await self.fetch(kind, secret_id)
+        return None if value is None else Versioned(value)
+
+    async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
+        """True when the upstream value is still ``version`` (so the cache may re-stamp it)."""
+        return False
+
+    async def prefetch(self) -> list[Prefetched]:
+        """Values to load into the cache at start (configured per backend)."""
+        return []
