@@ -127,6 +127,12 @@ class _Loader:
         if origin in (types.UnionType, typing.Union):
             inner = [a for a in args if a is not type(None)]
             return self.convert(inner[0], value, path)
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.problem(path, f"must be a table, not {_toml_type(value)}")
+                return _INVALID
+            entries = {k: self.convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+            return _INVALID if _INVALID in entries.values() else entries
         if origin is tuple:
             if not isinstance(value, list):
                 self.problem(path, f"must be an array, not {_toml_type(value)}")

@@ -64,6 +64,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.api_calls = Counter(
+            p + "upstream_api_calls",
+            "Upstream API calls by backend, operation and result.",
+            ["backend", "operation", "result"],
+            registry=r,
+        )
+        self.api_latency = Histogram(
+            p + "upstream_api_duration_seconds",
+            "Upstream API call time by operation.",
+            ["backend", "operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.denied_peers = Counter(
             p + "denied_peers", "Connections refused because the peer is not allowed.", registry=r
         )

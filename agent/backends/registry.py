@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
+from secrets_agent.backends.aws.ssm import SsmBackend
 from secrets_agent.backends.base import Backend, BackendContext
 from secrets_agent.backends.env import EnvBackend
 from secrets_agent.backends.file import FileBackend
@@ -9,7 +11,8 @@ from secrets_agent.backends.vault.backend import VaultBackend
 from secrets_agent.config import BackendConfig
 
 BACKEND_TYPES: dict[str, type[Backend]] = {
-    cls.type_name: cls for cls in (EnvBackend, FileBackend, VaultBackend)
+    cls.type_name: cls
+    for cls in (EnvBackend, FileBackend, VaultBackend, SecretsManagerBackend, SsmBackend)
 }
 
 

@@ -1,0 +1,1 @@
+"""AWS Secrets Manager and SSM Parameter Store backends (aioboto3), provider-compatible naming."""

@@ -1,0 +1,64 @@
+"""What the two AWS backends share: the client's lifetime, naming, readiness, prefetch."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from secrets_agent.backends.aws.client import AwsClient
+from secrets_agent.backends.aws.options import AwsOptions
+from secrets_agent.backends.base import Backend, BackendContext, Health, Prefetched, Versioned
+from secrets_agent.kinds import Kind
+
+BATCH = 10  # ids per BatchGetSecretValue / GetParameters call
+
+
+class AwsBackend(Backend):
+    service: ClassVar[str]
+    manages_auth = True
+    options: AwsOptions
+
+    def __init__(
+        self, name: str, options: AwsOptions, context: BackendContext | None = None
+    ) -> None:
+        super().__init__(name, options, context)
+        self.client = AwsClient(name, self.service, options, self.context)
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def health(self) -> Health:
+        error = self.client.credentials_error
+        return Health(ready=error is None, detail=error or "ok")
+
+    def supports(self, kind: Kind) -> bool:
+        return bool(self.options.prefix(kind))
+
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        found = await self.fetch_versioned(kind, secret_id)
+        return None if found is None else found.value
+
+    async def prefetch(self) -> list[Prefetched]:
+        wanted = {
+            name: (kind, secret_id)
+            for kind in Kind
+            for secret_id in self.options.prefetch(kind)
+            if (name := self.options.name_for(kind, secret_id)) is not None
+        }
+        names = list(wanted)
+        loaded: list[Prefetched] = []
+        for start in range(0, len(names), BATCH):
+            for name, found in (await self.fetch_batch(names[start : start + BATCH])).items():
+                kind, secret_id = wanted[name]
+                loaded.append(Prefetched(kind, secret_id, self.shape(kind, found)))
+        return loaded
+
+    async def fetch_batch(self, names: list[str]) -> dict[str, Versioned]:
+        """Raw values for up to ``BATCH`` upstream names, by name; missing ones are left out."""
+        raise NotImplementedError
+
+    def shape(self, kind: Kind, found: Versioned) -> Versioned:
+        """Turn the raw upstream value into what Airflow expects for ``kind``."""
+        return found

@@ -1,0 +1,135 @@
+"""One aioboto3 client per backend, on the default credential chain (optionally AssumeRole)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
+from secrets_agent.backends.aws.options import AwsOptions
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+
+T = TypeVar("T")
+
+
+class AwsClient:
+    """Owns the client's lifetime and runs every API call through metrics and translation."""
+
+    def __init__(
+        self, backend: str, service: str, options: AwsOptions, context: BackendContext
+    ) -> None:
+        self.backend, self.service, self.options = backend, service, options
+        self._metrics = context.metrics
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self.credentials_error: str | None = "not started"
+
+    async def start(self) -> None:
+        import aioboto3
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import AioSession
+
+        o = self.options
+        try:
+            base = AioSession(profile=o.profile or None)
+            if o.region:
+                base.set_config_variable("region", o.region)
+            if o.role_arn:
+                await self._assume_role(base)
+            config = AioConfig(
+                connect_timeout=o.connect_timeout,
+                read_timeout=o.read_timeout,
+                retries={"mode": "standard", "max_attempts": o.max_attempts},
+            )
+            session = aioboto3.Session(botocore_session=base)
+            self._client = await self._stack.enter_async_context(
+                session.client(self.service, endpoint_url=o.endpoint_url or None, config=config)
+            )
+            credentials = await base.get_credentials()
+        except Exception as exc:  # the backend edge: a region or profile problem stops startup
+            raise translate(self.backend, exc, "creating the AWS client") from None
+        self.credentials_error = (
+            None if credentials is not None else ("no AWS credentials found in the default chain")
+        )
+        self._metrics.authenticated.labels(self.backend).set(credentials is not None)
+
+    async def _assume_role(self, base: Any) -> None:
+        from aiobotocore.credentials import (
+            AioAssumeRoleCredentialFetcher,
+            AioDeferredRefreshableCredentials,
+        )
+
+        source = await base.get_credentials()
+        if source is None:
+            raise BackendError(self.backend, "role_arn is set but no source credentials exist")
+        o = self.options
+        create_sts = functools.partial(
+            base.create_client,
+            endpoint_url=o.sts_endpoint_url or None,
+            region_name=o.region or None,
+        )
+        fetcher = AioAssumeRoleCredentialFetcher(
+            create_sts, source, o.role_arn, extra_args={"RoleSessionName": o.role_session_name}
+        )
+
+        async def refresh() -> Any:
+            # botocore calls this before the role's credentials expire, on demand.
+            try:
+                answer = await self.call("AssumeRole", fetcher.fetch_credentials)
+            except BackendError:
+                self._metrics.auth_attempts.labels(self.backend, "failure").inc()
+                self._metrics.authenticated.labels(self.backend).set(0)
+                raise
+            self._metrics.auth_attempts.labels(self.backend, "success").inc()
+            return answer
+
+        # botocore has no public setter for a session's credentials; this is its own idiom.
+        base._credentials = AioDeferredRefreshableCredentials(refresh, method="assume-role")
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+        self._metrics.authenticated.labels(self.backend).set(0)
+
+    async def api(self, operation: str, **kwargs: Any) -> dict[str, Any] | None:
+        """Call ``operation`` (e.g. "GetSecretValue"); None when the name does not exist."""
+        method = getattr(self._client, _snake(operation))
+        response: dict[str, Any] | None = await self.call(
+            operation, lambda: method(**kwargs), missing_ok=True
+        )
+        return response
+
+    async def call(
+        self, operation: str, call: Callable[[], Awaitable[T]], *, missing_ok: bool = False
+    ) -> T | None:
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            return await call()
+        except Exception as exc:  # the backend edge: nothing from botocore gets past here
+            if missing_ok and error_code(exc) in NOT_FOUND:
+                result = "not_found"
+                return None
+            error = translate(self.backend, exc, operation)
+            result = (
+                "denied"
+                if isinstance(error, DeniedError)
+                else "transient"
+                if isinstance(error, TransientError)
+                else "error"
+            )
+            raise error from None
+        finally:
+            self._metrics.api_calls.labels(self.backend, operation, result).inc()
+            self._metrics.api_latency.labels(self.backend, operation).observe(
+                time.perf_counter() - started
+            )
+
+
+@functools.cache
+def _snake(operation: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")

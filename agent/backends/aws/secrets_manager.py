@@ -1,0 +1,101 @@
+"""``type = "aws_secrets_manager"``: naming and JSON connections as Airflow's provider does it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from secrets_agent.backends.aws.base import AwsBackend
+from secrets_agent.backends.aws.options import SecretsManagerOptions
+from secrets_agent.backends.base import Versioned
+from secrets_agent.kinds import Kind
+
+log = logging.getLogger(__name__)
+
+# The provider's names for each connection field in a JSON secret, first match wins.
+_FIELD_WORDS = {
+    "login": ("login", "user", "username", "user_name"),
+    "password": ("password", "pass", "key"),
+    "host": ("host", "remote_host", "server"),
+    "port": ("port",),
+    "schema": ("database", "schema"),
+    "conn_type": ("conn_type", "conn_id", "connection_type", "engine"),
+    "extra": ("extra",),
+}
+_ALIASES = {"user": "login", "pass": "password"}
+
+
+class SecretsManagerBackend(AwsBackend):
+    type_name = "aws_secrets_manager"
+    Options = SecretsManagerOptions
+    options: SecretsManagerOptions
+    service = "secretsmanager"
+
+    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        name = self.options.name_for(kind, secret_id)
+        if name is None:
+            return None
+        response = await self.client.api("GetSecretValue", SecretId=name)
+        if response is None:
+            return None
+        if "SecretString" not in response:
+            log.warning(
+                "backend %r: the %s %r is binary; only text secrets are supported",
+                self.name,
+                kind,
+                secret_id,
+            )
+            return None
+        return self.shape(kind, Versioned(response["SecretString"], response.get("VersionId")))
+
+    async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
+        """DescribeSecret is cheaper than GetSecretValue: refetch only if AWSCURRENT moved."""
+        name = self.options.name_for(kind, secret_id)
+        if not self.options.revalidate or name is None:
+            return False
+        response = await self.client.api("DescribeSecret", SecretId=name)
+        stages: dict[str, list[str]] = (response or {}).get("VersionIdsToStages", {})
+        return any(v == version and "AWSCURRENT" in s for v, s in stages.items())
+
+    async def fetch_batch(self, names: list[str]) -> dict[str, Versioned]:
+        response = await self.client.api("BatchGetSecretValue", SecretIdList=names)
+        values = {}
+        for item in (response or {}).get("SecretValues", []):
+            if "SecretString" in item:
+                values[item["Name"]] = Versioned(item["SecretString"], item.get("VersionId"))
+        return values
+
+    def shape(self, kind: Kind, found: Versioned) -> Versioned:
+        if kind is not Kind.CONNECTION or not found.value.strip().startswith("{"):
+            return found
+        try:
+            secret = json.loads(found.value)
+        except json.JSONDecodeError:
+            return found  # Airflow will report it; the text must not reach our logs
+        if not isinstance(secret, dict):
+            return found
+        return Versioned(json.dumps(self._standardise(secret)), found.version)
+
+    def _standardise(self, secret: dict[str, Any]) -> dict[str, Any]:
+        """The provider's alias handling, so existing secrets keep working unchanged."""
+        words = {conn_field: list(names) for conn_field, names in _FIELD_WORDS.items()}
+        for conn_field, extra in self.options.extra_conn_words.items():
+            words[_ALIASES.get(conn_field, conn_field)].extend(extra)
+        fields = {}
+        for conn_field, names in words.items():
+            value = next((v for k, v in secret.items() if k in names), None)
+            if value is not None:
+                fields[conn_field] = value
+        if self.options.are_secret_values_urlencoded:
+            fields = {k: _unquote(v) for k, v in fields.items()}
+        return fields
+
+
+def _unquote(value: Any) -> Any:
+    if isinstance(value, str):
+        return unquote(value)
+    if isinstance(value, dict):
+        return {k: _unquote(v) for k, v in value.items()}
+    return value
