@@ -99,7 +99,8 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
         type = "file"
     """,
     )
-    assert "backends[0].type: unknown backend type (choose one of: env, file, vault)" in found
+    choices = "aws_secrets_manager, aws_ssm, env, file, vault"
+    assert f"backends[0].type: unknown backend type (choose one of: {choices})" in found
     assert "backends[1].colour: unknown key" in found
     assert "backends[2].name: is required" in found
     assert any(p.startswith("backends[3].name: must match") for p in found)
@@ -227,3 +228,47 @@ def test_vault_backend_minimal(tmp_path: Path) -> None:
     options = config.backends[0].options
     assert options.kubernetes.token_path == "/var/run/secrets/kubernetes.io/serviceaccount/token"
     assert (options.mount_point, options.kv_engine_version) == ("secret", 2)
+
+
+def test_aws_backend_options_are_validated(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        [[backends]]
+        name = "aws"
+        type = "aws_secrets_manager"
+        endpoint_url = "localhost:4566"
+        max_attempts = 0
+        extra_conn_words = { username = ["u"], login = "not-a-list" }
+    """,
+    )
+    assert "backends[0].max_attempts: must be >= 1, got 0" in found
+    assert "backends[0].extra_conn_words.login: must be an array, not a string" in found
+    found = problems(
+        tmp_path,
+        """
+        [[backends]]
+        name = "aws"
+        type = "aws_secrets_manager"
+        endpoint_url = "localhost:4566"
+        extra_conn_words = { username = ["u"] }
+    """,
+    )
+    assert "backends[0].endpoint_url: must start with http:// or https://" in found
+    assert "backends[0].extra_conn_words: unknown connection fields: username" in found
+
+
+def test_ssm_defaults_follow_the_provider(tmp_path: Path) -> None:
+    config = load_config(
+        write_config(
+            tmp_path,
+            """
+        [[backends]]
+        name = "ssm"
+        type = "aws_ssm"
+    """,
+        )
+    )
+    options = config.backends[0].options
+    assert options.name_for(Kind.CONNECTION, "pg") == "/airflow/connections/pg"
+    assert options.name_for(Kind.VARIABLE, "v") == "/airflow/variables/v"
