@@ -383,7 +383,7 @@ async def test_bad_credentials_keep_the_backend_unready_without_stopping_it(
         )
     )
     assert not backend.health().ready
-    assert "logging in" in backend.health().detail
+    assert backend.health().detail == "backend 'vault': Vault error (InvalidRequest, login)"
     assert started.sample("secrets_agent_auth_attempts_total", result="failure") == 1
     assert started.sample("secrets_agent_authenticated") == 0
 

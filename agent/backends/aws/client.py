@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
 from secrets_agent.backends.aws.options import AwsOptions
 from secrets_agent.backends.base import BackendContext
-from secrets_agent.errors import BackendError, DeniedError, TransientError
-
-T = TypeVar("T")
+from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.errors import BackendError
 
 
 class AwsClient:
@@ -24,6 +21,9 @@ class AwsClient:
     ) -> None:
         self.backend, self.service, self.options = backend, service, options
         self._metrics = context.metrics
+        self.calls = ApiCalls(
+            backend, context.metrics, translate, lambda exc: error_code(exc) in NOT_FOUND
+        )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self.credentials_error: str | None = "not started"
@@ -79,7 +79,7 @@ class AwsClient:
         async def refresh() -> Any:
             # botocore calls this before the role's credentials expire, on demand.
             try:
-                answer = await self.call("AssumeRole", fetcher.fetch_credentials)
+                answer = await self.calls.required("AssumeRole", fetcher.fetch_credentials)
             except BackendError:
                 self._metrics.auth_attempts.labels(self.backend, "failure").inc()
                 self._metrics.authenticated.labels(self.backend).set(0)
@@ -98,36 +98,8 @@ class AwsClient:
     async def api(self, operation: str, **kwargs: Any) -> dict[str, Any] | None:
         """Call ``operation`` (e.g. "GetSecretValue"); None when the name does not exist."""
         method = getattr(self._client, _snake(operation))
-        response: dict[str, Any] | None = await self.call(
-            operation, lambda: method(**kwargs), missing_ok=True
-        )
+        response: dict[str, Any] | None = await self.calls(operation, lambda: method(**kwargs))
         return response
-
-    async def call(
-        self, operation: str, call: Callable[[], Awaitable[T]], *, missing_ok: bool = False
-    ) -> T | None:
-        started = time.perf_counter()
-        result = "ok"
-        try:
-            return await call()
-        except Exception as exc:  # the backend edge: nothing from botocore gets past here
-            if missing_ok and error_code(exc) in NOT_FOUND:
-                result = "not_found"
-                return None
-            error = translate(self.backend, exc, operation)
-            result = (
-                "denied"
-                if isinstance(error, DeniedError)
-                else "transient"
-                if isinstance(error, TransientError)
-                else "error"
-            )
-            raise error from None
-        finally:
-            self._metrics.api_calls.labels(self.backend, operation, result).inc()
-            self._metrics.api_latency.labels(self.backend, operation).observe(
-                time.perf_counter() - started
-            )
 
 
 @functools.cache

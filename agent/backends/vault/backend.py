@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.options import VaultOptions
@@ -37,6 +38,7 @@ class VaultBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
         self._client: Any = None
         self.session = VaultSession(name, self, options, self.context)
+        self.calls = ApiCalls(name, self.context.metrics, translate)
         self._maintainer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -65,7 +67,9 @@ class VaultBackend(Backend):
         if self.session.authenticated and self._auth.name != "token":
             # Tokens we minted ourselves are revoked on the way out; a given token is not ours.
             with contextlib.suppress(BackendError, TimeoutError):
-                await asyncio.wait_for(self._run(self._client.auth.token.revoke_self, "revoke"), 2)
+                await asyncio.wait_for(
+                    self._run("revoke-self", self._client.auth.token.revoke_self), 2
+                )
         self.session.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -83,12 +87,12 @@ class VaultBackend(Backend):
     # -- TokenOps, for the session -----------------------------------------------------------
 
     async def login(self) -> Lease:
-        lease = await self._run(lambda: self._auth.login(self._client), "logging in")
+        lease = await self._run("login", lambda: self._auth.login(self._client))
         self._client.token = lease.token
         return lease
 
     async def renew(self) -> Lease:
-        response = await self._run(self._client.auth.token.renew_self, "renewing the token")
+        response = await self._run("renew-self", self._client.auth.token.renew_self)
         auth = response["auth"]
         return Lease(self._client.token, float(auth["lease_duration"]), bool(auth["renewable"]))
 
@@ -105,9 +109,8 @@ class VaultBackend(Backend):
 
     async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
         await self.session.ensure_token()
-        doing = f"reading a {kind}"
         try:
-            return await self._run(lambda: self._read_sync(mount, path), doing)
+            return await self._read_once(mount, path)
         except DeniedError:
             # Vault answers 403 both for a denied path and for a dead token: tell them apart.
             if await self._token_alive():
@@ -115,7 +118,10 @@ class VaultBackend(Backend):
         except TokenRejected:
             pass
         await self.session.token_rejected()
-        return await self._run(lambda: self._read_sync(mount, path), doing)
+        return await self._read_once(mount, path)
+
+    async def _read_once(self, mount: str, path: str) -> dict[str, Any] | None:
+        return await self.calls("read", lambda: self._in_pool(lambda: self._read_sync(mount, path)))
 
     def _read_sync(self, mount: str, path: str) -> dict[str, Any] | None:
         import hvac.exceptions
@@ -135,20 +141,19 @@ class VaultBackend(Backend):
 
     async def _token_alive(self) -> bool:
         try:
-            await self._run(self._client.auth.token.lookup_self, "checking the token")
+            await self._run("lookup-self", self._client.auth.token.lookup_self)
         except (DeniedError, TokenRejected):
             return False
         except TransientError:
             return True  # cannot tell; do not throw away a token that may be fine
         return True
 
-    async def _run(self, call: Callable[[], T], doing: str) -> T:
-        """Run a blocking hvac call in this backend's pool; translate whatever it raises."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, call)
-        except Exception as exc:  # the backend edge: nothing from hvac/requests gets past here
-            raise translate(self.name, exc, doing) from None
+    async def _run(self, operation: str, call: Callable[[], T]) -> T:
+        """A blocking hvac call, in this backend's pool, counted and translated."""
+        return await self.calls.required(operation, lambda: self._in_pool(call))
+
+    async def _in_pool(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _location(self, kind: Kind, secret_id: str) -> tuple[str, str] | None:
         base = self.options.path(kind).strip("/")

@@ -13,7 +13,7 @@ class CredentialSourceError(BackendError):
     """A local credential source (token / secret_id / JWT file) is unusable: a config problem."""
 
 
-def translate(backend: str, exc: BaseException, doing: str) -> BackendError:
+def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
     """Map an upstream exception; messages are ours, never Vault's text (it can echo input)."""
     import hvac.exceptions as hx
     import requests
@@ -21,19 +21,19 @@ def translate(backend: str, exc: BaseException, doing: str) -> BackendError:
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, hx.Unauthorized):
-        return TokenRejected(backend, f"Vault rejected the token while {doing}")
+        return TokenRejected(backend, f"Vault rejected the token ({operation})")
     if isinstance(exc, hx.Forbidden):
-        return DeniedError(backend, f"Vault denied access while {doing}")
+        return DeniedError(backend, f"Vault denied access ({operation})")
     if isinstance(exc, hx.RateLimitExceeded | hx.VaultDown | hx.InternalServerError):
-        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}) while {doing}")
+        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}, {operation})")
     if isinstance(exc, hx.BadGateway | hx.UnexpectedError):
-        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}) while {doing}")
+        return TransientError(backend, f"Vault unavailable ({type(exc).__name__}, {operation})")
     if isinstance(exc, requests.exceptions.SSLError):
-        return BackendError(backend, f"TLS handshake with Vault failed while {doing}")
+        return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
     if isinstance(exc, requests.exceptions.Timeout):
-        return TransientError(backend, f"Vault timed out while {doing}")
+        return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return TransientError(backend, f"cannot connect to Vault while {doing}")
+        return TransientError(backend, f"cannot connect to Vault ({operation})")
     if isinstance(exc, hx.VaultError):
-        return BackendError(backend, f"Vault error ({type(exc).__name__}) while {doing}")
-    return BackendError(backend, f"unexpected {type(exc).__name__} while {doing}")
+        return BackendError(backend, f"Vault error ({type(exc).__name__}, {operation})")
+    return BackendError(backend, f"unexpected {type(exc).__name__} ({operation})")

@@ -48,6 +48,7 @@ class VaultSession:
         self._failures = 0
         self.last_error = "not logged in yet"
         self._lock = asyncio.Lock()
+        self._step_lock = asyncio.Lock()
         self._metrics.authenticated.labels(backend).set(0)
         self._metrics.token_ttl.labels(backend).set_function(self._ttl_left)
 
@@ -72,6 +73,10 @@ class VaultSession:
 
     async def step(self) -> float:
         """Do whatever is due now; return the seconds until something is due again."""
+        async with self._step_lock:  # one renewal at a time, whoever calls
+            return await self._step()
+
+    async def _step(self) -> float:
         now = self._clock()
         if self._lease is not None and self._expired():
             self._drop()
