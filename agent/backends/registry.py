@@ -7,12 +7,20 @@ from secrets_agent.backends.aws.ssm import SsmBackend
 from secrets_agent.backends.base import Backend, BackendContext
 from secrets_agent.backends.env import EnvBackend
 from secrets_agent.backends.file import FileBackend
+from secrets_agent.backends.gcp.backend import GcpSecretManagerBackend
 from secrets_agent.backends.vault.backend import VaultBackend
 from secrets_agent.config import BackendConfig
 
 BACKEND_TYPES: dict[str, type[Backend]] = {
     cls.type_name: cls
-    for cls in (EnvBackend, FileBackend, VaultBackend, SecretsManagerBackend, SsmBackend)
+    for cls in (
+        EnvBackend,
+        FileBackend,
+        VaultBackend,
+        SecretsManagerBackend,
+        SsmBackend,
+        GcpSecretManagerBackend,
+    )
 }
 
 

@@ -1,0 +1,1 @@
+"""GCP Secret Manager backend (async gRPC client), provider-compatible naming."""

@@ -1,0 +1,158 @@
+"""``type = "gcp_secret_manager"``: AccessSecretVersion named as Airflow's google provider does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.gcp.errors import translate
+from secrets_agent.backends.gcp.options import GcpOptions
+from secrets_agent.errors import BackendError
+from secrets_agent.kinds import Kind
+
+log = logging.getLogger(__name__)
+
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+def _is_missing(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gx
+
+    # FailedPrecondition: the version exists but is disabled or destroyed — nothing to serve.
+    return isinstance(exc, gx.NotFound | gx.FailedPrecondition)
+
+
+class GcpSecretManagerBackend(Backend):
+    type_name = "gcp_secret_manager"
+    Options = GcpOptions
+    options: GcpOptions
+    manages_auth = True
+
+    def __init__(
+        self, name: str, options: GcpOptions, context: BackendContext | None = None
+    ) -> None:
+        super().__init__(name, options, context)
+        self.calls = ApiCalls(name, self.context.metrics, translate, _is_missing)
+        self._client: Any = None
+        self._project = ""
+        self._retry: Any = None
+        self._error: BackendError | None = BackendError(name, "not started")
+
+    async def start(self) -> None:
+        """Load credentials (ADC or a file) and build one client; no credentials: not ready."""
+        from google.api_core import exceptions as gx
+        from google.api_core.retry import AsyncRetry, if_exception_type
+
+        metrics = self.context.metrics
+        try:
+            credentials, project = await asyncio.to_thread(self._credentials)
+        except Exception as exc:  # the backend edge: google.auth errors stop here
+            self._error = translate(self.name, exc, "loading credentials")
+            metrics.auth_attempts.labels(self.name, "failure").inc()
+            metrics.authenticated.labels(self.name).set(0)
+            log.warning("%s", self._error)
+            return
+        self._project = self.options.project_id or project or ""
+        if not self._project:
+            raise BackendError(
+                self.name, "no project_id: set it, or use credentials that carry one"
+            )
+        self._client = self._make_client(credentials)
+        self._retry = AsyncRetry(
+            predicate=if_exception_type(
+                gx.ServiceUnavailable, gx.DeadlineExceeded, gx.ResourceExhausted
+            ),
+            initial=self.options.backoff_initial,
+            maximum=self.options.backoff_max,
+            multiplier=2.0,
+            timeout=self.options.retry_deadline,
+        )
+        self._error = None
+        metrics.auth_attempts.labels(self.name, "success").inc()
+        metrics.authenticated.labels(self.name).set(1)
+
+    def _credentials(self) -> tuple[Any, str | None]:
+        import google.auth
+        from google.auth import impersonated_credentials
+        from google.oauth2 import service_account
+
+        if self.options.credentials_file:
+            # A service-account key, as the provider's gcp_key_path; other credential types
+            # (workload identity federation, ...) come through ADC.
+            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                self.options.credentials_file, scopes=SCOPES
+            )
+            project = credentials.project_id
+        else:
+            credentials, project = google.auth.default(scopes=SCOPES)
+        chain = self.options.impersonation_chain
+        if chain:
+            credentials = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+                source_credentials=credentials,
+                target_principal=chain[-1],
+                delegates=list(chain[:-1]),
+                target_scopes=SCOPES,
+            )
+        return credentials, project
+
+    def _make_client(self, credentials: Any) -> Any:
+        import grpc
+        from google.cloud.secretmanager_v1 import SecretManagerServiceAsyncClient
+        from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+            SecretManagerServiceGrpcAsyncIOTransport,
+        )
+
+        o = self.options
+        host = o.api_endpoint or "secretmanager.googleapis.com"
+        roots = Path(o.ca_file).read_bytes() if o.ca_file else None
+        channel = SecretManagerServiceGrpcAsyncIOTransport.create_channel(
+            host,
+            credentials=credentials,
+            scopes=SCOPES,
+            ssl_credentials=grpc.ssl_channel_credentials(root_certificates=roots),
+            # gRPC's default reconnect backoff grows to 2 minutes: too slow after a blip.
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", int(o.backoff_max * 1000)),
+            ],
+        )
+        transport = SecretManagerServiceGrpcAsyncIOTransport(host=host, channel=channel)
+        return SecretManagerServiceAsyncClient(transport=transport)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.transport.close()
+            self._client = None
+        self.context.metrics.authenticated.labels(self.name).set(0)
+
+    def health(self) -> Health:
+        return Health(ready=self._error is None, detail=str(self._error or "ok"))
+
+    def supports(self, kind: Kind) -> bool:
+        return bool(self.options.prefix(kind))
+
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        name = self.options.secret_name(kind, secret_id)
+        if name is None:
+            return None  # no such secret can exist: spare the upstream call
+        if self._client is None:
+            raise self._error or BackendError(self.name, "not started")
+        path = f"projects/{self._project}/secrets/{name}/versions/{self.options.version}"
+        response = await self.calls(
+            "AccessSecretVersion",
+            lambda: self._client.access_secret_version(
+                name=path, retry=self._retry, timeout=self.options.timeout
+            ),
+        )
+        if response is None:
+            return None
+        data: bytes = response.payload.data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("backend %r: the %s %r is not UTF-8 text", self.name, kind, secret_id)
+            return None
