@@ -99,7 +99,7 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
         type = "file"
     """,
     )
-    choices = "aws_secrets_manager, aws_ssm, env, file, vault"
+    choices = "aws_secrets_manager, aws_ssm, env, file, gcp_secret_manager, vault"
     assert f"backends[0].type: unknown backend type (choose one of: {choices})" in found
     assert "backends[1].colour: unknown key" in found
     assert "backends[2].name: is required" in found
@@ -272,3 +272,20 @@ def test_ssm_defaults_follow_the_provider(tmp_path: Path) -> None:
     options = config.backends[0].options
     assert options.name_for(Kind.CONNECTION, "pg") == "/airflow/connections/pg"
     assert options.name_for(Kind.VARIABLE, "v") == "/airflow/variables/v"
+
+
+def test_gcp_backend_options_are_validated(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        [[backends]]
+        name = "gcp"
+        type = "gcp_secret_manager"
+        variables_prefix = "airflow.variables"
+        version = "newest"
+    """,
+    )
+    assert "backends[0].variables_prefix: prefix and sep may only use letters, digits, - and _" in (
+        found
+    )
+    assert 'backends[0].version: must be "latest" or a version number' in found
