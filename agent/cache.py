@@ -111,6 +111,13 @@ class SecretCache:
             del self._entries[key]
         return len(doomed)
 
+    def keep_sources(self, sources: set[str]) -> int:
+        """Drop entries not produced by ``sources`` (and all misses): the chain changed."""
+        doomed = [key for key, e in self._entries.items() if e.source not in sources]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
     def sweep(self) -> int:
         """Forget entries that can no longer be served, so old secrets leave memory."""
         now = self._clock()

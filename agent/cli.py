@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     get.add_argument("--timeout", type=float, default=5.0)
     get.set_defaults(func=_get)
+
+    probe = sub.add_parser("probe", help="exit 0 if a running agent is alive / ready (for probes)")
+    probe.add_argument("what", choices=("alive", "ready"))
+    probe.add_argument(
+        "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
+    )
+    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.set_defaults(func=_probe)
 
     gen = sub.add_parser("gen-key", help="print a new Fernet key for encryption.key_file")
     gen.set_defaults(func=_gen_key)
@@ -86,8 +95,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from secrets_agent.daemon import Agent
     from secrets_agent.errors import ConfigError, StartupError
+    from secrets_agent.hardening import forbid_core_dumps
     from secrets_agent.loader import load_config
     from secrets_agent.logs import configure_logging
+    from secrets_agent.systemd import Notifier, inherited_socket
 
     try:
         config = load_config(args.config)
@@ -95,8 +106,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
     configure_logging(config.log.level, config.log.format)
+    forbid_core_dumps()
+    agent = Agent(
+        config,
+        config_path=args.config,
+        inherited=inherited_socket(),  # socket activation: systemd owns the socket
+        notifier=Notifier(),
+    )
     try:
-        asyncio.run(Agent(config).run())
+        asyncio.run(agent.run())
     except StartupError as exc:
         logging.getLogger("secrets_agent").error("cannot start: %s", exc)
         return EX_CONFIG
@@ -124,6 +142,28 @@ def _get(args: argparse.Namespace) -> int:
         print(f"secrets-agent: {args.kind} {json.dumps(args.id)} not found", file=sys.stderr)
         return 1
     print(value)
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """For Kubernetes exec probes and scripts: stdlib only, like the client."""
+    from secrets_agent_client import DEFAULT_SOCKET_PATH
+    from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+
+    path = args.socket or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+    try:
+        response = UnixTransport(path, args.timeout).request(
+            "GET", "/healthz" if args.what == "alive" else "/readyz"
+        )
+    except AgentUnreachable as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if response.status != 200:
+        detail = response.body.decode(errors="replace")
+        print(f"secrets-agent: not {args.what}: {detail}", file=sys.stderr)
+        return 1
+    if args.what == "ready":
+        print(json.dumps(json.loads(response.body)["backends"]))
     return 0
 
 

@@ -104,6 +104,12 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.reloads = Counter(
+            p + "config_reloads",
+            "Configuration reloads (SIGHUP) by result.",
+            ["result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             p + "build_info", "Agent version.", ["version", "python"], registry=r
         )

@@ -16,8 +16,10 @@ from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, pee
 from secrets_agent.service import SecretService
 
 
-@dataclass(frozen=True)
+@dataclass
 class ApiContext:
+    """What handlers need; a reload swaps ``policy`` in place."""
+
     service: SecretService
     policy: AccessPolicy
     metrics: Metrics

@@ -27,6 +27,10 @@ class AwsClient:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self.credentials_error: str | None = "not started"
+        self.authenticated = False
+        context.metrics.authenticated.labels(backend).set_function(
+            lambda: float(self.authenticated)
+        )
 
     async def start(self) -> None:
         import aioboto3
@@ -55,7 +59,7 @@ class AwsClient:
         self.credentials_error = (
             None if credentials is not None else ("no AWS credentials found in the default chain")
         )
-        self._metrics.authenticated.labels(self.backend).set(credentials is not None)
+        self.authenticated = credentials is not None
 
     async def _assume_role(self, base: Any) -> None:
         from aiobotocore.credentials import (
@@ -82,9 +86,10 @@ class AwsClient:
                 answer = await self.calls.required("AssumeRole", fetcher.fetch_credentials)
             except BackendError:
                 self._metrics.auth_attempts.labels(self.backend, "failure").inc()
-                self._metrics.authenticated.labels(self.backend).set(0)
+                self.authenticated = False
                 raise
             self._metrics.auth_attempts.labels(self.backend, "success").inc()
+            self.authenticated = True
             return answer
 
         # botocore has no public setter for a session's credentials; this is its own idiom.
@@ -93,7 +98,7 @@ class AwsClient:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
-        self._metrics.authenticated.labels(self.backend).set(0)
+        self.authenticated = False
 
     async def api(self, operation: str, **kwargs: Any) -> dict[str, Any] | None:
         """Call ``operation`` (e.g. "GetSecretValue"); None when the name does not exist."""

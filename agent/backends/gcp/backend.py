@@ -48,12 +48,14 @@ class GcpSecretManagerBackend(Backend):
         from google.api_core.retry import AsyncRetry, if_exception_type
 
         metrics = self.context.metrics
+        metrics.authenticated.labels(self.name).set_function(
+            lambda: float(self._error is None and self._client is not None)
+        )
         try:
             credentials, project = await asyncio.to_thread(self._credentials)
         except Exception as exc:  # the backend edge: google.auth errors stop here
             self._error = translate(self.name, exc, "loading credentials")
             metrics.auth_attempts.labels(self.name, "failure").inc()
-            metrics.authenticated.labels(self.name).set(0)
             log.warning("%s", self._error)
             return
         self._project = self.options.project_id or project or ""
@@ -73,7 +75,6 @@ class GcpSecretManagerBackend(Backend):
         )
         self._error = None
         metrics.auth_attempts.labels(self.name, "success").inc()
-        metrics.authenticated.labels(self.name).set(1)
 
     def _credentials(self) -> tuple[Any, str | None]:
         import google.auth
@@ -127,7 +128,6 @@ class GcpSecretManagerBackend(Backend):
         if self._client is not None:
             await self._client.transport.close()
             self._client = None
-        self.context.metrics.authenticated.labels(self.name).set(0)
 
     def health(self) -> Health:
         return Health(ready=self._error is None, detail=str(self._error or "ok"))

@@ -49,7 +49,9 @@ class VaultSession:
         self.last_error = "not logged in yet"
         self._lock = asyncio.Lock()
         self._step_lock = asyncio.Lock()
-        self._metrics.authenticated.labels(backend).set(0)
+        self._metrics.authenticated.labels(backend).set_function(
+            lambda: float(self._lease is not None)
+        )
         self._metrics.token_ttl.labels(backend).set_function(self._ttl_left)
 
     @property
@@ -140,7 +142,6 @@ class VaultSession:
             self._due_at = now + lease.ttl * self._options.renew_fraction
         else:
             self._expires_at = self._due_at = None  # a non-expiring token (e.g. root)
-        self._metrics.authenticated.labels(self.backend).set(1)
 
     def _failed(self, action: str, exc: BackendError) -> None:
         self._failures += 1
@@ -165,7 +166,6 @@ class VaultSession:
     def _drop(self) -> None:
         self._lease = None
         self._expires_at = self._due_at = None
-        self._metrics.authenticated.labels(self.backend).set(0)
 
     def close(self) -> None:
         self._drop()
