@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
+import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +157,15 @@ class RunningAgent:
 
 
 @contextlib.contextmanager
-def running_agent(config: AgentConfig, clock: FakeClock | None = None) -> Iterator[RunningAgent]:
+def running_agent(
+    config: AgentConfig, clock: FakeClock | None = None, config_path: Path | None = None
+) -> Iterator[RunningAgent]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    agent = Agent(config, clock=clock or FakeClock())
+    agent = Agent(
+        config, clock=clock or FakeClock(), config_path=str(config_path) if config_path else None
+    )
     running = RunningAgent(agent, loop)
     try:
         running.call(agent.startup())
@@ -205,3 +212,39 @@ def status_of(response: bytes) -> int:
 
 def body_of(response: bytes) -> Any:
     return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+AGENT_SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 30) -> None:
+    """Poll (a readiness wait, not a timing assertion) until the agent's socket exists."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"agent exited early with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agent did not create {path} within {seconds} s")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def agent_process(
+    config_path: Path, env: dict[str, str] | None = None, wait: bool = True
+) -> Iterator[subprocess.Popen[str]]:
+    """``secrets-agent run`` as a real process; killed at the end if a test left it running."""
+    process = subprocess.Popen(
+        [AGENT_SCRIPT, "run", "--config", str(config_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        if wait:
+            socket_path = load_config(config_path).listener.socket_path
+            wait_for_socket(Path(socket_path), process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)

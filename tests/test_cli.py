@@ -5,33 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
-from helpers import demo_files, write_config
+from helpers import AGENT_SCRIPT, agent_process, demo_files, write_config
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
+SCRIPT = AGENT_SCRIPT
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60, env=env)
-
-
-def wait_for_socket(path: Path, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"agent exited early: {process.stderr.read()}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise AssertionError("agent did not create its socket within 30 s")
-        time.sleep(0.02)  # polling for readiness, not timing behaviour
 
 
 @pytest.fixture
@@ -55,20 +43,12 @@ def config_path(short_tmp: Path) -> Path:
 
 
 @pytest.fixture
-def agent_process(config_path: Path) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [SCRIPT, "run", "--config", str(config_path)], stderr=subprocess.PIPE, text=True
-    )
-    wait_for_socket(config_path.parent / "agent.sock", process)
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+def running(config_path: Path) -> Iterator[subprocess.Popen[str]]:
+    with agent_process(config_path) as process:
+        yield process
 
 
-def test_run_get_and_graceful_sigterm(
-    config_path: Path, agent_process: subprocess.Popen[str]
-) -> None:
+def test_run_get_and_graceful_sigterm(config_path: Path, running: subprocess.Popen[str]) -> None:
     sock = str(config_path.parent / "agent.sock")
     got = cli("get", "connection", "pg", "--socket", sock)
     assert (got.returncode, got.stdout.strip()) == (
@@ -84,9 +64,9 @@ def test_run_get_and_graceful_sigterm(
     assert second.returncode == 78
     assert "already listening" in second.stderr
 
-    agent_process.send_signal(signal.SIGTERM)
-    _, stderr = agent_process.communicate(timeout=30)
-    assert agent_process.returncode == 0
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=30)
+    assert running.returncode == 0
     assert not Path(sock).exists()
     assert '"level": "info"' in stderr and "shutting down" in stderr
     assert "s3cret" not in stderr
