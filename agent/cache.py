@@ -11,7 +11,7 @@ from secrets_agent.crypto import Cipher
 from secrets_agent.kinds import Kind
 
 Clock = Callable[[], float]
-Key = tuple[Kind, str]
+Key = tuple[Kind, str, str | None]  # kind, id, team (None: no team scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +55,9 @@ class SecretCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, kind: Kind, secret_id: str) -> Cached | None:
+    def get(self, kind: Kind, secret_id: str, team: str | None = None) -> Cached | None:
         """Return the entry (fresh or stale), or None when absent or past its stale window."""
-        key = (kind, secret_id)
+        key = (kind, secret_id, team)
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -80,9 +80,11 @@ class SecretCache:
         value: str | None,
         source: str | None = None,
         version: str | None = None,
+        *,
+        team: str | None = None,
     ) -> None:
         ttl = self._negative_ttl if value is None else self._ttl(kind)
-        key = (kind, secret_id)
+        key = (kind, secret_id, team)
         if ttl <= 0:
             self._entries.pop(key, None)
             return
@@ -90,9 +92,9 @@ class SecretCache:
         token = None if value is None else self._cipher.encrypt(value)
         self._entries[key] = _Entry(token, now, now + ttl, source, version)
 
-    def restamp(self, kind: Kind, secret_id: str) -> None:
+    def restamp(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
         """The upstream confirmed the value is current: fresh again, without re-encrypting."""
-        key = (kind, secret_id)
+        key = (kind, secret_id, team)
         entry = self._entries.get(key)
         if entry is not None and entry.token is not None:
             now = self._clock()

@@ -22,9 +22,12 @@ T = TypeVar("T")
 class Link:
     backend: Backend
     patterns: dict[Kind, re.Pattern[str] | None]
+    teams: frozenset[str] = frozenset()  # empty: serves every lookup, with or without a team
 
-    def accepts(self, kind: Kind, secret_id: str) -> bool:
+    def accepts(self, kind: Kind, secret_id: str, team: str | None = None) -> bool:
         """Like the Airflow providers' ``*_lookup_pattern``: only ask where the id can live."""
+        if self.teams and team not in self.teams:
+            return False
         pattern = self.patterns.get(kind)
         return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
 
@@ -45,14 +48,14 @@ class BackendChain:
     def backends(self) -> tuple[Backend, ...]:
         return tuple(link.backend for link in self.links)
 
-    async def fetch(self, kind: Kind, secret_id: str) -> Found | None:
+    async def fetch(self, kind: Kind, secret_id: str, team: str | None = None) -> Found | None:
         """Ask each accepting backend in order.
 
         An error stops the walk instead of falling through: a later backend's answer could
         shadow the value the failing backend is authoritative for.
         """
         for link in self.links:
-            if link.accepts(kind, secret_id):
+            if link.accepts(kind, secret_id, team):
                 found = await self._fetch_from(link.backend, kind, secret_id)
                 if found is not None:
                     return found
@@ -67,10 +70,12 @@ class BackendChain:
         )
         return None if got is None else Found(got.value, backend.name, got.version)
 
-    async def revalidate(self, kind: Kind, secret_id: str, found: Found) -> bool:
+    async def revalidate(
+        self, kind: Kind, secret_id: str, found: Found, team: str | None = None
+    ) -> bool:
         """Ask the backend that produced ``found`` whether it is still current."""
         link = next((lk for lk in self.links if lk.backend.name == found.source), None)
-        if link is None or found.version is None or not link.accepts(kind, secret_id):
+        if link is None or found.version is None or not link.accepts(kind, secret_id, team):
             return False
         backend, version = link.backend, found.version
         return await self._guard(

@@ -11,6 +11,7 @@ from secrets_agent.settings import (
     check_name,
     check_octal_mode,
     check_regex,
+    check_team,
     setting,
 )
 
@@ -83,6 +84,9 @@ class BackendCommon:
     connections_lookup_pattern: str = setting("", check=check_regex)
     variables_lookup_pattern: str = setting("", check=check_regex)
     config_lookup_pattern: str = setting("", check=check_regex)
+    # Airflow 3 multi-team: when set, only lookups made for one of these teams reach this
+    # backend (and lookups for a team reach only backends that list it or list no team).
+    teams: tuple[str, ...] = setting((), check=check_team)
 
     def lookup_pattern(self, kind: Kind) -> str:
         return {

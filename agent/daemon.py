@@ -160,7 +160,11 @@ class Agent:
 
     def _chain(self) -> BackendChain:
         links = [
-            Link(backend, {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind})
+            Link(
+                backend,
+                {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind},
+                frozenset(config.common.teams),
+            )
             for config, backend in self._backends
         ]
         return BackendChain(links, self.metrics)

@@ -37,22 +37,22 @@ class SecretService:
         self._flight: SingleFlight[Found | None] = SingleFlight()
         self._revalidations: SingleFlight[bool] = SingleFlight()
 
-    async def lookup(self, kind: Kind, secret_id: str) -> Result:
-        cached = self.cache.get(kind, secret_id)
+    async def lookup(self, kind: Kind, secret_id: str, team: str | None = None) -> Result:
+        cached = self.cache.get(kind, secret_id, team)
         if cached is not None and cached.fresh:
             state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
             return self._count(kind, Result(cached.value, state, cached.age))
         try:
             if cached is not None and cached.value is not None and cached.version is not None:
                 current, _ = await self._revalidations.do(
-                    ("revalidate", kind, secret_id),
-                    lambda: self._revalidate(kind, secret_id, cached),
+                    ("revalidate", kind, secret_id, team),
+                    lambda: self._revalidate(kind, secret_id, team, cached),
                 )
                 if current:
                     self._metrics.cache_results.labels(kind.value, "revalidated").inc()
                     return Result(cached.value, CacheState.HIT, 0.0)
             found, shared = await self._flight.do(
-                (kind, secret_id), lambda: self._refresh(kind, secret_id)
+                (kind, secret_id, team), lambda: self._refresh(kind, secret_id, team)
             )
         except TransientError as exc:
             if cached is None or cached.value is None:
@@ -67,20 +67,22 @@ class SecretService:
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         return self.cache.invalidate(kind, secret_id)
 
-    async def _refresh(self, kind: Kind, secret_id: str) -> Found | None:
-        found = await self.chain.fetch(kind, secret_id)
+    async def _refresh(self, kind: Kind, secret_id: str, team: str | None) -> Found | None:
+        found = await self.chain.fetch(kind, secret_id, team)
         if found is None:
-            self.cache.put(kind, secret_id, None)
+            self.cache.put(kind, secret_id, None, team=team)
         else:
-            self.cache.put(kind, secret_id, found.value, found.source, found.version)
+            self.cache.put(kind, secret_id, found.value, found.source, found.version, team=team)
         return found
 
-    async def _revalidate(self, kind: Kind, secret_id: str, cached: Cached) -> bool:
+    async def _revalidate(
+        self, kind: Kind, secret_id: str, team: str | None, cached: Cached
+    ) -> bool:
         if cached.value is None or cached.source is None:
             return False
         found = Found(cached.value, cached.source, cached.version)
-        if await self.chain.revalidate(kind, secret_id, found):
-            self.cache.restamp(kind, secret_id)
+        if await self.chain.revalidate(kind, secret_id, found, team):
+            self.cache.restamp(kind, secret_id, team)
             return True
         return False
 

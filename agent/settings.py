@@ -48,6 +48,15 @@ def check_loopback(value: str) -> str | None:
     return "must be a loopback address (127.0.0.0/8 or ::1): metrics are never exposed off-host"
 
 
+TEAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_team(value: str) -> str | None:
+    if not TEAM_NAME.fullmatch(value):
+        return "must be 1-64 letters, digits, - or _"
+    return None
+
+
 def check_name(value: str) -> str | None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
         return "must match [a-z0-9][a-z0-9_-]* (it becomes a metric label)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,18 +28,33 @@ else:
             _Base = object
 
 
-class AgentUnavailableError(RuntimeError):
+class AgentUnavailableError(ConnectionError):
     """The agent could not answer and the backend is configured not to fall through."""
 
 
-def _access_denied(message: str) -> Exception:
-    """Airflow's authoritative-deny error where this Airflow has it (task SDK >= 1.2.2)."""
+def _airflow_denied() -> type[Exception] | None:
+    """Airflow's authoritative-deny error, where this Airflow has it (task SDK >= 1.2.2)."""
     try:
         from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
     except ImportError:
-        return PermissionError(message)
-    error: Exception = AirflowSecretsBackendAccessDenied(message)
-    return error
+        return None
+    denied: type[Exception] = AirflowSecretsBackendAccessDenied
+    return denied
+
+
+def _access_denied(message: str) -> Exception:
+    denied = _airflow_denied()
+    return PermissionError(message) if denied is None else denied(message)
+
+
+@functools.cache
+def _strict_unavailable() -> type[AgentUnavailableError]:
+    """Airflow 3 swallows every backend error except an authoritative deny and falls through;
+    a strict policy must stop the lookup, so its error is also that deny where it exists."""
+    denied = _airflow_denied()
+    if denied is None:
+        return AgentUnavailableError
+    return type("AgentUnavailableError", (AgentUnavailableError, denied), {})
 
 
 class AgentSecretsBackend(_Base):
@@ -80,17 +96,20 @@ class AgentSecretsBackend(_Base):
         self._transport.close()
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
-        return self._lookup("connections", conn_id)
+        return self._lookup("connections", conn_id, team_name)
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
-        return self._lookup("variables", key)
+        return self._lookup("variables", key, team_name)
 
     def get_config(self, key: str) -> str | None:
         return self._lookup("config", key)
 
-    def _lookup(self, segment: str, secret_id: str) -> str | None:
+    def _lookup(self, segment: str, secret_id: str, team: str | None = None) -> str | None:
+        path = f"/v1/{segment}/{quote(secret_id, safe='')}"
+        if team:
+            path += f"?team={quote(team, safe='')}"
         try:
-            response = self._transport.request("GET", f"/v1/{segment}/{quote(secret_id, safe='')}")
+            response = self._transport.request("GET", path)
         except AgentUnreachable as exc:
             self._unavailable(str(exc))
             return None
@@ -109,7 +128,9 @@ class AgentSecretsBackend(_Base):
 
     def _unavailable(self, reason: str) -> None:
         if self.on_unavailable == "raise":
-            raise AgentUnavailableError(reason)
+            raise _strict_unavailable()(
+                f"secrets agent unavailable (on_unavailable=raise): {reason}"
+            )
         if reason not in self._warned:
             self._warned.add(reason)
             log.warning("secrets agent unavailable, falling through to other sources: %s", reason)

@@ -286,3 +286,27 @@ def test_client_reconnects_once_after_agent_restart(short_tmp: Path) -> None:
     with running_agent(config):
         assert client.get_variable("greeting") == "hello"  # kept-alive connection was dead
     assert client.get_variable("greeting") is None  # agent gone: default policy falls through
+
+
+def test_team_scoped_backends(short_tmp: Path) -> None:
+    (short_tmp / "team_a.json").write_text(json.dumps({"greeting": "hello team a"}))
+    backends = """
+        [[backends]]
+        name = "team_a"
+        type = "file"
+        variables_file = "team_a.json"
+        teams = ["team_a"]
+        [[backends]]
+        name = "local"
+        type = "file"
+        variables_file = "variables.json"
+    """
+    with running_agent(agent_config(short_tmp, backends=backends)) as agent:
+        client = AgentSecretsBackend(socket_path=agent.socket_path)
+        assert client.get_variable("greeting", team_name="team_a") == "hello team a"
+        assert client.get_variable("greeting", team_name="team_b") == "hello"
+        assert client.get_variable("greeting") == "hello"
+        # Cached per team: team a's value never answers another team's lookup.
+        assert client.get_variable("greeting", team_name="team_a") == "hello team a"
+        assert client.get_variable("greeting") == "hello"
+        assert status_of(get(agent, "/v1/variables/greeting?team=bad%20team")) == 400

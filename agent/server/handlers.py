@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, validate_id
 from secrets_agent.server.app import CONTEXT, request_peer
 from secrets_agent.server.errors import error_response
+from secrets_agent.settings import TEAM_NAME
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -26,7 +27,10 @@ def add_routes(app: web.Application) -> None:
 async def get_secret(request: web.Request) -> web.Response:
     kind = KIND_BY_SEGMENT[request.match_info["kind"]]
     secret_id = validate_id(request.match_info["id"])
-    result = await request.app[CONTEXT].service.lookup(kind, secret_id)
+    team = request.query.get("team")
+    if team is not None and not TEAM_NAME.fullmatch(team):
+        return error_response(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
+    result = await request.app[CONTEXT].service.lookup(kind, secret_id, team)
     headers = {"X-Cache": result.state.value, "Age": str(int(result.age)), **_NO_STORE}
     if result.value is None:
         return error_response(404, "not_found", f"no backend has this {kind}", headers)
