@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 from secrets_agent.settings import (
     check_loopback,
     check_name,
@@ -55,11 +55,8 @@ class CacheConfig:
     sweep_interval: float = setting(60.0, min=1.0, max=DAY)
 
     def ttl(self, kind: Kind) -> float:
-        return {
-            Kind.CONNECTION: self.connection_ttl,
-            Kind.VARIABLE: self.variable_ttl,
-            Kind.CONFIG: self.config_ttl,
-        }[kind]
+        value: float = getattr(self, f"{kind.value}_ttl")
+        return value
 
 
 @dataclass(frozen=True)
@@ -89,11 +86,8 @@ class BackendCommon:
     teams: tuple[str, ...] = setting((), check=check_team)
 
     def lookup_pattern(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_lookup_pattern,
-            Kind.VARIABLE: self.variables_lookup_pattern,
-            Kind.CONFIG: self.config_lookup_pattern,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_lookup_pattern")
+        return value
 
 
 @dataclass(frozen=True)

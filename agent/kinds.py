@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
+from typing import Any
 
 from secrets_agent.errors import InvalidIdError
 
@@ -23,6 +24,14 @@ class Kind(enum.StrEnum):
 
 _PLURALS = {Kind.CONNECTION: "connections", Kind.VARIABLE: "variables", Kind.CONFIG: "config"}
 KIND_BY_SEGMENT = {plural: kind for kind, plural in _PLURALS.items()}
+
+
+def per_kind(options: object, kind: Kind, name: str) -> Any:
+    """The option named for ``kind`` after the providers' convention: ``name.format(plural)``.
+
+    ``"{}_prefix"`` is ``connections_prefix``, ``variables_prefix`` or ``config_prefix``.
+    """
+    return getattr(options, name.format(kind.plural))
 
 
 def validate_id(raw: str) -> str:

@@ -8,8 +8,6 @@ the OAuth token endpoint a service-account key file points at, so credentials re
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import threading
 import time
@@ -20,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from google.cloud.secretmanager_v1 import types
+
+from tls import self_signed
 
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
 ACCESS_TOKEN = "test-access-token"
@@ -33,33 +31,7 @@ PROJECT = "test-project"
 
 def tls_material(directory: Path) -> tuple[bytes, bytes, Path]:
     """A self-signed certificate for 127.0.0.1: (key PEM, cert PEM, path of the cert)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem, cert_pem = self_signed()
     path = directory / "ca.pem"
     path.write_bytes(cert_pem)
     return key_pem, cert_pem, path

@@ -248,3 +248,18 @@ def agent_process(
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+
+
+def need(tool: str, package: str) -> str:
+    """A Debian tool the test drives: skipped where absent, but a failure in CI."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is missing; the test command installs Debian's {package}")
+        pytest.skip(f"{tool} is not installed (Debian package {package})")
+    return path

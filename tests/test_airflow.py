@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_env import CLIENT, Airflow, server_backend, worker_backend
 
+from airflow_env import CLIENT, Airflow, server_backend, worker_backend
 from bao import BaoServer, free_port
 from helpers import RunningAgent, agent_config, running_agent
 
@@ -46,7 +46,9 @@ def data_files(directory: Path) -> str:
     (directory / "vars.json").write_text(
         json.dumps({"agent_var": "from the agent", "agent_json_var": {"a": [1, 2]}})
     )
-    (directory / "airflow-config.env").write_text("sql_conn_key=sqlite:////nonexistent/from-agent.db\n")
+    (directory / "airflow-config.env").write_text(
+        "sql_conn_key=sqlite:////nonexistent/from-agent.db\n"
+    )
     return """
         [[backends]]
         name = "local"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 from bao import free_port
-from helpers import RunningAgent, agent_config, running_agent
+from helpers import RunningAgent, agent_config, need, running_agent
 from secrets_agent_client import AgentSecretsBackend
 
 pytestmark = pytest.mark.integration
@@ -25,15 +23,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "airflow-secrets-agent.json"
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is missing; .ci/run installs Debian's prometheus package")
-        pytest.skip(f"{tool} is not installed (Debian package prometheus)")
-    return path
 
 
 @pytest.fixture
@@ -53,7 +42,7 @@ def test_promtool_accepts_the_metrics(agent: tuple[RunningAgent, int]) -> None:
     running, port = agent
     AgentSecretsBackend(socket_path=running.socket_path).get_variable("greeting")
     result = subprocess.run(
-        [need("promtool"), "check", "metrics"],
+        [need("promtool", "prometheus"), "check", "metrics"],
         input=scrape(port),
         capture_output=True,
         text=True,
@@ -64,7 +53,10 @@ def test_promtool_accepts_the_metrics(agent: tuple[RunningAgent, int]) -> None:
 
 def test_promtool_accepts_the_alert_rules() -> None:
     result = subprocess.run(
-        [need("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+        [need("promtool", "prometheus"), "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
@@ -103,7 +95,7 @@ class Prometheus:
         with (workdir / "prometheus.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [
-                    need("prometheus"),
+                    need("prometheus", "prometheus"),
                     f"--config.file={config}",
                     f"--storage.tsdb.path={workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",

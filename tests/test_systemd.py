@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from helpers import (
     agent_process,
     body_of,
     demo_files,
+    need,
     raw_request,
     wait_for_socket,
     write_config,
@@ -25,15 +25,6 @@ from secrets_agent_client import AgentSecretsBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is missing; .ci/run installs Debian's systemd package")
-        pytest.skip(f"{tool} is not installed (Debian package systemd)")
-    return path
 
 
 pytestmark = pytest.mark.integration
@@ -69,7 +60,7 @@ def units(tmp_path: Path) -> Path:
 def test_units_verify_cleanly(units: Path) -> None:
     result = subprocess.run(
         [
-            need("systemd-analyze"),
+            need("systemd-analyze", "systemd"),
             "verify",
             "airflow-secrets-agent.service",
             "airflow-secrets-agent.socket",
@@ -86,7 +77,7 @@ def test_units_verify_cleanly(units: Path) -> None:
 def test_exposure_score_is_at_most_2(units: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = subprocess.run(
         [
-            need("systemd-analyze"),
+            need("systemd-analyze", "systemd"),
             "security",
             "--offline=true",
             str(units / "airflow-secrets-agent.service"),
@@ -173,7 +164,7 @@ def test_socket_activation_with_systemd_socket_activate(short_tmp: Path) -> None
     setenv = [f"-E{name}={os.environ[name]}" for name in keep if name in os.environ]
     process = subprocess.Popen(
         [
-            need("systemd-socket-activate"),
+            need("systemd-socket-activate", "systemd"),
             "-l",
             str(sock),
             "--fdname=agent",

@@ -29,6 +29,7 @@ from secrets_agent.backends.vault.options import (
 from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import Kind
 from secrets_agent.metrics import Metrics
+from tls import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -45,26 +46,7 @@ SA_NAME, SA_NAMESPACE = "airflow-worker", "airflow"
 
 
 def self_signed_cert_pem() -> str:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return self_signed()[1].decode()
 
 
 class TokenReviewer(ThreadingHTTPServer):

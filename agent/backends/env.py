@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from secrets_agent.backends.base import Backend
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,8 @@ class EnvOptions:
     config_prefix: str = ""
 
     def prefix(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_prefix,
-            Kind.VARIABLE: self.variables_prefix,
-            Kind.CONFIG: self.config_prefix,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
 
 
 class EnvBackend(Backend):

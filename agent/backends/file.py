@@ -14,7 +14,7 @@ from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.fileformats import SUFFIXES, FileFormatError, parse_secrets_file
 from secrets_agent.connections import ConnectionFormatError, connection_value
 from secrets_agent.errors import BackendError
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 from secrets_agent.settings import setting
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,8 @@ class FileOptions:
     config_file: str = setting("", path=True)
 
     def path(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_file,
-            Kind.VARIABLE: self.variables_file,
-            Kind.CONFIG: self.config_file,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_file")
+        return value
 
     def validate(self) -> list[tuple[str, str]]:
         paths = {f"{kind.plural}_file": self.path(kind) for kind in Kind}

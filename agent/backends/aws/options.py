@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 from secrets_agent.settings import setting
 
 # The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
@@ -34,18 +34,12 @@ class AwsOptions:
     prefetch_config: tuple[str, ...] = ()
 
     def prefix(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_prefix,
-            Kind.VARIABLE: self.variables_prefix,
-            Kind.CONFIG: self.config_prefix,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
 
     def prefetch(self, kind: Kind) -> tuple[str, ...]:
-        return {
-            Kind.CONNECTION: self.prefetch_connections,
-            Kind.VARIABLE: self.prefetch_variables,
-            Kind.CONFIG: self.prefetch_config,
-        }[kind]
+        value: tuple[str, ...] = per_kind(self, kind, "prefetch_{}")
+        return value
 
     def name_for(self, kind: Kind, secret_id: str) -> str | None:
         """The upstream name, as the provider's ``build_path``; None when the kind is off."""

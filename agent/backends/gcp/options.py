@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 from secrets_agent.settings import setting
 
 SECRET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what Secret Manager accepts as a secret id
@@ -31,11 +31,8 @@ class GcpOptions:
     retry_deadline: float = setting(30.0, min=0.1, max=600.0)
 
     def prefix(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_prefix,
-            Kind.VARIABLE: self.variables_prefix,
-            Kind.CONFIG: self.config_prefix,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
 
     def secret_name(self, kind: Kind, secret_id: str) -> str | None:
         """The provider's ``build_path``; None when the kind is off or the name is impossible."""

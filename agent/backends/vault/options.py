@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secrets_agent.kinds import Kind
+from secrets_agent.kinds import Kind, per_kind
 from secrets_agent.settings import setting
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
@@ -69,11 +69,8 @@ class VaultOptions:
     backoff_max: float = setting(60.0, min=0.1, max=3600.0)
 
     def path(self, kind: Kind) -> str:
-        return {
-            Kind.CONNECTION: self.connections_path,
-            Kind.VARIABLE: self.variables_path,
-            Kind.CONFIG: self.config_path,
-        }[kind]
+        value: str = per_kind(self, kind, "{}_path")
+        return value
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
