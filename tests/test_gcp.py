@@ -232,10 +232,15 @@ def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) ->
             return raw_request(agent.socket_path, request)
 
         assert body_of(get("/v1/variables/greeting"))["value"] == "before"
+        gcp.put("airflow-variables-greeting", "newer")
+        clock.advance(59)
+        assert body_of(get("/v1/variables/greeting"))["value"] == "before"  # cached, fresh
+        clock.advance(2)
+        assert body_of(get("/v1/variables/greeting"))["value"] == "newer"  # new version, after TTL
         gcp.server.stop()
         clock.advance(61)
         stale = get("/v1/variables/greeting")
-        assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "before"
+        assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "newer"
         gcp.server.start()  # same port, same storage
         gcp.put("airflow-variables-greeting", "after")
         deadline = time.monotonic() + 30
