@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loopback import registry_env
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ROOT / "tests" / "airflow"
 DAGS = LOCKS / "dags"
@@ -28,7 +30,7 @@ def ensure_venv(version: str) -> Path:
     lock = LOCKS / f"requirements-{version}.txt"
     stamp = venv / ".lock-sha256"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
+    env = {**registry_env(), "VIRTUAL_ENV": str(venv)}
     if not stamp.exists() or stamp.read_text() != digest:
         subprocess.run(
             [UV, "venv", "--quiet", "--clear", "--python", sys.executable, str(venv)],
@@ -78,6 +80,8 @@ class Airflow:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                # No telemetry, no update checks: nothing leaves loopback.
+                "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
             }
         )
         base.update(extra or {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import loopback
+
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
-LOOPBACK_ENV = {
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "NO_GCE_CHECK": "True",
-    "GCE_METADATA_HOST": "127.0.0.1:9",
-    "NO_PROXY": "*",
-}
-os.environ.update(LOOPBACK_ENV)
+loopback.apply()
 
 
 @pytest.fixture
