@@ -310,3 +310,44 @@ def test_team_scoped_backends(short_tmp: Path) -> None:
         assert client.get_variable("greeting", team_name="team_a") == "hello team a"
         assert client.get_variable("greeting") == "hello"
         assert status_of(get(agent, "/v1/variables/greeting?team=bad%20team")) == 400
+
+
+def test_shutdown_refuses_new_connections_and_finishes_in_flight_requests(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import concurrent.futures
+    import time
+
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", ScriptedBackend)
+    script = Script(values={(Kind.VARIABLE, "slow"): "worth the wait"}, gate=asyncio.Event())
+    ScriptedBackend.scripts = {"slow": script}
+    config = agent_config(
+        short_tmp,
+        extra="shutdown_timeout = 30\n",
+        backends='[[backends]]\nname = "slow"\ntype = "scripted"\n',
+    )
+    with running_agent(config) as agent, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        client = AgentSecretsBackend(socket_path=agent.socket_path, timeout=30)
+        in_flight = pool.submit(client.get_variable, "slow")
+        deadline = time.monotonic() + 30
+        while not script.calls:  # the request has reached the backend and waits on the gate
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stopping = asyncio.run_coroutine_threadsafe(agent.agent.shutdown(), agent.loop)
+        while not _refused(agent.socket_path):
+            assert time.monotonic() < deadline, "still accepting during shutdown"
+            time.sleep(0.01)
+        assert not stopping.done()  # draining: the in-flight request holds shutdown open
+        agent.loop.call_soon_threadsafe(script.gate.set)  # type: ignore[union-attr]
+        assert in_flight.result(timeout=30) == "worth the wait"
+        stopping.result(timeout=30)
+
+
+def _refused(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return True
+    return False
