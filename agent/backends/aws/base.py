@@ -40,6 +40,17 @@ class AwsBackend(Backend):
         found = await self.fetch_versioned(kind, secret_id)
         return None if found is None else found.value
 
+    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        name = self.options.name_for(kind, secret_id)
+        if name is None:
+            return None
+        found = await self.fetch_name(name)
+        return None if found is None else self.shape(kind, found)
+
+    async def fetch_name(self, name: str) -> Versioned | None:
+        """The raw value stored under the upstream ``name``; None when there is none."""
+        raise NotImplementedError
+
     async def prefetch(self) -> list[Prefetched]:
         wanted = {
             name: (kind, secret_id)

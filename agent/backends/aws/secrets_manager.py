@@ -33,22 +33,16 @@ class SecretsManagerBackend(AwsBackend):
     options: SecretsManagerOptions
     service = "secretsmanager"
 
-    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
-        name = self.options.name_for(kind, secret_id)
-        if name is None:
-            return None
+    async def fetch_name(self, name: str) -> Versioned | None:
         response = await self.client.api("GetSecretValue", SecretId=name)
         if response is None:
             return None
         if "SecretString" not in response:
             log.warning(
-                "backend %r: the %s %r is binary; only text secrets are supported",
-                self.name,
-                kind,
-                secret_id,
+                "backend %r: %s is binary; only text secrets are supported", self.name, name
             )
             return None
-        return self.shape(kind, Versioned(response["SecretString"], response.get("VersionId")))
+        return Versioned(response["SecretString"], response.get("VersionId"))
 
     async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
         """DescribeSecret is cheaper than GetSecretValue: refetch only if AWSCURRENT moved."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from secrets_agent.backends.aws.base import AwsBackend
 from secrets_agent.backends.aws.options import SsmOptions
 from secrets_agent.backends.base import Versioned
-from secrets_agent.kinds import Kind
 
 
 class SsmBackend(AwsBackend):
@@ -14,10 +13,7 @@ class SsmBackend(AwsBackend):
     options: SsmOptions
     service = "ssm"
 
-    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
-        name = self.options.name_for(kind, secret_id)
-        if name is None:
-            return None
+    async def fetch_name(self, name: str) -> Versioned | None:
         response = await self.client.api("GetParameter", Name=name, WithDecryption=True)
         if response is None:
             return None
