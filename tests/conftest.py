@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import loopback
+from support import loopback
 
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
 loopback.apply()

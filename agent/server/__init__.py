@@ -1,1 +1,0 @@
-"""The socket API: listener (peer credentials), middleware, handlers, error mapping."""

@@ -1,0 +1,83 @@
+"""Config of the ``aws_secrets_manager`` and ``aws_ssm`` backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind, per_kind
+
+# The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
+CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
+
+
+@dataclass(frozen=True)
+class AwsOptions:
+    # Credentials come from the default chain (env, profile, web identity/IRSA, container and
+    # instance roles); these only narrow or redirect it.
+    region: str = ""
+    profile: str = ""
+    endpoint_url: str = ""
+    role_arn: str = ""
+    role_session_name: str = "airflow-secrets-agent"
+    sts_endpoint_url: str = ""
+    connections_prefix: str = ""
+    variables_prefix: str = ""
+    config_prefix: str = ""
+    sep: str = "/"
+    connect_timeout: float = setting(5.0, min=0.1, max=120.0)
+    read_timeout: float = setting(10.0, min=0.1, max=300.0)
+    # botocore's "standard" retry mode: exponential backoff with jitter, bounded attempts.
+    max_attempts: int = setting(4, min=1, max=20)
+    prefetch_connections: tuple[str, ...] = ()
+    prefetch_variables: tuple[str, ...] = ()
+    prefetch_config: tuple[str, ...] = ()
+
+    def prefix(self, kind: Kind) -> str:
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
+
+    def prefetch(self, kind: Kind) -> tuple[str, ...]:
+        value: tuple[str, ...] = per_kind(self, kind, "prefetch_{}")
+        return value
+
+    def name_for(self, kind: Kind, secret_id: str) -> str | None:
+        """The upstream name, as the provider's ``build_path``; None when the kind is off."""
+        prefix = self.prefix(kind)
+        return f"{prefix}{self.sep}{secret_id}" if prefix else None
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for key in ("endpoint_url", "sts_endpoint_url"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append((key, "must start with http:// or https://"))
+        return problems
+
+
+@dataclass(frozen=True)
+class SecretsManagerOptions(AwsOptions):
+    connections_prefix: str = "airflow/connections"
+    variables_prefix: str = "airflow/variables"
+    config_prefix: str = "airflow/config"
+    # More names per connection field in JSON secrets, e.g. {login = ["db_user"]}.
+    extra_conn_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    are_secret_values_urlencoded: bool = False
+    # On TTL expiry ask DescribeSecret first; fetch again only if the version changed.
+    revalidate: bool = True
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        unknown = sorted(set(self.extra_conn_words) - set(CONN_FIELDS) - {"user", "pass"})
+        if unknown:
+            problems.append(
+                ("extra_conn_words", f"unknown connection fields: {', '.join(unknown)}")
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class SsmOptions(AwsOptions):
+    connections_prefix: str = "/airflow/connections"
+    variables_prefix: str = "/airflow/variables"
+    config_prefix: str = "/airflow/config"

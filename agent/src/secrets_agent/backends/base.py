@@ -1,0 +1,88 @@
+"""The one small interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the agent lends every backend: its metrics, and the clock that tests move."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A value plus a validator the backend can check more cheaply than a fetch."""
+
+    value: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    kind: Kind
+    secret_id: str
+    found: Versioned
+
+
+@dataclass(frozen=True)
+class Health:
+    ready: bool
+    detail: str = "ok"
+
+
+class Backend(abc.ABC):
+    """Fetches one secret by kind and id: a value, ``None`` for a miss, or an agent error."""
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type]
+    # Backends that log in upstream report auth themselves; the others hold all they need once
+    # started, and the agent reports them authenticated.
+    manages_auth: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: Any, context: BackendContext | None = None) -> None:
+        self.name = name
+        self.options = options
+        self.context = context or BackendContext()
+
+    async def start(self) -> None:
+        """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""
+        return None
+
+    async def close(self) -> None:
+        """Release clients and credentials."""
+        return None
+
+    def health(self) -> Health:
+        return Health(ready=True)
+
+    def supports(self, kind: Kind) -> bool:
+        """Whether this backend is configured to hold ``kind`` at all."""
+        return True
+
+    @abc.abstractmethod
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        """Return the value as Airflow expects it, or None when the backend does not have it."""
+
+    async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        """``fetch`` plus a version, for backends that can revalidate cheaply."""
+        value = await self.fetch(kind, secret_id)
+        return None if value is None else Versioned(value)
+
+    async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
+        """True when the upstream value is still ``version`` (so the cache may re-stamp it)."""
+        return False
+
+    async def prefetch(self) -> list[Prefetched]:
+        """Values to load into the cache at start (configured per backend)."""
+        return []

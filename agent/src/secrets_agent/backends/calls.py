@@ -1,0 +1,63 @@
+"""Every upstream API call goes through here: counted, timed, and its errors translated."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.ops.metrics import Metrics
+
+T = TypeVar("T")
+Translate = Callable[[str, BaseException, str], BackendError]
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+class ApiCalls:
+    """One backend's calls; ``is_missing`` says which upstream errors just mean "no such id"."""
+
+    def __init__(
+        self,
+        backend: str,
+        metrics: Metrics,
+        translate: Translate,
+        is_missing: Callable[[BaseException], bool] = _never,
+    ) -> None:
+        self.backend, self._metrics = backend, metrics
+        self._translate, self._is_missing = translate, is_missing
+
+    async def __call__(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Run ``call``; None when the upstream says the id does not exist."""
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            return await call()
+        except Exception as exc:  # the backend edge: no SDK exception gets past here
+            if self._is_missing(exc):
+                result = "not_found"
+                return None
+            error = self._translate(self.backend, exc, operation)
+            result = (
+                "denied"
+                if isinstance(error, DeniedError)
+                else "transient"
+                if isinstance(error, TransientError)
+                else "error"
+            )
+            raise error from None
+        finally:
+            self._metrics.api_calls.labels(self.backend, operation, result).inc()
+            self._metrics.api_latency.labels(self.backend, operation).observe(
+                time.perf_counter() - started
+            )
+
+    async def required(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """As ``__call__``, for calls where "missing" cannot happen."""
+        answer = await self(operation, call)
+        if answer is None:
+            raise BackendError(self.backend, f"{operation} returned nothing")
+        return answer

@@ -1,0 +1,1 @@
+"""The embedded file backend: Airflow's LocalFilesystemBackend formats, reloaded on change."""

@@ -1,0 +1,56 @@
+"""Config of the ``gcp_secret_manager`` backend."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind, per_kind
+
+SECRET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what Secret Manager accepts as a secret id
+
+
+@dataclass(frozen=True)
+class GcpOptions:
+    # Same names and defaults as Airflow's CloudSecretManagerBackend; "" disables the kind.
+    connections_prefix: str = "airflow-connections"
+    variables_prefix: str = "airflow-variables"
+    config_prefix: str = "airflow-config"
+    sep: str = "-"
+    project_id: str = ""  # default: the project the credentials carry
+    version: str = "latest"
+    # Credentials: Application Default Credentials unless a file is named.
+    credentials_file: str = setting("", path=True)
+    impersonation_chain: tuple[str, ...] = ()
+    api_endpoint: str = ""  # host[:port], e.g. a regional endpoint
+    ca_file: str = setting("", path=True)  # extra root CA for api_endpoint (private endpoints)
+    timeout: float = setting(10.0, min=0.1, max=300.0)
+    backoff_initial: float = setting(0.1, min=0.01, max=60.0)
+    backoff_max: float = setting(5.0, min=0.01, max=300.0)
+    retry_deadline: float = setting(30.0, min=0.1, max=600.0)
+
+    def prefix(self, kind: Kind) -> str:
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
+
+    def secret_name(self, kind: Kind, secret_id: str) -> str | None:
+        """The provider's ``build_path``; None when the kind is off or the name is impossible."""
+        prefix = self.prefix(kind)
+        if not prefix:
+            return None
+        name = f"{prefix}{self.sep}{secret_id}"
+        return name if SECRET_NAME.match(name) else None
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for kind in Kind:
+            prefix = self.prefix(kind)
+            if prefix and not SECRET_NAME.match(prefix + self.sep):
+                key = f"{kind.plural}_prefix" if kind is not Kind.CONFIG else "config_prefix"
+                problems.append((key, "prefix and sep may only use letters, digits, - and _"))
+        if not re.fullmatch(r"latest|[1-9][0-9]*", self.version):
+            problems.append(("version", 'must be "latest" or a version number'))
+        if self.backoff_initial > self.backoff_max:
+            problems.append(("backoff_initial", "must not exceed backoff_max"))
+        return problems

@@ -1,0 +1,179 @@
+"""``type = "vault"``: KV v1/v2 reads laid out as Airflow's VaultBackend expects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.connections import ConnectionFormatError, connection_value
+from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method
+from secrets_agent.backends.vault.errors import TokenRejected, translate
+from secrets_agent.backends.vault.options import VaultOptions
+from secrets_agent.backends.vault.session import VaultSession
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class VaultBackend(Backend):
+    type_name = "vault"
+    Options = VaultOptions
+    options: VaultOptions
+    manages_auth = True
+
+    def __init__(
+        self, name: str, options: VaultOptions, context: BackendContext | None = None
+    ) -> None:
+        super().__init__(name, options, context)
+        self._auth: AuthMethod = auth_method(name, options)
+        self._executor: ThreadPoolExecutor | None = None
+        self._client: Any = None
+        self.session = VaultSession(name, self, options, self.context)
+        self.calls = ApiCalls(name, self.context.metrics, translate)
+        self._maintainer: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the client and try to log in; an unreachable Vault does not stop the agent."""
+        import hvac
+
+        o = self.options
+        self._executor = ThreadPoolExecutor(o.max_workers, thread_name_prefix=f"vault-{self.name}")
+        self._client = hvac.Client(
+            url=o.url,
+            namespace=o.namespace or None,
+            verify=o.ca_file or o.verify,
+            cert=(o.client_cert, o.client_key) if o.client_cert else None,
+            timeout=o.timeout,
+        )
+        await self.session.login(force=True, strict=True)
+        self._maintainer = asyncio.create_task(self.session.run_forever())
+
+    async def close(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+        if self.session.authenticated and self._auth.name != "token":
+            # Tokens we minted ourselves are revoked on the way out; a given token is not ours.
+            with contextlib.suppress(BackendError, TimeoutError):
+                await asyncio.wait_for(
+                    self._run("revoke-self", self._client.auth.token.revoke_self), 2
+                )
+        self.session.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.adapter.close()
+
+    def health(self) -> Health:
+        if self.session.authenticated:
+            return Health(ready=True)
+        return Health(ready=False, detail=self.session.last_error)
+
+    def supports(self, kind: Kind) -> bool:
+        return bool(self.options.path(kind))
+
+    # -- TokenOps, for the session -----------------------------------------------------------
+
+    async def login(self) -> Lease:
+        lease = await self._run("login", lambda: self._auth.login(self._client))
+        self._client.token = lease.token
+        return lease
+
+    async def renew(self) -> Lease:
+        response = await self._run("renew-self", self._client.auth.token.renew_self)
+        auth = response["auth"]
+        return Lease(self._client.token, float(auth["lease_duration"]), bool(auth["renewable"]))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        location = self._location(kind, secret_id)
+        if location is None:
+            return None
+        data = await self._read(*location, kind)
+        if data is None:
+            return None
+        return self._value(kind, secret_id, data)
+
+    async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
+        await self.session.ensure_token()
+        try:
+            return await self._read_once(mount, path)
+        except DeniedError:
+            # Vault answers 403 both for a denied path and for a dead token: tell them apart.
+            if await self._token_alive():
+                raise
+        except TokenRejected:
+            pass
+        await self.session.token_rejected()
+        return await self._read_once(mount, path)
+
+    async def _read_once(self, mount: str, path: str) -> dict[str, Any] | None:
+        return await self.calls("read", lambda: self._in_pool(lambda: self._read_sync(mount, path)))
+
+    def _read_sync(self, mount: str, path: str) -> dict[str, Any] | None:
+        import hvac.exceptions
+
+        kv = self._client.secrets.kv
+        try:
+            if self.options.kv_engine_version == 1:
+                data: dict[str, Any] = kv.v1.read_secret(path=path, mount_point=mount)["data"]
+                return data
+            response = kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=True
+            )
+            data = response["data"]["data"]
+            return data
+        except hvac.exceptions.InvalidPath:
+            return None  # missing, or a deleted/destroyed latest version: a miss
+
+    async def _token_alive(self) -> bool:
+        try:
+            await self._run("lookup-self", self._client.auth.token.lookup_self)
+        except (DeniedError, TokenRejected):
+            return False
+        except TransientError:
+            return True  # cannot tell; do not throw away a token that may be fine
+        return True
+
+    async def _run(self, operation: str, call: Callable[[], T]) -> T:
+        """A blocking hvac call, in this backend's pool, counted and translated."""
+        return await self.calls.required(operation, lambda: self._in_pool(call))
+
+    async def _in_pool(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _location(self, kind: Kind, secret_id: str) -> tuple[str, str] | None:
+        base = self.options.path(kind).strip("/")
+        if not base:
+            return None
+        mount = self.options.mount_point.strip("/")
+        if not mount:  # the provider's mount_point=None: the mount is the path's first segment
+            mount, _, base = base.partition("/")
+        return mount, f"{base}/{secret_id}" if base else secret_id
+
+    def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:
+        if kind is Kind.CONNECTION:
+            if "conn_uri" in data:
+                return str(data["conn_uri"])
+            try:
+                return connection_value(data)
+            except ConnectionFormatError as exc:
+                raise BackendError(self.name, f"connection {secret_id!r} {exc}") from None
+        value = data.get("value")
+        if value is None:
+            log.warning("backend %r: the %s %r has no 'value' key", self.name, kind, secret_id)
+            return None
+        return value if isinstance(value, str) else json.dumps(value)

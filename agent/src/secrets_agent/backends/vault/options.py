@@ -1,0 +1,92 @@
+"""Config of a ``type = "vault"`` backend: one typed table per auth method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind, per_kind
+
+K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+AUTH_METHODS = ("token", "approle", "jwt", "kubernetes")
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    # Neither set: $VAULT_TOKEN. A token file is re-read on every (re-)login, so a rotated
+    # token (e.g. written by another agent) is picked up without a restart.
+    token: str = ""
+    token_file: str = setting("", path=True)
+
+
+@dataclass(frozen=True)
+class AppRoleAuth:
+    role_id: str = setting()
+    secret_id: str = ""
+    secret_id_file: str = setting("", path=True)
+    mount_point: str = "approle"
+
+
+@dataclass(frozen=True)
+class JwtAuth:
+    role: str = setting()
+    jwt_file: str = setting(path=True)
+    mount_point: str = "jwt"
+
+
+@dataclass(frozen=True)
+class KubernetesAuth:
+    role: str = setting()
+    token_path: str = setting(K8S_TOKEN_PATH, path=True)
+    mount_point: str = "kubernetes"
+
+
+@dataclass(frozen=True)
+class VaultOptions:
+    url: str = setting()
+    namespace: str = ""
+    auth_method: str = setting("token", choices=AUTH_METHODS)
+    token: TokenAuth | None = None
+    approle: AppRoleAuth | None = None
+    jwt: JwtAuth | None = None
+    kubernetes: KubernetesAuth | None = None
+    # Same names and defaults as the Airflow provider; "" disables that kind.
+    mount_point: str = "secret"
+    connections_path: str = "connections"
+    variables_path: str = "variables"
+    config_path: str = "config"
+    kv_engine_version: int = setting(2, min=1, max=2)
+    # TLS
+    verify: bool = True
+    ca_file: str = setting("", path=True)
+    client_cert: str = setting("", path=True)
+    client_key: str = setting("", path=True)
+    # Behaviour
+    timeout: float = setting(10.0, min=0.1, max=300.0)
+    max_workers: int = setting(4, min=1, max=64)
+    renew_fraction: float = setting(2 / 3, min=0.1, max=0.95)
+    backoff_initial: float = setting(1.0, min=0.01, max=60.0)
+    backoff_max: float = setting(60.0, min=0.1, max=3600.0)
+
+    def path(self, kind: Kind) -> str:
+        value: str = per_kind(self, kind, "{}_path")
+        return value
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if not self.url.startswith(("http://", "https://")):
+            problems.append(("url", "must start with http:// or https://"))
+        method = self.auth_method
+        if method in ("approle", "jwt") and getattr(self, method) is None:
+            problems.append((method, f'auth_method = "{method}" needs a [backends.{method}] table'))
+        if method == "kubernetes" and self.kubernetes is None:
+            problems.append(("kubernetes", "needs a [backends.kubernetes] table with a role"))
+        if self.token and self.token.token and self.token.token_file:
+            problems.append(("token", "set token or token_file, not both"))
+        if self.approle and bool(self.approle.secret_id) == bool(self.approle.secret_id_file):
+            problems.append(("approle", "set exactly one of secret_id and secret_id_file"))
+        if bool(self.client_cert) != bool(self.client_key):
+            problems.append(("client_cert", "client_cert and client_key go together"))
+        if self.backoff_initial > self.backoff_max:
+            problems.append(("backoff_initial", "must not exceed backoff_max"))
+        return problems

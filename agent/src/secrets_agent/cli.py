@@ -1,0 +1,180 @@
+"""``secrets-agent`` command line. Imports only the standard library until a command needs more."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 64, 69, 78
+_AGENT_MODULES = ("aiohttp", "cachetools", "cryptography", "prometheus_client", "yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secrets-agent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", "-c", required=True, help="path to the TOML config")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path")
+    check.set_defaults(func=_check_config)
+
+    get = sub.add_parser("get", help="ask a running agent for one value and print it")
+    get.add_argument("kind", choices=("connection", "variable", "config"))
+    get.add_argument("id")
+    get.add_argument(
+        "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
+    )
+    get.add_argument("--timeout", type=float, default=5.0)
+    get.set_defaults(func=_get)
+
+    probe = sub.add_parser("probe", help="exit 0 if a running agent is alive / ready (for probes)")
+    probe.add_argument("what", choices=("alive", "ready"))
+    probe.add_argument(
+        "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
+    )
+    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.set_defaults(func=_probe)
+
+    gen = sub.add_parser("gen-key", help="print a new Fernet key for encryption.key_file")
+    gen.set_defaults(func=_gen_key)
+    return parser
+
+
+def _require_agent_dependencies() -> bool:
+    missing = []
+    for module in _AGENT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        print(
+            "secrets-agent: the agent's dependencies are not installed "
+            f"(missing: {', '.join(missing)}).\n"
+            "Install them with:  pip install airflow-secrets-agent",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if not _require_agent_dependencies():
+        return EX_UNAVAILABLE
+    from secrets_agent.config.loader import load_config
+    from secrets_agent.errors import ConfigError
+
+    try:
+        config = load_config(args.path)
+    except ConfigError as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    names = ", ".join(f"{b.common.name} ({b.common.type})" for b in config.backends)
+    print(f"{args.path}: OK; socket {config.listener.socket_path}; backends: {names}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not _require_agent_dependencies():
+        return EX_UNAVAILABLE
+    import asyncio
+    import logging
+
+    from secrets_agent.config.loader import load_config
+    from secrets_agent.daemon import Agent
+    from secrets_agent.errors import ConfigError, StartupError
+    from secrets_agent.ops.hardening import forbid_core_dumps
+    from secrets_agent.ops.logs import configure_logging
+    from secrets_agent.ops.systemd import Notifier, inherited_socket
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(config.log.level, config.log.format)
+    forbid_core_dumps()
+    agent = Agent(
+        config,
+        config_path=args.config,
+        inherited=inherited_socket(),  # socket activation: systemd owns the socket
+        notifier=Notifier(),
+    )
+    try:
+        asyncio.run(agent.run())
+    except StartupError as exc:
+        logging.getLogger("secrets_agent").error("cannot start: %s", exc)
+        return EX_CONFIG
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from secrets_agent_client.backend import AgentSecretsBackend, AgentUnavailableError
+
+    backend = AgentSecretsBackend(
+        socket_path=args.socket, timeout=args.timeout, on_unavailable="raise"
+    )
+    lookups: dict[str, Callable[[str], str | None]] = {
+        "connection": backend.get_conn_value,
+        "variable": backend.get_variable,
+        "config": backend.get_config,
+    }
+    lookup = lookups[args.kind]
+    try:
+        value = lookup(args.id)
+    except (AgentUnavailableError, PermissionError) as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if value is None:
+        print(f"secrets-agent: {args.kind} {json.dumps(args.id)} not found", file=sys.stderr)
+        return 1
+    print(value)
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """For Kubernetes exec probes and scripts: stdlib only, like the client."""
+    from secrets_agent_client import DEFAULT_SOCKET_PATH
+    from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+
+    path = args.socket or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+    try:
+        response = UnixTransport(path, args.timeout).request(
+            "GET", "/healthz" if args.what == "alive" else "/readyz"
+        )
+    except AgentUnreachable as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if response.status != 200:
+        detail = response.body.decode(errors="replace")
+        print(f"secrets-agent: not {args.what}: {detail}", file=sys.stderr)
+        return 1
+    if args.what == "ready":
+        print(json.dumps(json.loads(response.body)["backends"]))
+    return 0
+
+
+def _gen_key(args: argparse.Namespace) -> int:
+    if not _require_agent_dependencies():
+        return EX_UNAVAILABLE
+    from secrets_agent.lookup.cipher import generate_key
+
+    print(generate_key())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The configuration: frozen sections (schema), field rules (validators), TOML loading."""

@@ -1,0 +1,106 @@
+"""The agent's configuration as frozen, typed sections; loading and validation live in loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from secrets_agent.config.validators import (
+    check_loopback,
+    check_name,
+    check_octal_mode,
+    check_regex,
+    check_team,
+    setting,
+)
+from secrets_agent.kinds import Kind, per_kind
+
+DEFAULT_SOCKET_PATH = "/run/airflow-secrets-agent/agent.sock"
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    socket_path: str = setting(DEFAULT_SOCKET_PATH, path=True)
+    socket_mode: str = setting("0660", check=check_octal_mode)
+    socket_group: str = ""
+    # None means "the agent's own uid / primary gid"; an explicit empty list allows nobody by it.
+    allowed_uids: tuple[int, ...] | None = setting(None, min=0)
+    allowed_gids: tuple[int, ...] | None = setting(None, min=0)
+    admin_uids: tuple[int, ...] | None = setting(None, min=0)
+    max_request_line: int = setting(8190, min=256, max=65536)
+    max_header_size: int = setting(8190, min=256, max=65536)
+    max_body_size: int = setting(65536, min=1024, max=1048576)
+    shutdown_timeout: float = setting(10.0, min=0.1, max=300.0)
+
+    @property
+    def mode(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    format: str = setting("text", choices=("text", "json"))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    max_entries: int = setting(10000, min=1, max=10_000_000)
+    connection_ttl: float = setting(300.0, min=0.0, max=7 * DAY)
+    variable_ttl: float = setting(300.0, min=0.0, max=7 * DAY)
+    config_ttl: float = setting(300.0, min=0.0, max=7 * DAY)
+    negative_ttl: float = setting(30.0, min=0.0, max=DAY)
+    max_stale: float = setting(3600.0, min=0.0, max=7 * DAY)
+    sweep_interval: float = setting(60.0, min=1.0, max=DAY)
+
+    def ttl(self, kind: Kind) -> float:
+        value: float = getattr(self, f"{kind.value}_ttl")
+        return value
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    key_file: str = setting("", path=True)
+    key_env: str = ""
+    credential: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = setting(0, min=0, max=65535)
+    address: str = setting("127.0.0.1", check=check_loopback)
+
+
+@dataclass(frozen=True)
+class BackendCommon:
+    """Keys every ``[[backends]]`` entry accepts; the rest belong to the backend's type."""
+
+    name: str = setting(check=check_name)
+    type: str = setting()
+    connections_lookup_pattern: str = setting("", check=check_regex)
+    variables_lookup_pattern: str = setting("", check=check_regex)
+    config_lookup_pattern: str = setting("", check=check_regex)
+    # Airflow 3 multi-team: when set, only lookups made for one of these teams reach this
+    # backend (and lookups for a team reach only backends that list it or list no team).
+    teams: tuple[str, ...] = setting((), check=check_team)
+
+    def lookup_pattern(self, kind: Kind) -> str:
+        value: str = per_kind(self, kind, "{}_lookup_pattern")
+        return value
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    common: BackendCommon
+    options: Any  # the dataclass the backend type declares as its ``Options``
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    backends: tuple[BackendConfig, ...] = ()

@@ -1,0 +1,259 @@
+"""The agent process: startup → serve → reload → graceful shutdown (uvicorn-style).
+
+The daemon owns what lives as long as the process: listeners, signals, sd_notify, the
+background loops and the metrics registry. What a configuration builds lives in a
+``Runtime``; a reload builds a new one and swaps ``self.runtime``, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from aiohttp import web
+
+from secrets_agent.config.loader import load_config
+from secrets_agent.config.schema import AgentConfig
+from secrets_agent.errors import AgentError, ConfigError, StartupError
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.metrics import Metrics
+from secrets_agent.ops.systemd import Notifier
+from secrets_agent.runtime import BackendPool, Runtime
+from secrets_agent.server.app import ApiContext, create_app, metrics_app
+from secrets_agent.server.listener import bind_unix_socket, remove_socket_file
+
+log = logging.getLogger(__name__)
+
+# Fixed at bind time: a reload cannot move or reshape the listener, or the log format.
+_RESTART_ONLY = (
+    "socket_path",
+    "socket_mode",
+    "socket_group",
+    "max_request_line",
+    "max_header_size",
+    "max_body_size",
+)
+
+
+class Agent:
+    """One running agent. ``clock`` drives cache expiry, so tests move time instead of sleeping.
+
+    ``config_path`` enables reloads; ``inherited`` is a listening socket systemd passed us.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        config_path: str | None = None,
+        inherited: socket.socket | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._initial = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier(environ={})
+        self._clock = clock
+        self._inherited = inherited
+        self._pool = BackendPool(self.metrics, clock)
+        self._runtime: Runtime | None = None
+        self._runners: list[web.AppRunner] = []
+        self._socket: socket.socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the agent is not started")
+        return self._runtime
+
+    @property
+    def config(self) -> AgentConfig:
+        return self._initial if self._runtime is None else self._runtime.config
+
+    @property
+    def service(self) -> SecretService:
+        return self.runtime.service
+
+    @property
+    def socket_path(self) -> str:
+        return self.config.listener.socket_path
+
+    # -- startup ---------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Build the runtime, then open the socket; undo all of it on failure."""
+        try:
+            await self._startup()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _startup(self) -> None:
+        cfg = self._initial
+        self._swap(await Runtime.build(cfg, self._pool, self.metrics, self._clock))
+        self.metrics.track_cache_size(lambda: len(self.service.cache))
+        context = ApiContext(current=self.runtime_now, metrics=self.metrics)
+        app = create_app(context, cfg.listener.max_body_size)
+        if self._inherited is not None:
+            await self._serve_app(app, sock=self._inherited)
+        else:
+            self._socket = bind_unix_socket(cfg.listener)
+            await self._serve_app(app, sock=self._socket)
+        if cfg.metrics.port:
+            await self._serve_app(
+                metrics_app(self.metrics), tcp=(cfg.metrics.address, cfg.metrics.port)
+            )
+        self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        if self.notifier.watchdog_interval:
+            self._tasks.append(asyncio.create_task(self._watchdog_forever()))
+        names = ", ".join(backend.name for _, backend in self.runtime.backends)
+        log.info("agent listening on %s with backends %s", self.socket_path, names)
+        self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
+
+    def runtime_now(self) -> Runtime:
+        """The runtime serving at this moment (what each request reads once)."""
+        return self.runtime
+
+    def _swap(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._pool.publish([b for _, b in runtime.backends])
+
+    async def _serve_app(
+        self,
+        app: web.Application,
+        *,
+        sock: socket.socket | None = None,
+        tcp: tuple[str, int] | None = None,
+    ) -> None:
+        listener = self._initial.listener
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=listener.shutdown_timeout,
+            max_line_size=listener.max_request_line,
+            max_field_size=listener.max_header_size,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        elif tcp is not None:
+            site = web.TCPSite(runner, tcp[0], tcp[1])
+        else:
+            raise ValueError("either sock or tcp is required")
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen: {exc.strerror}") from None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cache.sweep_interval)
+            self.service.cache.sweep()
+
+    async def _watchdog_forever(self) -> None:
+        # Sent from the event loop itself: if the loop is stuck, systemd stops hearing from us.
+        interval = self.notifier.watchdog_interval or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file: apply it whole, or keep serving exactly as before."""
+        if self.config_path is None:
+            log.warning("reload requested, but the agent was not started from a config file")
+            return False
+        async with self._reload_lock:
+            self.notifier.reloading()
+            old = self.runtime
+            try:
+                new_config = _keep_restart_only_settings(old.config, load_config(self.config_path))
+                new = await Runtime.build(
+                    new_config, self._pool, self.metrics, self._clock, previous=old
+                )
+            except (ConfigError, AgentError) as exc:
+                self.metrics.reloads.labels("failure").inc()
+                log.error("reload failed; still serving the previous configuration: %s", exc)
+                self.notifier.ready("reload failed; serving the previous configuration")
+                return False
+            self._swap(new)
+            logging.getLogger().setLevel(new.config.log.level.upper())
+            await old.retire(new)
+            self.metrics.reloads.labels("success").inc()
+            log.info("configuration reloaded from %s", self.config_path)
+            self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
+            return True
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), remove the socket, close."""
+        self.notifier.stopping()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._socket is not None:
+            self._socket.close()  # already closed by the runner unless startup failed midway
+            remove_socket_file(self.socket_path)
+            self._socket = None
+        # An inherited socket belongs to systemd, which keeps it for the next activation.
+        if self._runtime is not None:
+            await self._runtime.retire(None)
+
+    async def run(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        await self.startup()
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.shutdown()
+
+
+def _keep_restart_only_settings(old: AgentConfig, new: AgentConfig) -> AgentConfig:
+    """Socket, metrics listener and log format need a restart; keep the running ones."""
+    changed = [
+        f"listener.{k}"
+        for k in _RESTART_ONLY
+        if getattr(old.listener, k) != getattr(new.listener, k)
+    ]
+    changed += ["metrics"] if old.metrics != new.metrics else []
+    changed += ["log.format"] if old.log.format != new.log.format else []
+    if changed:
+        log.warning(
+            "reload: %s change only on restart; keeping the running values", ", ".join(changed)
+        )
+    listener = replace(new.listener, **{k: getattr(old.listener, k) for k in _RESTART_ONLY})
+    return replace(
+        new, listener=listener, metrics=old.metrics, log=replace(new.log, format=old.log.format)
+    )

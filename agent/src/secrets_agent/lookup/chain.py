@@ -1,0 +1,118 @@
+"""The ordered backend chain for a lookup: first backend that has the id wins."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from secrets_agent.backends.base import Backend
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Link:
+    backend: Backend
+    patterns: dict[Kind, re.Pattern[str] | None]
+    teams: frozenset[str] = frozenset()  # empty: serves every lookup, with or without a team
+
+    def accepts(self, kind: Kind, secret_id: str, team: str | None = None) -> bool:
+        """Like the Airflow providers' ``*_lookup_pattern``: only ask where the id can live."""
+        if self.teams and team not in self.teams:
+            return False
+        pattern = self.patterns.get(kind)
+        return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
+
+
+@dataclass(frozen=True)
+class Found:
+    value: str
+    source: str  # the backend's name, so a revalidation asks the same backend
+    version: str | None = None
+
+
+class BackendChain:
+    def __init__(self, links: Sequence[Link], metrics: Metrics) -> None:
+        self.links = tuple(links)
+        self._metrics = metrics
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return tuple(link.backend for link in self.links)
+
+    async def fetch(self, kind: Kind, secret_id: str, team: str | None = None) -> Found | None:
+        """Ask each accepting backend in order.
+
+        An error stops the walk instead of falling through: a later backend's answer could
+        shadow the value the failing backend is authoritative for.
+        """
+        for link in self.links:
+            if link.accepts(kind, secret_id, team):
+                found = await self._fetch_from(link.backend, kind, secret_id)
+                if found is not None:
+                    return found
+        return None
+
+    async def _fetch_from(self, backend: Backend, kind: Kind, secret_id: str) -> Found | None:
+        got = await self._guard(
+            backend,
+            kind,
+            lambda: backend.fetch_versioned(kind, secret_id),
+            lambda v: "missing" if v is None else "found",
+        )
+        return None if got is None else Found(got.value, backend.name, got.version)
+
+    async def revalidate(
+        self, kind: Kind, secret_id: str, found: Found, team: str | None = None
+    ) -> bool:
+        """Ask the backend that produced ``found`` whether it is still current."""
+        link = next((lk for lk in self.links if lk.backend.name == found.source), None)
+        if link is None or found.version is None or not link.accepts(kind, secret_id, team):
+            return False
+        backend, version = link.backend, found.version
+        return await self._guard(
+            backend,
+            kind,
+            lambda: backend.revalidate(kind, secret_id, version),
+            lambda same: "unchanged" if same else "changed",
+        )
+
+    async def _guard(
+        self,
+        backend: Backend,
+        kind: Kind,
+        call: Callable[[], Awaitable[T]],
+        outcome: Callable[[T], str],
+    ) -> T:
+        """Run one backend call with metrics; anything but our own errors becomes one."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            answer = await call()
+            result = outcome(answer)
+            return answer
+        except DeniedError:
+            result = "denied"
+            raise
+        except TransientError:
+            result = "transient"
+            raise
+        except BackendError:
+            raise
+        except Exception as exc:
+            # A backend bug must not leak SDK text (it may quote a value): keep the type only.
+            log.error("backend %r raised %s on a %s", backend.name, type(exc).__name__, kind)
+            raise BackendError(backend.name, f"unexpected {type(exc).__name__}") from None
+        finally:
+            self._metrics.upstream_calls.labels(backend.name, kind.value, result).inc()
+            self._metrics.upstream_latency.labels(backend.name).observe(
+                time.perf_counter() - started
+            )

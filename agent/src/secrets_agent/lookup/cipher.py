@@ -1,0 +1,77 @@
+"""Fernet keys for the in-memory cache: from a file, an env var, a systemd credential, or random."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from secrets_agent.config.schema import EncryptionConfig
+from secrets_agent.errors import StartupError
+
+
+class Cipher:
+    """Encrypts cache values; the first key encrypts, every key decrypts (rotation)."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        # With no configured key the cache lives and dies with this process, so a random one is
+        # as good as any and never touches disk.
+        self._fernet = MultiFernet([Fernet(k) for k in keys] or [Fernet(Fernet.generate_key())])
+
+    def encrypt(self, plaintext: str) -> bytes:
+        return self._fernet.encrypt(plaintext.encode("utf-8"))
+
+    def decrypt(self, token: bytes) -> str | None:
+        """Return the plaintext, or None if no current key can open the token."""
+        try:
+            return self._fernet.decrypt(token).decode("utf-8")
+        except InvalidToken:
+            return None
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode("ascii")
+
+
+def load_keys(config: EncryptionConfig, environ: Mapping[str, str] = os.environ) -> list[bytes]:
+    """Collect keys from every configured source, in the order file, env var, credential."""
+    sources: list[tuple[str, str]] = []
+    if config.key_file:
+        sources.append((f"encryption.key_file ({config.key_file})", _read(Path(config.key_file))))
+    if config.key_env:
+        if config.key_env not in environ:
+            raise StartupError(
+                f"encryption.key_env: environment variable {config.key_env} is unset"
+            )
+        sources.append((f"encryption.key_env ({config.key_env})", environ[config.key_env]))
+    if config.credential:
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise StartupError(
+                "encryption.credential: $CREDENTIALS_DIRECTORY is unset "
+                "(use LoadCredential= in the systemd unit)"
+            )
+        path = Path(directory) / config.credential
+        sources.append((f"encryption.credential ({config.credential})", _read(path)))
+    keys: list[bytes] = []
+    for where, text in sources:
+        # One key per line or separated by commas, newest first, as for Airflow's fernet_key.
+        for index, key in enumerate(k for k in re.split(r"[\s,]+", text) if k):
+            try:
+                Fernet(key.encode("ascii"))
+            except (ValueError, UnicodeEncodeError):
+                raise StartupError(f"{where}: key #{index + 1} is not a valid Fernet key") from None
+            keys.append(key.encode("ascii"))
+    if sources and not keys:
+        raise StartupError("encryption: the configured key sources hold no key")
+    return keys
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"cannot read key file {path}: {exc.strerror}") from None

@@ -1,0 +1,1 @@
+"""Running as a service: metrics, logging, systemd protocols, process hardening."""

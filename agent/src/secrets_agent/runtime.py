@@ -1,0 +1,187 @@
+"""What a configuration builds: started backends, their chain, the cache, the service, the policy.
+
+A ``Runtime`` is complete once built and never changed afterwards: a reload builds a new one
+(reusing the running backends whose config did not change, and their cached values) and the
+daemon swaps a single reference. Building is all-or-nothing: on any failure what was started
+for the new runtime is closed again and the one serving stays exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.registry import create_backend
+from secrets_agent.config.schema import AgentConfig, BackendConfig
+from secrets_agent.errors import AgentError, BackendError, StartupError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.chain import BackendChain, Link
+from secrets_agent.lookup.cipher import Cipher, load_keys
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.metrics import Metrics
+from secrets_agent.server.peers import AccessPolicy
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Running = tuple[tuple[BackendConfig, Backend], ...]
+
+
+class BackendPool:
+    """Starts and closes backends for every runtime of one agent, and owns their gauges."""
+
+    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+        self._context = BackendContext(metrics=metrics, clock=clock)
+        self._metrics = metrics
+        self._live: set[Backend] = set()  # by identity: a reload may reuse a name
+
+    def is_live(self, backend: Backend) -> bool:
+        return backend in self._live
+
+    async def start(self, configs: Sequence[BackendConfig], running: Running) -> Running:
+        """Backends for ``configs``: a running one when its config is unchanged, else a new one."""
+        result: list[tuple[BackendConfig, Backend]] = []
+        created: list[Backend] = []
+        try:
+            for config in configs:
+                # Compared by value, not hashed: options may hold tables (dicts).
+                backend = next((b for c, b in running if c == config), None)
+                if backend is None:
+                    backend = create_backend(config, self._context)
+                    created.append(backend)
+                    await self._start(backend)
+                result.append((config, backend))
+        except BaseException:
+            await self.close(created)
+            raise
+        return tuple(result)
+
+    async def _start(self, backend: Backend) -> None:
+        try:
+            await backend.start()
+        except BackendError as exc:
+            raise StartupError(str(exc)) from None
+        self._live.add(backend)
+
+    def publish(self, backends: Sequence[Backend]) -> None:
+        """Point the per-backend gauges at ``backends`` (the newest of a name owns them)."""
+        for backend in backends:
+            if not backend.manages_auth:
+                self._metrics.authenticated.labels(backend.name).set_function(
+                    self._gauge(backend, health=False)
+                )
+            self._metrics.backend_ready.labels(backend.name).set_function(
+                self._gauge(backend, health=True)
+            )
+
+    def _gauge(self, backend: Backend, *, health: bool) -> Callable[[], float]:
+        return lambda: float(self.is_live(backend) and (not health or backend.health().ready))
+
+    async def close(self, backends: Sequence[Backend]) -> None:
+        for backend in backends:
+            if backend not in self._live:
+                continue
+            self._live.discard(backend)
+            try:
+                await backend.close()
+            except Exception as exc:  # one backend failing to close must not stop the rest
+                log.warning("backend %r failed to close: %s", backend.name, type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: AgentConfig
+    backends: Running
+    service: SecretService
+    policy: AccessPolicy
+    pool: BackendPool
+
+    @classmethod
+    async def build(
+        cls,
+        config: AgentConfig,
+        pool: BackendPool,
+        metrics: Metrics,
+        clock: Clock,
+        previous: Runtime | None = None,
+    ) -> Runtime:
+        """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise."""
+        running = previous.backends if previous is not None else ()
+        cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
+        backends = await pool.start(config.backends, running)
+        try:
+            chain_changed = [c for c, _ in backends] != [c for c, _ in running]
+            if previous is not None and cache is previous.service.cache and chain_changed:
+                kept = {b.name for _, b in backends if any(b is r for _, r in running)}
+                cache = cache.carried_over(kept)
+            service = SecretService(_chain(backends, metrics), cache, metrics)
+            policy = AccessPolicy.from_config(config.listener)
+            runtime = cls(config, backends, service, policy, pool)
+        except BaseException:
+            await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
+            raise
+        for _, backend in backends:
+            if not any(backend is r for _, r in running):
+                await runtime._prefetch(backend)
+        return runtime
+
+    def readiness(self) -> dict[str, Health]:
+        return {
+            b.name: b.health() if self.pool.is_live(b) else Health(False, "not started")
+            for _, b in self.backends
+        }
+
+    async def retire(self, successor: Runtime | None) -> None:
+        """Close the backends ``successor`` does not use (all of them when there is none)."""
+        keep = [b for _, b in successor.backends] if successor is not None else []
+        await self.pool.close([b for _, b in self.backends if not any(b is k for k in keep)])
+
+    async def _prefetch(self, backend: Backend) -> None:
+        """Warm the cache with the ids the backend is configured to load at start."""
+        try:
+            items = await backend.prefetch()
+        except AgentError as exc:  # a warm-up failure only costs the first lookups a round trip
+            log.warning("backend %r: prefetch failed: %s", backend.name, exc)
+            return
+        for item in items:
+            self.service.cache.put(
+                item.kind, item.secret_id, item.found.value, backend.name, item.found.version
+            )
+        if items:
+            log.info("backend %r: prefetched %d values", backend.name, len(items))
+
+
+def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> SecretCache:
+    if previous is not None and (config.cache, config.encryption) == (
+        previous.config.cache,
+        previous.config.encryption,
+    ):
+        return previous.service.cache
+    return SecretCache(
+        max_entries=config.cache.max_entries,
+        ttl=config.cache.ttl,
+        negative_ttl=config.cache.negative_ttl,
+        max_stale=config.cache.max_stale,
+        cipher=Cipher(load_keys(config.encryption)),
+        clock=clock,
+    )
+
+
+def _chain(backends: Running, metrics: Metrics) -> BackendChain:
+    links = [
+        Link(
+            backend,
+            {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind},
+            frozenset(config.common.teams),
+        )
+        for config, backend in backends
+    ]
+    return BackendChain(links, metrics)
+
+
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None

@@ -1,0 +1,1 @@
+"""The socket API: listener, peer credentials, middleware, handlers, error mapping."""

@@ -1,0 +1,103 @@
+"""The aiohttp application: peer check, error mapping and request metrics around thin handlers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from secrets_agent.backends.base import Health
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.metrics import Metrics
+from secrets_agent.server.errors import error_response, response_for
+from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
+
+
+class Serving(Protocol):
+    """The part of the agent's runtime that requests use (``secrets_agent.runtime.Runtime``)."""
+
+    @property
+    def service(self) -> SecretService: ...
+    @property
+    def policy(self) -> AccessPolicy: ...
+    def readiness(self) -> dict[str, Health]: ...
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What handlers need. ``current`` returns the runtime serving now: a reload swaps it."""
+
+    current: Callable[[], Serving]
+    metrics: Metrics
+
+
+CONTEXT = web.AppKey("context", ApiContext)
+PEER_KEY = web.RequestKey("peer", Peer)
+
+
+def create_app(context: ApiContext, max_body_size: int) -> web.Application:
+    from secrets_agent.server import handlers
+
+    app = web.Application(
+        middlewares=[_metrics_middleware, _peer_middleware, _error_middleware],
+        client_max_size=max_body_size,
+    )
+    app[CONTEXT] = context
+    handlers.add_routes(app)
+    return app
+
+
+def request_peer(request: web.Request) -> Peer:
+    return request[PEER_KEY]
+
+
+@web.middleware
+async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[CONTEXT].metrics
+    started = time.perf_counter()
+    response = await handler(request)
+    kind = request.match_info.get("kind", "other")
+    kind = {"connections": "connection", "variables": "variable"}.get(kind, kind)
+    metrics.requests.labels(kind, str(response.status)).inc()
+    metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def _peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    context = request.app[CONTEXT]
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return error_response(403, "peer_denied", "peer credentials are unavailable")
+    peer = peer_credentials(sock)
+    if not context.current().policy.allows(peer, peer_groups(sock)):
+        context.metrics.denied_peers.inc()
+        return error_response(
+            403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
+        )
+    request[PEER_KEY] = peer
+    return await handler(request)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as exc:  # every failure must become a JSON answer, never a traceback
+        return response_for(exc)
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """``/metrics`` alone, for the optional loopback TCP port."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return app

@@ -1,0 +1,84 @@
+"""The Unix socket: safe creation under a tight umask, and stale-file takeover."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from secrets_agent.config.schema import ListenerConfig
+from secrets_agent.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+
+def bind_unix_socket(config: ListenerConfig) -> socket.socket:
+    """Create the listening socket, replacing a stale file but never a live agent's socket."""
+    path = Path(config.socket_path)
+    if len(os.fsencode(path)) >= 108:
+        raise StartupError("listener.socket_path is longer than the 107 bytes a socket path allows")
+    gid = _resolve_group(config.socket_group) if config.socket_group else -1
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o750, parents=True)
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
+    try:
+        # Bind under a tight umask so the socket is never briefly open wider than configured.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+            bound = True
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, config.mode)
+        if gid != -1:
+            os.chown(path, -1, gid)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if bound:
+            path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
+    return sock
+
+
+def remove_socket_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _clear_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale socket %s left by an agent that is gone", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot check existing socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another agent is already listening on {path}; refusing to start")
+
+
+def _resolve_group(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StartupError(f"listener.socket_group: no such group {group!r}") from None

@@ -1,0 +1,63 @@
+"""Who may talk to the agent: uid/gid allow-lists checked against kernel peer credentials."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from secrets_agent.config.schema import ListenerConfig
+
+_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python lacks the name
+_MAX_GROUPS = 256
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    """Ask the kernel who is on the other end (SO_PEERCRED): unforgeable by the client."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return Peer(*_UCRED.unpack(raw))
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    allowed_uids: frozenset[int]
+    allowed_gids: frozenset[int]
+    admin_uids: frozenset[int]
+
+    @classmethod
+    def from_config(cls, config: ListenerConfig) -> AccessPolicy:
+        """Unset lists default to the agent's own uid and primary group."""
+        uid, gid = os.getuid(), os.getgid()
+        return cls(
+            allowed_uids=_ids(config.allowed_uids, uid),
+            allowed_gids=_ids(config.allowed_gids, gid),
+            admin_uids=_ids(config.admin_uids, uid),
+        )
+
+    def allows(self, peer: Peer, groups: frozenset[int]) -> bool:
+        return peer.uid in self.allowed_uids or bool(({peer.gid} | groups) & self.allowed_gids)
+
+    def is_admin(self, peer: Peer) -> bool:
+        return peer.uid in self.admin_uids
+
+
+def _ids(configured: tuple[int, ...] | None, default: int) -> frozenset[int]:
+    return frozenset((default,) if configured is None else configured)
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """Supplementary groups of the peer, so ``SupplementaryGroups=`` on a worker unit works."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * _MAX_GROUPS)
+    except OSError:
+        return frozenset()
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))

@@ -1,0 +1,252 @@
+"""The AWS backends against moto's server on loopback (fake credentials, no metadata probes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from secrets_agent.backends.aws.errors import translate
+from secrets_agent.backends.aws.options import SecretsManagerOptions, SsmOptions
+from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
+from secrets_agent.backends.aws.ssm import SsmBackend
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+from support.helpers import FakeClock
+from support.moto_aws import REGION, MotoServer
+
+pytestmark = pytest.mark.integration
+
+C, V, CFG = Kind.CONNECTION, Kind.VARIABLE, Kind.CONFIG
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto: MotoServer) -> MotoServer:
+    moto.reset()
+    return moto
+
+
+class Backends:
+    def __init__(self, aws: MotoServer) -> None:
+        self.aws = aws
+        self.metrics = Metrics()
+        self.started: list[SecretsManagerBackend | SsmBackend] = []
+
+    async def secrets_manager(self, **options: Any) -> SecretsManagerBackend:
+        opts = SecretsManagerOptions(endpoint_url=self.aws.url, region=REGION, **options)
+        backend = SecretsManagerBackend("sm", opts, BackendContext(self.metrics, FakeClock()))
+        await backend.start()
+        self.started.append(backend)
+        return backend
+
+    async def ssm(self, **options: Any) -> SsmBackend:
+        opts = SsmOptions(endpoint_url=self.aws.url, region=REGION, **options)
+        backend = SsmBackend("ssm", opts, BackendContext(self.metrics, FakeClock()))
+        await backend.start()
+        self.started.append(backend)
+        return backend
+
+    def calls(self, backend: str, operation: str, result: str = "ok") -> float:
+        labels = {"backend": backend, "operation": operation, "result": result}
+        return (
+            self.metrics.registry.get_sample_value("secrets_agent_upstream_api_calls_total", labels)
+            or 0.0
+        )
+
+
+@pytest.fixture
+async def backends(aws: MotoServer) -> AsyncIterator[Backends]:
+    made = Backends(aws)
+    yield made
+    for backend in made.started:
+        await backend.close()
+
+
+async def test_secrets_manager_uri_variables_config_and_missing(
+    aws: MotoServer, backends: Backends
+) -> None:
+    aws.put_secret("airflow/connections/pg", "postgresql://u:s3cret@db:5432/app")
+    aws.put_secret("airflow/variables/greeting", "hello")
+    aws.put_secret("airflow/config/sql_alchemy_conn", "sqlite:////tmp/x.db")
+    sm = await backends.secrets_manager()
+    assert await sm.fetch(C, "pg") == "postgresql://u:s3cret@db:5432/app"
+    assert await sm.fetch(V, "greeting") == "hello"
+    assert await sm.fetch(CFG, "sql_alchemy_conn") == "sqlite:////tmp/x.db"
+    assert await sm.fetch(V, "absent") is None
+    assert backends.calls("sm", "GetSecretValue", "not_found") == 1
+    assert sm.health().ready
+
+
+async def test_json_connection_aliases_extra_words_and_urlencoding(
+    aws: MotoServer, backends: Backends
+) -> None:
+    aws.put_secret(
+        "airflow/connections/aliases",
+        {
+            "engine": "postgres",
+            "user": "svc",
+            "pass": "s3cret",
+            "server": "db.local",
+            "port": 5432,
+            "database": "app",
+            "extra": {"sslmode": "require"},
+            "ignored": "x",
+        },
+    )
+    aws.put_secret(
+        "airflow/connections/custom", {"conn_type": "mysql", "db_user": "me", "password": "p%40ss"}
+    )
+    sm = await backends.secrets_manager(
+        extra_conn_words={"user": ("db_user",)}, are_secret_values_urlencoded=True
+    )
+    assert json.loads(await sm.fetch(C, "aliases") or "") == {
+        "conn_type": "postgres",
+        "login": "svc",
+        "password": "s3cret",
+        "host": "db.local",
+        "port": 5432,
+        "schema": "app",
+        "extra": {"sslmode": "require"},
+    }
+    assert json.loads(await sm.fetch(C, "custom") or "") == {
+        "conn_type": "mysql",
+        "login": "me",
+        "password": "p@ss",
+    }
+
+
+async def test_prefixes_separator_and_disabled_kinds(aws: MotoServer, backends: Backends) -> None:
+    aws.put_secret("team-a_vars_greeting", "hi from a")
+    sm = await backends.secrets_manager(
+        variables_prefix="team-a_vars", sep="_", connections_prefix=""
+    )
+    assert await sm.fetch(V, "greeting") == "hi from a"
+    assert not sm.supports(C)
+    assert await sm.fetch(C, "anything") is None
+
+
+async def test_ssm_string_securestring_missing_and_prefixes(
+    aws: MotoServer, backends: Backends
+) -> None:
+    aws.put_parameter("/airflow/connections/pg", "postgresql://u:s3cret@db/app", secure=True)
+    aws.put_parameter("/airflow/variables/greeting", "hello")
+    aws.put_parameter("/custom/config/key", "cfg", secure=True)
+    ssm = await backends.ssm(config_prefix="/custom/config")
+    assert await ssm.fetch(C, "pg") == "postgresql://u:s3cret@db/app"
+    assert await ssm.fetch(V, "greeting") == "hello"
+    assert await ssm.fetch(CFG, "key") == "cfg"
+    assert await ssm.fetch(V, "absent") is None
+    assert backends.calls("ssm", "GetParameter", "not_found") == 1
+
+
+async def test_revalidate_uses_describe_secret(aws: MotoServer, backends: Backends) -> None:
+    version = aws.put_secret("airflow/variables/rotating", "v1")
+    sm = await backends.secrets_manager()
+    found = await sm.fetch_versioned(V, "rotating")
+    assert found is not None and found.version == version
+    assert await sm.revalidate(V, "rotating", version)
+    aws.client("secretsmanager").put_secret_value(
+        SecretId="airflow/variables/rotating", SecretString="v2"
+    )
+    assert not await sm.revalidate(V, "rotating", version)
+    assert backends.calls("sm", "DescribeSecret") == 2
+    assert backends.calls("sm", "GetSecretValue") == 1
+
+
+async def test_prefetch_in_batches_of_ten(aws: MotoServer, backends: Backends) -> None:
+    ids = [f"v{i:02d}" for i in range(12)]
+    for secret_id in ids:
+        aws.put_secret(f"airflow/variables/{secret_id}", f"value-{secret_id}")
+        aws.put_parameter(f"/airflow/variables/{secret_id}", f"param-{secret_id}")
+    sm = await backends.secrets_manager(prefetch_variables=(*ids, "missing"))
+    loaded = {(p.kind, p.secret_id): p.found.value for p in await sm.prefetch()}
+    assert loaded == {(V, i): f"value-{i}" for i in ids}
+    assert backends.calls("sm", "BatchGetSecretValue") == 2
+    ssm = await backends.ssm(prefetch_variables=tuple(ids))
+    assert len(await ssm.prefetch()) == 12
+    assert backends.calls("ssm", "GetParameters") == 2
+
+
+async def test_assume_role(aws: MotoServer, backends: Backends) -> None:
+    aws.put_secret("airflow/variables/greeting", "hello via role")
+    sm = await backends.secrets_manager(
+        role_arn="arn:aws:iam::123456789012:role/airflow-secrets",
+        sts_endpoint_url=aws.url,
+    )
+    assert await sm.fetch(V, "greeting") == "hello via role"
+    assert await sm.fetch(V, "greeting") == "hello via role"
+    assert backends.calls("sm", "AssumeRole") == 1  # refreshed only before expiry
+    assert (
+        backends.metrics.registry.get_sample_value(
+            "secrets_agent_auth_attempts_total", {"backend": "sm", "result": "success"}
+        )
+        == 1
+    )
+
+
+async def test_no_credentials_means_not_ready(
+    aws: MotoServer, backends: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    sm = await backends.secrets_manager()
+    assert not sm.health().ready
+    assert "no AWS credentials" in sm.health().detail
+
+
+async def test_unreachable_endpoint_is_transient(backends: Backends) -> None:
+    from support.bao import free_port
+
+    opts = SecretsManagerOptions(
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region=REGION,
+        max_attempts=1,
+        connect_timeout=1,
+    )
+    sm = SecretsManagerBackend("sm", opts, BackendContext(backends.metrics, FakeClock()))
+    await sm.start()
+    backends.started.append(sm)
+    with pytest.raises(TransientError, match="cannot reach AWS"):
+        await sm.fetch(V, "x")
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": "echoes s3cret input"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "GetSecretValue",
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (client_error("AccessDeniedException"), DeniedError),
+        (client_error("ThrottlingException"), TransientError),
+        (client_error("InternalServiceError", 500), TransientError),
+        (client_error("SomethingNew", 503), TransientError),
+        (client_error("DecryptionFailure"), BackendError),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientError),
+    ],
+)
+def test_error_translation(exc: Exception, kind: type[BackendError]) -> None:
+    error = translate("sm", exc, "GetSecretValue")
+    assert type(error) is kind
+    assert "s3cret" not in str(error)

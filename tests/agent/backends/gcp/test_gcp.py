@@ -1,0 +1,269 @@
+"""The gcp_secret_manager backend against a real gRPC server over TLS, on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.cloud import secretmanager_v1
+from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+    SecretManagerServiceGrpcTransport,
+)
+from google.oauth2 import service_account
+
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.gcp.backend import GcpSecretManagerBackend
+from secrets_agent.backends.gcp.errors import translate
+from secrets_agent.backends.gcp.options import GcpOptions
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint, tls_material
+from support.helpers import FakeClock, agent_config, body_of, raw_request, running_agent
+
+pytestmark = pytest.mark.integration
+
+C, V, CFG = Kind.CONNECTION, Kind.VARIABLE, Kind.CONFIG
+
+
+class Gcp:
+    """Server, token endpoint, key file, and an operator's client (the real sync client)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        key_pem, cert_pem, self.ca_file = tls_material(workdir)
+        self.store = Store()
+        self.server = GrpcSecretManager(self.store, key_pem, cert_pem)
+        self.server.start()
+        self.tokens = TokenEndpoint()
+        self.key_file = self.tokens.key_file(workdir)
+        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+            str(self.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        transport = SecretManagerServiceGrpcTransport(
+            host=self.server.endpoint,
+            credentials=credentials,
+            ssl_channel_credentials=grpc.ssl_channel_credentials(cert_pem),
+        )
+        self.operator = secretmanager_v1.SecretManagerServiceClient(transport=transport)
+
+    def put(self, secret_id: str, value: str) -> None:
+        parent = f"projects/{PROJECT}"
+        if secret_id not in self.store.secrets:
+            self.operator.create_secret(
+                parent=parent, secret_id=secret_id, secret=secretmanager_v1.Secret()
+            )
+        self.operator.add_secret_version(
+            parent=f"{parent}/secrets/{secret_id}",
+            payload=secretmanager_v1.SecretPayload(data=value.encode()),
+        )
+
+    def disable_latest(self, secret_id: str) -> None:
+        number = len(self.store.secrets[secret_id])
+        self.operator.disable_secret_version(
+            name=f"projects/{PROJECT}/secrets/{secret_id}/versions/{number}"
+        )
+
+    def options(self, **overrides: Any) -> GcpOptions:
+        base: dict[str, Any] = {
+            "credentials_file": str(self.key_file),
+            "api_endpoint": self.server.endpoint,
+            "ca_file": str(self.ca_file),
+            "backoff_initial": 0.01,
+            "backoff_max": 0.05,
+            "retry_deadline": 0.5,
+            "timeout": 2.0,
+        }
+        return GcpOptions(**(base | overrides))
+
+    def close(self) -> None:
+        self.operator.transport.close()  # type: ignore[no-untyped-call]
+        self.server.close()
+        self.tokens.shutdown()
+        self.tokens.server_close()
+
+
+@pytest.fixture
+def gcp(tmp_path: Path) -> Iterator[Gcp]:
+    made = Gcp(tmp_path)
+    yield made
+    made.close()
+
+
+class Started:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.backends: list[GcpSecretManagerBackend] = []
+
+    async def __call__(self, options: GcpOptions) -> GcpSecretManagerBackend:
+        backend = GcpSecretManagerBackend("gcp", options, BackendContext(self.metrics, FakeClock()))
+        self.backends.append(backend)
+        await backend.start()
+        return backend
+
+    def calls(self, result: str) -> float:
+        labels = {"backend": "gcp", "operation": "AccessSecretVersion", "result": result}
+        return (
+            self.metrics.registry.get_sample_value("secrets_agent_upstream_api_calls_total", labels)
+            or 0.0
+        )
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Started]:
+    made = Started()
+    yield made
+    for backend in made.backends:
+        await backend.close()
+
+
+async def test_connections_variables_and_config(gcp: Gcp, started: Started) -> None:
+    gcp.put("airflow-connections-pg", "postgresql://u:s3cret@db:5432/app")
+    gcp.put(
+        "airflow-connections-http",
+        json.dumps({"conn_type": "http", "host": "api", "extra": {"a": 1}}),
+    )
+    gcp.put("airflow-variables-greeting", "hello")
+    gcp.put("airflow-config-sql_alchemy_conn", "sqlite:////tmp/x.db")
+    backend = await started(gcp.options())
+    assert await backend.fetch(C, "pg") == "postgresql://u:s3cret@db:5432/app"
+    assert json.loads(await backend.fetch(C, "http") or "") == {
+        "conn_type": "http",
+        "host": "api",
+        "extra": {"a": 1},
+    }
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert await backend.fetch(CFG, "sql_alchemy_conn") == "sqlite:////tmp/x.db"
+    assert await backend.fetch(V, "absent") is None
+    assert started.calls("not_found") == 1
+    assert gcp.store.tokens_seen == {"Bearer test-access-token"}
+    assert gcp.tokens.grants == 2  # one for the operator, one for the agent
+    assert backend.health().ready
+
+
+async def test_new_version_is_seen_and_version_pinning(gcp: Gcp, started: Started) -> None:
+    gcp.put("airflow-variables-rotating", "v1")
+    backend = await started(gcp.options())
+    assert await backend.fetch(V, "rotating") == "v1"
+    gcp.put("airflow-variables-rotating", "v2")
+    assert await backend.fetch(V, "rotating") == "v2"
+    pinned = await started(gcp.options(version="1"))
+    assert await pinned.fetch(V, "rotating") == "v1"
+
+
+async def test_naming_prefixes_sep_and_invalid_names(gcp: Gcp, started: Started) -> None:
+    gcp.put("team_vars__greeting", "hi")
+    backend = await started(
+        gcp.options(variables_prefix="team_vars", sep="__", connections_prefix="")
+    )
+    assert await backend.fetch(V, "greeting") == "hi"
+    assert not backend.supports(C)
+    before = gcp.store.calls["AccessSecretVersion"]
+    assert await backend.fetch(V, "has.dot") is None
+    assert await backend.fetch(V, "has/slash") is None
+    assert gcp.store.calls["AccessSecretVersion"] == before  # no upstream call for those
+
+
+async def test_disabled_version_is_a_miss_and_logged(
+    gcp: Gcp, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    gcp.put("airflow-variables-old", "s3cret-old")
+    gcp.disable_latest("airflow-variables-old")
+    backend = await started(gcp.options())
+    assert await backend.fetch(V, "old") is None
+    assert "s3cret" not in caplog.text
+
+
+async def test_permission_denied_is_a_denial(gcp: Gcp, started: Started) -> None:
+    gcp.put("airflow-variables-locked", "s3cret")
+    gcp.store.denied.add("airflow-variables-locked")
+    backend = await started(gcp.options())
+    with pytest.raises(DeniedError) as info:
+        await backend.fetch(V, "locked")
+    assert "s3cret" not in str(info.value)
+
+
+async def test_wrong_ca_and_missing_credentials(gcp: Gcp, started: Started, tmp_path: Path) -> None:
+    _, _, other_ca = tls_material(tmp_path / "..")
+    untrusted = await started(gcp.options(ca_file=str(other_ca)))
+    with pytest.raises(TransientError):
+        await untrusted.fetch(V, "x")
+    no_file = await started(gcp.options(credentials_file=str(tmp_path / "missing.json")))
+    assert not no_file.health().ready
+    with pytest.raises(BackendError):
+        await no_file.fetch(V, "x")
+
+
+async def test_adc_from_google_application_credentials(
+    gcp: Gcp, started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(gcp.key_file))
+    gcp.put("airflow-variables-greeting", "via ADC")
+    backend = await started(gcp.options(credentials_file=""))
+    assert await backend.fetch(V, "greeting") == "via ADC"
+
+
+def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) -> None:
+    gcp.put("airflow-variables-greeting", "before")
+    o = gcp.options()
+    backends = f"""
+        [[backends]]
+        name = "gcp"
+        type = "gcp_secret_manager"
+        credentials_file = "{o.credentials_file}"
+        api_endpoint = "{o.api_endpoint}"
+        ca_file = "{o.ca_file}"
+        backoff_initial = 0.01
+        backoff_max = 0.05
+        retry_deadline = 0.5
+        timeout = 2
+    """
+    clock = FakeClock()
+    config = agent_config(short_tmp, extra="[cache]\nvariable_ttl = 60\n", backends=backends)
+    with running_agent(config, clock) as agent:
+
+        def get(path: str) -> bytes:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            return raw_request(agent.socket_path, request)
+
+        assert body_of(get("/v1/variables/greeting"))["value"] == "before"
+        gcp.put("airflow-variables-greeting", "newer")
+        clock.advance(59)
+        assert body_of(get("/v1/variables/greeting"))["value"] == "before"  # cached, fresh
+        clock.advance(2)
+        assert body_of(get("/v1/variables/greeting"))["value"] == "newer"  # new version, after TTL
+        gcp.server.stop()
+        clock.advance(61)
+        stale = get("/v1/variables/greeting")
+        assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "newer"
+        gcp.server.start()  # same port, same storage
+        gcp.put("airflow-variables-greeting", "after")
+        deadline = time.monotonic() + 30
+        while b"X-Cache: STALE" in (fresh := get("/v1/variables/greeting")):
+            assert time.monotonic() < deadline, "no recovery within 30 s of the restart"
+            # The channel reconnects on its own backoff; each try above already waited for it.
+        assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "after"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("PermissionDenied", DeniedError),
+        ("ServiceUnavailable", TransientError),
+        ("DeadlineExceeded", TransientError),
+        ("ResourceExhausted", TransientError),
+        ("Unauthenticated", BackendError),
+        ("InvalidArgument", BackendError),
+    ],
+)
+def test_error_translation(name: str, kind: type[BackendError]) -> None:
+    from google.api_core import exceptions as gx
+
+    error = translate("gcp", getattr(gx, name)("echoes s3cret input"), "AccessSecretVersion")
+    assert type(error) is kind
+    assert "s3cret" not in str(error)

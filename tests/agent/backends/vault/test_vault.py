@@ -1,0 +1,409 @@
+"""The vault backend against a real OpenBao server on loopback: KV v1/v2, every auth method."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.vault.backend import VaultBackend
+from secrets_agent.backends.vault.options import (
+    AppRoleAuth,
+    JwtAuth,
+    KubernetesAuth,
+    TokenAuth,
+    VaultOptions,
+)
+from secrets_agent.errors import BackendError, DeniedError
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+from support.bao import BaoServer
+from support.helpers import FakeClock
+from support.tls import self_signed
+
+pytestmark = pytest.mark.integration
+
+C, V, CFG = Kind.CONNECTION, Kind.VARIABLE, Kind.CONFIG
+
+POLICY = """
+path "secret/data/connections/*" { capabilities = ["read"] }
+path "secret/data/variables/*" { capabilities = ["read"] }
+path "secret/data/config/*" { capabilities = ["read"] }
+path "secret/data/variables/forbidden" { capabilities = ["deny"] }
+path "kv1/*" { capabilities = ["read"] }
+"""
+SA_NAME, SA_NAMESPACE = "airflow-worker", "airflow"
+
+
+def self_signed_cert_pem() -> str:
+    return self_signed()[1].decode()
+
+
+class TokenReviewer(ThreadingHTTPServer):
+    """The one Kubernetes API call OpenBao's kubernetes auth makes: a TokenReview."""
+
+    def __init__(self, valid_token: str) -> None:
+        self.valid_token = valid_token
+        self.reviews = 0
+        super().__init__(("127.0.0.1", 0), _ReviewHandler)
+
+
+class _ReviewHandler(BaseHTTPRequestHandler):
+    server: TokenReviewer
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.reviews += 1
+        ok = (
+            self.path.endswith("/tokenreviews") and body["spec"]["token"] == self.server.valid_token
+        )
+        status: dict[str, Any] = {"authenticated": ok}
+        if ok:
+            status["user"] = {
+                "username": f"system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}",
+                "uid": "uid-1",
+                "groups": ["system:serviceaccounts"],
+            }
+        data = json.dumps(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}
+        ).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Vault:
+    """The configured server plus the credentials the tests log in with."""
+
+    def __init__(self, server: BaoServer, workdir: Path, reviewer: TokenReviewer) -> None:
+        self.server, self.workdir, self.reviewer = server, workdir, reviewer
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.public_pem = (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+        self.role_id = ""
+        self.secret_id_file = workdir / "secret_id"
+        self.jwt_file = workdir / "jwt"
+        self.sa_token_file = workdir / "sa-token"
+
+    def configure(self) -> None:
+        api = self.server.api
+        api("POST", "/v1/sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}})
+        api("PUT", "/v1/sys/policies/acl/airflow", {"policy": POLICY})
+        role = {"token_policies": ["airflow"], "token_ttl": "60s", "token_max_ttl": "600s"}
+        api("POST", "/v1/sys/auth/approle", {"type": "approle"})
+        api("POST", "/v1/auth/approle/role/airflow", role)
+        self.role_id = api("GET", "/v1/auth/approle/role/airflow/role-id")["data"]["role_id"]
+        secret = api("POST", "/v1/auth/approle/role/airflow/secret-id", {})["data"]["secret_id"]
+        self.secret_id_file.write_text(secret + "\n")
+
+        api("POST", "/v1/sys/auth/jwt", {"type": "jwt"})
+        api("POST", "/v1/auth/jwt/config", {"jwt_validation_pubkeys": [self.public_pem]})
+        api(
+            "POST",
+            "/v1/auth/jwt/role/airflow",
+            {
+                **role,
+                "role_type": "jwt",
+                "user_claim": "sub",
+                "bound_audiences": ["airflow-secrets-agent"],
+            },
+        )
+        now = int(time.time())
+        self.jwt_file.write_text(
+            pyjwt.encode(
+                {"sub": "agent", "aud": "airflow-secrets-agent", "iat": now, "exp": now + 3600},
+                self.private_pem,
+                algorithm="RS256",
+            )
+        )
+
+        sa_token = pyjwt.encode(
+            {
+                "iss": "kubernetes/serviceaccount",
+                "sub": f"system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}",
+                "kubernetes.io/serviceaccount/namespace": SA_NAMESPACE,
+                "kubernetes.io/serviceaccount/service-account.name": SA_NAME,
+                "kubernetes.io/serviceaccount/service-account.uid": "uid-1",
+            },
+            self.private_pem,
+            algorithm="RS256",
+        )
+        self.sa_token_file.write_text(sa_token)
+        self.reviewer.valid_token = sa_token
+        api("POST", "/v1/sys/auth/kubernetes", {"type": "kubernetes"})
+        api(
+            "POST",
+            "/v1/auth/kubernetes/config",
+            {
+                "kubernetes_host": f"http://127.0.0.1:{self.reviewer.server_address[1]}",
+                "token_reviewer_jwt": "reviewer-token",
+                "disable_local_ca_jwt": True,
+                # Required by the API; unused, since the TokenReview endpoint is plain http.
+                "kubernetes_ca_cert": self_signed_cert_pem(),
+            },
+        )
+        api(
+            "POST",
+            "/v1/auth/kubernetes/role/airflow",
+            {
+                **role,
+                "bound_service_account_names": [SA_NAME],
+                "bound_service_account_namespaces": [SA_NAMESPACE],
+            },
+        )
+
+        kv = self.server.kv_put
+        kv("connections/pg_uri", {"conn_uri": "postgresql://u:s3cret@db:5432/app"})
+        kv(
+            "connections/http_fields",
+            {
+                "conn_type": "http",
+                "host": "api",
+                "login": "svc",
+                "password": "s3cret-http",
+                "port": 443,
+                "extra": {"timeout": 5},
+            },
+        )
+        kv("variables/greeting", {"value": "hello"})
+        kv("variables/settings", {"value": {"retries": 3}})
+        kv("variables/no_value_key", {"other": "x"})
+        kv("variables/forbidden", {"value": "never"})
+        kv("config/sql_alchemy_conn", {"value": "postgresql://s3cret-cfg"})
+        kv("variables/v1var", {"value": "from-kv1"}, mount="kv1", version=1)
+        kv("connections/v1conn", {"conn_uri": "mysql://kv1"}, mount="kv1", version=1)
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    workdir = tmp_path_factory.mktemp("bao")
+    server = BaoServer(workdir)
+    reviewer = TokenReviewer("")
+    threading.Thread(target=reviewer.serve_forever, daemon=True).start()
+    server.start()
+    try:
+        configured = Vault(server, workdir, reviewer)
+        configured.configure()
+        yield configured
+    finally:
+        server.stop()
+        reviewer.shutdown()
+        reviewer.server_close()
+
+
+def options(vault: Vault, **overrides: Any) -> VaultOptions:
+    base: dict[str, Any] = {
+        "url": vault.server.url,
+        "auth_method": "token",
+        "token": TokenAuth(token=vault.server.root_token),
+        "backoff_initial": 0.05,
+    }
+    return VaultOptions(**(base | overrides))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+class Started:
+    def __init__(self, clock: FakeClock, metrics: Metrics) -> None:
+        self.clock, self.metrics = clock, metrics
+        self.backends: list[VaultBackend] = []
+
+    async def __call__(self, opts: VaultOptions) -> VaultBackend:
+        backend = VaultBackend("vault", opts, BackendContext(self.metrics, self.clock))
+        self.backends.append(backend)
+        await backend.start()
+        return backend
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, {"backend": "vault", **labels}) or 0.0
+
+
+@pytest.fixture
+async def started(clock: FakeClock, metrics: Metrics) -> AsyncIterator[Started]:
+    factory = Started(clock, metrics)
+    yield factory
+    for backend in factory.backends:
+        await backend.close()
+
+
+async def test_kv2_connections_variables_and_config(vault: Vault, started: Started) -> None:
+    backend = await started(options(vault))
+    assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
+    assert json.loads(await backend.fetch(C, "http_fields") or "") == {
+        "conn_type": "http",
+        "host": "api",
+        "login": "svc",
+        "password": "s3cret-http",
+        "port": 443,
+        "extra": {"timeout": 5},
+    }
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert json.loads(await backend.fetch(V, "settings") or "") == {"retries": 3}
+    assert await backend.fetch(CFG, "sql_alchemy_conn") == "postgresql://s3cret-cfg"
+    assert await backend.fetch(V, "absent") is None
+    assert await backend.fetch(V, "no_value_key") is None
+    assert backend.health().ready
+
+
+async def test_kv1_and_mount_point_in_the_path(vault: Vault, started: Started) -> None:
+    backend = await started(options(vault, mount_point="kv1", kv_engine_version=1))
+    assert await backend.fetch(V, "v1var") == "from-kv1"
+    assert await backend.fetch(C, "v1conn") == "mysql://kv1"
+    inline = await started(
+        options(vault, mount_point="", kv_engine_version=1, variables_path="kv1/variables")
+    )
+    assert await inline.fetch(V, "v1var") == "from-kv1"
+
+
+async def test_disabled_kind_is_not_asked(vault: Vault, started: Started) -> None:
+    backend = await started(options(vault, config_path=""))
+    assert not backend.supports(CFG)
+    assert await backend.fetch(CFG, "sql_alchemy_conn") is None
+
+
+async def test_a_denied_path_raises_denied_not_a_miss(vault: Vault, started: Started) -> None:
+    backend = await started(
+        options(
+            vault,
+            auth_method="approle",
+            approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(vault.secret_id_file)),
+        )
+    )
+    with pytest.raises(DeniedError) as info:
+        await backend.fetch(V, "forbidden")
+    assert "never" not in str(info.value)
+    assert await backend.fetch(V, "greeting") == "hello"  # the token itself is fine
+    assert started.sample("secrets_agent_auth_attempts_total", result="success") == 1
+
+
+async def test_approle_login_renewal_and_relogin_after_revocation(
+    vault: Vault, started: Started, clock: FakeClock
+) -> None:
+    approle = AppRoleAuth(role_id=vault.role_id, secret_id_file=str(vault.secret_id_file))
+    backend = await started(options(vault, auth_method="approle", approle=approle))
+    assert backend.session.authenticated
+    assert started.sample("secrets_agent_authenticated") == 1
+    assert started.sample("secrets_agent_auth_token_ttl_seconds") == 60
+
+    clock.advance(30)  # before 2/3 of the TTL: nothing to do
+    assert await backend.session.step() == pytest.approx(10)
+    clock.advance(11)
+    await backend.session.step()
+    assert started.sample("secrets_agent_auth_attempts_total", result="renewed") == 1
+    assert started.sample("secrets_agent_auth_token_ttl_seconds") == 60
+
+    token = backend._client.token
+    vault.server.api("POST", "/v1/auth/token/revoke-self", {}, token=token)
+    assert await backend.fetch(V, "greeting") == "hello"  # logs in again, no restart
+    assert backend._client.token != token
+    assert started.sample("secrets_agent_auth_attempts_total", result="success") == 2
+
+
+async def test_jwt_login(vault: Vault, started: Started) -> None:
+    backend = await started(
+        options(vault, auth_method="jwt", jwt=JwtAuth(role="airflow", jwt_file=str(vault.jwt_file)))
+    )
+    assert await backend.fetch(V, "greeting") == "hello"
+
+
+async def test_kubernetes_login_goes_through_a_token_review(vault: Vault, started: Started) -> None:
+    before = vault.reviewer.reviews
+    backend = await started(
+        options(
+            vault,
+            auth_method="kubernetes",
+            kubernetes=KubernetesAuth(role="airflow", token_path=str(vault.sa_token_file)),
+        )
+    )
+    assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
+    assert vault.reviewer.reviews == before + 1
+
+
+async def test_bad_credentials_keep_the_backend_unready_without_stopping_it(
+    vault: Vault, started: Started, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("00000000-0000-0000-0000-000000000000")
+    backend = await started(
+        options(
+            vault,
+            auth_method="approle",
+            approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(wrong)),
+        )
+    )
+    assert not backend.health().ready
+    assert backend.health().detail == "backend 'vault': Vault error (InvalidRequest, login)"
+    assert started.sample("secrets_agent_auth_attempts_total", result="failure") == 1
+    assert started.sample("secrets_agent_authenticated") == 0
+
+
+async def test_unreadable_credential_file_fails_start(vault: Vault, tmp_path: Path) -> None:
+    backend = VaultBackend(
+        "vault",
+        options(
+            vault,
+            auth_method="approle",
+            approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(tmp_path / "missing")),
+        ),
+    )
+    with pytest.raises(BackendError, match="cannot read the secret_id file"):
+        await backend.start()
+    await backend.close()
+
+
+async def test_namespace(vault: Vault, started: Started) -> None:
+    vault.server.api("POST", "/v1/sys/namespaces/team-a")
+    vault.server.api(
+        "POST",
+        "/v1/sys/mounts/secret",
+        {"type": "kv", "options": {"version": "2"}},
+        namespace="team-a",
+    )
+    vault.server.kv_put("variables/greeting", {"value": "hello team a"}, namespace="team-a")
+    backend = await started(options(vault, namespace="team-a"))
+    assert await backend.fetch(V, "greeting") == "hello team a"
+
+
+async def test_unreachable_vault_is_transient_and_unready(started: Started) -> None:
+    from secrets_agent.errors import TransientError
+    from support.bao import free_port
+
+    backend = await started(
+        VaultOptions(url=f"http://127.0.0.1:{free_port()}", token=TokenAuth(token="x"), timeout=2)
+    )
+    assert not backend.health().ready
+    with pytest.raises(TransientError):
+        await backend.fetch(V, "greeting")

@@ -1,0 +1,192 @@
+"""SecretService over a scripted backend chain: cache states, single-flight, stale-on-error."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.chain import BackendChain, Link
+from secrets_agent.lookup.cipher import Cipher
+from secrets_agent.lookup.service import CacheState, SecretService
+from secrets_agent.lookup.singleflight import SingleFlight
+from secrets_agent.ops.metrics import Metrics
+from support.helpers import FakeClock, Script, ScriptedBackend
+
+V = Kind.VARIABLE
+
+
+class Fixture:
+    def __init__(self, *scripts: tuple[str, Script, str]) -> None:
+        self.clock = FakeClock()
+        self.metrics = Metrics()
+        ScriptedBackend.scripts = {name: script for name, script, _ in scripts}
+        links = [
+            Link(ScriptedBackend(name, None), {V: re.compile(p) if p else None})
+            for name, _, p in scripts
+        ]
+        cache = SecretCache(
+            max_entries=100,
+            ttl=lambda k: 60.0,
+            negative_ttl=10.0,
+            max_stale=120.0,
+            cipher=Cipher([]),
+            clock=self.clock,
+        )
+        self.service = SecretService(BackendChain(links, self.metrics), cache, self.metrics)
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_miss_then_hit_then_refresh_after_ttl() -> None:
+    script = Script(values={(V, "k"): "v1"})
+    f = Fixture(("a", script, ""))
+    first = await f.service.lookup(V, "k")
+    f.clock.advance(10)
+    second = await f.service.lookup(V, "k")
+    assert (first.state, first.value) == (CacheState.MISS, "v1")
+    assert (second.state, second.value, second.age) == (CacheState.HIT, "v1", 10.0)
+    script.values[(V, "k")] = "v2"
+    f.clock.advance(60)
+    third = await f.service.lookup(V, "k")
+    assert (third.state, third.value) == (CacheState.MISS, "v2")
+    assert len(script.calls) == 2
+    assert f.sample("secrets_agent_cache_results_total", kind="variable", result="hit") == 1
+
+
+async def test_not_found_is_cached_negatively() -> None:
+    script = Script()
+    f = Fixture(("a", script, ""))
+    assert (await f.service.lookup(V, "nope")).state is CacheState.MISS
+    again = await f.service.lookup(V, "nope")
+    assert (again.state, again.value) == (CacheState.NEGATIVE, None)
+    assert len(script.calls) == 1
+    f.clock.advance(10)
+    await f.service.lookup(V, "nope")
+    assert len(script.calls) == 2
+
+
+async def test_concurrent_misses_make_one_upstream_call() -> None:
+    script = Script(values={(V, "k"): "v"}, gate=asyncio.Event())
+    f = Fixture(("a", script, ""))
+    lookups = [asyncio.create_task(f.service.lookup(V, "k")) for _ in range(20)]
+    await script.called.wait()
+    script.gate.set()  # type: ignore[union-attr]
+    results = await asyncio.gather(*lookups)
+    assert {r.value for r in results} == {"v"}
+    assert len(script.calls) == 1
+    assert f.sample("secrets_agent_coalesced_requests_total", kind="variable") == 19
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_call() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def call() -> str:
+        await gate.wait()
+        return "done"
+
+    first = asyncio.create_task(flight.do("k", call))
+    second = asyncio.create_task(flight.do("k", call))
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    assert await second == ("done", True)
+    assert len(flight) == 0
+
+
+async def test_transient_failure_serves_stale_within_max_stale_only() -> None:
+    script = Script(values={(V, "k"): "v"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    script.error = TransientError("a", "connection refused")
+    f.clock.advance(61)
+    stale = await f.service.lookup(V, "k")
+    assert (stale.state, stale.value, stale.age) == (CacheState.STALE, "v", 61.0)
+    f.clock.advance(120)
+    with pytest.raises(TransientError):
+        await f.service.lookup(V, "k")
+    script.error = None
+    assert (await f.service.lookup(V, "k")).state is CacheState.MISS
+
+
+async def test_transient_failure_without_a_cached_value_raises() -> None:
+    f = Fixture(("a", Script(error=TransientError("a", "timeout")), ""))
+    with pytest.raises(TransientError):
+        await f.service.lookup(V, "k")
+
+
+async def test_denied_is_raised_and_not_cached() -> None:
+    script = Script(error=DeniedError("a", "permission denied"))
+    f = Fixture(("a", script, ""))
+    for _ in range(2):
+        with pytest.raises(DeniedError):
+            await f.service.lookup(V, "k")
+    assert len(script.calls) == 2
+    assert (
+        f.sample(
+            "secrets_agent_upstream_requests_total", backend="a", kind="variable", result="denied"
+        )
+        == 2
+    )
+
+
+async def test_chain_order_and_lookup_patterns() -> None:
+    first = Script(values={(V, "team_x"): "from-first", (V, "other"): "never-asked"})
+    second = Script(values={(V, "other"): "from-second", (V, "team_x"): "shadowed"})
+    f = Fixture(("first", first, "^team_"), ("second", second, ""))
+    assert (await f.service.lookup(V, "team_x")).value == "from-first"
+    assert (await f.service.lookup(V, "other")).value == "from-second"
+    assert first.calls == [(V, "team_x")]
+    assert second.calls == [(V, "other")]
+
+
+async def test_an_error_stops_the_chain_instead_of_falling_through() -> None:
+    second = Script(values={(V, "k"): "wrong"})
+    f = Fixture(
+        ("first", Script(error=TransientError("first", "down")), ""), ("second", second, "")
+    )
+    with pytest.raises(TransientError):
+        await f.service.lookup(V, "k")
+    assert second.calls == []
+
+
+async def test_unexpected_backend_exception_is_translated_without_its_text() -> None:
+    f = Fixture(("a", Script(error=ValueError("leaked s3cret")), ""))
+    with pytest.raises(BackendError) as info:
+        await f.service.lookup(V, "k")
+    assert "s3cret" not in str(info.value)
+    assert "ValueError" in str(info.value)
+
+
+async def test_expired_entry_is_revalidated_by_version_instead_of_refetched() -> None:
+    script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "ver-1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)
+    again = await f.service.lookup(V, "k")
+    assert (again.state, again.value, again.age) == (CacheState.HIT, "v1", 0.0)
+    assert (len(script.calls), script.revalidations) == (1, 1)
+    assert f.sample("secrets_agent_cache_results_total", kind="variable", result="revalidated") == 1
+    f.clock.advance(30)
+    assert (await f.service.lookup(V, "k")).state is CacheState.HIT  # re-stamped: fresh again
+
+    script.values[(V, "k")], script.versions[(V, "k")] = "v2", "ver-2"
+    f.clock.advance(31)
+    changed = await f.service.lookup(V, "k")
+    assert (changed.state, changed.value) == (CacheState.MISS, "v2")
+    assert (len(script.calls), script.revalidations) == (2, 2)
+
+
+async def test_revalidation_failure_serves_stale() -> None:
+    script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "ver-1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    script.error = TransientError("a", "throttled")
+    f.clock.advance(61)
+    assert (await f.service.lookup(V, "k")).state is CacheState.STALE

@@ -1,0 +1,128 @@
+"""The ``secrets-agent`` command as a real process: run, get, SIGTERM, gen-key, no deps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from support.helpers import AGENT_SCRIPT, agent_process, demo_files, write_config
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = AGENT_SCRIPT
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.fixture
+def config_path(short_tmp: Path) -> Path:
+    demo_files(short_tmp)
+    return write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        [log]
+        format = "json"
+        level = "debug"
+        [[backends]]
+        name = "local"
+        type = "file"
+        connections_file = "connections.json"
+        variables_file = "variables.json"
+    """,
+    )
+
+
+@pytest.fixture
+def running(config_path: Path) -> Iterator[subprocess.Popen[str]]:
+    with agent_process(config_path) as process:
+        yield process
+
+
+def test_run_get_and_graceful_sigterm(config_path: Path, running: subprocess.Popen[str]) -> None:
+    sock = str(config_path.parent / "agent.sock")
+    got = cli("get", "connection", "pg", "--socket", sock)
+    assert (got.returncode, got.stdout.strip()) == (
+        0,
+        "postgresql://user:s3cret-pg@db.local:5432/app",
+    )
+    env = {**os.environ, "SECRETS_AGENT_SOCKET": sock}
+    assert cli("get", "variable", "greeting", env=env).stdout.strip() == "hello"
+    missing = cli("get", "variable", "absent", "--socket", sock)
+    assert missing.returncode == 1 and 'variable "absent" not found' in missing.stderr
+
+    second = cli("run", "--config", str(config_path))
+    assert second.returncode == 78
+    assert "already listening" in second.stderr
+
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=30)
+    assert running.returncode == 0
+    assert not Path(sock).exists()
+    assert '"level": "info"' in stderr and "shutting down" in stderr
+    assert "s3cret" not in stderr
+
+
+def test_get_when_no_agent_runs(short_tmp: Path) -> None:
+    result = cli("get", "variable", "x", "--socket", str(short_tmp / "none.sock"))
+    assert result.returncode == 69
+    assert "no agent socket at" in result.stderr
+
+
+def test_broken_config_exits_78_before_listening(short_tmp: Path) -> None:
+    path = write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        shutdown_timeout = 0
+    """,
+    )
+    result = cli("run", "--config", str(path))
+    assert result.returncode == 78
+    assert "listener.shutdown_timeout: must be >= 0.1, got 0.0" in result.stderr
+    assert not (short_tmp / "agent.sock").exists()
+
+
+def test_backend_that_cannot_start_exits_78(short_tmp: Path) -> None:
+    path = write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        [[backends]]
+        name = "local"
+        type = "file"
+        variables_file = "absent.json"
+    """,
+    )
+    result = cli("run", "--config", str(path))
+    assert result.returncode == 78
+    assert "absent.json does not exist" in result.stderr
+    assert not (short_tmp / "agent.sock").exists()
+
+
+def test_gen_key_prints_a_fernet_key() -> None:
+    result = cli("gen-key")
+    assert result.returncode == 0
+    Fernet(result.stdout.strip().encode())
+
+
+def test_without_the_agent_dependencies_it_says_how_to_install(short_tmp: Path) -> None:
+    # A stand-in package that fails to import, as aiohttp does after an install with --no-deps.
+    (short_tmp / "aiohttp").mkdir()
+    (short_tmp / "aiohttp" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(short_tmp)}
+    result = cli("run", "--config", "/nonexistent.toml", env=env)
+    assert result.returncode != 0
+    assert "pip install airflow-secrets-agent\n" in result.stderr
+    assert "missing: aiohttp" in result.stderr
