@@ -5,7 +5,7 @@ Importing this package is cheap: the backend class (and Airflow's base class) lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing itself is not imported: it costs more than the whole client
 
 __version__ = "0.1.0"
 
@@ -14,6 +14,8 @@ __all__ = ["DEFAULT_SOCKET_PATH", "AgentSecretsBackend", "AgentUnavailableError"
 DEFAULT_SOCKET_PATH = "/run/airflow-secrets-agent/agent.sock"
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from secrets_agent_client.backend import AgentSecretsBackend, AgentUnavailableError
 
 

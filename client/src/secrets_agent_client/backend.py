@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import os
-from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 from secrets_agent_client import DEFAULT_SOCKET_PATH
 from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
 
-log = logging.getLogger(__name__)
+# Kept off the import path (typing, json and logging cost more to import than the rest of the
+# client): Airflow has them loaded anyway, and a bare import stays a few milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 ON_UNAVAILABLE = ("fallthrough", "raise")
+# RFC 3986 unreserved characters: everything else in an id is percent-encoded.
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 if TYPE_CHECKING:
     _Base = object
@@ -47,14 +48,20 @@ def _access_denied(message: str) -> Exception:
     return PermissionError(message) if denied is None else denied(message)
 
 
-@functools.cache
+_STRICT: list[type[AgentUnavailableError]] = []  # built once, on the first strict failure
+
+
 def _strict_unavailable() -> type[AgentUnavailableError]:
     """Airflow 3 swallows every backend error except an authoritative deny and falls through;
     a strict policy must stop the lookup, so its error is also that deny where it exists."""
-    denied = _airflow_denied()
-    if denied is None:
-        return AgentUnavailableError
-    return type("AgentUnavailableError", (AgentUnavailableError, denied), {})
+    if not _STRICT:
+        denied = _airflow_denied()
+        _STRICT.append(
+            AgentUnavailableError
+            if denied is None
+            else type("AgentUnavailableError", (AgentUnavailableError, denied), {})
+        )
+    return _STRICT[0]
 
 
 class AgentSecretsBackend(_Base):
@@ -105,15 +112,17 @@ class AgentSecretsBackend(_Base):
         return self._lookup("config", key)
 
     def _lookup(self, segment: str, secret_id: str, team: str | None = None) -> str | None:
-        path = f"/v1/{segment}/{quote(secret_id, safe='')}"
+        path = f"/v1/{segment}/{_quote(secret_id)}"
         if team:
-            path += f"?team={quote(team, safe='')}"
+            path += f"?team={_quote(team)}"
         try:
             response = self._transport.request("GET", path)
         except AgentUnreachable as exc:
             self._unavailable(str(exc))
             return None
         if response.status == 200:
+            import json
+
             value = json.loads(response.body)["value"]
             return str(value)
         if response.status == 404:
@@ -132,11 +141,25 @@ class AgentSecretsBackend(_Base):
                 f"secrets agent unavailable (on_unavailable=raise): {reason}"
             )
         if reason not in self._warned:
+            import logging
+
             self._warned.add(reason)
-            log.warning("secrets agent unavailable, falling through to other sources: %s", reason)
+            logging.getLogger(__name__).warning(
+                "secrets agent unavailable, falling through to other sources: %s", reason
+            )
+
+
+def _quote(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")`` without importing urllib (and re) for it."""
+    data = text.encode("utf-8")
+    if all(b in _SAFE for b in data):
+        return text
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in data)
 
 
 def _detail(response: Response) -> str:
+    import json
+
     try:
         body = json.loads(response.body)
         return f"{body['error']}: {body['detail']}"

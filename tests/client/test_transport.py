@@ -1,0 +1,200 @@
+"""The client's own HTTP/1.1 reader against a server that answers with scripted raw bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache: HIT\r\n\r\nok"
+
+
+class RawServer:
+    """Accepts connections and plays, per request, the next answer: bytes sent in pieces."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.answers: list[list[bytes] | None] = []  # None: close without answering
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while self.answers:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                self.requests.append(head)
+                answer = self.answers.pop(0)
+                if answer is None:
+                    return
+                for piece in answer:
+                    conn.sendall(piece)
+                if b"Connection: close" in b"".join(answer):
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server(short_tmp: Path) -> Iterator[RawServer]:
+    raw = RawServer(str(short_tmp / "raw.sock"))
+    yield raw
+    raw.close()
+
+
+def test_a_response_split_into_single_bytes_is_read_whole(server: RawServer) -> None:
+    server.answers = [[bytes([b]) for b in OK]]
+    response = UnixTransport(server.path, 5).request("GET", "/v1/variables/k")
+    assert (response.status, response.body, response.headers["x-cache"]) == (200, b"ok", "HIT")
+    assert server.requests[0].startswith(b"GET /v1/variables/k HTTP/1.1\r\nHost: localhost")
+
+
+def test_keep_alive_reuses_and_connection_close_reconnects(server: RawServer) -> None:
+    close = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nc"
+    server.answers = [[OK], [close], [OK]]
+    transport = UnixTransport(server.path, 5)
+    bodies = [transport.request("GET", "/x").body for _ in range(3)]
+    assert bodies == [b"ok", b"c", b"ok"]
+    assert server.connections == 2  # the first two shared one; "close" made the third new
+
+
+def test_two_answers_in_one_packet_are_kept_apart(server: RawServer) -> None:
+    # The second answer arrives early, with the first: it must wait in the buffer.
+    server.answers = [[OK + OK], None]
+    transport = UnixTransport(server.path, 5)
+    assert transport.request("GET", "/a").body == b"ok"
+    assert transport.request("GET", "/b").body == b"ok"
+
+
+def test_chunked_and_close_delimited_bodies(server: RawServer) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    )
+    by_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
+    server.answers = [[chunked], [by_close]]
+    transport = UnixTransport(server.path, 5)
+    assert transport.request("GET", "/c").body == b"abcde"
+    assert transport.request("GET", "/d").body == b"until the end"
+
+
+def test_a_dropped_kept_alive_connection_is_retried_once(server: RawServer) -> None:
+    server.answers = [[OK], None, [OK]]  # the agent "restarts" after the first answer
+    transport = UnixTransport(server.path, 5)
+    assert transport.request("GET", "/1").body == b"ok"
+    assert transport.request("GET", "/2").body == b"ok"
+    assert server.connections == 2
+
+
+def test_a_new_connection_that_breaks_is_not_retried(server: RawServer) -> None:
+    server.answers = [None, [OK]]
+    with pytest.raises(AgentUnreachable):
+        UnixTransport(server.path, 5).request("GET", "/x")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+)
+def test_broken_http_is_a_clear_error(server: RawServer, garbage: bytes) -> None:
+    server.answers = [[garbage]]
+    with pytest.raises(AgentUnreachable, match="broken HTTP"):
+        UnixTransport(server.path, 5).request("GET", "/x")
+
+
+def fill_backlog(path: str) -> list[socket.socket]:
+    """Connect until the kernel refuses with EAGAIN: the listener's queue is full."""
+    pending: list[socket.socket] = []
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            return pending
+        pending.append(sock)
+
+
+@pytest.fixture
+def full_listener(short_tmp: Path) -> Iterator[socket.socket]:
+    """A listener that never accepts, with its backlog already full."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(short_tmp / "busy.sock"))
+    listener.listen(0)
+    pending = fill_backlog(str(short_tmp / "busy.sock"))
+    yield listener
+    for sock in pending:
+        sock.close()
+    listener.close()
+
+
+def test_a_full_backlog_is_retried_within_the_timeout(full_listener: socket.socket) -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # The agent catches up while the client backs off: it accepts the queued connections
+        # and answers the next one.
+        slept.append(seconds)
+        now[0] += seconds
+        if len(slept) == 2:
+            full_listener.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    full_listener.accept()[0].close()
+            full_listener.setblocking(True)
+            threading.Thread(target=answer_once, args=(full_listener,), daemon=True).start()
+
+    path = full_listener.getsockname()
+    transport = UnixTransport(path, 1.0, clock=lambda: now[0], sleep=sleep)
+    assert transport.request("GET", "/x").body == b"ok"
+    assert len(slept) == 2 and sum(slept) < 1.0  # backed off twice, inside the timeout
+    assert all(0 < s <= 0.15 for s in slept)  # short, jittered pauses
+
+
+def answer_once(listener: socket.socket) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        conn.sendall(OK)
+
+
+def test_a_backlog_that_stays_full_fails_at_the_timeout(full_listener: socket.socket) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    transport = UnixTransport(full_listener.getsockname(), 0.5, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(AgentUnreachable, match="too busy"):
+        transport.request("GET", "/x")
+    assert now[0] == pytest.approx(0.5)  # it waited exactly its timeout, never longer
