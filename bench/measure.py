@@ -1,0 +1,240 @@
+"""How the bench measures: latency, CPU from /proc, throughput, bursts, memory, start-up, import.
+
+CPU figures read a process's utime+stime around N requests: they barely move with machine
+noise (unlike wall-clock latency), so they are the ones to optimise against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+Once = Callable[[], None]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def server(
+    args: Sequence[str], ready: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process in its own process group, killed with its group on the way out."""
+    process = subprocess.Popen(list(args), env=env, start_new_session=True)
+    try:
+        wait_for_socket(ready, process)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen[bytes], limit: float = 120) -> float:
+    """Seconds until ``path`` accepts a connection (a readiness signal, not a fixed sleep)."""
+    started = time.perf_counter()
+    while True:
+        if path.exists():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(path))
+                    return time.perf_counter() - started
+                except OSError:
+                    pass
+        if process.poll() is not None:
+            raise SystemExit(f"server for {path} exited with {process.returncode}")
+        if time.perf_counter() - started > limit:
+            raise SystemExit(f"server for {path} did not start within {limit} s")
+        time.sleep(0.005)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def p50_us(once: Once, count: int) -> float:
+    for _ in range(min(200, count)):  # warm the connection and the cache
+        once()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        once()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+@dataclass(frozen=True)
+class Cpu:
+    client_us: float  # this process's CPU per request
+    server_us: float  # the server's CPU per request
+
+
+def cpu_per_request(once: Once, server_pid: int, count: int) -> Cpu:
+    once()
+    client0, server0 = time.process_time(), cpu_seconds(server_pid)
+    for _ in range(count):
+        once()
+    client1, server1 = time.process_time(), cpu_seconds(server_pid)
+    return Cpu((client1 - client0) / count * 1e6, (server1 - server0) / count * 1e6)
+
+
+def rate(once: Once, count: int) -> float:
+    once()
+    started = time.perf_counter()
+    for _ in range(count):
+        once()
+    return count / (time.perf_counter() - started)
+
+
+def _thread_worker(factory: Callable[[], Once], count: int, errors: list[int]) -> None:
+    try:
+        once = factory()
+    except Exception:
+        errors.append(count)
+        return
+    for _ in range(count):
+        try:
+            once()
+        except Exception:
+            errors.append(1)
+
+
+def _process_worker(args: tuple[str, str, int, int]) -> tuple[int, int]:
+    import bench  # the spawned process imports the bench module to find the client factory
+
+    kind, path, threads, count = args
+    errors: list[int] = []
+    workers = [
+        threading.Thread(
+            target=_thread_worker, args=(lambda: bench.CLIENTS[kind](path), count, errors)
+        )
+        for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return threads * count, sum(errors)
+
+
+def concurrent_rate(
+    kind: str, path: str, processes: int, threads: int, count: int
+) -> tuple[float, int]:
+    """Lookups/s and errors with ``processes`` x ``threads`` clients, each ``count`` lookups."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_process_worker, [(kind, path, 1, 1)] * processes))  # spawn and import
+        started = time.perf_counter()
+        results = list(pool.map(_process_worker, [(kind, path, threads, count)] * processes))
+        elapsed = time.perf_counter() - started
+    return sum(done for done, _ in results) / elapsed, sum(err for _, err in results)
+
+
+@dataclass(frozen=True)
+class Burst:
+    ok: int
+    refused: int
+    other: int
+
+
+def burst(path: str, connections: int, request: bytes, timeout: float = 60) -> Burst:
+    """Open ``connections`` at once, send ``request`` on each, count 200s and failures."""
+    selector = selectors.DefaultSelector()
+    refused = 0
+    for _ in range(connections):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except (BlockingIOError, ConnectionRefusedError):
+            refused += 1
+            sock.close()
+            continue
+        selector.register(sock, selectors.EVENT_WRITE, bytearray())
+    ok = other = 0
+    deadline = time.monotonic() + timeout
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, events in selector.select(timeout=1):
+            conn, data = key.fileobj, key.data
+            if not isinstance(conn, socket.socket):
+                continue
+            if events & selectors.EVENT_WRITE:
+                conn.sendall(request)
+                selector.modify(conn, selectors.EVENT_READ, data)
+                continue
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                chunk = b""
+            data += chunk
+            head, sep, body = bytes(data).partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                None,
+            )
+            if chunk and not (sep and length is not None and len(body) >= length):
+                continue
+            if head.startswith(b"HTTP/1.1 200"):
+                ok += 1
+            else:
+                other += 1
+            selector.unregister(conn)
+            conn.close()
+    for key in list(selector.get_map().values()):
+        other += 1
+        key.fileobj.close()  # type: ignore[union-attr]
+    return Burst(ok, refused, other)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def import_ms(python: str, module: str, runs: int = 7) -> float:
+    """Median cumulative import time of ``module`` in a fresh interpreter (``-X importtime``).
+
+    Counted from the interpreter's own report, so start-up and machine noise stay out of it.
+    """
+    totals = []
+    for _ in range(runs):
+        result = subprocess.run(
+            [python, "-X", "importtime", "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        top = module.split(".")[0]
+        total = 0
+        for line in result.stderr.splitlines():
+            # "import time: self | cumulative | name": top-level entries have no indent.
+            parts = line.split("|")
+            if len(parts) != 3 or not parts[1].strip().isdigit():
+                continue
+            name = parts[2].rstrip()
+            top_level = len(name) - len(name.lstrip()) == 1
+            if top_level and (name.strip() == top or name.strip().startswith(top + ".")):
+                total += int(parts[1])
+        totals.append(total / 1000)
+    return statistics.median(totals)
