@@ -39,6 +39,7 @@ _RESTART_ONLY = (
     "max_header_size",
     "max_body_size",
 )
+_REFRESH_SCAN_INTERVAL = 1.0  # seconds between looks for keys due for refresh-ahead
 
 
 class Agent:
@@ -113,6 +114,7 @@ class Agent:
                 metrics_app(self.metrics), tcp=(cfg.metrics.address, cfg.metrics.port)
             )
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        self._tasks.append(asyncio.create_task(self._refresh_forever()))
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
@@ -161,6 +163,12 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.cache.sweep_interval)
             self.service.cache.sweep()
+
+    async def _refresh_forever(self) -> None:
+        # Lookups also start refreshes; this catches hot keys not read past their refresh point.
+        while True:
+            await asyncio.sleep(_REFRESH_SCAN_INTERVAL)
+            self.service.refresh_due()
 
     async def _watchdog_forever(self) -> None:
         # Sent from the event loop itself: if the loop is stuck, systemd stops hearing from us.

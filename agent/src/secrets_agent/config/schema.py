@@ -53,6 +53,13 @@ class CacheConfig:
     negative_ttl: float = setting(30.0, min=0.0, max=DAY)
     max_stale: float = setting(3600.0, min=0.0, max=7 * DAY)
     sweep_interval: float = setting(60.0, min=1.0, max=DAY)
+    # Refresh-ahead: a value read during its TTL is refreshed in the background at this share
+    # of its TTL (0 = off), spread by +-refresh_jitter of that point.
+    refresh_ahead: float = setting(0.8, min=0.0, max=0.95)
+    refresh_jitter: float = setting(0.1, min=0.0, max=0.5)
+    refresh_concurrency: int = setting(4, min=1, max=256)
+    # Refresh-now (Cache-Control: no-cache / ?refresh=true): per key, at most once this often.
+    refresh_now_interval: float = setting(30.0, min=1.0, max=DAY)
 
     def ttl(self, kind: Kind) -> float:
         value: float = getattr(self, f"{kind.value}_ttl")

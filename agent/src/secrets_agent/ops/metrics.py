@@ -50,6 +50,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.refreshes = Counter(
+            p + "refreshes",
+            "Refreshes by kind, trigger (ahead: background; now: a peer asked) and result "
+            "(fetched, unchanged, gone, error, limited).",
+            ["kind", "trigger", "result"],
+            registry=r,
+        )
         self.cache_entries = Gauge(p + "cache_entries", "Entries in the cache.", registry=r)
         self.upstream_calls = Counter(
             p + "upstream_requests",

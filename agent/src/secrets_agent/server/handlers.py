@@ -30,7 +30,13 @@ async def get_secret(request: web.Request) -> web.Response:
     team = request.query.get("team")
     if team is not None and not TEAM_NAME.fullmatch(team):
         return error_response(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
-    result = await request.app[CONTEXT].current().service.lookup(kind, secret_id, team)
+    refresh = request.query.get("refresh", "false")
+    if refresh not in ("true", "false"):
+        return error_response(400, "invalid_refresh", "refresh must be true or false")
+    # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
+    forced = refresh == "true" or "no-cache" in request.headers.get("Cache-Control", "").lower()
+    service = request.app[CONTEXT].current().service
+    result = await service.lookup(kind, secret_id, team, refresh=forced)
     headers = {"X-Cache": result.state.value, "Age": str(int(result.age)), **_NO_STORE}
     if result.value is None:
         return error_response(404, "not_found", f"no backend has this {kind}", headers)
