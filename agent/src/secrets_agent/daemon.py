@@ -22,6 +22,7 @@ from secrets_agent.config.loader import load_config
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.snapshot import Snapshot
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
@@ -69,6 +70,7 @@ class Agent:
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
+        self._serving = False  # startup completed: the cache is ours to snapshot
 
     @property
     def runtime(self) -> Runtime:
@@ -101,6 +103,8 @@ class Agent:
     async def _startup(self) -> None:
         cfg = self._initial
         self._swap(await Runtime.build(cfg, self._pool, self.metrics, self._clock))
+        if cfg.cache.snapshot_file:
+            Snapshot(cfg.cache.snapshot_file, self.metrics).load(self.service.cache)
         self.metrics.track_cache_size(lambda: len(self.service.cache))
         context = ApiContext(current=self.runtime_now, metrics=self.metrics)
         app = create_app(context, cfg.listener.max_body_size)
@@ -115,8 +119,10 @@ class Agent:
             )
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
         self._tasks.append(asyncio.create_task(self._refresh_forever()))
+        self._tasks.append(asyncio.create_task(self._snapshot_forever()))
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
+        self._serving = True
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)
         self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
@@ -169,6 +175,19 @@ class Agent:
         while True:
             await asyncio.sleep(_REFRESH_SCAN_INTERVAL)
             self.service.refresh_due()
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cache.snapshot_interval)
+            await self.save_snapshot()
+
+    async def save_snapshot(self) -> bool:
+        """Write the cache to ``cache.snapshot_file`` (if set); encryption and I/O off the loop."""
+        if not self.config.cache.snapshot_file:
+            return False
+        snapshot = Snapshot(self.config.cache.snapshot_file, self.metrics)
+        cipher, document = snapshot.collect(self.service.cache)
+        return await asyncio.to_thread(snapshot.write, cipher, document)
 
     async def _watchdog_forever(self) -> None:
         # Sent from the event loop itself: if the loop is stuck, systemd stops hearing from us.
@@ -224,6 +243,9 @@ class Agent:
             self._socket = None
         # An inherited socket belongs to systemd, which keeps it for the next activation.
         if self._runtime is not None:
+            if self._serving:
+                self._serving = False
+                await self.save_snapshot()
             await self._runtime.retire(None)
 
     async def run(self) -> None:

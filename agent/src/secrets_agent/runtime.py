@@ -164,12 +164,19 @@ def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> S
         previous.config.encryption,
     ):
         return previous.service.cache
+    keys = load_keys(config.encryption)
+    if config.cache.snapshot_file and not keys:
+        # A random key dies with the process: the snapshot it wrote could never be read back.
+        raise StartupError(
+            "cache.snapshot_file needs a configured encryption key "
+            "(encryption.key_file, key_env or credential), not a random one"
+        )
     return SecretCache(
         max_entries=config.cache.max_entries,
         ttl=config.cache.ttl,
         negative_ttl=config.cache.negative_ttl,
         max_stale=config.cache.max_stale,
-        cipher=Cipher(load_keys(config.encryption)),
+        cipher=Cipher(keys),
         clock=clock,
         refresh=RefreshAhead(config.cache.refresh_ahead, config.cache.refresh_jitter),
     )

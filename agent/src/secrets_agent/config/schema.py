@@ -60,6 +60,9 @@ class CacheConfig:
     refresh_concurrency: int = setting(4, min=1, max=256)
     # Refresh-now (Cache-Control: no-cache / ?refresh=true): per key, at most once this often.
     refresh_now_interval: float = setting(30.0, min=1.0, max=DAY)
+    # Encrypted warm start: the cache written here (needs a configured encryption key).
+    snapshot_file: str = setting("", path=True)
+    snapshot_interval: float = setting(300.0, min=1.0, max=DAY)
 
     def ttl(self, kind: Kind) -> float:
         value: float = getattr(self, f"{kind.value}_ttl")

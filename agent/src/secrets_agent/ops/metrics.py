@@ -57,6 +57,18 @@ class Metrics:
             ["kind", "trigger", "result"],
             registry=r,
         )
+        self.snapshot_writes = Counter(
+            p + "snapshot_writes",
+            "Cache snapshot writes by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        self.snapshot_loads = Counter(
+            p + "snapshot_loads",
+            "Cache snapshot loads at start by result (loaded, absent, ignored).",
+            ["result"],
+            registry=r,
+        )
         self.cache_entries = Gauge(p + "cache_entries", "Entries in the cache.", registry=r)
         self.upstream_calls = Counter(
             p + "upstream_requests",
