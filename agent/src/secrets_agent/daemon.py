@@ -19,10 +19,11 @@ from dataclasses import replace
 from aiohttp import web
 
 from secrets_agent.config.loader import load_config
-from secrets_agent.config.schema import AgentConfig
+from secrets_agent.config.schema import AgentConfig, AuditConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.snapshot import Snapshot
+from secrets_agent.ops.audit import AuditLog, AuditSettings
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
@@ -71,6 +72,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._serving = False  # startup completed: the cache is ours to snapshot
+        self.audit = AuditLog(_audit_settings(config.audit), self.metrics)
 
     @property
     def runtime(self) -> Runtime:
@@ -106,7 +108,7 @@ class Agent:
         if cfg.cache.snapshot_file:
             Snapshot(cfg.cache.snapshot_file, self.metrics).load(self.service.cache)
         self.metrics.track_cache_size(lambda: len(self.service.cache))
-        context = ApiContext(current=self.runtime_now, metrics=self.metrics)
+        context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
         app = create_app(context, cfg.listener.max_body_size)
         if self._inherited is not None:
             await self._serve_app(app, sock=self._inherited)
@@ -212,11 +214,13 @@ class Agent:
                     new_config, self._pool, self.metrics, self._clock, previous=old
                 )
             except (ConfigError, AgentError) as exc:
+                self.audit.reconfigure(_audit_settings(old.config.audit))  # logrotate's HUP
                 self.metrics.reloads.labels("failure").inc()
                 log.error("reload failed; still serving the previous configuration: %s", exc)
                 self.notifier.ready("reload failed; serving the previous configuration")
                 return False
             self._swap(new)
+            self.audit.reconfigure(_audit_settings(new.config.audit))
             logging.getLogger().setLevel(new.config.log.level.upper())
             await old.retire(new)
             self.metrics.reloads.labels("success").inc()
@@ -247,6 +251,7 @@ class Agent:
                 self._serving = False
                 await self.save_snapshot()
             await self._runtime.retire(None)
+        self.audit.close()
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
@@ -268,6 +273,16 @@ class Agent:
             log.info("shutting down")
         finally:
             await self.shutdown()
+
+
+def _audit_settings(config: AuditConfig) -> AuditSettings:
+    return AuditSettings(
+        output=config.output,
+        path=config.file,
+        max_bytes=config.max_bytes,
+        backups=config.backups,
+        rate=config.rate_limit,
+    )
 
 
 def _keep_restart_only_settings(old: AgentConfig, new: AgentConfig) -> AgentConfig:

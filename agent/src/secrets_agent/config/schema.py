@@ -70,6 +70,23 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The read audit: one JSON line per lookup, never a value (off by default)."""
+
+    output: str = setting("off", choices=("off", "file", "stderr"))
+    file: str = setting("", path=True)
+    # Rotate the file past this size (0 = never: leave it to logrotate, which sends SIGHUP).
+    max_bytes: int = setting(100 * 1024 * 1024, min=0, max=1 << 40)
+    backups: int = setting(5, min=1, max=1000)
+    rate_limit: float = setting(1000.0, min=1.0, max=1_000_000.0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.output == "file" and not self.file:
+            return [("file", 'is required when output = "file"')]
+        return []
+
+
+@dataclass(frozen=True)
 class EncryptionConfig:
     key_file: str = setting("", path=True)
     key_env: str = ""
@@ -113,4 +130,5 @@ class AgentConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     backends: tuple[BackendConfig, ...] = ()

@@ -69,6 +69,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.audit_events = Counter(
+            p + "audit_events",
+            "Reads written to the audit stream, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            p + "audit_dropped",
+            "Reads not audited, by reason (rate: over audit.rate_limit; error: write failed).",
+            ["reason"],
+            registry=r,
+        )
         self.cache_entries = Gauge(p + "cache_entries", "Entries in the cache.", registry=r)
         self.upstream_calls = Counter(
             p + "upstream_requests",
