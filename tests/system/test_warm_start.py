@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,22 @@ def test_refresh_ahead_keeps_a_hot_key_a_hit_against_openbao(
             result="found",
         )
         assert reads == 3
+
+
+def test_the_snapshot_is_also_written_periodically_while_serving(short_tmp: Path) -> None:
+    (short_tmp / "fernet.key").write_text(Fernet.generate_key().decode())
+    extra = f"""
+        [cache]
+        snapshot_file = "{short_tmp}/cache.snapshot"
+        snapshot_interval = 1
+        [encryption]
+        key_file = "fernet.key"
+    """
+    with running_agent(agent_config(short_tmp, extra=extra)) as agent:
+        assert status_of(get(agent, "/v1/variables/greeting")) == 200
+        deadline = time.monotonic() + 60
+        while agent.metric("secrets_agent_snapshot_writes_total", result="success") < 1:
+            assert time.monotonic() < deadline, "no periodic snapshot within 60 s"
+            time.sleep(0.05)  # waiting for the write to happen, not timing it
+        assert (short_tmp / "cache.snapshot").stat().st_size > 0
+    assert agent.metric("secrets_agent_snapshot_writes_total", result="success") >= 2  # + stop
