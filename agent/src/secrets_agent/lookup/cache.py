@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cipher import Cipher
@@ -157,7 +157,7 @@ class SecretCache:
         now = self._clock()
         return [
             (key, entry.source)
-            for key, entry in self._entries.items()
+            for key, entry in self._scan()
             if entry.read and entry.token is not None and entry.refresh_at <= now < entry.expires_at
         ]
 
@@ -187,7 +187,7 @@ class SecretCache:
             clock=self._clock,
             refresh=self._refresh,
         )
-        for key, entry in list(self._entries.items()):
+        for key, entry in self._scan():
             if entry.source in sources:
                 copy._entries[key] = entry
         return copy
@@ -197,7 +197,7 @@ class SecretCache:
         now = self._clock()
         doomed = [
             key
-            for key, entry in self._entries.items()
+            for key, entry in self._scan()
             if now >= entry.expires_at and not self._servable_stale(entry, now)
         ]
         for key in doomed:
@@ -211,7 +211,7 @@ class SecretCache:
             Persisted(
                 key, entry.token, max(0.0, now - entry.stored_at), entry.source, entry.version
             )
-            for key, entry in list(self._entries.items())
+            for key, entry in self._scan()
             if entry.token is not None
             and (now < entry.expires_at or self._servable_stale(entry, now))
         ]
@@ -231,6 +231,11 @@ class SecretCache:
             )
             count += 1
         return count
+
+    def _scan(self) -> list[tuple[Key, _Entry]]:
+        """Every entry, without marking it used: a scan must not reorder the LRU."""
+        peek = Cache.__getitem__  # LRUCache's own moves the key to the most-recent end
+        return [(key, peek(self._entries, key)) for key in self._entries]
 
     def _servable_stale(self, entry: _Entry, now: float) -> bool:
         # Misses are never served stale: "not found" from an unreachable upstream proves nothing.
