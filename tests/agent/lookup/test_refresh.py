@@ -153,6 +153,13 @@ async def test_a_failed_refresh_ahead_keeps_serving_the_fresh_value() -> None:
     await f.service.idle()
     assert f.refreshes("ahead", "error") == 1
     assert (await f.service.lookup(V, "k")).value == "v"
+    # Retried halfway to expiry (at 55 s), not at every scan: an outage is not hammered.
+    f.clock.advance(4)
+    assert f.service.refresh_due() == 0
+    f.clock.advance(1)
+    assert f.service.refresh_due() == 1
+    await f.service.idle()
+    assert f.refreshes("ahead", "error") == 2
 
 
 async def test_refresh_now_is_coalesced_and_rate_limited_per_key() -> None:

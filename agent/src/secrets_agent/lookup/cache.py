@@ -152,6 +152,13 @@ class SecretCache:
                 now + self._refresh.offset(ttl),
             )
 
+    def postpone_refresh(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
+        """A refresh-ahead failed: try again halfway to expiry, not at every scan."""
+        entry = self._entries.get((kind, secret_id, team))
+        if entry is not None:
+            now = self._clock()
+            entry.refresh_at = now + max(1.0, (entry.expires_at - now) / 2)
+
     def due_for_refresh(self) -> list[tuple[Key, str | None]]:
         """Keys (and their backends) read during their TTL and now past their refresh point."""
         now = self._clock()

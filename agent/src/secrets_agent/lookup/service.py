@@ -160,6 +160,7 @@ class SecretService:
         except AgentError as exc:
             # The value stays fresh until its TTL; a failure here costs nothing yet.
             log.debug("refresh-ahead of a %s failed: %s", key[0], exc)
+            self.cache.postpone_refresh(*key)
             result = "error"
         self._metrics.refreshes.labels(key[0].value, "ahead", result).inc()
 
