@@ -89,10 +89,11 @@ class SecretService:
                 self._refresh_ahead(key, cached.source)
             state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
             return self._count(kind, Result(cached.value, state, cached.age, cached.source))
+        joins = key in self._flight  # then the call's owner counts the refresh, not us
         try:
             loaded, shared = await self._flight.do(key, lambda: self._load(key, cached))
         except TransientError as exc:
-            if forced:
+            if forced and not joins:
                 self._metrics.refreshes.labels(kind.value, "now", "error").inc()
             if cached is None or cached.value is None:
                 raise
