@@ -23,9 +23,6 @@ from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("off", "file", "stderr")
-RESULTS = ("hit", "miss", "stale", "negative", "denied", "error")
-
 
 @dataclass(frozen=True)
 class AuditSettings:
@@ -38,7 +35,7 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class Read:
-    """One lookup as the audit sees it."""
+    """One lookup as the audit sees it: result is hit, miss, stale, negative, denied or error."""
 
     uid: int
     gid: int
