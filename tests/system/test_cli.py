@@ -60,6 +60,11 @@ def test_run_get_and_graceful_sigterm(config_path: Path, running: subprocess.Pop
     missing = cli("get", "variable", "absent", "--socket", sock)
     assert missing.returncode == 1 and 'variable "absent" not found' in missing.stderr
 
+    (config_path.parent / "variables.json").write_text('{"greeting": "rotated"}')
+    assert cli("get", "variable", "greeting", "--socket", sock).stdout.strip() == "hello"
+    refreshed = cli("get", "variable", "greeting", "--socket", sock, "--refresh")
+    assert refreshed.stdout.strip() == "rotated"
+
     second = cli("run", "--config", str(config_path))
     assert second.returncode == 78
     assert "already listening" in second.stderr

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
     )
     get.add_argument("--timeout", type=float, default=5.0)
+    get.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask the upstream now, not the cache (rate-limited per key by the agent)",
+    )
     get.set_defaults(func=_get)
 
     probe = sub.add_parser("probe", help="exit 0 if a running agent is alive / ready (for probes)")
@@ -127,14 +132,14 @@ def _get(args: argparse.Namespace) -> int:
     backend = AgentSecretsBackend(
         socket_path=args.socket, timeout=args.timeout, on_unavailable="raise"
     )
-    lookups: dict[str, Callable[[str], str | None]] = {
+    lookups: dict[str, Callable[..., str | None]] = {
         "connection": backend.get_conn_value,
         "variable": backend.get_variable,
         "config": backend.get_config,
     }
     lookup = lookups[args.kind]
     try:
-        value = lookup(args.id)
+        value = lookup(args.id, refresh=args.refresh)
     except (AgentUnavailableError, PermissionError) as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE

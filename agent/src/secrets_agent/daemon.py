@@ -19,9 +19,11 @@ from dataclasses import replace
 from aiohttp import web
 
 from secrets_agent.config.loader import load_config
-from secrets_agent.config.schema import AgentConfig
+from secrets_agent.config.schema import AgentConfig, AuditConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.snapshot import Snapshot
+from secrets_agent.ops.audit import AuditLog, AuditSettings
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
@@ -39,6 +41,7 @@ _RESTART_ONLY = (
     "max_header_size",
     "max_body_size",
 )
+_REFRESH_SCAN_INTERVAL = 1.0  # seconds between looks for keys due for refresh-ahead
 
 
 class Agent:
@@ -68,6 +71,8 @@ class Agent:
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
+        self._serving = False  # startup completed: the cache is ours to snapshot
+        self.audit = AuditLog(_audit_settings(config.audit), self.metrics)
 
     @property
     def runtime(self) -> Runtime:
@@ -100,8 +105,10 @@ class Agent:
     async def _startup(self) -> None:
         cfg = self._initial
         self._swap(await Runtime.build(cfg, self._pool, self.metrics, self._clock))
+        if cfg.cache.snapshot_file:
+            Snapshot(cfg.cache.snapshot_file, self.metrics).load(self.service.cache)
         self.metrics.track_cache_size(lambda: len(self.service.cache))
-        context = ApiContext(current=self.runtime_now, metrics=self.metrics)
+        context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
         app = create_app(context, cfg.listener.max_body_size)
         if self._inherited is not None:
             await self._serve_app(app, sock=self._inherited)
@@ -113,8 +120,11 @@ class Agent:
                 metrics_app(self.metrics), tcp=(cfg.metrics.address, cfg.metrics.port)
             )
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        self._tasks.append(asyncio.create_task(self._refresh_forever()))
+        self._tasks.append(asyncio.create_task(self._snapshot_forever()))
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
+        self._serving = True
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)
         self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
@@ -162,6 +172,25 @@ class Agent:
             await asyncio.sleep(self.config.cache.sweep_interval)
             self.service.cache.sweep()
 
+    async def _refresh_forever(self) -> None:
+        # Lookups also start refreshes; this catches hot keys not read past their refresh point.
+        while True:
+            await asyncio.sleep(_REFRESH_SCAN_INTERVAL)
+            self.service.refresh_due()
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cache.snapshot_interval)
+            await self.save_snapshot()
+
+    async def save_snapshot(self) -> bool:
+        """Write the cache to ``cache.snapshot_file`` (if set); encryption and I/O off the loop."""
+        if not self.config.cache.snapshot_file:
+            return False
+        snapshot = Snapshot(self.config.cache.snapshot_file, self.metrics)
+        cipher, document = snapshot.collect(self.service.cache)
+        return await asyncio.to_thread(snapshot.write, cipher, document)
+
     async def _watchdog_forever(self) -> None:
         # Sent from the event loop itself: if the loop is stuck, systemd stops hearing from us.
         interval = self.notifier.watchdog_interval or 1.0
@@ -185,11 +214,13 @@ class Agent:
                     new_config, self._pool, self.metrics, self._clock, previous=old
                 )
             except (ConfigError, AgentError) as exc:
+                self.audit.reconfigure(_audit_settings(old.config.audit))  # logrotate's HUP
                 self.metrics.reloads.labels("failure").inc()
                 log.error("reload failed; still serving the previous configuration: %s", exc)
                 self.notifier.ready("reload failed; serving the previous configuration")
                 return False
             self._swap(new)
+            self.audit.reconfigure(_audit_settings(new.config.audit))
             logging.getLogger().setLevel(new.config.log.level.upper())
             await old.retire(new)
             self.metrics.reloads.labels("success").inc()
@@ -216,7 +247,11 @@ class Agent:
             self._socket = None
         # An inherited socket belongs to systemd, which keeps it for the next activation.
         if self._runtime is not None:
+            if self._serving:
+                self._serving = False
+                await self.save_snapshot()
             await self._runtime.retire(None)
+        self.audit.close()
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
@@ -238,6 +273,16 @@ class Agent:
             log.info("shutting down")
         finally:
             await self.shutdown()
+
+
+def _audit_settings(config: AuditConfig) -> AuditSettings:
+    return AuditSettings(
+        output=config.output,
+        path=config.file,
+        max_bytes=config.max_bytes,
+        backups=config.backups,
+        rate=config.rate_limit,
+    )
 
 
 def _keep_restart_only_settings(old: AgentConfig, new: AgentConfig) -> AgentConfig:

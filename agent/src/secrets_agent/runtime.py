@@ -18,10 +18,10 @@ from secrets_agent.backends.registry import create_backend
 from secrets_agent.config.schema import AgentConfig, BackendConfig
 from secrets_agent.errors import AgentError, BackendError, StartupError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher, load_keys
-from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.peers import AccessPolicy
 
@@ -118,7 +118,9 @@ class Runtime:
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
                 cache = cache.carried_over(kept)
-            service = SecretService(_chain(backends, metrics), cache, metrics)
+            service = SecretService(
+                _chain(backends, metrics), cache, metrics, _refresh_policy(config)
+            )
             policy = AccessPolicy.from_config(config.listener)
             runtime = cls(config, backends, service, policy, pool)
         except BaseException:
@@ -137,6 +139,7 @@ class Runtime:
 
     async def retire(self, successor: Runtime | None) -> None:
         """Close the backends ``successor`` does not use (all of them when there is none)."""
+        await self.service.close()  # its background refreshes would call closing backends
         keep = [b for _, b in successor.backends] if successor is not None else []
         await self.pool.close([b for _, b in self.backends if not any(b is k for k in keep)])
 
@@ -161,13 +164,29 @@ def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> S
         previous.config.encryption,
     ):
         return previous.service.cache
+    keys = load_keys(config.encryption)
+    if config.cache.snapshot_file and not keys:
+        # A random key dies with the process: the snapshot it wrote could never be read back.
+        raise StartupError(
+            "cache.snapshot_file needs a configured encryption key "
+            "(encryption.key_file, key_env or credential), not a random one"
+        )
     return SecretCache(
         max_entries=config.cache.max_entries,
         ttl=config.cache.ttl,
         negative_ttl=config.cache.negative_ttl,
         max_stale=config.cache.max_stale,
-        cipher=Cipher(load_keys(config.encryption)),
+        cipher=Cipher(keys),
         clock=clock,
+        refresh=RefreshAhead(config.cache.refresh_ahead, config.cache.refresh_jitter),
+    )
+
+
+def _refresh_policy(config: AgentConfig) -> RefreshPolicy:
+    return RefreshPolicy(
+        concurrency=config.cache.refresh_concurrency,
+        now_interval=config.cache.refresh_now_interval,
+        now_keys=config.cache.max_entries,
     )
 
 

@@ -102,19 +102,28 @@ class AgentSecretsBackend(_Base):
         """Close the kept-alive connection (a new one opens on the next lookup)."""
         self._transport.close()
 
-    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
-        return self._lookup("connections", conn_id, team_name)
+    # ``refresh=True`` asks the agent to read the upstream now (the value is known to be
+    # outdated); the agent coalesces such requests and rate-limits them per key.
+    def get_conn_value(
+        self, conn_id: str, team_name: str | None = None, *, refresh: bool = False
+    ) -> str | None:
+        return self._lookup("connections", conn_id, team_name, refresh)
 
-    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
-        return self._lookup("variables", key, team_name)
+    def get_variable(
+        self, key: str, team_name: str | None = None, *, refresh: bool = False
+    ) -> str | None:
+        return self._lookup("variables", key, team_name, refresh)
 
-    def get_config(self, key: str) -> str | None:
-        return self._lookup("config", key)
+    def get_config(self, key: str, *, refresh: bool = False) -> str | None:
+        return self._lookup("config", key, None, refresh)
 
-    def _lookup(self, segment: str, secret_id: str, team: str | None = None) -> str | None:
+    def _lookup(
+        self, segment: str, secret_id: str, team: str | None = None, refresh: bool = False
+    ) -> str | None:
         path = f"/v1/{segment}/{_quote(secret_id)}"
-        if team:
-            path += f"?team={_quote(team)}"
+        query = ([f"team={_quote(team)}"] if team else []) + (["refresh=true"] if refresh else [])
+        if query:
+            path += "?" + "&".join(query)
         try:
             response = self._transport.request("GET", path)
         except AgentUnreachable as exc:

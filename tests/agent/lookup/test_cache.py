@@ -6,7 +6,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.cipher import Cipher
 from support.helpers import FakeClock
 
@@ -118,3 +118,43 @@ def test_entry_unreadable_after_key_loss_is_dropped() -> None:
     cache._cipher = Cipher([Fernet.generate_key()])
     assert cache.get(V, "k") is None
     assert len(cache) == 0
+
+
+def test_background_scans_do_not_reorder_the_lru() -> None:
+    clock = FakeClock()
+    cache = make_cache(clock, max_entries=2)
+    cache.put(V, "a", "1")
+    cache.put(V, "b", "2")
+    assert cache.get(V, "a") is not None  # a is now the most recently used
+    cache.due_for_refresh()
+    cache.persisted()
+    cache.sweep()
+    cache.put(V, "c", "3")
+    assert cache.get(V, "b") is None
+    assert cache.get(V, "a") is not None
+
+
+def test_refresh_ahead_is_due_only_for_read_values_past_their_point() -> None:
+    clock = FakeClock()
+    cache = SecretCache(
+        max_entries=10,
+        ttl=lambda k: 100.0,
+        negative_ttl=100.0,
+        max_stale=0.0,
+        cipher=Cipher([]),
+        clock=clock,
+        refresh=RefreshAhead(0.8, 0.0),
+    )
+    cache.put(V, "read", "1")
+    cache.put(V, "unread", "2")
+    cache.put(V, "missing", None)
+    clock.advance(79)
+    hit = cache.get(V, "read")
+    assert hit is not None and not hit.refresh_due
+    assert cache.get(V, "missing") is not None
+    clock.advance(1)
+    assert cache.due_for_refresh() == [((V, "read", None), None)]
+    due = cache.get(V, "read")
+    assert due is not None and due.refresh_due
+    clock.advance(20)  # expired: no longer a refresh-ahead, the lookup's own path takes over
+    assert cache.due_for_refresh() == []

@@ -53,10 +53,37 @@ class CacheConfig:
     negative_ttl: float = setting(30.0, min=0.0, max=DAY)
     max_stale: float = setting(3600.0, min=0.0, max=7 * DAY)
     sweep_interval: float = setting(60.0, min=1.0, max=DAY)
+    # Refresh-ahead: a value read during its TTL is refreshed in the background at this share
+    # of its TTL (0 = off), spread by +-refresh_jitter of that point.
+    refresh_ahead: float = setting(0.8, min=0.0, max=0.95)
+    refresh_jitter: float = setting(0.1, min=0.0, max=0.5)
+    refresh_concurrency: int = setting(4, min=1, max=256)
+    # Refresh-now (Cache-Control: no-cache / ?refresh=true): per key, at most once this often.
+    refresh_now_interval: float = setting(30.0, min=1.0, max=DAY)
+    # Encrypted warm start: the cache written here (needs a configured encryption key).
+    snapshot_file: str = setting("", path=True)
+    snapshot_interval: float = setting(300.0, min=1.0, max=DAY)
 
     def ttl(self, kind: Kind) -> float:
         value: float = getattr(self, f"{kind.value}_ttl")
         return value
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The read audit: one JSON line per lookup, never a value (off by default)."""
+
+    output: str = setting("off", choices=("off", "file", "stderr"))
+    file: str = setting("", path=True)
+    # Rotate the file past this size (0 = never: leave it to logrotate, which sends SIGHUP).
+    max_bytes: int = setting(100 * 1024 * 1024, min=0, max=1 << 40)
+    backups: int = setting(5, min=1, max=1000)
+    rate_limit: float = setting(1000.0, min=1.0, max=1_000_000.0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.output == "file" and not self.file:
+            return [("file", 'is required when output = "file"')]
+        return []
 
 
 @dataclass(frozen=True)
@@ -103,4 +130,5 @@ class AgentConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     backends: tuple[BackendConfig, ...] = ()

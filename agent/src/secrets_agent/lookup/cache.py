@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cipher import Cipher
@@ -14,13 +16,15 @@ Clock = Callable[[], float]
 Key = tuple[Kind, str, str | None]  # kind, id, team (None: no team scope)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     token: bytes | None  # None records a miss (negative entry)
     stored_at: float
     expires_at: float
     source: str | None = None  # the backend that produced the value
     version: str | None = None  # its validator, for revalidation without a full fetch
+    refresh_at: float = math.inf  # when a read entry is refreshed ahead of its expiry
+    read: bool = False  # read while fresh since it was stored: worth refreshing ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,33 @@ class Cached:
     fresh: bool
     source: str | None = None
     version: str | None = None
+    refresh_due: bool = False  # fresh, but past its refresh-ahead point
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """A value as a snapshot keeps it: still a Fernet token, with its age instead of a clock."""
+
+    key: Key
+    token: bytes
+    age: float
+    source: str | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class RefreshAhead:
+    """Refresh read entries at ``share`` of their TTL, spread by ±``jitter`` of that point."""
+
+    share: float = 0.0  # 0: off
+    jitter: float = 0.0
+    rng: Callable[[], float] = random.random
+
+    def offset(self, ttl: float) -> float:
+        if self.share <= 0:
+            return math.inf
+        spread = 1.0 + self.jitter * (2.0 * self.rng() - 1.0)
+        return ttl * min(0.99, self.share * spread)
 
 
 class SecretCache:
@@ -47,13 +78,23 @@ class SecretCache:
         max_stale: float,
         cipher: Cipher,
         clock: Clock,
+        refresh: RefreshAhead | None = None,
     ) -> None:
         self._entries: LRUCache[Key, _Entry] = LRUCache(maxsize=max_entries)
         self._ttl, self._negative_ttl, self._max_stale = ttl, negative_ttl, max_stale
         self._cipher, self._clock = cipher, clock
+        self._refresh = refresh or RefreshAhead()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def cipher(self) -> Cipher:
+        return self._cipher
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def get(self, kind: Kind, secret_id: str, team: str | None = None) -> Cached | None:
         """Return the entry (fresh or stale), or None when absent or past its stale window."""
@@ -70,8 +111,11 @@ class SecretCache:
         if entry.token is not None and value is None:
             del self._entries[key]  # encrypted under a key we no longer hold
             return None
+        if fresh:
+            entry.read = True
         age = max(0.0, now - entry.stored_at)
-        return Cached(value, age, fresh, entry.source, entry.version)
+        due = fresh and value is not None and now >= entry.refresh_at
+        return Cached(value, age, fresh, entry.source, entry.version, due)
 
     def put(
         self,
@@ -90,17 +134,39 @@ class SecretCache:
             return
         now = self._clock()
         token = None if value is None else self._cipher.encrypt(value)
-        self._entries[key] = _Entry(token, now, now + ttl, source, version)
+        refresh_at = math.inf if value is None else now + self._refresh.offset(ttl)
+        self._entries[key] = _Entry(token, now, now + ttl, source, version, refresh_at)
 
     def restamp(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
         """The upstream confirmed the value is current: fresh again, without re-encrypting."""
         key = (kind, secret_id, team)
         entry = self._entries.get(key)
         if entry is not None and entry.token is not None:
-            now = self._clock()
+            now, ttl = self._clock(), self._ttl(kind)
             self._entries[key] = _Entry(
-                entry.token, now, now + self._ttl(kind), entry.source, entry.version
+                entry.token,
+                now,
+                now + ttl,
+                entry.source,
+                entry.version,
+                now + self._refresh.offset(ttl),
             )
+
+    def postpone_refresh(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
+        """A refresh-ahead failed: try again halfway to expiry, not at every scan."""
+        entry = self._entries.get((kind, secret_id, team))
+        if entry is not None:
+            now = self._clock()
+            entry.refresh_at = now + max(1.0, (entry.expires_at - now) / 2)
+
+    def due_for_refresh(self) -> list[tuple[Key, str | None]]:
+        """Keys (and their backends) read during their TTL and now past their refresh point."""
+        now = self._clock()
+        return [
+            (key, entry.source)
+            for key, entry in self._scan()
+            if entry.read and entry.token is not None and entry.refresh_at <= now < entry.expires_at
+        ]
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         """Drop everything, one kind, or one id of a kind; return how many entries went."""
@@ -126,8 +192,9 @@ class SecretCache:
             max_stale=self._max_stale,
             cipher=self._cipher,
             clock=self._clock,
+            refresh=self._refresh,
         )
-        for key, entry in list(self._entries.items()):
+        for key, entry in self._scan():
             if entry.source in sources:
                 copy._entries[key] = entry
         return copy
@@ -137,12 +204,45 @@ class SecretCache:
         now = self._clock()
         doomed = [
             key
-            for key, entry in self._entries.items()
+            for key, entry in self._scan()
             if now >= entry.expires_at and not self._servable_stale(entry, now)
         ]
         for key in doomed:
             del self._entries[key]
         return len(doomed)
+
+    def persisted(self) -> list[Persisted]:
+        """The servable values, still encrypted, for a snapshot; misses are never persisted."""
+        now = self._clock()
+        return [
+            Persisted(
+                key, entry.token, max(0.0, now - entry.stored_at), entry.source, entry.version
+            )
+            for key, entry in self._scan()
+            if entry.token is not None
+            and (now < entry.expires_at or self._servable_stale(entry, now))
+        ]
+
+    def restore(self, items: Iterable[Persisted]) -> int:
+        """Load snapshot values as already expired: served only stale until refreshed.
+
+        Their stale window counts from when they were stored, not from when they were loaded.
+        """
+        now, count = self._clock(), 0
+        for item in items:
+            stored_at = now - item.age
+            if item.key in self._entries or now >= stored_at + self._max_stale:
+                continue
+            self._entries[item.key] = _Entry(
+                item.token, stored_at, stored_at, item.source, item.version
+            )
+            count += 1
+        return count
+
+    def _scan(self) -> list[tuple[Key, _Entry]]:
+        """Every entry, without marking it used: a scan must not reorder the LRU."""
+        peek = Cache.__getitem__  # LRUCache's own moves the key to the most-recent end
+        return [(key, peek(self._entries, key)) for key in self._entries]
 
     def _servable_stale(self, entry: _Entry, now: float) -> bool:
         # Misses are never served stale: "not found" from an unreachable upstream proves nothing.

@@ -1,4 +1,8 @@
-"""Lookup service: cache first, one upstream call per key at a time, stale on transient errors."""
+"""Lookup service: cache first, one upstream call per key at a time, stale on transient errors.
+
+Every upstream call goes through ``_load`` under the per-key single-flight, whatever asked for
+it: a lookup that missed, a refresh-ahead in the background, or a peer's refresh-now.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from secrets_agent.errors import TransientError
+from cachetools import TTLCache
+
+from secrets_agent.errors import AgentError, TransientError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import Cached, SecretCache
+from secrets_agent.lookup.cache import Cached, Key, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Found
+from secrets_agent.lookup.refresh import Refresher
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
 
@@ -28,64 +35,143 @@ class Result:
     value: str | None
     state: CacheState
     age: float
+    source: str | None = None  # the backend the value came from (for the audit stream)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What one upstream round gave: a value (None: not found) and whether it was revalidated."""
+
+    value: str | None
+    source: str | None
+    revalidated: bool = False
+
+    @property
+    def outcome(self) -> str:
+        if self.revalidated:
+            return "unchanged"
+        return "fetched" if self.value is not None else "gone"
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    concurrency: int = 4  # background refreshes at a time, per backend
+    now_interval: float = 30.0  # a peer's refresh-now reaches the upstream at most this often
+    now_keys: int = 10000  # refresh-now times remembered (the rate limit's memory)
 
 
 class SecretService:
-    def __init__(self, chain: BackendChain, cache: SecretCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        chain: BackendChain,
+        cache: SecretCache,
+        metrics: Metrics,
+        refresh: RefreshPolicy | None = None,
+    ) -> None:
         self.chain, self.cache = chain, cache
         self._metrics = metrics
-        self._flight: SingleFlight[Found | None] = SingleFlight()
-        self._revalidations: SingleFlight[bool] = SingleFlight()
+        policy = refresh or RefreshPolicy()
+        self._flight: SingleFlight[Loaded] = SingleFlight()
+        self._refresher = Refresher(policy.concurrency)
+        self._refreshed_now: TTLCache[Key, bool] = TTLCache(
+            maxsize=policy.now_keys, ttl=policy.now_interval, timer=cache.clock
+        )
 
-    async def lookup(self, kind: Kind, secret_id: str, team: str | None = None) -> Result:
+    async def lookup(
+        self, kind: Kind, secret_id: str, team: str | None = None, *, refresh: bool = False
+    ) -> Result:
+        """The cached value when fresh; ``refresh`` asks the upstream now (rate-limited)."""
+        key = (kind, secret_id, team)
         cached = self.cache.get(kind, secret_id, team)
-        if cached is not None and cached.fresh:
+        forced = refresh and self._may_refresh_now(key)
+        if cached is not None and cached.fresh and not forced:
+            if cached.refresh_due:
+                self._refresh_ahead(key, cached.source)
             state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
-            return self._count(kind, Result(cached.value, state, cached.age))
+            return self._count(kind, Result(cached.value, state, cached.age, cached.source))
+        joins = key in self._flight  # then the call's owner counts the refresh, not us
         try:
-            if cached is not None and cached.value is not None and cached.version is not None:
-                current, _ = await self._revalidations.do(
-                    ("revalidate", kind, secret_id, team),
-                    lambda: self._revalidate(kind, secret_id, team, cached),
-                )
-                if current:
-                    self._metrics.cache_results.labels(kind.value, "revalidated").inc()
-                    return Result(cached.value, CacheState.HIT, 0.0)
-            found, shared = await self._flight.do(
-                (kind, secret_id, team), lambda: self._refresh(kind, secret_id, team)
-            )
+            loaded, shared = await self._flight.do(key, lambda: self._load(key, cached))
         except TransientError as exc:
+            if forced and not joins:
+                self._metrics.refreshes.labels(kind.value, "now", "error").inc()
             if cached is None or cached.value is None:
                 raise
             log.warning("serving a stale %s: %s", kind, exc)
-            return self._count(kind, Result(cached.value, CacheState.STALE, cached.age))
+            return self._count(
+                kind, Result(cached.value, CacheState.STALE, cached.age, cached.source)
+            )
         if shared:
             self._metrics.coalesced.labels(kind.value).inc()
-        value = None if found is None else found.value
-        return self._count(kind, Result(value, CacheState.MISS, 0.0))
+        elif forced:
+            self._metrics.refreshes.labels(kind.value, "now", loaded.outcome).inc()
+        if loaded.revalidated:
+            self._metrics.cache_results.labels(kind.value, "revalidated").inc()
+            return Result(loaded.value, CacheState.HIT, 0.0, loaded.source)
+        return self._count(kind, Result(loaded.value, CacheState.MISS, 0.0, loaded.source))
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         return self.cache.invalidate(kind, secret_id)
 
-    async def _refresh(self, kind: Kind, secret_id: str, team: str | None) -> Found | None:
+    def refresh_due(self) -> int:
+        """Start background refreshes for read keys past their refresh point; return how many."""
+        return sum(self._refresh_ahead(key, source) for key, source in self.cache.due_for_refresh())
+
+    async def idle(self) -> None:
+        """Wait for the background refreshes in progress."""
+        await self._refresher.drain()
+
+    async def close(self) -> None:
+        await self._refresher.close()
+
+    async def _load(self, key: Key, cached: Cached | None) -> Loaded:
+        """The one place the upstream is asked: revalidate the value held, else fetch."""
+        kind, secret_id, team = key
+        held = _held(cached)
+        if held is not None and await self.chain.revalidate(kind, secret_id, held, team):
+            self.cache.restamp(kind, secret_id, team)
+            return Loaded(held.value, held.source, revalidated=True)
         found = await self.chain.fetch(kind, secret_id, team)
         if found is None:
             self.cache.put(kind, secret_id, None, team=team)
-        else:
-            self.cache.put(kind, secret_id, found.value, found.source, found.version, team=team)
-        return found
+            return Loaded(None, None)
+        self.cache.put(kind, secret_id, found.value, found.source, found.version, team=team)
+        return Loaded(found.value, found.source)
 
-    async def _revalidate(
-        self, kind: Kind, secret_id: str, team: str | None, cached: Cached
-    ) -> bool:
-        if cached.value is None or cached.source is None:
-            return False
-        found = Found(cached.value, cached.source, cached.version)
-        if await self.chain.revalidate(kind, secret_id, found, team):
-            self.cache.restamp(kind, secret_id, team)
+    def _may_refresh_now(self, key: Key) -> bool:
+        """Join a call in flight, or start one unless this key had one within the interval."""
+        if key in self._flight:
             return True
-        return False
+        if key in self._refreshed_now:
+            self._metrics.refreshes.labels(key[0].value, "now", "limited").inc()
+            return False
+        self._refreshed_now[key] = True
+        return True
+
+    def _refresh_ahead(self, key: Key, source: str | None) -> bool:
+        return self._refresher.submit(key, source, lambda: self._refresh_in_background(key))
+
+    async def _refresh_in_background(self, key: Key) -> None:
+        cached = self.cache.get(*key)
+        if cached is None or not cached.fresh or cached.value is None:
+            return  # invalidated or expired meanwhile: the next lookup fetches in the foreground
+        try:
+            loaded, _ = await self._flight.do(key, lambda: self._load(key, cached))
+            result = loaded.outcome
+        except AgentError as exc:
+            # The value stays fresh until its TTL; a failure here costs nothing yet.
+            log.debug("refresh-ahead of a %s failed: %s", key[0], exc)
+            self.cache.postpone_refresh(*key)
+            result = "error"
+        self._metrics.refreshes.labels(key[0].value, "ahead", result).inc()
 
     def _count(self, kind: Kind, result: Result) -> Result:
         self._metrics.cache_results.labels(kind.value, result.state.lower()).inc()
         return result
+
+
+def _held(cached: Cached | None) -> Found | None:
+    """The cached value as something its backend can revalidate, if it has a version."""
+    if cached is None or cached.value is None or cached.source is None or cached.version is None:
+        return None
+    return Found(cached.value, cached.source, cached.version)

@@ -16,6 +16,9 @@ class SingleFlight(Generic[T]):
     def __len__(self) -> int:
         return len(self._inflight)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._inflight
+
     async def do(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run ``call`` unless one is already running for ``key``; return (result, shared)."""
         task = self._inflight.get(key)

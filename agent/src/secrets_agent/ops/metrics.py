@@ -50,6 +50,37 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.refreshes = Counter(
+            p + "refreshes",
+            "Refreshes by kind, trigger (ahead: background; now: a peer asked) and result "
+            "(fetched, unchanged, gone, error, limited).",
+            ["kind", "trigger", "result"],
+            registry=r,
+        )
+        self.snapshot_writes = Counter(
+            p + "snapshot_writes",
+            "Cache snapshot writes by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        self.snapshot_loads = Counter(
+            p + "snapshot_loads",
+            "Cache snapshot loads at start by result (loaded, absent, ignored).",
+            ["result"],
+            registry=r,
+        )
+        self.audit_events = Counter(
+            p + "audit_events",
+            "Reads written to the audit stream, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            p + "audit_dropped",
+            "Reads not audited, by reason (rate: over audit.rate_limit; error: write failed).",
+            ["reason"],
+            registry=r,
+        )
         self.cache_entries = Gauge(p + "cache_entries", "Entries in the cache.", registry=r)
         self.upstream_calls = Counter(
             p + "upstream_requests",

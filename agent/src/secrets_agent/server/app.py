@@ -11,7 +11,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from secrets_agent.backends.base import Health
+from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.audit import AuditLog, Read
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import error_response, response_for
 from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
@@ -33,6 +35,7 @@ class ApiContext:
 
     current: Callable[[], Serving]
     metrics: Metrics
+    audit: AuditLog | None = None
 
 
 CONTEXT = web.AppKey("context", ApiContext)
@@ -76,11 +79,32 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     peer = peer_credentials(sock)
     if not context.current().policy.allows(peer, peer_groups(sock)):
         context.metrics.denied_peers.inc()
+        segment = request.match_info.get("kind")
+        if segment in KIND_BY_SEGMENT:  # a denied read: the audit's most interesting line
+            secret_id = request.match_info.get("id", "")[:MAX_ID_LENGTH]
+            team = request.query.get("team", "")[:64] or None
+            audit_read(request, KIND_BY_SEGMENT[segment], secret_id, team, "denied", None, peer)
         return error_response(
             403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
         )
     request[PEER_KEY] = peer
     return await handler(request)
+
+
+def audit_read(
+    request: web.Request,
+    kind: Kind,
+    secret_id: str,
+    team: str | None,
+    result: str,
+    backend: str | None,
+    peer: Peer | None = None,
+) -> None:
+    """Hand one read to the audit stream, if there is one (never the value)."""
+    audit = request.app[CONTEXT].audit
+    if audit is not None and audit.enabled:
+        who = peer or request_peer(request)
+        audit.record(Read(who.uid, who.gid, who.pid, kind.value, secret_id, team, result, backend))
 
 
 @web.middleware

@@ -8,8 +8,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from secrets_agent.config.validators import TEAM_NAME
+from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, validate_id
-from secrets_agent.server.app import CONTEXT, request_peer
+from secrets_agent.server.app import CONTEXT, audit_read, request_peer
 from secrets_agent.server.errors import error_response
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -30,13 +31,30 @@ async def get_secret(request: web.Request) -> web.Response:
     team = request.query.get("team")
     if team is not None and not TEAM_NAME.fullmatch(team):
         return error_response(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
-    result = await request.app[CONTEXT].current().service.lookup(kind, secret_id, team)
+    refresh = request.query.get("refresh", "false")
+    if refresh not in ("true", "false"):
+        return error_response(400, "invalid_refresh", "refresh must be true or false")
+    # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
+    forced = refresh == "true" or "no-cache" in request.headers.get("Cache-Control", "").lower()
+    service = request.app[CONTEXT].current().service
+    try:
+        result = await service.lookup(kind, secret_id, team, refresh=forced)
+    except Exception as exc:
+        backend = exc.backend if isinstance(exc, BackendError) else None
+        audit_read(request, kind, secret_id, team, _failure(exc), backend)
+        raise
+    outcome = "negative" if result.value is None else result.state.lower()
+    audit_read(request, kind, secret_id, team, outcome, result.source)
     headers = {"X-Cache": result.state.value, "Age": str(int(result.age)), **_NO_STORE}
     if result.value is None:
         return error_response(404, "not_found", f"no backend has this {kind}", headers)
     return web.json_response(
         {"kind": kind.value, "id": secret_id, "value": result.value}, headers=headers
     )
+
+
+def _failure(exc: Exception) -> str:
+    return "denied" if isinstance(exc, DeniedError) else "error"
 
 
 async def invalidate(request: web.Request) -> web.Response:

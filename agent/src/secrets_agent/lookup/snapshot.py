@@ -1,0 +1,130 @@
+"""Encrypted warm start: the cache's values, still Fernet tokens, in one file across restarts.
+
+The file is ``MAGIC`` followed by one Fernet token (under the cache's key) of a JSON document
+holding each value's token, age, backend and version. Ids are inside the encryption too, and
+the token's HMAC means a corrupt, truncated or foreign file is refused as a whole. Misses are
+never written: "not found" must be asked again after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import Persisted, SecretCache
+from secrets_agent.lookup.cipher import Cipher
+from secrets_agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"airflow-secrets-agent snapshot v1\n"
+_MAX_SIZE = 256 * 1024 * 1024  # far above max_entries' worth; refuse anything bigger unread
+
+
+class Snapshot:
+    """One snapshot file; ``wall`` is real time, since ages must survive a reboot."""
+
+    def __init__(
+        self, path: str | Path, metrics: Metrics, wall: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(path)
+        self._metrics, self._wall = metrics, wall
+
+    def collect(self, cache: SecretCache) -> tuple[Cipher, bytes]:
+        """What to write, taken from the cache on the event loop (the cache is not thread-safe)."""
+        entries = [
+            [*_key(item), item.token.decode("ascii"), item.age, item.source, item.version]
+            for item in cache.persisted()
+        ]
+        document = {"written_at": self._wall(), "entries": entries}
+        return cache.cipher, json.dumps(document, separators=(",", ":")).encode()
+
+    def write(self, cipher: Cipher, document: bytes) -> bool:
+        """Encrypt and replace the file atomically (mode 0600); safe to run in a thread."""
+        data = MAGIC + cipher.encrypt(document.decode())
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # a leftover temporary file may have had another mode
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+            _fsync_directory(self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            log.warning("cannot write the cache snapshot %s: %s", self.path, exc.strerror)
+            self._metrics.snapshot_writes.labels("failure").inc()
+            return False
+        self._metrics.snapshot_writes.labels("success").inc()
+        return True
+
+    def save(self, cache: SecretCache) -> bool:
+        return self.write(*self.collect(cache))
+
+    def load(self, cache: SecretCache) -> int:
+        """Restore the file's values into ``cache`` as stale; anything unusable is ignored."""
+        try:
+            with self.path.open("rb") as file:
+                data = file.read(_MAX_SIZE + 1)
+        except FileNotFoundError:
+            self._metrics.snapshot_loads.labels("absent").inc()
+            return 0
+        except OSError as exc:
+            return self._ignore(f"cannot be read ({exc.strerror})")
+        if len(data) > _MAX_SIZE or not data.startswith(MAGIC):
+            return self._ignore("is not a snapshot of this agent")
+        text = cache.cipher.decrypt(data[len(MAGIC) :])
+        if text is None:
+            return self._ignore(
+                "cannot be decrypted: written under a key no longer configured, or corrupt"
+            )
+        try:
+            items = self._parse(json.loads(text))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return self._ignore("is corrupt")
+        count = cache.restore(items)
+        self._metrics.snapshot_loads.labels("loaded").inc()
+        log.info("cache snapshot: %d values restored as stale until refreshed", count)
+        return count
+
+    def _parse(self, document: Any) -> list[Persisted]:
+        # Time spent down counts against max_stale; a wall clock that went back counts as none.
+        elapsed = max(0.0, self._wall() - float(document["written_at"]))
+        items = []
+        for kind, secret_id, team, token, age, source, version in document["entries"]:
+            if not all(isinstance(v, str | None) for v in (team, source, version)):
+                raise TypeError("bad entry")
+            key = (Kind(kind), str(secret_id), team)
+            age = float(age) + elapsed
+            items.append(Persisted(key, token.encode("ascii"), age, source, version))
+        return items
+
+    def _ignore(self, reason: str) -> int:
+        log.warning("cache snapshot %s %s; starting without it", self.path, reason)
+        self._metrics.snapshot_loads.labels("ignored").inc()
+        return 0
+
+
+def _key(item: Persisted) -> list[str | None]:
+    kind, secret_id, team = item.key
+    return [kind.value, secret_id, team]
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
