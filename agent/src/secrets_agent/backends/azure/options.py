@@ -54,7 +54,11 @@ class AzureOptions:
         """The global name; None when the kind is off or Key Vault cannot hold the name."""
         if not self.prefix(kind):
             return None
-        if self.team_layout and TEAM_SEP in secret_id.replace("_", self.sep):
+        if (
+            self.team_layout
+            and kind is not Kind.CONFIG
+            and TEAM_SEP in secret_id.replace("_", self.sep)
+        ):
             return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c"
         name = self._name(self.prefix(kind), secret_id)
         return name if SECRET_NAME.match(name) else None
