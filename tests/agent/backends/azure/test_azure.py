@@ -163,6 +163,9 @@ async def test_rejected_client_secret_is_not_ready(
     with pytest.raises(BackendError):
         await missing.fetch(V, "x")
     assert "not-the-secret" not in caplog.text
+    failures = {"backend": "az", "result": "failure"}
+    auth = started.metrics.registry.get_sample_value("secrets_agent_auth_attempts_total", failures)
+    assert auth is not None and auth >= 2
 
 
 async def test_untrusted_certificate_is_transient(
@@ -176,6 +179,16 @@ async def test_untrusted_certificate_is_transient(
             await backend.fetch(V, "x")
     finally:
         other.close()
+
+
+async def test_challenge_resource_is_verified_by_default(azure: Azure, started: Started) -> None:
+    """A vault whose challenge names another resource gets no token: loopback needs the opt-out."""
+    azure.store.put("airflow-variables-greeting", "hello")
+    backend = await started(verify_challenge_resource=True)
+    with pytest.raises(BackendError):
+        await backend.fetch(V, "greeting")
+    assert azure.store.tokens_seen == set()  # the 401 challenge was refused, no token sent
+    assert azure.store.calls["airflow-variables-greeting"] == 0
 
 
 async def test_default_credential_from_the_environment(
