@@ -26,8 +26,9 @@ def test_entry_point_names_the_provider_info_function() -> None:
 
 @pytest.mark.integration
 @pytest.mark.airflow
-def test_airflow_providers_secrets_lists_the_backend(tmp_path: Path) -> None:
-    venv = ensure_venv("3.3.2")  # the client is (re)installed into it from this checkout
+@pytest.mark.parametrize("version", ["3.3.2", "2.10.5"])
+def test_airflow_providers_secrets_lists_the_backend(tmp_path: Path, version: str) -> None:
+    venv = ensure_venv(version)  # the client is (re)installed into it from this checkout
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
         "AIRFLOW_HOME": str(tmp_path),
