@@ -185,7 +185,7 @@ async def test_challenge_resource_is_verified_by_default(azure: Azure, started: 
     """A vault whose challenge names another resource gets no token: loopback needs the opt-out."""
     azure.store.put("airflow-variables-greeting", "hello")
     backend = await started(verify_challenge_resource=True)
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError, match="verify_challenge_resource"):
         await backend.fetch(V, "greeting")
     assert azure.store.tokens_seen == set()  # the 401 challenge was refused, no token sent
     assert azure.store.calls["airflow-variables-greeting"] == 0

@@ -55,6 +55,11 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return TransientError(
             backend, f"Key Vault {operation} failed transiently ({type(exc).__name__})"
         )
+    if isinstance(exc, ValueError) and "challenge" in str(exc).lower():
+        # The SDK refused to send a token: the vault's 401 challenge named a foreign resource.
+        return BackendError(
+            backend, f"refused Key Vault's challenge for {operation} (verify_challenge_resource)"
+        )
     if isinstance(exc, ax.HttpResponseError):
         return BackendError(backend, f"Key Vault {operation} failed (HTTP {status})")
     return BackendError(backend, f"unexpected {type(exc).__name__} during {operation}")
