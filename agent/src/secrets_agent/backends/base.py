@@ -59,6 +59,10 @@ class Backend(abc.ABC):
         """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""
         return None
 
+    async def check_local(self) -> None:
+        """Read the local files ``start`` would read (``check-config``); raise ``BackendError``."""
+        return None
+
     async def close(self) -> None:
         """Release clients and credentials."""
         return None

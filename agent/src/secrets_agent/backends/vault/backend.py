@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
-from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method
+from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.options import VaultOptions
 from secrets_agent.backends.vault.session import VaultSession
@@ -58,6 +58,9 @@ class VaultBackend(Backend):
         )
         await self.session.login(force=True, strict=True)
         self._maintainer = asyncio.create_task(self.session.run_forever())
+
+    async def check_local(self) -> None:
+        check_local_files(self.name, self.options)
 
     async def close(self) -> None:
         if self._maintainer is not None:
