@@ -29,6 +29,8 @@ class Link:
         if self.teams and team not in self.teams:
             return False
         pattern = self.patterns.get(kind)
+        if pattern is not None and self.backend.lookup_pattern_flags:
+            pattern = re.compile(pattern.pattern, pattern.flags | self.backend.lookup_pattern_flags)
         return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
 
 

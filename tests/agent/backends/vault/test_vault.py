@@ -278,18 +278,28 @@ async def test_kv2_connections_variables_and_config(vault: Vault, started: Start
     assert backend.health().ready
 
 
-async def test_kv1_and_mount_point_in_the_path(vault: Vault, started: Started) -> None:
+async def test_kv1_and_mount_point_in_the_secret_id(vault: Vault, started: Started) -> None:
     backend = await started(options(vault, mount_point="kv1", kv_engine_version=1))
     assert await backend.fetch(V, "v1var") == "from-kv1"
     assert await backend.fetch(C, "v1conn") == "mysql://kv1"
-    inline = await started(
-        options(vault, mount_point="", kv_engine_version=1, variables_path="kv1/variables")
+    # The provider's mount_point=None: Variable.get("kv1/v1var") reads mount kv1 (#29734).
+    inline = await started(options(vault, mount_point="", kv_engine_version=1))
+    assert await inline.fetch(V, "kv1/v1var") == "from-kv1"
+    assert await inline.fetch(V, "v1var") is None  # no mount segment: nothing to read
+
+
+async def test_paths_empty_trailing_and_disabled(vault: Vault, started: Started) -> None:
+    vault.server.kv_put("root_level", {"value": "at the mount's root"})
+    backend = await started(
+        options(
+            vault,
+            variables_path="",
+            connections_path="connections//",
+            kinds=("variables", "connections"),
+        )
     )
-    assert await inline.fetch(V, "v1var") == "from-kv1"
-
-
-async def test_disabled_kind_is_not_asked(vault: Vault, started: Started) -> None:
-    backend = await started(options(vault, config_path=""))
+    assert await backend.fetch(V, "root_level") == "at the mount's root"
+    assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
     assert not backend.supports(CFG)
     assert await backend.fetch(CFG, "sql_alchemy_conn") is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from secrets_agent.backends.aws.client import AwsClient
@@ -15,6 +16,7 @@ BATCH = 10  # ids per BatchGetSecretValue / GetParameters call
 class AwsBackend(Backend):
     service: ClassVar[str]
     manages_auth = True
+    lookup_pattern_flags = re.IGNORECASE  # the amazon provider's re.match(..., re.IGNORECASE)
     options: AwsOptions
 
     def __init__(
@@ -34,7 +36,7 @@ class AwsBackend(Backend):
         return Health(ready=error is None, detail=error or "ok")
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.options.prefix(kind))
+        return self.options.serves(kind)
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
         found = await self.fetch_versioned(kind, secret_id)

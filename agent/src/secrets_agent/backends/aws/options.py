@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secrets_agent.config.validators import setting
-from secrets_agent.kinds import Kind, per_kind
+from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 # The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
 CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
+# What ``kinds`` may list; a provider's ``*_prefix = None`` is the kind left out of ``kinds``.
+KINDS = tuple(KIND_BY_SEGMENT)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class AwsOptions:
     variables_prefix: str = ""
     config_prefix: str = ""
     sep: str = "/"
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
     connect_timeout: float = setting(5.0, min=0.1, max=120.0)
     read_timeout: float = setting(10.0, min=0.1, max=300.0)
     # botocore's "standard" retry mode: exponential backoff with jitter, bounded attempts.
@@ -41,10 +44,16 @@ class AwsOptions:
         value: tuple[str, ...] = per_kind(self, kind, "prefetch_{}")
         return value
 
+    def serves(self, kind: Kind) -> bool:
+        return kind.plural in self.kinds
+
     def name_for(self, kind: Kind, secret_id: str) -> str | None:
-        """The upstream name, as the provider's ``build_path``; None when the kind is off."""
-        prefix = self.prefix(kind)
-        return f"{prefix}{self.sep}{secret_id}" if prefix else None
+        """The upstream name, as the provider builds it; None when the kind is off."""
+        if not self.serves(kind):
+            return None
+        # As the provider: a trailing separator is dropped, and "" means the id alone.
+        prefix = self.prefix(kind).rstrip(self.sep)
+        return f"{prefix}{self.sep}{secret_id}" if prefix else secret_id
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -62,6 +71,7 @@ class SecretsManagerOptions(AwsOptions):
     config_prefix: str = "airflow/config"
     # More names per connection field in JSON secrets, e.g. {login = ["db_user"]}.
     extra_conn_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Accepted and ignored, as amazon provider 9.0.0+ ignores it: values are never URL-decoded.
     are_secret_values_urlencoded: bool = False
     # On TTL expiry ask DescribeSecret first; fetch again only if the version changed.
     revalidate: bool = True
@@ -81,3 +91,11 @@ class SsmOptions(AwsOptions):
     connections_prefix: str = "/airflow/connections"
     variables_prefix: str = "/airflow/variables"
     config_prefix: str = "/airflow/config"
+
+    def name_for(self, kind: Kind, secret_id: str) -> str | None:
+        name = super().name_for(kind, secret_id)
+        # Parameter Store names in a hierarchy start with "/"; the provider adds a missing one
+        # (so an empty prefix reads "/<id>").
+        if name is None or name.startswith("/"):
+            return name
+        return "/" + name

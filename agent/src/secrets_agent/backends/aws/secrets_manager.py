@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import unquote
 
 from secrets_agent.backends.aws.base import AwsBackend
 from secrets_agent.backends.aws.options import SecretsManagerOptions
@@ -82,14 +81,4 @@ class SecretsManagerBackend(AwsBackend):
             value = next((v for k, v in secret.items() if k in names), None)
             if value is not None:
                 fields[conn_field] = value
-        if self.options.are_secret_values_urlencoded:
-            fields = {k: _unquote(v) for k, v in fields.items()}
         return fields
-
-
-def _unquote(value: Any) -> Any:
-    if isinstance(value, str):
-        return unquote(value)
-    if isinstance(value, dict):
-        return {k: _unquote(v) for k, v in value.items()}
-    return value

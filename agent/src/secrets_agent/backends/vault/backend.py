@@ -85,7 +85,7 @@ class VaultBackend(Backend):
         return Health(ready=False, detail=self.session.last_error)
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.options.path(kind))
+        return self.options.serves(kind)
 
     # -- TokenOps, for the session -----------------------------------------------------------
 
@@ -159,12 +159,17 @@ class VaultBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _location(self, kind: Kind, secret_id: str) -> tuple[str, str] | None:
-        base = self.options.path(kind).strip("/")
-        if not base:
+        """(mount, path) as the provider's ``_get_secret_with_base``; None when it reads nothing."""
+        if not self.options.serves(kind):
             return None
+        base = self.options.path(kind).strip("/")
         mount = self.options.mount_point.strip("/")
-        if not mount:  # the provider's mount_point=None: the mount is the path's first segment
-            mount, _, base = base.partition("/")
+        if not mount:
+            # The provider's mount_point=None: the mount is the secret id's first segment
+            # (Variable.get("airflow/hello") reads mount "airflow"); an id without one is a miss.
+            mount, _, secret_id = secret_id.partition("/")
+            if not secret_id:
+                return None
         return mount, f"{base}/{secret_id}" if base else secret_id
 
     def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:
