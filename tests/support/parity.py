@@ -57,7 +57,7 @@ def ask_both(groups: list[Group], env: dict[str, str] | None = None) -> None:
             }
         )
         result = subprocess.run(
-            [str(venv / "bin" / "python"), str(PROBE)],
+            [str(venv / "bin" / "python"), str(PROBE), str(Path(home) / "answers.json")],
             input=json.dumps([g.spec() for g in groups]),
             capture_output=True,
             text=True,
@@ -66,9 +66,10 @@ def ask_both(groups: list[Group], env: dict[str, str] | None = None) -> None:
             cwd=home,
             start_new_session=True,
         )
-    if result.returncode != 0:
-        raise AssertionError(f"parity probe failed:\n{result.stderr[-4000:]}")
-    for group, answers in zip(groups, json.loads(result.stdout), strict=True):
+        if result.returncode != 0:
+            raise AssertionError(f"parity probe failed:\n{result.stderr[-4000:]}")
+        answered = json.loads((Path(home) / "answers.json").read_text())
+    for group, answers in zip(groups, answered, strict=True):
         group.answers = [(theirs, ours) for theirs, ours in answers]
 
 

@@ -1,10 +1,10 @@
 """Runs inside the Airflow venv: ask a provider's backend and the agent the same questions.
 
 Reads a JSON list of groups on stdin, each ``{"provider": {"class", "kwargs"} | null,
-"socket": path | null, "queries": [[kind, id, team], ...]}``, and prints one JSON list of
-``[provider_answer, agent_answer]`` per group. An answer is ``{"missing": true}``,
-``{"error": "<type>"}``, ``{"value": text}`` for a variable or config value, or
-``{"fields": {...}}`` for a connection: the fields of the Connection Airflow builds.
+"socket": path | null, "queries": [[kind, id, team], ...]}``, and writes to the file named by
+its argument one JSON list of ``[provider_answer, agent_answer]`` per group. An answer is
+``{"missing": true}``, ``{"error": "<type>"}``, ``{"value": text}`` for a variable or config
+value, or ``{"fields": {...}}`` for a connection: the fields of the Connection Airflow builds.
 """
 
 from __future__ import annotations
@@ -38,11 +38,25 @@ def fields(conn: Any) -> dict[str, Any]:
     return {k: v for k, v in result.items() if v not in (None, "")}
 
 
+def connection(backend: Any, conn_id: str, kwargs: dict[str, str]) -> Any:
+    """The Connection Airflow builds from the backend's answer, by one class for both sides."""
+    from airflow.models.connection import Connection
+
+    try:
+        value = backend.get_conn_value(conn_id, **kwargs)
+    except NotImplementedError:  # LocalFilesystemBackend builds its Connection itself
+        return backend.get_connection(conn_id, **kwargs)
+    if value is None:
+        return None
+    if value.strip().startswith("{"):
+        return Connection.from_json(value, conn_id=conn_id)
+    return Connection(conn_id=conn_id, uri=value)
+
+
 def ask(backend: Any, kind: str, secret_id: str, team: str | None) -> dict[str, Any]:
     try:
         if kind == "connection":
-            kwargs = {"team_name": team} if team else {}
-            conn = backend.get_connection(secret_id, **kwargs)
+            conn = connection(backend, secret_id, {"team_name": team} if team else {})
             return {"missing": True} if conn is None else {"fields": fields(conn)}
         if kind == "variable":
             kwargs = {"team_name": team} if team else {}
@@ -77,7 +91,8 @@ def main() -> None:
             ours = ask(agent, kind, secret_id, team) if agent else {"error": "not started"}
             answers.append([theirs, ours])
         results.append(answers)
-    json.dump(results, sys.stdout)
+    with open(sys.argv[1], "w") as out:  # stdout carries Airflow's own log lines
+        json.dump(results, out)
 
 
 if __name__ == "__main__":
