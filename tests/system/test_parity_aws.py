@@ -41,7 +41,7 @@ class Setup:
     prefixes: dict[str, str | None] = field(default_factory=dict)  # None disables the kind
     patterns: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # same name on both sides
-    env: dict[str, str] = field(default_factory=dict)
+    agent_options: dict[str, Any] = field(default_factory=dict)  # the agent's own additions
 
     def provider_kwargs(self, aws: MotoServer) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"endpoint_url": aws.url, "region_name": REGION}
@@ -64,7 +64,7 @@ class Setup:
             f"{PREFIXES[k]} = {json.dumps(p)}" for k, p in self.prefixes.items() if p is not None
         ]
         lines += [f"{PATTERNS[k]} = {json.dumps(p)}" for k, p in self.patterns.items()]
-        for key, value in self.options.items():
+        for key, value in (self.options | self.agent_options).items():
             if key == "extra_conn_words":
                 words = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
                 lines.append(f"extra_conn_words = {{ {words} }}")
@@ -154,6 +154,38 @@ SETUPS = [
 ]
 
 
+def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
+    return [(kind, secret_id, team) for team in teams]
+
+
+TEAMS = ("team_a", "team_b", None)
+TEAM_QUERIES = (
+    tq(V, "shared", *TEAMS)
+    + tq(V, "only_b", *TEAMS)
+    + tq(C, "db", *TEAMS)
+    + tq(V, "x--y", *TEAMS)
+    + tq(CFG, "sql_alchemy_conn", None)
+)
+# Airflow 3 multi-team ([core] multi_team on): the team's name first, then the global one.
+TEAM_SETUPS = [
+    Setup("secrets manager team layout", SM, TEAM_QUERIES, agent_options={"team_layout": True}),
+    Setup("ssm team layout", SSM, TEAM_QUERIES, agent_options={"team_layout": True}),
+]
+
+
+def seed_teams(aws: MotoServer) -> None:
+    for prefix, put in (
+        ("airflow/", aws.put_secret),
+        ("/airflow/", lambda name, value: aws.put_parameter(name, value)),
+    ):
+        put(f"{prefix}variables/team_a--shared", "team a's")
+        put(f"{prefix}variables/shared", "global")
+        put(f"{prefix}variables/team_b--only_b", "team b's")
+        put(f"{prefix}connections/team_a--db", "mysql://team-a-host/db")
+        put(f"{prefix}connections/db", "mysql://global-host/db")
+        put(f"{prefix}variables/x--y", "ambiguous")
+
+
 def seed(aws: MotoServer) -> None:
     put, param = aws.put_secret, aws.put_parameter
     put("airflow/connections/uri", "postgresql://u:p%40ss@db.local:5432/app?sslmode=require")
@@ -201,15 +233,23 @@ def aws() -> Iterator[MotoServer]:
     server.start()
     try:
         seed(server)
+        seed_teams(server)
         yield server
     finally:
         server.stop()
 
 
-def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: Path) -> None:
+@pytest.mark.parametrize(
+    ("setups", "env"),
+    [(SETUPS, {}), (TEAM_SETUPS, {"AIRFLOW__CORE__MULTI_TEAM": "True"})],
+    ids=["single-team", "two-teams"],
+)
+def test_aws_backends_answer_as_the_amazon_provider(
+    aws: MotoServer, short_tmp: Path, setups: list[Setup], env: dict[str, str]
+) -> None:
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(SETUPS):
+        for index, setup in enumerate(setups):
             directory = short_tmp / str(index)
             directory.mkdir()
             config = agent_config(directory, backends=setup.agent_toml(aws))
@@ -217,10 +257,10 @@ def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: 
             groups.append(
                 Group(setup.provider, setup.provider_kwargs(aws), agent.socket_path, setup.queries)
             )
-        ask_both(groups)
+        ask_both(groups, env)
     problems = [
         f"{setup.name}: {problem}"
-        for setup, group in zip(SETUPS, groups, strict=True)
+        for setup, group in zip(setups, groups, strict=True)
         for problem in mismatches(group)
     ]
     assert not problems, "\n".join(problems)

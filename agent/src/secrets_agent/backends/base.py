@@ -85,6 +85,12 @@ class Backend(abc.ABC):
         value = await self.fetch(kind, secret_id)
         return None if value is None else Versioned(value)
 
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """``fetch_versioned`` for a lookup made for ``team``; team layouts override it."""
+        return await self.fetch_versioned(kind, secret_id)
+
     async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
         """True when the upstream value is still ``version`` (so the cache may re-stamp it)."""
         return False

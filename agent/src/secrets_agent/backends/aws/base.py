@@ -43,10 +43,19 @@ class AwsBackend(Backend):
         return None if found is None else found.value
 
     async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        return await self.fetch_for_team(kind, secret_id, None)
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """The team's name first (with ``team_layout``), then the global one."""
         name = self.options.name_for(kind, secret_id)
         if name is None:
             return None
-        found = await self.fetch_name(name)
+        team_name = self.options.team_name_for(kind, secret_id, team) if team else None
+        found = await self.fetch_name(team_name) if team_name else None
+        if found is None:
+            found = await self.fetch_name(name)
         return None if found is None else self.shape(kind, found)
 
     async def fetch_name(self, name: str) -> Versioned | None:

@@ -11,6 +11,8 @@ from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
 # What ``kinds`` may list; a provider's ``*_prefix = None`` is the kind left out of ``kinds``.
 KINDS = tuple(KIND_BY_SEGMENT)
+# The amazon provider's separator between a team and the id (secrets_manager.py TEAM_SEP).
+TEAM_SEP = "--"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class AwsOptions:
     config_prefix: str = ""
     sep: str = "/"
     kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
+    # Airflow 3 multi-team, as the provider names team secrets (apache/airflow #65703):
+    # ``{prefix}{sep}{team}--{id}`` first, then the global ``{prefix}{sep}{id}``.
+    team_layout: bool = False
     connect_timeout: float = setting(5.0, min=0.1, max=120.0)
     read_timeout: float = setting(10.0, min=0.1, max=300.0)
     # botocore's "standard" retry mode: exponential backoff with jitter, bounded attempts.
@@ -51,9 +56,23 @@ class AwsOptions:
         """The upstream name, as the provider builds it; None when the kind is off."""
         if not self.serves(kind):
             return None
+        if self.team_layout and TEAM_SEP in secret_id:
+            return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c" (#71078)
         # As the provider: a trailing separator is dropped, and "" means the id alone.
-        prefix = self.prefix(kind).rstrip(self.sep)
-        return f"{prefix}{self.sep}{secret_id}" if prefix else secret_id
+        return self._join(self.prefix(kind), secret_id)
+
+    def team_name_for(self, kind: Kind, secret_id: str, team: str) -> str | None:
+        """The team-scoped name tried first; None when there is none to try."""
+        if not self.team_layout or kind is Kind.CONFIG or self.name_for(kind, secret_id) is None:
+            return None
+        return self._join(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}", team_scoped=True)
+
+    def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
+        prefix = prefix.rstrip(self.sep)
+        if not prefix:
+            # Secrets Manager has no team name without a prefix (``if path_prefix and team``).
+            return None if team_scoped else secret_id
+        return f"{prefix}{self.sep}{secret_id}"
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -92,10 +111,8 @@ class SsmOptions(AwsOptions):
     variables_prefix: str = "/airflow/variables"
     config_prefix: str = "/airflow/config"
 
-    def name_for(self, kind: Kind, secret_id: str) -> str | None:
-        name = super().name_for(kind, secret_id)
+    def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
         # Parameter Store names in a hierarchy start with "/"; the provider adds a missing one
-        # (so an empty prefix reads "/<id>").
-        if name is None or name.startswith("/"):
-            return name
-        return "/" + name
+        # (so an empty prefix reads "/<id>"), and has team names with any prefix.
+        name = f"{prefix.rstrip(self.sep)}{self.sep}{secret_id}"
+        return name if name.startswith("/") else "/" + name

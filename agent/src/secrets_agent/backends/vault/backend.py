@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
@@ -102,13 +102,22 @@ class VaultBackend(Backend):
     # -- reads -------------------------------------------------------------------------------
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
-        location = self._location(kind, secret_id)
-        if location is None:
-            return None
-        data = await self._read(*location, kind)
+        found = await self.fetch_for_team(kind, secret_id, None)
+        return None if found is None else found.value
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """The team's path first (with ``team_layout``), then the global one."""
+        scoped = self._location(kind, secret_id, team) if team else None
+        data = await self._read(*scoped, kind) if scoped else None
         if data is None:
-            return None
-        return self._value(kind, secret_id, data)
+            location = self._location(kind, secret_id)
+            if location is None:
+                return None
+            data = await self._read(*location, kind)
+        value = None if data is None else self._value(kind, secret_id, data)
+        return None if value is None else Versioned(value)
 
     async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
         await self.session.ensure_token()
@@ -158,7 +167,9 @@ class VaultBackend(Backend):
     async def _in_pool(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _location(self, kind: Kind, secret_id: str) -> tuple[str, str] | None:
+    def _location(
+        self, kind: Kind, secret_id: str, team: str | None = None
+    ) -> tuple[str, str] | None:
         """(mount, path) as the provider's ``_get_secret_with_base``; None when it reads nothing."""
         if not self.options.serves(kind):
             return None
@@ -170,6 +181,13 @@ class VaultBackend(Backend):
             mount, _, secret_id = secret_id.partition("/")
             if not secret_id:
                 return None
+        if self.options.team_layout and kind is not Kind.CONFIG:
+            if team is None and "/" in secret_id:
+                return None  # "team_a/x" read with no team would reach into team_a's secrets
+            if team is not None:
+                base = f"{base}/{team}" if base else team
+        elif team is not None:
+            return None  # no team layout: only the global path
         return mount, f"{base}/{secret_id}" if base else secret_id
 
     def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:

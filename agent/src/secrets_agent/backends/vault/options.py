@@ -59,6 +59,9 @@ class VaultOptions:
     variables_path: str = "variables"
     config_path: str = "config"
     kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
+    # Airflow 3 multi-team, as the provider names team secrets (apache/airflow #65493):
+    # ``{mount}/{path}/{team}/{key}`` first, then the global ``{mount}/{path}/{key}``.
+    team_layout: bool = False
     kv_engine_version: int = setting(2, min=1, max=2)
     # TLS
     verify: bool = True
