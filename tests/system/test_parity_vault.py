@@ -39,6 +39,8 @@ class Setup:
     kv_engine_version: int = 2
     paths: dict[str, str | None] = field(default_factory=dict)  # kind → path; None disables
     differs: dict[str, str] = field(default_factory=dict)  # id → listed difference
+    team_layout: bool = False
+    differs_for: dict[tuple[str, str | None], str] = field(default_factory=dict)  # (id, team)
 
     def provider_kwargs(self, bao: BaoServer) -> dict[str, object]:
         kwargs: dict[str, object] = {
@@ -63,11 +65,17 @@ class Setup:
             f"kinds = {json.dumps(kinds)}",
         ]
         lines += [f'{PATHS[k]} = "{p}"' for k, p in self.paths.items() if p is not None]
+        if self.team_layout:
+            lines.append("team_layout = true")
         lines += ["[backends.token]", f'token = "{bao.root_token}"']
         return "\n".join(lines) + "\n"
 
     def allowed(self) -> dict[int, str]:
-        return {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
+        listed = {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
+        for i, (_, secret_id, team) in enumerate(self.queries):
+            if (secret_id, team) in self.differs_for:
+                listed[i] = self.differs_for[(secret_id, team)]
+        return listed
 
 
 def q(kind: str, *ids: str) -> list[Query]:
@@ -118,6 +126,45 @@ SETUPS = [
 ]
 
 
+def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
+    return [(kind, secret_id, team) for team in teams]
+
+
+# VaultBackend 4.8.4 reads only {path}/{team}/{key} for a team's lookup; the agent falls back
+# to the global path, as the other providers do (README: "Team layouts").
+GLOBAL_FALLBACK = "a team lookup falls back to the global path"
+TEAMS = ("team_a", "team_b", None)
+TEAM_SETUPS = [
+    Setup(
+        "two teams",
+        tq(V, "shared", *TEAMS)
+        + tq(V, "only_b", *TEAMS)
+        + tq(C, "db", *TEAMS)
+        + tq(V, "team_a/shared", None)
+        + tq(CFG, "sql_alchemy_conn", None),
+        team_layout=True,
+        differs_for={("shared", "team_b"): GLOBAL_FALLBACK},
+    ),
+    Setup(
+        "two teams, mount_point None",
+        tq(V, "airflow/shared", *TEAMS),
+        mount_point=None,
+        team_layout=True,
+        differs_for={("airflow/shared", "team_b"): GLOBAL_FALLBACK},
+    ),
+]
+
+
+def seed_teams(bao: BaoServer) -> None:
+    for mount in ("secret", "airflow"):
+        bao.kv_put("variables/team_a/shared", {"value": "team a's"}, mount=mount)
+        bao.kv_put("variables/shared", {"value": "global"}, mount=mount)
+    bao.kv_put("variables/team_b/only_b", {"value": "team b's"})
+    bao.kv_put("connections/team_a/db", {"conn_uri": "mysql://team-a-host/db"})
+    bao.kv_put("connections/team_b/db", {"conn_uri": "mysql://team-b-host/db"})
+    bao.kv_put("connections/db", {"conn_uri": "mysql://global-host/db"})
+
+
 def seed(bao: BaoServer) -> None:
     bao.api("POST", "/v1/sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}})
     bao.api("POST", "/v1/sys/mounts/airflow", {"type": "kv", "options": {"version": "2"}})
@@ -154,15 +201,23 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
     server.start()
     try:
         seed(server)
+        seed_teams(server)
         yield server
     finally:
         server.stop()
 
 
-def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_tmp: Path) -> None:
+@pytest.mark.parametrize(
+    ("setups", "env"),
+    [(SETUPS, {}), (TEAM_SETUPS, {"AIRFLOW__CORE__MULTI_TEAM": "True"})],
+    ids=["single-team", "two-teams"],
+)
+def test_vault_backend_answers_as_the_hashicorp_provider(
+    bao: BaoServer, short_tmp: Path, setups: list[Setup], env: dict[str, str]
+) -> None:
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(SETUPS):
+        for index, setup in enumerate(setups):
             directory = short_tmp / str(index)
             directory.mkdir()
             config = agent_config(directory, backends=setup.agent_toml(bao))
@@ -170,10 +225,10 @@ def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_t
             groups.append(
                 Group(PROVIDER, setup.provider_kwargs(bao), agent.socket_path, setup.queries)
             )
-        ask_both(groups)
+        ask_both(groups, env)
     problems = [
         f"{setup.name}: {problem}"
-        for setup, group in zip(SETUPS, groups, strict=True)
+        for setup, group in zip(setups, groups, strict=True)
         for problem in mismatches(group, setup.allowed())
     ]
     assert not problems, "\n".join(problems)
