@@ -13,7 +13,7 @@ from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
 from secrets_agent.backends.aws.options import SecretsManagerOptions, SsmOptions
 from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
 from secrets_agent.backends.aws.ssm import SsmBackend
-from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.base import BackendContext, Versioned
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
@@ -301,3 +301,26 @@ def test_lookup_patterns_match_case_insensitively_as_the_provider() -> None:
     link = Link(sm, {V: re.compile("T.*"), C: None, CFG: None})
     assert link.accepts(V, "test")  # the provider's own test: T.* matches "test"
     assert not link.accepts(V, "other")
+
+
+@pytest.mark.parametrize("service", ["sm", "ssm"])
+async def test_team_layout_reads_the_team_name_first_then_the_global_one(
+    aws: MotoServer, backends: Backends, service: str
+) -> None:
+    root = "airflow/" if service == "sm" else "/airflow/"
+    put = aws.put_secret if service == "sm" else aws.put_parameter
+    put(f"{root}variables/team_a--shared", "team a's")
+    put(f"{root}variables/shared", "global")
+    put(f"{root}variables/x--y", "ambiguous")
+    backend = await (backends.secrets_manager if service == "sm" else backends.ssm)(
+        team_layout=True
+    )
+    assert (await backend.fetch_for_team(V, "shared", "team_a") or Versioned("")).value == (
+        "team a's"
+    )
+    assert (await backend.fetch_for_team(V, "shared", "team_b") or Versioned("")).value == "global"
+    assert await backend.fetch(V, "shared") == "global"
+    assert await backend.fetch_for_team(V, "x--y", "team_a") is None  # ambiguous: never read
+    assert await backend.fetch(V, "x--y") is None
+    plain = await (backends.secrets_manager if service == "sm" else backends.ssm)()
+    assert (await plain.fetch_for_team(V, "shared", "team_a") or Versioned("")).value == "global"

@@ -417,3 +417,20 @@ async def test_unreachable_vault_is_transient_and_unready(started: Started) -> N
     assert not backend.health().ready
     with pytest.raises(TransientError):
         await backend.fetch(V, "greeting")
+
+
+async def test_team_layout_reads_the_team_path_first_then_the_global_one(
+    vault: Vault, started: Started
+) -> None:
+    vault.server.kv_put("variables/team_a/shared", {"value": "team a's"})
+    vault.server.kv_put("variables/shared", {"value": "global"})
+    backend = await started(options(vault, team_layout=True))
+    found = await backend.fetch_for_team(V, "shared", "team_a")
+    assert found is not None and found.value == "team a's"
+    found = await backend.fetch_for_team(V, "shared", "team_b")
+    assert found is not None and found.value == "global"
+    assert await backend.fetch(V, "shared") == "global"
+    assert await backend.fetch(V, "team_a/shared") is None  # would reach into team_a's path
+    plain = await started(options(vault))
+    found = await plain.fetch_for_team(V, "shared", "team_a")
+    assert found is not None and found.value == "global"
