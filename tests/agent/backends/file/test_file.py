@@ -286,3 +286,13 @@ async def test_a_bad_connection_entry_fails_only_its_own_lookup(
     assert "'bad'" in str(info.value)
     assert "s3cret" not in str(info.value) + caplog.text
     assert "1 bad entries" in backend.health().detail
+
+
+async def test_a_value_json_cannot_hold_fails_only_its_own_lookup(tmp_path: Path) -> None:
+    (tmp_path / "vars.yaml").write_text("odd: {2024-01-01: s3cret}\nfine: v\n")
+    backend = file_backend(variables_file=tmp_path / "vars.yaml")
+    await backend.start()
+    assert await backend.fetch(V, "fine") == "v"
+    with pytest.raises(BackendError, match="cannot be written as JSON") as info:
+        await backend.fetch(V, "odd")
+    assert "s3cret" not in str(info.value)
