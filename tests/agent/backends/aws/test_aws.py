@@ -157,9 +157,11 @@ async def test_ssm_prefix_gets_a_leading_slash_and_loses_trailing_ones(
 
 
 async def test_a_secret_pending_deletion_is_a_miss(aws: MotoServer, backends: Backends) -> None:
-    aws.put_secret("airflow/variables/doomed", "v")
-    aws.client("secretsmanager").delete_secret(SecretId="airflow/variables/doomed")
+    version = aws.put_secret("airflow/variables/doomed", "v")
     sm = await backends.secrets_manager()
+    assert await sm.fetch(V, "doomed") == "v"
+    aws.client("secretsmanager").delete_secret(SecretId="airflow/variables/doomed")
+    assert not await sm.revalidate(V, "doomed", version)  # a cached copy is not re-stamped
     assert await sm.fetch(V, "doomed") is None
     assert backends.calls("sm", "GetSecretValue", "not_found") == 1
 

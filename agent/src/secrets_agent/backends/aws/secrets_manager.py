@@ -49,7 +49,9 @@ class SecretsManagerBackend(AwsBackend):
         if not self.options.revalidate or name is None:
             return False
         response = await self.client.api("DescribeSecret", SecretId=name)
-        stages: dict[str, list[str]] = (response or {}).get("VersionIdsToStages", {})
+        if response is None or "DeletedDate" in response:
+            return False  # pending deletion: the fetch that follows reads it as a miss
+        stages: dict[str, list[str]] = response.get("VersionIdsToStages", {})
         return any(v == version and "AWSCURRENT" in s for v, s in stages.items())
 
     async def fetch_batch(self, names: list[str]) -> dict[str, Versioned]:
