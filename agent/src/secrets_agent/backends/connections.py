@@ -64,7 +64,7 @@ def to_json(value: Any) -> str:
     """JSON text for any value a JSON or YAML file can hold (dates as ISO 8601 text)."""
     try:
         return json.dumps(value, default=_plain)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise ConnectionFormatError("holds a value that cannot be written as JSON") from None
 
 

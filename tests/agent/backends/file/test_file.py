@@ -296,3 +296,10 @@ async def test_a_value_json_cannot_hold_fails_only_its_own_lookup(tmp_path: Path
     with pytest.raises(BackendError, match="cannot be written as JSON") as info:
         await backend.fetch(V, "odd")
     assert "s3cret" not in str(info.value)
+
+
+async def test_a_file_nested_too_deeply_is_refused_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "vars.json").write_text('{"k": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    backend = file_backend(variables_file=tmp_path / "vars.json")
+    with pytest.raises(BackendError, match="nested too deeply"):
+        await backend.start()

@@ -16,7 +16,13 @@ class FileFormatError(ValueError):
 
 def parse_secrets_file(path: Path, text: str) -> dict[str, Any]:
     """Return the file's top-level mapping of id → raw value."""
-    suffix = path.suffix.lower()
+    try:
+        return _parse(path.suffix.lower(), text)
+    except RecursionError:
+        raise FileFormatError("values are nested too deeply") from None
+
+
+def _parse(suffix: str, text: str) -> dict[str, Any]:
     if suffix == ".env":
         return _parse_env(text)
     if suffix == ".json":
