@@ -326,3 +326,18 @@ async def test_team_layout_reads_the_team_name_first_then_the_global_one(
     assert await backend.fetch(V, "x--y") is None
     plain = await (backends.secrets_manager if service == "sm" else backends.ssm)()
     assert (await plain.fetch_for_team(V, "shared", "team_a") or Versioned("")).value == "global"
+
+
+def test_kinds_accepts_only_the_three_kinds(tmp_path: Any) -> None:
+    from secrets_agent.config.loader import load_config
+    from secrets_agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[[backends]]\nname = "aws"\ntype = "aws_ssm"\nkinds = ["variables", "secrets"]\n'
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"backends\[0\]\.kinds: must be one of connections, variables, config; got .secrets.",
+    ):
+        load_config(str(path))
