@@ -91,6 +91,8 @@ def _entries(kind: Kind, raw: dict[str, Any]) -> tuple[dict[str, str], dict[str,
             text = _normalise(kind, key, value)
         except ConnectionFormatError as exc:
             bad[key] = str(exc)
+        except Exception as exc:  # no value may take the file (or the agent) down with it
+            bad[key] = f"cannot be read ({type(exc).__name__})"
         else:
             if text is not None:
                 values[key] = text
