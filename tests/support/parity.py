@@ -7,6 +7,7 @@ the real client over its socket, so both answers become the Connection Airflow b
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -32,19 +33,26 @@ class Group:
     provider_kwargs: dict[str, Any]
     socket: str | None
     queries: list[Query]
+    multi_team: bool = False  # Airflow's [core] multi_team for the provider
     answers: list[tuple[Answer, Answer]] = field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
         return {
             "provider": {"class": self.provider_class, "kwargs": self.provider_kwargs},
             "socket": self.socket,
+            "multi_team": self.multi_team,
             "queries": [list(q) for q in self.queries],
         }
 
 
+@functools.cache
+def _venv() -> Path:
+    return ensure_venv(AIRFLOW)  # once per test session: it reinstalls the client each time
+
+
 def ask_both(groups: list[Group], env: dict[str, str] | None = None) -> None:
     """Fill each group's ``answers``: (provider's, agent's) per query, in order."""
-    venv = ensure_venv(AIRFLOW)
+    venv = _venv()
     with tempfile.TemporaryDirectory(prefix="af-") as home:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
         base.update(

@@ -239,25 +239,24 @@ def aws() -> Iterator[MotoServer]:
         server.stop()
 
 
-@pytest.mark.parametrize(
-    ("setups", "env"),
-    [(SETUPS, {}), (TEAM_SETUPS, {"AIRFLOW__CORE__MULTI_TEAM": "True"})],
-    ids=["single-team", "two-teams"],
-)
-def test_aws_backends_answer_as_the_amazon_provider(
-    aws: MotoServer, short_tmp: Path, setups: list[Setup], env: dict[str, str]
-) -> None:
+def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: Path) -> None:
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(setups):
+        for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
             directory = short_tmp / str(index)
             directory.mkdir()
             config = agent_config(directory, backends=setup.agent_toml(aws))
             agent = stack.enter_context(running_agent(config))
             groups.append(
-                Group(setup.provider, setup.provider_kwargs(aws), agent.socket_path, setup.queries)
+                Group(
+                    setup.provider,
+                    setup.provider_kwargs(aws),
+                    agent.socket_path,
+                    setup.queries,
+                    multi_team=bool(setup.agent_options.get("team_layout")),
+                )
             )
-        ask_both(groups, env)
+        ask_both(groups)
     problems = [
         f"{setup.name}: {problem}"
         for setup, group in zip(setups, groups, strict=True)

@@ -207,25 +207,24 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
         server.stop()
 
 
-@pytest.mark.parametrize(
-    ("setups", "env"),
-    [(SETUPS, {}), (TEAM_SETUPS, {"AIRFLOW__CORE__MULTI_TEAM": "True"})],
-    ids=["single-team", "two-teams"],
-)
-def test_vault_backend_answers_as_the_hashicorp_provider(
-    bao: BaoServer, short_tmp: Path, setups: list[Setup], env: dict[str, str]
-) -> None:
+def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_tmp: Path) -> None:
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(setups):
+        for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
             directory = short_tmp / str(index)
             directory.mkdir()
             config = agent_config(directory, backends=setup.agent_toml(bao))
             agent = stack.enter_context(running_agent(config))
             groups.append(
-                Group(PROVIDER, setup.provider_kwargs(bao), agent.socket_path, setup.queries)
+                Group(
+                    PROVIDER,
+                    setup.provider_kwargs(bao),
+                    agent.socket_path,
+                    setup.queries,
+                    multi_team=setup.team_layout,  # the provider's side of the same switch
+                )
             )
-        ask_both(groups, env)
+        ask_both(groups)
     problems = [
         f"{setup.name}: {problem}"
         for setup, group in zip(setups, groups, strict=True)

@@ -1,10 +1,11 @@
 """Runs inside the Airflow venv: ask a provider's backend and the agent the same questions.
 
 Reads a JSON list of groups on stdin, each ``{"provider": {"class", "kwargs"} | null,
-"socket": path | null, "queries": [[kind, id, team], ...]}``, and writes to the file named by
-its argument one JSON list of ``[provider_answer, agent_answer]`` per group. An answer is
-``{"missing": true}``, ``{"error": "<type>"}``, ``{"value": text}`` for a variable or config
-value, or ``{"fields": {...}}`` for a connection: the fields of the Connection Airflow builds.
+"socket": path | null, "multi_team": bool, "queries": [[kind, id, team], ...]}``, and
+writes to the file named by its argument one JSON list of ``[provider_answer, agent_answer]``
+per group. An answer is ``{"missing": true}``, ``{"error": "<type>"}``, ``{"value": text}``
+for a variable or config value, or ``{"fields": {...}}`` for a connection: the fields of the
+Connection Airflow builds.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def main() -> None:
     logging.disable(logging.CRITICAL)  # the providers log secret ids and paths at debug/warning
     results = []
     for group in json.load(sys.stdin):
+        from airflow.providers.common.compat.sdk import conf  # the one the providers read
+
+        # The providers read [core] multi_team at lookup time, so each group sets its own.
+        conf.set("core", "multi_team", str(group.get("multi_team", False)))
         provider, agent = build(group.get("provider"), group.get("socket"))
         answers = []
         for kind, secret_id, team in group["queries"]:
