@@ -49,6 +49,8 @@ class Backend(abc.ABC):
     # Backends that log in upstream report auth themselves; the others hold all they need once
     # started, and the agent reports them authenticated.
     manages_auth: ClassVar[bool] = False
+    # Flags for matching the ``*_lookup_pattern`` options, as the provider being replaced does.
+    lookup_pattern_flags: ClassVar[int] = 0
 
     def __init__(self, name: str, options: Any, context: BackendContext | None = None) -> None:
         self.name = name
@@ -57,6 +59,10 @@ class Backend(abc.ABC):
 
     async def start(self) -> None:
         """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""
+        return None
+
+    async def check_local(self) -> None:
+        """Read the local files ``start`` would read (``check-config``); raise ``BackendError``."""
         return None
 
     async def close(self) -> None:
@@ -78,6 +84,12 @@ class Backend(abc.ABC):
         """``fetch`` plus a version, for backends that can revalidate cheaply."""
         value = await self.fetch(kind, secret_id)
         return None if value is None else Versioned(value)
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """``fetch_versioned`` for a lookup made for ``team``; team layouts override it."""
+        return await self.fetch_versioned(kind, secret_id)
 
     async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
         """True when the upstream value is still ``version`` (so the cache may re-stamp it)."""
