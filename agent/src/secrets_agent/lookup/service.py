@@ -10,6 +10,7 @@ from secrets_agent.errors import TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import Cached, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Found
+from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
 
@@ -31,8 +32,15 @@ class Result:
 
 
 class SecretService:
-    def __init__(self, chain: BackendChain, cache: SecretCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        chain: BackendChain,
+        cache: SecretCache,
+        metrics: Metrics,
+        shared: SharedTier | None = None,
+    ) -> None:
         self.chain, self.cache = chain, cache
+        self.shared: SharedTier = shared or NoSharedTier()
         self._metrics = metrics
         self._flight: SingleFlight[Found | None] = SingleFlight()
         self._revalidations: SingleFlight[bool] = SingleFlight()
@@ -65,14 +73,21 @@ class SecretService:
         return self._count(kind, Result(value, CacheState.MISS, 0.0))
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
+        self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background
         return self.cache.invalidate(kind, secret_id)
 
     async def _refresh(self, kind: Kind, secret_id: str, team: str | None) -> Found | None:
-        found = await self.chain.fetch(kind, secret_id, team)
+        # Node cache → shared cache (when configured) → upstream: the one place a miss goes out.
+        shared = await self.shared.fetch(
+            kind, secret_id, team, lambda: self.chain.fetch(kind, secret_id, team)
+        )
+        found, ttl = shared.found, shared.ttl
         if found is None:
-            self.cache.put(kind, secret_id, None, team=team)
+            self.cache.put(kind, secret_id, None, team=team, ttl=ttl)
         else:
-            self.cache.put(kind, secret_id, found.value, found.source, found.version, team=team)
+            self.cache.put(
+                kind, secret_id, found.value, found.source, found.version, team=team, ttl=ttl
+            )
         return found
 
     async def _revalidate(
