@@ -61,8 +61,10 @@ def _client(shared: SharedCacheConfig) -> Redis:
     options: dict[str, Any] = {
         "socket_timeout": shared.timeout,
         "socket_connect_timeout": shared.connect_timeout,
-        # No retries inside the client: the breaker decides when to try the store again.
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry, on a new connection: a pooled socket the store closed (it was
+        # restarted) fails once. Every store call stays bounded by ``timeout`` as a whole, and
+        # the breaker decides when a failing store is tried again.
+        "retry": Retry(NoBackoff(), 1),
         "max_connections": _MAX_CONNECTIONS,
         "username": shared.username or None,
         "password": _password(shared),

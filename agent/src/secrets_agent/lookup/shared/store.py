@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -81,12 +81,11 @@ class RedisTier:
             if hit is not None:
                 return hit
             token = secrets.token_hex(16)
-            locked = bool(
-                await self._call(
-                    "lock",
-                    self._client.set(names.lock, token, nx=True, px=_ms(self._lock_ttl)),
-                )
-            )
+            locked, hit = await self._lock(names, token, kind, secret_id, team)
+            if hit is not None:
+                if locked:
+                    await self._quietly(self._unlock(names.lock, token))
+                return hit
             if not locked:
                 waited = await self._wait(names, kind, secret_id, team)
                 if waited is not None:
@@ -105,24 +104,50 @@ class RedisTier:
         )
         return Shared(found)
 
+    async def _lock(
+        self, names: Names, token: str, kind: Kind, secret_id: str, team: str | None
+    ) -> tuple[bool, Shared | None]:
+        """Take the refresh lock and look again in the same round trip: the entry may have
+        been written between our read and the lock (by a holder that already released it)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(names.lock, token, nx=True, px=_ms(self._lock_ttl))
+        pipe.mget(names.reads)
+        locked, tokens = await self._call("lock", pipe.execute())
+        return bool(locked), self._first_readable(tokens, kind, secret_id, team, again=True)
+
     async def _read(
         self, names: Names, kind: Kind, secret_id: str, team: str | None
     ) -> Shared | None:
         tokens = await self._call("read", self._client.mget(names.reads))
-        present = [t for t in tokens if isinstance(t, bytes)]
-        if not present:
+        if not any(isinstance(t, bytes) for t in tokens):
             self._metrics.shared_results.labels("miss").inc()
             return None
-        for token in present:
-            got = self._opened(token, kind, secret_id, team)
-            if got is not None:
-                return got
+        return self._first_readable(tokens, kind, secret_id, team)
+
+    def _first_readable(
+        self,
+        tokens: Sequence[object],
+        kind: Kind,
+        secret_id: str,
+        team: str | None,
+        *,
+        again: bool = False,
+    ) -> Shared | None:
+        """The first entry we can open; ``again``: a re-read, unreadable ones were counted."""
+        for token in tokens:
+            if isinstance(token, bytes):
+                got = self._opened(token, kind, secret_id, team, again=again)
+                if got is not None:
+                    return got
         return None
 
-    def _opened(self, token: bytes, kind: Kind, secret_id: str, team: str | None) -> Shared | None:
+    def _opened(
+        self, token: bytes, kind: Kind, secret_id: str, team: str | None, *, again: bool = False
+    ) -> Shared | None:
         opened = self._sealer.open(token, kind, secret_id, team)
         if opened is None:  # other keys, another name's entry, or expired: never an error
-            self._metrics.shared_results.labels("unreadable").inc()
+            if not again:
+                self._metrics.shared_results.labels("unreadable").inc()
             return None
         self._metrics.shared_results.labels("hit").inc()
         self._metrics.shared_avoided.inc()
@@ -137,15 +162,16 @@ class RedisTier:
         while True:
             await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
             delay = min(delay * 2, 0.1)
+            # The lock first: the holder writes the entry before it releases the lock, so a lock
+            # seen gone means the entry read after it is there if the holder succeeded.
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(names.entry)
             pipe.exists(names.lock)
-            token, held = await self._call("wait", pipe.execute())
-            if token is not None:
-                got = self._opened(token, kind, secret_id, team)
-                if got is not None:
-                    self._metrics.shared_lock_waits.labels("value").inc()
-                    return got
+            pipe.mget(names.reads)
+            held, tokens = await self._call("wait", pipe.execute())
+            got = self._first_readable(tokens, kind, secret_id, team, again=True)
+            if got is not None:
+                self._metrics.shared_lock_waits.labels("value").inc()
+                return got
             if not held:  # the holder gave up or died: do not wait for its lock to expire
                 self._metrics.shared_lock_waits.labels("released").inc()
                 return None
