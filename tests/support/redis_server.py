@@ -7,38 +7,71 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from support.bao import free_port
+from support.tls import self_signed
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class RedisServer:
-    """No persistence, no config file: a fresh store every start, on the same port."""
+    """No persistence, no config file: a fresh store every start, on the same port.
 
-    def __init__(self, workdir: Path, *, maxmemory: str = "") -> None:
-        self.workdir, self.maxmemory = workdir, maxmemory
+    ``tls``: TLS only, with a self-signed certificate (``ca_file``); ``user``: an ACL user and
+    password, and the default user off.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        maxmemory: str = "",
+        tls: bool = False,
+        user: tuple[str, str] | None = None,
+    ) -> None:
+        self.workdir, self.maxmemory, self.tls, self.user = workdir, maxmemory, tls, user
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        if tls:
+            key_pem, cert_pem = self_signed()
+            (workdir / "key.pem").write_bytes(key_pem)
+            (workdir / "cert.pem").write_bytes(cert_pem)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.workdir / "cert.pem")
 
     def start(self) -> None:
         args = [
             REDIS_SERVER,
-            "--port", str(self.port),
+            "--port", "0" if self.tls else str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.workdir),
         ]  # fmt: skip
+        if self.tls:
+            args += ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += [
+                "--tls-cert-file",
+                self.ca_file,
+                "--tls-key-file",
+                str(self.workdir / "key.pem"),
+            ]
+        if self.user is not None:
+            name, password = self.user
+            args += ["--user", "default", "off", "--user", name, "on", f">{password}"]
+            args += ["~*", "&*", "+@all"]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         with (self.workdir / "redis.log").open("ab") as log:
@@ -57,13 +90,15 @@ class RedisServer:
 
     def command(self, *args: str | bytes) -> object:
         """One command over a plain socket (RESP), for tests that inspect the store."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            parts = [a.encode() if isinstance(a, str) else a for a in args]
-            request = b"*%d\r\n" % len(parts) + b"".join(
-                b"$%d\r\n%s\r\n" % (len(p), p) for p in parts
-            )
-            sock.sendall(request)
-            reader = sock.makefile("rb")
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+        with sock, sock.makefile("rb") as reader:
+            if self.user is not None:
+                sock.sendall(_request(("AUTH", *self.user)))
+                _read_reply(reader)
+            sock.sendall(_request(args))
             return _read_reply(reader)
 
     def scan_all(self) -> dict[bytes, bytes]:
@@ -89,6 +124,11 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not answer PING")
             time.sleep(0.02)  # polling for readiness, not timing behaviour
+
+
+def _request(args: tuple[str | bytes, ...]) -> bytes:
+    parts = [a.encode() if isinstance(a, str) else a for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def _read_reply(reader: object) -> object:

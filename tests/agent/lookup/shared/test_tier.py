@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -64,6 +66,7 @@ class Node:
         keys: list[bytes] | None = None,
         lock_wait: float = 5.0,
         breaker_clock: FakeClock | None = None,
+        timeout: float = 1.0,
     ) -> None:
         ScriptedBackend.scripts = {"up": script}
         self.metrics = Metrics()
@@ -82,7 +85,7 @@ class Node:
             Sealer(keys or [KEY], "namespace", "test:"),
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
-            timeout=1.0,
+            timeout=timeout,
             lock_ttl=30.0,
             lock_wait=lock_wait,
             breaker=Breaker(2, 5.0, self.breaker_clock),
@@ -268,6 +271,26 @@ async def test_a_dead_store_costs_a_timeout_per_cooldown_and_one_log_line(
     assert node.sample("secrets_agent_shared_cache_available") == 1
     assert len(store.scan_all()) == 1
     await node.tier.close()
+
+
+async def test_a_store_that_stops_answering_costs_one_timeout_per_call(tmp_path: Path) -> None:
+    slow = RedisServer(tmp_path)
+    slow.start()
+    try:
+        script = Script(values={(V, f"k{i}"): "v" for i in range(5)})
+        node = Node(slow, script, timeout=0.3)
+        await node.service.lookup(V, "k0")  # connected and working
+        assert slow.process is not None
+        os.killpg(slow.process.pid, signal.SIGSTOP)  # alive, connected, silent
+        for i in range(1, 5):
+            assert (await node.service.lookup(V, f"k{i}")).value == "v"
+        # Two timed-out reads opened the breaker; the other lookups did not wait on the store.
+        assert node.sample("secrets_agent_shared_cache_errors_total", operation="read") == 2
+        assert len(script.calls) == 5
+        os.killpg(slow.process.pid, signal.SIGCONT)
+        await node.tier.close()
+    finally:
+        slow.stop()
 
 
 async def test_a_full_store_leaves_lookups_working(tmp_path: Path) -> None:
