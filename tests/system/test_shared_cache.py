@@ -235,3 +235,37 @@ def test_an_agent_refuses_to_share_under_a_random_key(store: RedisServer, short_
     )
     assert result.returncode == 78
     assert "shared_cache needs the fleet's Fernet keys" in result.stderr
+
+
+def test_a_reload_keeps_the_tier_or_replaces_it_whole(store: RedisServer, short_tmp: Path) -> None:
+    key_file = short_tmp / "fernet.key"
+    key_file.write_text(Fernet.generate_key().decode())
+
+    def shared_toml(prefix: str) -> str:
+        return f"""
+            [encryption]
+            key_file = "{key_file}"
+            [shared_cache]
+            url = "{store.url}"
+            key_prefix = "{prefix}"
+        """
+
+    config = agent_config(short_tmp, extra=shared_toml("first:"))
+    path = short_tmp / "agent.toml"
+    with running_agent(config, FakeClock(), config_path=path) as agent:
+        tier = agent.agent.service.shared
+        wait_until(lambda: channels(store) == [b"first:"])
+        assert agent.call(agent.agent.reload())  # nothing changed: same connections, subscriber
+        assert agent.agent.service.shared is tier
+        path.write_text(path.read_text().replace('"first:"', '"second:"'))
+        assert agent.call(agent.agent.reload())
+        assert agent.agent.service.shared is not tier
+        wait_until(lambda: channels(store) == [b"second:"])  # the old subscriber is gone
+        AgentSecretsBackend(socket_path=agent.socket_path).get_variable("greeting")
+        assert [k[:7] for k in entries(store)] == [b"second:"]
+
+
+def channels(store: RedisServer) -> list[bytes]:
+    names = store.command("PUBSUB", "CHANNELS", "*")
+    assert isinstance(names, list)
+    return sorted({n.split(b":")[0] + b":" for n in names})
