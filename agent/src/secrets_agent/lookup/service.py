@@ -51,7 +51,14 @@ class SecretService:
             state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
             return self._count(kind, Result(cached.value, state, cached.age))
         try:
-            if cached is not None and cached.value is not None and cached.version is not None:
+            # With a shared cache, an expired value is refreshed through it (one upstream call
+            # for the fleet) rather than revalidated upstream by every node.
+            if (
+                cached is not None
+                and cached.value is not None
+                and cached.version is not None
+                and not self.shared.shares_refreshes
+            ):
                 current, _ = await self._revalidations.do(
                     ("revalidate", kind, secret_id, team),
                     lambda: self._revalidate(kind, secret_id, team, cached),

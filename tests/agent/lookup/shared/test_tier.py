@@ -67,6 +67,7 @@ class Node:
         lock_wait: float = 5.0,
         breaker_clock: FakeClock | None = None,
         timeout: float = 1.0,
+        max_stale: float = 0.0,
     ) -> None:
         ScriptedBackend.scripts = {"up": script}
         self.metrics = Metrics()
@@ -76,7 +77,7 @@ class Node:
             max_entries=100,
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
-            max_stale=0.0,
+            max_stale=max_stale,
             cipher=Cipher([KEY]),
             clock=self.clock,
         )
@@ -114,6 +115,19 @@ async def test_a_second_node_is_served_from_the_shared_entry(store: RedisServer)
     # Written with the kind's TTL, and read back with what remains of it.
     ttl = store.command("PTTL", *[k for k in store.scan_all() if b":e:" in k])
     assert isinstance(ttl, int) and 50_000 < ttl <= 60_000
+    await close(a, b)
+
+
+async def test_an_expired_value_is_refreshed_through_the_store_not_revalidated(
+    store: RedisServer,
+) -> None:
+    script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "version-1"})
+    a, b = Node(store, script, max_stale=600), Node(store, script)
+    await a.service.lookup(V, "k")
+    a.clock.advance(61)  # a's copy expired; the store's entry (b's by then) is still fresh
+    await b.service.lookup(V, "k")
+    assert (await a.service.lookup(V, "k")).value == "v1"
+    assert (len(script.calls), script.revalidations) == (1, 0)
     await close(a, b)
 
 

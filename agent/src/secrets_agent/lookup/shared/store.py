@@ -39,6 +39,8 @@ class _Down(Exception):
 
 
 class RedisTier:
+    shares_refreshes = True
+
     def __init__(
         self,
         client: Redis,

@@ -28,6 +28,8 @@ class TierHealth:
 
 
 class SharedTier(Protocol):
+    shares_refreshes: bool  # True: expired values are refreshed through the tier
+
     async def fetch(
         self, kind: Kind, secret_id: str, team: str | None, upstream: Upstream
     ) -> Shared:
@@ -51,6 +53,8 @@ class SharedTier(Protocol):
 
 class NoSharedTier:
     """No ``[shared_cache]``: every node-cache miss goes straight to the upstream."""
+
+    shares_refreshes = False
 
     async def fetch(
         self, kind: Kind, secret_id: str, team: str | None, upstream: Upstream
