@@ -116,12 +116,11 @@ class Runtime:
         """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise."""
         running = previous.backends if previous is not None else ()
         cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
-        shared = _shared_for(config, metrics, previous)
+        shared = _shared_for(config, metrics, previous)  # no I/O yet: it connects on first use
         try:
             backends = await pool.start(config.backends, running)
         except BaseException:
-            if previous is None or shared is not previous.service.shared:
-                await shared.close()
+            await _close_if_new(shared, previous)
             raise
         try:
             chain_changed = [c for c, _ in backends] != [c for c, _ in running]
@@ -133,6 +132,7 @@ class Runtime:
             runtime = cls(config, backends, service, policy, pool)
         except BaseException:
             await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
+            await _close_if_new(shared, previous)
             raise
         shared.attach(service.cache.invalidate)  # other nodes' invalidations land here
         await shared.start()
@@ -194,6 +194,11 @@ def _shared_for(config: AgentConfig, metrics: Metrics, previous: Runtime | None)
     if previous is not None and _tier_inputs(config) == _tier_inputs(previous.config):
         return previous.service.shared
     return build_tier(config, load_keys(config.encryption), metrics)
+
+
+async def _close_if_new(shared: SharedTier, previous: Runtime | None) -> None:
+    if previous is None or shared is not previous.service.shared:
+        await shared.close()
 
 
 def _tier_inputs(config: AgentConfig) -> tuple[object, ...]:

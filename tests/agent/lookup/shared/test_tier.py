@@ -265,6 +265,7 @@ async def test_a_dead_store_costs_a_timeout_per_cooldown_and_one_log_line(
     script = Script(values={(V, f"k{i}"): "v" for i in range(10)})
     breaker_clock = FakeClock()
     node = Node(store, script, breaker_clock=breaker_clock)
+    await node.tier.start()
     await node.service.lookup(V, "k0")
     store.stop()
     with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared.store"):

@@ -66,7 +66,6 @@ class RedisTier:
         self._pending: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._last_error = ""
-        metrics.shared_available.set_function(lambda: float(self._breaker.closed))
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -227,6 +226,8 @@ class RedisTier:
                 await self._client.unlink(*names)
 
     async def start(self) -> None:
+        """Subscribe, and own the availability gauge (started: this tier serves now)."""
+        self._metrics.shared_available.set_function(lambda: float(self._breaker.closed))
         if self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
