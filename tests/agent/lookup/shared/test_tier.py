@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Node:
         breaker_clock: FakeClock | None = None,
         timeout: float = 1.0,
         max_stale: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         ScriptedBackend.scripts = {"up": script}
         self.metrics = Metrics()
@@ -83,7 +85,7 @@ class Node:
         )
         self.tier = RedisTier(
             Redis.from_url(store.url, socket_timeout=1.0, socket_connect_timeout=1.0),
-            Sealer(keys or [KEY], "namespace", "test:"),
+            Sealer(keys or [KEY], "namespace", "test:", wall=wall),
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
             timeout=timeout,
@@ -129,6 +131,17 @@ async def test_an_expired_value_is_refreshed_through_the_store_not_revalidated(
     assert (await a.service.lookup(V, "k")).value == "v1"
     assert (len(script.calls), script.revalidations) == (1, 0)
     await close(a, b)
+
+
+async def test_a_writer_clock_ahead_never_stretches_our_ttl(store: RedisServer) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    ahead = Node(store, script, wall=lambda: time.time() + 3600)
+    reader = Node(store, script)
+    await ahead.service.lookup(V, "k")
+    await reader.service.lookup(V, "k")  # from the store, "fresh for an hour" by its clock
+    reader.clock.advance(61)
+    assert reader.cache.get(V, "k") is None  # still only our 60 s
+    await close(ahead, reader)
 
 
 async def test_concurrent_misses_on_two_nodes_make_one_upstream_call(store: RedisServer) -> None:

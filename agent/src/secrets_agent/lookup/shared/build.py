@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from secrets_agent.lookup.shared.store import RedisTier
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 
+log = logging.getLogger(__name__)
+
 _MAX_CONNECTIONS = 64  # bounded: a slow store must not collect one socket per waiting lookup
 
 
@@ -33,6 +36,7 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
             "credential): entries under a random per-process key could never be read elsewhere"
         )
     sealer = Sealer(keys, shared.namespace or chain_identity(config), shared.key_prefix)
+    log.info("shared cache: %s, prefix %r", shared.url, shared.key_prefix)  # no credentials
     return RedisTier(
         _client(shared),
         sealer,

@@ -152,7 +152,9 @@ class RedisTier:
             return None
         self._metrics.shared_results.labels("hit").inc()
         self._metrics.shared_avoided.inc()
-        return Shared(opened.found, opened.ttl)
+        # Never longer than our own TTL, whatever the writer's clock said.
+        limit = self._negative_ttl if opened.found is None else self._ttl(kind)
+        return Shared(opened.found, min(opened.ttl, limit))
 
     async def _wait(
         self, names: Names, kind: Kind, secret_id: str, team: str | None
