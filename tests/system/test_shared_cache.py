@@ -212,6 +212,10 @@ def test_a_killed_store_leaves_lookups_working_and_is_used_again_once_back(
         before = reads(agents)
         assert on_all(agents, lambda c: c.get_variable("after")) == ["after"] * 2
         assert reads(agents) == before + 1
+        # The invalidation channel is back too.
+        wait_until(lambda: _subscribers(store) == 2)
+        invalidate(agents[0], {"kind": "variable", "id": "after"})
+        wait_until(lambda: not cached_locally(agents[1], "after"))
 
 
 def test_an_agent_refuses_to_share_under_a_random_key(store: RedisServer, short_tmp: Path) -> None:
@@ -263,6 +267,14 @@ def test_a_reload_keeps_the_tier_or_replaces_it_whole(store: RedisServer, short_
         wait_until(lambda: channels(store) == [b"second:"])  # the old subscriber is gone
         AgentSecretsBackend(socket_path=agent.socket_path).get_variable("greeting")
         assert [k[:7] for k in entries(store)] == [b"second:"]
+
+
+def _subscribers(store: RedisServer) -> int:
+    names = store.command("PUBSUB", "CHANNELS", "*")
+    assert isinstance(names, list)
+    counts = store.command("PUBSUB", "NUMSUB", *names) if names else []
+    assert isinstance(counts, list)
+    return sum(int(n) for n in counts[1::2])
 
 
 def channels(store: RedisServer) -> list[bytes]:

@@ -64,6 +64,16 @@ async def lookup_through(tier: SharedTier, metrics: Metrics) -> str | None:
     return result.value
 
 
+def store_errors(metrics: Metrics) -> float:
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "secrets_agent_shared_cache_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
 def password_file(tmp_path: Path, password: str) -> str:
     path = tmp_path / "store.pw"
     path.write_text(password + "\n")
@@ -81,7 +91,7 @@ async def test_tls_and_an_acl_user_from_a_password_file(store: RedisServer, tmp_
     }
     assert await lookup_through(tier_for(tmp_path, shared, metrics), metrics) == "v1"
     assert len(store.scan_all()) == 1
-    assert metrics.registry.get_sample_value("secrets_agent_shared_cache_errors_total") is None
+    assert store_errors(metrics) == 0
 
 
 @pytest.mark.parametrize("problem", ["wrong password", "untrusted certificate"])
@@ -101,6 +111,7 @@ async def test_a_store_we_cannot_use_sends_lookups_upstream(
     with caplog.at_level(logging.DEBUG):
         assert await lookup_through(tier_for(tmp_path, shared, metrics), metrics) == "v1"
     assert store.scan_all() == {}
+    assert store_errors(metrics) > 0
     assert "shared cache: read failed" in caplog.text
     assert PASSWORD not in caplog.text
 
@@ -124,3 +135,31 @@ def test_the_namespace_follows_the_backends(tmp_path: Path) -> None:
         return chain_identity(parse_config({"backends": [backend]}, base_dir=tmp_path))
 
     assert identity("AIRFLOW_VAR_") == identity("AIRFLOW_VAR_") != identity("OTHER_")
+
+
+async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
+    plain = RedisServer(tmp_path / "redis")
+    plain.start()
+    try:
+        metrics = Metrics()
+        tier = tier_for(tmp_path, {"url": plain.url}, metrics)
+        ScriptedBackend.scripts = {"up": Script(values={(V, "a"): "1", (V, "b"): "2"})}
+        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
+        cache = SecretCache(
+            max_entries=10,
+            ttl=lambda k: 60.0,
+            negative_ttl=10.0,
+            max_stale=0.0,
+            cipher=Cipher([KEY]),
+            clock=FakeClock(),
+        )
+        service = SecretService(chain, cache, metrics, tier)
+        await service.lookup(V, "a")
+        plain.stop()
+        plain.start()  # the pooled connection is dead: one retry on a new one, not a failure
+        await service.lookup(V, "b")
+        await tier.close()
+        assert len(plain.scan_all()) == 1
+        assert store_errors(metrics) == 0
+    finally:
+        plain.stop()

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from secrets_agent.config.schema import AgentConfig, SharedCacheConfig
 from secrets_agent.errors import StartupError
@@ -67,7 +67,8 @@ def _client(shared: SharedCacheConfig) -> Redis:
         "socket_connect_timeout": shared.connect_timeout,
         # One immediate retry, on a new connection: a pooled socket the store closed (it was
         # restarted) fails once. Every store call stays bounded by ``timeout`` as a whole, and
-        # the breaker decides when a failing store is tried again.
+        # the breaker decides when a failing store is tried again. (The asyncio Retry: the
+        # synchronous one silently never retries an awaited call.)
         "retry": Retry(NoBackoff(), 1),
         "max_connections": _MAX_CONNECTIONS,
         "username": shared.username or None,

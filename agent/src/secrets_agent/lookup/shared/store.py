@@ -240,6 +240,9 @@ class RedisTier:
             except (RedisError, OSError) as exc:
                 self._metrics.shared_errors.labels("subscribe").inc()
                 self._warn.warning(f"shared cache: invalidation channel lost ({_describe(exc)})")
+            except Exception as exc:  # a bug here must not end invalidations for good
+                self._metrics.shared_errors.labels("subscribe").inc()
+                log.error("shared cache: invalidation listener failed: %s", type(exc).__name__)
             await asyncio.sleep(self._breaker_cooldown())
 
     async def _listen(self) -> None:
