@@ -126,6 +126,39 @@ class RedisServer:
             time.sleep(0.02)  # polling for readiness, not timing behaviour
 
 
+class SentinelServer(RedisServer):
+    """``redis-server --sentinel`` watching ``master`` under the name ``name``."""
+
+    def __init__(self, workdir: Path, master: RedisServer, name: str = "mymaster") -> None:
+        super().__init__(workdir)
+        self.master, self.name = master, name
+
+    def start(self) -> None:
+        config = self.workdir / "sentinel.conf"  # sentinel rewrites its config: a file of ours
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+        )
+        with (self.workdir / "sentinel.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [REDIS_SERVER, str(config), "--sentinel"],
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        self._wait_for_pong()
+        deadline = time.monotonic() + 30
+        while self.command("SENTINEL", "get-master-addr-by-name", self.name) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("sentinel does not know its master")
+            time.sleep(0.02)  # polling for readiness, not timing behaviour
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.name}/0"
+
+
 def _request(args: tuple[str | bytes, ...]) -> bytes:
     parts = [a.encode() if isinstance(a, str) else a for a in args]
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)

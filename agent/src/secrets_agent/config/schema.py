@@ -101,8 +101,8 @@ class SharedCacheConfig:
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        if self.ca_file and not self.url.startswith("rediss://"):
-            problems.append(("ca_file", "needs a rediss:// url (TLS)"))
+        if self.ca_file and not self.url.startswith(("rediss://", "rediss+sentinel://")):
+            problems.append(("ca_file", "needs a rediss:// or rediss+sentinel:// url (TLS)"))
         if self.password and self.password_file:
             problems.append(("password", "set password or password_file, not both"))
         if self.lock_wait > self.lock_ttl:

@@ -69,9 +69,21 @@ def check_key_prefix(value: str) -> str | None:
     return None
 
 
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_URL = re.compile(
+    r"rediss?\+sentinel://(?P<hosts>[^/@]+:\d+(?:,[^/@]+:\d+)*)/(?P<master>[^/]+)(?:/(?P<db>\d+))?"
+)
+
+
 def check_store_url(value: str) -> str | None:
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        return "must be a redis://, rediss:// (TLS) or unix:// URL, or empty (tier off)"
+    schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+    if value and not value.startswith(schemes):
+        return (
+            "must be a redis://, rediss:// (TLS), unix:// or redis+sentinel:// URL, "
+            "or empty (tier off)"
+        )
     if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
         return "must not hold credentials: use username and password_file"
+    if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
+        return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
     return None

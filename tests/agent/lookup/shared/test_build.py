@@ -23,7 +23,7 @@ from secrets_agent.lookup.shared.build import build_tier, chain_identity
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, SentinelServer
 
 pytestmark = [
     pytest.mark.integration,
@@ -163,3 +163,18 @@ async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
         assert store_errors(metrics) == 0
     finally:
         plain.stop()
+
+
+async def test_the_master_a_sentinel_names(tmp_path: Path) -> None:
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    sentinel = SentinelServer(tmp_path / "sentinel", master)
+    try:
+        sentinel.start()
+        metrics = Metrics()
+        tier = tier_for(tmp_path, {"url": sentinel.url}, metrics)
+        assert await lookup_through(tier, metrics) == "v1"
+        assert len(master.scan_all()) == 1 and store_errors(metrics) == 0
+    finally:
+        sentinel.stop()
+        master.stop()

@@ -5,24 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from pathlib import Path
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from secrets_agent.config.schema import AgentConfig, SharedCacheConfig
+from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import StartupError
 from secrets_agent.lookup.shared.breaker import Breaker
+from secrets_agent.lookup.shared.clients import store_client
 from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.store import RedisTier
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-_MAX_CONNECTIONS = 64  # bounded: a slow store must not collect one socket per waiting lookup
 
 
 def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> SharedTier:
@@ -37,8 +30,9 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
         )
     sealer = Sealer(keys, shared.namespace or chain_identity(config), shared.key_prefix)
     log.info("shared cache: %s, prefix %r", shared.url, shared.key_prefix)  # no credentials
+    client, others = store_client(shared)
     return RedisTier(
-        _client(shared),
+        client,
         sealer,
         ttl=config.cache.ttl,
         negative_ttl=config.cache.negative_ttl,
@@ -48,6 +42,7 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
         breaker=Breaker(shared.breaker_failures, shared.breaker_cooldown, time.monotonic),
         log_interval=shared.log_interval,
         metrics=metrics,
+        also_close=others,
     )
 
 
@@ -59,34 +54,3 @@ def chain_identity(config: AgentConfig) -> str:
     """
     text = repr([(b.common, b.options) for b in config.backends])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _client(shared: SharedCacheConfig) -> Redis:
-    options: dict[str, Any] = {
-        "socket_timeout": shared.timeout,
-        "socket_connect_timeout": shared.connect_timeout,
-        # One immediate retry, on a new connection: a pooled socket the store closed (it was
-        # restarted) fails once. Every store call stays bounded by ``timeout`` as a whole, and
-        # the breaker decides when a failing store is tried again. (The asyncio Retry: the
-        # synchronous one silently never retries an awaited call.)
-        "retry": Retry(NoBackoff(), 1),
-        "max_connections": _MAX_CONNECTIONS,
-        "username": shared.username or None,
-        "password": _password(shared),
-    }
-    if shared.ca_file:
-        options["ssl_ca_certs"] = shared.ca_file
-    client: Redis = Redis.from_url(shared.url, **options)
-    return client
-
-
-def _password(shared: SharedCacheConfig) -> str | None:
-    if shared.password_file:
-        try:
-            text = Path(shared.password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise StartupError(
-                f"shared_cache.password_file ({shared.password_file}): cannot read ({exc.strerror})"
-            ) from None
-        return text or None
-    return shared.password or None

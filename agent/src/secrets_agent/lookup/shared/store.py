@@ -55,6 +55,7 @@ class RedisTier:
         log_interval: float,
         metrics: Metrics,
         clock: Clock = time.monotonic,
+        also_close: Sequence[Redis] = (),
     ) -> None:
         self._client, self._sealer = client, sealer
         self._ttl, self._negative_ttl = ttl, negative_ttl
@@ -66,6 +67,7 @@ class RedisTier:
         self._pending: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._last_error = ""
+        self._also_close = also_close
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -271,6 +273,8 @@ class RedisTier:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=self._timeout)
         await self._client.aclose()
+        for other in self._also_close:
+            await other.aclose()
 
     # -- health ----------------------------------------------------------------------------
 
