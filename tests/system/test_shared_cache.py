@@ -40,7 +40,9 @@ TTL = 2.0  # real seconds for the store's entries; the agents' own clocks are mo
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[BaoServer]:
-    server = BaoServer(tmp_path / "bao")
+    log = tmp_path / "audit.log"
+    audit = f'audit "file" "to-file" {{\n  options {{\n    file_path = "{log}"\n  }}\n}}\n'
+    server = BaoServer(tmp_path / "bao", extra_config=audit)
     try:
         server.start()
         yield server
@@ -68,6 +70,19 @@ def reads(agents: list[RunningAgent]) -> int:
                     if s.name.endswith("_total") and s.labels["kind"] == "variable"
                 )
     return int(total)
+
+
+def audited_reads(bao: BaoServer, secret_id: str) -> int:
+    """KV reads of one variable as OpenBao's audit device recorded them (responses)."""
+    lines = (bao.workdir.parent / "audit.log").read_text().splitlines()
+    path = f"secret/data/variables/{secret_id}"
+    return sum(
+        1
+        for entry in map(json.loads, lines)
+        if entry.get("type") == "response"
+        and entry["request"].get("path") == path
+        and entry["request"].get("operation") == "read"
+    )
 
 
 def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:
@@ -159,11 +174,13 @@ def test_three_agents_make_one_upstream_read_per_key_per_ttl(
         assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
         assert on_all(agents, lambda c: c.get_variable("absent")) == [None] * 3
         assert reads(agents) == 2  # one for the canary, one for the miss, for all three
+        assert (audited_reads(bao, CANARY_ID), audited_reads(bao, "absent")) == (1, 1)
         # The TTL passes for the fleet (the store drops the entry) and for each node's cache.
         wait_until(lambda: entries(store) == [])
         clock.advance(TTL + 1)
         assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
         assert reads(agents) == 3
+        assert audited_reads(bao, CANARY_ID) == 2
         avoided = sum(a.metric("secrets_agent_shared_cache_upstream_avoided_total") for a in agents)
         assert avoided == 2 * 2 + 2  # two rounds of the canary and one of the miss: 2 of 3 each
         for name, value in store.scan_all().items():
