@@ -281,7 +281,7 @@ async def test_a_dead_store_costs_a_timeout_per_cooldown_and_one_log_line(
     await node.tier.start()
     await node.service.lookup(V, "k0")
     store.stop()
-    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared.store"):
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
         for i in range(1, 10):
             assert (await node.service.lookup(V, f"k{i}")).value == "v"
     errors = node.sample("secrets_agent_shared_cache_errors_total", operation="read")
