@@ -1,43 +1,28 @@
-"""The shared tier against a real redis-server: nodes share one upstream read, and a store that
-is down, full or written under other keys never turns into a lookup error."""
+"""The shared tier against a real redis-server: nodes share one upstream read per key, one
+node refreshes at a time, invalidations reach the others, and the store holds nothing readable."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import re
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from cryptography.fernet import Fernet
-from redis.asyncio import Redis
 
 from secrets_agent.errors import TransientError
-from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import SecretCache
-from secrets_agent.lookup.chain import BackendChain, Link
-from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.service import CacheState, SecretService
-from secrets_agent.lookup.shared.breaker import Breaker
+from secrets_agent.lookup.service import CacheState
 from secrets_agent.lookup.shared.sealing import Sealer
-from secrets_agent.lookup.shared.store import RedisTier
-from secrets_agent.ops.metrics import Metrics
-from support.helpers import FakeClock, Script, ScriptedBackend
+from support.helpers import Script
 from support.redis_server import RedisServer
+from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server"),
 ]
-
-V = Kind.VARIABLE
-KEY = Fernet.generate_key()
-CANARY_ID, CANARY_VALUE = "canary-id-7f3a", "canary-value-91bc"
 
 
 @pytest.fixture(scope="module")
@@ -50,58 +35,13 @@ def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def store(module_store: RedisServer) -> RedisServer:
-    if module_store.process is None:
+    if module_store.process is None:  # a test killed it
         module_store.start()
     module_store.command("FLUSHALL")
     return module_store
 
 
-class Node:
-    """One agent's lookup path: node cache, shared tier on the real store, scripted upstream."""
-
-    def __init__(
-        self,
-        store: RedisServer,
-        script: Script,
-        *,
-        keys: list[bytes] | None = None,
-        lock_wait: float = 5.0,
-        breaker_clock: FakeClock | None = None,
-        timeout: float = 1.0,
-        max_stale: float = 0.0,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        ScriptedBackend.scripts = {"up": script}
-        self.metrics = Metrics()
-        self.clock = FakeClock()
-        self.breaker_clock = breaker_clock or FakeClock()
-        self.cache = SecretCache(
-            max_entries=100,
-            ttl=lambda k: 60.0,
-            negative_ttl=10.0,
-            max_stale=max_stale,
-            cipher=Cipher([KEY]),
-            clock=self.clock,
-        )
-        self.tier = RedisTier(
-            Redis.from_url(store.url, socket_timeout=1.0, socket_connect_timeout=1.0),
-            Sealer(keys or [KEY], "namespace", "test:", wall=wall),
-            ttl=lambda k: 60.0,
-            negative_ttl=10.0,
-            timeout=timeout,
-            lock_ttl=30.0,
-            lock_wait=lock_wait,
-            breaker=Breaker(2, 5.0, self.breaker_clock),
-            log_interval=60.0,
-            metrics=self.metrics,
-            clock=self.breaker_clock,
-        )
-        self.tier.attach(self.cache.invalidate)
-        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], self.metrics)
-        self.service = SecretService(chain, self.cache, self.metrics, self.tier)
-
-    def sample(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+CANARY_ID, CANARY_VALUE = "canary-id-7f3a", "canary-value-91bc"
 
 
 async def test_a_second_node_is_served_from_the_shared_entry(store: RedisServer) -> None:
@@ -200,30 +140,6 @@ async def test_negative_entries_are_shared_with_the_negative_ttl(store: RedisSer
     await close(a, b)
 
 
-async def test_an_entry_under_other_keys_or_another_name_is_a_miss(store: RedisServer) -> None:
-    script = Script(values={(V, "k"): "v1", (V, "other"): "o1"})
-    writer = Node(store, script)
-    await writer.service.lookup(V, "k")
-    stranger = Node(store, script, keys=[Fernet.generate_key()])
-    assert (await stranger.service.lookup(V, "k")).value == "v1"  # other keys: other names
-    assert stranger.sample("secrets_agent_shared_cache_results_total", result="miss") == 1
-    names = Sealer([KEY], "namespace", "test:")
-    # A token under another key at our name, and k's entry copied over other's name (what an
-    # attacker with write access could do): each only a miss.
-    foreign = Fernet(Fernet.generate_key()).encrypt(b'{"v": "planted"}')
-    store.command("SET", names.names(V, "k", "team-a").entry, foreign)
-    entry = store.command("GET", names.names(V, "k", None).entry)
-    assert isinstance(entry, bytes)
-    store.command("SET", names.names(V, "other", None).entry, entry)
-    reader = Node(store, script)
-    assert (await reader.service.lookup(V, "other")).value == "o1"
-    assert (await reader.service.lookup(V, "k", "team-a")).value == "v1"
-    assert reader.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 2
-    assert len(script.calls) == 4
-    for node in (writer, stranger, reader):
-        await node.tier.close()
-
-
 async def test_a_rotation_keeps_the_shared_entries_readable(store: RedisServer) -> None:
     script = Script(values={(V, "k"): "v1", (V, "j"): "w1"})
     new_key = Fernet.generate_key()
@@ -244,7 +160,7 @@ async def test_invalidation_drops_the_shared_entry_and_other_nodes_copies(
     a, b = Node(store, script), Node(store, script)
     await a.tier.start()
     await b.tier.start()
-    await wait_for(lambda: _subscribers(store) == 2)
+    await wait_for(lambda: subscribers(store) == 2)
     await a.service.lookup(V, "k")
     await b.service.lookup(V, "k")
     assert b.cache.get(V, "k") is not None
@@ -270,93 +186,6 @@ async def test_the_store_holds_no_id_or_value(store: RedisServer) -> None:
         for canary in (CANARY_ID, CANARY_VALUE, "variable"):
             assert canary.encode() not in name and canary.encode() not in value
     await node.tier.close()
-
-
-async def test_a_dead_store_costs_a_timeout_per_cooldown_and_one_log_line(
-    store: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    script = Script(values={(V, f"k{i}"): "v" for i in range(10)})
-    breaker_clock = FakeClock()
-    node = Node(store, script, breaker_clock=breaker_clock)
-    await node.tier.start()
-    await node.service.lookup(V, "k0")
-    store.stop()
-    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
-        for i in range(1, 10):
-            assert (await node.service.lookup(V, f"k{i}")).value == "v"
-    errors = node.sample("secrets_agent_shared_cache_errors_total", operation="read")
-    assert errors == 2  # the breaker opened after two failures: the rest went straight up
-    assert len([r for r in caplog.records if "shared cache" in r.getMessage()]) == 1
-    assert node.sample("secrets_agent_shared_cache_available") == 0
-    health = node.tier.health()
-    assert not health.available and "unreachable" in health.detail
-    store.start()
-    node.cache.invalidate()
-    await node.service.lookup(V, "k1")  # still within the cooldown: the store is not asked
-    assert store.scan_all() == {}
-    breaker_clock.advance(5.0)
-    await node.service.lookup(V, "k2")
-    assert node.sample("secrets_agent_shared_cache_available") == 1
-    assert len(store.scan_all()) == 1
-    await node.tier.close()
-
-
-async def test_a_store_that_stops_answering_costs_one_timeout_per_call(tmp_path: Path) -> None:
-    slow = RedisServer(tmp_path)
-    slow.start()
-    try:
-        script = Script(values={(V, f"k{i}"): "v" for i in range(5)})
-        node = Node(slow, script, timeout=0.3)
-        await node.service.lookup(V, "k0")  # connected and working
-        assert slow.process is not None
-        os.killpg(slow.process.pid, signal.SIGSTOP)  # alive, connected, silent
-        for i in range(1, 5):
-            assert (await node.service.lookup(V, f"k{i}")).value == "v"
-        # Two timed-out reads opened the breaker; the other lookups did not wait on the store.
-        assert node.sample("secrets_agent_shared_cache_errors_total", operation="read") == 2
-        assert len(script.calls) == 5
-        os.killpg(slow.process.pid, signal.SIGCONT)
-        await node.tier.close()
-    finally:
-        slow.stop()
-
-
-async def test_a_full_store_leaves_lookups_working(tmp_path: Path) -> None:
-    full = RedisServer(tmp_path, maxmemory="1")
-    full.start()
-    try:
-        script = Script(values={(V, "k"): "v1"})
-        node = Node(full, script)
-        assert (await node.service.lookup(V, "k")).value == "v1"
-        assert node.sample("secrets_agent_shared_cache_errors_total", operation="lock") == 1
-        await node.tier.close()
-    finally:
-        full.stop()
-
-
-async def close(*nodes: Node) -> None:
-    for node in nodes:
-        await node.tier.close()
-
-
-def _subscribers(store: RedisServer) -> int:
-    channels = store.command("PUBSUB", "CHANNELS", "*")
-    assert isinstance(channels, list)
-    if not channels:
-        return 0
-    reply = store.command("PUBSUB", "NUMSUB", channels[0])
-    assert isinstance(reply, list)
-    return int(reply[1])
-
-
-async def wait_for(condition: Callable[[], object], seconds: float = 10.0) -> None:
-    """Poll a condition (a readiness wait, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def test_key_names_are_hex_macs() -> None:
