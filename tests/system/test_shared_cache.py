@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +28,7 @@ from support.helpers import (
 )
 from support.redis_server import RedisServer
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 CANARY_ID, CANARY_VALUE = "canary-id-4d2e", "canary-value-b81f"
 TTL = 2.0  # real seconds for the store's entries; the agents' own clocks are moved by the test

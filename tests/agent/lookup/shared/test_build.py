@@ -4,7 +4,6 @@ wrong password or an untrusted certificate only sends lookups upstream, and is l
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,7 @@ from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
 from support.redis_server import RedisServer, SentinelServer
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 V = Kind.VARIABLE
 KEY = Fernet.generate_key()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,7 @@ from support.helpers import FakeClock, Script
 from support.redis_server import RedisServer
 from support.shared_nodes import KEY, Node, V
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

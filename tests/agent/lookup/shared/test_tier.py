@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -19,10 +18,7 @@ from support.helpers import Script
 from support.redis_server import RedisServer
 from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
