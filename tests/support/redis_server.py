@@ -17,6 +17,8 @@ from support.bao import free_port
 from support.helpers import need
 from support.tls import self_signed
 
+_ADMIN = ("test-admin on", "test-admin-password")  # the helper's own user, with every right
+
 
 def server_binary() -> str:
     """valkey-server where the system has one, else Debian's redis-server (a test is skipped
@@ -28,7 +30,7 @@ class RedisServer:
     """No persistence, no config file: a fresh store every start, on the same port.
 
     ``tls``: TLS only, with a self-signed certificate (``ca_file``); ``user``: an ACL user and
-    password, and the default user off.
+    password with the rules ``acl``, the default user off, and an admin user for ``command``.
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class RedisServer:
         maxmemory: str = "",
         tls: bool = False,
         user: tuple[str, str] | None = None,
+        acl: str = "~* &* +@all",
     ) -> None:
         self.workdir, self.maxmemory, self.tls, self.user = workdir, maxmemory, tls, user
+        self.acl = acl
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,8 @@ class RedisServer:
         if self.user is not None:
             name, password = self.user
             args += ["--user", "default", "off", "--user", name, "on", f">{password}"]
-            args += ["~*", "&*", "+@all"]
+            args += [*self.acl.split(), "--user", *_ADMIN[0].split(), f">{_ADMIN[1]}", "~*", "&*"]
+            args += ["+@all"]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         with (self.workdir / "redis.log").open("ab") as log:
@@ -101,7 +106,7 @@ class RedisServer:
             sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
         with sock, sock.makefile("rb") as reader:
             if self.user is not None:
-                sock.sendall(_request(("AUTH", *self.user)))
+                sock.sendall(_request(("AUTH", _ADMIN[0].split()[0], _ADMIN[1])))
                 _read_reply(reader)
             sock.sendall(_request(args))
             return _read_reply(reader)

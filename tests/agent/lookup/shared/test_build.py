@@ -23,17 +23,25 @@ from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
 from support.redis_server import RedisServer, SentinelServer
+from support.shared_nodes import subscribers, wait_for
 
 pytestmark = pytest.mark.integration
 
 V = Kind.VARIABLE
 KEY = Fernet.generate_key()
 PASSWORD = "store-password-5e1c"
+README_ACL = (
+    "~airflow-secrets-agent:* &airflow-secrets-agent:* -@all +get +mget +set +exists +eval"
+    " +del +unlink +scan +publish +subscribe +ping"
+)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("tls"), tls=True, user=("agent", PASSWORD))
+    # The ACL the README documents: only the commands the tier uses, only its prefix.
+    server = RedisServer(
+        tmp_path_factory.mktemp("tls"), tls=True, user=("agent", PASSWORD), acl=README_ACL
+    )
     server.start()
     yield server
     server.stop()
@@ -44,7 +52,7 @@ def tier_for(tmp_path: Path, shared: dict[str, Any], metrics: Metrics) -> Shared
     return build_tier(config, [KEY], metrics)
 
 
-async def lookup_through(tier: SharedTier, metrics: Metrics) -> str | None:
+async def lookup_through(tier: SharedTier, metrics: Metrics, *, close: bool = True) -> str | None:
     ScriptedBackend.scripts = {"up": Script(values={(V, "k"): "v1"})}
     chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
     cache = SecretCache(
@@ -56,7 +64,8 @@ async def lookup_through(tier: SharedTier, metrics: Metrics) -> str | None:
         clock=FakeClock(),
     )
     result = await SecretService(chain, cache, metrics, tier).lookup(V, "k")
-    await tier.close()
+    if close:
+        await tier.close()
     return result.value
 
 
@@ -85,8 +94,14 @@ async def test_tls_and_an_acl_user_from_a_password_file(store: RedisServer, tmp_
         "username": "agent",
         "password_file": password_file(tmp_path, PASSWORD),
     }
-    assert await lookup_through(tier_for(tmp_path, shared, metrics), metrics) == "v1"
+    tier = tier_for(tmp_path, shared, metrics)
+    await tier.start()
+    await wait_for(lambda: subscribers(store) == 1)
+    assert await lookup_through(tier, metrics, close=False) == "v1"
     assert len(store.scan_all()) == 1
+    tier.invalidate(V, "k")  # scan, unlink and publish, under the same ACL
+    await wait_for(lambda: store.scan_all() == {})
+    await tier.close()
     assert store_errors(metrics) == 0
 
 
