@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -162,10 +163,12 @@ def cached_locally(agent: RunningAgent, secret_id: str) -> bool:
 
 
 def test_three_agents_make_one_upstream_read_per_key_per_ttl(
-    bao: BaoServer, store: RedisServer, short_tmp: Path
+    bao: BaoServer, store: RedisServer, short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bao.kv_put(f"variables/{CANARY_ID}", {"value": CANARY_VALUE})
     clock = FakeClock()
+    for logger in ("secrets_agent", "redis"):  # ours and the store client's, at every level
+        caplog.set_level(logging.DEBUG, logger=logger)
     with fleet(short_tmp, bao, store, clock) as agents:
         assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
         assert on_all(agents, lambda c: c.get_variable("absent")) == [None] * 3
@@ -182,6 +185,7 @@ def test_three_agents_make_one_upstream_read_per_key_per_ttl(
         for name, value in store.scan_all().items():
             for canary in (CANARY_ID, CANARY_VALUE, "absent", "variable"):
                 assert canary.encode() not in name and canary.encode() not in value
+    assert CANARY_VALUE not in caplog.text
 
 
 def test_invalidation_on_one_agent_reaches_the_others(
