@@ -26,10 +26,17 @@ def free_port() -> int:
 
 
 class BaoServer:
-    """``dev`` mode (in memory, optionally TLS) or ``persistent`` (raft storage, restartable)."""
+    """``dev`` mode (in memory, optionally TLS) or ``persistent`` (raft storage, restartable).
 
-    def __init__(self, workdir: Path, *, tls: bool = False, persistent: bool = False) -> None:
+    ``extra_config``: HCL added to a dev server (e.g. an ``audit`` device: OpenBao only
+    enables those from its config, never through the API).
+    """
+
+    def __init__(
+        self, workdir: Path, *, tls: bool = False, persistent: bool = False, extra_config: str = ""
+    ) -> None:
         self.workdir, self.tls, self.persistent = workdir, tls, persistent
+        self.extra_config = extra_config
         self.port = free_port()
         self.cluster_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,6 +73,9 @@ class BaoServer:
                 f"-dev-root-token-id={ROOT_TOKEN}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
             ]
+            if self.extra_config:
+                (self.workdir / "extra.hcl").write_text(self.extra_config)
+                args.append(f"-config={self.workdir / 'extra.hcl'}")
             if self.tls:
                 (self.workdir / "certs").mkdir(exist_ok=True)
                 args += ["-dev-tls", f"-dev-tls-cert-dir={self.workdir / 'certs'}"]

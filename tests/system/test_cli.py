@@ -131,3 +131,68 @@ def test_without_the_agent_dependencies_it_says_how_to_install(short_tmp: Path) 
     assert result.returncode != 0
     assert "pip install airflow-secrets-agent\n" in result.stderr
     assert "missing: aiohttp" in result.stderr
+
+
+LOCAL_SOURCE_PROBLEMS = {
+    "unparsable file": (
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "bad.json"\n',
+        "bad.json: invalid JSON at line 1",
+    ),
+    "empty file": (
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "empty.yaml"\n',
+        "empty.yaml: the file is empty",
+    ),
+    "env line without a value": (
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "bad.env"\n',
+        "bad.env: line 2: no value after '='",
+    ),
+    "missing file": (
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "absent.json"\n',
+        "absent.json does not exist",
+    ),
+    "missing encryption key file": (
+        '[encryption]\nkey_file = "absent.key"\n'
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
+        "absent.key",
+    ),
+    "missing vault token file": (
+        '[[backends]]\nname = "vault"\ntype = "vault"\nurl = "http://127.0.0.1:9"\n'
+        '[backends.token]\ntoken_file = "absent.token"\n',
+        "cannot read the token file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOCAL_SOURCE_PROBLEMS))
+def test_check_config_reads_local_sources_as_run_does(short_tmp: Path, case: str) -> None:
+    body, message = LOCAL_SOURCE_PROBLEMS[case]
+    demo_files(short_tmp)
+    (short_tmp / "bad.json").write_text('{"k": "s3cret"')
+    (short_tmp / "empty.yaml").write_text("\n")
+    (short_tmp / "bad.env").write_text("ok=1\ns3cret=\n")
+    path = write_config(short_tmp, f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n' + body)
+    checked = cli("check-config", str(path))
+    ran = cli("run", "--config", str(path))
+    assert (checked.returncode, ran.returncode) == (78, 78)
+    assert message in checked.stderr and message in ran.stderr
+    assert "s3cret" not in checked.stderr + ran.stderr
+
+
+def test_check_config_and_run_accept_yaml_dates(short_tmp: Path) -> None:
+    (short_tmp / "variables.yaml").write_text("day: 2024-01-01\nstamp: 2024-01-01 10:00:00\n")
+    path = write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        [[backends]]
+        name = "local"
+        type = "file"
+        variables_file = "variables.yaml"
+    """,
+    )
+    checked = cli("check-config", str(path))
+    assert checked.returncode == 0, checked.stderr
+    with agent_process(path):
+        got = cli("get", "variable", "stamp", "--socket", str(short_tmp / "agent.sock"))
+    assert got.stdout.strip() == "2024-01-01T10:00:00"

@@ -8,6 +8,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secrets_agent.config.schema import AgentConfig
 
 EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 64, 69, 78
 _AGENT_MODULES = ("aiohttp", "cachetools", "cryptography", "prometheus_client", "yaml")
@@ -87,9 +91,37 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
+    problems = _check_local_sources(config)
+    if problems:
+        for problem in problems:
+            print(f"secrets-agent: {problem}", file=sys.stderr)
+        return EX_CONFIG
     names = ", ".join(f"{b.common.name} ({b.common.type})" for b in config.backends)
     print(f"{args.path}: OK; socket {config.listener.socket_path}; backends: {names}")
     return 0
+
+
+def _check_local_sources(config: AgentConfig) -> list[str]:
+    """What ``run`` reads from this machine at start (keys, files), with the errors it reports."""
+    import asyncio
+
+    from secrets_agent.backends.base import BackendContext
+    from secrets_agent.backends.registry import create_backend
+    from secrets_agent.errors import AgentError
+    from secrets_agent.lookup.cipher import load_keys
+
+    problems: list[str] = []
+    try:
+        load_keys(config.encryption)
+    except AgentError as exc:
+        problems.append(f"cannot start: {exc}")
+    for backend_config in config.backends:
+        backend = create_backend(backend_config, BackendContext())
+        try:
+            asyncio.run(backend.check_local())
+        except AgentError as exc:
+            problems.append(f"cannot start: {exc}")
+    return problems
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher, load_keys
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
+from secrets_agent.lookup.shared.build import build_tier
+from secrets_agent.lookup.shared.tier import SharedTier
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.peers import AccessPolicy
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Running = tuple[tuple[BackendConfig, Backend], ...]
+# Not a valid backend name, so it can never hide a backend's readiness.
+SHARED_CACHE_READINESS = "[shared_cache]"
 
 
 class BackendPool:
@@ -112,36 +116,50 @@ class Runtime:
         """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise."""
         running = previous.backends if previous is not None else ()
         cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
-        backends = await pool.start(config.backends, running)
+        shared = _shared_for(config, metrics, previous)  # no I/O yet: it connects on first use
+        try:
+            backends = await pool.start(config.backends, running)
+        except BaseException:
+            await _close_if_new(shared, previous)
+            raise
         try:
             chain_changed = [c for c, _ in backends] != [c for c, _ in running]
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
                 cache = cache.carried_over(kept)
             service = SecretService(
-                _chain(backends, metrics), cache, metrics, _refresh_policy(config)
+                _chain(backends, metrics), cache, metrics, _refresh_policy(config), shared
             )
             policy = AccessPolicy.from_config(config.listener)
             runtime = cls(config, backends, service, policy, pool)
         except BaseException:
             await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
+            await _close_if_new(shared, previous)
             raise
+        shared.attach(service.cache.invalidate)  # other nodes' invalidations land here
+        await shared.start()
         for _, backend in backends:
             if not any(backend is r for _, r in running):
                 await runtime._prefetch(backend)
         return runtime
 
     def readiness(self) -> dict[str, Health]:
-        return {
+        health = {
             b.name: b.health() if self.pool.is_live(b) else Health(False, "not started")
             for _, b in self.backends
         }
+        tier = self.service.shared.health()
+        if tier is not None:  # a detail, never "not ready": lookups go upstream without it
+            health[SHARED_CACHE_READINESS] = Health(True, tier.detail)
+        return health
 
     async def retire(self, successor: Runtime | None) -> None:
         """Close the backends ``successor`` does not use (all of them when there is none)."""
         await self.service.close()  # its background refreshes would call closing backends
         keep = [b for _, b in successor.backends] if successor is not None else []
         await self.pool.close([b for _, b in self.backends if not any(b is k for k in keep)])
+        if successor is None or successor.service.shared is not self.service.shared:
+            await self.service.shared.close()
 
     async def _prefetch(self, backend: Backend) -> None:
         """Warm the cache with the ids the backend is configured to load at start."""
@@ -188,6 +206,22 @@ def _refresh_policy(config: AgentConfig) -> RefreshPolicy:
         now_interval=config.cache.refresh_now_interval,
         now_keys=config.cache.max_entries,
     )
+
+
+def _shared_for(config: AgentConfig, metrics: Metrics, previous: Runtime | None) -> SharedTier:
+    """The running tier when nothing it depends on changed (its connections and subscriber)."""
+    if previous is not None and _tier_inputs(config) == _tier_inputs(previous.config):
+        return previous.service.shared
+    return build_tier(config, load_keys(config.encryption), metrics)
+
+
+async def _close_if_new(shared: SharedTier, previous: Runtime | None) -> None:
+    if previous is None or shared is not previous.service.shared:
+        await shared.close()
+
+
+def _tier_inputs(config: AgentConfig) -> tuple[object, ...]:
+    return (config.shared_cache, config.encryption, config.cache, config.backends)
 
 
 def _chain(backends: Running, metrics: Metrics) -> BackendChain:

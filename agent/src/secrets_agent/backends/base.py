@@ -49,6 +49,8 @@ class Backend(abc.ABC):
     # Backends that log in upstream report auth themselves; the others hold all they need once
     # started, and the agent reports them authenticated.
     manages_auth: ClassVar[bool] = False
+    # Flags for matching the ``*_lookup_pattern`` options, as the provider being replaced does.
+    lookup_pattern_flags: ClassVar[int] = 0
 
     def __init__(self, name: str, options: Any, context: BackendContext | None = None) -> None:
         self.name = name
@@ -57,6 +59,10 @@ class Backend(abc.ABC):
 
     async def start(self) -> None:
         """Authenticate / open files; raise ``BackendError`` if the backend is unusable."""
+        return None
+
+    async def check_local(self) -> None:
+        """Read the local files ``start`` would read (``check-config``); raise ``BackendError``."""
         return None
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ from secrets_agent.errors import ConfigError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
-_SECTIONS = ("listener", "log", "cache", "encryption", "metrics", "audit")
+_SECTIONS = ("listener", "log", "cache", "encryption", "metrics", "audit", "shared_cache")
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secrets_agent.config.validators import (
+    check_key_prefix,
     check_loopback,
     check_name,
     check_octal_mode,
     check_regex,
+    check_store_url,
     check_team,
     setting,
 )
@@ -100,6 +102,42 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SharedCacheConfig:
+    """The fleet tier: one Valkey/Redis that every agent's node-cache misses go through."""
+
+    url: str = setting("", check=check_store_url)  # empty: the tier is off
+    ca_file: str = setting("", path=True)
+    username: str = ""
+    password: str = ""  # prefer password_file: a config file is often world-readable
+    password_file: str = setting("", path=True)
+    key_prefix: str = setting("airflow-secrets-agent:", check=check_key_prefix)
+    # Which agents share entries: the same namespace and keys means the same chain of backends.
+    # Empty: derived from the backends' configuration.
+    namespace: str = ""
+    connect_timeout: float = setting(0.5, min=0.01, max=30.0)
+    timeout: float = setting(0.25, min=0.01, max=30.0)
+    lock_ttl: float = setting(10.0, min=0.1, max=300.0)
+    lock_wait: float = setting(2.0, min=0.0, max=60.0)
+    breaker_failures: int = setting(3, min=1, max=1000)
+    breaker_cooldown: float = setting(5.0, min=0.1, max=3600.0)
+    log_interval: float = setting(60.0, min=1.0, max=DAY)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.ca_file and not self.url.startswith(("rediss://", "rediss+sentinel://")):
+            problems.append(("ca_file", "needs a rediss:// or rediss+sentinel:// url (TLS)"))
+        if self.password and self.password_file:
+            problems.append(("password", "set password or password_file, not both"))
+        if self.lock_wait > self.lock_ttl:
+            problems.append(("lock_wait", "must not exceed lock_ttl"))
+        return problems
+
+
+@dataclass(frozen=True)
 class BackendCommon:
     """Keys every ``[[backends]]`` entry accepts; the rest belong to the backend's type."""
 
@@ -131,4 +169,5 @@ class AgentConfig:
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    shared_cache: SharedCacheConfig = field(default_factory=SharedCacheConfig)
     backends: tuple[BackendConfig, ...] = ()

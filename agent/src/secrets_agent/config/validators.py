@@ -61,3 +61,29 @@ def check_name(value: str) -> str | None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
         return "must match [a-z0-9][a-z0-9_-]* (it becomes a metric label)"
     return None
+
+
+def check_key_prefix(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        return "must be 1-64 letters, digits, _ . : or -"
+    return None
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_URL = re.compile(
+    r"rediss?\+sentinel://(?P<hosts>[^/@]+:\d+(?:,[^/@]+:\d+)*)/(?P<master>[^/]+)(?:/(?P<db>\d+))?"
+)
+
+
+def check_store_url(value: str) -> str | None:
+    schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+    if value and not value.startswith(schemes):
+        return (
+            "must be a redis://, rediss:// (TLS), unix:// or redis+sentinel:// URL, "
+            "or empty (tier off)"
+        )
+    if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+        return "must not hold credentials: use username and password_file"
+    if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
+        return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
+    return None

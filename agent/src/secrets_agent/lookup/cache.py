@@ -126,8 +126,11 @@ class SecretCache:
         version: str | None = None,
         *,
         team: str | None = None,
+        ttl: float | None = None,
     ) -> None:
-        ttl = self._negative_ttl if value is None else self._ttl(kind)
+        """Store a value (None: a miss); ``ttl`` overrides the kind's (the shared entry's rest)."""
+        if ttl is None:
+            ttl = self._negative_ttl if value is None else self._ttl(kind)
         key = (kind, secret_id, team)
         if ttl <= 0:
             self._entries.pop(key, None)

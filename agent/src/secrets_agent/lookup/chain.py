@@ -29,6 +29,8 @@ class Link:
         if self.teams and team not in self.teams:
             return False
         pattern = self.patterns.get(kind)
+        if pattern is not None and self.backend.lookup_pattern_flags:
+            pattern = re.compile(pattern.pattern, pattern.flags | self.backend.lookup_pattern_flags)
         return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
 
 
@@ -56,16 +58,18 @@ class BackendChain:
         """
         for link in self.links:
             if link.accepts(kind, secret_id, team):
-                found = await self._fetch_from(link.backend, kind, secret_id)
+                found = await self._fetch_from(link.backend, kind, secret_id, team)
                 if found is not None:
                     return found
         return None
 
-    async def _fetch_from(self, backend: Backend, kind: Kind, secret_id: str) -> Found | None:
+    async def _fetch_from(
+        self, backend: Backend, kind: Kind, secret_id: str, team: str | None = None
+    ) -> Found | None:
         got = await self._guard(
             backend,
             kind,
-            lambda: backend.fetch_versioned(kind, secret_id),
+            lambda: backend.fetch_for_team(kind, secret_id, team),
             lambda v: "missing" if v is None else "found",
         )
         return None if got is None else Found(got.value, backend.name, got.version)

@@ -17,6 +17,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import Cached, Key, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Found
 from secrets_agent.lookup.refresh import Refresher
+from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
 
@@ -67,8 +68,10 @@ class SecretService:
         cache: SecretCache,
         metrics: Metrics,
         refresh: RefreshPolicy | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.chain, self.cache = chain, cache
+        self.shared: SharedTier = shared or NoSharedTier()
         self._metrics = metrics
         policy = refresh or RefreshPolicy()
         self._flight: SingleFlight[Loaded] = SingleFlight()
@@ -91,6 +94,10 @@ class SecretService:
             return self._count(kind, Result(cached.value, state, cached.age, cached.source))
         joins = key in self._flight  # then the call's owner counts the refresh, not us
         try:
+            if forced and not joins:
+                # The fleet's copy is as old as ours: drop it (and tell the other nodes) so
+                # the load below reaches the upstream instead of reading it back.
+                self.shared.invalidate(kind, secret_id)
             loaded, shared = await self._flight.do(key, lambda: self._load(key, cached))
         except TransientError as exc:
             if forced and not joins:
@@ -111,6 +118,7 @@ class SecretService:
         return self._count(kind, Result(loaded.value, CacheState.MISS, 0.0, loaded.source))
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
+        self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background
         return self.cache.invalidate(kind, secret_id)
 
     def refresh_due(self) -> int:
@@ -127,15 +135,23 @@ class SecretService:
     async def _load(self, key: Key, cached: Cached | None) -> Loaded:
         """The one place the upstream is asked: revalidate the value held, else fetch."""
         kind, secret_id, team = key
-        held = _held(cached)
+        # With a shared cache, an expired value is refreshed through it (one upstream call for
+        # the fleet) rather than revalidated upstream by every node.
+        held = None if self.shared.shares_refreshes else _held(cached)
         if held is not None and await self.chain.revalidate(kind, secret_id, held, team):
             self.cache.restamp(kind, secret_id, team)
             return Loaded(held.value, held.source, revalidated=True)
-        found = await self.chain.fetch(kind, secret_id, team)
+        # Node cache → shared cache (when configured) → upstream: the one place a miss goes out.
+        shared = await self.shared.fetch(
+            kind, secret_id, team, lambda: self.chain.fetch(kind, secret_id, team)
+        )
+        found, ttl = shared.found, shared.ttl
         if found is None:
-            self.cache.put(kind, secret_id, None, team=team)
+            self.cache.put(kind, secret_id, None, team=team, ttl=ttl)
             return Loaded(None, None)
-        self.cache.put(kind, secret_id, found.value, found.source, found.version, team=team)
+        self.cache.put(
+            kind, secret_id, found.value, found.source, found.version, team=team, ttl=ttl
+        )
         return Loaded(found.value, found.source)
 
     def _may_refresh_now(self, key: Key) -> bool:

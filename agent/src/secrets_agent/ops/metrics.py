@@ -141,6 +141,39 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.shared_results = Counter(
+            p + "shared_cache_results",
+            "Shared-cache reads by result (hit, miss, unreadable: other keys or another name's).",
+            ["result"],
+            registry=r,
+        )
+        self.shared_errors = Counter(
+            p + "shared_cache_errors",
+            "Shared-cache store calls that failed or timed out, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.shared_lock_waits = Counter(
+            p + "shared_cache_lock_waits",
+            "Waits on another node's refresh lock, by outcome (value, released, timeout).",
+            ["outcome"],
+            registry=r,
+        )
+        self.shared_avoided = Counter(
+            p + "shared_cache_upstream_avoided",
+            "Node-cache misses the shared cache answered instead of the upstream.",
+            registry=r,
+        )
+        self.shared_invalidations = Counter(
+            p + "shared_cache_invalidations_received",
+            "Invalidations other nodes published that dropped entries here.",
+            registry=r,
+        )
+        self.shared_available = Gauge(
+            p + "shared_cache_available",
+            "1 while the shared cache is in use (0: its breaker is open, lookups skip it).",
+            registry=r,
+        )
         self.build_info = Gauge(
             p + "build_info", "Agent version.", ["version", "python"], registry=r
         )

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from secrets_agent.backends.aws.errors import translate
+from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
 from secrets_agent.backends.aws.options import SecretsManagerOptions, SsmOptions
 from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
 from secrets_agent.backends.aws.ssm import SsmBackend
-from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.base import BackendContext, Versioned
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
@@ -90,7 +90,7 @@ async def test_secrets_manager_uri_variables_config_and_missing(
     assert sm.health().ready
 
 
-async def test_json_connection_aliases_extra_words_and_urlencoding(
+async def test_json_connection_aliases_extra_words_and_no_url_decoding(
     aws: MotoServer, backends: Backends
 ) -> None:
     aws.put_secret(
@@ -124,18 +124,46 @@ async def test_json_connection_aliases_extra_words_and_urlencoding(
     assert json.loads(await sm.fetch(C, "custom") or "") == {
         "conn_type": "mysql",
         "login": "me",
-        "password": "p@ss",
+        "password": "p%40ss",  # amazon 9.0.0+ ignores are_secret_values_urlencoded
     }
 
 
 async def test_prefixes_separator_and_disabled_kinds(aws: MotoServer, backends: Backends) -> None:
     aws.put_secret("team-a_vars_greeting", "hi from a")
+    aws.put_secret("root-conn", "mysql://h")
+    aws.put_secret("airflow/config/key", "cfg")
     sm = await backends.secrets_manager(
-        variables_prefix="team-a_vars", sep="_", connections_prefix=""
+        variables_prefix="team-a_vars__",
+        sep="_",
+        connections_prefix="",
+        kinds=("connections", "variables"),
     )
-    assert await sm.fetch(V, "greeting") == "hi from a"
-    assert not sm.supports(C)
-    assert await sm.fetch(C, "anything") is None
+    assert await sm.fetch(V, "greeting") == "hi from a"  # trailing separators dropped
+    assert await sm.fetch(C, "root-conn") == "mysql://h"  # "" means the id alone
+    assert not sm.supports(CFG)
+    assert await sm.fetch(CFG, "key") is None
+    trailing = await backends.secrets_manager(config_prefix="airflow/config//")
+    assert await trailing.fetch(CFG, "key") == "cfg"
+
+
+async def test_ssm_prefix_gets_a_leading_slash_and_loses_trailing_ones(
+    aws: MotoServer, backends: Backends
+) -> None:
+    aws.put_parameter("/team/vars/x", "from team")
+    aws.put_parameter("/rooted", "at the root")
+    ssm = await backends.ssm(variables_prefix="team/vars/", connections_prefix="")
+    assert await ssm.fetch(V, "x") == "from team"
+    assert await ssm.fetch(C, "rooted") == "at the root"
+
+
+async def test_a_secret_pending_deletion_is_a_miss(aws: MotoServer, backends: Backends) -> None:
+    version = aws.put_secret("airflow/variables/doomed", "v")
+    sm = await backends.secrets_manager()
+    assert await sm.fetch(V, "doomed") == "v"
+    aws.client("secretsmanager").delete_secret(SecretId="airflow/variables/doomed")
+    assert not await sm.revalidate(V, "doomed", version)  # a cached copy is not re-stamped
+    assert await sm.fetch(V, "doomed") is None
+    assert backends.calls("sm", "GetSecretValue", "not_found") == 1
 
 
 async def test_ssm_string_securestring_missing_and_prefixes(
@@ -242,7 +270,7 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (client_error("ThrottlingException"), TransientError),
         (client_error("InternalServiceError", 500), TransientError),
         (client_error("SomethingNew", 503), TransientError),
-        (client_error("DecryptionFailure"), BackendError),
+        (client_error("DecryptionFailure"), DeniedError),
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientError),
     ],
 )
@@ -250,3 +278,66 @@ def test_error_translation(exc: Exception, kind: type[BackendError]) -> None:
     error = translate("sm", exc, "GetSecretValue")
     assert type(error) is kind
     assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "missing"),
+    [
+        ("ResourceNotFoundException", True),
+        ("InvalidRequestException", True),  # pending deletion
+        ("InvalidParameterException", True),
+        ("DecryptionFailure", False),  # a denial
+        ("InternalServiceError", False),  # transient: served stale
+    ],
+)
+def test_which_provider_misses_are_misses(code: str, missing: bool) -> None:
+    assert (error_code(client_error(code)) in NOT_FOUND) is missing
+
+
+def test_lookup_patterns_match_case_insensitively_as_the_provider() -> None:
+    import re
+
+    from secrets_agent.lookup.chain import Link
+
+    sm = SecretsManagerBackend("sm", SecretsManagerOptions(region=REGION))
+    link = Link(sm, {V: re.compile("T.*"), C: None, CFG: None})
+    assert link.accepts(V, "test")  # the provider's own test: T.* matches "test"
+    assert not link.accepts(V, "other")
+
+
+@pytest.mark.parametrize("service", ["sm", "ssm"])
+async def test_team_layout_reads_the_team_name_first_then_the_global_one(
+    aws: MotoServer, backends: Backends, service: str
+) -> None:
+    root = "airflow/" if service == "sm" else "/airflow/"
+    put = aws.put_secret if service == "sm" else aws.put_parameter
+    put(f"{root}variables/team_a--shared", "team a's")
+    put(f"{root}variables/shared", "global")
+    put(f"{root}variables/x--y", "ambiguous")
+    backend = await (backends.secrets_manager if service == "sm" else backends.ssm)(
+        team_layout=True
+    )
+    assert (await backend.fetch_for_team(V, "shared", "team_a") or Versioned("")).value == (
+        "team a's"
+    )
+    assert (await backend.fetch_for_team(V, "shared", "team_b") or Versioned("")).value == "global"
+    assert await backend.fetch(V, "shared") == "global"
+    assert await backend.fetch_for_team(V, "x--y", "team_a") is None  # ambiguous: never read
+    assert await backend.fetch(V, "x--y") is None
+    plain = await (backends.secrets_manager if service == "sm" else backends.ssm)()
+    assert (await plain.fetch_for_team(V, "shared", "team_a") or Versioned("")).value == "global"
+
+
+def test_kinds_accepts_only_the_three_kinds(tmp_path: Any) -> None:
+    from secrets_agent.config.loader import load_config
+    from secrets_agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[[backends]]\nname = "aws"\ntype = "aws_ssm"\nkinds = ["variables", "secrets"]\n'
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"backends\[0\]\.kinds: must be one of connections, variables, config; got .secrets.",
+    ):
+        load_config(str(path))

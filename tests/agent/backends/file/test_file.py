@@ -53,7 +53,7 @@ async def test_json_connections_uri_and_fields(tmp_path: Path) -> None:
 
 async def test_yaml_and_env_formats(tmp_path: Path) -> None:
     (tmp_path / "conns.yaml").write_text("pg:\n  conn_type: postgres\n  login: u\n")
-    (tmp_path / "vars.env").write_text("# comment\n\ngreeting = hello = world\nempty=\n")
+    (tmp_path / "vars.env").write_text("# comment\n\ngreeting = hello = world\n")
     (tmp_path / "cfg.yml").write_text("fernet_key: abc\n")
     backend = file_backend(
         connections_file=tmp_path / "conns.yaml",
@@ -63,7 +63,6 @@ async def test_yaml_and_env_formats(tmp_path: Path) -> None:
     await backend.start()
     assert json.loads(await backend.fetch(C, "pg") or "") == {"conn_type": "postgres", "login": "u"}
     assert await backend.fetch(V, "greeting") == "hello = world"
-    assert await backend.fetch(V, "empty") == ""
     assert await backend.fetch(CFG, "fernet_key") == "abc"
 
 
@@ -119,9 +118,14 @@ async def test_a_deleted_file_serves_nothing(tmp_path: Path) -> None:
         ("vars.json", "[1, 2]", "top level must be a mapping"),
         ("vars.json", '{"a": ', "invalid JSON at line 1"),
         ("vars.env", "no-equals-sign\n", "line 1: expected KEY=VALUE"),
-        ("vars.env", "a=1\na=2\n", "keys defined more than once: a"),
-        ("conns.json", '{"c": {"host": "h", "colour": "s3cret"}}', "has unknown fields: colour"),
-        ("conns.json", '{"c": 5}', "must be a URI string or a table of fields"),
+        ("vars.env", "s3cret=1\ns3cret=2\n", r"a key is defined more than once \(lines 1, 2\)"),
+        ("vars.env", "a=1\n  \n", "line 2: expected KEY=VALUE"),
+        ("vars.env", "s3cret=\n", "line 1: no value after '='"),
+        ("vars.json", "", "the file is empty"),
+        ("vars.json", " \n\t", "the file is empty"),
+        ("vars.yaml", "", "the file is empty"),
+        ("vars.yaml", "  \n", "the file is empty"),
+        ("vars.yaml", "# only a comment\n", "top level must be a mapping"),
     ],
 )
 async def test_bad_files_fail_start_with_a_clear_message(
@@ -139,4 +143,163 @@ async def test_bad_files_fail_start_with_a_clear_message(
 async def test_missing_file_fails_start(tmp_path: Path) -> None:
     backend = file_backend(variables_file=tmp_path / "absent.json")
     with pytest.raises(BackendError, match="does not exist"):
+        await backend.start()
+
+
+async def test_an_empty_env_file_holds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "vars.env").write_text("")
+    backend = file_backend(variables_file=tmp_path / "vars.env")
+    await backend.start()
+    assert await backend.fetch(V, "k") is None
+
+
+YAML_TYPED = """\
+day: 2024-01-01
+stamp: 2024-01-01 10:20:30
+zoned: 2024-01-01T10:20:30+02:00
+nested: {when: 2024-01-01, n: 1}
+flag: true
+ratio: 1.5
+items: [1, two]
+plain: text
+"""
+
+
+async def test_yaml_dates_and_typed_scalars_are_served_as_text(tmp_path: Path) -> None:
+    (tmp_path / "vars.yaml").write_text(YAML_TYPED)
+    backend = file_backend(variables_file=tmp_path / "vars.yaml")
+    await backend.start()
+    assert await backend.fetch(V, "day") == "2024-01-01"
+    assert await backend.fetch(V, "stamp") == "2024-01-01T10:20:30"
+    assert await backend.fetch(V, "zoned") == "2024-01-01T10:20:30+02:00"
+    assert json.loads(await backend.fetch(V, "nested") or "") == {"when": "2024-01-01", "n": 1}
+    assert await backend.fetch(V, "flag") == "true"
+    assert await backend.fetch(V, "ratio") == "1.5"
+    assert json.loads(await backend.fetch(V, "items") or "") == [1, "two"]
+    assert await backend.fetch(V, "plain") == "text"
+
+
+async def test_a_date_in_a_connection_extra_is_iso_text(tmp_path: Path) -> None:
+    (tmp_path / "conns.yaml").write_text(
+        "c:\n  conn_type: http\n  extra_dejson:\n    since: 2024-01-01\n"
+    )
+    backend = file_backend(connections_file=tmp_path / "conns.yaml")
+    await backend.start()
+    served = json.loads(await backend.fetch(C, "c") or "")
+    assert served == {"conn_type": "http", "extra": {"since": "2024-01-01"}}
+
+
+def touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # no sleeping for mtime
+
+
+async def test_a_date_arriving_by_reload_is_served_and_other_keys_keep_working(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vars.yaml"
+    path.write_text("k: one\n")
+    backend = file_backend(variables_file=path)
+    await backend.start()
+    path.write_text("k: two\nd: 2024-01-01\n")
+    touch_later(path)
+    assert await backend.fetch(V, "k") == "two"
+    assert await backend.fetch(V, "d") == "2024-01-01"
+    assert await backend.fetch(V, "absent") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("vars.json", '{"gone": null, "kept": "v"}'),
+        ("vars.yaml", "gone: ~\nkept: v\n"),
+        ("vars.yaml", "gone:\nkept: v\n"),
+        ("cfg.yaml", "gone: null\nkept: v\n"),
+    ],
+)
+async def test_null_is_absent(tmp_path: Path, name: str, content: str) -> None:
+    (tmp_path / name).write_text(content)
+    key = "config_file" if name.startswith("cfg") else "variables_file"
+    kind = CFG if name.startswith("cfg") else V
+    backend = file_backend(**{key: tmp_path / name})
+    await backend.start()
+    assert await backend.fetch(kind, "gone") is None
+    assert await backend.fetch(kind, "kept") == "v"
+
+
+async def test_connection_forms_airflow_accepts(tmp_path: Path) -> None:
+    path = tmp_path / "conns.json"
+    path.write_text(
+        json.dumps(
+            {
+                "listed": [{"conn_type": "mysql", "host": "h"}],
+                "listed_uri": ["redis://h:6379/0"],
+                "none_listed": [],
+                "described": {"uri": "mysql://u:p%40ss@Host:3306/db?a=1", "description": "d"},
+                "teamed": {"conn_type": "http", "host": "h", "team_name": "team_a"},
+                "same_id": {"conn_id": "same_id", "host": "h"},
+            }
+        )
+    )
+    backend = file_backend(connections_file=path)
+    await backend.start()
+    assert json.loads(await backend.fetch(C, "listed") or "") == {"conn_type": "mysql", "host": "h"}
+    assert await backend.fetch(C, "listed_uri") == "redis://h:6379/0"
+    assert await backend.fetch(C, "none_listed") is None
+    assert json.loads(await backend.fetch(C, "described") or "") == {
+        "conn_type": "mysql",
+        "host": "host",
+        "schema": "db",
+        "login": "u",
+        "password": "p@ss",
+        "port": 3306,
+        "extra": '{"a": 1}',
+        "description": "d",
+    }
+    assert json.loads(await backend.fetch(C, "teamed") or "") == {"conn_type": "http", "host": "h"}
+    assert json.loads(await backend.fetch(C, "same_id") or "") == {"host": "h"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"conn_id": "other", "password": "s3cret"}, "has a conn_id that differs from its key"),
+        ({"host": "h", "colour": "s3cret"}, "has unknown fields: colour"),
+        (5, "must be a URI string or a table of fields"),
+        (None, "must be a URI string or a table of fields"),
+        (["mysql://s3cret@h", "mysql://s3cret@g"], "is defined more than once"),
+        ({"uri": "mysql://h", "password": "s3cret"}, "has a URI and separate fields"),
+    ],
+)
+async def test_a_bad_connection_entry_fails_only_its_own_lookup(
+    tmp_path: Path, entry: object, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "conns.json"
+    path.write_text(json.dumps({"bad": entry, "good": "mysql://h"}))
+    backend = file_backend(connections_file=path)
+    with caplog.at_level(logging.ERROR):
+        await backend.start()
+    assert await backend.fetch(C, "good") == "mysql://h"
+    assert await backend.fetch(C, "absent") is None
+    with pytest.raises(BackendError, match=message) as info:
+        await backend.fetch(C, "bad")
+    assert "'bad'" in str(info.value)
+    assert "s3cret" not in str(info.value) + caplog.text
+    assert "1 bad entries" in backend.health().detail
+
+
+async def test_a_value_json_cannot_hold_fails_only_its_own_lookup(tmp_path: Path) -> None:
+    (tmp_path / "vars.yaml").write_text("odd: {2024-01-01: s3cret}\nfine: v\n")
+    backend = file_backend(variables_file=tmp_path / "vars.yaml")
+    await backend.start()
+    assert await backend.fetch(V, "fine") == "v"
+    with pytest.raises(BackendError, match="cannot be written as JSON") as info:
+        await backend.fetch(V, "odd")
+    assert "s3cret" not in str(info.value)
+
+
+async def test_a_file_nested_too_deeply_is_refused_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "vars.json").write_text('{"k": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    backend = file_backend(variables_file=tmp_path / "vars.json")
+    with pytest.raises(BackendError, match="nested too deeply"):
         await backend.start()

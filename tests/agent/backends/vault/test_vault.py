@@ -278,18 +278,28 @@ async def test_kv2_connections_variables_and_config(vault: Vault, started: Start
     assert backend.health().ready
 
 
-async def test_kv1_and_mount_point_in_the_path(vault: Vault, started: Started) -> None:
+async def test_kv1_and_mount_point_in_the_secret_id(vault: Vault, started: Started) -> None:
     backend = await started(options(vault, mount_point="kv1", kv_engine_version=1))
     assert await backend.fetch(V, "v1var") == "from-kv1"
     assert await backend.fetch(C, "v1conn") == "mysql://kv1"
-    inline = await started(
-        options(vault, mount_point="", kv_engine_version=1, variables_path="kv1/variables")
+    # The provider's mount_point=None: Variable.get("kv1/v1var") reads mount kv1 (#29734).
+    inline = await started(options(vault, mount_point="", kv_engine_version=1))
+    assert await inline.fetch(V, "kv1/v1var") == "from-kv1"
+    assert await inline.fetch(V, "v1var") is None  # no mount segment: nothing to read
+
+
+async def test_paths_empty_trailing_and_disabled(vault: Vault, started: Started) -> None:
+    vault.server.kv_put("root_level", {"value": "at the mount's root"})
+    backend = await started(
+        options(
+            vault,
+            variables_path="",
+            connections_path="connections//",
+            kinds=("variables", "connections"),
+        )
     )
-    assert await inline.fetch(V, "v1var") == "from-kv1"
-
-
-async def test_disabled_kind_is_not_asked(vault: Vault, started: Started) -> None:
-    backend = await started(options(vault, config_path=""))
+    assert await backend.fetch(V, "root_level") == "at the mount's root"
+    assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
     assert not backend.supports(CFG)
     assert await backend.fetch(CFG, "sql_alchemy_conn") is None
 
@@ -407,3 +417,20 @@ async def test_unreachable_vault_is_transient_and_unready(started: Started) -> N
     assert not backend.health().ready
     with pytest.raises(TransientError):
         await backend.fetch(V, "greeting")
+
+
+async def test_team_layout_reads_the_team_path_first_then_the_global_one(
+    vault: Vault, started: Started
+) -> None:
+    vault.server.kv_put("variables/team_a/shared", {"value": "team a's"})
+    vault.server.kv_put("variables/shared", {"value": "global"})
+    backend = await started(options(vault, team_layout=True))
+    found = await backend.fetch_for_team(V, "shared", "team_a")
+    assert found is not None and found.value == "team a's"
+    found = await backend.fetch_for_team(V, "shared", "team_b")
+    assert found is not None and found.value == "global"
+    assert await backend.fetch(V, "shared") == "global"
+    assert await backend.fetch(V, "team_a/shared") is None  # would reach into team_a's path
+    plain = await started(options(vault))
+    found = await plain.fetch_for_team(V, "shared", "team_a")
+    assert found is not None and found.value == "global"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from secrets_agent.backends.aws.client import AwsClient
@@ -15,6 +16,7 @@ BATCH = 10  # ids per BatchGetSecretValue / GetParameters call
 class AwsBackend(Backend):
     service: ClassVar[str]
     manages_auth = True
+    lookup_pattern_flags = re.IGNORECASE  # the amazon provider's re.match(..., re.IGNORECASE)
     options: AwsOptions
 
     def __init__(
@@ -34,17 +36,26 @@ class AwsBackend(Backend):
         return Health(ready=error is None, detail=error or "ok")
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.options.prefix(kind))
+        return self.options.serves(kind)
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
         found = await self.fetch_versioned(kind, secret_id)
         return None if found is None else found.value
 
     async def fetch_versioned(self, kind: Kind, secret_id: str) -> Versioned | None:
+        return await self.fetch_for_team(kind, secret_id, None)
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """The team's name first (with ``team_layout``), then the global one."""
         name = self.options.name_for(kind, secret_id)
         if name is None:
             return None
-        found = await self.fetch_name(name)
+        team_name = self.options.team_name_for(kind, secret_id, team) if team else None
+        found = await self.fetch_name(team_name) if team_name else None
+        if found is None:
+            found = await self.fetch_name(name)
         return None if found is None else self.shape(kind, found)
 
     async def fetch_name(self, name: str) -> Versioned | None:

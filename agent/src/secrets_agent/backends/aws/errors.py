@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 
+# Misses (negatively cached), as the provider reads them: InvalidRequestException is what
+# Secrets Manager answers for a secret pending deletion, InvalidParameterException for a name
+# it cannot hold.
 NOT_FOUND = frozenset(
-    {"ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"}
+    {
+        "ResourceNotFoundException",
+        "ParameterNotFound",
+        "ParameterVersionNotFound",
+        "InvalidRequestException",
+        "InvalidParameterException",
+    }
 )
-_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
+# The provider reads DecryptionFailure (KMS refused the key) as a miss; for the agent it is a
+# denial, so Airflow does not silently fall through to another backend's value.
+_DENIED = frozenset(
+    {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "DecryptionFailure"}
+)
 _TRANSIENT = frozenset(
     {
         "ThrottlingException",

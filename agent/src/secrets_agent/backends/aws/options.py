@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secrets_agent.config.validators import setting
-from secrets_agent.kinds import Kind, per_kind
+from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 # The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
 CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
+# What ``kinds`` may list; a provider's ``*_prefix = None`` is the kind left out of ``kinds``.
+KINDS = tuple(KIND_BY_SEGMENT)
+# The amazon provider's separator between a team and the id (secrets_manager.py TEAM_SEP).
+TEAM_SEP = "--"
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class AwsOptions:
     variables_prefix: str = ""
     config_prefix: str = ""
     sep: str = "/"
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
+    # Airflow 3 multi-team, as the provider names team secrets (apache/airflow #65703):
+    # ``{prefix}{sep}{team}--{id}`` first, then the global ``{prefix}{sep}{id}``.
+    team_layout: bool = False
     connect_timeout: float = setting(5.0, min=0.1, max=120.0)
     read_timeout: float = setting(10.0, min=0.1, max=300.0)
     # botocore's "standard" retry mode: exponential backoff with jitter, bounded attempts.
@@ -41,10 +49,30 @@ class AwsOptions:
         value: tuple[str, ...] = per_kind(self, kind, "prefetch_{}")
         return value
 
+    def serves(self, kind: Kind) -> bool:
+        return kind.plural in self.kinds
+
     def name_for(self, kind: Kind, secret_id: str) -> str | None:
-        """The upstream name, as the provider's ``build_path``; None when the kind is off."""
-        prefix = self.prefix(kind)
-        return f"{prefix}{self.sep}{secret_id}" if prefix else None
+        """The upstream name, as the provider builds it; None when the kind is off."""
+        if not self.serves(kind):
+            return None
+        if self.team_layout and TEAM_SEP in secret_id:
+            return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c" (#71078)
+        # As the provider: a trailing separator is dropped, and "" means the id alone.
+        return self._join(self.prefix(kind), secret_id)
+
+    def team_name_for(self, kind: Kind, secret_id: str, team: str) -> str | None:
+        """The team-scoped name tried first; None when there is none to try."""
+        if not self.team_layout or kind is Kind.CONFIG or self.name_for(kind, secret_id) is None:
+            return None
+        return self._join(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}", team_scoped=True)
+
+    def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
+        prefix = prefix.rstrip(self.sep)
+        if not prefix:
+            # Secrets Manager has no team name without a prefix (``if path_prefix and team``).
+            return None if team_scoped else secret_id
+        return f"{prefix}{self.sep}{secret_id}"
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -62,6 +90,7 @@ class SecretsManagerOptions(AwsOptions):
     config_prefix: str = "airflow/config"
     # More names per connection field in JSON secrets, e.g. {login = ["db_user"]}.
     extra_conn_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Accepted and ignored, as amazon provider 9.0.0+ ignores it: values are never URL-decoded.
     are_secret_values_urlencoded: bool = False
     # On TTL expiry ask DescribeSecret first; fetch again only if the version changed.
     revalidate: bool = True
@@ -81,3 +110,9 @@ class SsmOptions(AwsOptions):
     connections_prefix: str = "/airflow/connections"
     variables_prefix: str = "/airflow/variables"
     config_prefix: str = "/airflow/config"
+
+    def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
+        # Parameter Store names in a hierarchy start with "/"; the provider adds a missing one
+        # (so an empty prefix reads "/<id>"), and has team names with any prefix.
+        name = f"{prefix.rstrip(self.sep)}{self.sep}{secret_id}"
+        return name if name.startswith("/") else "/" + name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import unquote
 
 from secrets_agent.backends.aws.base import AwsBackend
 from secrets_agent.backends.aws.options import SecretsManagerOptions
@@ -50,7 +49,9 @@ class SecretsManagerBackend(AwsBackend):
         if not self.options.revalidate or name is None:
             return False
         response = await self.client.api("DescribeSecret", SecretId=name)
-        stages: dict[str, list[str]] = (response or {}).get("VersionIdsToStages", {})
+        if response is None or "DeletedDate" in response:
+            return False  # pending deletion: the fetch that follows reads it as a miss
+        stages: dict[str, list[str]] = response.get("VersionIdsToStages", {})
         return any(v == version and "AWSCURRENT" in s for v, s in stages.items())
 
     async def fetch_batch(self, names: list[str]) -> dict[str, Versioned]:
@@ -82,14 +83,4 @@ class SecretsManagerBackend(AwsBackend):
             value = next((v for k, v in secret.items() if k in names), None)
             if value is not None:
                 fields[conn_field] = value
-        if self.options.are_secret_values_urlencoded:
-            fields = {k: _unquote(v) for k, v in fields.items()}
         return fields
-
-
-def _unquote(value: Any) -> Any:
-    if isinstance(value, str):
-        return unquote(value)
-    if isinstance(value, dict):
-        return {k: _unquote(v) for k, v in value.items()}
-    return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
-from secrets_agent.backends.connections import ConnectionFormatError, connection_value
+from secrets_agent.backends.connections import ConnectionFormatError, connection_value, to_json
 from secrets_agent.backends.file.formats import SUFFIXES, FileFormatError, parse_secrets_file
 from secrets_agent.config.validators import setting
 from secrets_agent.errors import BackendError
@@ -50,6 +50,8 @@ class _Source:
         self.backend, self.kind, self.path = backend, kind, path
         self.stamp: Stamp | None = None
         self.values: dict[str, str] = {}
+        # One bad entry fails only its own lookups: id → why (never the value).
+        self.bad: dict[str, str] = {}
         self.error: str | None = None
 
     def current_stamp(self) -> Stamp | None:
@@ -63,35 +65,60 @@ class _Source:
         """Re-parse the file; on error keep the previous values and remember why."""
         if stamp is None:
             log.warning("backend %r: %s is gone; serving nothing from it", self.backend, self.path)
-            self.values, self.stamp, self.error = {}, None, f"{self.path} does not exist"
+            self.values, self.bad = {}, {}
+            self.stamp, self.error = None, f"{self.path} does not exist"
             return
         try:
             raw = parse_secrets_file(self.path, self.path.read_text(encoding="utf-8"))
-            self.values = {key: _normalise(self.kind, key, v) for key, v in raw.items()}
-        except (OSError, UnicodeDecodeError, FileFormatError, _EntryError) as exc:
+        except (OSError, UnicodeDecodeError, FileFormatError) as exc:
             self.error = f"{self.path}: {_describe(exc)}"
             log.error(
                 "backend %r: cannot load %s; keeping previous contents", self.backend, self.error
             )
         else:
+            self.values, self.bad = _entries(self.kind, raw)
             self.error = None
+            for key, why in self.bad.items():
+                log.error("backend %r: %s: %s %r %s", self.backend, self.path, self.kind, key, why)
         self.stamp = stamp
 
 
-class _EntryError(ValueError):
-    pass
-
-
-def _normalise(kind: Kind, key: str, value: Any) -> str:
-    if kind is Kind.CONNECTION:
+def _entries(kind: Kind, raw: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    values: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for key, value in raw.items():
         try:
-            return connection_value(value)
+            text = _normalise(kind, key, value)
         except ConnectionFormatError as exc:
-            raise _EntryError(f"connection {key!r} {exc}") from None
+            bad[key] = str(exc)
+        except Exception as exc:  # no value may take the file (or the agent) down with it
+            bad[key] = f"cannot be read ({type(exc).__name__})"
+        else:
+            if text is not None:
+                values[key] = text
+    return values, bad
+
+
+def _normalise(kind: Kind, key: str, value: Any) -> str | None:
+    """The text Airflow should get for one entry; None when Airflow would find nothing."""
+    if isinstance(value, list) and kind is not Kind.VARIABLE:
+        # Airflow reads a one-item list as its item (its own tests store connections so).
+        if not value:
+            return None
+        if len(value) > 1:
+            raise ConnectionFormatError("is defined more than once (a list of several values)")
+        value = value[0]
+    if kind is Kind.CONNECTION:
+        return connection_value(value, conn_id=key)
+    if value is None:
+        return None  # null, ~ or an empty YAML value: absent, so the lookup falls through
     if isinstance(value, str):
         return value
-    # A structured variable becomes JSON text, so Variable.get(deserialize_json=True) works.
-    return json.dumps(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    # A structured or typed variable becomes JSON text, so Variable.get(deserialize_json=True)
+    # works.
+    return to_json(value)
 
 
 def _describe(exc: BaseException) -> str:
@@ -126,11 +153,15 @@ class FileBackend(Backend):
             if source.error:
                 raise BackendError(self.name, f"cannot load {source.error}")
 
+    async def check_local(self) -> None:
+        await self.start()  # everything the file backend reads is local
+
     def supports(self, kind: Kind) -> bool:
         return kind in self._sources
 
     def health(self) -> Health:
         errors = [s.error for s in self._sources.values() if s.error]
+        errors += [f"{s.path}: {len(s.bad)} bad entries" for s in self._sources.values() if s.bad]
         # A bad edit keeps the last good contents serving, so the backend stays ready.
         return Health(ready=True, detail="; ".join(errors) if errors else "ok")
 
@@ -141,4 +172,7 @@ class FileBackend(Backend):
         stamp = source.current_stamp()
         if stamp != source.stamp:
             await asyncio.to_thread(source.load, stamp)
+        why = source.bad.get(secret_id)
+        if why is not None:
+            raise BackendError(self.name, f"{source.path}: {kind} {secret_id!r} {why}")
         return source.values.get(secret_id)

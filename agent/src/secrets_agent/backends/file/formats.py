@@ -16,7 +16,13 @@ class FileFormatError(ValueError):
 
 def parse_secrets_file(path: Path, text: str) -> dict[str, Any]:
     """Return the file's top-level mapping of id → raw value."""
-    suffix = path.suffix.lower()
+    try:
+        return _parse(path.suffix.lower(), text)
+    except RecursionError:
+        raise FileFormatError("values are nested too deeply") from None
+
+
+def _parse(suffix: str, text: str) -> dict[str, Any]:
     if suffix == ".env":
         return _parse_env(text)
     if suffix == ".json":
@@ -27,27 +33,32 @@ def parse_secrets_file(path: Path, text: str) -> dict[str, Any]:
 
 
 def _parse_env(text: str) -> dict[str, Any]:
-    values: dict[str, list[str]] = defaultdict(list)
+    # Errors give line numbers only: a line that is not KEY=VALUE may be part of a value
+    # (a wrapped key, a base64 block), so even its "key" could be secret.
+    lines: dict[str, list[int]] = defaultdict(list)
+    values: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        if not raw or raw.lstrip().startswith("#"):
             continue
-        key, sep, value = line.partition("=")
+        key, sep, value = raw.partition("=")
         if not sep:
             raise FileFormatError(f"line {lineno}: expected KEY=VALUE")
         if not key.strip():
             raise FileFormatError(f"line {lineno}: empty key")
-        values[key.strip()].append(value.strip())
-    duplicated = sorted(k for k, v in values.items() if len(v) > 1)
-    if duplicated:
-        # Ids are not secret; values are.
-        raise FileFormatError(f"keys defined more than once: {', '.join(duplicated)}")
-    return {k: v[0] for k, v in values.items()}
+        if not value:
+            raise FileFormatError(f"line {lineno}: no value after '='")
+        lines[key.strip()].append(lineno)
+        values[key.strip()] = value.strip()
+    repeated = sorted(numbers for numbers in lines.values() if len(numbers) > 1)
+    if repeated:
+        where = "; ".join("lines " + ", ".join(map(str, numbers)) for numbers in repeated)
+        raise FileFormatError(f"a key is defined more than once ({where})")
+    return values
 
 
 def _parse_json(text: str) -> Any:
     if not text.strip():
-        return {}
+        raise FileFormatError("the file is empty")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -57,8 +68,10 @@ def _parse_json(text: str) -> Any:
 def _parse_yaml(text: str) -> Any:
     import yaml  # the agent extra ships PyYAML; imported here so the config loader stays light
 
+    if not text.strip():
+        raise FileFormatError("the file is empty")
     try:
-        return yaml.safe_load(text) or {}
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         # PyYAML's own message quotes the offending line, which may hold a secret.
         mark = getattr(exc, "problem_mark", None)

@@ -135,3 +135,28 @@ _METHODS: dict[str, Callable[[str, VaultOptions], AuthMethod]] = {
 def auth_method(backend: str, options: VaultOptions) -> AuthMethod:
     """The configured method; ``VaultOptions.validate`` guarantees its table is present."""
     return _METHODS[options.auth_method](backend, options)
+
+
+def check_local_files(backend: str, options: VaultOptions) -> None:
+    """Read the credential and TLS files a start would read (the pod-mounted Kubernetes token
+    is left out: it exists only inside the pod)."""
+    files = [
+        ("token", options.token.token_file if options.token else ""),
+        ("secret_id", options.approle.secret_id_file if options.approle else ""),
+        ("JWT", options.jwt.jwt_file if options.jwt and options.auth_method == "jwt" else ""),
+    ]
+    for what, path in files:
+        if path:
+            _read_secret_file(backend, path, what)
+    for what, path in (
+        ("CA", options.ca_file),
+        ("client certificate", options.client_cert),
+        ("client key", options.client_key),
+    ):
+        if path:
+            try:
+                Path(path).read_bytes()
+            except OSError as exc:
+                raise CredentialSourceError(
+                    backend, f"cannot read the {what} file {path}: {exc.strerror}"
+                ) from None

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
-from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method
+from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.options import VaultOptions
 from secrets_agent.backends.vault.session import VaultSession
@@ -59,6 +59,9 @@ class VaultBackend(Backend):
         await self.session.login(force=True, strict=True)
         self._maintainer = asyncio.create_task(self.session.run_forever())
 
+    async def check_local(self) -> None:
+        check_local_files(self.name, self.options)
+
     async def close(self) -> None:
         if self._maintainer is not None:
             self._maintainer.cancel()
@@ -82,7 +85,7 @@ class VaultBackend(Backend):
         return Health(ready=False, detail=self.session.last_error)
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.options.path(kind))
+        return self.options.serves(kind)
 
     # -- TokenOps, for the session -----------------------------------------------------------
 
@@ -99,13 +102,22 @@ class VaultBackend(Backend):
     # -- reads -------------------------------------------------------------------------------
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
-        location = self._location(kind, secret_id)
-        if location is None:
-            return None
-        data = await self._read(*location, kind)
+        found = await self.fetch_for_team(kind, secret_id, None)
+        return None if found is None else found.value
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """The team's path first (with ``team_layout``), then the global one."""
+        scoped = self._location(kind, secret_id, team) if team else None
+        data = await self._read(*scoped, kind) if scoped else None
         if data is None:
-            return None
-        return self._value(kind, secret_id, data)
+            location = self._location(kind, secret_id)
+            if location is None:
+                return None
+            data = await self._read(*location, kind)
+        value = None if data is None else self._value(kind, secret_id, data)
+        return None if value is None else Versioned(value)
 
     async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
         await self.session.ensure_token()
@@ -155,13 +167,27 @@ class VaultBackend(Backend):
     async def _in_pool(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _location(self, kind: Kind, secret_id: str) -> tuple[str, str] | None:
-        base = self.options.path(kind).strip("/")
-        if not base:
+    def _location(
+        self, kind: Kind, secret_id: str, team: str | None = None
+    ) -> tuple[str, str] | None:
+        """(mount, path) as the provider's ``_get_secret_with_base``; None when it reads nothing."""
+        if not self.options.serves(kind):
             return None
+        base = self.options.path(kind).strip("/")
         mount = self.options.mount_point.strip("/")
-        if not mount:  # the provider's mount_point=None: the mount is the path's first segment
-            mount, _, base = base.partition("/")
+        if not mount:
+            # The provider's mount_point=None: the mount is the secret id's first segment
+            # (Variable.get("airflow/hello") reads mount "airflow"); an id without one is a miss.
+            mount, _, secret_id = secret_id.partition("/")
+            if not secret_id:
+                return None
+        if self.options.team_layout and kind is not Kind.CONFIG:
+            if team is None and "/" in secret_id:
+                return None  # "team_a/x" read with no team would reach into team_a's secrets
+            if team is not None:
+                base = f"{base}/{team}" if base else team
+        elif team is not None:
+            return None  # no team layout: only the global path
         return mount, f"{base}/{secret_id}" if base else secret_id
 
     def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from secrets_agent.config.validators import setting
-from secrets_agent.kinds import Kind, per_kind
+from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 AUTH_METHODS = ("token", "approle", "jwt", "kubernetes")
+KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,17 @@ class VaultOptions:
     approle: AppRoleAuth | None = None
     jwt: JwtAuth | None = None
     kubernetes: KubernetesAuth | None = None
-    # Same names and defaults as the Airflow provider; "" disables that kind.
+    # Same names and defaults as the Airflow provider. mount_point "" is the provider's None
+    # (the mount is the secret id's first segment); a path "" means the id alone; a kind left
+    # out of ``kinds`` is the provider's path None.
     mount_point: str = "secret"
     connections_path: str = "connections"
     variables_path: str = "variables"
     config_path: str = "config"
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
+    # Airflow 3 multi-team, as the provider names team secrets (apache/airflow #65493):
+    # ``{mount}/{path}/{team}/{key}`` first, then the global ``{mount}/{path}/{key}``.
+    team_layout: bool = False
     kv_engine_version: int = setting(2, min=1, max=2)
     # TLS
     verify: bool = True
@@ -67,6 +74,9 @@ class VaultOptions:
     renew_fraction: float = setting(2 / 3, min=0.1, max=0.95)
     backoff_initial: float = setting(1.0, min=0.01, max=60.0)
     backoff_max: float = setting(60.0, min=0.1, max=3600.0)
+
+    def serves(self, kind: Kind) -> bool:
+        return kind.plural in self.kinds
 
     def path(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_path")

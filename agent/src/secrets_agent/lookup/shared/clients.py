@@ -1,0 +1,71 @@
+"""Store clients from ``[shared_cache]``: one server by URL, or the master a Sentinel names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from secrets_agent.config.schema import SharedCacheConfig
+from secrets_agent.config.validators import SENTINEL_SCHEMES, SENTINEL_URL
+from secrets_agent.errors import StartupError
+
+_MAX_CONNECTIONS = 64  # bounded: a slow store must not collect one socket per waiting lookup
+
+
+def store_client(shared: SharedCacheConfig) -> tuple[Redis, list[Redis]]:
+    """The client for entries, and any others to close with it (the sentinels')."""
+    common: dict[str, Any] = {
+        "socket_timeout": shared.timeout,
+        "socket_connect_timeout": shared.connect_timeout,
+        # One immediate retry, on a new connection: a pooled socket the store closed (it was
+        # restarted) fails once. Every store call stays bounded by ``timeout`` as a whole, and
+        # the breaker decides when a failing store is tried again. (The asyncio Retry: the
+        # synchronous one silently never retries an awaited call.)
+        "retry": Retry(NoBackoff(), 1),
+    }
+    tls: dict[str, Any] = {"ssl_ca_certs": shared.ca_file} if shared.ca_file else {}
+    auth: dict[str, Any] = {"username": shared.username or None, "password": _password(shared)}
+    if not shared.url.startswith(SENTINEL_SCHEMES):
+        client: Redis = Redis.from_url(
+            shared.url, max_connections=_MAX_CONNECTIONS, **common, **tls, **auth
+        )
+        return client, []
+    match = SENTINEL_URL.fullmatch(shared.url)
+    if match is None:  # the loader checked it; this keeps the types honest
+        raise StartupError("shared_cache.url: not a redis+sentinel:// URL")
+    hosts = [
+        (host, int(port))
+        for host, _, port in (h.rpartition(":") for h in match["hosts"].split(","))
+    ]
+    if shared.url.startswith("rediss"):
+        tls["ssl"] = True
+    # Sentinels are asked without the store's password (they seldom share it), over the same
+    # TLS; the master they name gets the password.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis leaves it unannotated
+        hosts, sentinel_kwargs={**common, **tls}, **common, **tls
+    )
+    master: Redis = sentinel.master_for(
+        match["master"],
+        redis_class=Redis,
+        db=int(match["db"] or 0),
+        max_connections=_MAX_CONNECTIONS,
+        **auth,
+    )
+    return master, list(sentinel.sentinels)
+
+
+def _password(shared: SharedCacheConfig) -> str | None:
+    if shared.password_file:
+        try:
+            text = Path(shared.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StartupError(
+                f"shared_cache.password_file ({shared.password_file}): cannot read ({exc.strerror})"
+            ) from None
+        return text or None
+    return shared.password or None

@@ -1,0 +1,74 @@
+"""Every store call goes through one guard: bounded in time, counted, and behind the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from secrets_agent.lookup.shared.breaker import Breaker, ThrottledLog
+from secrets_agent.lookup.shared.tier import TierHealth
+from secrets_agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StoreDown(Exception):
+    """The store did not answer usefully; the caller goes to the upstream."""
+
+
+class StoreGuard:
+    def __init__(
+        self,
+        breaker: Breaker,
+        metrics: Metrics,
+        *,
+        timeout: float,
+        log_interval: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.breaker, self.timeout = breaker, timeout
+        self._metrics = metrics
+        self._warn = ThrottledLog(log, log_interval, clock)
+        self._last_error = ""
+
+    async def call(self, operation: str, call: Awaitable[T], bound: float | None = None) -> T:
+        """The call's result, or ``StoreDown`` after counting and (throttled) logging why."""
+        try:
+            result = await asyncio.wait_for(call, bound or self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(operation, exc)
+            self.breaker.failure()
+            raise StoreDown from None
+        if self.breaker.success():
+            self._warn.reset()
+            log.info("shared cache: reachable again")
+        return result
+
+    async def quietly(self, call: Awaitable[None], operation: str) -> None:
+        with contextlib.suppress(StoreDown):
+            await self.call(operation, call)
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        self._metrics.shared_errors.labels(operation).inc()
+        self._last_error = describe(exc)
+        self._warn.warning(
+            f"shared cache: {operation} failed ({self._last_error}); using the upstream"
+        )
+
+    def health(self) -> TierHealth:
+        if self.breaker.closed:
+            return TierHealth(True, "in use")
+        return TierHealth(False, f"unreachable, lookups go to the upstream: {self._last_error}")
+
+
+def describe(exc: BaseException) -> str:
+    # Store errors name hosts and commands, never values; still keep them short.
+    text = str(exc).strip() or "no detail"
+    return f"{type(exc).__name__}: {text[:200]}"

@@ -1,0 +1,77 @@
+"""The interface the lookup service calls on a node-cache miss, and the tier that is not there."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.chain import Found
+
+Upstream = Callable[[], Awaitable[Found | None]]
+Invalidated = Callable[[Kind | None, str | None], object]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a lookup found (None: a miss) and for how much longer it is fresh (None: full TTL)."""
+
+    found: Found | None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class TierHealth:
+    available: bool
+    detail: str
+
+
+class SharedTier(Protocol):
+    shares_refreshes: bool  # True: expired values are refreshed through the tier
+
+    async def fetch(
+        self, kind: Kind, secret_id: str, team: str | None, upstream: Upstream
+    ) -> Shared:
+        """The shared entry, or ``upstream()``'s answer (then shared with the fleet)."""
+        ...
+
+    def invalidate(self, kind: Kind | None, secret_id: str | None) -> None:
+        """Drop the shared entries and tell the other nodes; returns at once."""
+        ...
+
+    def attach(self, local: Invalidated) -> None:
+        """Where invalidations from other nodes land (the newest runtime's node cache)."""
+        ...
+
+    def health(self) -> TierHealth | None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NoSharedTier:
+    """No ``[shared_cache]``: every node-cache miss goes straight to the upstream."""
+
+    shares_refreshes = False
+
+    async def fetch(
+        self, kind: Kind, secret_id: str, team: str | None, upstream: Upstream
+    ) -> Shared:
+        return Shared(await upstream())
+
+    def invalidate(self, kind: Kind | None, secret_id: str | None) -> None:
+        return None
+
+    def attach(self, local: Invalidated) -> None:
+        return None
+
+    def health(self) -> TierHealth | None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

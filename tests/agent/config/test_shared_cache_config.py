@@ -1,0 +1,77 @@
+"""The [shared_cache] section: off by default, every key checked, one message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.config.loader import load_config
+from secrets_agent.errors import ConfigError
+from support.helpers import write_config
+
+
+def problems(tmp_path: Path, body: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, body))
+    return info.value.problems
+
+
+def test_off_by_default(tmp_path: Path) -> None:
+    shared = load_config(write_config(tmp_path, "")).shared_cache
+    assert not shared.enabled and shared.key_prefix == "airflow-secrets-agent:"
+
+
+def test_a_full_section_loads_with_paths_resolved(tmp_path: Path) -> None:
+    body = """
+        [shared_cache]
+        url = "rediss://valkey.example:6380/2"
+        ca_file = "ca.pem"
+        username = "agent"
+        password_file = "store.pw"
+        key_prefix = "fleet-a:"
+        namespace = "prod"
+        timeout = 0.5
+        lock_ttl = 5
+        lock_wait = 1
+        breaker_failures = 2
+        breaker_cooldown = 10
+        log_interval = 30
+    """
+    shared = load_config(write_config(tmp_path, body)).shared_cache
+    assert shared.enabled and shared.ca_file == str(tmp_path / "ca.pem")
+    assert shared.password_file == str(tmp_path / "store.pw")
+    assert (shared.lock_ttl, shared.lock_wait, shared.breaker_failures) == (5.0, 1.0, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('url = "http://x"', "shared_cache.url: must be a redis://"),
+        ('url = "redis+sentinel://h1:26379"', "shared_cache.url: must look like redis+sentinel"),
+        ('url = "redis+sentinel://h1/m"', "shared_cache.url: must look like redis+sentinel"),
+        ('url = "redis://user:pw@host:6379"', "shared_cache.url: must not hold credentials"),
+        ("timeout = 0", "shared_cache.timeout: must be >= 0.01"),
+        ("lock_ttl = 1000", "shared_cache.lock_ttl: must be <= 300.0"),
+        ("breaker_failures = 0", "shared_cache.breaker_failures: must be >= 1"),
+        ('key_prefix = "a b"', "shared_cache.key_prefix: must be 1-64 letters"),
+        ("lock_wait = 20\nlock_ttl = 10", "shared_cache.lock_wait: must not exceed lock_ttl"),
+        ('url = "redis://h"\nca_file = "ca.pem"', "shared_cache.ca_file: needs a rediss:// or"),
+        ('password = "x"\npassword_file = "f"', "shared_cache.password: set password or"),
+        ("hosts = []", "shared_cache.hosts: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, body: str, expected: str) -> None:
+    [problem] = problems(tmp_path, f"[shared_cache]\n{body}\n")
+    assert problem.startswith(expected)
+
+
+def test_sentinel_urls(tmp_path: Path) -> None:
+    url = "rediss+sentinel://s1:26379,s2.example:26380/mymaster/3"
+    body = f'[shared_cache]\nurl = "{url}"\nca_file = "ca.pem"\n'
+    assert load_config(write_config(tmp_path, body)).shared_cache.url == url
+
+
+def test_credentials_never_appear_in_problems(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, '[shared_cache]\nurl = "redis://u:hunter2-secret@h"\n')
+    assert "hunter2" not in problem

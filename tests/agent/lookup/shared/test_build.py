@@ -1,0 +1,191 @@
+"""The tier as the config builds it: TLS with a CA file and an ACL user against a real store; a
+wrong password or an untrusted certificate only sends lookups upstream, and is logged without it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from secrets_agent.config.loader import parse_config
+from secrets_agent.errors import StartupError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.chain import BackendChain, Link
+from secrets_agent.lookup.cipher import Cipher
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.shared.build import build_tier, chain_identity
+from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
+from secrets_agent.ops.metrics import Metrics
+from support.helpers import FakeClock, Script, ScriptedBackend
+from support.redis_server import RedisServer, SentinelServer
+from support.shared_nodes import subscribers, wait_for
+
+pytestmark = pytest.mark.integration
+
+V = Kind.VARIABLE
+KEY = Fernet.generate_key()
+PASSWORD = "store-password-5e1c"
+README_ACL = (
+    "~airflow-secrets-agent:* &airflow-secrets-agent:* -@all +get +mget +set +exists +eval"
+    " +del +unlink +scan +publish +subscribe +ping"
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    # The ACL the README documents: only the commands the tier uses, only its prefix.
+    server = RedisServer(
+        tmp_path_factory.mktemp("tls"), tls=True, user=("agent", PASSWORD), acl=README_ACL
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def tier_for(tmp_path: Path, shared: dict[str, Any], metrics: Metrics) -> SharedTier:
+    config = parse_config({"shared_cache": shared}, base_dir=tmp_path)
+    return build_tier(config, [KEY], metrics)
+
+
+async def lookup_through(tier: SharedTier, metrics: Metrics, *, close: bool = True) -> str | None:
+    ScriptedBackend.scripts = {"up": Script(values={(V, "k"): "v1"})}
+    chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
+    cache = SecretCache(
+        max_entries=10,
+        ttl=lambda k: 60.0,
+        negative_ttl=10.0,
+        max_stale=0.0,
+        cipher=Cipher([KEY]),
+        clock=FakeClock(),
+    )
+    result = await SecretService(chain, cache, metrics, shared=tier).lookup(V, "k")
+    if close:
+        await tier.close()
+    return result.value
+
+
+def store_errors(metrics: Metrics) -> float:
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "secrets_agent_shared_cache_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def password_file(tmp_path: Path, password: str) -> str:
+    path = tmp_path / "store.pw"
+    path.write_text(password + "\n")
+    return str(path)
+
+
+async def test_tls_and_an_acl_user_from_a_password_file(store: RedisServer, tmp_path: Path) -> None:
+    store.command("FLUSHALL")
+    metrics = Metrics()
+    shared = {
+        "url": store.url,
+        "ca_file": store.ca_file,
+        "username": "agent",
+        "password_file": password_file(tmp_path, PASSWORD),
+    }
+    tier = tier_for(tmp_path, shared, metrics)
+    await tier.start()
+    await wait_for(lambda: subscribers(store) == 1)
+    assert await lookup_through(tier, metrics, close=False) == "v1"
+    assert len(store.scan_all()) == 1
+    tier.invalidate(V, "k")  # scan, unlink and publish, under the same ACL
+    await wait_for(lambda: store.scan_all() == {})
+    await tier.close()
+    assert store_errors(metrics) == 0
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "untrusted certificate"])
+async def test_a_store_we_cannot_use_sends_lookups_upstream(
+    store: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, problem: str
+) -> None:
+    store.command("FLUSHALL")
+    metrics = Metrics()
+    wrong = problem == "wrong password"
+    shared = {
+        "url": store.url,
+        "username": "agent",
+        "password": "not-the-" + PASSWORD if wrong else PASSWORD,
+    }
+    if wrong:
+        shared["ca_file"] = store.ca_file
+    with caplog.at_level(logging.DEBUG):
+        assert await lookup_through(tier_for(tmp_path, shared, metrics), metrics) == "v1"
+    assert store.scan_all() == {}
+    assert store_errors(metrics) > 0
+    assert "shared cache: read failed" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+def test_no_tier_without_a_url_and_none_under_a_random_key(tmp_path: Path) -> None:
+    assert isinstance(tier_for(tmp_path, {}, Metrics()), NoSharedTier)
+    config = parse_config({"shared_cache": {"url": "redis://127.0.0.1:1/0"}}, base_dir=tmp_path)
+    with pytest.raises(StartupError, match="needs the fleet's Fernet keys"):
+        build_tier(config, [], Metrics())
+
+
+def test_an_unreadable_password_file_is_a_startup_error(tmp_path: Path) -> None:
+    shared = {"url": "redis://127.0.0.1:1/0", "password_file": "missing.pw"}
+    with pytest.raises(StartupError, match=r"shared_cache\.password_file"):
+        tier_for(tmp_path, shared, Metrics())
+
+
+def test_the_namespace_follows_the_backends(tmp_path: Path) -> None:
+    def identity(prefix: str) -> str:
+        backend = {"name": "env", "type": "env", "variables_prefix": prefix}
+        return chain_identity(parse_config({"backends": [backend]}, base_dir=tmp_path))
+
+    assert identity("AIRFLOW_VAR_") == identity("AIRFLOW_VAR_") != identity("OTHER_")
+
+
+async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
+    plain = RedisServer(tmp_path / "redis")
+    plain.start()
+    try:
+        metrics = Metrics()
+        tier = tier_for(tmp_path, {"url": plain.url}, metrics)
+        ScriptedBackend.scripts = {"up": Script(values={(V, "a"): "1", (V, "b"): "2"})}
+        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
+        cache = SecretCache(
+            max_entries=10,
+            ttl=lambda k: 60.0,
+            negative_ttl=10.0,
+            max_stale=0.0,
+            cipher=Cipher([KEY]),
+            clock=FakeClock(),
+        )
+        service = SecretService(chain, cache, metrics, shared=tier)
+        await service.lookup(V, "a")
+        plain.stop()
+        plain.start()  # the pooled connection is dead: one retry on a new one, not a failure
+        await service.lookup(V, "b")
+        await tier.close()
+        assert len(plain.scan_all()) == 1
+        assert store_errors(metrics) == 0
+    finally:
+        plain.stop()
+
+
+async def test_the_master_a_sentinel_names(tmp_path: Path) -> None:
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    sentinel = SentinelServer(tmp_path / "sentinel", master)
+    try:
+        sentinel.start()
+        metrics = Metrics()
+        tier = tier_for(tmp_path, {"url": sentinel.url}, metrics)
+        assert await lookup_through(tier, metrics) == "v1"
+        assert len(master.scan_all()) == 1 and store_errors(metrics) == 0
+    finally:
+        sentinel.stop()
+        master.stop()

@@ -1,0 +1,122 @@
+"""A store that is down, slow, full or holds entries we cannot read only sends lookups to the
+upstream: never an error, never a wait per lookup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from secrets_agent.lookup.shared.sealing import Sealer
+from support.helpers import FakeClock, Script
+from support.redis_server import RedisServer
+from support.shared_nodes import KEY, Node, V
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(module_store: RedisServer) -> RedisServer:
+    if module_store.process is None:  # a test killed it
+        module_store.start()
+    module_store.command("FLUSHALL")
+    return module_store
+
+
+async def test_an_entry_under_other_keys_or_another_name_is_a_miss(store: RedisServer) -> None:
+    script = Script(values={(V, "k"): "v1", (V, "other"): "o1"})
+    writer = Node(store, script)
+    await writer.service.lookup(V, "k")
+    stranger = Node(store, script, keys=[Fernet.generate_key()])
+    assert (await stranger.service.lookup(V, "k")).value == "v1"  # other keys: other names
+    assert stranger.sample("secrets_agent_shared_cache_results_total", result="miss") == 1
+    names = Sealer([KEY], "namespace", "test:")
+    # A token under another key at our name, and k's entry copied over other's name (what an
+    # attacker with write access could do): each only a miss.
+    foreign = Fernet(Fernet.generate_key()).encrypt(b'{"v": "planted"}')
+    store.command("SET", names.names(V, "k", "team-a").entry, foreign)
+    entry = store.command("GET", names.names(V, "k", None).entry)
+    assert isinstance(entry, bytes)
+    store.command("SET", names.names(V, "other", None).entry, entry)
+    reader = Node(store, script)
+    assert (await reader.service.lookup(V, "other")).value == "o1"
+    assert (await reader.service.lookup(V, "k", "team-a")).value == "v1"
+    assert reader.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 2
+    assert len(script.calls) == 4
+    for node in (writer, stranger, reader):
+        await node.tier.close()
+
+
+async def test_a_dead_store_costs_a_timeout_per_cooldown_and_one_log_line(
+    store: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Script(values={(V, f"k{i}"): "v" for i in range(10)})
+    breaker_clock = FakeClock()
+    node = Node(store, script, breaker_clock=breaker_clock)
+    await node.tier.start()
+    await node.service.lookup(V, "k0")
+    store.stop()
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
+        for i in range(1, 10):
+            assert (await node.service.lookup(V, f"k{i}")).value == "v"
+    errors = node.sample("secrets_agent_shared_cache_errors_total", operation="read")
+    assert errors == 2  # the breaker opened after two failures: the rest went straight up
+    assert len([r for r in caplog.records if "shared cache" in r.getMessage()]) == 1
+    assert node.sample("secrets_agent_shared_cache_available") == 0
+    health = node.tier.health()
+    assert not health.available and "unreachable" in health.detail
+    store.start()
+    node.cache.invalidate()
+    await node.service.lookup(V, "k1")  # still within the cooldown: the store is not asked
+    assert store.scan_all() == {}
+    breaker_clock.advance(5.0)
+    await node.service.lookup(V, "k2")
+    assert node.sample("secrets_agent_shared_cache_available") == 1
+    assert len(store.scan_all()) == 1
+    await node.tier.close()
+
+
+async def test_a_store_that_stops_answering_costs_one_timeout_per_call(tmp_path: Path) -> None:
+    slow = RedisServer(tmp_path)
+    slow.start()
+    try:
+        script = Script(values={(V, f"k{i}"): "v" for i in range(5)})
+        node = Node(slow, script, timeout=0.3)
+        await node.service.lookup(V, "k0")  # connected and working
+        assert slow.process is not None
+        os.killpg(slow.process.pid, signal.SIGSTOP)  # alive, connected, silent
+        for i in range(1, 5):
+            assert (await node.service.lookup(V, f"k{i}")).value == "v"
+        # Two timed-out reads opened the breaker; the other lookups did not wait on the store.
+        assert node.sample("secrets_agent_shared_cache_errors_total", operation="read") == 2
+        assert len(script.calls) == 5
+        os.killpg(slow.process.pid, signal.SIGCONT)
+        await node.tier.close()
+    finally:
+        slow.stop()
+
+
+async def test_a_full_store_leaves_lookups_working(tmp_path: Path) -> None:
+    full = RedisServer(tmp_path, maxmemory="1")
+    full.start()
+    try:
+        script = Script(values={(V, "k"): "v1"})
+        node = Node(full, script)
+        assert (await node.service.lookup(V, "k")).value == "v1"
+        assert node.sample("secrets_agent_shared_cache_errors_total", operation="lock") == 1
+        await node.tier.close()
+    finally:
+        full.stop()

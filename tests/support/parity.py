@@ -1,0 +1,115 @@
+"""Differential tests: an Airflow provider's backend and the agent answer the same lookups.
+
+Both sides are asked from one process in the real Airflow 3.3.2 venv
+(``tests/system/airflow/parity_probe.py``): the provider's backend directly, the agent through
+the real client over its socket, so both answers become the Connection Airflow builds.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support import ROOT
+from support.airflow_env import ensure_venv
+
+PROBE = ROOT / "tests" / "system" / "airflow" / "parity_probe.py"
+AIRFLOW = "3.3.2"
+Answer = dict[str, Any]
+Query = tuple[str, str, str | None]  # kind, id, team
+
+
+@dataclass
+class Group:
+    """One provider configuration and one agent socket, asked the same queries."""
+
+    provider_class: str
+    provider_kwargs: dict[str, Any]
+    socket: str | None
+    queries: list[Query]
+    multi_team: bool = False  # Airflow's [core] multi_team for the provider
+    answers: list[tuple[Answer, Answer]] = field(default_factory=list)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "provider": {"class": self.provider_class, "kwargs": self.provider_kwargs},
+            "socket": self.socket,
+            "multi_team": self.multi_team,
+            "queries": [list(q) for q in self.queries],
+        }
+
+
+@functools.cache
+def _venv() -> Path:
+    return ensure_venv(AIRFLOW)  # once per test session: it reinstalls the client each time
+
+
+def ask_both(groups: list[Group], env: dict[str, str] | None = None) -> None:
+    """Fill each group's ``answers``: (provider's, agent's) per query, in order."""
+    venv = _venv()
+    with tempfile.TemporaryDirectory(prefix="af-") as home:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+        base.update(
+            {
+                "AIRFLOW_HOME": home,
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+                "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+                **(env or {}),
+            }
+        )
+        result = subprocess.run(
+            [str(venv / "bin" / "python"), str(PROBE), str(Path(home) / "answers.json")],
+            input=json.dumps([g.spec() for g in groups]),
+            capture_output=True,
+            text=True,
+            env=base,
+            timeout=600,
+            cwd=home,
+            start_new_session=True,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"parity probe failed:\n{result.stderr[-4000:]}")
+        answered = json.loads((Path(home) / "answers.json").read_text())
+    for group, answers in zip(groups, answered, strict=True):
+        group.answers = [(theirs, ours) for theirs, ours in answers]
+
+
+def outcome(answer: Answer) -> str:
+    """found / missing / error: what the caller can tell apart."""
+    if "error" in answer:
+        return "error"
+    return "missing" if answer.get("missing") else "found"
+
+
+def mismatches(group: Group, allowed: dict[int, str] | None = None) -> list[str]:
+    """Queries whose answers differ, except those ``allowed`` (index → listed difference)."""
+    problems = []
+    for index, ((kind, secret_id, team), (theirs, ours)) in enumerate(
+        zip(group.queries, group.answers, strict=True)
+    ):
+        same = outcome(theirs) == outcome(ours) and (outcome(ours) == "error" or theirs == ours)
+        if index in (allowed or {}):
+            if same:
+                problems.append(f"{kind} {secret_id!r} (team {team}): expected a difference")
+            continue
+        if not same:
+            problems.append(
+                f"{kind} {secret_id!r} (team {team}): provider {theirs} vs agent {ours}"
+            )
+    return problems
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", newline="")
+    return path

@@ -1,0 +1,104 @@
+"""Runs inside the Airflow venv: ask a provider's backend and the agent the same questions.
+
+Reads a JSON list of groups on stdin, each ``{"provider": {"class", "kwargs"} | null,
+"socket": path | null, "multi_team": bool, "queries": [[kind, id, team], ...]}``, and
+writes to the file named by its argument one JSON list of ``[provider_answer, agent_answer]``
+per group. An answer is ``{"missing": true}``, ``{"error": "<type>"}``, ``{"value": text}``
+for a variable or config value, or ``{"fields": {...}}`` for a connection: the fields of the
+Connection Airflow builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+
+
+def text(value: Any) -> str:
+    """A variable as text: strings as they are, dates ISO 8601, anything else JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return json.dumps(value)
+
+
+def fields(conn: Any) -> dict[str, Any]:
+    result = {name: getattr(conn, name, None) for name in FIELDS}
+    extra = result["extra"]
+    if isinstance(extra, str) and extra:
+        with contextlib.suppress(ValueError):
+            result["extra"] = json.loads(extra)
+    return {k: v for k, v in result.items() if v not in (None, "")}
+
+
+def connection(backend: Any, conn_id: str, kwargs: dict[str, str]) -> Any:
+    """The Connection Airflow builds from the backend's answer, by one class for both sides."""
+    from airflow.models.connection import Connection
+
+    try:
+        value = backend.get_conn_value(conn_id, **kwargs)
+    except NotImplementedError:  # LocalFilesystemBackend builds its Connection itself
+        return backend.get_connection(conn_id, **kwargs)
+    if value is None:
+        return None
+    if value.strip().startswith("{"):
+        return Connection.from_json(value, conn_id=conn_id)
+    return Connection(conn_id=conn_id, uri=value)
+
+
+def ask(backend: Any, kind: str, secret_id: str, team: str | None) -> dict[str, Any]:
+    try:
+        if kind == "connection":
+            conn = connection(backend, secret_id, {"team_name": team} if team else {})
+            return {"missing": True} if conn is None else {"fields": fields(conn)}
+        if kind == "variable":
+            kwargs = {"team_name": team} if team else {}
+            value = backend.get_variable(secret_id, **kwargs)
+        else:
+            value = backend.get_config(secret_id)
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    return {"missing": True} if value is None else {"value": text(value)}
+
+
+def build(spec: dict[str, Any] | None, socket: str | None) -> tuple[Any, Any]:
+    provider = agent = None
+    if spec is not None:
+        module, _, name = spec["class"].rpartition(".")
+        provider = getattr(importlib.import_module(module), name)(**spec["kwargs"])
+    if socket is not None:
+        from secrets_agent_client import AgentSecretsBackend
+
+        agent = AgentSecretsBackend(socket_path=socket, on_unavailable="raise")
+    return provider, agent
+
+
+def main() -> None:
+    logging.disable(logging.CRITICAL)  # the providers log secret ids and paths at debug/warning
+    results = []
+    for group in json.load(sys.stdin):
+        from airflow.providers.common.compat.sdk import conf  # the one the providers read
+
+        # The providers read [core] multi_team at lookup time, so each group sets its own.
+        conf.set("core", "multi_team", str(group.get("multi_team", False)))
+        provider, agent = build(group.get("provider"), group.get("socket"))
+        answers = []
+        for kind, secret_id, team in group["queries"]:
+            theirs = ask(provider, kind, secret_id, team) if provider else {"error": "none"}
+            ours = ask(agent, kind, secret_id, team) if agent else {"error": "not started"}
+            answers.append([theirs, ours])
+        results.append(answers)
+    with open(sys.argv[1], "w") as out:  # stdout carries Airflow's own log lines
+        json.dump(results, out)
+
+
+if __name__ == "__main__":
+    main()

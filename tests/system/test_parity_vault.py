@@ -1,0 +1,233 @@
+"""The vault backend against the hashicorp provider's VaultBackend (4.8.4), on the same OpenBao.
+
+Cases: the layouts of the provider's ``test_vault.py`` (KV v1 and v2, custom and ``None``
+mounts, ``None``/empty/custom/trailing-separator paths, ``conn_uri`` and field connections,
+a secret without ``value``), plus soft-deleted and destroyed versions and fields Airflow's
+``Connection`` rejects. The agent is configured as the README's migration table says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from support.bao import BaoServer
+from support.helpers import agent_config, running_agent
+from support.parity import Group, Query, ask_both, mismatches
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+PROVIDER = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
+C, V, CFG = "connection", "variable", "config"
+PATHS = {C: "connections_path", V: "variables_path", CFG: "config_path"}
+PLURAL = {C: "connections", V: "variables", CFG: "config"}
+
+# The README's deliberate differences for Vault.
+MAPPED_FIELDS = "connection fields Airflow's constructor rejects are mapped or dropped"
+
+
+@dataclass
+class Setup:
+    name: str
+    queries: list[Query]
+    mount_point: str | None = "secret"
+    kv_engine_version: int = 2
+    paths: dict[str, str | None] = field(default_factory=dict)  # kind → path; None disables
+    differs: dict[str, str] = field(default_factory=dict)  # id → listed difference
+    team_layout: bool = False
+    differs_for: dict[tuple[str, str | None], str] = field(default_factory=dict)  # (id, team)
+
+    def provider_kwargs(self, bao: BaoServer) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "url": bao.url,
+            "token": bao.root_token,
+            "mount_point": self.mount_point,
+            "kv_engine_version": self.kv_engine_version,
+        }
+        kwargs.update({PATHS[kind]: path for kind, path in self.paths.items()})
+        return kwargs
+
+    def agent_toml(self, bao: BaoServer) -> str:
+        """The same options, mapped as the README's table says."""
+        kinds = [PLURAL[k] for k in (C, V, CFG) if self.paths.get(k, "") is not None]
+        lines = [
+            "[[backends]]",
+            'name = "vault"',
+            'type = "vault"',
+            f'url = "{bao.url}"',
+            f'mount_point = "{self.mount_point or ""}"',
+            f"kv_engine_version = {self.kv_engine_version}",
+            f"kinds = {json.dumps(kinds)}",
+        ]
+        lines += [f'{PATHS[k]} = "{p}"' for k, p in self.paths.items() if p is not None]
+        if self.team_layout:
+            lines.append("team_layout = true")
+        lines += ["[backends.token]", f'token = "{bao.root_token}"']
+        return "\n".join(lines) + "\n"
+
+    def allowed(self) -> dict[int, str]:
+        listed = {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
+        for i, (_, secret_id, team) in enumerate(self.queries):
+            if (secret_id, team) in self.differs_for:
+                listed[i] = self.differs_for[(secret_id, team)]
+        return listed
+
+
+def q(kind: str, *ids: str) -> list[Query]:
+    return [(kind, i, None) for i in ids]
+
+
+SETUPS = [
+    Setup(
+        "kv2 defaults",
+        q(C, "uri_conn", "field_conn", "extra_conn", "bad_fields", "absent")
+        + q(V, "hello", "structured", "no_value", "soft_deleted", "destroyed", "absent")
+        + q(CFG, "sql_alchemy_conn", "absent"),
+    ),
+    Setup(
+        "fields Airflow's Connection rejects",
+        q(C, "dejson_conn", "id_conn"),
+        differs={"dejson_conn": MAPPED_FIELDS, "id_conn": MAPPED_FIELDS},
+    ),
+    Setup(
+        "kv1 mount",
+        q(C, "v1conn") + q(V, "v1var", "absent"),
+        mount_point="kv1",
+        kv_engine_version=1,
+    ),
+    Setup(
+        "custom mount and paths, trailing separators",
+        q(C, "c1") + q(V, "v1", "absent"),
+        mount_point="airflow",
+        paths={C: "conns/", V: "vars"},
+    ),
+    Setup(
+        "mount_point None: the mount from the secret id (#29734)",
+        q(V, "airflow/hello", "airflow/absent", "hello", "kv1/v1var") + q(C, "airflow/c1"),
+        mount_point=None,
+        paths={C: "conns"},
+    ),
+    Setup(
+        "mount_point None, kv1",
+        q(V, "kv1/v1var", "v1var"),
+        mount_point=None,
+        kv_engine_version=1,
+    ),
+    Setup(
+        "empty and disabled paths",
+        q(V, "root_var", "hello") + q(C, "uri_conn") + q(CFG, "sql_alchemy_conn"),
+        paths={V: "", C: None, CFG: None},
+    ),
+]
+
+
+def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
+    return [(kind, secret_id, team) for team in teams]
+
+
+# VaultBackend 4.8.4 reads only {path}/{team}/{key} for a team's lookup; the agent falls back
+# to the global path, as the other providers do (README: "Team layouts").
+GLOBAL_FALLBACK = "a team lookup falls back to the global path"
+TEAMS = ("team_a", "team_b", None)
+TEAM_SETUPS = [
+    Setup(
+        "two teams",
+        tq(V, "shared", *TEAMS)
+        + tq(V, "only_b", *TEAMS)
+        + tq(C, "db", *TEAMS)
+        + tq(V, "team_a/shared", None)
+        + tq(CFG, "sql_alchemy_conn", None),
+        team_layout=True,
+        differs_for={("shared", "team_b"): GLOBAL_FALLBACK},
+    ),
+    Setup(
+        "two teams, mount_point None",
+        tq(V, "airflow/shared", *TEAMS),
+        mount_point=None,
+        team_layout=True,
+        differs_for={("airflow/shared", "team_b"): GLOBAL_FALLBACK},
+    ),
+]
+
+
+def seed_teams(bao: BaoServer) -> None:
+    for mount in ("secret", "airflow"):
+        bao.kv_put("variables/team_a/shared", {"value": "team a's"}, mount=mount)
+        bao.kv_put("variables/shared", {"value": "global"}, mount=mount)
+    bao.kv_put("variables/team_b/only_b", {"value": "team b's"})
+    bao.kv_put("connections/team_a/db", {"conn_uri": "mysql://team-a-host/db"})
+    bao.kv_put("connections/team_b/db", {"conn_uri": "mysql://team-b-host/db"})
+    bao.kv_put("connections/db", {"conn_uri": "mysql://global-host/db"})
+
+
+def seed(bao: BaoServer) -> None:
+    bao.api("POST", "/v1/sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}})
+    bao.api("POST", "/v1/sys/mounts/airflow", {"type": "kv", "options": {"version": "2"}})
+    kv = bao.kv_put
+    kv("connections/uri_conn", {"conn_uri": "postgresql://u:p%40ss@db.local:5432/app?a=1"})
+    kv(
+        "connections/field_conn",
+        {"conn_type": "http", "host": "api", "login": "svc", "password": "pw", "port": 443},
+    )
+    kv("connections/extra_conn", {"conn_type": "http", "host": "h", "extra": {"timeout": 5}})
+    kv("connections/bad_fields", {"conn_type": "http", "colour": "blue"})
+    kv("connections/dejson_conn", {"conn_type": "http", "host": "h", "extra_dejson": {"a": 1}})
+    kv("connections/id_conn", {"conn_id": "id_conn", "conn_type": "http", "host": "h"})
+    kv("variables/hello", {"value": "world"})
+    kv("variables/structured", {"value": {"retries": 3, "tags": ["a"]}})
+    kv("variables/no_value", {"other": "x"})
+    kv("config/sql_alchemy_conn", {"value": "sqlite:////tmp/x.db"})
+    kv("root_var", {"value": "at the mount root"})
+    for name in ("soft_deleted", "destroyed"):
+        kv(f"variables/{name}", {"value": "v1"})
+        kv(f"variables/{name}", {"value": "v2"})
+    bao.api("DELETE", "/v1/secret/data/variables/soft_deleted")
+    bao.api("POST", "/v1/secret/destroy/variables/destroyed", {"versions": [2]})
+    kv("variables/v1var", {"value": "from kv1"}, mount="kv1", version=1)
+    kv("connections/v1conn", {"conn_uri": "mysql://kv1"}, mount="kv1", version=1)
+    kv("conns/c1", {"conn_uri": "mysql://custom"}, mount="airflow")
+    kv("vars/v1", {"value": "custom"}, mount="airflow")
+    kv("variables/hello", {"value": "from the airflow mount"}, mount="airflow")
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    server = BaoServer(tmp_path_factory.mktemp("bao-parity"))
+    server.start()
+    try:
+        seed(server)
+        seed_teams(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_tmp: Path) -> None:
+    groups = []
+    with contextlib.ExitStack() as stack:
+        for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
+            directory = short_tmp / str(index)
+            directory.mkdir()
+            config = agent_config(directory, backends=setup.agent_toml(bao))
+            agent = stack.enter_context(running_agent(config))
+            groups.append(
+                Group(
+                    PROVIDER,
+                    setup.provider_kwargs(bao),
+                    agent.socket_path,
+                    setup.queries,
+                    multi_team=setup.team_layout,  # the provider's side of the same switch
+                )
+            )
+        ask_both(groups)
+    problems = [
+        f"{setup.name}: {problem}"
+        for setup, group in zip(setups, groups, strict=True)
+        for problem in mismatches(group, setup.allowed())
+    ]
+    assert not problems, "\n".join(problems)

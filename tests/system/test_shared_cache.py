@@ -1,0 +1,300 @@
+"""Three agents, one redis-server, one OpenBao: one upstream read per key per TTL for the fleet,
+lookups that survive the store, invalidations that reach every node, nothing readable stored."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from secrets_agent_client import AgentSecretsBackend
+from support.bao import BaoServer
+from support.helpers import (
+    AGENT_SCRIPT,
+    FakeClock,
+    RunningAgent,
+    agent_config,
+    body_of,
+    raw_request,
+    running_agent,
+    write_config,
+)
+from support.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+CANARY_ID, CANARY_VALUE = "canary-id-4d2e", "canary-value-b81f"
+TTL = 2.0  # real seconds for the store's entries; the agents' own clocks are moved by the test
+
+
+@pytest.fixture
+def bao(tmp_path: Path) -> Iterator[BaoServer]:
+    log = tmp_path / "audit.log"
+    audit = f'audit "file" "to-file" {{\n  options {{\n    file_path = "{log}"\n  }}\n}}\n'
+    server = BaoServer(tmp_path / "bao", extra_config=audit)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def reads(agents: list[RunningAgent]) -> int:
+    """Upstream fetches of variables by the whole fleet (each agent counts its own)."""
+    total = 0.0
+    for agent in agents:
+        for family in agent.agent.metrics.registry.collect():
+            if family.name == "secrets_agent_upstream_requests":
+                total += sum(
+                    s.value
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.labels["kind"] == "variable"
+                )
+    return int(total)
+
+
+def audited_reads(bao: BaoServer, secret_id: str) -> int:
+    """KV reads of one variable as OpenBao's audit device recorded them (responses)."""
+    lines = (bao.workdir.parent / "audit.log").read_text().splitlines()
+    path = f"secret/data/variables/{secret_id}"
+    return sum(
+        1
+        for entry in map(json.loads, lines)
+        if entry.get("type") == "response"
+        and entry["request"].get("path") == path
+        and entry["request"].get("operation") == "read"
+    )
+
+
+def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:
+    return f"""
+        [cache]
+        variable_ttl = {TTL}
+        negative_ttl = {TTL}
+        [encryption]
+        key_file = "{key_file}"
+        [shared_cache]
+        url = "{store.url}"
+        timeout = 2.0
+        connect_timeout = 2.0
+        lock_wait = 5.0
+        breaker_failures = 1
+        breaker_cooldown = 0.2
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "{bao.url}"
+        auth_method = "token"
+        timeout = 5
+        [backends.token]
+        token = "{bao.root_token}"
+    """
+
+
+@contextlib.contextmanager
+def fleet(
+    root: Path, bao: BaoServer, store: RedisServer, clock: FakeClock, size: int = 3
+) -> Iterator[list[RunningAgent]]:
+    key_file = root / "fernet.key"
+    key_file.write_text(Fernet.generate_key().decode())
+    with contextlib.ExitStack() as stack:
+        agents = []
+        for index in range(size):
+            directory = root / f"n{index}"
+            directory.mkdir()
+            config = agent_config(directory, backends=fleet_toml(bao, store, key_file))
+            agents.append(stack.enter_context(running_agent(config, clock)))
+        yield agents
+
+
+def on_all(
+    agents: list[RunningAgent], call: Callable[[AgentSecretsBackend], object]
+) -> list[object]:
+    """The same lookup on every agent at once, from one thread per agent."""
+    with ThreadPoolExecutor(len(agents)) as pool:
+        futures = [
+            pool.submit(call, AgentSecretsBackend(socket_path=a.socket_path)) for a in agents
+        ]
+        return [f.result(timeout=60) for f in futures]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)  # polling for a state change, not timing behaviour
+
+
+def entries(store: RedisServer) -> list[bytes]:
+    return [k for k in store.scan_all() if b":e:" in k]
+
+
+def invalidate(agent: RunningAgent, body: dict[str, str]) -> int:
+    data = json.dumps(body).encode()
+    head = f"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+    count: int = body_of(raw_request(agent.socket_path, head.encode() + data))["invalidated"]
+    return count
+
+
+def cached_locally(agent: RunningAgent, secret_id: str) -> bool:
+    from secrets_agent.kinds import Kind
+
+    async def probe() -> bool:
+        return agent.agent.service.cache.get(Kind.VARIABLE, secret_id) is not None
+
+    return agent.call(probe())
+
+
+def test_three_agents_make_one_upstream_read_per_key_per_ttl(
+    bao: BaoServer, store: RedisServer, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bao.kv_put(f"variables/{CANARY_ID}", {"value": CANARY_VALUE})
+    clock = FakeClock()
+    for logger in ("secrets_agent", "redis"):  # ours and the store client's, at every level
+        caplog.set_level(logging.DEBUG, logger=logger)
+    with fleet(short_tmp, bao, store, clock) as agents:
+        assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
+        assert on_all(agents, lambda c: c.get_variable("absent")) == [None] * 3
+        assert reads(agents) == 2  # one for the canary, one for the miss, for all three
+        assert (audited_reads(bao, CANARY_ID), audited_reads(bao, "absent")) == (1, 1)
+        # The TTL passes for the fleet (the store drops the entry) and for each node's cache.
+        wait_until(lambda: entries(store) == [])
+        clock.advance(TTL + 1)
+        assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
+        assert reads(agents) == 3
+        assert audited_reads(bao, CANARY_ID) == 2
+        avoided = sum(a.metric("secrets_agent_shared_cache_upstream_avoided_total") for a in agents)
+        assert avoided == 2 * 2 + 2  # two rounds of the canary and one of the miss: 2 of 3 each
+        for name, value in store.scan_all().items():
+            for canary in (CANARY_ID, CANARY_VALUE, "absent", "variable"):
+                assert canary.encode() not in name and canary.encode() not in value
+    assert CANARY_VALUE not in caplog.text
+
+
+def test_invalidation_on_one_agent_reaches_the_others(
+    bao: BaoServer, store: RedisServer, short_tmp: Path
+) -> None:
+    bao.kv_put("variables/greeting", {"value": "v1"})
+    with fleet(short_tmp, bao, store, FakeClock()) as agents:
+        assert on_all(agents, lambda c: c.get_variable("greeting")) == ["v1"] * 3
+        bao.kv_put("variables/greeting", {"value": "v2"})
+        assert invalidate(agents[0], {"kind": "variable", "id": "greeting"}) == 1
+        wait_until(lambda: not any(cached_locally(a, "greeting") for a in agents))
+        assert on_all(agents, lambda c: c.get_variable("greeting")) == ["v2"] * 3
+        assert reads(agents) == 2
+
+
+def test_a_killed_store_leaves_lookups_working_and_is_used_again_once_back(
+    bao: BaoServer, store: RedisServer, short_tmp: Path
+) -> None:
+    for name in ("before", "during", "after"):
+        bao.kv_put(f"variables/{name}", {"value": name})
+    with fleet(short_tmp, bao, store, FakeClock(), size=2) as agents:
+        assert on_all(agents, lambda c: c.get_variable("before")) == ["before"] * 2
+        store.stop()
+        assert on_all(agents, lambda c: c.get_variable("during")) == ["during"] * 2
+        assert reads(agents) == 1 + 2  # no store, no sharing: each node asked the upstream
+        ready = raw_request(agents[0].socket_path, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body_of(ready)["ready"] is True
+        assert "unreachable" in body_of(ready)["backends"]["[shared_cache]"]["detail"]
+        assert agents[0].metric("secrets_agent_shared_cache_available") == 0
+
+        store.start()  # an empty store on the same port; the agents keep running
+        for agent in agents:
+
+            def back(agent: RunningAgent = agent) -> bool:
+                # A node miss after the breaker's cooldown: it lets one lookup try the store.
+                invalidate(agent, {"kind": "variable", "id": "before"})
+                AgentSecretsBackend(socket_path=agent.socket_path).get_variable("before")
+                return agent.metric("secrets_agent_shared_cache_available") == 1
+
+            wait_until(back)
+        before = reads(agents)
+        assert on_all(agents, lambda c: c.get_variable("after")) == ["after"] * 2
+        assert reads(agents) == before + 1
+        # The invalidation channel is back too.
+        wait_until(lambda: _subscribers(store) == 2)
+        invalidate(agents[0], {"kind": "variable", "id": "after"})
+        wait_until(lambda: not cached_locally(agents[1], "after"))
+
+
+def test_an_agent_refuses_to_share_under_a_random_key(store: RedisServer, short_tmp: Path) -> None:
+    import subprocess
+
+    config = write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        [shared_cache]
+        url = "{store.url}"
+        """,
+    )
+    result = subprocess.run(
+        [AGENT_SCRIPT, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert result.returncode == 78
+    assert "shared_cache needs the fleet's Fernet keys" in result.stderr
+
+
+def test_a_reload_keeps_the_tier_or_replaces_it_whole(store: RedisServer, short_tmp: Path) -> None:
+    key_file = short_tmp / "fernet.key"
+    key_file.write_text(Fernet.generate_key().decode())
+
+    def shared_toml(prefix: str) -> str:
+        return f"""
+            [encryption]
+            key_file = "{key_file}"
+            [shared_cache]
+            url = "{store.url}"
+            key_prefix = "{prefix}"
+        """
+
+    config = agent_config(short_tmp, extra=shared_toml("first:"))
+    path = short_tmp / "agent.toml"
+    with running_agent(config, FakeClock(), config_path=path) as agent:
+        tier = agent.agent.service.shared
+        wait_until(lambda: channels(store) == [b"first:"])
+        assert agent.call(agent.agent.reload())  # nothing changed: same connections, subscriber
+        assert agent.agent.service.shared is tier
+        path.write_text(path.read_text().replace('"first:"', '"second:"'))
+        assert agent.call(agent.agent.reload())
+        assert agent.agent.service.shared is not tier
+        wait_until(lambda: channels(store) == [b"second:"])  # the old subscriber is gone
+        AgentSecretsBackend(socket_path=agent.socket_path).get_variable("greeting")
+        assert [k[:7] for k in entries(store)] == [b"second:"]
+
+
+def _subscribers(store: RedisServer) -> int:
+    names = store.command("PUBSUB", "CHANNELS", "*")
+    assert isinstance(names, list)
+    counts = store.command("PUBSUB", "NUMSUB", *names) if names else []
+    assert isinstance(counts, list)
+    return sum(int(n) for n in counts[1::2])
+
+
+def channels(store: RedisServer) -> list[bytes]:
+    names = store.command("PUBSUB", "CHANNELS", "*")
+    assert isinstance(names, list)
+    return sorted({n.split(b":")[0] + b":" for n in names})
