@@ -254,6 +254,21 @@ def _get(socket_path: str, path: str) -> bytes:
     return raw_request(socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
+def test_team_layout_through_the_agent(azure: Azure, short_tmp: Path) -> None:
+    """A team's lookup (?team=, as the client sends Airflow 3's team_name) reaches the layout."""
+    azure.store.put("airflow-variables-team-a--greeting", "hello a")
+    azure.store.put("airflow-variables-greeting", "hello everyone")
+    config = agent_config(short_tmp, backends=_backend_toml(azure, team_layout=True))
+    with running_agent(config) as agent:
+
+        def value(path: str) -> str:
+            return str(body_of(_get(agent.socket_path, path))["value"])
+
+        assert value("/v1/variables/greeting?team=team_a") == "hello a"
+        assert value("/v1/variables/greeting?team=team_b") == "hello everyone"
+        assert value("/v1/variables/greeting") == "hello everyone"
+
+
 def test_killed_vault_serves_stale_then_recovers(azure: Azure, short_tmp: Path) -> None:
     azure.store.put("airflow-variables-greeting", "before")
     clock = FakeClock()

@@ -246,6 +246,31 @@ async def test_team_layout_two_teams_and_fallback(gcp: Gcp, started: Started) ->
     )
 
 
+def test_team_layout_through_the_agent(gcp: Gcp, short_tmp: Path) -> None:
+    """A team's lookup (?team=, as the client sends Airflow 3's team_name) reaches the layout."""
+    gcp.put("airflow-variables-team_a--greeting", "hello a")
+    gcp.put("airflow-variables-greeting", "hello everyone")
+    o = gcp.options()
+    backends = f"""
+        [[backends]]
+        name = "gcp"
+        type = "gcp_secret_manager"
+        team_layout = true
+        credentials_file = "{o.credentials_file}"
+        api_endpoint = "{o.api_endpoint}"
+        ca_file = "{o.ca_file}"
+    """
+    with running_agent(agent_config(short_tmp, backends=backends)) as agent:
+
+        def value(path: str) -> str:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            return str(body_of(raw_request(agent.socket_path, request))["value"])
+
+        assert value("/v1/variables/greeting?team=team_a") == "hello a"
+        assert value("/v1/variables/greeting?team=team_b") == "hello everyone"
+        assert value("/v1/variables/greeting") == "hello everyone"
+
+
 def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) -> None:
     gcp.put("airflow-variables-greeting", "before")
     o = gcp.options()
