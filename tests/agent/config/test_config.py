@@ -98,7 +98,7 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
         type = "file"
     """,
     )
-    choices = "aws_secrets_manager, aws_ssm, env, file, gcp_secret_manager, vault"
+    choices = "aws_secrets_manager, aws_ssm, azure_key_vault, env, file, gcp_secret_manager, vault"
     assert f"backends[0].type: unknown backend type (choose one of: {choices})" in found
     assert "backends[1].colour: unknown key" in found
     assert "backends[2].name: is required" in found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
 from secrets_agent.backends.aws.ssm import SsmBackend
+from secrets_agent.backends.azure.backend import AzureKeyVaultBackend
 from secrets_agent.backends.base import Backend, BackendContext
 from secrets_agent.backends.env import EnvBackend
 from secrets_agent.backends.file.backend import FileBackend
@@ -20,6 +21,7 @@ BACKEND_TYPES: dict[str, type[Backend]] = {
         SecretsManagerBackend,
         SsmBackend,
         GcpSecretManagerBackend,
+        AzureKeyVaultBackend,
     )
 }
 

@@ -16,7 +16,7 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 )
 from google.oauth2 import service_account
 
-from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.base import BackendContext, Versioned
 from secrets_agent.backends.gcp.backend import GcpSecretManagerBackend
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.backends.gcp.options import GcpOptions
@@ -206,6 +206,69 @@ async def test_adc_from_google_application_credentials(
     gcp.put("airflow-variables-greeting", "via ADC")
     backend = await started(gcp.options(credentials_file=""))
     assert await backend.fetch(V, "greeting") == "via ADC"
+
+
+async def test_team_layout_two_teams_and_fallback(gcp: Gcp, started: Started) -> None:
+    gcp.put("airflow-connections-team_a--pg", "postgresql://a")
+    gcp.put("airflow-connections-team_b--pg", "postgresql://b")
+    gcp.put("airflow-connections-pg", "postgresql://global")
+    gcp.put("airflow-variables-team_a--greeting", "hello a")
+    gcp.put("airflow-variables-greeting", "hello everyone")
+    gcp.put("airflow-config-team_a--parallelism", "no team for config")
+    gcp.put("airflow-config-parallelism", "8")
+    backend = await started(gcp.options(team_layout=True))
+
+    async def get(kind: Kind, secret_id: str, team: str | None) -> str | None:
+        found = await backend.fetch_for_team(kind, secret_id, team)
+        return None if found is None else found.value
+
+    assert await get(C, "pg", "team_a") == "postgresql://a"
+    assert await get(C, "pg", "team_b") == "postgresql://b"
+    assert await get(C, "pg", None) == "postgresql://global"
+    assert await get(V, "greeting", "team_b") == "hello everyone"  # no team secret: global
+    assert await get(V, "greeting", "team_a") == "hello a"
+    assert await get(CFG, "parallelism", "team_a") == "8"
+    # An id spelling the team separator is ambiguous: refused for every lookup, no call made.
+    before = gcp.store.calls["AccessSecretVersion"]
+    assert await get(V, "team_a--greeting", None) is None
+    assert await get(V, "x--greeting", "team_a") is None
+    assert gcp.store.calls["AccessSecretVersion"] == before
+    # A denied team secret stops there, as the provider does: the global name is not tried.
+    gcp.store.denied.add("airflow-variables-team_b--greeting")
+    with pytest.raises(DeniedError):
+        await get(V, "greeting", "team_b")
+    # Without the option the team is ignored and "--" ids are ordinary.
+    plain = await started(gcp.options())
+    assert await plain.fetch_for_team(C, "pg", "team_a") is not None
+    assert await plain.fetch(V, "team_a--greeting") == "hello a"
+    assert (await plain.fetch_for_team(C, "pg", "team_b") or Versioned("")).value == (
+        "postgresql://global"
+    )
+
+
+def test_team_layout_through_the_agent(gcp: Gcp, short_tmp: Path) -> None:
+    """A team's lookup (?team=, as the client sends Airflow 3's team_name) reaches the layout."""
+    gcp.put("airflow-variables-team_a--greeting", "hello a")
+    gcp.put("airflow-variables-greeting", "hello everyone")
+    o = gcp.options()
+    backends = f"""
+        [[backends]]
+        name = "gcp"
+        type = "gcp_secret_manager"
+        team_layout = true
+        credentials_file = "{o.credentials_file}"
+        api_endpoint = "{o.api_endpoint}"
+        ca_file = "{o.ca_file}"
+    """
+    with running_agent(agent_config(short_tmp, backends=backends)) as agent:
+
+        def value(path: str) -> str:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            return str(body_of(raw_request(agent.socket_path, request))["value"])
+
+        assert value("/v1/variables/greeting?team=team_a") == "hello a"
+        assert value("/v1/variables/greeting?team=team_b") == "hello everyone"
+        assert value("/v1/variables/greeting") == "hello everyone"
 
 
 def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.backends.gcp.options import GcpOptions
@@ -136,9 +136,24 @@ class GcpSecretManagerBackend(Backend):
         return bool(self.options.prefix(kind))
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        found = await self.fetch_for_team(kind, secret_id, None)
+        return None if found is None else found.value
+
+    async def fetch_for_team(
+        self, kind: Kind, secret_id: str, team: str | None
+    ) -> Versioned | None:
+        """The team's name first (with ``team_layout``), then the global one."""
         name = self.options.secret_name(kind, secret_id)
         if name is None:
             return None  # no such secret can exist: spare the upstream call
+        team_name = self.options.team_secret_name(kind, secret_id, team) if team else None
+        if team_name is not None:
+            found = await self._access(kind, secret_id, team_name)
+            if found is not None:
+                return found
+        return await self._access(kind, secret_id, name)
+
+    async def _access(self, kind: Kind, secret_id: str, name: str) -> Versioned | None:
         if self._client is None:
             raise self._error or BackendError(self.name, "not started")
         path = f"projects/{self._project}/secrets/{name}/versions/{self.options.version}"
@@ -152,7 +167,7 @@ class GcpSecretManagerBackend(Backend):
             return None
         data: bytes = response.payload.data
         try:
-            return data.decode("utf-8")
+            return Versioned(data.decode("utf-8"))
         except UnicodeDecodeError:
             log.warning("backend %r: the %s %r is not UTF-8 text", self.name, kind, secret_id)
             return None

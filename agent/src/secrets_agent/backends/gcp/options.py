@@ -9,6 +9,7 @@ from secrets_agent.config.validators import setting
 from secrets_agent.kinds import Kind, per_kind
 
 SECRET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what Secret Manager accepts as a secret id
+TEAM_SEP = "--"  # the provider's separator between a team and the id (secret_manager.py)
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class GcpOptions:
     sep: str = "-"
     project_id: str = ""  # default: the project the credentials carry
     version: str = "latest"
+    # Airflow 3 multi-team: ``{prefix}{sep}{team}--{id}`` first, then the global name.
+    team_layout: bool = False
     # Credentials: Application Default Credentials unless a file is named.
     credentials_file: str = setting("", path=True)
     impersonation_chain: tuple[str, ...] = ()
@@ -39,7 +42,16 @@ class GcpOptions:
         prefix = self.prefix(kind)
         if not prefix:
             return None
+        if self.team_layout and kind is not Kind.CONFIG and TEAM_SEP in secret_id:
+            return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c"
         name = f"{prefix}{self.sep}{secret_id}"
+        return name if SECRET_NAME.match(name) else None
+
+    def team_secret_name(self, kind: Kind, secret_id: str, team: str) -> str | None:
+        """The team-scoped name tried first; the id is kept verbatim, as the provider does."""
+        if not self.team_layout or kind is Kind.CONFIG or self.secret_name(kind, secret_id) is None:
+            return None
+        name = f"{self.prefix(kind)}{self.sep}{team}{TEAM_SEP}{secret_id}"
         return name if SECRET_NAME.match(name) else None
 
     def validate(self) -> list[tuple[str, str]]:

@@ -1,0 +1,1 @@
+"""Azure Key Vault backend (async SDK), named as Airflow's microsoft-azure provider does."""

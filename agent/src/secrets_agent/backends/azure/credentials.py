@@ -1,0 +1,88 @@
+"""The credential the vault client uses, built from options and watched for readiness."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from secrets_agent.backends.azure.errors import translate_token_error
+from secrets_agent.backends.azure.options import AzureOptions
+from secrets_agent.errors import BackendError
+from secrets_agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def transport_kwargs(options: AzureOptions) -> dict[str, Any]:
+    """What both pipelines (vault and token endpoint) share: TLS roots, timeouts, retries."""
+    kwargs: dict[str, Any] = {
+        "connection_timeout": options.connect_timeout,
+        "read_timeout": options.timeout,
+        "retry_total": options.retries,
+        "retry_backoff_factor": options.backoff_initial,
+        "retry_backoff_max": options.backoff_max,
+        # HTTP logging stays off whatever the log level: bodies carry secret values.
+        "logging_enable": False,
+    }
+    if options.ca_file:
+        kwargs["connection_verify"] = options.ca_file
+    return kwargs
+
+
+def build_credential(options: AzureOptions) -> Any:
+    """A service principal when configured, else DefaultAzureCredential, as the provider does."""
+    from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential
+
+    kwargs = transport_kwargs(options)
+    if options.authority_host:
+        kwargs["authority"] = options.authority_host
+    if options.disable_instance_discovery:
+        kwargs["disable_instance_discovery"] = True
+    if options.client_secret_file:
+        secret = Path(options.client_secret_file).read_text(encoding="utf-8").strip()
+        return ClientSecretCredential(options.tenant_id, options.client_id, secret, **kwargs)
+    if options.managed_identity_client_id:
+        kwargs["managed_identity_client_id"] = options.managed_identity_client_id
+    if options.workload_identity_tenant_id:
+        kwargs["workload_identity_tenant_id"] = options.workload_identity_tenant_id
+    return DefaultAzureCredential(**kwargs)
+
+
+class WatchedCredential:
+    """Delegates to the real credential; counts token requests and remembers the last failure."""
+
+    def __init__(self, backend: str, inner: Any, metrics: Metrics) -> None:
+        self.backend, self._inner, self._metrics = backend, inner, metrics
+        self.error: BackendError | None = None
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return await self._watch(self._inner.get_token(*scopes, **kwargs))
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        if hasattr(self._inner, "get_token_info"):
+            return await self._watch(self._inner.get_token_info(*scopes, options=options))
+        return await self.get_token(*scopes, **(options or {}))
+
+    async def _watch(self, request: Any) -> Any:
+        try:
+            token = await request
+        except Exception as exc:  # the backend edge: azure-identity errors stop here
+            self.error = translate_token_error(self.backend, exc)
+            self._metrics.auth_attempts.labels(self.backend, "failure").inc()
+            log.warning("%s", self.error)
+            raise self.error from None
+        if self.error is not None:
+            log.info("backend %r: got an Azure token again", self.backend)
+        self.error = None
+        self._metrics.auth_attempts.labels(self.backend, "success").inc()
+        return token
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def __aenter__(self) -> WatchedCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

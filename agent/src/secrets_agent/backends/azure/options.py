@@ -1,0 +1,95 @@
+"""Config of the ``azure_key_vault`` backend."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind, per_kind
+
+SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")  # what Key Vault accepts as a secret name
+TEAM_SEP = "--"  # the provider's separator between a team and the id (key_vault.py)
+
+
+@dataclass(frozen=True)
+class AzureOptions:
+    vault_url: str = setting()
+    # Same names and defaults as Airflow's AzureKeyVaultBackend; "" disables the kind.
+    connections_prefix: str = "airflow-connections"
+    variables_prefix: str = "airflow-variables"
+    config_prefix: str = "airflow-config"
+    sep: str = "-"
+    # Airflow 3 multi-team: ``{prefix}{sep}{team}--{id}`` first, then the global name.
+    team_layout: bool = False
+    # Credentials: a service principal when all three are set, else DefaultAzureCredential
+    # (environment, workload identity, managed identity, Azure CLI), as the provider does.
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_file: str = setting("", path=True)  # a file, so no secret sits in the config
+    managed_identity_client_id: str = ""
+    workload_identity_tenant_id: str = ""
+    # Reaching a sovereign cloud, a private endpoint or (in tests) loopback.
+    authority_host: str = ""  # default: AZURE_AUTHORITY_HOST, else login.microsoftonline.com
+    disable_instance_discovery: bool = False
+    ca_file: str = setting("", path=True)  # extra root CA for the vault and the authority
+    verify_challenge_resource: bool = True
+    api_version: str = ""  # default: the SDK's
+    timeout: float = setting(10.0, min=0.1, max=300.0)
+    connect_timeout: float = setting(5.0, min=0.1, max=300.0)
+    retries: int = setting(3, min=0, max=10)  # azure-core's retries (429, 5xx, connection)
+    backoff_initial: float = setting(0.8, min=0.0, max=60.0)
+    backoff_max: float = setting(10.0, min=0.01, max=300.0)
+
+    def prefix(self, kind: Kind) -> str:
+        value: str = per_kind(self, kind, "{}_prefix")
+        return value
+
+    def _name(self, prefix: str, rest: str) -> str:
+        # The provider's build_path: Key Vault names allow no "_", so every "_" becomes sep.
+        return f"{prefix}{self.sep}{rest}".replace("_", self.sep)
+
+    def secret_name(self, kind: Kind, secret_id: str) -> str | None:
+        """The global name; None when the kind is off or Key Vault cannot hold the name."""
+        if not self.prefix(kind):
+            return None
+        if (
+            self.team_layout
+            and kind is not Kind.CONFIG
+            and TEAM_SEP in secret_id.replace("_", self.sep)
+        ):
+            return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c"
+        name = self._name(self.prefix(kind), secret_id)
+        return name if SECRET_NAME.match(name) else None
+
+    def team_secret_name(self, kind: Kind, secret_id: str, team: str) -> str | None:
+        """The team-scoped name tried before the global one (config values have no team)."""
+        if not self.team_layout or kind is Kind.CONFIG or self.secret_name(kind, secret_id) is None:
+            return None
+        name = self._name(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}")
+        return name if SECRET_NAME.match(name) else None
+
+    def supports(self, kind: Kind) -> bool:
+        return bool(self.prefix(kind))
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        url = urlsplit(self.vault_url)
+        if url.scheme != "https" or not url.hostname or url.path not in ("", "/"):
+            problems.append(("vault_url", "must be https://<vault-name>.vault.azure.net"))
+        if not re.fullmatch(r"[0-9a-zA-Z-]*", self.sep):
+            problems.append(("sep", "may only use letters, digits and -"))
+        for kind in Kind:
+            prefix = self.prefix(kind)
+            if prefix and not SECRET_NAME.match(prefix.replace("_", self.sep)):
+                key = f"{kind.plural}_prefix" if kind is not Kind.CONFIG else "config_prefix"
+                problems.append((key, "may only use letters, digits, - and _"))
+        principal = (self.tenant_id, self.client_id, self.client_secret_file)
+        if any(principal) and not all(principal):
+            problems.append(
+                ("client_secret_file", "a service principal needs tenant_id, client_id and this")
+            )
+        if self.backoff_initial > self.backoff_max:
+            problems.append(("backoff_initial", "must not exceed backoff_max"))
+        return problems
