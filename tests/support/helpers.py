@@ -238,6 +238,7 @@ def agent_process(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: a test's signals never reach pytest
     )
     try:
         if wait:
@@ -247,7 +248,15 @@ def agent_process(
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=30)
+        process.communicate(timeout=60)
+
+
+def stop_process(process: subprocess.Popen[str]) -> str:
+    """SIGTERM the agent, wait for it to exit, and return everything it logged."""
+    if process.poll() is None:
+        process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    return stderr or ""
 
 
 def need(tool: str, package: str) -> str:

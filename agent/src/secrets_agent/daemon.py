@@ -22,6 +22,7 @@ from secrets_agent.config.loader import load_config
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.logs import set_level
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
@@ -115,6 +116,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
+        log.debug("debug logging is on; SDK loggers stay at WARNING, values are never logged")
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)
         self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
@@ -190,7 +192,7 @@ class Agent:
                 self.notifier.ready("reload failed; serving the previous configuration")
                 return False
             self._swap(new)
-            logging.getLogger().setLevel(new.config.log.level.upper())
+            set_level(new.config.log.level)
             await old.retire(new)
             self.metrics.reloads.labels("success").inc()
             log.info("configuration reloaded from %s", self.config_path)
