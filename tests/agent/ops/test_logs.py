@@ -24,7 +24,7 @@ def test_debug_level_keeps_sdk_loggers_at_warning(
     root_restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream = io.StringIO()
-    monkeypatch.setattr(logs.sys, "stderr", stream)
+    monkeypatch.setattr("sys.stderr", stream)
     logs.configure_logging("info", "text")
     logs.set_level("debug")  # what a SIGHUP reload to level = "debug" does
     for name in ("botocore.parsers", "aiobotocore.parsers", "hvac.adapters", "urllib3", "grpc"):
