@@ -184,13 +184,18 @@ class Agent:
             try:
                 new_config = _keep_restart_only_settings(old.config, load_config(self.config_path))
                 new = await Runtime.build(
-                    new_config, self._pool, self.metrics, self._clock, previous=old
+                    new_config,
+                    self._pool,
+                    self.metrics,
+                    self._clock,
+                    previous=old,
+                    require_ready=True,
                 )
             except (ConfigError, AgentError) as exc:
-                self.metrics.reloads.labels("failure").inc()
-                log.error("reload failed; still serving the previous configuration: %s", exc)
-                self.notifier.ready("reload failed; serving the previous configuration")
-                return False
+                return self._reload_failed(str(exc))
+            except Exception:  # our own bug: worth a traceback, but never worth the service
+                log.exception("reload failed unexpectedly")
+                return self._reload_failed("unexpected error")
             self._swap(new)
             set_level(new.config.log.level)
             await old.retire(new)
@@ -198,6 +203,12 @@ class Agent:
             log.info("configuration reloaded from %s", self.config_path)
             self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
             return True
+
+    def _reload_failed(self, reason: str) -> bool:
+        self.metrics.reloads.labels("failure").inc()
+        log.error("reload failed; still serving the previous configuration: %s", reason)
+        self.notifier.ready("reload failed; serving the previous configuration")
+        return False
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class BackendPool:
     def is_live(self, backend: Backend) -> bool:
         return backend in self._live
 
+    def __len__(self) -> int:
+        """How many backends are started and not yet closed, across runtimes."""
+        return len(self._live)
+
     async def start(self, configs: Sequence[BackendConfig], running: Running) -> Running:
         """Backends for ``configs``: a running one when its config is unchanged, else a new one."""
         result: list[tuple[BackendConfig, Backend]] = []
@@ -108,12 +112,20 @@ class Runtime:
         metrics: Metrics,
         clock: Clock,
         previous: Runtime | None = None,
+        *,
+        require_ready: bool = False,
     ) -> Runtime:
-        """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise."""
+        """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise.
+
+        ``require_ready`` (a reload) also fails when a newly started backend is not ready, e.g.
+        cannot authenticate: the running configuration is better than one that cannot serve.
+        """
         running = previous.backends if previous is not None else ()
         cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
         backends = await pool.start(config.backends, running)
         try:
+            if require_ready:
+                _check_ready([b for _, b in backends if not any(b is r for _, r in running)])
             chain_changed = [c for c, _ in backends] != [c for c, _ in running]
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
@@ -153,6 +165,13 @@ class Runtime:
             )
         if items:
             log.info("backend %r: prefetched %d values", backend.name, len(items))
+
+
+def _check_ready(started: Sequence[Backend]) -> None:
+    for backend in started:
+        health = backend.health()
+        if not health.ready:
+            raise StartupError(f"backend {backend.name!r} is not ready: {health.detail}")
 
 
 def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> SecretCache:
