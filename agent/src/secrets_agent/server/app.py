@@ -37,6 +37,7 @@ class ApiContext:
 
 CONTEXT = web.AppKey("context", ApiContext)
 PEER_KEY = web.RequestKey("peer", Peer)
+GROUPS_KEY = web.RequestKey("groups", frozenset[int])
 
 
 def create_app(context: ApiContext, max_body_size: int) -> web.Application:
@@ -53,6 +54,10 @@ def create_app(context: ApiContext, max_body_size: int) -> web.Application:
 
 def request_peer(request: web.Request) -> Peer:
     return request[PEER_KEY]
+
+
+def request_groups(request: web.Request) -> frozenset[int]:
+    return request[GROUPS_KEY]
 
 
 @web.middleware
@@ -73,13 +78,13 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
         return error_response(403, "peer_denied", "peer credentials are unavailable")
-    peer = peer_credentials(sock)
-    if not context.current().policy.allows(peer, peer_groups(sock)):
+    peer, groups = peer_credentials(sock), peer_groups(sock)
+    if not context.current().policy.allows(peer, groups):
         context.metrics.denied_peers.inc()
         return error_response(
             403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
         )
-    request[PEER_KEY] = peer
+    request[PEER_KEY], request[GROUPS_KEY] = peer, groups
     return await handler(request)
 
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from secrets_agent.config.validators import TEAM_NAME
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, validate_id
-from secrets_agent.server.app import CONTEXT, request_peer
+from secrets_agent.server.app import CONTEXT, request_groups, request_peer
 from secrets_agent.server.errors import error_response
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -30,7 +30,12 @@ async def get_secret(request: web.Request) -> web.Response:
     team = request.query.get("team")
     if team is not None and not TEAM_NAME.fullmatch(team):
         return error_response(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
-    result = await request.app[CONTEXT].current().service.lookup(kind, secret_id, team)
+    runtime = request.app[CONTEXT].current()
+    if team is not None and not runtime.policy.may_ask_for(
+        request_peer(request), request_groups(request), team
+    ):
+        return error_response(403, "team_denied", "this peer is not bound to the team it names")
+    result = await runtime.service.lookup(kind, secret_id, team)
     headers = {"X-Cache": result.state.value, "Age": str(int(result.age)), **_NO_STORE}
     if result.value is None:
         return error_response(404, "not_found", f"no backend has this {kind}", headers)
