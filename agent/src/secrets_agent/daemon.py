@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 
@@ -27,9 +29,13 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
 from secrets_agent.server.app import ApiContext, create_app, metrics_app
-from secrets_agent.server.listener import bind_unix_socket, remove_socket_file
+from secrets_agent.server.connections import Gate, GuardedSockSite, accept_error_handler
+from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
 
 log = logging.getLogger(__name__)
+
+# File descriptors kept back from the connection cap: upstream clients, files, the log.
+FD_RESERVE = 128
 
 # Fixed at bind time: a reload cannot move or reshape the listener, or the log format.
 _RESTART_ONLY = (
@@ -39,6 +45,9 @@ _RESTART_ONLY = (
     "max_request_line",
     "max_header_size",
     "max_body_size",
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
 )
 
 
@@ -137,19 +146,28 @@ class Agent:
         tcp: tuple[str, int] | None = None,
     ) -> None:
         listener = self._initial.listener
+        handler_args: dict[str, Any] = {
+            "access_log": None,
+            "max_line_size": listener.max_request_line,
+            "max_field_size": listener.max_header_size,
+            "keepalive_timeout": listener.idle_timeout,
+        }
         runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=listener.shutdown_timeout,
-            max_line_size=listener.max_request_line,
-            max_field_size=listener.max_header_size,
+            app, handle_signals=False, shutdown_timeout=listener.shutdown_timeout, **handler_args
         )
         await runner.setup()
         self._runners.append(runner)
         site: web.BaseSite
         if sock is not None:
-            site = web.SockSite(runner, sock)
+            limit = max(1, min(listener.max_connections, raise_fd_limit() - FD_RESERVE))
+            site = GuardedSockSite(
+                runner,
+                sock,
+                backlog=listen_backlog(),
+                gate=Gate(limit),
+                head_timeout=listener.header_timeout,
+                handler_args=handler_args,
+            )
         elif tcp is not None:
             site = web.TCPSite(runner, tcp[0], tcp[1])
         else:
@@ -245,12 +263,25 @@ class Agent:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.set_exception_handler(accept_error_handler(loop.default_exception_handler))
         await self.startup()
         try:
             await stop.wait()
             log.info("shutting down")
         finally:
             await self.shutdown()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (each connection is a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            log.warning("cannot raise the open-files limit from %d to %d", soft, hard)
+    return soft
 
 
 def _keep_restart_only_settings(old: AgentConfig, new: AgentConfig) -> AgentConfig:

@@ -85,3 +85,25 @@ def test_binding_keys_and_teams_are_validated(short_tmp: Path) -> None:
         "listener.team_uids.alice: keys must be numeric ids",
         "listener.team_gids.4100: teams must be 1-64 letters, digits, - or _",
     ]
+
+
+def test_a_denied_peer_is_logged_once_per_interval(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = agent_config(short_tmp, extra='socket_mode = "0666"\n')
+    with running_agent(config) as agent:
+
+        def hammer() -> str:
+            answers = [ask_raw(agent.socket_path) for _ in range(50)]
+            return ",".join(sorted(set(answers)))
+
+        assert as_other_user(ALICE, ALICE, [], hammer) == "403"
+        assert agent.metric("secrets_agent_denied_peers_total") == 50
+    lines = [r for r in caplog.records if "refused a peer" in r.getMessage()]
+    assert len(lines) == 1 and not lines[0].exc_info
+
+
+def ask_raw(socket_path: str) -> str:
+    from secrets_agent_client.transport import UnixTransport
+
+    return str(UnixTransport(socket_path, 5).request("GET", "/v1/variables/token").status)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from time import monotonic
 
 OURS = "secrets_agent"
 # The SDKs the backends use and the libraries under them; pinned so even a handler added by
@@ -70,3 +72,33 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
     for name in PINNED:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class RateLimited:
+    """At most one line per ``interval`` for each key; the next line says how many were dropped.
+
+    For what other processes can cause (bad requests, denied peers, accept() failures): a
+    hostile or broken peer must not be able to grow the log faster than this.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = monotonic
+    ) -> None:
+        self._logger, self._interval, self._clock = logger, interval, clock
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def log(self, key: str, level: int, message: str, *args: object) -> bool:
+        """Log ``message`` unless ``key`` was logged within the interval; True when logged."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        dropped = self._dropped.pop(key, 0)
+        if dropped:
+            message += " (%d more like it in the last %.0f s not logged)"
+            args = (*args, dropped, now - last if last is not None else 0.0)
+        self._logger.log(level, message, *args)
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from secrets_agent.backends.base import Health
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.logs import RateLimited
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import error_response, response_for
 from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
@@ -36,6 +38,8 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("context", ApiContext)
+# A denied peer can send requests as fast as it likes; the log hears of it once a minute.
+DENIALS = web.AppKey("denials", RateLimited)
 PEER_KEY = web.RequestKey("peer", Peer)
 GROUPS_KEY = web.RequestKey("groups", frozenset[int])
 
@@ -48,6 +52,7 @@ def create_app(context: ApiContext, max_body_size: int) -> web.Application:
         client_max_size=max_body_size,
     )
     app[CONTEXT] = context
+    app[DENIALS] = RateLimited(logging.getLogger(__name__))
     handlers.add_routes(app)
     return app
 
@@ -81,6 +86,9 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     peer, groups = peer_credentials(sock), peer_groups(sock)
     if not context.current().policy.allows(peer, groups):
         context.metrics.denied_peers.inc()
+        request.app[DENIALS].log(
+            "denied", logging.WARNING, "refused a peer: uid %d gid %d", peer.uid, peer.gid
+        )
         return error_response(
             403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
         )

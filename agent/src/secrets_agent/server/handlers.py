@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -49,7 +47,7 @@ async def invalidate(request: web.Request) -> web.Response:
         return error_response(403, "not_admin", "only admin uids may invalidate the cache")
     try:
         body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
+    except (ValueError, LookupError, RecursionError):  # not JSON, bad encoding, too deep
         return error_response(400, "invalid_body", "body must be JSON")
     if not isinstance(body, dict) or set(body) - {"kind", "id"}:
         return error_response(

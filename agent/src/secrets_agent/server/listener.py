@@ -15,6 +15,8 @@ from secrets_agent.errors import StartupError
 
 log = logging.getLogger(__name__)
 
+MIN_BACKLOG = 1024
+
 
 def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     """Create the listening socket, replacing a stale file but never a live agent's socket."""
@@ -38,7 +40,7 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
         os.chmod(path, config.mode)
         if gid != -1:
             os.chown(path, -1, gid)
-        sock.listen(128)
+        sock.listen(listen_backlog())
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -46,6 +48,15 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
             path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     return sock
+
+
+def listen_backlog() -> int:
+    """At least 1024, or the kernel's cap if higher: a burst of workers must not find it full."""
+    try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        somaxconn = 0
+    return max(MIN_BACKLOG, somaxconn)
 
 
 def remove_socket_file(path: str) -> None:
