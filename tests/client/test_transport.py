@@ -198,3 +198,23 @@ def test_a_backlog_that_stays_full_fails_at_the_timeout(full_listener: socket.so
     with pytest.raises(AgentUnreachable, match="too busy"):
         transport.request("GET", "/x")
     assert now[0] == pytest.approx(0.5)  # it waited exactly its timeout, never longer
+
+
+def test_an_agent_at_its_connection_cap_is_asked_again(server: RawServer) -> None:
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nX-Agent-Busy: 1\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    server.answers = [[busy], [busy], [OK]]
+    slept: list[float] = []
+    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    assert (response.status, response.body) == (200, b"ok")
+    assert len(slept) == 2 and server.connections == 3
+
+
+def test_an_upstream_503_is_not_retried(server: RawServer) -> None:
+    unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+    server.answers = [[unavailable]]
+    slept: list[float] = []
+    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    assert response.status == 503 and slept == []

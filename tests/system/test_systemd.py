@@ -109,6 +109,7 @@ def test_socket_unit_matches_the_documented_socket() -> None:
         "LoadCredential=",
         "CapabilityBoundingSet=\n",
         "LimitCORE=0",
+        "LimitNOFILE=65536",
         "UMask=0077",
     ):
         assert setting in service

@@ -84,6 +84,23 @@ class UnixTransport:
         self._pid = os.getpid()
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        """One request; an agent at its connection cap (503 ``X-Agent-Busy``) is asked again
+        with a short jittered backoff until the timeout, like a full backlog."""
+        deadline = self._clock() + self.timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            response = self._request_once(method, path, body)
+            left = deadline - self._clock()
+            if response.status != 503 or "x-agent-busy" not in response.headers or left <= 0:
+                return response
+            self._sleep(min(backoff * self._jitter(), left))
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _jitter(self) -> float:
+        # From the pid and clock: no import of random for this rare path.
+        return 0.5 + ((os.getpid() * 7919 + int(self._clock() * 1e6)) % 1000) / 1000
+
+    def _request_once(self, method: str, path: str, body: bytes | None) -> Response:
         with self._lock:
             if self._pid != os.getpid():
                 self._conn, self._pid = None, os.getpid()  # the parent's: never touch it
@@ -121,7 +138,13 @@ class UnixTransport:
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        conn.sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        try:
+            conn.sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        except (BrokenPipeError, ConnectionResetError):
+            # An agent at its cap answers "busy" at once and closes: read that answer.
+            response, _ = _read_response(conn, head_only=False)
+            self.close()
+            return response
         response, keep_alive = _read_response(conn, head_only=method == "HEAD")
         if not keep_alive:
             self.close()
@@ -140,9 +163,7 @@ class UnixTransport:
                 left = deadline - self._clock()
                 if exc.errno not in _BUSY or left <= 0:
                     raise
-                # Jitter from the pid and clock: no import of random for this rare path.
-                jitter = 0.5 + ((os.getpid() * 7919 + int(self._clock() * 1e6)) % 1000) / 1000
-                self._sleep(min(backoff * jitter, left))
+                self._sleep(min(backoff * self._jitter(), left))
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             sock.settimeout(self.timeout)

@@ -25,7 +25,7 @@ def _canned(status: int, reason: str, error: str, detail: str) -> bytes:
     body = json.dumps({"error": error, "detail": detail}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nX-Agent-Busy: 1\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
 
