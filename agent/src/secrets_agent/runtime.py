@@ -83,7 +83,9 @@ class BackendPool:
             )
 
     def _gauge(self, backend: Backend, *, health: bool) -> Callable[[], float]:
-        return lambda: float(self.is_live(backend) and (not health or backend.health().ready))
+        return lambda: float(
+            self.is_live(backend) and (not health or _readiness(backend, live=True).ready)
+        )
 
     async def close(self, backends: Sequence[Backend]) -> None:
         for backend in backends:
@@ -142,10 +144,8 @@ class Runtime:
         return runtime
 
     def readiness(self) -> dict[str, Health]:
-        return {
-            b.name: b.health() if self.pool.is_live(b) else Health(False, "not started")
-            for _, b in self.backends
-        }
+        """Ready means "can serve fresh values": started, healthy, and its upstream answering."""
+        return {b.name: _readiness(b, live=self.pool.is_live(b)) for _, b in self.backends}
 
     async def retire(self, successor: Runtime | None) -> None:
         """Close the backends ``successor`` does not use (all of them when there is none)."""
@@ -165,6 +165,16 @@ class Runtime:
             )
         if items:
             log.info("backend %r: prefetched %d values", backend.name, len(items))
+
+
+def _readiness(backend: Backend, *, live: bool) -> Health:
+    if not live:
+        return Health(False, "not started")
+    health = backend.health()
+    failure = backend.upstream_failure()
+    if health.ready and failure is not None:
+        return Health(False, f"last upstream call failed: {failure}")
+    return health
 
 
 def _check_ready(started: Sequence[Backend]) -> None:
