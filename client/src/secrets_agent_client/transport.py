@@ -14,6 +14,7 @@ import _socket
 import _thread
 import errno
 import os
+import sys
 import time
 
 TYPE_CHECKING = False
@@ -34,6 +35,10 @@ class AgentUnreachable(Exception):
 
 class ProtocolError(Exception):
     """The peer's answer is not the HTTP/1.1 the agent speaks."""
+
+
+class AgentIdentityError(Exception):
+    """The process behind the socket is not run by the uid the client was told to expect."""
 
 
 class Response:
@@ -75,9 +80,11 @@ class UnixTransport:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        expected_uid: int | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.expected_uid = expected_uid
         self._clock, self._sleep = clock, sleep
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
@@ -167,7 +174,20 @@ class UnixTransport:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             sock.settimeout(self.timeout)
+            if self.expected_uid is not None:
+                self._check_peer(sock)
             return sock
+
+    def _check_peer(self, sock: _socket.socket) -> None:
+        """Ask the kernel who listens on the socket (SO_PEERCRED): a replaced socket shows."""
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
+        uid = int.from_bytes(raw[4:8], sys.byteorder)
+        if uid != self.expected_uid:
+            sock.close()
+            raise AgentIdentityError(
+                f"the socket {self.socket_path} is served by uid {uid}, not the agent's "
+                f"uid {self.expected_uid}: refusing to use it (was it replaced?)"
+            )
 
 
 def _read_response(conn: _Connection, *, head_only: bool) -> tuple[Response, bool]:

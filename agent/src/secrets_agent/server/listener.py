@@ -26,6 +26,7 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     gid = _resolve_group(config.socket_group) if config.socket_group else -1
     if not path.parent.exists():
         path.parent.mkdir(mode=0o750, parents=True)
+    check_directories(path.parent)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
@@ -48,6 +49,28 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
             path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     return sock
+
+
+def check_directories(directory: Path) -> None:
+    """Refuse a socket directory (or any parent) another user could write to.
+
+    Whoever can write there can replace the socket with their own and answer the clients.
+    A sticky directory owned by us or root (like /tmp) is fine: others cannot rename or
+    remove our entries in it.
+    """
+    me = os.geteuid()
+    for current in (directory.resolve(), *directory.resolve().parents):
+        st = current.stat()
+        owner_ok = st.st_uid in (me, 0)
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        others_write = bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if owner_ok and (not others_write or sticky):
+            continue
+        who = f"owner uid {st.st_uid}" if not owner_ok else f"mode {stat.S_IMODE(st.st_mode):04o}"
+        raise StartupError(
+            f"{current} can be written by other users ({who}): one of them could replace the "
+            "socket; put listener.socket_path in a directory only the agent can write"
+        )
 
 
 def listen_backlog() -> int:
