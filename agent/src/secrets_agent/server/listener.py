@@ -115,4 +115,4 @@ def _resolve_group(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise StartupError(f"listener.socket_group: no such group {group!r}") from None
+        raise StartupError("listener.socket_group: no such group") from None
