@@ -207,9 +207,10 @@ class GrpcSecretManager:
 
     # -- arranging state, as an operator would with gcloud ------------------------------------
 
-    def put(self, secret_id: str, value: str) -> None:
+    def put(self, secret_id: str, value: str | bytes) -> None:
+        data = value if isinstance(value, bytes) else value.encode()
         self.store.secrets.setdefault(secret_id, []).append(
-            _Version(len(self.store.secrets.get(secret_id, [])) + 1, value.encode())
+            _Version(len(self.store.secrets.get(secret_id, [])) + 1, data)
         )
 
     def disable_latest(self, secret_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -172,10 +173,14 @@ async def test_naming_prefixes_sep_and_invalid_names(gcp: Gcp, started: Started)
 async def test_disabled_version_is_a_miss_and_logged(
     gcp: Gcp, started: Started, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, the SDK's included, at its most verbose
     gcp.put("airflow-variables-old", "s3cret-old")
     gcp.disable_latest("airflow-variables-old")
+    gcp.server.put("airflow-variables-binary", b"s3cret-\xff")  # not UTF-8: we log that
     backend = await started(gcp.options())
     assert await backend.fetch(V, "old") is None
+    assert await backend.fetch(V, "binary") is None
+    assert "the variable 'binary' is not UTF-8 text" in caplog.text  # the capture works
     assert "s3cret" not in caplog.text
 
 
