@@ -70,10 +70,21 @@ class BaoServer:
                 (self.workdir / "certs").mkdir(exist_ok=True)
                 args += ["-dev-tls", f"-dev-tls-cert-dir={self.workdir / 'certs'}"]
         with (self.workdir / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.workdir)
-        self._wait_until_answering()
-        if self.persistent:
-            self._init_and_unseal()
+            self.process = subprocess.Popen(
+                args,
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group, apart from pytest's signals
+            )
+        try:
+            self._wait_until_answering()
+            if self.persistent:
+                self._init_and_unseal()
+        except BaseException:
+            self.stop()  # a server that never came up is not left behind
+            raise
 
     def stop(self) -> None:
         if self.process is not None:

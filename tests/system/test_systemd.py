@@ -177,6 +177,7 @@ def test_socket_activation_with_systemd_socket_activate(short_tmp: Path) -> None
         ],
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     try:
         client = AgentSecretsBackend(socket_path=str(sock), timeout=60, on_unavailable="raise")
