@@ -97,7 +97,7 @@ class BaoServer:
             self.process = None
 
     def _wait_until_answering(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 self.api("GET", "/v1/sys/health?sealedcode=200&uninitcode=200", token=None)
@@ -117,7 +117,7 @@ class BaoServer:
             )
             self._unseal_key, self.root_token = answer["keys"][0], answer["root_token"]
         self.api("PUT", "/v1/sys/unseal", {"key": self._unseal_key}, token=None)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while self.api(
             "GET",
             "/v1/sys/health?standbycode=200&sealedcode=200&uninitcode=200&perfstandbyok=true",

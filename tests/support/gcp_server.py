@@ -192,12 +192,12 @@ class GrpcSecretManager:
             await server.start()
             self._server = server
 
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=120)
 
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(timeout=120)
 
     def close(self) -> None:
         self.stop()

@@ -149,7 +149,7 @@ class RunningAgent:
         async def wrapper() -> T:
             return await coro
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=30)
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=120)
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.agent.metrics.registry.get_sample_value(name, labels)
@@ -217,7 +217,7 @@ def body_of(response: bytes) -> Any:
 AGENT_SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
 
 
-def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 30) -> None:
+def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 180) -> None:
     """Poll (a readiness wait, not a timing assertion) until the agent's socket exists."""
     deadline = time.monotonic() + seconds
     while not path.exists():
