@@ -130,6 +130,7 @@ def test_stopped_upstream_serves_stale_then_recovers(aws: MotoServer, short_tmp:
         stale = get(agent, "/v1/variables/greeting")
         assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "before"
         assert body_of(get(agent, "/v1/variables/other"))["error"] == "upstream_unavailable"
+        assert body_of(get(agent, "/readyz"))["backends"]["sm"]["ready"] is False
 
         restarted = MotoServer(port=aws.port)  # same address; moto's state lives in-process
         restarted.start()
@@ -139,5 +140,6 @@ def test_stopped_upstream_serves_stale_then_recovers(aws: MotoServer, short_tmp:
             )
             fresh = get(agent, "/v1/variables/greeting")
             assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "after"
+            assert body_of(get(agent, "/readyz"))["ready"] is True
         finally:
             restarted.stop()

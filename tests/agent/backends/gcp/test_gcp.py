@@ -246,6 +246,7 @@ def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) ->
         clock.advance(61)
         stale = get("/v1/variables/greeting")
         assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "newer"
+        assert body_of(get("/readyz"))["backends"]["gcp"]["ready"] is False  # cannot refresh
         gcp.server.start()  # same port, same storage
         gcp.put("airflow-variables-greeting", "after")
         deadline = time.monotonic() + 30
@@ -253,6 +254,7 @@ def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) ->
             assert time.monotonic() < deadline, "no recovery within 30 s of the restart"
             # The channel reconnects on its own backoff; each try above already waited for it.
         assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "after"
+        assert body_of(get("/readyz"))["ready"] is True
 
 
 @pytest.mark.parametrize(
