@@ -220,12 +220,21 @@ AGENT_SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
 def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 180) -> None:
     """Poll (a readiness wait, not a timing assertion) until the agent's socket exists."""
     deadline = time.monotonic() + seconds
-    while not path.exists():
+    while not _listening(path):  # the file appears at bind(), a moment before listen()
         if process.poll() is not None:
             raise AssertionError(f"agent exited early with {process.returncode}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"agent did not create {path} within {seconds} s")
+            raise AssertionError(f"agent did not listen on {path} within {seconds} s")
         time.sleep(0.02)
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -133,7 +133,7 @@ def test_any_request_gets_a_json_answer_below_500_without_secrets(
     if not answer:
         return  # closed without an answer (a request aiohttp cannot even frame): allowed
     status_line, _, rest = answer.partition(b"\r\n")
-    assert status_line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:200]
+    assert status_line.startswith(b"HTTP/"), answer[:200]  # aiohttp echoes the version asked
     status = int(status_line.split(b" ")[1])
     assert status < 500 or status == 503, answer[:300]
     head, _, payload = rest.partition(b"\r\n\r\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -86,6 +87,25 @@ def read_all(socks: list[socket.socket], seconds: float = 60) -> list[bytes]:
     return [data[s.fileno()] for s in socks]
 
 
+def read_one(sock: socket.socket) -> bytes:
+    """One whole response (by Content-Length) from a kept-alive connection."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            if len(body) >= length:
+                return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def test_a_burst_of_1000_connections_while_the_agent_is_paused_all_get_answers(
     agent: tuple[str, subprocess.Popen[str]],
 ) -> None:
@@ -135,16 +155,16 @@ def test_1000_concurrent_clients_for_one_uncached_key_have_no_errors(
 
 def test_slow_and_silent_clients_are_cut_while_others_are_served(short_tmp: Path) -> None:
     listener = "header_timeout = 1.0\nidle_timeout = 2.0"
-    with agent_process(config(short_tmp, listener)) as process:
+    slow: list[socket.socket] = []
+    with agent_process(config(short_tmp, listener)) as process, contextlib.ExitStack() as owned:
         path = str(short_tmp / "agent.sock")
-        slow = []
         for i in range(200):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = owned.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
             sock.connect(path)
             if i % 2:
                 sock.send(b"G")  # one byte of a head that never completes
             slow.append(sock)
-        trickler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        trickler = owned.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         trickler.connect(path)
         trickler.settimeout(0.2)
         cut_at = None
@@ -176,13 +196,17 @@ def test_slow_and_silent_clients_are_cut_while_others_are_served(short_tmp: Path
 def test_connections_past_the_cap_get_a_json_503_and_the_client_waits_its_turn(
     short_tmp: Path,
 ) -> None:
-    with agent_process(config(short_tmp, "max_connections = 20\nheader_timeout = 60")) as process:
+    listener = "max_connections = 20\nheader_timeout = 60"
+    with agent_process(config(short_tmp, listener)) as process, contextlib.ExitStack() as owned:
         path = str(short_tmp / "agent.sock")
-        held = []
-        for _ in range(20):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held: list[socket.socket] = []
+        while len(held) < 20:  # each answered, so each surely holds a slot (kept alive)
+            sock = owned.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            sock.settimeout(30)
             sock.connect(path)
-            held.append(sock)
+            sock.sendall(GET)
+            if status_of(read_one(sock)) == 200:
+                held.append(sock)
         refused = raw_request(path, GET)  # accepted after the 20: the backlog is FIFO
         assert status_of(refused) == 503
         assert body_of(refused)["error"] == "agent_busy"
