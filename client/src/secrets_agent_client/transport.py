@@ -27,6 +27,7 @@ _MAX_BODY = 16 * 1024 * 1024
 # not gone. Retried with a short jittered backoff, never past the request's own timeout.
 _BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.002, 0.1
+_LAST_TRY = 0.05  # time kept for the last attempt after "busy" answers; no point in less
 
 
 class AgentUnreachable(Exception):
@@ -96,24 +97,27 @@ class UnixTransport:
         deadline = self._clock() + self.timeout
         backoff = _FIRST_BACKOFF
         while True:
-            response = self._request_once(method, path, body)
+            response = self._request_once(method, path, body, deadline)
             left = deadline - self._clock()
-            if response.status != 503 or "x-agent-busy" not in response.headers or left <= 0:
+            busy = response.status == 503 and "x-agent-busy" in response.headers
+            if not busy or left <= _LAST_TRY:
                 return response
-            self._sleep(min(backoff * self._jitter(), left))
+            self._sleep(min(backoff * self._jitter(), left - _LAST_TRY))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _jitter(self) -> float:
         # From the pid and clock: no import of random for this rare path.
         return 0.5 + ((os.getpid() * 7919 + int(self._clock() * 1e6)) % 1000) / 1000
 
-    def _request_once(self, method: str, path: str, body: bytes | None) -> Response:
+    def _request_once(
+        self, method: str, path: str, body: bytes | None, deadline: float
+    ) -> Response:
         with self._lock:
             if self._pid != os.getpid():
                 self._conn, self._pid = None, os.getpid()  # the parent's: never touch it
             reused = self._conn is not None
             try:
-                return self._send(method, path, body)
+                return self._send(method, path, body, deadline)
             except (ConnectionError, ProtocolError) as exc:
                 self.close()
                 if not reused or isinstance(exc, ProtocolError):
@@ -123,7 +127,7 @@ class UnixTransport:
                 raise AgentUnreachable(_describe(exc, self.socket_path)) from None
             # The kept-alive connection died (the agent restarted): one retry on a new one.
             try:
-                return self._send(method, path, body)
+                return self._send(method, path, body, deadline)
             except (OSError, ProtocolError) as exc:
                 self.close()
                 raise AgentUnreachable(_describe(exc, self.socket_path)) from None
@@ -138,10 +142,12 @@ class UnixTransport:
         if getattr(self, "_pid", None) == os.getpid():
             self.close()
 
-    def _send(self, method: str, path: str, body: bytes | None) -> Response:
+    def _send(self, method: str, path: str, body: bytes | None, deadline: float) -> Response:
         if self._conn is None:
-            self._conn = _Connection(self._connect())
+            self._conn = _Connection(self._connect(deadline))
         conn = self._conn
+        # Whatever went before (busy retries, a full backlog), the request ends by the deadline.
+        conn.sock.settimeout(max(deadline - self._clock(), 0.001))
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -157,8 +163,7 @@ class UnixTransport:
             self.close()
         return response
 
-    def _connect(self) -> _socket.socket:
-        deadline = self._clock() + self.timeout
+    def _connect(self, deadline: float) -> _socket.socket:
         backoff = _FIRST_BACKOFF
         while True:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
