@@ -43,13 +43,14 @@ def run_agent_in(directory: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_refuses_a_socket_directory_others_can_write(short_tmp: Path) -> None:
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o2775])
+def test_refuses_a_socket_directory_others_can_write(short_tmp: Path, mode: int) -> None:
     shared = short_tmp / "shared"
     shared.mkdir()
-    shared.chmod(0o777)  # world-writable, not sticky: anyone could swap the socket
+    shared.chmod(mode)  # group- or world-writable, not sticky: others could swap the socket
     result = run_agent_in(shared)
     assert result.returncode == 78
-    assert f"{shared} can be written by other users (mode 0777)" in result.stderr
+    assert f"{shared} can be written by other users (mode {mode:04o})" in result.stderr
     assert not (shared / "agent.sock").exists()
 
 
