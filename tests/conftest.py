@@ -1,9 +1,18 @@
-"""Shared fixtures. Every test process stays on loopback: no cloud metadata probes, ever."""
+"""Shared fixtures. Every test process stays on loopback: no cloud metadata probes, ever.
+
+Every process the tests start inherits a run marker in its environment; at the end of the
+session any such process still alive fails the run (and is killed), so nothing is left behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +23,9 @@ from support import loopback
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
 loopback.apply()
 
+RUN_MARKER = "SECRETS_AGENT_TEST_RUN"
+os.environ[RUN_MARKER] = uuid.uuid4().hex
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -22,3 +34,36 @@ def short_tmp() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def processes_left_behind() -> dict[int, str]:
+    """Live processes (not zombies) carrying this run's marker, other than pytest itself."""
+    marker = f"{RUN_MARKER}={os.environ[RUN_MARKER]}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or a zombie
+        if marker in environ.split(b"\0"):
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    deadline = time.monotonic() + 15  # a child that is exiting right now gets a moment
+    left = processes_left_behind()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling for exits, not timing behaviour
+        left = processes_left_behind()
+    if not left:
+        return
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    report = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
+    print(f"\nprocesses started by the tests were still running (now killed):\n{report}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

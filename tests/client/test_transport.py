@@ -198,3 +198,45 @@ def test_a_backlog_that_stays_full_fails_at_the_timeout(full_listener: socket.so
     with pytest.raises(AgentUnreachable, match="too busy"):
         transport.request("GET", "/x")
     assert now[0] == pytest.approx(0.5)  # it waited exactly its timeout, never longer
+
+
+def test_an_agent_at_its_connection_cap_is_asked_again(server: RawServer) -> None:
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nX-Agent-Busy: 1\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    server.answers = [[busy], [busy], [OK]]
+    slept: list[float] = []
+    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    assert (response.status, response.body) == (200, b"ok")
+    assert len(slept) == 2 and server.connections == 3
+
+
+def test_an_upstream_503_is_not_retried(server: RawServer) -> None:
+    unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+    server.answers = [[unavailable]]
+    slept: list[float] = []
+    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    assert response.status == 503 and slept == []
+
+
+def test_busy_retries_stop_at_the_timeout(server: RawServer) -> None:
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nX-Agent-Busy: 1\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    server.answers = [[busy]] * 1000
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds  # time moves only by the client's own backoff
+
+    transport = UnixTransport(server.path, 1.0, clock=lambda: now[0], sleep=sleep)
+    try:
+        response = transport.request("GET", "/v1/variables/k")
+    except AgentUnreachable:  # the last try, with 50 ms of real time, may miss on a busy host
+        pass
+    else:
+        assert response.status == 503 and response.headers["x-agent-busy"] == "1"
+    assert 0.9 <= now[0] <= 1.0  # retried until the timeout, never past it
+    assert server.connections > 5

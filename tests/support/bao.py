@@ -80,10 +80,21 @@ class BaoServer:
                 (self.workdir / "certs").mkdir(exist_ok=True)
                 args += ["-dev-tls", f"-dev-tls-cert-dir={self.workdir / 'certs'}"]
         with (self.workdir / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.workdir)
-        self._wait_until_answering()
-        if self.persistent:
-            self._init_and_unseal()
+            self.process = subprocess.Popen(
+                args,
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group, apart from pytest's signals
+            )
+        try:
+            self._wait_until_answering()
+            if self.persistent:
+                self._init_and_unseal()
+        except BaseException:
+            self.stop()  # a server that never came up is not left behind
+            raise
 
     def stop(self) -> None:
         if self.process is not None:
@@ -96,7 +107,7 @@ class BaoServer:
             self.process = None
 
     def _wait_until_answering(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 self.api("GET", "/v1/sys/health?sealedcode=200&uninitcode=200", token=None)
@@ -116,7 +127,7 @@ class BaoServer:
             )
             self._unseal_key, self.root_token = answer["keys"][0], answer["root_token"]
         self.api("PUT", "/v1/sys/unseal", {"key": self._unseal_key}, token=None)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while self.api(
             "GET",
             "/v1/sys/health?standbycode=200&sealedcode=200&uninitcode=200&perfstandbyok=true",

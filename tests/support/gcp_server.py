@@ -192,12 +192,12 @@ class GrpcSecretManager:
             await server.start()
             self._server = server
 
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=120)
 
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(timeout=120)
 
     def close(self) -> None:
         self.stop()
@@ -207,9 +207,10 @@ class GrpcSecretManager:
 
     # -- arranging state, as an operator would with gcloud ------------------------------------
 
-    def put(self, secret_id: str, value: str) -> None:
+    def put(self, secret_id: str, value: str | bytes) -> None:
+        data = value if isinstance(value, bytes) else value.encode()
         self.store.secrets.setdefault(secret_id, []).append(
-            _Version(len(self.store.secrets.get(secret_id, [])) + 1, value.encode())
+            _Version(len(self.store.secrets.get(secret_id, [])) + 1, data)
         )
 
     def disable_latest(self, secret_id: str) -> None:

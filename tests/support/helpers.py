@@ -149,7 +149,7 @@ class RunningAgent:
         async def wrapper() -> T:
             return await coro
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=30)
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=120)
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.agent.metrics.registry.get_sample_value(name, labels)
@@ -217,15 +217,24 @@ def body_of(response: bytes) -> Any:
 AGENT_SCRIPT = str(Path(sys.executable).parent / "secrets-agent")
 
 
-def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 30) -> None:
+def wait_for_socket(path: Path, process: subprocess.Popen[str], seconds: float = 180) -> None:
     """Poll (a readiness wait, not a timing assertion) until the agent's socket exists."""
     deadline = time.monotonic() + seconds
-    while not path.exists():
+    while not _listening(path):  # the file appears at bind(), a moment before listen()
         if process.poll() is not None:
             raise AssertionError(f"agent exited early with {process.returncode}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"agent did not create {path} within {seconds} s")
+            raise AssertionError(f"agent did not listen on {path} within {seconds} s")
         time.sleep(0.02)
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -238,6 +247,7 @@ def agent_process(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: a test's signals never reach pytest
     )
     try:
         if wait:
@@ -247,7 +257,15 @@ def agent_process(
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=30)
+        process.communicate(timeout=60)
+
+
+def stop_process(process: subprocess.Popen[str]) -> str:
+    """SIGTERM the agent, wait for it to exit, and return everything it logged."""
+    if process.poll() is None:
+        process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    return stderr or ""
 
 
 def need(tool: str, package: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -153,6 +154,7 @@ def test_airflow3_task_process_through_executor_and_api_server(
         env=airflow3.env(api_env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -171,8 +173,12 @@ def test_airflow3_task_process_through_executor_and_api_server(
             "--use-executor",
         )
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        os.killpg(server.pid, signal.SIGTERM)  # the API server and the workers it forked
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Workload finished" in run.stdout + run.stderr  # a separate task process ran it
     assert_agent_values(got)

@@ -102,6 +102,7 @@ class Prometheus:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                start_new_session=True,
             )
 
     def query(self, promql: str) -> list[dict[str, Any]]:

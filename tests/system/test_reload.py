@@ -96,7 +96,8 @@ def test_cache_settings_change_starts_a_new_cache_and_socket_changes_wait(
         assert agent.call(agent.agent.reload()) is True
         assert "listener.socket_path change only on restart" in caplog.text
         assert b"X-Cache: MISS" in get(agent, "/v1/variables/greeting")
-        assert agent.agent.config.listener.socket_path == agent.socket_path
+        assert agent.agent.config.listener.socket_path == str(setup.parent / "agent.sock")
+        assert not (setup.parent / "moved.sock").exists()
 
 
 def test_sighup_reloads_a_running_process(setup: Path) -> None:

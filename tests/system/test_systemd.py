@@ -109,6 +109,7 @@ def test_socket_unit_matches_the_documented_socket() -> None:
         "LoadCredential=",
         "CapabilityBoundingSet=\n",
         "LimitCORE=0",
+        "LimitNOFILE=65536",
         "UMask=0077",
     ):
         assert setting in service
@@ -176,6 +177,7 @@ def test_socket_activation_with_systemd_socket_activate(short_tmp: Path) -> None
         ],
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     try:
         client = AgentSecretsBackend(socket_path=str(sock), timeout=60, on_unavailable="raise")

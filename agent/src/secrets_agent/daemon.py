@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 
@@ -24,13 +26,18 @@ from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.snapshot import Snapshot
 from secrets_agent.ops.audit import AuditLog, AuditSettings
+from secrets_agent.ops.logs import set_level
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
 from secrets_agent.server.app import ApiContext, create_app, metrics_app
-from secrets_agent.server.listener import bind_unix_socket, remove_socket_file
+from secrets_agent.server.connections import Gate, GuardedSockSite, accept_error_handler
+from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
 
 log = logging.getLogger(__name__)
+
+# File descriptors kept back from the connection cap: upstream clients, files, the log.
+FD_RESERVE = 128
 
 # Fixed at bind time: a reload cannot move or reshape the listener, or the log format.
 _RESTART_ONLY = (
@@ -40,6 +47,9 @@ _RESTART_ONLY = (
     "max_request_line",
     "max_header_size",
     "max_body_size",
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
 )
 _REFRESH_SCAN_INTERVAL = 1.0  # seconds between looks for keys due for refresh-ahead
 
@@ -125,6 +135,7 @@ class Agent:
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
         self._serving = True
+        log.debug("debug logging is on; SDK loggers stay at WARNING, values are never logged")
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)
         self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
@@ -145,19 +156,28 @@ class Agent:
         tcp: tuple[str, int] | None = None,
     ) -> None:
         listener = self._initial.listener
+        handler_args: dict[str, Any] = {
+            "access_log": None,
+            "max_line_size": listener.max_request_line,
+            "max_field_size": listener.max_header_size,
+            "keepalive_timeout": listener.idle_timeout,
+        }
         runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=listener.shutdown_timeout,
-            max_line_size=listener.max_request_line,
-            max_field_size=listener.max_header_size,
+            app, handle_signals=False, shutdown_timeout=listener.shutdown_timeout, **handler_args
         )
         await runner.setup()
         self._runners.append(runner)
         site: web.BaseSite
         if sock is not None:
-            site = web.SockSite(runner, sock)
+            limit = max(1, min(listener.max_connections, raise_fd_limit() - FD_RESERVE))
+            site = GuardedSockSite(
+                runner,
+                sock,
+                backlog=listen_backlog(),
+                gate=Gate(limit),
+                head_timeout=listener.header_timeout,
+                handler_args=handler_args,
+            )
         elif tcp is not None:
             site = web.TCPSite(runner, tcp[0], tcp[1])
         else:
@@ -211,22 +231,33 @@ class Agent:
             try:
                 new_config = _keep_restart_only_settings(old.config, load_config(self.config_path))
                 new = await Runtime.build(
-                    new_config, self._pool, self.metrics, self._clock, previous=old
+                    new_config,
+                    self._pool,
+                    self.metrics,
+                    self._clock,
+                    previous=old,
+                    require_ready=True,
                 )
             except (ConfigError, AgentError) as exc:
-                self.audit.reconfigure(_audit_settings(old.config.audit))  # logrotate's HUP
-                self.metrics.reloads.labels("failure").inc()
-                log.error("reload failed; still serving the previous configuration: %s", exc)
-                self.notifier.ready("reload failed; serving the previous configuration")
-                return False
+                return self._reload_failed(str(exc))
+            except Exception:  # our own bug: worth a traceback, but never worth the service
+                log.exception("reload failed unexpectedly")
+                return self._reload_failed("unexpected error")
             self._swap(new)
             self.audit.reconfigure(_audit_settings(new.config.audit))
-            logging.getLogger().setLevel(new.config.log.level.upper())
+            set_level(new.config.log.level)
             await old.retire(new)
             self.metrics.reloads.labels("success").inc()
             log.info("configuration reloaded from %s", self.config_path)
             self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
             return True
+
+    def _reload_failed(self, reason: str) -> bool:
+        self.audit.reconfigure(_audit_settings(self.runtime.config.audit))  # logrotate's HUP
+        self.metrics.reloads.labels("failure").inc()
+        log.error("reload failed; still serving the previous configuration: %s", reason)
+        self.notifier.ready("reload failed; serving the previous configuration")
+        return False
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -267,6 +298,7 @@ class Agent:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.set_exception_handler(accept_error_handler(loop.default_exception_handler))
         await self.startup()
         try:
             await stop.wait()
@@ -283,6 +315,18 @@ def _audit_settings(config: AuditConfig) -> AuditSettings:
         backups=config.backups,
         rate=config.rate_limit,
     )
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (each connection is a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            log.warning("cannot raise the open-files limit from %d to %d", soft, hard)
+    return soft
 
 
 def _keep_restart_only_settings(old: AgentConfig, new: AgentConfig) -> AgentConfig:

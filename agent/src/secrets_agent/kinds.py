@@ -9,6 +9,7 @@ from typing import Any
 from secrets_agent.errors import InvalidIdError
 
 MAX_ID_LENGTH = 250  # Airflow's own limit for connection ids and variable keys
+_INVISIBLE = frozenset({"Cf", "Cs", "Co", "Cn"})
 
 
 class Kind(enum.StrEnum):
@@ -42,6 +43,10 @@ def validate_id(raw: str) -> str:
         raise InvalidIdError(f"id is longer than {MAX_ID_LENGTH} characters")
     if any(unicodedata.category(ch) == "Cc" for ch in raw):
         raise InvalidIdError("id contains control characters")
+    # Format (zero-width, bidi overrides, BOM, soft hyphen), surrogate, private-use and
+    # unassigned characters: invisible or ambiguous, never part of a real id.
+    if any(unicodedata.category(ch) in _INVISIBLE for ch in raw):
+        raise InvalidIdError("id contains invisible, private-use or unassigned characters")
     # Backends build upstream paths from ids, so an id must never climb out of its prefix.
     if "\\" in raw or raw.startswith("/") or raw.endswith("/"):
         raise InvalidIdError("id contains a path separator in an invalid position")

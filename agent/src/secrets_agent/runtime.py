@@ -46,6 +46,10 @@ class BackendPool:
     def is_live(self, backend: Backend) -> bool:
         return backend in self._live
 
+    def __len__(self) -> int:
+        """How many backends are started and not yet closed, across runtimes."""
+        return len(self._live)
+
     async def start(self, configs: Sequence[BackendConfig], running: Running) -> Running:
         """Backends for ``configs``: a running one when its config is unchanged, else a new one."""
         result: list[tuple[BackendConfig, Backend]] = []
@@ -83,7 +87,9 @@ class BackendPool:
             )
 
     def _gauge(self, backend: Backend, *, health: bool) -> Callable[[], float]:
-        return lambda: float(self.is_live(backend) and (not health or backend.health().ready))
+        return lambda: float(
+            self.is_live(backend) and (not health or _readiness(backend, live=True).ready)
+        )
 
     async def close(self, backends: Sequence[Backend]) -> None:
         for backend in backends:
@@ -112,8 +118,14 @@ class Runtime:
         metrics: Metrics,
         clock: Clock,
         previous: Runtime | None = None,
+        *,
+        require_ready: bool = False,
     ) -> Runtime:
-        """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise."""
+        """Start what ``config`` needs (reusing ``previous``'s unchanged parts), or raise.
+
+        ``require_ready`` (a reload) also fails when a newly started backend is not ready, e.g.
+        cannot authenticate: the running configuration is better than one that cannot serve.
+        """
         running = previous.backends if previous is not None else ()
         cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
         shared = _shared_for(config, metrics, previous)  # no I/O yet: it connects on first use
@@ -123,6 +135,8 @@ class Runtime:
             await _close_if_new(shared, previous)
             raise
         try:
+            if require_ready:
+                _check_ready([b for _, b in backends if not any(b is r for _, r in running)])
             chain_changed = [c for c, _ in backends] != [c for c, _ in running]
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
@@ -144,10 +158,8 @@ class Runtime:
         return runtime
 
     def readiness(self) -> dict[str, Health]:
-        health = {
-            b.name: b.health() if self.pool.is_live(b) else Health(False, "not started")
-            for _, b in self.backends
-        }
+        """Ready means "can serve fresh values": started, healthy, and its upstream answering."""
+        health = {b.name: _readiness(b, live=self.pool.is_live(b)) for _, b in self.backends}
         tier = self.service.shared.health()
         if tier is not None:  # a detail, never "not ready": lookups go upstream without it
             health[SHARED_CACHE_READINESS] = Health(True, tier.detail)
@@ -174,6 +186,23 @@ class Runtime:
             )
         if items:
             log.info("backend %r: prefetched %d values", backend.name, len(items))
+
+
+def _readiness(backend: Backend, *, live: bool) -> Health:
+    if not live:
+        return Health(False, "not started")
+    health = backend.health()
+    failure = backend.upstream_failure()
+    if health.ready and failure is not None:
+        return Health(False, f"last upstream call failed: {failure}")
+    return health
+
+
+def _check_ready(started: Sequence[Backend]) -> None:
+    for backend in started:
+        health = backend.health()
+        if not health.ready:
+            raise StartupError(f"backend {backend.name!r} is not ready: {health.detail}")
 
 
 def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> SecretCache:

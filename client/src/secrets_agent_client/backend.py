@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 
 from secrets_agent_client import DEFAULT_SOCKET_PATH
-from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
+from secrets_agent_client.transport import (
+    AgentIdentityError,
+    AgentUnreachable,
+    Response,
+    UnixTransport,
+)
 
 # Kept off the import path (typing, json and logging cost more to import than the rest of the
 # client): Airflow has them loaded anyway, and a bare import stays a few milliseconds.
@@ -71,6 +76,9 @@ class AgentSecretsBackend(_Base):
     :param timeout: seconds to wait for the agent on connect and per request
     :param on_unavailable: ``fallthrough`` (log once, return None) or ``raise`` when the agent
         is down or cannot answer
+    :param expected_agent_uid: when set, the process serving the socket must run as this uid
+        (checked with SO_PEERCRED on each new connection); anyone else is refused with an
+        access-denied error, never fallen through
     """
 
     _warned: ClassVar[set[str]] = (
@@ -82,6 +90,7 @@ class AgentSecretsBackend(_Base):
         socket_path: str | None = None,
         timeout: float | str = 2.0,
         on_unavailable: str = "fallthrough",
+        expected_agent_uid: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -91,7 +100,8 @@ class AgentSecretsBackend(_Base):
             raise ValueError(f"on_unavailable must be one of {', '.join(ON_UNAVAILABLE)}")
         path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
         # Airflow's per-kwarg environment form passes every value as a string.
-        self._transport = UnixTransport(path, float(timeout))
+        uid = None if expected_agent_uid in (None, "") else int(expected_agent_uid)
+        self._transport = UnixTransport(path, float(timeout), expected_uid=uid)
         self.on_unavailable = on_unavailable
 
     @property
@@ -129,6 +139,8 @@ class AgentSecretsBackend(_Base):
         except AgentUnreachable as exc:
             self._unavailable(str(exc))
             return None
+        except AgentIdentityError as exc:
+            raise _access_denied(f"secrets agent refused: {exc}") from None
         if response.status == 200:
             import json
 

@@ -14,6 +14,7 @@ import _socket
 import _thread
 import errno
 import os
+import sys
 import time
 
 TYPE_CHECKING = False
@@ -26,6 +27,7 @@ _MAX_BODY = 16 * 1024 * 1024
 # not gone. Retried with a short jittered backoff, never past the request's own timeout.
 _BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.002, 0.1
+_LAST_TRY = 0.05  # time kept for the last attempt after "busy" answers; no point in less
 
 
 class AgentUnreachable(Exception):
@@ -34,6 +36,10 @@ class AgentUnreachable(Exception):
 
 class ProtocolError(Exception):
     """The peer's answer is not the HTTP/1.1 the agent speaks."""
+
+
+class AgentIdentityError(Exception):
+    """The process behind the socket is not run by the uid the client was told to expect."""
 
 
 class Response:
@@ -75,21 +81,43 @@ class UnixTransport:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        expected_uid: int | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.expected_uid = expected_uid
         self._clock, self._sleep = clock, sleep
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
         self._pid = os.getpid()
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        """One request; an agent at its connection cap (503 ``X-Agent-Busy``) is asked again
+        with a short jittered backoff until the timeout, like a full backlog."""
+        deadline = self._clock() + self.timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            response = self._request_once(method, path, body, deadline)
+            left = deadline - self._clock()
+            busy = response.status == 503 and "x-agent-busy" in response.headers
+            if not busy or left <= _LAST_TRY:
+                return response
+            self._sleep(min(backoff * self._jitter(), left - _LAST_TRY))
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _jitter(self) -> float:
+        # From the pid and clock: no import of random for this rare path.
+        return 0.5 + ((os.getpid() * 7919 + int(self._clock() * 1e6)) % 1000) / 1000
+
+    def _request_once(
+        self, method: str, path: str, body: bytes | None, deadline: float
+    ) -> Response:
         with self._lock:
             if self._pid != os.getpid():
                 self._conn, self._pid = None, os.getpid()  # the parent's: never touch it
             reused = self._conn is not None
             try:
-                return self._send(method, path, body)
+                return self._send(method, path, body, deadline)
             except (ConnectionError, ProtocolError) as exc:
                 self.close()
                 if not reused or isinstance(exc, ProtocolError):
@@ -99,7 +127,7 @@ class UnixTransport:
                 raise AgentUnreachable(_describe(exc, self.socket_path)) from None
             # The kept-alive connection died (the agent restarted): one retry on a new one.
             try:
-                return self._send(method, path, body)
+                return self._send(method, path, body, deadline)
             except (OSError, ProtocolError) as exc:
                 self.close()
                 raise AgentUnreachable(_describe(exc, self.socket_path)) from None
@@ -114,21 +142,28 @@ class UnixTransport:
         if getattr(self, "_pid", None) == os.getpid():
             self.close()
 
-    def _send(self, method: str, path: str, body: bytes | None) -> Response:
+    def _send(self, method: str, path: str, body: bytes | None, deadline: float) -> Response:
         if self._conn is None:
-            self._conn = _Connection(self._connect())
+            self._conn = _Connection(self._connect(deadline))
         conn = self._conn
+        # Whatever went before (busy retries, a full backlog), the request ends by the deadline.
+        conn.sock.settimeout(max(deadline - self._clock(), 0.001))
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        conn.sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        try:
+            conn.sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        except (BrokenPipeError, ConnectionResetError):
+            # An agent at its cap answers "busy" at once and closes: read that answer.
+            response, _ = _read_response(conn, head_only=False)
+            self.close()
+            return response
         response, keep_alive = _read_response(conn, head_only=method == "HEAD")
         if not keep_alive:
             self.close()
         return response
 
-    def _connect(self) -> _socket.socket:
-        deadline = self._clock() + self.timeout
+    def _connect(self, deadline: float) -> _socket.socket:
         backoff = _FIRST_BACKOFF
         while True:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -140,13 +175,24 @@ class UnixTransport:
                 left = deadline - self._clock()
                 if exc.errno not in _BUSY or left <= 0:
                     raise
-                # Jitter from the pid and clock: no import of random for this rare path.
-                jitter = 0.5 + ((os.getpid() * 7919 + int(self._clock() * 1e6)) % 1000) / 1000
-                self._sleep(min(backoff * jitter, left))
+                self._sleep(min(backoff * self._jitter(), left))
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             sock.settimeout(self.timeout)
+            if self.expected_uid is not None:
+                self._check_peer(sock)
             return sock
+
+    def _check_peer(self, sock: _socket.socket) -> None:
+        """Ask the kernel who listens on the socket (SO_PEERCRED): a replaced socket shows."""
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
+        uid = int.from_bytes(raw[4:8], sys.byteorder)
+        if uid != self.expected_uid:
+            sock.close()
+            raise AgentIdentityError(
+                f"the socket {self.socket_path} is served by uid {uid}, not the agent's "
+                f"uid {self.expected_uid}: refusing to use it (was it replaced?)"
+            )
 
 
 def _read_response(conn: _Connection, *, head_only: bool) -> tuple[Response, bool]:

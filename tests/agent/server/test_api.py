@@ -266,15 +266,65 @@ def test_refuses_to_replace_a_regular_file(short_tmp: Path) -> None:
     assert Path(config.listener.socket_path).read_text() == "not a socket"
 
 
+@pytest.fixture
+def debug_logging() -> Iterator[None]:
+    """The agent's own log setup at level debug (SDK loggers pinned), undone afterwards."""
+    from secrets_agent.ops import logs
+
+    saved = {name: logging.getLogger(name).level for name in logs.PINNED}
+    root = logging.getLogger().level
+    logs.set_level("debug")
+    yield
+    logging.getLogger().setLevel(root)
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def test_no_secret_value_reaches_logs_or_errors(
-    agent: RunningAgent, caplog: pytest.LogCaptureFixture
+    short_tmp: Path, caplog: pytest.LogCaptureFixture, debug_logging: None
 ) -> None:
-    client = AgentSecretsBackend(socket_path=agent.socket_path)
-    with caplog.at_level(logging.DEBUG):
-        client.get_conn_value("pg")
-        client.get_conn_value("http_api")
-        get(agent, "/v1/variables/a%01b")
-        get(agent, "/nope")
+    from support.moto_aws import REGION, MotoServer
+
+    aws = MotoServer()
+    aws.start()
+    try:
+        aws.reset()
+        aws.put_secret("airflow/variables/cloud", "s3cret-aws")
+        backends = f"""
+            [[backends]]
+            name = "sm"
+            type = "aws_secrets_manager"
+            endpoint_url = "{aws.url}"
+            region = "{REGION}"
+            max_attempts = 1
+            [[backends]]
+            name = "down"
+            type = "aws_secrets_manager"
+            endpoint_url = "http://127.0.0.1:9"
+            region = "{REGION}"
+            max_attempts = 1
+            connect_timeout = 1
+            variables_lookup_pattern = "^down_"
+        """
+        config = agent_config(short_tmp, backends=backends)
+        with running_agent(config) as agent, caplog.at_level(logging.DEBUG):
+            client = AgentSecretsBackend(socket_path=agent.socket_path)
+            assert client.get_variable("cloud") == "s3cret-aws"
+            answers = [
+                get(agent, path)
+                for path in (
+                    "/v1/variables/down_x",  # an upstream that cannot be reached: 503
+                    "/v1/variables/absent",
+                    "/v1/variables/a%01b",
+                    "/nope",
+                )
+            ]
+    finally:
+        aws.stop()
+    assert [status_of(a) for a in answers] == [503, 404, 400, 404]
+    for answer in answers:
+        assert b"s3cret" not in answer
+    assert any(r.name.startswith("secrets_agent") for r in caplog.records)  # we did log
     assert "s3cret" not in caplog.text
 
 

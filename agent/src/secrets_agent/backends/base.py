@@ -72,6 +72,13 @@ class Backend(abc.ABC):
     def health(self) -> Health:
         return Health(ready=True)
 
+    def upstream_failure(self) -> str | None:
+        """Why the last upstream call failed to get an answer, if it did (see ``ApiCalls``)."""
+        from secrets_agent.backends.calls import ApiCalls
+
+        calls = getattr(self, "calls", None)
+        return calls.last_failure if isinstance(calls, ApiCalls) else None
+
     def supports(self, kind: Kind) -> bool:
         """Whether this backend is configured to hold ``kind`` at all."""
         return True

@@ -29,18 +29,26 @@ class ApiCalls:
     ) -> None:
         self.backend, self._metrics = backend, metrics
         self._translate, self._is_missing = translate, is_missing
+        # Why the last call could not reach the upstream; None once any call got an answer.
+        # Readiness reads it: a backend that cannot reach its upstream cannot serve fresh values.
+        self.last_failure: str | None = None
 
     async def __call__(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``call``; None when the upstream says the id does not exist."""
         started = time.perf_counter()
         result = "ok"
         try:
-            return await call()
+            answer = await call()
+            self.last_failure = None
+            return answer
         except Exception as exc:  # the backend edge: no SDK exception gets past here
             if self._is_missing(exc):
                 result = "not_found"
+                self.last_failure = None
                 return None
             error = self._translate(self.backend, exc, operation)
+            # A denial or a bad answer still means the upstream answered.
+            self.last_failure = str(error) if isinstance(error, TransientError) else None
             result = (
                 "denied"
                 if isinstance(error, DeniedError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -24,9 +25,19 @@ def load_config(path: str | Path) -> AgentConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML {_place(exc)}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def _place(exc: tomllib.TOMLDecodeError) -> str:
+    """Where the error is, never what is there: tomllib's message can quote the file."""
+    found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+    if found:
+        return f"at line {found[1]}, column {found[2]}"
+    return "at the end of the file" if "end of document" in str(exc) else "(position unknown)"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
@@ -174,7 +185,7 @@ def _rule_violation(meta: Any, value: Any) -> str | None:
     if high is not None and value > high:
         return f"must be <= {high}, got {value}"
     if choices is not None and value not in choices:
-        return f"must be one of {', '.join(choices)}; got {value!r}"
+        return f"must be one of {', '.join(choices)}"  # the value itself is never echoed
     if check is not None:
         reason: str | None = check(value)
         return reason

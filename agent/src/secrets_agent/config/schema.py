@@ -34,10 +34,30 @@ class ListenerConfig:
     max_header_size: int = setting(8190, min=256, max=65536)
     max_body_size: int = setting(65536, min=1024, max=1048576)
     shutdown_timeout: float = setting(10.0, min=0.1, max=300.0)
+    # Connections open at once; beyond it new ones are closed at once, before any read.
+    max_connections: int = setting(4096, min=1, max=1_000_000)
+    # A client must send its whole request head within header_timeout seconds of connecting
+    # or of its previous answer; an idle keep-alive connection is closed after idle_timeout.
+    header_timeout: float = setting(10.0, min=0.1, max=300.0)
+    idle_timeout: float = setting(30.0, min=0.1, max=3600.0)
+    # Team binding: peer uid / gid (as a string key) -> the teams it may name in ``?team=``.
+    # Empty (the default): no binding, ``team`` only selects backends.
+    team_uids: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    team_gids: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def mode(self) -> int:
         return int(self.socket_mode, 8)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for key in ("team_uids", "team_gids"):
+            for peer, teams in getattr(self, key).items():
+                if not peer.isdigit():
+                    problems.append((f"{key}.{peer}", "keys must be numeric ids"))
+                if any(check_team(team) for team in teams):
+                    problems.append((f"{key}.{peer}", "teams must be 1-64 letters, digits, - or _"))
+        return problems
 
 
 @dataclass(frozen=True)

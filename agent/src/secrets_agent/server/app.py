@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from secrets_agent.backends.base import Health
 from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.ops.audit import AuditLog, Read
+from secrets_agent.ops.logs import RateLimited
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import error_response, response_for
 from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
@@ -39,7 +41,10 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("context", ApiContext)
+# A denied peer can send requests as fast as it likes; the log hears of it once a minute.
+DENIALS = web.AppKey("denials", RateLimited)
 PEER_KEY = web.RequestKey("peer", Peer)
+GROUPS_KEY = web.RequestKey("groups", frozenset[int])
 
 
 def create_app(context: ApiContext, max_body_size: int) -> web.Application:
@@ -50,12 +55,17 @@ def create_app(context: ApiContext, max_body_size: int) -> web.Application:
         client_max_size=max_body_size,
     )
     app[CONTEXT] = context
+    app[DENIALS] = RateLimited(logging.getLogger(__name__))
     handlers.add_routes(app)
     return app
 
 
 def request_peer(request: web.Request) -> Peer:
     return request[PEER_KEY]
+
+
+def request_groups(request: web.Request) -> frozenset[int]:
+    return request[GROUPS_KEY]
 
 
 @web.middleware
@@ -76,18 +86,21 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
         return error_response(403, "peer_denied", "peer credentials are unavailable")
-    peer = peer_credentials(sock)
-    if not context.current().policy.allows(peer, peer_groups(sock)):
+    peer, groups = peer_credentials(sock), peer_groups(sock)
+    if not context.current().policy.allows(peer, groups):
         context.metrics.denied_peers.inc()
         segment = request.match_info.get("kind")
         if segment in KIND_BY_SEGMENT:  # a denied read: the audit's most interesting line
             secret_id = request.match_info.get("id", "")[:MAX_ID_LENGTH]
             team = request.query.get("team", "")[:64] or None
             audit_read(request, KIND_BY_SEGMENT[segment], secret_id, team, "denied", None, peer)
+        request.app[DENIALS].log(
+            "denied", logging.WARNING, "refused a peer: uid %d gid %d", peer.uid, peer.gid
+        )
         return error_response(
             403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
         )
-    request[PEER_KEY] = peer
+    request[PEER_KEY], request[GROUPS_KEY] = peer, groups
     return await handler(request)
 
 

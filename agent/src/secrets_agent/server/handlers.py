@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from secrets_agent.config.validators import TEAM_NAME
 from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, validate_id
-from secrets_agent.server.app import CONTEXT, audit_read, request_peer
+from secrets_agent.server.app import CONTEXT, audit_read, request_groups, request_peer
 from secrets_agent.server.errors import error_response
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -36,9 +34,14 @@ async def get_secret(request: web.Request) -> web.Response:
         return error_response(400, "invalid_refresh", "refresh must be true or false")
     # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
     forced = refresh == "true" or "no-cache" in request.headers.get("Cache-Control", "").lower()
-    service = request.app[CONTEXT].current().service
+    runtime = request.app[CONTEXT].current()
+    if team is not None and not runtime.policy.may_ask_for(
+        request_peer(request), request_groups(request), team
+    ):
+        audit_read(request, kind, secret_id, team, "denied", None)
+        return error_response(403, "team_denied", "this peer is not bound to the team it names")
     try:
-        result = await service.lookup(kind, secret_id, team, refresh=forced)
+        result = await runtime.service.lookup(kind, secret_id, team, refresh=forced)
     except Exception as exc:
         backend = exc.backend if isinstance(exc, BackendError) else None
         audit_read(request, kind, secret_id, team, _failure(exc), backend)
@@ -62,7 +65,7 @@ async def invalidate(request: web.Request) -> web.Response:
         return error_response(403, "not_admin", "only admin uids may invalidate the cache")
     try:
         body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
+    except (ValueError, LookupError, RecursionError):  # not JSON, bad encoding, too deep
         return error_response(400, "invalid_body", "body must be JSON")
     if not isinstance(body, dict) or set(body) - {"kind", "id"}:
         return error_response(

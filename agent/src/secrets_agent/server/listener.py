@@ -15,6 +15,8 @@ from secrets_agent.errors import StartupError
 
 log = logging.getLogger(__name__)
 
+MIN_BACKLOG = 1024
+
 
 def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     """Create the listening socket, replacing a stale file but never a live agent's socket."""
@@ -24,6 +26,7 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     gid = _resolve_group(config.socket_group) if config.socket_group else -1
     if not path.parent.exists():
         path.parent.mkdir(mode=0o750, parents=True)
+    check_directories(path.parent)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
@@ -38,7 +41,7 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
         os.chmod(path, config.mode)
         if gid != -1:
             os.chown(path, -1, gid)
-        sock.listen(128)
+        sock.listen(listen_backlog())
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -46,6 +49,37 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
             path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     return sock
+
+
+def check_directories(directory: Path) -> None:
+    """Refuse a socket directory (or any parent) another user could write to.
+
+    Whoever can write there can replace the socket with their own and answer the clients.
+    A sticky directory owned by us or root (like /tmp) is fine: others cannot rename or
+    remove our entries in it.
+    """
+    me = os.geteuid()
+    for current in (directory.resolve(), *directory.resolve().parents):
+        st = current.stat()
+        owner_ok = st.st_uid in (me, 0)
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        others_write = bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if owner_ok and (not others_write or sticky):
+            continue
+        who = f"owner uid {st.st_uid}" if not owner_ok else f"mode {stat.S_IMODE(st.st_mode):04o}"
+        raise StartupError(
+            f"{current} can be written by other users ({who}): one of them could replace the "
+            "socket; put listener.socket_path in a directory only the agent can write"
+        )
+
+
+def listen_backlog() -> int:
+    """At least 1024, or the kernel's cap if higher: a burst of workers must not find it full."""
+    try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        somaxconn = 0
+    return max(MIN_BACKLOG, somaxconn)
 
 
 def remove_socket_file(path: str) -> None:
@@ -81,4 +115,4 @@ def _resolve_group(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise StartupError(f"listener.socket_group: no such group {group!r}") from None
+        raise StartupError("listener.socket_group: no such group") from None

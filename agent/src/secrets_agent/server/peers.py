@@ -27,11 +27,16 @@ def peer_credentials(sock: socket.socket) -> Peer:
     return Peer(*_UCRED.unpack(raw))
 
 
+TeamMap = tuple[tuple[int, frozenset[str]], ...]
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     allowed_uids: frozenset[int]
     allowed_gids: frozenset[int]
     admin_uids: frozenset[int]
+    team_uids: TeamMap = ()
+    team_gids: TeamMap = ()
 
     @classmethod
     def from_config(cls, config: ListenerConfig) -> AccessPolicy:
@@ -41,13 +46,32 @@ class AccessPolicy:
             allowed_uids=_ids(config.allowed_uids, uid),
             allowed_gids=_ids(config.allowed_gids, gid),
             admin_uids=_ids(config.admin_uids, uid),
+            team_uids=_teams(config.team_uids),
+            team_gids=_teams(config.team_gids),
         )
 
     def allows(self, peer: Peer, groups: frozenset[int]) -> bool:
         return peer.uid in self.allowed_uids or bool(({peer.gid} | groups) & self.allowed_gids)
 
+    @property
+    def binds_teams(self) -> bool:
+        return bool(self.team_uids or self.team_gids)
+
+    def may_ask_for(self, peer: Peer, groups: frozenset[int], team: str) -> bool:
+        """With a team binding, only the teams bound to the peer's uid or one of its gids."""
+        if not self.binds_teams:
+            return True
+        gids = {peer.gid} | groups
+        return any(uid == peer.uid and team in teams for uid, teams in self.team_uids) or any(
+            gid in gids and team in teams for gid, teams in self.team_gids
+        )
+
     def is_admin(self, peer: Peer) -> bool:
         return peer.uid in self.admin_uids
+
+
+def _teams(configured: dict[str, tuple[str, ...]]) -> TeamMap:
+    return tuple((int(peer), frozenset(teams)) for peer, teams in configured.items())
 
 
 def _ids(configured: tuple[int, ...] | None, default: int) -> frozenset[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -172,10 +173,14 @@ async def test_naming_prefixes_sep_and_invalid_names(gcp: Gcp, started: Started)
 async def test_disabled_version_is_a_miss_and_logged(
     gcp: Gcp, started: Started, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, the SDK's included, at its most verbose
     gcp.put("airflow-variables-old", "s3cret-old")
     gcp.disable_latest("airflow-variables-old")
+    gcp.server.put("airflow-variables-binary", b"s3cret-\xff")  # not UTF-8: we log that
     backend = await started(gcp.options())
     assert await backend.fetch(V, "old") is None
+    assert await backend.fetch(V, "binary") is None
+    assert "the variable 'binary' is not UTF-8 text" in caplog.text  # the capture works
     assert "s3cret" not in caplog.text
 
 
@@ -304,6 +309,7 @@ def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) ->
         clock.advance(61)
         stale = get("/v1/variables/greeting")
         assert b"X-Cache: STALE" in stale and body_of(stale)["value"] == "newer"
+        assert body_of(get("/readyz"))["backends"]["gcp"]["ready"] is False  # cannot refresh
         gcp.server.start()  # same port, same storage
         gcp.put("airflow-variables-greeting", "after")
         deadline = time.monotonic() + 30
@@ -311,6 +317,7 @@ def test_stopped_server_serves_stale_then_recovers(gcp: Gcp, short_tmp: Path) ->
             assert time.monotonic() < deadline, "no recovery within 30 s of the restart"
             # The channel reconnects on its own backoff; each try above already waited for it.
         assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "after"
+        assert body_of(get("/readyz"))["ready"] is True
 
 
 @pytest.mark.parametrize(

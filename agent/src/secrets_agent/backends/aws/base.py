@@ -35,6 +35,9 @@ class AwsBackend(Backend):
         error = self.client.credentials_error
         return Health(ready=error is None, detail=error or "ok")
 
+    def upstream_failure(self) -> str | None:
+        return self.client.calls.last_failure
+
     def supports(self, kind: Kind) -> bool:
         return self.options.serves(kind)
 

@@ -1,0 +1,43 @@
+"""Config errors name the file, line, column and key, never what the file says there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.config.loader import load_config
+from secrets_agent.errors import ConfigError
+
+SECRET = "s3cret-token-value"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (f'[backends.token]\ntoken = "{SECRET}\n', "at line 2, column"),
+        (f"[log]\nlevel = {SECRET}\n", "at line 2, column"),
+        (f'x = {{ a = "{SECRET}", b = {SECRET} }}\n', "at line 1, column"),
+        (f'x = """{SECRET}', "at the end of the file"),
+    ],
+)
+def test_toml_errors_give_the_place_not_the_text(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"{path}: not valid TOML {where}" in message
+    assert SECRET not in message and "s3cret" not in message
+
+
+def test_invalid_utf8_and_bad_choices_do_not_echo_content(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b'[log]\nlevel = "' + SECRET.encode() + b'\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not UTF-8 text" in str(info.value) and SECRET not in str(info.value)
+    path.write_text(f'[log]\nlevel = "{SECRET}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["log.level: must be one of debug, info, warning, error"]

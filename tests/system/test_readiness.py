@@ -1,0 +1,70 @@
+"""/readyz means "can serve fresh values": a backend whose upstream stopped answering is not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.bao import BaoServer
+from support.helpers import (
+    FakeClock,
+    RunningAgent,
+    agent_config,
+    body_of,
+    raw_request,
+    running_agent,
+    status_of,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bao(tmp_path: Path) -> Iterator[BaoServer]:
+    server = BaoServer(tmp_path / "bao", persistent=True)
+    server.start()
+    server.api("POST", "/v1/sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
+    yield server
+    server.stop()
+
+
+def get(agent: RunningAgent, path: str) -> bytes:
+    return raw_request(agent.socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+def test_readiness_follows_the_upstream_down_and_up(bao: BaoServer, short_tmp: Path) -> None:
+    bao.kv_put("variables/greeting", {"value": "v1"})
+    clock = FakeClock()
+    backend = f"""
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "{bao.url}"
+        auth_method = "token"
+        backoff_initial = 0.05
+        backoff_max = 0.2
+        timeout = 3
+        [backends.token]
+        token = "{bao.root_token}"
+    """
+    config = agent_config(short_tmp, extra="[cache]\nvariable_ttl = 60\n", backends=backend)
+    with running_agent(config, clock) as agent:
+        assert body_of(get(agent, "/v1/variables/greeting"))["value"] == "v1"
+        assert status_of(get(agent, "/readyz")) == 200
+
+        bao.stop()
+        clock.advance(61)
+        assert b"X-Cache: STALE" in get(agent, "/v1/variables/greeting")  # still served
+        down = get(agent, "/readyz")
+        assert status_of(down) == 503
+        detail = body_of(down)["backends"]["vault"]
+        assert detail["ready"] is False and "last upstream call failed" in detail["detail"]
+        assert 'secrets_agent_backend_ready{backend="vault"} 0.0' in get(agent, "/metrics").decode()
+
+        bao.start()  # same storage, unsealed again
+        fresh = get(agent, "/v1/variables/greeting")
+        assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "v1"
+        up = get(agent, "/readyz")
+        assert status_of(up) == 200 and body_of(up)["ready"] is True
