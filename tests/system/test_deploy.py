@@ -241,7 +241,9 @@ def test_node_agent_socket_through_a_read_only_host_path(short_tmp: Path) -> Non
     host_dir, pod_dir = short_tmp / "host", short_tmp / "pod"
     host_dir.mkdir(mode=0o755)
     pod_dir.mkdir()
-    os.chown(host_dir, 10001, 0)  # what the init container does
+    # What the init container does for the agent's uid (10001 in the pod; here the agent runs
+    # as this process's uid): the agent owns the directory, so no one else can swap the socket.
+    os.chown(host_dir, os.getuid(), 0)
     host_dir.chmod(0o750)
     demo_files(short_tmp)
     allowed = ", ".join(str(u) for u in listener["allowed_uids"])

@@ -141,7 +141,7 @@ def test_config_needs_a_file_for_file_output_and_rejects_unknown_outputs(tmp_pat
     with pytest.raises(ConfigError) as info:
         parse_config({"audit": {"output": "syslog", "rate_limit": 0}}, base_dir=tmp_path)
     assert info.value.problems == [
-        "audit.output: must be one of off, file, stderr; got 'syslog'",
+        "audit.output: must be one of off, file, stderr",  # names the choice, never quotes it
         "audit.rate_limit: must be >= 1.0, got 0.0",
     ]
     config = parse_config({"audit": {"output": "file", "file": "a.log"}}, base_dir=tmp_path)
