@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +153,8 @@ class BaoServer:
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         context = ssl.create_default_context(cafile=self.ca_file) if self.tls else None
         try:
-            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            # A wide margin: raft's init and unseal fsync a lot on a busy, fresh machine.
+            with urllib.request.urlopen(request, timeout=60, context=context) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
@@ -169,4 +172,28 @@ class BaoServer:
     ) -> None:
         body = {"data": data} if version == 2 else data
         prefix = f"{mount}/data" if version == 2 else mount
-        self.api("POST", f"/v1/{prefix}/{path}", body, namespace=namespace)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.api("POST", f"/v1/{prefix}/{path}", body, namespace=namespace)
+                return
+            except RuntimeError as exc:
+                # A KV v2 mount just created upgrades its storage first and refuses writes
+                # until it is done: wait for that readiness, not a fixed time.
+                if "Upgrading from non-versioned to versioned" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def persistent_kv2(workdir: Path) -> Iterator[BaoServer]:
+    """A raft-backed (restartable) server with KV v2 at ``secret/``, stopped on the way out."""
+    server = BaoServer(workdir, persistent=True)
+    server.start()
+    try:
+        server.api("POST", "/v1/sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
+        yield server
+    finally:
+        server.stop()

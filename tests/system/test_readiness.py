@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.bao import BaoServer
+from support.bao import BaoServer, persistent_kv2
 from support.helpers import (
     FakeClock,
     RunningAgent,
@@ -23,11 +23,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[BaoServer]:
-    server = BaoServer(tmp_path / "bao", persistent=True)
-    server.start()
-    server.api("POST", "/v1/sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
-    yield server
-    server.stop()
+    with persistent_kv2(tmp_path / "bao") as server:
+        yield server
 
 
 def get(agent: RunningAgent, path: str) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from secrets_agent_client import AgentSecretsBackend
-from support.bao import BaoServer
+from support.bao import BaoServer, persistent_kv2
 from support.helpers import (
     FakeClock,
     RunningAgent,
@@ -43,11 +43,8 @@ def get(agent: RunningAgent, path: str) -> bytes:
 
 @pytest.fixture
 def persistent(tmp_path: Path) -> Iterator[BaoServer]:
-    server = BaoServer(tmp_path / "bao", persistent=True)
-    server.start()
-    server.api("POST", "/v1/sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
-    yield server
-    server.stop()
+    with persistent_kv2(tmp_path / "bao") as server:
+        yield server
 
 
 def test_stopped_server_serves_stale_then_fresh_after_restart(
