@@ -86,3 +86,28 @@ def test_accept_failures_are_one_line_per_interval(caplog: pytest.LogCaptureFixt
     assert len(lines) == 1 and not lines[0].exc_info
     assert "Too many open files" in lines[0].getMessage()
     assert passed == [{"message": "something else"}]
+
+
+def test_an_accept_retry_after_the_listener_closed_is_not_a_traceback() -> None:
+    import asyncio
+    import socket
+
+    from secrets_agent.server.connections import accept_error_handler
+
+    passed: list[dict[str, object]] = []
+    handler = accept_error_handler(passed.append)
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(handler)
+    try:
+        closed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        closed.close()
+        # What asyncio schedules after EMFILE, firing after shutdown closed the listener.
+        retry = loop.call_later(0, loop._start_serving, object, closed)  # type: ignore[attr-defined]
+        retry._run()  # runs the callback; asyncio hands its failure to the handler
+        other = loop.call_later(0, int, "x")  # any other failing callback still reaches it
+        other._run()
+    finally:
+        loop.set_exception_handler(None)
+        loop.close()
+    assert [type(c.get("exception")) for c in passed] == [ValueError]
+    assert getattr(passed[0]["handle"], "_callback", None) is int

@@ -262,6 +262,18 @@ def accept_error_handler(
                 getattr(exc, "strerror", None) or type(exc).__name__,
             )
             return
+        if _retry_after_close(context):
+            # asyncio retries accept() a second after EMFILE (one timer per failed accept in
+            # its loop); a retry that fires once the listener is closed (shutdown) finds no
+            # socket. Nothing is lost: there is nothing left to accept on.
+            return
         default(context)
 
     return handler
+
+
+def _retry_after_close(context: dict[str, Any]) -> bool:
+    callback = getattr(context.get("handle"), "_callback", None)
+    return isinstance(context.get("exception"), ValueError) and (
+        getattr(callback, "__name__", "") == "_start_serving"
+    )
