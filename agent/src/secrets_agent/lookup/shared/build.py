@@ -9,9 +9,7 @@ import time
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import StartupError
 from secrets_agent.lookup.shared.breaker import Breaker
-from secrets_agent.lookup.shared.clients import store_client
 from secrets_agent.lookup.shared.sealing import Sealer
-from secrets_agent.lookup.shared.store import RedisTier
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 
@@ -23,6 +21,11 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
     shared = config.shared_cache
     if not shared.enabled:
         return NoSharedTier()
+    # Only now: the redis client costs ~140 ms to import, which an agent without the tier
+    # (most of them) should not pay at every start.
+    from secrets_agent.lookup.shared.clients import store_client
+    from secrets_agent.lookup.shared.store import RedisTier
+
     if not keys:
         raise StartupError(
             "shared_cache needs the fleet's Fernet keys in [encryption] (key_file, key_env or "
