@@ -15,10 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from support import loopback
+
+if TYPE_CHECKING:  # the client's own runs (Python 3.9+) have no agent to import
+    from support.redis_server import RedisServer
 
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
 loopback.apply()
@@ -67,3 +71,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
     print(f"\nprocesses started by the tests were still running (now killed):\n{report}")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server per test module (the shared-cache tests)."""
+    from support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(module_store: RedisServer) -> RedisServer:
+    """The module's redis-server, emptied for this test (restarted if a test killed it)."""
+    if module_store.process is None:
+        module_store.start()
+    module_store.command("FLUSHALL")
+    return module_store

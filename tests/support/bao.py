@@ -197,3 +197,20 @@ def persistent_kv2(workdir: Path) -> Iterator[BaoServer]:
         yield server
     finally:
         server.stop()
+
+
+def vault_backend_toml(server: BaoServer, token: str | None = None, extra: str = "") -> str:
+    """A ``[[backends]]`` table for the agent: token auth (root by default), quick backoff."""
+    return f"""
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "{server.url}"
+        auth_method = "token"
+        backoff_initial = 0.05
+        backoff_max = 0.2
+        timeout = 3
+        {extra}
+        [backends.token]
+        token = "{server.root_token if token is None else token}"
+    """

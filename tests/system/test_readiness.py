@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.bao import BaoServer, persistent_kv2
+from support.bao import BaoServer, persistent_kv2, vault_backend_toml
 from support.helpers import (
     FakeClock,
     RunningAgent,
@@ -34,18 +34,7 @@ def get(agent: RunningAgent, path: str) -> bytes:
 def test_readiness_follows_the_upstream_down_and_up(bao: BaoServer, short_tmp: Path) -> None:
     bao.kv_put("variables/greeting", {"value": "v1"})
     clock = FakeClock()
-    backend = f"""
-        [[backends]]
-        name = "vault"
-        type = "vault"
-        url = "{bao.url}"
-        auth_method = "token"
-        backoff_initial = 0.05
-        backoff_max = 0.2
-        timeout = 3
-        [backends.token]
-        token = "{bao.root_token}"
-    """
+    backend = vault_backend_toml(bao)
     config = agent_config(short_tmp, extra="[cache]\nvariable_ttl = 60\n", backends=backend)
     with running_agent(config, clock) as agent:
         assert body_of(get(agent, "/v1/variables/greeting"))["value"] == "v1"

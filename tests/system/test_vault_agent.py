@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from secrets_agent_client import AgentSecretsBackend
-from support.bao import BaoServer, persistent_kv2
+from support.bao import BaoServer, persistent_kv2, vault_backend_toml
 from support.helpers import (
     FakeClock,
     RunningAgent,
@@ -19,22 +19,6 @@ from support.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def vault_backend_toml(server: BaoServer, token: str, extra: str = "") -> str:
-    return f"""
-        [[backends]]
-        name = "vault"
-        type = "vault"
-        url = "{server.url}"
-        auth_method = "token"
-        backoff_initial = 0.05
-        backoff_max = 0.2
-        timeout = 3
-        {extra}
-        [backends.token]
-        token = "{token}"
-    """
 
 
 def get(agent: RunningAgent, path: str) -> bytes:

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import StartupError
-from support.bao import BaoServer
+from support.bao import BaoServer, vault_backend_toml
 from support.helpers import (
     AGENT_SCRIPT,
     FakeClock,
@@ -36,21 +36,6 @@ def bao(tmp_path: Path) -> Iterator[BaoServer]:
     server.stop()
 
 
-def vault_toml(server: BaoServer) -> str:
-    return f"""
-        [[backends]]
-        name = "vault"
-        type = "vault"
-        url = "{server.url}"
-        auth_method = "token"
-        backoff_initial = 0.05
-        backoff_max = 0.2
-        timeout = 3
-        [backends.token]
-        token = "{server.root_token}"
-    """
-
-
 def get(agent: RunningAgent, path: str) -> bytes:
     return raw_request(agent.socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
@@ -65,7 +50,7 @@ def warm_config(directory: Path, server: BaoServer, keys: str) -> AgentConfig:
         [encryption]
         key_file = "fernet.key"
     """
-    return agent_config(directory, extra=extra, backends=vault_toml(server))
+    return agent_config(directory, extra=extra, backends=vault_backend_toml(server))
 
 
 def test_an_agent_booting_with_the_upstream_down_serves_the_snapshot_stale(
@@ -125,7 +110,7 @@ def test_refresh_ahead_keeps_a_hot_key_a_hit_against_openbao(
     config = agent_config(
         short_tmp,
         extra="[cache]\nvariable_ttl = 60\nrefresh_jitter = 0\n",
-        backends=vault_toml(bao),
+        backends=vault_backend_toml(bao),
     )
     with running_agent(config, clock) as agent:
         assert b"X-Cache: MISS" in get(agent, "/v1/variables/greeting")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,6 @@ from support.redis_server import RedisServer
 from support.shared_nodes import KEY, Node, V
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store(module_store: RedisServer) -> RedisServer:
-    if module_store.process is None:  # a test killed it
-        module_store.start()
-    module_store.command("FLUSHALL")
-    return module_store
 
 
 async def test_an_entry_under_other_keys_or_another_name_is_a_miss(store: RedisServer) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 from cryptography.fernet import Fernet
@@ -19,22 +18,6 @@ from support.redis_server import RedisServer
 from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store(module_store: RedisServer) -> RedisServer:
-    if module_store.process is None:  # a test killed it
-        module_store.start()
-    module_store.command("FLUSHALL")
-    return module_store
 
 
 CANARY_ID, CANARY_VALUE = "canary-id-7f3a", "canary-value-91bc"
