@@ -7,10 +7,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import Fernet, MultiFernet
 
 from secrets_agent.config.schema import EncryptionConfig
 from secrets_agent.errors import StartupError
+from secrets_agent.lookup.fernet import FernetOpener
 
 
 class Cipher:
@@ -19,17 +20,21 @@ class Cipher:
     def __init__(self, keys: list[bytes]) -> None:
         # With no configured key the cache lives and dies with this process, so a random one is
         # as good as any and never touches disk.
-        self._fernet = MultiFernet([Fernet(k) for k in keys] or [Fernet(Fernet.generate_key())])
+        keys = keys or [Fernet.generate_key()]
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+        self._openers = tuple(FernetOpener(k) for k in keys)
+        if len(self._openers) == 1:  # the usual case: straight to the one key, a frame less
+            self.decrypt = self._openers[0].open  # type: ignore[method-assign]
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode("utf-8"))
 
     def decrypt(self, token: bytes) -> str | None:
         """Return the plaintext, or None if no current key can open the token."""
-        try:
-            return self._fernet.decrypt(token).decode("utf-8")
-        except InvalidToken:
-            return None
+        for opener in self._openers:
+            if (plaintext := opener.open(token)) is not None:
+                return plaintext
+        return None
 
 
 def generate_key() -> str:

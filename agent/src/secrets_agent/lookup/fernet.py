@@ -1,0 +1,71 @@
+"""Fernet decryption for the cache's hot path, with each key's AES context built once.
+
+``cryptography``'s ``Fernet.decrypt`` builds a new CBC context and runs an OpenSSL HMAC per
+call: ~15 µs, the largest single cost of a cached lookup. This opens the same tokens, with the
+same checks in the same order (version byte, length, HMAC-SHA256 over everything before it in
+constant time, PKCS7 padding), in ~4 µs: the HMAC from precomputed ``hashlib`` pads and CBC as
+a long-lived AES-ECB decryptor XORed with the previous block. Encryption stays with
+``cryptography``'s ``Fernet``; the tests check both against each other.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import threading
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_VERSION = 0x80
+_HEAD = 25  # version (1) + timestamp (8) + IV (16)
+_MAC = 32
+_BLOCK = 16
+
+
+class FernetOpener:
+    """Decrypts Fernet tokens made with one key; thread-safe (the snapshot writer is a thread)."""
+
+    def __init__(self, key: bytes) -> None:
+        raw = binascii.a2b_base64(key.translate(_URLSAFE))
+        if len(raw) != 32:
+            raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
+        signing, encryption = raw[:16], raw[16:]
+        # HMAC's two keyed pad states, hashed once: each token then costs two copy+update.
+        block = signing.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # ECB decrypts whole blocks independently, so one context serves every token (never
+        # finalized); CBC is then one XOR with the ciphertext shifted by a block.
+        self._ecb = Cipher(algorithms.AES(encryption), modes.ECB()).decryptor()  # noqa: S305 (CBC, see above)
+        self._lock = threading.Lock()
+
+    def open(self, token: bytes) -> str | None:
+        """The plaintext (UTF-8), or None if the token is malformed or not made with this key."""
+        try:
+            data = binascii.a2b_base64(token.translate(_URLSAFE))  # lenient, as Fernet's
+        except (binascii.Error, ValueError, TypeError):
+            return None
+        size = len(data) - _HEAD - _MAC
+        if size <= 0 or size % _BLOCK or data[0] != _VERSION:
+            return None
+        signed = memoryview(data)[:-_MAC]
+        inner = self._inner.copy()
+        inner.update(signed)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        if not hmac.compare_digest(outer.digest(), data[-_MAC:]):
+            return None
+        ciphertext = signed[_HEAD:]
+        with self._lock:
+            blocks = self._ecb.update(ciphertext)
+        previous = int.from_bytes(data[9 : 9 + size], "big")  # the IV, then each cipher block
+        padded = (int.from_bytes(blocks, "big") ^ previous).to_bytes(size, "big")
+        pad = padded[-1]
+        if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
+            return None
+        try:
+            return padded[:-pad].decode("utf-8")
+        except UnicodeDecodeError:
+            return None

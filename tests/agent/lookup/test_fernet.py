@@ -1,0 +1,95 @@
+"""The cache's Fernet opener against cryptography's own Fernet: same tokens, same verdicts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from cryptography.fernet import Fernet, InvalidToken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secrets_agent.lookup.cipher import Cipher
+from secrets_agent.lookup.fernet import FernetOpener
+
+KEY = Fernet.generate_key()
+OPENER = FernetOpener(KEY)
+
+
+def reference(token: bytes, key: bytes = KEY) -> str | None:
+    try:
+        return Fernet(key).decrypt(token).decode("utf-8")
+    except (InvalidToken, UnicodeDecodeError):
+        return None
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300)
+def test_opens_what_fernet_made(plaintext: str) -> None:
+    token = Fernet(KEY).encrypt(plaintext.encode("utf-8"))
+    assert OPENER.open(token) == plaintext == reference(token)
+
+
+@given(
+    st.text(max_size=64),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["flip", "cut", "add"]),
+            st.integers(0, 400),
+            st.binary(min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+@settings(max_examples=500)
+def test_a_damaged_token_gets_fernets_verdict(
+    plaintext: str, damage: list[tuple[str, int, bytes]]
+) -> None:
+    token = bytearray(Fernet(KEY).encrypt(plaintext.encode("utf-8")))
+    for op, where, data in damage:
+        at = where % (len(token) + 1)
+        if op == "flip" and token:
+            token[at % len(token)] ^= data[0] or 1
+        elif op == "cut":
+            del token[at:]
+        else:
+            token[at:at] = data
+    assert OPENER.open(bytes(token)) == reference(bytes(token))
+
+
+def test_refuses_other_keys_garbage_and_non_utf8() -> None:
+    other = Fernet(Fernet.generate_key())
+    assert OPENER.open(other.encrypt(b"x")) is None
+    for junk in (b"", b"gAAAAA", b"\x00" * 100, b"not base64 at all!!"):
+        assert OPENER.open(junk) is None
+    assert OPENER.open(Fernet(KEY).encrypt(b"\xff\xfe")) is None  # not text: never ours
+    with pytest.raises(ValueError, match="32 url-safe"):
+        FernetOpener(b"c2hvcnQ=")
+
+
+def test_cipher_rotation_decrypts_with_every_key_and_encrypts_with_the_first() -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    rotated = Cipher([new, old])
+    assert rotated.decrypt(Fernet(old).encrypt(b"from before")) == "from before"
+    token = rotated.encrypt("now")
+    assert reference(token, new) == "now" and reference(token, old) is None
+    assert Cipher([new]).decrypt(token) == "now"
+
+
+def test_threads_share_one_opener() -> None:
+    tokens = [Fernet(KEY).encrypt(f"value-{i}".encode()) for i in range(50)]
+    wrong: list[int] = []
+
+    def work() -> None:
+        for _ in range(40):
+            for i, token in enumerate(tokens):
+                if OPENER.open(token) != f"value-{i}":
+                    wrong.append(i)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
