@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from prometheus_client import (
 )
 
 from secrets_agent import __version__
+from secrets_agent.ops.tally import LatencyHistogram, Tally
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -28,15 +30,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = "secrets_agent_"
+        self._tally = Tally(r)  # first: it folds its counts in before the others are read
         self.requests = Counter(
             p + "requests", "API requests by kind and HTTP status.", ["kind", "status"], registry=r
         )
-        self.request_latency = Histogram(
+        self.request_latency = LatencyHistogram(
             p + "request_duration_seconds",
             "API request handling time.",
-            ["kind"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "kind",
+            _LATENCY_BUCKETS,
+            r,
         )
         self.cache_results = Counter(
             p + "cache_results",
@@ -44,6 +47,10 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        # labels() costs more than the increment: every request counts through these memoized
+        # children (few label sets: kinds x statuses, kinds x results) and a Tally.
+        self._request_count = functools.cache(self.requests.labels)
+        self._cache_result = functools.cache(self.cache_results.labels)
         self.coalesced = Counter(
             p + "coalesced_requests",
             "Lookups that waited on another lookup's upstream call.",
@@ -181,6 +188,17 @@ class Metrics:
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_entries.set_function(lambda: float(size()))
+
+    def answered(self, kind: str, status: int, seconds: float) -> None:
+        """One API request answered: ``requests`` and ``request_duration_seconds``."""
+        pending, child = self._tally.pending, self._request_count(kind, str(status))
+        pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every request
+        self.request_latency.observe(kind, seconds)
+
+    def looked_up(self, kind: str, result: str) -> None:
+        """One lookup's cache result: ``cache_results``."""
+        pending, child = self._tally.pending, self._cache_result(kind, result)
+        pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every lookup
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
