@@ -58,6 +58,8 @@ class AuditLog:
     ) -> None:
         self._metrics, self._wall, self._clock = metrics, wall, clock
         self._settings = settings
+        # An attribute, not a property: every lookup asks it.
+        self.enabled = settings.output != "off"
         self._stream: TextIO | None = None
         self._size = 0
         self._tokens, self._last = settings.rate, clock()
@@ -65,14 +67,11 @@ class AuditLog:
         self._failing = False
         self._open()
 
-    @property
-    def enabled(self) -> bool:
-        return self._settings.output != "off"
-
     def reconfigure(self, settings: AuditSettings) -> None:
         """Apply new settings and reopen the file (SIGHUP: after logrotate moved it)."""
         self.close()
         self._settings = settings
+        self.enabled = settings.output != "off"
         self._tokens = min(self._tokens, settings.rate)
         self._open()
 
