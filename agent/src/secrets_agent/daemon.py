@@ -33,6 +33,7 @@ from secrets_agent.runtime import BackendPool, Runtime
 from secrets_agent.server.app import ApiContext, create_app, metrics_app
 from secrets_agent.server.connections import Gate, GuardedSockSite, accept_error_handler
 from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
+from secrets_agent.server.reads import Reads
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,13 @@ class Agent:
             Snapshot(cfg.cache.snapshot_file, self.metrics).load(self.service.cache)
         self.metrics.track_cache_size(lambda: len(self.service.cache))
         context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
-        app = create_app(context, cfg.listener.max_body_size)
+        reads = Reads(context)
+        app = create_app(reads, cfg.listener.max_body_size)
         if self._inherited is not None:
-            await self._serve_app(app, sock=self._inherited)
+            await self._serve_app(app, sock=self._inherited, reads=reads)
         else:
             self._socket = bind_unix_socket(cfg.listener)
-            await self._serve_app(app, sock=self._socket)
+            await self._serve_app(app, sock=self._socket, reads=reads)
         if cfg.metrics.port:
             await self._serve_app(
                 metrics_app(self.metrics), tcp=(cfg.metrics.address, cfg.metrics.port)
@@ -135,6 +137,7 @@ class Agent:
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
         self._serving = True
+
         log.debug("debug logging is on; SDK loggers stay at WARNING, values are never logged")
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)
@@ -142,7 +145,9 @@ class Agent:
 
     def runtime_now(self) -> Runtime:
         """The runtime serving at this moment (what each request reads once)."""
-        return self.runtime
+        if (runtime := self._runtime) is None:  # not ``self.runtime``: a frame less per request
+            raise RuntimeError("the agent is not started")
+        return runtime
 
     def _swap(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -153,6 +158,7 @@ class Agent:
         app: web.Application,
         *,
         sock: socket.socket | None = None,
+        reads: Reads | None = None,
         tcp: tuple[str, int] | None = None,
     ) -> None:
         listener = self._initial.listener
@@ -168,20 +174,22 @@ class Agent:
         await runner.setup()
         self._runners.append(runner)
         site: web.BaseSite
-        if sock is not None:
+        if sock is not None and reads is not None:
             limit = max(1, min(listener.max_connections, raise_fd_limit() - FD_RESERVE))
             site = GuardedSockSite(
                 runner,
                 sock,
                 backlog=listen_backlog(),
                 gate=Gate(limit),
+                reads=reads,
                 head_timeout=listener.header_timeout,
+                shutdown_timeout=listener.shutdown_timeout,
                 handler_args=handler_args,
             )
         elif tcp is not None:
             site = web.TCPSite(runner, tcp[0], tcp[1])
         else:
-            raise ValueError("either sock or tcp is required")
+            raise ValueError("either sock and reads, or tcp, are required")
         try:
             await site.start()
         except OSError as exc:

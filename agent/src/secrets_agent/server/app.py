@@ -1,82 +1,55 @@
-"""The aiohttp application: peer check, error mapping and request metrics around thin handlers."""
+"""The aiohttp application: peer check, error mapping and request metrics around thin handlers.
+
+Reads that the lean path (``server.lean``) answers never get here; everything else does.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from secrets_agent.backends.base import Health
-from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind
-from secrets_agent.lookup.service import SecretService
-from secrets_agent.ops.audit import AuditLog, Read
-from secrets_agent.ops.logs import RateLimited
+from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH
 from secrets_agent.ops.metrics import Metrics
-from secrets_agent.server.errors import error_response, response_for
-from secrets_agent.server.peers import AccessPolicy, Peer, peer_credentials, peer_groups
+from secrets_agent.server.context import ApiContext, Serving
+from secrets_agent.server.errors import error_response, response_for, to_response
+from secrets_agent.server.peers import peer_credentials, peer_groups
+from secrets_agent.server.reads import Caller, Reads
 
-
-class Serving(Protocol):
-    """The part of the agent's runtime that requests use (``secrets_agent.runtime.Runtime``)."""
-
-    @property
-    def service(self) -> SecretService: ...
-    @property
-    def policy(self) -> AccessPolicy: ...
-    def readiness(self) -> dict[str, Health]: ...
-
-
-@dataclass(frozen=True)
-class ApiContext:
-    """What handlers need. ``current`` returns the runtime serving now: a reload swaps it."""
-
-    current: Callable[[], Serving]
-    metrics: Metrics
-    audit: AuditLog | None = None
-
+__all__ = ["CONTEXT", "READS", "ApiContext", "Serving", "create_app", "metrics_app"]
 
 CONTEXT = web.AppKey("context", ApiContext)
-# A denied peer can send requests as fast as it likes; the log hears of it once a minute.
-DENIALS = web.AppKey("denials", RateLimited)
-PEER_KEY = web.RequestKey("peer", Peer)
-GROUPS_KEY = web.RequestKey("groups", frozenset[int])
+READS = web.AppKey("reads", Reads)
+CALLER_KEY = web.RequestKey("caller", Caller)
+# What the requests counter and latency histogram call each route's requests.
+KIND_LABELS = {"connections": "connection", "variables": "variable", "config": "config"}
 
 
-def create_app(context: ApiContext, max_body_size: int) -> web.Application:
+def create_app(reads: Reads, max_body_size: int) -> web.Application:
     from secrets_agent.server import handlers
 
     app = web.Application(
         middlewares=[_metrics_middleware, _peer_middleware, _error_middleware],
         client_max_size=max_body_size,
     )
-    app[CONTEXT] = context
-    app[DENIALS] = RateLimited(logging.getLogger(__name__))
+    app[CONTEXT] = reads.context
+    app[READS] = reads
     handlers.add_routes(app)
     return app
 
 
-def request_peer(request: web.Request) -> Peer:
-    return request[PEER_KEY]
-
-
-def request_groups(request: web.Request) -> frozenset[int]:
-    return request[GROUPS_KEY]
+def request_caller(request: web.Request) -> Caller:
+    return request[CALLER_KEY]
 
 
 @web.middleware
 async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[CONTEXT].metrics
     started = time.perf_counter()
     response = await handler(request)
     kind = request.match_info.get("kind", "other")
-    kind = {"connections": "connection", "variables": "variable"}.get(kind, kind)
-    metrics.requests.labels(kind, str(response.status)).inc()
-    metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
+    kind = KIND_LABELS.get(kind, kind)
+    request.app[CONTEXT].metrics.answered(kind, response.status, time.perf_counter() - started)
     return response
 
 
@@ -86,38 +59,17 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
         return error_response(403, "peer_denied", "peer credentials are unavailable")
-    peer, groups = peer_credentials(sock), peer_groups(sock)
-    if not context.current().policy.allows(peer, groups):
-        context.metrics.denied_peers.inc()
+    caller = Caller(peer_credentials(sock), peer_groups(sock))
+    if not context.current().policy.allows(caller.peer, caller.groups):
         segment = request.match_info.get("kind")
-        if segment in KIND_BY_SEGMENT:  # a denied read: the audit's most interesting line
-            secret_id = request.match_info.get("id", "")[:MAX_ID_LENGTH]
-            team = request.query.get("team", "")[:64] or None
-            audit_read(request, KIND_BY_SEGMENT[segment], secret_id, team, "denied", None, peer)
-        request.app[DENIALS].log(
-            "denied", logging.WARNING, "refused a peer: uid %d gid %d", peer.uid, peer.gid
+        secret_id = request.match_info.get("id", "")[:MAX_ID_LENGTH]
+        kind = KIND_BY_SEGMENT.get(segment) if segment else None
+        answer = request.app[READS].denied_peer(
+            caller.peer, kind, secret_id, request.query.get("team")
         )
-        return error_response(
-            403, "peer_denied", f"uid {peer.uid} gid {peer.gid} may not use this agent"
-        )
-    request[PEER_KEY], request[GROUPS_KEY] = peer, groups
+        return to_response(answer)
+    request[CALLER_KEY] = caller
     return await handler(request)
-
-
-def audit_read(
-    request: web.Request,
-    kind: Kind,
-    secret_id: str,
-    team: str | None,
-    result: str,
-    backend: str | None,
-    peer: Peer | None = None,
-) -> None:
-    """Hand one read to the audit stream, if there is one (never the value)."""
-    audit = request.app[CONTEXT].audit
-    if audit is not None and audit.enabled:
-        who = peer or request_peer(request)
-        audit.record(Read(who.uid, who.gid, who.pid, kind.value, secret_id, team, result, backend))
 
 
 @web.middleware

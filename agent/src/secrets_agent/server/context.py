@@ -1,0 +1,32 @@
+"""What the API's handlers (aiohttp's and the lean read path's) are given to work with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from secrets_agent.backends.base import Health
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.audit import AuditLog
+from secrets_agent.ops.metrics import Metrics
+from secrets_agent.server.peers import AccessPolicy
+
+
+class Serving(Protocol):
+    """The part of the agent's runtime that requests use (``secrets_agent.runtime.Runtime``)."""
+
+    @property
+    def service(self) -> SecretService: ...
+    @property
+    def policy(self) -> AccessPolicy: ...
+    def readiness(self) -> dict[str, Health]: ...
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What handlers need. ``current`` returns the runtime serving now: a reload swaps it."""
+
+    current: Callable[[], Serving]
+    metrics: Metrics
+    audit: AuditLog | None = None

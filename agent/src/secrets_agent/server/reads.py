@@ -1,0 +1,173 @@
+"""The secret-read route (``GET /v1/<kind>/<id>``), answered the same whichever layer parsed it.
+
+aiohttp's handler and the lean HTTP/1.1 path (``server.lean``) both hand a parsed ``ReadQuery``
+and the connection's peer to ``Reads``: ``now`` answers without waiting when it can (a cached
+value, a refusal, a bad request); ``answer`` goes on to the upstream when it must.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses, in C
+
+from secrets_agent.config.validators import TEAM_NAME
+from secrets_agent.errors import BackendError, DeniedError, InvalidIdError
+from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind, validate_id
+from secrets_agent.lookup.service import CacheState, Result
+from secrets_agent.ops.audit import Read
+from secrets_agent.ops.logs import RateLimited
+from secrets_agent.server.context import ApiContext
+from secrets_agent.server.errors import Answer, answer_for, error_answer
+from secrets_agent.server.peers import AccessPolicy, Peer
+
+# The route as aiohttp builds it from ``/v1/{kind:...}/{id:.*}``: both layers match with it.
+SEGMENTS = "|".join(KIND_BY_SEGMENT)
+ROUTE = f"/v1/{{kind:{SEGMENTS}}}/{{id:.*}}"
+PATTERN = re.compile(f"/v1/(?P<kind>{SEGMENTS})/(?P<id>.*)")
+# An id that is plainly valid (no need for validate_id's per-character Unicode checks).
+_PLAIN_ID = re.compile(rf"(?!\.\.?\Z)[A-Za-z0-9_.\-]{{1,{MAX_ID_LENGTH}}}")
+_NO_STORE = ("Cache-Control", "no-store")
+# Enum attribute lookups cost more than these dict lookups, on every request.
+_OUTCOME = {state: state.lower() for state in CacheState}
+_STATE = {state: state.value for state in CacheState}
+_KIND = {kind: kind.value for kind in Kind}
+_STATE_AGE: dict[tuple[str, int], tuple[tuple[str, str], ...]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadQuery:
+    """One read as the request said it: segment and id decoded, query values as given."""
+
+    segment: str
+    raw_id: str
+    team: str | None = None
+    refresh: str = "false"
+    no_cache: bool = False  # ``Cache-Control: no-cache`` on the request
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is on the other end of the connection (fixed by the kernel at connect)."""
+
+    peer: Peer
+    groups: frozenset[int]
+    allowed_by: AccessPolicy | None = None  # the last policy that allowed it (a reload swaps)
+
+    def allowed(self, policy: AccessPolicy) -> bool:
+        if policy is self.allowed_by:
+            return True
+        if not policy.allows(self.peer, self.groups):
+            return False
+        self.allowed_by = policy
+        return True
+
+
+class Reads:
+    def __init__(self, context: ApiContext) -> None:
+        self.context = context
+        # A denied peer can send requests as fast as it likes; the log hears once a minute.
+        self._denials = RateLimited(logging.getLogger(__name__))
+
+    def now(self, caller: Caller, query: ReadQuery) -> Answer | None:
+        """The answer if it needs no waiting (cached, refused, malformed), else None."""
+        runtime = self.context.current()
+        kind = KIND_BY_SEGMENT[query.segment]
+        if caller.allowed_by is not runtime.policy and not caller.allowed(runtime.policy):
+            return self.denied_peer(caller.peer, kind, query.raw_id[:MAX_ID_LENGTH], query.team)
+        secret_id = query.raw_id
+        if not _PLAIN_ID.fullmatch(secret_id):
+            try:
+                validate_id(secret_id)
+            except InvalidIdError as exc:
+                return answer_for(exc)
+        team = query.team
+        if team is not None and not TEAM_NAME.fullmatch(team):
+            return error_answer(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
+        if query.refresh not in ("true", "false"):
+            return error_answer(400, "invalid_refresh", "refresh must be true or false")
+        if team is not None and not runtime.policy.may_ask_for(caller.peer, caller.groups, team):
+            self._audit(caller.peer, kind, secret_id, team, "denied", None)
+            return error_answer(403, "team_denied", "this peer is not bound to the team it names")
+        # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
+        if query.refresh == "true" or query.no_cache:
+            return None
+        result = runtime.service.cached(kind, secret_id, team)
+        return None if result is None else self._found(caller.peer, kind, secret_id, team, result)
+
+    async def answer(self, caller: Caller, query: ReadQuery) -> Answer:
+        """The answer, asking the upstream if the cache cannot say (never raises)."""
+        if (ready := self.now(caller, query)) is not None:
+            return ready
+        return await self.fetch(caller, query)
+
+    async def fetch(self, caller: Caller, query: ReadQuery) -> Answer:
+        """The rest of ``answer`` once ``now`` returned None (the query is valid and allowed)."""
+        kind, secret_id, team = KIND_BY_SEGMENT[query.segment], query.raw_id, query.team
+        forced = query.refresh == "true" or query.no_cache
+        try:
+            result = await self.context.current().service.lookup(
+                kind, secret_id, team, refresh=forced
+            )
+        except Exception as exc:
+            backend = exc.backend if isinstance(exc, BackendError) else None
+            failure = "denied" if isinstance(exc, DeniedError) else "error"
+            self._audit(caller.peer, kind, secret_id, team, failure, backend)
+            return answer_for(exc)
+        return self._found(caller.peer, kind, secret_id, team, result)
+
+    def denied_peer(
+        self, peer: Peer, kind: Kind | None, secret_id: str, team: str | None
+    ) -> Answer:
+        """A peer outside the allow-lists: counted, audited (for a read), logged once a minute."""
+        self.context.metrics.denied_peers.inc()
+        if kind is not None:  # a denied read: the audit's most interesting line
+            self._audit(peer, kind, secret_id, (team or "")[:64] or None, "denied", None)
+        self._denials.log(
+            "denied", logging.WARNING, "refused a peer: uid %d gid %d", peer.uid, peer.gid
+        )
+        detail = f"uid {peer.uid} gid {peer.gid} may not use this agent"
+        return error_answer(403, "peer_denied", detail)
+
+    def _found(
+        self, peer: Peer, kind: Kind, secret_id: str, team: str | None, result: Result
+    ) -> Answer:
+        audit = self.context.audit
+        if audit is not None and audit.enabled:
+            outcome = "negative" if result.value is None else _OUTCOME[result.state]
+            self._audit(peer, kind, secret_id, team, outcome, result.source)
+        state, age = _STATE[result.state], int(result.age)
+        headers = _STATE_AGE.get((state, age)) or _headers(state, age)
+        if result.value is None:
+            return error_answer(404, "not_found", f"no backend has this {kind}", headers)
+        body = (
+            f'{{"kind": "{_KIND[kind]}", "id": {_quote(secret_id)}, '
+            f'"value": {_quote(result.value)}}}'
+        )
+        return Answer(200, body.encode("ascii"), headers)
+
+    def _audit(
+        self,
+        peer: Peer,
+        kind: Kind,
+        secret_id: str,
+        team: str | None,
+        result: str,
+        backend: str | None,
+    ) -> None:
+        audit = self.context.audit
+        if audit is not None and audit.enabled:
+            who = (peer.uid, peer.gid, peer.pid)
+            audit.record(Read(*who, kind.value, secret_id, team, result, backend))
+
+
+def _headers(state: str, age: int) -> tuple[tuple[str, str], ...]:
+    """``X-Cache``, ``Age`` and ``no-store``; built once per (state, age) seen."""
+    key = (state, age)
+    headers = _STATE_AGE.get(key)
+    if headers is None:
+        headers = (("X-Cache", state), ("Age", str(age)), _NO_STORE)
+        if len(_STATE_AGE) < 4096:  # ages grow without bound; keep the memo small
+            _STATE_AGE[key] = headers
+    return headers
