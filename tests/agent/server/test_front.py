@@ -131,6 +131,8 @@ READS = [
     get("/v1/variables/greeting?other=1"),
     get("/v1/variables/greeting", "Cache-Control: no-cache\r\n"),
     get("/v1/variables/greeting", "Content-Length: 0\r\n"),
+    get("/v1/variables/greeting", "Connection: keep-alive\r\nUser-Agent: t\r\n"),
+    get("/v1/variables/greeting", "Connection: close\r\n"),  # the last: it ends the connection
 ]
 
 

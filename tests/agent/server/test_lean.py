@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from secrets_agent.kinds import Kind
 from secrets_agent.server.errors import Answer
 from secrets_agent.server.lean import HeadParser, Renderer, could_be_lean, parse_head
-from secrets_agent.server.reads import ReadQuery
+from secrets_agent.server.reads import Prepared, ReadQuery
 
 LIMITS = (8190, 8190)
 
@@ -102,10 +103,17 @@ def test_could_be_lean_looks_only_at_the_start() -> None:
 
 
 def test_the_head_memo_answers_the_same_and_stays_bounded() -> None:
-    parser = HeadParser(*LIMITS, size=3)
-    heads = [f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x".encode() for i in range(5)]
+    prepared: list[ReadQuery] = []
+
+    def prepare(query: ReadQuery) -> Prepared:
+        prepared.append(query)
+        return Prepared(query, Kind.VARIABLE, None, False, "")
+
+    parser = HeadParser(*LIMITS, prepare, size=3)
+    heads = [f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5)]
     first = [parser.parse(h) for h in heads]
-    assert [parser.parse(h) for h in heads] == first
+    assert [r.read.query.raw_id for r in first if r] == [f"k{i}" for i in range(5)]
+    assert parser.parse(heads[-1]) is first[-1] and len(prepared) == 5  # remembered
     assert len(parser.memo) <= 3
     assert parser.parse(b"GARBAGE") is None and parser.memo.get(b"GARBAGE", 1) is None
     big = b"GET /v1/variables/k HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 600

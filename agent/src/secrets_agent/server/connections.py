@@ -62,7 +62,7 @@ class GuardedSockSite(web.SockSite):
             idle_timeout=args["keepalive_timeout"],
             max_line=args["max_line_size"],
             max_field=args["max_field_size"],
-            heads=HeadParser(args["max_line_size"], args["max_field_size"]),
+            heads=HeadParser(args["max_line_size"], args["max_field_size"], self._reads.prepare),
             renderer=Renderer(),
             fronts=self._fronts,
             metrics=self._reads.context.metrics,

@@ -24,7 +24,7 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import Answer
 from secrets_agent.server.forward import Forward, slow_head
 from secrets_agent.server.gate import BUSY, Gate
-from secrets_agent.server.lean import HeadParser, LeanHead, Renderer, could_be_lean
+from secrets_agent.server.lean import HeadParser, LeanRead, Renderer, could_be_lean
 from secrets_agent.server.peers import peer_credentials, peer_groups
 from secrets_agent.server.reads import Caller, Reads
 
@@ -116,6 +116,17 @@ class Front(asyncio.Protocol):
         self._set_deadline(time.monotonic() + self._s.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._forward is None and not (
+            self._buffer or self._busy or self._closing or self._write_paused
+        ):
+            # The usual read: one whole request, seen before (the memo is keyed by requests
+            # with their blank line, so a partial or pipelined read never matches here).
+            head = self._s.heads.memo.get(data)
+            if head is not None and self._admitted:
+                self._respond(head)
+                if not (self._busy or self._closing):
+                    self._idle()
+                return
         if self._forward is not None:
             self._forward.data_received(data)
         elif self._admitted and not self._closing:
@@ -181,20 +192,14 @@ class Front(asyncio.Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if not buffer:
-                    self._waiting_head = False
-                    if self._eof:
-                        self._close()
-                    elif (idle := time.monotonic() + s.idle_timeout) < self._timer_at:
-                        self._set_deadline(idle)
-                    else:  # later than the timer: it finds the new deadline when it fires
-                        self._deadline = idle
+                    self._idle()
                 elif not could_be_lean(buffer) or len(buffer) > s.max_line + s.max_field:
                     self._hand_off()
                 elif not self._waiting_head:
                     self._waiting_head = True
                     self._set_deadline(time.monotonic() + s.header_timeout)
                 break
-            raw = bytes(buffer[:end])
+            raw = bytes(buffer[: end + 4])
             head = s.heads.memo.get(raw, _UNSEEN)
             if head is _UNSEEN:
                 head = s.heads.parse(raw)
@@ -202,21 +207,35 @@ class Front(asyncio.Protocol):
                 self._hand_off()
                 break
             del buffer[: end + 4]
-            started = time.perf_counter()
-            assert self._caller is not None
-            answer = s.reads.now(self._caller, head.query)
-            if answer is None:
-                self._busy, self._waiting_head, self._deadline = True, False, math.inf
-                task = self._loop.create_task(s.reads.fetch(self._caller, head.query))
-                task.add_done_callback(partial(self._fetched, head, started))
-                break
-            self._send(answer, head, started)
+            self._respond(head)
         if self._read_paused and len(buffer) <= _MAX_BUFFERED and not self._busy:
             self._read_paused = False
             if self._transport is not None and not self._closing:
                 self._transport.resume_reading()
 
-    def _fetched(self, head: LeanHead, started: float, task: asyncio.Task[Answer]) -> None:
+    def _respond(self, head: LeanRead) -> None:
+        """Answer now if the answer is at hand, else once the lookup has waited for it."""
+        started = time.perf_counter()
+        assert self._caller is not None
+        answer = self._s.reads.now(self._caller, head.read)
+        if answer is None:
+            self._busy, self._waiting_head, self._deadline = True, False, math.inf
+            task = self._loop.create_task(self._s.reads.fetch(self._caller, head.read))
+            task.add_done_callback(partial(self._fetched, head, started))
+        else:
+            self._send(answer, head, started)
+
+    def _idle(self) -> None:
+        """Nothing buffered: the connection waits for its next request (or closes at EOF)."""
+        self._waiting_head = False
+        if self._eof:
+            self._close()
+        elif (idle := time.monotonic() + self._s.idle_timeout) < self._timer_at:
+            self._set_deadline(idle)
+        else:  # later than the timer: it finds the new deadline when it fires
+            self._deadline = idle
+
+    def _fetched(self, head: LeanRead, started: float, task: asyncio.Task[Answer]) -> None:
         self._busy = False
         if self._closing or task.cancelled():
             return
@@ -226,7 +245,7 @@ class Front(asyncio.Protocol):
         else:
             self._serve()
 
-    def _send(self, answer: Answer, head: LeanHead, started: float) -> None:
+    def _send(self, answer: Answer, head: LeanRead, started: float) -> None:
         assert self._transport is not None
         # Counted before it is written (as aiohttp's middleware does): a client that has its
         # answer finds the request in the metrics.

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from yarl import URL
 
 from secrets_agent.server.errors import JSON_TYPE, Answer, Headers
-from secrets_agent.server.reads import PATTERN, ReadQuery
+from secrets_agent.server.reads import PATTERN, Prepared, ReadQuery
 
 START = b"GET /v1/"
 _SUFFIX = b" HTTP/1.1"
@@ -40,6 +40,15 @@ class LeanHead:
     kind_label: str  # the kind as the request metrics name it
 
 
+@dataclass(frozen=True, slots=True)
+class LeanRead:
+    """A lean request as the connection answers it: the read worked out, and the framing."""
+
+    read: Prepared
+    keep_alive: bool
+    kind_label: str
+
+
 def could_be_lean(start: bytes | bytearray) -> bool:
     """Whether bytes that begin a request may still turn out to be a lean read."""
     size = min(len(start), len(START))
@@ -47,21 +56,36 @@ def could_be_lean(start: bytes | bytearray) -> bool:
 
 
 class HeadParser:
-    """``parse_head`` with a memo: a worker asks for the same few keys with the same bytes."""
+    """``parse_head`` and ``Reads.prepare`` with a memo keyed by the request's bytes: a worker
+    asks for the same few keys with the same bytes."""
 
-    def __init__(self, max_line: int, max_field: int, size: int = 4096) -> None:
+    def __init__(
+        self,
+        max_line: int,
+        max_field: int,
+        prepare: Callable[[ReadQuery], Prepared],
+        size: int = 4096,
+    ) -> None:
         self._max_line, self._max_field, self._size = max_line, max_field, size
-        self.memo: dict[bytes, LeanHead | None] = {}  # the caller looks here first
+        self._prepare = prepare
+        self.memo: dict[bytes, LeanRead | None] = {}  # the caller looks here first
 
-    def parse(self, head: bytes) -> LeanHead | None:
-        if head in self.memo:
-            return self.memo[head]
-        parsed = parse_head(head, self._max_line, self._max_field)
-        if len(head) > _MEMO_HEAD:  # a big head is no worker's: do not hold on to it
+    def parse(self, request: bytes) -> LeanRead | None:
+        """The read a whole request head asks for (with its blank line), or None: not lean."""
+        if request in self.memo:
+            return self.memo[request]
+        head = request[:-4] if request.endswith(b"\r\n\r\n") else request
+        lean = parse_head(head, self._max_line, self._max_field)
+        parsed = (
+            None
+            if lean is None
+            else LeanRead(self._prepare(lean.query), lean.keep_alive, lean.kind_label)
+        )
+        if len(request) > _MEMO_HEAD:  # a big head is no worker's: do not hold on to it
             return parsed
         if len(self.memo) >= self._size:  # many distinct heads: start over, stay bounded
             self.memo.clear()
-        self.memo[head] = parsed
+        self.memo[request] = parsed
         return parsed
 
 

@@ -47,6 +47,17 @@ class ReadQuery:
     no_cache: bool = False  # ``Cache-Control: no-cache`` on the request
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a query means, worked out once (the lean path keeps it with the request's bytes)."""
+
+    query: ReadQuery
+    kind: Kind
+    invalid: Answer | None  # the 400 it gets whoever asks, or None: a valid read
+    forced: bool  # refresh-now: past the cache to the upstream (rate-limited)
+    prefix: str  # the answer's JSON up to the value
+
+
 @dataclass(slots=True)
 class Caller:
     """Who is on the other end of the connection (fixed by the kernel at connect)."""
@@ -70,52 +81,64 @@ class Reads:
         # A denied peer can send requests as fast as it likes; the log hears once a minute.
         self._denials = RateLimited(logging.getLogger(__name__))
 
-    def now(self, caller: Caller, query: ReadQuery) -> Answer | None:
+    def prepare(self, query: ReadQuery) -> Prepared:
+        """Validate a query and precompute its answer's frame; nothing here depends on who asks."""
+        kind = KIND_BY_SEGMENT[query.segment]
+        invalid = None
+        if not _PLAIN_ID.fullmatch(query.raw_id):
+            try:
+                validate_id(query.raw_id)
+            except InvalidIdError as exc:
+                invalid = answer_for(exc)
+        team = query.team
+        if invalid is None and team is not None and not TEAM_NAME.fullmatch(team):
+            invalid = error_answer(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
+        if invalid is None and query.refresh not in ("true", "false"):
+            invalid = error_answer(400, "invalid_refresh", "refresh must be true or false")
+        # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
+        forced = query.refresh == "true" or query.no_cache
+        prefix = f'{{"kind": "{_KIND[kind]}", "id": {_quote(query.raw_id)}, "value": '
+        return Prepared(query, kind, invalid, forced, prefix)
+
+    def now(self, caller: Caller, read: Prepared) -> Answer | None:
         """The answer if it needs no waiting (cached, refused, malformed), else None."""
         runtime = self.context.current()
-        kind = KIND_BY_SEGMENT[query.segment]
+        query = read.query
         if caller.allowed_by is not runtime.policy and not caller.allowed(runtime.policy):
-            return self.denied_peer(caller.peer, kind, query.raw_id[:MAX_ID_LENGTH], query.team)
-        secret_id = query.raw_id
-        if not _PLAIN_ID.fullmatch(secret_id):
-            try:
-                validate_id(secret_id)
-            except InvalidIdError as exc:
-                return answer_for(exc)
+            return self.denied_peer(
+                caller.peer, read.kind, query.raw_id[:MAX_ID_LENGTH], query.team
+            )
+        if read.invalid is not None:
+            return read.invalid
         team = query.team
-        if team is not None and not TEAM_NAME.fullmatch(team):
-            return error_answer(400, "invalid_team", "team must be 1-64 letters, digits, - or _")
-        if query.refresh not in ("true", "false"):
-            return error_answer(400, "invalid_refresh", "refresh must be true or false")
         if team is not None and not runtime.policy.may_ask_for(caller.peer, caller.groups, team):
-            self._audit(caller.peer, kind, secret_id, team, "denied", None)
+            self._audit(caller.peer, read.kind, query.raw_id, team, "denied", None)
             return error_answer(403, "team_denied", "this peer is not bound to the team it names")
-        # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
-        if query.refresh == "true" or query.no_cache:
+        if read.forced:
             return None
-        result = runtime.service.cached(kind, secret_id, team)
-        return None if result is None else self._found(caller.peer, kind, secret_id, team, result)
+        result = runtime.service.cached(read.kind, query.raw_id, team)
+        return None if result is None else self._found(caller.peer, read, result)
 
     async def answer(self, caller: Caller, query: ReadQuery) -> Answer:
         """The answer, asking the upstream if the cache cannot say (never raises)."""
-        if (ready := self.now(caller, query)) is not None:
+        read = self.prepare(query)
+        if (ready := self.now(caller, read)) is not None:
             return ready
-        return await self.fetch(caller, query)
+        return await self.fetch(caller, read)
 
-    async def fetch(self, caller: Caller, query: ReadQuery) -> Answer:
+    async def fetch(self, caller: Caller, read: Prepared) -> Answer:
         """The rest of ``answer`` once ``now`` returned None (the query is valid and allowed)."""
-        kind, secret_id, team = KIND_BY_SEGMENT[query.segment], query.raw_id, query.team
-        forced = query.refresh == "true" or query.no_cache
+        kind, secret_id, team = read.kind, read.query.raw_id, read.query.team
         try:
             result = await self.context.current().service.lookup(
-                kind, secret_id, team, refresh=forced
+                kind, secret_id, team, refresh=read.forced
             )
         except Exception as exc:
             backend = exc.backend if isinstance(exc, BackendError) else None
             failure = "denied" if isinstance(exc, DeniedError) else "error"
             self._audit(caller.peer, kind, secret_id, team, failure, backend)
             return answer_for(exc)
-        return self._found(caller.peer, kind, secret_id, team, result)
+        return self._found(caller.peer, read, result)
 
     def denied_peer(
         self, peer: Peer, kind: Kind | None, secret_id: str, team: str | None
@@ -130,22 +153,18 @@ class Reads:
         detail = f"uid {peer.uid} gid {peer.gid} may not use this agent"
         return error_answer(403, "peer_denied", detail)
 
-    def _found(
-        self, peer: Peer, kind: Kind, secret_id: str, team: str | None, result: Result
-    ) -> Answer:
+    def _found(self, peer: Peer, read: Prepared, result: Result) -> Answer:
         audit = self.context.audit
         if audit is not None and audit.enabled:
             outcome = "negative" if result.value is None else _OUTCOME[result.state]
-            self._audit(peer, kind, secret_id, team, outcome, result.source)
+            query = read.query
+            self._audit(peer, read.kind, query.raw_id, query.team, outcome, result.source)
         state, age = _STATE[result.state], int(result.age)
         headers = _STATE_AGE.get((state, age)) or _headers(state, age)
         if result.value is None:
-            return error_answer(404, "not_found", f"no backend has this {kind}", headers)
-        body = (
-            f'{{"kind": "{_KIND[kind]}", "id": {_quote(secret_id)}, '
-            f'"value": {_quote(result.value)}}}'
-        )
-        return Answer(200, body.encode("ascii"), headers)
+            detail = f"no backend has this {_KIND[read.kind]}"
+            return error_answer(404, "not_found", detail, headers)
+        return Answer(200, f"{read.prefix}{_quote(result.value)}}}".encode("ascii"), headers)
 
     def _audit(
         self,
