@@ -61,7 +61,8 @@ class Row:
 @dataclass(frozen=True)
 class Sizes:
     lookups: int
-    cpu_lookups: int
+    cpu_lookups: int  # per round
+    cpu_rounds: int
     procs: int
     threads: int
     per_client: int
@@ -70,8 +71,8 @@ class Sizes:
     soak: float
 
 
-FULL = Sizes(5000, 20000, 4, 16, 500, 1000, 10000, 0)
-SMALL = Sizes(200, 400, 2, 2, 20, 50, 200, 0)
+FULL = Sizes(5000, 8000, 7, 4, 16, 500, 1000, 10000, 0)
+SMALL = Sizes(200, 200, 2, 2, 2, 20, 50, 200, 0)
 
 
 def main() -> None:
@@ -103,16 +104,17 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
     agent_cmd = [PY, "-m", "secrets_agent", "run", "--config", str(config)]
     rows: list[Row] = []
     a_sock, b_sock, agent_sock = work / "a.sock", work / "b.sock", work / "agent.sock"
+    c_sock = work / "c.sock"
     with (
         measure.server([PY, "-c", floors.FLOOR_A_SERVER, str(a_sock)], a_sock, env) as floor_a,
         measure.server([PY, "-c", floors.FLOOR_B_SERVER, str(b_sock)], b_sock, env),
+        measure.server([PY, "-c", floors.FLOOR_C_SERVER, str(c_sock)], c_sock, env) as floor_c,
     ):
         started = time.perf_counter()
         with measure.server(agent_cmd, agent_sock, env) as agent:
             ready = time.perf_counter() - started
-            rows += lookups(
-                sizes, str(agent_sock), str(a_sock), str(b_sock), agent.pid, floor_a.pid
-            )
+            servers = Servers(str(agent_sock), str(a_sock), str(b_sock), str(c_sock))
+            rows += lookups(sizes, servers, agent.pid, floor_a.pid, floor_c.pid)
             rows.append(
                 Row(
                     "agent ready after exec (env/file backends)",
@@ -136,16 +138,34 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
     return rows
 
 
+@dataclass(frozen=True)
+class Servers:
+    agent: str
+    floor_a: str
+    floor_b: str
+    floor_c: str
+
+
 def lookups(
-    sizes: Sizes, agent: str, floor_a: str, floor_b: str, agent_pid: int, floor_a_pid: int
+    sizes: Sizes, servers: Servers, agent_pid: int, floor_a_pid: int, floor_c_pid: int
 ) -> list[Row]:
+    agent = servers.agent
     ours = measure.p50_us(agent_client(agent), sizes.lookups)
-    a_p50 = measure.p50_us(floors.floor_a_client(floor_a), sizes.lookups)
-    b_p50 = measure.p50_us(floors.floor_b_client(floor_b), sizes.lookups)
-    our_cpu = measure.cpu_per_request(agent_client(agent), agent_pid, sizes.cpu_lookups)
-    a_cpu = measure.cpu_per_request(floors.floor_a_client(floor_a), floor_a_pid, sizes.cpu_lookups)
+    a_p50 = measure.p50_us(floors.floor_a_client(servers.floor_a), sizes.lookups)
+    b_p50 = measure.p50_us(floors.floor_b_client(servers.floor_b), sizes.lookups)
+    # CPU per request in interleaved rounds, the median of each: host noise hits all alike.
+    our_cpu, a_cpu, c_cpu = measure.interleaved_cpu(
+        [
+            (agent_client(agent), agent_pid),
+            (floors.floor_a_client(servers.floor_a), floor_a_pid),
+            (floors.floor_a_client(servers.floor_c), floor_c_pid),
+        ],
+        sizes.cpu_lookups,
+        sizes.cpu_rounds,
+    )
     server_ratio = our_cpu.server_us / a_cpu.server_us if a_cpu.server_us else float("nan")
     client_ratio = our_cpu.client_us / a_cpu.client_us if a_cpu.client_us else float("nan")
+    c_ratio = c_cpu.server_us / a_cpu.server_us if a_cpu.server_us else float("nan")
     one = measure.rate(agent_client(agent), sizes.lookups)
     clients = sizes.procs * sizes.threads
     many, errors = measure.concurrent_rate(
@@ -163,6 +183,12 @@ def lookups(
             f"{server_ratio:.2f}x ({our_cpu.server_us:.0f} µs; A {a_cpu.server_us:.0f} µs)",
             "≤ 1.5x",
             server_ratio <= 1.5,
+        ),
+        Row(
+            "Floor C (Floor A + one Fernet decrypt) server CPU ÷ Floor A's",
+            f"{c_ratio:.2f}x ({c_cpu.server_us:.0f} µs; agent ÷ C {server_ratio / c_ratio:.2f}x)",
+            "report",
+            None,
         ),
         Row(
             "client CPU per cached lookup ÷ Floor A client's",

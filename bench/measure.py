@@ -93,6 +93,21 @@ def cpu_per_request(once: Once, server_pid: int, count: int) -> Cpu:
     return Cpu((client1 - client0) / count * 1e6, (server1 - server0) / count * 1e6)
 
 
+def interleaved_cpu(subjects: Sequence[tuple[Once, int]], count: int, rounds: int) -> list[Cpu]:
+    """``cpu_per_request`` for each (client, server pid), in turns; the median of each."""
+    seen: list[list[Cpu]] = [[] for _ in subjects]
+    for _ in range(rounds):
+        for (once, pid), samples in zip(subjects, seen, strict=True):
+            samples.append(cpu_per_request(once, pid, count))
+    return [
+        Cpu(
+            statistics.median(c.client_us for c in samples),
+            statistics.median(c.server_us for c in samples),
+        )
+        for samples in seen
+    ]
+
+
 def rate(once: Once, count: int) -> float:
     once()
     started = time.perf_counter()
