@@ -112,21 +112,21 @@ def demo_files(directory: Path) -> None:
     (directory / "config.env").write_text("sql_alchemy_conn=sqlite:////tmp/s3cret.db\n")
 
 
+# The file backend serving ``demo_files``.
+DEMO_BACKEND = """
+[[backends]]
+name = "local"
+type = "file"
+connections_file = "connections.json"
+variables_file = "variables.json"
+config_file = "config.env"
+"""
+
+
 def agent_config(directory: Path, extra: str = "", backends: str | None = None) -> AgentConfig:
     """A config serving the demo files on ``directory/agent.sock``."""
     demo_files(directory)
-    backends = (
-        backends
-        if backends is not None
-        else """
-        [[backends]]
-        name = "local"
-        type = "file"
-        connections_file = "connections.json"
-        variables_file = "variables.json"
-        config_file = "config.env"
-    """
-    )
+    backends = backends if backends is not None else DEMO_BACKEND
     body = f"""
         [listener]
         socket_path = "{directory}/agent.sock"

@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.helpers import AGENT_SCRIPT, demo_files, raw_request, wait_for_socket, write_config
+from support.helpers import (
+    AGENT_SCRIPT,
+    DEMO_BACKEND,
+    demo_files,
+    raw_request,
+    wait_for_socket,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +34,8 @@ class Agent:
         demo_files(directory)
         config = write_config(
             directory,
-            f"""
-            [listener]
-            socket_path = "{directory}/agent.sock"
-            header_timeout = 5
-            [[backends]]
-            name = "local"
-            type = "file"
-            connections_file = "connections.json"
-            variables_file = "variables.json"
-            config_file = "config.env"
-            """,
+            f'[listener]\nsocket_path = "{directory}/agent.sock"\nheader_timeout = 5\n'
+            + DEMO_BACKEND,
         )
         self.socket = str(directory / "agent.sock")
         self.log = directory / "agent.log"

@@ -16,6 +16,7 @@ import pytest
 from secrets_agent.backends import registry
 from secrets_agent.kinds import Kind
 from support.helpers import (
+    DEMO_BACKEND,
     RunningAgent,
     Script,
     ScriptedBackend,
@@ -25,18 +26,7 @@ from support.helpers import (
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = """
-[[backends]]
-name = "local"
-type = "file"
-connections_file = "connections.json"
-variables_file = "variables.json"
-config_file = "config.env"
-
-[[backends]]
-name = "slow"
-type = "scripted"
-"""
+BACKENDS = DEMO_BACKEND + '[[backends]]\nname = "slow"\ntype = "scripted"\n'
 
 
 @pytest.fixture
