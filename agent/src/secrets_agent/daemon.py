@@ -137,7 +137,6 @@ class Agent:
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_forever()))
         self._serving = True
-
         log.debug("debug logging is on; SDK loggers stay at WARNING, values are never logged")
         names = ", ".join(backend.name for _, backend in self.runtime.backends)
         log.info("agent listening on %s with backends %s", self.socket_path, names)

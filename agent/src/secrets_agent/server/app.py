@@ -15,15 +15,13 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.context import ApiContext, Serving
 from secrets_agent.server.errors import error_response, response_for, to_response
 from secrets_agent.server.peers import peer_credentials, peer_groups
-from secrets_agent.server.reads import Caller, Reads
+from secrets_agent.server.reads import KIND_LABELS, Caller, Reads
 
 __all__ = ["CONTEXT", "READS", "ApiContext", "Serving", "create_app", "metrics_app"]
 
 CONTEXT = web.AppKey("context", ApiContext)
 READS = web.AppKey("reads", Reads)
 CALLER_KEY = web.RequestKey("caller", Caller)
-# What the requests counter and latency histogram call each route's requests.
-KIND_LABELS = {"connections": "connection", "variables": "variable", "config": "config"}
 
 
 def create_app(reads: Reads, max_body_size: int) -> web.Application:

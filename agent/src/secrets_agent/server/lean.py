@@ -17,7 +17,7 @@ from http import HTTPStatus
 from yarl import URL
 
 from secrets_agent.server.errors import JSON_TYPE, Answer, Headers
-from secrets_agent.server.reads import PATTERN, Prepared, ReadQuery
+from secrets_agent.server.reads import KIND_LABELS, PATTERN, Prepared, ReadQuery
 
 START = b"GET /v1/"
 _SUFFIX = b" HTTP/1.1"
@@ -30,7 +30,6 @@ _NOT_LEAN = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"trailer", 
 _ONCE = frozenset({b"host", b"content-length", b"connection"})  # twice: aiohttp's call
 _MAX_FIELDS = 100
 _MEMO_HEAD = 512  # heads remembered are at most this long (the client's are ~60 bytes)
-_LABELS = {"connections": "connection", "variables": "variable", "config": "config"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +121,7 @@ def parse_head(head: bytes, max_line: int, max_field: int) -> LeanHead | None:
     if b"host" not in seen:  # HTTP/1.1 requires it; aiohttp refuses a request without one
         return None
     query = _query(target.decode("ascii"), cache_control)
-    return None if query is None else LeanHead(query, keep_alive, _LABELS[query.segment])
+    return None if query is None else LeanHead(query, keep_alive, KIND_LABELS[query.segment])
 
 
 def _query(target: str, cache_control: bytes | None) -> ReadQuery | None:
