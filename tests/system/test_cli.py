@@ -155,6 +155,11 @@ LOCAL_SOURCE_PROBLEMS = {
         '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
         "absent.key",
     ),
+    "shared cache without the fleet's keys": (
+        '[shared_cache]\nurl = "redis://127.0.0.1:9"\n'
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
+        "shared_cache needs the fleet's Fernet keys",
+    ),
     "missing vault token file": (
         '[[backends]]\nname = "vault"\ntype = "vault"\nurl = "http://127.0.0.1:9"\n'
         '[backends.token]\ntoken_file = "absent.token"\n',

@@ -109,10 +109,11 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     from secrets_agent.backends.registry import create_backend
     from secrets_agent.errors import AgentError
     from secrets_agent.lookup.cipher import load_keys
+    from secrets_agent.lookup.shared.build import require_fleet_keys
 
     problems: list[str] = []
     try:
-        load_keys(config.encryption)
+        require_fleet_keys(config, load_keys(config.encryption))
     except AgentError as exc:
         problems.append(f"cannot start: {exc}")
     for backend_config in config.backends:

@@ -16,6 +16,15 @@ from secrets_agent.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+def require_fleet_keys(config: AgentConfig, keys: list[bytes]) -> None:
+    """A shared cache needs configured keys (``check-config`` asks this too, as ``run`` does)."""
+    if config.shared_cache.enabled and not keys:
+        raise StartupError(
+            "shared_cache needs the fleet's Fernet keys in [encryption] (key_file, key_env or "
+            "credential): entries under a random per-process key could never be read elsewhere"
+        )
+
+
 def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> SharedTier:
     """The tier ``config`` asks for; refuses to share entries under a per-process random key."""
     shared = config.shared_cache
@@ -26,11 +35,7 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
     from secrets_agent.lookup.shared.clients import store_client
     from secrets_agent.lookup.shared.store import RedisTier
 
-    if not keys:
-        raise StartupError(
-            "shared_cache needs the fleet's Fernet keys in [encryption] (key_file, key_env or "
-            "credential): entries under a random per-process key could never be read elsewhere"
-        )
+    require_fleet_keys(config, keys)
     sealer = Sealer(keys, shared.namespace or chain_identity(config), shared.key_prefix)
     log.info("shared cache: %s, prefix %r", shared.url, shared.key_prefix)  # no credentials
     client, others = store_client(shared)
