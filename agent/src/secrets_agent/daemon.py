@@ -31,7 +31,8 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
 from secrets_agent.server.app import ApiContext, create_app, metrics_app
-from secrets_agent.server.connections import Gate, GuardedSockSite, accept_error_handler
+from secrets_agent.server.connections import GuardedSockSite, accept_error_handler
+from secrets_agent.server.gate import Gate
 from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
 from secrets_agent.server.reads import Reads
 

@@ -13,11 +13,9 @@ from aiohttp import web
 from secrets_agent.ops.logs import RateLimited
 from secrets_agent.server.forward import Forward, JsonErrorHandler
 from secrets_agent.server.front import Front, Fronts, FrontSettings
-from secrets_agent.server.gate import BUSY, Gate
+from secrets_agent.server.gate import Gate
 from secrets_agent.server.lean import HeadParser, Renderer
 from secrets_agent.server.reads import Reads
-
-__all__ = ["BUSY", "Gate", "GuardedSockSite", "accept_error_handler"]
 
 log = logging.getLogger(__name__)
 

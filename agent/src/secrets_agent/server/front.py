@@ -39,9 +39,6 @@ class Fronts:
         self._open: set[Front] = set()
         self._empty = asyncio.Event()
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def add(self, front: Front) -> None:
         self._open.add(front)
         self._empty.clear()
