@@ -6,7 +6,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import RefreshAhead, SecretCache
+from secrets_agent.lookup.cache import Persisted, RefreshAhead, SecretCache
 from secrets_agent.lookup.cipher import Cipher
 from support.helpers import FakeClock
 
@@ -111,13 +111,17 @@ def test_cipher_rotation_old_key_still_decrypts() -> None:
     assert Cipher([old]).decrypt(rotated.encrypt("v2")) is None  # new values use the new key
 
 
-def test_entry_unreadable_after_key_loss_is_dropped() -> None:
-    clock = FakeClock()
-    cache = make_cache(clock, cipher=Cipher([Fernet.generate_key()]))
-    cache.put(V, "k", "v")
-    cache._cipher = Cipher([Fernet.generate_key()])
-    assert cache.get(V, "k") is None
-    assert len(cache) == 0
+def test_restored_tokens_no_current_key_opens_are_left_out() -> None:
+    clock, key = FakeClock(), Fernet.generate_key()
+    cache = make_cache(clock, cipher=Cipher([key]))
+    ours = Fernet(key).encrypt(b"ours")
+    foreign = Fernet(Fernet.generate_key()).encrypt(b"theirs")
+    items = [Persisted((V, "ours", None), ours, 1.0, "b", None)]
+    items.append(Persisted((V, "foreign", None), foreign, 1.0, "b", None))
+    assert cache.restore(items) == 1
+    assert cache.get(V, "foreign") is None
+    held = cache.get(V, "ours")
+    assert held is not None and held.value == "ours" and not held.fresh
 
 
 def test_background_scans_do_not_reorder_the_lru() -> None:

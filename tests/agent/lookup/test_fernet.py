@@ -77,6 +77,41 @@ def test_cipher_rotation_decrypts_with_every_key_and_encrypts_with_the_first() -
     assert Cipher([new]).decrypt(token) == "now"
 
 
+@given(st.text(max_size=300))
+@settings(max_examples=200)
+def test_verify_then_unseal_is_open(plaintext: str) -> None:
+    token = Fernet(KEY).encrypt(plaintext.encode("utf-8"))
+    data = OPENER.verify(token)
+    assert data is not None and OPENER.unseal(data) == plaintext
+    assert OPENER.verify(Fernet(Fernet.generate_key()).encrypt(b"x")) is None
+
+
+def test_the_cache_holds_tokens_under_the_first_key_as_bytes() -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    cipher = Cipher([new, old])
+    sealed = cipher.seal("plaintext-secret")
+    assert b"plaintext-secret" not in sealed and cipher.unseal(sealed) == "plaintext-secret"
+    assert reference(Cipher.token(sealed), new) == "plaintext-secret"
+
+
+def test_admit_verifies_a_token_from_outside_and_reseals_an_old_keys() -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    cipher = Cipher([new, old])
+    sealed = cipher.admit(Fernet(old).encrypt(b"from before"))
+    assert sealed is not None and cipher.unseal(sealed) == "from before"
+    assert reference(Cipher.token(sealed), new) == "from before"  # now under the first key
+    current = Fernet(new).encrypt(b"current")
+    assert cipher.admit(current) == FernetOpener(new).verify(current)  # kept as it is
+    tampered = current[:-8] + (b"A" if current[-8:-7] != b"A" else b"B") + current[-7:]
+    for refused in (
+        Fernet(Fernet.generate_key()).encrypt(b"x"),  # a key we do not hold
+        tampered,  # its HMAC no longer matches
+        Fernet(new).encrypt(b"\xff\xfe"),  # not text: never ours
+        b"garbage",
+    ):
+        assert cipher.admit(refused) is None
+
+
 def test_threads_share_one_opener() -> None:
     tokens = [Fernet(KEY).encrypt(f"value-{i}".encode()) for i in range(50)]
     wrong: list[int] = []

@@ -17,7 +17,7 @@ Key = tuple[Kind, str, str | None]  # kind, id, team (None: no team scope)
 
 @dataclass(slots=True)
 class _Entry:
-    token: bytes | None  # None records a miss (negative entry)
+    token: bytes | None  # the value sealed (``Cipher.seal``); None records a miss
     stored_at: float
     expires_at: float
     source: str | None = None  # the backend that produced the value
@@ -110,9 +110,9 @@ class SecretCache:
         if not fresh and not self._servable_stale(entry, now):
             del self._entries[key]
             return None
-        value = None if entry.token is None else self._cipher.decrypt(entry.token)
+        value = None if entry.token is None else self._cipher.unseal(entry.token)
         if entry.token is not None and value is None:
-            del self._entries[key]  # encrypted under a key we no longer hold
+            del self._entries[key]  # cannot happen to a sealed value; never serve garbage
             return None
         if fresh:
             entry.read = True
@@ -139,7 +139,7 @@ class SecretCache:
             self._entries.pop(key, None)
             return
         now = self._clock()
-        token = None if value is None else self._cipher.encrypt(value)
+        token = None if value is None else self._cipher.seal(value)
         refresh_at = math.inf if value is None else now + self._refresh.offset(ttl)
         self._store(key, _Entry(token, now, now + ttl, source, version, refresh_at))
 
@@ -225,7 +225,11 @@ class SecretCache:
         now = self._clock()
         return [
             Persisted(
-                key, entry.token, max(0.0, now - entry.stored_at), entry.source, entry.version
+                key,
+                Cipher.token(entry.token),
+                max(0.0, now - entry.stored_at),
+                entry.source,
+                entry.version,
             )
             for key, entry in self._scan()
             if entry.token is not None
@@ -236,15 +240,17 @@ class SecretCache:
         """Load snapshot values as already expired: served only stale until refreshed.
 
         Their stale window counts from when they were stored, not from when they were loaded.
+        A token no current key opens is left out.
         """
         now, count = self._clock(), 0
         for item in items:
             stored_at = now - item.age
             if item.key in self._entries or now >= stored_at + self._max_stale:
                 continue
-            self._store(
-                item.key, _Entry(item.token, stored_at, stored_at, item.source, item.version)
-            )
+            sealed = self._cipher.admit(item.token)
+            if sealed is None:
+                continue
+            self._store(item.key, _Entry(sealed, stored_at, stored_at, item.source, item.version))
             count += 1
         return count
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,14 @@ from secrets_agent.lookup.fernet import FernetOpener
 
 
 class Cipher:
-    """Encrypts cache values; the first key encrypts, every key decrypts (rotation)."""
+    """Encrypts cache values; the first key encrypts, every key decrypts (rotation).
+
+    The cache holds values *sealed*: a Fernet token under the first key, kept as its bytes
+    rather than base64. A sealed value's HMAC is checked when it enters the cache (``seal``
+    makes it, ``admit`` verifies one that comes from outside, such as a snapshot), not on every
+    read: the bytes stay in this process's memory, where nobody who could alter them would
+    need to (they could read the key as well), so a read only decrypts (``unseal``).
+    """
 
     def __init__(self, keys: list[bytes]) -> None:
         # With no configured key the cache lives and dies with this process, so a random one is
@@ -23,8 +31,8 @@ class Cipher:
         keys = keys or [Fernet.generate_key()]
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         self._openers = tuple(FernetOpener(k) for k in keys)
-        if len(self._openers) == 1:  # the usual case: straight to the one key, a frame less
-            self.decrypt = self._openers[0].open  # type: ignore[method-assign]
+        # The read path's one call: straight to the first key's opener, a frame less.
+        self.unseal = self._openers[0].unseal
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode("utf-8"))
@@ -35,6 +43,28 @@ class Cipher:
             if (plaintext := opener.open(token)) is not None:
                 return plaintext
         return None
+
+    def seal(self, plaintext: str) -> bytes:
+        """A value as the cache holds it (``unseal`` opens it)."""
+        return base64.urlsafe_b64decode(self.encrypt(plaintext))
+
+    def admit(self, token: bytes) -> bytes | None:
+        """A Fernet token from outside the cache, sealed: verified and under the first key
+        (re-encrypted if an older key made it); None if no current key opens it."""
+        for index, opener in enumerate(self._openers):
+            data = opener.verify(token)
+            if data is None:
+                continue
+            plaintext = opener.unseal(data)
+            if plaintext is None:
+                return None
+            return data if index == 0 else self.seal(plaintext)
+        return None
+
+    @staticmethod
+    def token(sealed: bytes) -> bytes:
+        """A sealed value as a Fernet token again (what a snapshot stores)."""
+        return base64.urlsafe_b64encode(sealed)
 
 
 def generate_key() -> str:
