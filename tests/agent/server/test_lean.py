@@ -107,7 +107,7 @@ def test_the_head_memo_answers_the_same_and_stays_bounded() -> None:
 
     def prepare(query: ReadQuery) -> Prepared:
         prepared.append(query)
-        return Prepared(query, Kind.VARIABLE, None, False, "")
+        return Prepared(query, Kind.VARIABLE, None, False, "", (Kind.VARIABLE, query.raw_id, None))
 
     parser = HeadParser(*LIMITS, prepare, size=3)
     heads = [f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5)]

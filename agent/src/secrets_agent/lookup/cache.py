@@ -101,24 +101,39 @@ class SecretCache:
     def get(self, kind: Kind, secret_id: str, team: str | None = None) -> Cached | None:
         """Return the entry (fresh or stale), or None when absent or past its stale window."""
         key = (kind, secret_id, team)
+        fresh = self.fresh(key)
+        if fresh is not None:
+            return fresh
         entry = self._entries.get(key)
         if entry is None:
             return None
-        self._entries.move_to_end(key)
+        # Expired (``fresh`` would have answered otherwise): servable stale, or gone for good.
         now = self._clock()
-        fresh = now < entry.expires_at
-        if not fresh and not self._servable_stale(entry, now):
-            del self._entries[key]
+        if entry.token is None or not self._servable_stale(entry, now):
+            del self._entries[key]  # a miss has no stale window
             return None
-        value = None if entry.token is None else self._cipher.unseal(entry.token)
-        if entry.token is not None and value is None:
-            del self._entries[key]  # cannot happen to a sealed value; never serve garbage
+        value = self._cipher.unseal(entry.token)
+        self._entries.move_to_end(key)
+        return Cached(value, max(0.0, now - entry.stored_at), False, entry.source, entry.version)
+
+    def fresh(self, key: Key) -> Cached | None:
+        """The entry if it is fresh, marked used; None if absent or expired (``get`` says more).
+
+        The path of every cached read: one dict lookup, one clock read, one decryption.
+        """
+        entry = self._entries.get(key)
+        if entry is None:
             return None
-        if fresh:
-            entry.read = True
-        age = max(0.0, now - entry.stored_at)
-        due = fresh and value is not None and now >= entry.refresh_at
-        return Cached(value, age, fresh, entry.source, entry.version, due)
+        now = self._clock()
+        if now >= entry.expires_at:
+            return None
+        token = entry.token
+        value = None if token is None else self._cipher.unseal(token)
+        self._entries.move_to_end(key)
+        entry.read = True
+        age = now - entry.stored_at
+        due = value is not None and now >= entry.refresh_at
+        return Cached(value, age if age > 0.0 else 0.0, True, entry.source, entry.version, due)
 
     def put(
         self,

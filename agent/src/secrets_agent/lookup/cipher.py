@@ -52,13 +52,9 @@ class Cipher:
         """A Fernet token from outside the cache, sealed: verified and under the first key
         (re-encrypted if an older key made it); None if no current key opens it."""
         for index, opener in enumerate(self._openers):
-            data = opener.verify(token)
-            if data is None:
-                continue
-            plaintext = opener.unseal(data)
-            if plaintext is None:
-                return None
-            return data if index == 0 else self.seal(plaintext)
+            plaintext = opener.open(token)
+            if plaintext is not None:
+                return opener.verify(token) if index == 0 else self.seal(plaintext)
         return None
 
     @staticmethod

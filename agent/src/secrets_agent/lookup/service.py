@@ -90,7 +90,7 @@ class SecretService:
         """The cached value when fresh; ``refresh`` asks the upstream now (rate-limited)."""
         key = (kind, secret_id, team)
         forced = refresh and self._may_refresh_now(key)
-        if not forced and (result := self.cached(kind, secret_id, team)) is not None:
+        if not forced and (result := self.cached(key)) is not None:
             return result
         cached = self.cache.get(kind, secret_id, team)
         joins = key in self._flight  # then the call's owner counts the refresh, not us
@@ -118,15 +118,15 @@ class SecretService:
             return Result(loaded.value, CacheState.HIT, 0.0, loaded.source)
         return self._count(kind, Result(loaded.value, CacheState.MISS, 0.0, loaded.source))
 
-    def cached(self, kind: Kind, secret_id: str, team: str | None = None) -> Result | None:
+    def cached(self, key: Key) -> Result | None:
         """The answer without waiting, if the cache holds a fresh one (a hit or a negative)."""
-        cached = self.cache.get(kind, secret_id, team)
-        if cached is None or not cached.fresh:
+        cached = self.cache.fresh(key)
+        if cached is None:
             return None
         if cached.refresh_due:
-            self._refresh_ahead((kind, secret_id, team), cached.source)
+            self._refresh_ahead(key, cached.source)
         state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
-        self._metrics.looked_up(_KIND_LABEL[kind], _RESULT_LABEL[state])  # no _count: a frame
+        self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[state])  # no _count: a frame
         return Result(cached.value, state, cached.age, cached.source)
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:

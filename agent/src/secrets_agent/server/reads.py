@@ -15,6 +15,7 @@ from json.encoder import encode_basestring_ascii as _quote  # what json.dumps us
 from secrets_agent.config.validators import TEAM_NAME
 from secrets_agent.errors import BackendError, DeniedError, InvalidIdError
 from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind, validate_id
+from secrets_agent.lookup.cache import Key
 from secrets_agent.lookup.service import CacheState, Result
 from secrets_agent.ops.audit import Read
 from secrets_agent.ops.logs import RateLimited
@@ -58,6 +59,7 @@ class Prepared:
     invalid: Answer | None  # the 400 it gets whoever asks, or None: a valid read
     forced: bool  # refresh-now: past the cache to the upstream (rate-limited)
     prefix: str  # the answer's JSON up to the value
+    key: Key  # the cache's key for it
 
 
 @dataclass(slots=True)
@@ -100,7 +102,7 @@ class Reads:
         # The peer says its copy is outdated (a rotated password, a failed login): ask upstream.
         forced = query.refresh == "true" or query.no_cache
         prefix = f'{{"kind": "{_KIND[kind]}", "id": {_quote(query.raw_id)}, "value": '
-        return Prepared(query, kind, invalid, forced, prefix)
+        return Prepared(query, kind, invalid, forced, prefix, (kind, query.raw_id, query.team))
 
     def now(self, caller: Caller, read: Prepared) -> Answer | None:
         """The answer if it needs no waiting (cached, refused, malformed), else None."""
@@ -118,7 +120,7 @@ class Reads:
             return error_answer(403, "team_denied", "this peer is not bound to the team it names")
         if read.forced:
             return None
-        result = runtime.service.cached(read.kind, query.raw_id, team)
+        result = runtime.service.cached(read.key)
         return None if result is None else self._found(caller.peer, read, result)
 
     async def answer(self, caller: Caller, query: ReadQuery) -> Answer:
