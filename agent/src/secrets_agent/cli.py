@@ -110,10 +110,12 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     from secrets_agent.errors import AgentError
     from secrets_agent.lookup.cipher import load_keys
     from secrets_agent.lookup.shared.build import require_fleet_keys
+    from secrets_agent.ops.eventloop import loop_factory
 
     problems: list[str] = []
     try:
         require_fleet_keys(config, load_keys(config.encryption))
+        loop_factory(config.listener.event_loop)
     except AgentError as exc:
         problems.append(f"cannot start: {exc}")
     for backend_config in config.backends:
@@ -134,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from secrets_agent.config.loader import load_config
     from secrets_agent.daemon import Agent
     from secrets_agent.errors import ConfigError, StartupError
+    from secrets_agent.ops.eventloop import loop_factory
     from secrets_agent.ops.hardening import forbid_core_dumps
     from secrets_agent.ops.logs import configure_logging
     from secrets_agent.ops.systemd import Notifier, inherited_socket
@@ -152,7 +155,10 @@ def _run(args: argparse.Namespace) -> int:
         notifier=Notifier(),
     )
     try:
-        asyncio.run(agent.run())
+        name, factory = loop_factory(config.listener.event_loop)
+        logging.getLogger("secrets_agent").debug("event loop: %s", name)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(agent.run())
     except StartupError as exc:
         logging.getLogger("secrets_agent").error("cannot start: %s", exc)
         return EX_CONFIG

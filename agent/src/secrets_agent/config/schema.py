@@ -40,6 +40,8 @@ class ListenerConfig:
     # or of its previous answer; an idle keep-alive connection is closed after idle_timeout.
     header_timeout: float = setting(10.0, min=0.1, max=300.0)
     idle_timeout: float = setting(30.0, min=0.1, max=3600.0)
+    # The event loop: "auto" is uvloop's where installed (less CPU per lookup), else asyncio's.
+    event_loop: str = setting("auto", choices=("auto", "uvloop", "asyncio"))
     # Team binding: peer uid / gid (as a string key) -> the teams it may name in ``?team=``.
     # Empty (the default): no binding, ``team`` only selects backends.
     team_uids: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from secrets_agent.ops.logs import RateLimited
+from secrets_agent.server.accept import Acceptor
 from secrets_agent.server.forward import Forward, JsonErrorHandler
 from secrets_agent.server.front import Front, Fronts, FrontSettings
 from secrets_agent.server.gate import Gate
@@ -40,6 +41,7 @@ class GuardedSockSite(web.SockSite):
         self._head_timeout, self._handler_args = head_timeout, handler_args
         self._shutdown_timeout = shutdown_timeout
         self._fronts = Fronts()
+        self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -65,12 +67,15 @@ class GuardedSockSite(web.SockSite):
             fronts=self._fronts,
             metrics=self._reads.context.metrics,
         )
-        self._server = await loop.create_server(
-            lambda: Front(settings, loop), sock=self._sock, backlog=self._backlog
-        )
+        # Our own accept rather than loop.create_server: the same backlog behaviour when out
+        # of descriptors on asyncio's loop and on uvloop's (see server.accept).
+        self._acceptor = Acceptor(self._sock, lambda: Front(settings, loop), loop, self._backlog)
+        self._acceptor.start()
 
     async def stop(self) -> None:
         """Stop accepting; then the lean connections finish their answers and close."""
+        if self._acceptor is not None:
+            self._acceptor.close()
         await super().stop()
         await self._fronts.drain(self._shutdown_timeout)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import Answer
@@ -92,8 +92,8 @@ class Front(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's do not subclass asyncio.Transport, hence no isinstance).
+        self._transport = transport = cast(asyncio.Transport, transport)
         gate = self._s.gate
         if not gate.enter():
             message = "connection limit (%d) reached; refusing"
