@@ -104,17 +104,19 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
     agent_cmd = [PY, "-m", "secrets_agent", "run", "--config", str(config)]
     rows: list[Row] = []
     a_sock, b_sock, agent_sock = work / "a.sock", work / "b.sock", work / "agent.sock"
-    c_sock = work / "c.sock"
+    c_sock, u_sock = work / "c.sock", work / "u.sock"
     with (
         measure.server([PY, "-c", floors.FLOOR_A_SERVER, str(a_sock)], a_sock, env) as floor_a,
         measure.server([PY, "-c", floors.FLOOR_B_SERVER, str(b_sock)], b_sock, env),
         measure.server([PY, "-c", floors.FLOOR_C_SERVER, str(c_sock)], c_sock, env) as floor_c,
+        measure.server([PY, "-c", floors.FLOOR_U_SERVER, str(u_sock)], u_sock, env) as floor_u,
     ):
         started = time.perf_counter()
         with measure.server(agent_cmd, agent_sock, env) as agent:
             ready = time.perf_counter() - started
-            servers = Servers(str(agent_sock), str(a_sock), str(b_sock), str(c_sock))
-            rows += lookups(sizes, servers, agent.pid, floor_a.pid, floor_c.pid)
+            servers = Servers(str(agent_sock), str(a_sock), str(b_sock), str(c_sock), str(u_sock))
+            pids = Pids(agent.pid, floor_a.pid, floor_c.pid, floor_u.pid)
+            rows += lookups(sizes, servers, pids)
             rows.append(
                 Row(
                     "agent ready after exec (env/file backends)",
@@ -144,28 +146,41 @@ class Servers:
     floor_a: str
     floor_b: str
     floor_c: str
+    floor_u: str
 
 
-def lookups(
-    sizes: Sizes, servers: Servers, agent_pid: int, floor_a_pid: int, floor_c_pid: int
-) -> list[Row]:
+@dataclass(frozen=True)
+class Pids:
+    agent: int
+    floor_a: int
+    floor_c: int
+    floor_u: int
+
+
+def ratio(ours: float, theirs: float) -> float:
+    return ours / theirs if theirs else float("nan")
+
+
+def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     agent = servers.agent
     ours = measure.p50_us(agent_client(agent), sizes.lookups)
     a_p50 = measure.p50_us(floors.floor_a_client(servers.floor_a), sizes.lookups)
     b_p50 = measure.p50_us(floors.floor_b_client(servers.floor_b), sizes.lookups)
     # CPU per request in interleaved rounds, the median of each: host noise hits all alike.
-    our_cpu, a_cpu, c_cpu = measure.interleaved_cpu(
+    our_cpu, a_cpu, c_cpu, u_cpu = measure.interleaved_cpu(
         [
-            (agent_client(agent), agent_pid),
-            (floors.floor_a_client(servers.floor_a), floor_a_pid),
-            (floors.floor_a_client(servers.floor_c), floor_c_pid),
+            (agent_client(agent), pids.agent),
+            (floors.floor_a_client(servers.floor_a), pids.floor_a),
+            (floors.floor_a_client(servers.floor_c), pids.floor_c),
+            (floors.floor_a_client(servers.floor_u), pids.floor_u),
         ],
         sizes.cpu_lookups,
         sizes.cpu_rounds,
     )
-    server_ratio = our_cpu.server_us / a_cpu.server_us if a_cpu.server_us else float("nan")
-    client_ratio = our_cpu.client_us / a_cpu.client_us if a_cpu.client_us else float("nan")
-    c_ratio = c_cpu.server_us / a_cpu.server_us if a_cpu.server_us else float("nan")
+    server_ratio = ratio(our_cpu.server_us, a_cpu.server_us)
+    client_ratio = ratio(our_cpu.client_us, a_cpu.client_us)
+    c_ratio = ratio(c_cpu.server_us, a_cpu.server_us)
+    u_ratio = ratio(u_cpu.server_us, a_cpu.server_us)
     one = measure.rate(agent_client(agent), sizes.lookups)
     clients = sizes.procs * sizes.threads
     many, errors = measure.concurrent_rate(
@@ -185,8 +200,14 @@ def lookups(
             server_ratio <= 1.5,
         ),
         Row(
-            "Floor C (Floor A + one Fernet decrypt) server CPU ÷ Floor A's",
+            "Floor C (Floor A + one cached-value decrypt) server CPU ÷ Floor A's",
             f"{c_ratio:.2f}x ({c_cpu.server_us:.0f} µs; agent ÷ C {server_ratio / c_ratio:.2f}x)",
+            "report",
+            None,
+        ),
+        Row(
+            "Floor U (Floor A on uvloop, the agent's loop) server CPU ÷ Floor A's",
+            f"{u_ratio:.2f}x ({u_cpu.server_us:.0f} µs; agent ÷ U {server_ratio / u_ratio:.2f}x)",
             "report",
             None,
         ),

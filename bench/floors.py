@@ -3,8 +3,9 @@
 Floor A: a minimal asyncio Protocol answering every request on a kept-alive Unix socket with a
 fixed ~40-byte JSON body, read by stdlib ``http.client`` — the cheapest HTTP/1.1 lookup Python
 can do. Floor B: a 64-byte echo on the same kind of socket — the cost of the round trip alone.
-Floor C: Floor A's server plus one Fernet decryption per answer — what keeping values encrypted
-in the cache costs on its own (reported, to read the agent's ratio against).
+Floor C: Floor A's server plus one decryption of a cached value per answer — what keeping values
+encrypted in the cache costs on its own. Floor U: Floor A's server on uvloop, the agent's loop.
+Both are reported, to read the agent's ratio against.
 """
 
 from __future__ import annotations
@@ -36,19 +37,21 @@ async def main():
 asyncio.run(main())
 """
 
-# Floor A's server opening one Fernet token per answer with the agent's own opener (the value
-# stays encrypted in the cache, so every hit pays this): what the constraint alone costs.
+# Floor A's server decrypting one cached value per answer as the agent's cache does (the value
+# stays a Fernet token in the cache, so every hit pays this): what the constraint alone costs.
 FLOOR_C_SERVER = FLOOR_A_SERVER.replace(
     "import asyncio, sys\n",
     "import asyncio, sys\n"
-    "from cryptography.fernet import Fernet\n"
-    "from secrets_agent.lookup.fernet import FernetOpener\n"
-    "KEY = Fernet.generate_key(); OPENER = FernetOpener(KEY)\n"
-    "TOKEN = Fernet(KEY).encrypt(b'value-000000-' + b'x' * 64)\n",
+    "from secrets_agent.lookup.cipher import Cipher\n"
+    "CIPHER = Cipher([]); SEALED = CIPHER.seal('value-000000-' + 'x' * 64)\n",
 ).replace(
     "            self.transport.write(ANSWER)",
-    "            OPENER.open(TOKEN)\n            self.transport.write(ANSWER)",
+    "            CIPHER.unseal(SEALED)\n            self.transport.write(ANSWER)",
 )
+
+# Floor A's server on uvloop, the loop the agent runs on by default: reported, so the agent's
+# ratio can be read against the floor its own loop allows as well.
+FLOOR_U_SERVER = FLOOR_A_SERVER.replace("asyncio.run(main())", "import uvloop; uvloop.run(main())")
 
 FLOOR_B_SERVER = r"""
 import asyncio, sys

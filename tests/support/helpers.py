@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -158,9 +158,12 @@ class RunningAgent:
 
 @contextlib.contextmanager
 def running_agent(
-    config: AgentConfig, clock: FakeClock | None = None, config_path: Path | None = None
+    config: AgentConfig,
+    clock: FakeClock | None = None,
+    config_path: Path | None = None,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
 ) -> Iterator[RunningAgent]:
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     agent = Agent(

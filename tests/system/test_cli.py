@@ -74,6 +74,7 @@ def test_run_get_and_graceful_sigterm(config_path: Path, running: subprocess.Pop
     assert running.returncode == 0
     assert not Path(sock).exists()
     assert '"level": "info"' in stderr and "shutting down" in stderr
+    assert "event loop: uvloop" in stderr  # the default where uvloop is installed
     assert "s3cret" not in stderr
 
 

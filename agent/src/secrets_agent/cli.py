@@ -108,9 +108,9 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     from secrets_agent.backends.base import BackendContext
     from secrets_agent.backends.registry import create_backend
     from secrets_agent.errors import AgentError
+    from secrets_agent.eventloop import loop_factory
     from secrets_agent.lookup.cipher import load_keys
     from secrets_agent.lookup.shared.build import require_fleet_keys
-    from secrets_agent.ops.eventloop import loop_factory
 
     problems: list[str] = []
     try:
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from secrets_agent.config.loader import load_config
     from secrets_agent.daemon import Agent
     from secrets_agent.errors import ConfigError, StartupError
-    from secrets_agent.ops.eventloop import loop_factory
+    from secrets_agent.eventloop import loop_factory
     from secrets_agent.ops.hardening import forbid_core_dumps
     from secrets_agent.ops.logs import configure_logging
     from secrets_agent.ops.systemd import Notifier, inherited_socket

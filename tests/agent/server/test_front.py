@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from secrets_agent.backends import registry
 from secrets_agent.kinds import Kind
@@ -37,9 +38,22 @@ def script(monkeypatch: pytest.MonkeyPatch) -> Script:
     return made
 
 
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+LOOP = ["asyncio"]  # the loop ``start`` runs the agent on: set for each test by ``each_loop``
+
+
+@pytest.fixture(autouse=True, params=sorted(LOOPS))
+def each_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here twice: on asyncio's loop and on uvloop's (the daemon's default)."""
+    LOOP[0] = request.param
+    yield
+    LOOP[0] = "asyncio"
+
+
 def start(directory: Path, listener: str = "") -> contextlib.AbstractContextManager[RunningAgent]:
     """The agent on ``directory``, with extra ``[listener]`` settings."""
-    return running_agent(agent_config(directory, extra=listener, backends=BACKENDS))
+    config = agent_config(directory, extra=listener, backends=BACKENDS)
+    return running_agent(config, new_loop=LOOPS[LOOP[0]])
 
 
 @pytest.fixture
