@@ -8,10 +8,10 @@ import random
 
 from secrets_agent.errors import TransientError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import RefreshAhead, SecretCache
+from secrets_agent.lookup.cache import CacheState, RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.service import CacheState, RefreshPolicy, SecretService
+from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
 

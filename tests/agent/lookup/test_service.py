@@ -9,10 +9,10 @@ import pytest
 
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import SecretCache
+from secrets_agent.lookup.cache import CacheState, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.service import CacheState, SecretService
+from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend

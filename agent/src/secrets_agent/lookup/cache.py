@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections import OrderedDict
@@ -26,7 +27,25 @@ class _Entry:
     read: bool = False  # read while fresh since it was stored: worth refreshing ahead
 
 
+class CacheState(enum.StrEnum):
+    HIT = "HIT"
+    MISS = "MISS"
+    STALE = "STALE"
+    NEGATIVE = "NEGATIVE"
+
+
 @dataclass(slots=True)  # not frozen: built on every hit, and frozen costs 3x to build
+class Result:
+    """A lookup's answer: the cache's for a fresh entry (``fresh``), else the service's."""
+
+    value: str | None
+    state: CacheState
+    age: float
+    source: str | None = None  # the backend the value came from (for the audit stream)
+    refresh_due: bool = False  # fresh, but past its refresh-ahead point
+
+
+@dataclass(slots=True)
 class Cached:
     value: str | None
     age: float
@@ -101,12 +120,13 @@ class SecretCache:
     def get(self, kind: Kind, secret_id: str, team: str | None = None) -> Cached | None:
         """Return the entry (fresh or stale), or None when absent or past its stale window."""
         key = (kind, secret_id, team)
-        fresh = self.fresh(key)
-        if fresh is not None:
-            return fresh
         entry = self._entries.get(key)
         if entry is None:
             return None
+        if (fresh := self.fresh(key)) is not None:
+            return Cached(
+                fresh.value, fresh.age, True, entry.source, entry.version, fresh.refresh_due
+            )
         # Expired (``fresh`` would have answered otherwise): servable stale, or gone for good.
         now = self._clock()
         if entry.token is None or not self._servable_stale(entry, now):
@@ -116,11 +136,10 @@ class SecretCache:
         self._entries.move_to_end(key)
         return Cached(value, max(0.0, now - entry.stored_at), False, entry.source, entry.version)
 
-    def fresh(self, key: Key) -> Cached | None:
-        """The entry if it is fresh, marked used; None if absent or expired (``get`` says more).
-
-        The path of every cached read: one dict lookup, one clock read, one decryption.
-        """
+    def fresh(self, key: Key) -> Result | None:
+        """A fresh entry's answer (a hit or a negative), marked used; None if absent or expired
+        (``get`` says more). The path of every cached read: a dict lookup, a clock read and a
+        decryption."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -132,8 +151,10 @@ class SecretCache:
         self._entries.move_to_end(key)
         entry.read = True
         age = now - entry.stored_at
-        due = value is not None and now >= entry.refresh_at
-        return Cached(value, age if age > 0.0 else 0.0, True, entry.source, entry.version, due)
+        if value is None:
+            return Result(None, CacheState.NEGATIVE, age if age > 0.0 else 0.0, entry.source)
+        due = now >= entry.refresh_at
+        return Result(value, CacheState.HIT, age if age > 0.0 else 0.0, entry.source, due)
 
     def put(
         self,

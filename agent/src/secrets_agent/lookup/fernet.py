@@ -49,7 +49,8 @@ class FernetOpener:
         data = self.verify(token)
         if data is None:
             return None
-        padded = self._decrypt(data)
+        with self._lock:
+            padded = self._cbc.update(memoryview(data)[9:-_MAC])[_BLOCK:]
         pad = padded[-1]
         if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
             return None
@@ -79,11 +80,6 @@ class FernetOpener:
         Neither the HMAC nor the padding and UTF-8 are checked again: they were when the token
         was taken in, and its bytes have not left this process's memory since.
         """
-        padded = self._decrypt(data)
-        return padded[: -padded[-1]].decode("utf-8")
-
-    def _decrypt(self, data: bytes) -> bytes:
-        """The padded plaintext: IV + ciphertext through the shared context (see __init__),
-        the first block out dropped."""
-        with self._lock:
-            return self._cbc.update(memoryview(data)[9:-_MAC])[_BLOCK:]
+        with self._lock:  # IV + ciphertext through the shared context (see __init__)
+            padded = self._cbc.update(memoryview(data)[9:-_MAC])
+        return padded[_BLOCK : -padded[-1]].decode("utf-8")  # the first block out dropped

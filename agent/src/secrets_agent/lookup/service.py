@@ -6,7 +6,6 @@ it: a lookup that missed, a refresh-ahead in the background, or a peer's refresh
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from cachetools import TTLCache
 
 from secrets_agent.errors import AgentError, TransientError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import Cached, Key, SecretCache
+from secrets_agent.lookup.cache import Cached, CacheState, Key, Result, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Found
 from secrets_agent.lookup.refresh import Refresher
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
@@ -24,23 +23,8 @@ from secrets_agent.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class CacheState(enum.StrEnum):
-    HIT = "HIT"
-    MISS = "MISS"
-    STALE = "STALE"
-    NEGATIVE = "NEGATIVE"
-
-
 _RESULT_LABEL = {state: state.lower() for state in CacheState}
 _KIND_LABEL = {kind: kind.value for kind in Kind}
-
-
-@dataclass(slots=True)  # not frozen: built on every hit, and frozen costs 3x to build
-class Result:
-    value: str | None
-    state: CacheState
-    age: float
-    source: str | None = None  # the backend the value came from (for the audit stream)
 
 
 @dataclass(frozen=True)
@@ -120,14 +104,13 @@ class SecretService:
 
     def cached(self, key: Key) -> Result | None:
         """The answer without waiting, if the cache holds a fresh one (a hit or a negative)."""
-        cached = self.cache.fresh(key)
-        if cached is None:
+        result = self.cache.fresh(key)
+        if result is None:
             return None
-        if cached.refresh_due:
-            self._refresh_ahead(key, cached.source)
-        state = CacheState.HIT if cached.value is not None else CacheState.NEGATIVE
-        self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[state])  # no _count: a frame
-        return Result(cached.value, state, cached.age, cached.source)
+        if result.refresh_due:
+            self._refresh_ahead(key, result.source)
+        self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])  # a frame less
+        return result
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background

@@ -15,8 +15,7 @@ from json.encoder import encode_basestring_ascii as _quote  # what json.dumps us
 from secrets_agent.config.validators import TEAM_NAME
 from secrets_agent.errors import BackendError, DeniedError, InvalidIdError
 from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind, validate_id
-from secrets_agent.lookup.cache import Key
-from secrets_agent.lookup.service import CacheState, Result
+from secrets_agent.lookup.cache import CacheState, Key, Result
 from secrets_agent.ops.audit import Read
 from secrets_agent.ops.logs import RateLimited
 from secrets_agent.server.context import ApiContext

@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent.errors import TransientError
-from secrets_agent.lookup.service import CacheState
+from secrets_agent.lookup.cache import CacheState
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.helpers import Script
 from support.redis_server import RedisServer
