@@ -62,7 +62,7 @@ class Row:
 class Sizes:
     lookups: int
     cpu_lookups: int  # per round
-    cpu_rounds: int
+    rounds: int  # interleaved turns of the latency and CPU comparisons
     procs: int
     threads: int
     per_client: int
@@ -71,7 +71,7 @@ class Sizes:
     soak: float
 
 
-FULL = Sizes(5000, 8000, 7, 4, 16, 500, 1000, 10000, 0)
+FULL = Sizes(6000, 8000, 9, 4, 16, 500, 1000, 10000, 0)
 SMALL = Sizes(200, 200, 2, 2, 2, 20, 50, 200, 0)
 
 
@@ -163,9 +163,15 @@ def ratio(ours: float, theirs: float) -> float:
 
 def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     agent = servers.agent
-    ours = measure.p50_us(agent_client(agent), sizes.lookups)
-    a_p50 = measure.p50_us(floors.floor_a_client(servers.floor_a), sizes.lookups)
-    b_p50 = measure.p50_us(floors.floor_b_client(servers.floor_b), sizes.lookups)
+    ours, a_p50, b_p50 = measure.interleaved_p50_us(
+        [
+            agent_client(agent),
+            floors.floor_a_client(servers.floor_a),
+            floors.floor_b_client(servers.floor_b),
+        ],
+        sizes.lookups,
+        sizes.rounds,
+    )
     # CPU per request in interleaved rounds, the median of each: host noise hits all alike.
     our_cpu, a_cpu, c_cpu, u_cpu = measure.interleaved_cpu(
         [
@@ -175,7 +181,7 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
             (floors.floor_a_client(servers.floor_u), pids.floor_u),
         ],
         sizes.cpu_lookups,
-        sizes.cpu_rounds,
+        sizes.rounds,
     )
     server_ratio = ratio(our_cpu.server_us, a_cpu.server_us)
     client_ratio = ratio(our_cpu.client_us, a_cpu.client_us)

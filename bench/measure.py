@@ -68,14 +68,29 @@ def cpu_seconds(pid: int) -> float:
 
 
 def p50_us(once: Once, count: int) -> float:
-    for _ in range(min(200, count)):  # warm the connection and the cache
-        once()
+    return interleaved_p50_us([once], count, 1)[0]
+
+
+def latencies(once: Once, count: int) -> list[float]:
+    """``count`` lookups' wall-clock seconds, one by one."""
     samples = []
     for _ in range(count):
         started = time.perf_counter()
         once()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1e6
+    return samples
+
+
+def interleaved_p50_us(subjects: Sequence[Once], count: int, rounds: int) -> list[float]:
+    """Each client's median latency over ``count`` lookups taken in ``rounds`` turns, so a
+    noisy spell on the host lands on all of them alike (as ``interleaved_cpu`` does)."""
+    for once in subjects:
+        latencies(once, min(200, count))  # warm the connection and the cache
+    seen: list[list[float]] = [[] for _ in subjects]
+    for _ in range(rounds):
+        for once, samples in zip(subjects, seen, strict=True):
+            samples += latencies(once, max(1, count // rounds))
+    return [statistics.median(samples) * 1e6 for samples in seen]
 
 
 @dataclass(frozen=True)
