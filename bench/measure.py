@@ -123,12 +123,16 @@ def interleaved_cpu(subjects: Sequence[tuple[Once, int]], count: int, rounds: in
     ]
 
 
-def rate(once: Once, count: int) -> float:
+def rate(once: Once, count: int, rounds: int = 5) -> float:
+    """Lookups per second back to back: the median of ``rounds`` runs (a noisy spell hits one)."""
     once()
-    started = time.perf_counter()
-    for _ in range(count):
-        once()
-    return count / (time.perf_counter() - started)
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(max(1, count // rounds)):
+            once()
+        rates.append(max(1, count // rounds) / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
 def _thread_worker(factory: Callable[[], Once], count: int, errors: list[int]) -> None:

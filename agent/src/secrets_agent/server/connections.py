@@ -1,5 +1,5 @@
-"""The socket's site: every connection starts in ``front.Front`` (cap, peer, lean reads) and
-goes on to aiohttp when it asks for anything else; accept() failures logged once a second."""
+"""The socket's site: every connection, accepted by ``accept.Acceptor``, starts in
+``front.Front`` (cap, peer, lean reads) and goes on to aiohttp when it asks for anything else."""
 
 from __future__ import annotations
 
@@ -83,7 +83,11 @@ class GuardedSockSite(web.SockSite):
 def accept_error_handler(
     default: Callable[[dict[str, Any]], None],
 ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
-    """A loop exception handler: accept() failures (out of fds) as one line per interval."""
+    """A loop exception handler: accept() failures (out of fds) as one line per interval.
+
+    For the servers asyncio's loop runs itself (the metrics port); the agent's socket has its
+    own accept loop, which logs the same line.
+    """
 
     limited = RateLimited(log)
 
