@@ -9,7 +9,6 @@ whichever loop runs it, and says so in one log line per interval.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -18,8 +17,6 @@ from secrets_agent.ops.logs import RateLimited
 
 log = logging.getLogger(__name__)
 
-# Out of descriptors or kernel memory: the connection waits in the backlog, not lost.
-_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BATCH = 128  # accepts per wake-up, as asyncio's server (its backlog argument) does
 
 
@@ -82,10 +79,11 @@ class Acceptor:
                     "accept() failed: %s; the agent retries every second",
                     exc.strerror or type(exc).__name__,
                 )
-                if exc.errno in _RESOURCES:
-                    # Leave the rest in the backlog; they are accepted once descriptors free.
-                    self._pause()
-                    self._timer = self._loop.call_later(self._retry, self._resume)
+                # Leave the rest in the backlog: out of descriptors they are accepted once some
+                # free up, and any other failure must not spin the loop (the socket stays
+                # readable) while it lasts.
+                self._pause()
+                self._timer = self._loop.call_later(self._retry, self._resume)
                 return
             conn.setblocking(False)
             task = self._loop.create_task(self._connect(conn))
