@@ -151,10 +151,10 @@ class SecretCache:
         self._entries.move_to_end(key)
         entry.read = True
         age = now - entry.stored_at
+        age = age if age > 0.0 else 0.0  # max(), without its call
         if value is None:
-            return Result(None, CacheState.NEGATIVE, age if age > 0.0 else 0.0, entry.source)
-        due = now >= entry.refresh_at
-        return Result(value, CacheState.HIT, age if age > 0.0 else 0.0, entry.source, due)
+            return Result(None, CacheState.NEGATIVE, age, entry.source)
+        return Result(value, CacheState.HIT, age, entry.source, now >= entry.refresh_at)
 
     def put(
         self,

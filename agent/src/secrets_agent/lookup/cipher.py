@@ -52,9 +52,13 @@ class Cipher:
         """A Fernet token from outside the cache, sealed: verified and under the first key
         (re-encrypted if an older key made it); None if no current key opens it."""
         for index, opener in enumerate(self._openers):
-            plaintext = opener.open(token)
-            if plaintext is not None:
-                return opener.verify(token) if index == 0 else self.seal(plaintext)
+            data = opener.verify(token)
+            if data is None:
+                continue
+            plaintext = opener.plaintext(data)
+            if plaintext is None:
+                return None  # signed with our key, yet not text: never one of ours
+            return data if index == 0 else self.seal(plaintext)
         return None
 
     @staticmethod

@@ -47,8 +47,10 @@ class FernetOpener:
     def open(self, token: bytes) -> str | None:
         """The plaintext (UTF-8), or None if the token is malformed or not made with this key."""
         data = self.verify(token)
-        if data is None:
-            return None
+        return None if data is None else self.plaintext(data)
+
+    def plaintext(self, data: bytes) -> str | None:
+        """The plaintext of token bytes ``verify`` accepted; None if not padded UTF-8 text."""
         with self._lock:
             padded = self._cbc.update(memoryview(data)[9:-_MAC])[_BLOCK:]
         pad = padded[-1]
@@ -75,7 +77,7 @@ class FernetOpener:
         return data if hmac.compare_digest(outer.digest(), data[-_MAC:]) else None
 
     def unseal(self, data: bytes) -> str:
-        """The plaintext of a token's bytes that ``open`` accepted before (see ``Cipher``).
+        """The plaintext of token bytes that ``plaintext`` accepted before (see ``Cipher``).
 
         Neither the HMAC nor the padding and UTF-8 are checked again: they were when the token
         was taken in, and its bytes have not left this process's memory since.
