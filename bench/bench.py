@@ -187,6 +187,8 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     client_ratio = ratio(our_cpu.client_us, a_cpu.client_us)
     c_ratio = ratio(c_cpu.server_us, a_cpu.server_us)
     u_ratio = ratio(u_cpu.server_us, a_cpu.server_us)
+    # A smoke run may see no clock tick in a floor's server: nan rather than a crash.
+    over_c, over_u = ratio(server_ratio, c_ratio), ratio(server_ratio, u_ratio)
     one = measure.rate(agent_client(agent), sizes.lookups)
     clients = sizes.procs * sizes.threads
     many, errors = measure.concurrent_rate(
@@ -207,13 +209,13 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
         ),
         Row(
             "Floor C (Floor A + one cached-value decrypt) server CPU ÷ Floor A's",
-            f"{c_ratio:.2f}x ({c_cpu.server_us:.0f} µs; agent ÷ C {server_ratio / c_ratio:.2f}x)",
+            f"{c_ratio:.2f}x ({c_cpu.server_us:.0f} µs; agent ÷ C {over_c:.2f}x)",
             "report",
             None,
         ),
         Row(
             "Floor U (Floor A on uvloop, the agent's loop) server CPU ÷ Floor A's",
-            f"{u_ratio:.2f}x ({u_cpu.server_us:.0f} µs; agent ÷ U {server_ratio / u_ratio:.2f}x)",
+            f"{u_ratio:.2f}x ({u_cpu.server_us:.0f} µs; agent ÷ U {over_u:.2f}x)",
             "report",
             None,
         ),
