@@ -67,10 +67,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-def p50_us(once: Once, count: int) -> float:
-    return interleaved_p50_us([once], count, 1)[0]
-
-
 def latencies(once: Once, count: int) -> list[float]:
     """``count`` lookups' wall-clock seconds, one by one."""
     samples = []
