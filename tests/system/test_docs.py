@@ -1,14 +1,70 @@
-"""The README's two set-up commands and the example config stay true to the code."""
+"""The README and docs/ stay true to the code: set-up commands, config keys, blocks and links.
+
+Code blocks in README.md and docs/**/*.md:
+
+- ```` ```toml ```` is an agent config. A complete one is validated as ``check-config`` validates
+  it (the loader's ``parse_config``: unknown keys, types, ranges), in process; the files it
+  names (key files, credential files) are not read, since they exist only on the reader's
+  machine. A block whose first line is a comment starting ``# fragment`` (e.g.
+  ``# fragment: [[backends]] of type "vault"``) is only part of a config: it must parse as TOML
+  and every key in it must exist in the schema; ``[[backends]]`` tables in it need a ``type``.
+- ```` ```ini ```` (Airflow settings, systemd drop-ins) must parse with ``configparser``
+  (repeated keys allowed, as systemd allows them).
+
+Links: every relative link resolves to a file or folder in the repository, and a ``#anchor``
+into a Markdown file names one of its headings (GitHub's anchor for it).
+"""
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import re
+import tomllib
 import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from secrets_agent.backends.registry import BACKEND_TYPES
+from secrets_agent.config.loader import parse_config
 from secrets_agent.config.schema import AgentConfig, BackendCommon
+from secrets_agent.errors import ConfigError
 from support import ROOT
+
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SECTIONS = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "backends"]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
+
+
+def _fields(cls: type) -> dict[str, type | None]:
+    """A dataclass's keys, each with its nested table's dataclass (None for a plain value)."""
+    fields: dict[str, type | None] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        nested = [
+            t
+            for t in (hint, *typing.get_args(hint))
+            if isinstance(t, type) and dataclasses.is_dataclass(t)
+        ]
+        fields[name] = nested[0] if nested else None
+    return fields
+
+
+def _section_class(section: str) -> type:
+    return type(getattr(AgentConfig(), section))
+
+
+def _blocks(language: str) -> list[tuple[str, str]]:
+    """(where, text) of every fenced block in that language."""
+    found = []
+    for path in DOC_FILES:
+        text = path.read_text()
+        for match in FENCE.finditer(text):
+            if match.group(1) == language:
+                line = text.count("\n", 0, match.start()) + 1
+                found.append((f"{path.relative_to(ROOT)}:{line}", match.group(2)))
+    return found
 
 
 def test_readme_setup_has_exactly_the_demo_and_test_commands_ci_runs() -> None:
@@ -22,22 +78,204 @@ def test_readme_setup_has_exactly_the_demo_and_test_commands_ci_runs() -> None:
 
 def test_example_config_mentions_every_key() -> None:
     example = (ROOT / "config.example.toml").read_text()
-    sections = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "backends"]
-    for section in sections:
+    for section in SECTIONS:
         assert f"[{section}]" in example
-    pending: list[type] = [type(getattr(AgentConfig(), s)) for s in sections]
+    pending: list[type] = [_section_class(s) for s in SECTIONS]
     pending += [BackendCommon, *[b.Options for b in BACKEND_TYPES.values()]]
     keys: list[str] = []
     while pending:
-        cls = pending.pop()
-        for name, hint in typing.get_type_hints(cls).items():
-            keys.append(name)
-            pending += [
-                t
-                for t in (hint, *typing.get_args(hint))
-                if isinstance(t, type) and dataclasses.is_dataclass(t)
-            ]
+        fields = _fields(pending.pop())
+        keys += fields
+        pending += [nested for nested in fields.values() if nested is not None]
     missing = [
         key for key in keys if not re.search(rf"^#?\s*\[?[\w.]*\b{key}\b", example, flags=re.M)
     ]
     assert missing == []
+
+
+# --- the configuration reference (docs/configuration.md) against the schema
+
+
+def _table_rows(text: str, columns: int) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == columns and not set(cells[0]) <= {"-", ":"}:
+            rows.append(cells)
+    return rows
+
+
+def _keys_in(cell: str) -> set[str]:
+    """The keys a table cell lists: code spans outside parentheses (which hold values)."""
+    cell = re.sub(r"\([^()]*\)", "", cell)
+    return {k for k in re.findall(r"`([^`]+)`", cell) if re.fullmatch(r"[a-z_][a-z0-9_]*", k)}
+
+
+def _documented(column_of_table: int) -> dict[tuple[str, ...], set[str]]:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    rows = _table_rows(text, column_of_table + 1)
+    return {tuple(c.strip("`") for c in row[:-1]): _keys_in(row[-1]) for row in rows[1:]}
+
+
+def _mismatches(
+    documented: dict[tuple[str, ...], set[str]], expected: dict[tuple[str, ...], set[str]]
+) -> dict[str, dict[str, list[str]]]:
+    """Per table row: keys the schema has that the page lacks, and keys it lists that are gone."""
+    out = {}
+    for row in documented.keys() | expected.keys():
+        have, want = documented.get(row, set()), expected.get(row, set())
+        if row not in documented or row not in expected or have != want:
+            out[" ".join(row)] = {
+                "not documented": sorted(want - have),
+                "not in the schema": sorted(have - want),
+            }
+    return out
+
+
+def test_configuration_reference_lists_exactly_the_schemas_section_keys() -> None:
+    documented = _documented(1)
+    expected: dict[tuple[str, ...], set[str]] = {
+        (f"[{s}]",): set(_fields(_section_class(s))) for s in SECTIONS
+    }
+    expected[("[[backends]]",)] = set(_fields(BackendCommon))
+    assert _mismatches(documented, expected) == {}
+
+
+def test_configuration_reference_lists_exactly_each_backend_types_keys() -> None:
+    expected: dict[tuple[str, ...], set[str]] = {}
+    for name, backend in BACKEND_TYPES.items():
+        pending: list[tuple[str, type]] = [("[[backends]]", backend.Options)]
+        while pending:
+            table, cls = pending.pop()
+            fields = _fields(cls)
+            expected[(name, table)] = {k for k, nested in fields.items() if nested is None}
+            pending += [(f"[backends.{k}]", n) for k, n in fields.items() if n is not None]
+    assert _mismatches(_documented(2), expected) == {}
+
+
+# --- TOML and INI blocks
+
+
+def _unknown_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys of a (partial) agent config that the schema does not have."""
+    unknown: list[str] = []
+
+    def walk(table: dict[str, Any], cls: type, where: str) -> None:
+        fields = _fields(cls)
+        for key, value in table.items():
+            if key not in fields:
+                unknown.append(f"{where}{key}")
+            elif fields[key] is not None and isinstance(value, dict):
+                walk(value, typing.cast(type, fields[key]), f"{where}{key}.")
+
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            walk(value, _section_class(key), f"{key}.")
+        elif key == "backends" and isinstance(value, list):
+            for i, backend in enumerate(value):
+                kind = BACKEND_TYPES.get(backend.get("type", ""))
+                if kind is None:
+                    unknown.append(f"backends[{i}].type = {backend.get('type')!r}")
+                    continue
+                common = set(_fields(BackendCommon))
+                rest = {k: v for k, v in backend.items() if k not in common}
+                walk(rest, kind.Options, f"backends[{i}].")
+        else:
+            unknown.append(key)
+    return unknown
+
+
+def _check_toml(text: str) -> list[str]:
+    """The problems check-config would report (or, for a fragment, unknown keys)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [f"not TOML: {exc}"]
+    if text.lstrip().startswith("# fragment"):
+        return _unknown_keys(raw)
+    try:
+        parse_config(raw, base_dir=ROOT)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+TOML_BLOCKS = _blocks("toml")
+INI_BLOCKS = _blocks("ini")
+
+
+@pytest.mark.parametrize(("where", "text"), TOML_BLOCKS, ids=[w for w, _ in TOML_BLOCKS])
+def test_toml_block_is_a_valid_agent_config_or_fragment(where: str, text: str) -> None:
+    assert _check_toml(text) == []
+
+
+@pytest.mark.parametrize(("where", "text"), INI_BLOCKS, ids=[w for w, _ in INI_BLOCKS])
+def test_ini_block_parses(where: str, text: str) -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string(text, source=where)
+    assert parser.sections()
+
+
+def test_block_checks_catch_mistakes() -> None:
+    assert _check_toml("[cache]\nmax_entrys = 5\n") != []
+    assert _check_toml("[cache]\nmax_entries = 0\n") != []
+    assert _check_toml("# fragment: [cache]\n[cache]\nmax_entrys = 5\n") == ["cache.max_entrys"]
+    vault = '# fragment\n[[backends]]\ntype = "vault"\n[backends.approle]\nrole = "x"\n'
+    assert _check_toml(vault) == ["backends[0].approle.role"]
+    assert _check_toml('# fragment\n[[backends]]\ntype = "vault"\nurl = "https://v"\n') == []
+    assert _check_toml("# fragment\n[cache\n") != []
+
+
+def test_docs_have_toml_and_ini_blocks_to_check() -> None:
+    assert len(TOML_BLOCKS) >= 3 and len(INI_BLOCKS) >= 3
+
+
+# --- links
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = FENCE.sub("", path.read_text())
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        base = _anchor(heading)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        anchors.add(base if count == 0 else f"{base}-{count}")
+    return anchors
+
+
+def _broken_links(path: Path, root: Path = ROOT) -> list[str]:
+    text = re.sub(r"`[^`\n]*`", "", FENCE.sub("", path.read_text()))
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):
+            continue  # http:, https:, mailto:
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        inside = resolved.exists() and root in (resolved, *resolved.parents)
+        if not inside or (anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(ROOT)) for p in DOC_FILES])
+def test_relative_links_resolve(path: Path) -> None:
+    assert _broken_links(path) == []
+
+
+def test_link_check_catches_mistakes(tmp_path: Path) -> None:
+    (tmp_path / "b.md").write_text("# The `vault` backend: keys\n\n## Keys\n\n## Keys\n")
+    page = tmp_path / "a.md"
+    page.write_text(
+        "[ok](b.md) [ok](b.md#the-vault-backend-keys) [ok](b.md#keys-1) [ok](#top)\n"
+        "[bad](missing.md) [bad](b.md#nowhere) [bad](#nowhere) `[code](missing.md)`\n"
+        "```md\n[fenced](missing.md)\n```\n# Top\n"
+    )
+    assert _broken_links(page, root=tmp_path) == ["missing.md", "b.md#nowhere", "#nowhere"]
