@@ -4,7 +4,7 @@ SystemsManagerParameterStoreBackend, on the same moto server.
 Cases: the layouts of the provider's ``test_secrets_manager.py`` / ``test_systems_manager.py``
 (default, custom, empty, ``None`` and trailing-separator prefixes, a custom ``sep``, every alias
 word of a JSON connection and ``extra_conn_words``, lookup patterns in mixed case), plus binary
-secrets and secrets pending deletion. The agent is configured as the README's table says.
+secrets and secrets pending deletion. The agent is configured as docs/migrating.md's table says.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Setup:
         return kwargs | self.options
 
     def agent_toml(self, aws: MotoServer) -> str:
-        """The same options, mapped as the README's table says."""
+        """The same options, mapped as docs/migrating.md's table says."""
         kinds = [PLURAL[k] for k in (C, V, CFG) if self.prefixes.get(k, "") is not None]
         lines = [
             "[[backends]]",

@@ -2,7 +2,7 @@
 
 Cases: the inputs of Airflow's ``airflow-core/tests/unit/secrets/test_local_filesystem.py``, plus
 edge cases (typed YAML scalars, null, BOM, CRLF, comments, quoting, duplicates, empty files,
-hot-reload edits). Every answer must match, or fall under a difference the README lists.
+hot-reload edits). Every answer must match, or fall under a difference docs/backends/file.md lists.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ C, V, CFG = "connection", "variable", "config"
 FILE_KEYS = {C: "connections_file", V: "variables_file", CFG: "config_file"}
 PROVIDER_KEYS = {C: "connections_file_path", V: "variables_file_path", CFG: "configs_file_path"}
 
-# The README's deliberate differences (section "Migrating from LocalFilesystemBackend").
+# The deliberate differences (docs/backends/file.md, "Migrating from LocalFilesystemBackend").
 TRIMMED = ".env spaces trimmed"
 DASHED = "dashed connection types normalised"
 ENV_JSON = "a JSON value in .env is read as JSON"
@@ -332,7 +332,7 @@ CASES = [
 
 @contextlib.contextmanager
 def case_agent(case: Case, directory: Path, clock: FakeClock) -> Iterator[str | None]:
-    """The agent serving the case's files, as the README's table maps them; None if refused."""
+    """The agent serving the case's files, mapped as docs/backends/file.md says; None if refused."""
     lines = ["[[backends]]", 'name = "files"', 'type = "file"']
     lines += [f'{FILE_KEYS[kind]} = "{directory / name}"' for kind, (name, _) in case.files.items()]
     config = agent_config(directory, backends="\n".join(lines) + "\n")

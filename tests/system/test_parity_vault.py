@@ -3,7 +3,7 @@
 Cases: the layouts of the provider's ``test_vault.py`` (KV v1 and v2, custom and ``None``
 mounts, ``None``/empty/custom/trailing-separator paths, ``conn_uri`` and field connections,
 a secret without ``value``), plus soft-deleted and destroyed versions and fields Airflow's
-``Connection`` rejects. The agent is configured as the README's migration table says.
+``Connection`` rejects. The agent is configured as docs/migrating.md's table says.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ C, V, CFG = "connection", "variable", "config"
 PATHS = {C: "connections_path", V: "variables_path", CFG: "config_path"}
 PLURAL = {C: "connections", V: "variables", CFG: "config"}
 
-# The README's deliberate differences for Vault.
+# The deliberate differences for Vault (docs/migrating.md).
 MAPPED_FIELDS = "connection fields Airflow's constructor rejects are mapped or dropped"
 
 
@@ -53,7 +53,7 @@ class Setup:
         return kwargs
 
     def agent_toml(self, bao: BaoServer) -> str:
-        """The same options, mapped as the README's table says."""
+        """The same options, mapped as docs/migrating.md's table says."""
         kinds = [PLURAL[k] for k in (C, V, CFG) if self.paths.get(k, "") is not None]
         lines = [
             "[[backends]]",
@@ -131,7 +131,7 @@ def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
 
 
 # VaultBackend 4.8.4 reads only {path}/{team}/{key} for a team's lookup; the agent falls back
-# to the global path, as the other providers do (README: "Team layouts").
+# to the global path, as the other providers do (docs/backends/vault.md, "Team layout").
 GLOBAL_FALLBACK = "a team lookup falls back to the global path"
 TEAMS = ("team_a", "team_b", None)
 TEAM_SETUPS = [

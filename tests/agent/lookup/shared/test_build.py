@@ -38,7 +38,7 @@ README_ACL = (
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    # The ACL the README documents: only the commands the tier uses, only its prefix.
+    # The ACL docs/fleet.md documents: only the commands the tier uses, only its prefix.
     server = RedisServer(
         tmp_path_factory.mktemp("tls"), tls=True, user=("agent", PASSWORD), acl=README_ACL
     )

@@ -1,6 +1,6 @@
 """azure-core / azure-identity exceptions become the agent's error types here only.
 
-The choices, beside the provider's (microsoft-azure), are listed in the README's migration
+The choices, beside the provider's (microsoft-azure), are in docs/backends/azure.md's errors
 table: a 404 is a miss (as there); a disabled secret is a miss too (the provider raises; the
 agent treats it as the GCP backend treats a disabled version: nothing to serve); any other 403
 is a denial that stops the chain, team name or not (as the provider raises); a throttled or
