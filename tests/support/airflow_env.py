@@ -41,6 +41,8 @@ def ensure_venv(version: str) -> Path:
             timeout=600,
         )
         subprocess.run([UV, "pip", "sync", "--quiet", str(lock)], check=True, env=env, timeout=1800)
+        if not (venv / "bin" / "airflow").exists():
+            raise RuntimeError(f"uv pip sync did not install Airflow into {venv}")
         stamp.write_text(digest)
     subprocess.run(
         [

@@ -37,6 +37,9 @@ def apply() -> None:
 def registry_env() -> dict[str, str]:
     """The environment for package installs (uv), the one step that talks to the registries."""
     env = dict(os.environ)
+    # scripts/_uv.sh exports UV_PYTHON for the project's own venv; `uv pip` would take it as
+    # the environment to install into (the machine's python3) instead of VIRTUAL_ENV.
+    env.pop("UV_PYTHON", None)
     for key, value in _ORIGINAL.items():
         if value is None:
             env.pop(key, None)
