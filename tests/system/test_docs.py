@@ -34,7 +34,10 @@ from secrets_agent.errors import ConfigError
 from support import ROOT
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-SECTIONS = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "backends"]
+# Every field of AgentConfig but backends (an array) and warnings (not a section) is a section.
+SECTIONS = [
+    f.name for f in dataclasses.fields(AgentConfig) if f.name not in ("backends", "warnings")
+]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
 
 

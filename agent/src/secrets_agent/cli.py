@@ -96,6 +96,8 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"secrets-agent: {problem}", file=sys.stderr)
         return EX_CONFIG
+    for warning in config.warnings:
+        print(f"secrets-agent: warning: {warning}", file=sys.stderr)
     names = ", ".join(f"{b.common.name} ({b.common.type})" for b in config.backends)
     print(f"{args.path}: OK; socket {config.listener.socket_path}; backends: {names}")
     return 0
@@ -147,6 +149,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
     configure_logging(config.log.level, config.log.format)
+    for warning in config.warnings:
+        logging.getLogger("secrets_agent").warning("config: %s", warning)
     forbid_core_dumps()
     agent = Agent(
         config,

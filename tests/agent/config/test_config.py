@@ -288,3 +288,31 @@ def test_gcp_backend_options_are_validated(tmp_path: Path) -> None:
         found
     )
     assert 'backends[0].version: must be "latest" or a version number' in found
+
+
+def test_check_config_warns_about_the_old_meaning_of_empty_prefixes(tmp_path: Path) -> None:
+    """gcp / azure prefixes "" used to disable a kind; without ``kinds`` that config is warned."""
+    old = """
+[[backends]]
+name = "gcp"
+type = "gcp_secret_manager"
+project_id = "p"
+variables_prefix = ""
+
+[[backends]]
+name = "az"
+type = "azure_key_vault"
+vault_url = "https://v.vault.azure.net"
+config_prefix = ""
+"""
+    result = run_cli("check-config", str(write_config(tmp_path, old)))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2
+    assert "backends[0].variables_prefix" in warnings[0] and "kinds" in warnings[0]
+    assert "backends[1].config_prefix" in warnings[1]
+    # With ``kinds`` the config was written for the new meaning: nothing to say.
+    new = old.replace('variables_prefix = ""', 'variables_prefix = ""\nkinds = ["variables"]')
+    config = load_config(write_config(tmp_path, new))
+    assert [w.split(":")[0] for w in config.warnings] == ["backends[1].config_prefix"]
+    assert not config.backends[0].options.serves(Kind.CONNECTION)

@@ -57,13 +57,14 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
     kwargs["backends"] = loader.backends(raw.get("backends", [{"name": "env", "type": "env"}]))
     if loader.problems:
         raise ConfigError(loader.problems)
-    return AgentConfig(**kwargs)
+    return AgentConfig(**kwargs, warnings=tuple(loader.warnings))
 
 
 class _Loader:
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = base_dir
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -99,6 +100,10 @@ class _Loader:
             options = self.build(backend_type.Options, rest, where)
             if options is not None:
                 result.append(BackendConfig(common=common, options=options))
+                notices: list[tuple[str, str]] = getattr(options, "notices", lambda explicit: [])(
+                    frozenset(rest)
+                )
+                self.warnings += [f"{where}.{key}: {reason}" for key, reason in notices]
         return tuple(result)
 
     def build(self, cls: Any, table: dict[str, Any], where: str) -> Any:

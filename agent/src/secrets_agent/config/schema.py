@@ -193,3 +193,5 @@ class AgentConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     shared_cache: SharedCacheConfig = field(default_factory=SharedCacheConfig)
     backends: tuple[BackendConfig, ...] = ()
+    # What the config may not mean any more (a breaking change), said by check-config and run.
+    warnings: tuple[str, ...] = field(default=(), compare=False)

@@ -106,7 +106,7 @@ async def test_new_version_is_seen_and_version_recorded(azure: Azure, started: S
 async def test_prefixes_sep_and_impossible_names(azure: Azure, started: Started) -> None:
     azure.store.put("team--vars--greeting--word", "hi")
     azure.store.put("airflow-variablesgreetingword", "no sep")
-    backend = await started(variables_prefix="team_vars", sep="--", connections_prefix="")
+    backend = await started(variables_prefix="team_vars", sep="--", kinds=("variables",))
     assert await backend.fetch(V, "greeting_word") == "hi"
     assert not backend.supports(C) and await backend.fetch(C, "x") is None
     dropped = await started(sep="")  # sep "" drops underscores, as the provider's replace does
@@ -115,6 +115,30 @@ async def test_prefixes_sep_and_impossible_names(azure: Azure, started: Started)
     for impossible in ("has.dot", "has/slash", "x" * 200):
         assert await backend.fetch(V, impossible) is None
     assert sum(azure.store.calls.values()) == before  # no upstream call for those
+
+
+async def test_empty_and_trailing_prefixes_read_as_the_provider(
+    azure: Azure, started: Started
+) -> None:
+    azure.store.put("hello-there", "bare id")
+    azure.store.put("airflow-connections-c-uri", "mysql://trailing")
+    azure.store.put("vars-x", "trailing separators")
+    backend = await started(
+        variables_prefix="", connections_prefix="airflow-connections-", config_prefix="vars---"
+    )
+    assert backend.supports(V) and await backend.fetch(V, "hello_there") == "bare id"
+    assert await backend.fetch(C, "c_uri") == "mysql://trailing"  # not ...connections--c-uri
+    assert await backend.fetch(CFG, "x") == "trailing separators"
+
+
+async def test_one_token_for_start_and_reads(azure: Azure, started: Started) -> None:
+    """The start-up token is asked as the challenge policy asks, so the SDK reuses it."""
+    azure.store.put("airflow-variables-greeting", "hello")
+    backend = await started()
+    assert backend.health().ready and azure.store.grants == 1
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert await backend.fetch(V, "absent") is None
+    assert azure.store.grants == 1
 
 
 async def test_disabled_secret_is_a_miss_and_logged(
@@ -228,6 +252,9 @@ async def test_team_layout_two_teams_and_fallback(azure: Azure, started: Started
     assert await get(V, "greeting", "team_b") == "hello everyone"  # no team secret: global
     assert await get(V, "greeting", "team_a") == "hello a"
     assert await get(CFG, "parallelism", "team_a") == "8"
+    # Config keys spelling the team separator are refused too, as the provider refuses them.
+    azure.store.put("airflow-config-a--b", "ambiguous")
+    assert await get(CFG, "a--b", None) is None and await get(CFG, "a__b", None) is None
     # An id spelling the team separator is ambiguous: refused for every lookup, no call made.
     before = sum(azure.store.calls.values())
     assert await get(V, "team-a--greeting", None) is None

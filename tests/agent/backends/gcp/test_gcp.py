@@ -159,14 +159,22 @@ async def test_new_version_is_seen_and_version_pinning(gcp: Gcp, started: Starte
 
 async def test_naming_prefixes_sep_and_invalid_names(gcp: Gcp, started: Started) -> None:
     gcp.put("team_vars__greeting", "hi")
+    gcp.put("-bare", "empty prefix")
     backend = await started(
-        gcp.options(variables_prefix="team_vars", sep="__", connections_prefix="")
+        gcp.options(
+            variables_prefix="team_vars", sep="__", config_prefix="", kinds=("variables", "config")
+        )
     )
     assert await backend.fetch(V, "greeting") == "hi"
-    assert not backend.supports(C)
+    assert not backend.supports(C) and await backend.fetch(C, "greeting") is None
+    # "" is the provider's build_path("", id, sep): the separator stays, "{sep}{id}".
+    dashed = await started(gcp.options(connections_prefix=""))
+    assert await dashed.fetch(C, "bare") == "empty prefix"
     before = gcp.store.calls["AccessSecretVersion"]
     assert await backend.fetch(V, "has.dot") is None
     assert await backend.fetch(V, "has/slash") is None
+    # Secret Manager holds ids of at most 255 characters; a longer name is a miss, no call.
+    assert await backend.fetch(V, "x" * 245) is None
     assert gcp.store.calls["AccessSecretVersion"] == before  # no upstream call for those
 
 

@@ -83,8 +83,12 @@ class AzureKeyVaultBackend(Backend):
         self._client = SecretClient(o.vault_url, self._credential, **kwargs)
         self._error = None
         # A failure is logged and shown by health(); the next lookup asks for a token again.
+        # Asked as the SDK's challenge policy asks (continuous access evaluation on), so
+        # azure-identity's cache serves that first request with this token: one grant, not two.
         with contextlib.suppress(BackendError):
-            await self._credential.get_token(vault_scope(o.vault_url))
+            await self._credential.get_token_info(
+                vault_scope(o.vault_url), options={"enable_cae": True}
+            )
 
     async def close(self) -> None:
         if self._client is not None:

@@ -6,21 +6,25 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from secrets_agent.backends.azure.names import SECRET_NAMES
+from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import setting
-from secrets_agent.kinds import Kind, per_kind
+from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
-SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")  # what Key Vault accepts as a secret name
 TEAM_SEP = "--"  # the provider's separator between a team and the id (key_vault.py)
+KINDS = tuple(KIND_BY_SEGMENT)  # a provider's ``*_prefix = None`` is the kind left out of kinds
 
 
 @dataclass(frozen=True)
 class AzureOptions:
     vault_url: str = setting()
-    # Same names and defaults as Airflow's AzureKeyVaultBackend; "" disables the kind.
+    # Same names, defaults and meaning as Airflow's AzureKeyVaultBackend: trailing separators
+    # are dropped, "" means the id alone; a kind left out of ``kinds`` is the prefix None.
     connections_prefix: str = "airflow-connections"
     variables_prefix: str = "airflow-variables"
     config_prefix: str = "airflow-config"
     sep: str = "-"
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
     # Airflow 3 multi-team: ``{prefix}{sep}{team}--{id}`` first, then the global name.
     team_layout: bool = False
     # Credentials: a service principal when all three are set, else DefaultAzureCredential
@@ -43,35 +47,43 @@ class AzureOptions:
     backoff_max: float = setting(10.0, min=0.01, max=300.0)
 
     def prefix(self, kind: Kind) -> str:
+        """The prefix as the provider keeps it: ``rstrip(sep)`` ("airflow-connections-" reads
+        ``airflow-connections-<id>``, not ``airflow-connections--<id>``)."""
         value: str = per_kind(self, kind, "{}_prefix")
-        return value
+        return value.rstrip(self.sep) if value else value
+
+    def serves(self, kind: Kind) -> bool:
+        return kind.plural in self.kinds
 
     def _name(self, prefix: str, rest: str) -> str:
-        # The provider's build_path: Key Vault names allow no "_", so every "_" becomes sep.
-        return f"{prefix}{self.sep}{rest}".replace("_", self.sep)
+        # The provider's build_path: no separator after an empty prefix, and Key Vault names
+        # allow no "_", so every "_" becomes sep.
+        return (f"{prefix}{self.sep}{rest}" if prefix else rest).replace("_", self.sep)
 
     def secret_name(self, kind: Kind, secret_id: str) -> str | None:
         """The global name; None when the kind is off or Key Vault cannot hold the name."""
-        if not self.prefix(kind):
+        if not self.serves(kind):
             return None
-        if (
-            self.team_layout
-            and kind is not Kind.CONFIG
-            and TEAM_SEP in secret_id.replace("_", self.sep)
-        ):
-            return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c"
+        if self.team_layout and TEAM_SEP in secret_id.replace("_", self.sep):
+            # Ambiguous: team "a" + id "b--c" is team "a--b" + id "c". Refused for config
+            # keys too, as the provider (microsoft-azure 15.2) refuses them.
+            return None
         name = self._name(self.prefix(kind), secret_id)
-        return name if SECRET_NAME.match(name) else None
+        return name if SECRET_NAMES.holds(name) else None
 
     def team_secret_name(self, kind: Kind, secret_id: str, team: str) -> str | None:
         """The team-scoped name tried before the global one (config values have no team)."""
         if not self.team_layout or kind is Kind.CONFIG or self.secret_name(kind, secret_id) is None:
             return None
         name = self._name(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}")
-        return name if SECRET_NAME.match(name) else None
+        return name if SECRET_NAMES.holds(name) else None
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.prefix(kind))
+        return self.serves(kind)
+
+    def notices(self, explicit: frozenset[str]) -> list[tuple[str, str]]:
+        """Keys a config written before ``kinds`` existed may rely on the old meaning of."""
+        return legacy_empty_prefixes(self, explicit, "the id alone as the name")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -81,10 +93,9 @@ class AzureOptions:
         if not re.fullmatch(r"[0-9a-zA-Z-]*", self.sep):
             problems.append(("sep", "may only use letters, digits and -"))
         for kind in Kind:
-            prefix = self.prefix(kind)
-            if prefix and not SECRET_NAME.match(prefix.replace("_", self.sep)):
-                key = f"{kind.plural}_prefix" if kind is not Kind.CONFIG else "config_prefix"
-                problems.append((key, "may only use letters, digits, - and _"))
+            prefix = self.prefix(kind).replace("_", self.sep)
+            if self.serves(kind) and prefix and not SECRET_NAMES.holds(prefix):
+                problems.append((f"{kind.plural}_prefix", "may only use letters, digits, - and _"))
         principal = (self.tenant_id, self.client_id, self.client_secret_file)
         if any(principal) and not all(principal):
             problems.append(

@@ -133,7 +133,7 @@ class GcpSecretManagerBackend(Backend):
         return Health(ready=self._error is None, detail=str(self._error or "ok"))
 
     def supports(self, kind: Kind) -> bool:
-        return bool(self.options.prefix(kind))
+        return self.options.serves(kind)
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
         found = await self.fetch_for_team(kind, secret_id, None)

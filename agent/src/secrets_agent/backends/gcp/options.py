@@ -5,20 +5,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from secrets_agent.backends.gcp.names import SECRET_NAMES
+from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import setting
-from secrets_agent.kinds import Kind, per_kind
+from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
-SECRET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what Secret Manager accepts as a secret id
 TEAM_SEP = "--"  # the provider's separator between a team and the id (secret_manager.py)
+KINDS = tuple(KIND_BY_SEGMENT)  # a provider's ``*_prefix = None`` is the kind left out of kinds
+PREFIX_CHARS = re.compile(r"[a-zA-Z0-9_-]*")  # the provider's check of prefix + sep
 
 
 @dataclass(frozen=True)
 class GcpOptions:
-    # Same names and defaults as Airflow's CloudSecretManagerBackend; "" disables the kind.
+    # Same names, defaults and meaning as Airflow's CloudSecretManagerBackend: the name is
+    # ``{prefix}{sep}{id}``, so "" reads ``{sep}{id}`` (the provider's build_path); a kind left
+    # out of ``kinds`` is the provider's prefix None.
     connections_prefix: str = "airflow-connections"
     variables_prefix: str = "airflow-variables"
     config_prefix: str = "airflow-config"
     sep: str = "-"
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS)
     project_id: str = ""  # default: the project the credentials carry
     version: str = "latest"
     # Airflow 3 multi-team: ``{prefix}{sep}{team}--{id}`` first, then the global name.
@@ -37,30 +43,35 @@ class GcpOptions:
         value: str = per_kind(self, kind, "{}_prefix")
         return value
 
+    def serves(self, kind: Kind) -> bool:
+        return kind.plural in self.kinds
+
     def secret_name(self, kind: Kind, secret_id: str) -> str | None:
         """The provider's ``build_path``; None when the kind is off or the name is impossible."""
-        prefix = self.prefix(kind)
-        if not prefix:
+        if not self.serves(kind):
             return None
         if self.team_layout and kind is not Kind.CONFIG and TEAM_SEP in secret_id:
             return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c"
-        name = f"{prefix}{self.sep}{secret_id}"
-        return name if SECRET_NAME.match(name) else None
+        name = f"{self.prefix(kind)}{self.sep}{secret_id}"
+        return name if SECRET_NAMES.holds(name) else None
 
     def team_secret_name(self, kind: Kind, secret_id: str, team: str) -> str | None:
         """The team-scoped name tried first; the id is kept verbatim, as the provider does."""
         if not self.team_layout or kind is Kind.CONFIG or self.secret_name(kind, secret_id) is None:
             return None
         name = f"{self.prefix(kind)}{self.sep}{team}{TEAM_SEP}{secret_id}"
-        return name if SECRET_NAME.match(name) else None
+        return name if SECRET_NAMES.holds(name) else None
+
+    def notices(self, explicit: frozenset[str]) -> list[tuple[str, str]]:
+        """Keys a config written before ``kinds`` existed may rely on the old meaning of."""
+        return legacy_empty_prefixes(self, explicit, f"the name {self.sep}<id>")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
         for kind in Kind:
-            prefix = self.prefix(kind)
-            if prefix and not SECRET_NAME.match(prefix + self.sep):
-                key = f"{kind.plural}_prefix" if kind is not Kind.CONFIG else "config_prefix"
-                problems.append((key, "prefix and sep may only use letters, digits, - and _"))
+            if self.serves(kind) and not PREFIX_CHARS.fullmatch(self.prefix(kind) + self.sep):
+                reason = "prefix and sep may only use letters, digits, - and _"
+                problems.append((f"{kind.plural}_prefix", reason))
         if not re.fullmatch(r"latest|[1-9][0-9]*", self.version):
             problems.append(("version", 'must be "latest" or a version number'))
         if self.backoff_initial > self.backoff_max:
