@@ -7,15 +7,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from google.cloud import secretmanager_v1
-from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
-    SecretManagerServiceGrpcTransport,
-)
-from google.oauth2 import service_account
 
 from secrets_agent.backends.base import BackendContext, Versioned
 from secrets_agent.backends.gcp.backend import GcpSecretManagerBackend
@@ -24,69 +17,12 @@ from secrets_agent.backends.gcp.options import GcpOptions
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
-from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint, tls_material
+from support.gcp_server import Gcp, tls_material
 from support.helpers import FakeClock, agent_config, body_of, raw_request, running_agent
 
 pytestmark = pytest.mark.integration
 
 C, V, CFG = Kind.CONNECTION, Kind.VARIABLE, Kind.CONFIG
-
-
-class Gcp:
-    """Server, token endpoint, key file, and an operator's client (the real sync client)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        key_pem, cert_pem, self.ca_file = tls_material(workdir)
-        self.store = Store()
-        self.server = GrpcSecretManager(self.store, key_pem, cert_pem)
-        self.server.start()
-        self.tokens = TokenEndpoint()
-        self.key_file = self.tokens.key_file(workdir)
-        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-            str(self.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"]
-        )
-        transport = SecretManagerServiceGrpcTransport(
-            host=self.server.endpoint,
-            credentials=credentials,
-            ssl_channel_credentials=grpc.ssl_channel_credentials(cert_pem),
-        )
-        self.operator = secretmanager_v1.SecretManagerServiceClient(transport=transport)
-
-    def put(self, secret_id: str, value: str) -> None:
-        parent = f"projects/{PROJECT}"
-        if secret_id not in self.store.secrets:
-            self.operator.create_secret(
-                parent=parent, secret_id=secret_id, secret=secretmanager_v1.Secret()
-            )
-        self.operator.add_secret_version(
-            parent=f"{parent}/secrets/{secret_id}",
-            payload=secretmanager_v1.SecretPayload(data=value.encode()),
-        )
-
-    def disable_latest(self, secret_id: str) -> None:
-        number = len(self.store.secrets[secret_id])
-        self.operator.disable_secret_version(
-            name=f"projects/{PROJECT}/secrets/{secret_id}/versions/{number}"
-        )
-
-    def options(self, **overrides: Any) -> GcpOptions:
-        base: dict[str, Any] = {
-            "credentials_file": str(self.key_file),
-            "api_endpoint": self.server.endpoint,
-            "ca_file": str(self.ca_file),
-            "backoff_initial": 0.01,
-            "backoff_max": 0.05,
-            "retry_deadline": 0.5,
-            "timeout": 2.0,
-        }
-        return GcpOptions(**(base | overrides))
-
-    def close(self) -> None:
-        self.operator.transport.close()  # type: ignore[no-untyped-call]
-        self.server.close()
-        self.tokens.shutdown()
-        self.tokens.server_close()
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
+from secrets_agent.backends.names import NameRules
 from secrets_agent.config.validators import setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
@@ -17,6 +20,7 @@ TEAM_SEP = "--"
 
 @dataclass(frozen=True)
 class AwsOptions:
+    names: ClassVar[NameRules] = SECRET_NAMES
     # Credentials come from the default chain (env, profile, web identity/IRSA, container and
     # instance roles); these only narrow or redirect it.
     region: str = ""
@@ -58,14 +62,20 @@ class AwsOptions:
             return None
         if self.team_layout and TEAM_SEP in secret_id:
             return None  # ambiguous: team "a" + id "b--c" is team "a--b" + id "c" (#71078)
-        # As the provider: a trailing separator is dropped, and "" means the id alone.
-        return self._join(self.prefix(kind), secret_id)
+        # As the provider: a trailing separator is dropped, and "" means the id alone. A name
+        # the service cannot hold is a miss with no call (it would answer ValidationException).
+        return self._held(self._join(self.prefix(kind), secret_id))
 
     def team_name_for(self, kind: Kind, secret_id: str, team: str) -> str | None:
         """The team-scoped name tried first; None when there is none to try."""
         if not self.team_layout or kind is Kind.CONFIG or self.name_for(kind, secret_id) is None:
             return None
-        return self._join(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}", team_scoped=True)
+        return self._held(
+            self._join(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}", team_scoped=True)
+        )
+
+    def _held(self, name: str | None) -> str | None:
+        return name if name is not None and self.names.holds(name) else None
 
     def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
         prefix = prefix.rstrip(self.sep)
@@ -107,6 +117,7 @@ class SecretsManagerOptions(AwsOptions):
 
 @dataclass(frozen=True)
 class SsmOptions(AwsOptions):
+    names: ClassVar[NameRules] = PARAMETER_NAMES
     connections_prefix: str = "/airflow/connections"
     variables_prefix: str = "/airflow/variables"
     config_prefix: str = "/airflow/config"

@@ -15,6 +15,7 @@ from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
 from secrets_agent.backends.vault.errors import TokenRejected, translate
+from secrets_agent.backends.vault.names import SECRET_PATHS
 from secrets_agent.backends.vault.options import VaultOptions
 from secrets_agent.backends.vault.session import VaultSession
 from secrets_agent.errors import BackendError, DeniedError, TransientError
@@ -188,7 +189,9 @@ class VaultBackend(Backend):
                 base = f"{base}/{team}" if base else team
         elif team is not None:
             return None  # no team layout: only the global path
-        return mount, f"{base}/{secret_id}" if base else secret_id
+        path = f"{base}/{secret_id}" if base else secret_id
+        # A path Vault cannot hold is a miss with no call, not its 400 turned into a 502.
+        return (mount, path) if SECRET_PATHS.holds(f"{mount}/{path}") else None
 
     def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:
         if kind is Kind.CONNECTION:
