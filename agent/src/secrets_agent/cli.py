@@ -57,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, default=5.0)
     probe.set_defaults(func=_probe)
 
+    migrate = sub.add_parser(
+        "migrate", help="write an agent config from Airflow's [secrets] backend settings"
+    )
+    migrate.add_argument("--output", "-o", required=True, help="directory for the new files")
+    migrate.add_argument("--socket", help="the agent's socket (default: the system path)")
+    migrate.add_argument("--section", choices=("secrets", "workers"))
+    migrate.add_argument("--airflow-config", help="airflow.cfg (default: as Airflow finds it)")
+    migrate.add_argument("--name", help="the [[backends]] name (default: from its type)")
+    migrate.set_defaults(func=_migrate)
+
     gen = sub.add_parser("gen-key", help="print a new Fernet key for encryption.key_file")
     gen.set_defaults(func=_gen_key)
     return parser
@@ -213,6 +223,12 @@ def _probe(args: argparse.Namespace) -> int:
     if args.what == "ready":
         print(json.dumps(json.loads(response.body)["backends"]))
     return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from secrets_agent.migrate.command import main as migrate
+
+    return migrate(args)
 
 
 def _gen_key(args: argparse.Namespace) -> int:

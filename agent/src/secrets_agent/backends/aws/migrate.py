@@ -1,0 +1,81 @@
+"""The amazon provider's ``SecretsManagerBackend`` / ``SystemsManagerParameterStoreBackend``
+kwargs as ``aws_secrets_manager`` / ``aws_ssm`` tables."""
+
+from __future__ import annotations
+
+from secrets_agent.backends.aws.options import CONN_FIELDS
+from secrets_agent.backends.migration import (
+    Credential,
+    Kwargs,
+    MigrationError,
+    Translation,
+    leftovers,
+    take_prefixes,
+)
+from secrets_agent.kinds import Kind
+
+PATTERNS = ("connections_lookup_pattern", "variables_lookup_pattern", "config_lookup_pattern")
+RENAMED = {"region_name": "region", "profile_name": "profile"}
+KEPT = ("endpoint_url", "role_arn", "sep")
+KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+PROFILE = "airflow-secrets-agent"
+
+
+def translate_secrets_manager(kwargs: Kwargs) -> Translation:
+    t = _common(kwargs, "aws_secrets_manager", "airflow/{}")
+    words = kwargs.take("extra_conn_words", None)
+    if words:
+        if not isinstance(words, dict) or not all(isinstance(v, list) for v in words.values()):
+            raise MigrationError("extra_conn_words: expected a map of field to a list of words")
+        unknown = sorted(set(words) - set(CONN_FIELDS) - {"user", "pass"})
+        if unknown:
+            raise MigrationError(f"extra_conn_words: unknown connection fields {unknown}")
+        t.options["extra_conn_words"] = {k: [str(w) for w in v] for k, v in words.items()}
+    if kwargs.has("are_secret_values_urlencoded"):
+        kwargs.take("are_secret_values_urlencoded")
+        t.todo.append(
+            ("are_secret_values_urlencoded", "ignored since amazon 9.0.0, by the agent too")
+        )
+    return _rest(kwargs, t)
+
+
+def translate_ssm(kwargs: Kwargs) -> Translation:
+    return _rest(kwargs, _common(kwargs, "aws_ssm", "/airflow/{}"))
+
+
+def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
+    t = Translation(type_name)
+    defaults = {kind: default.format(kind.plural) for kind in Kind}
+    take_prefixes(kwargs, t, "{}_prefix", defaults)
+    for theirs, ours in RENAMED.items():
+        if kwargs.has(theirs):
+            t.options[ours] = kwargs.text(theirs)
+    for key in (*KEPT, *PATTERNS):
+        if kwargs.has(key):
+            t.options[key] = kwargs.text(key)
+    if kwargs.has("full_url_mode"):
+        kwargs.take("full_url_mode")
+        t.todo.append(("full_url_mode", "not needed: URI or JSON is told apart per value"))
+    keys = {key: kwargs.text(key) for key in KEYS if kwargs.has(key)}
+    if keys:
+        if "profile" in t.options:
+            raise MigrationError("access keys and profile_name are both set: keep one")
+        if not (keys.get("aws_access_key_id") and keys.get("aws_secret_access_key")):
+            raise MigrationError("aws_access_key_id and aws_secret_access_key go together")
+        lines = [f"[{PROFILE}]", *(f"{k} = {v}" for k, v in keys.items()), ""]
+        t.credentials[("@aws-credentials",)] = Credential("aws-credentials", "\n".join(lines))
+        t.options["profile"] = PROFILE
+        t.todo.append(
+            (
+                "aws_access_key_id",
+                "written to credentials/aws-credentials (profile "
+                f"{PROFILE!r}): set AWS_SHARED_CREDENTIALS_FILE to it in the agent's "
+                "environment, or better, give the agent a role",
+            )
+        )
+    return t
+
+
+def _rest(kwargs: Kwargs, t: Translation) -> Translation:
+    leftovers(kwargs, t, "no equivalent in the agent (the provider passes it to boto3): review")
+    return t

@@ -1,0 +1,53 @@
+"""The microsoft-azure provider's ``AzureKeyVaultBackend`` kwargs as an ``azure_key_vault``
+table."""
+
+from __future__ import annotations
+
+from secrets_agent.backends.migration import (
+    Credential,
+    Kwargs,
+    MigrationError,
+    Translation,
+    leftovers,
+    take_prefixes,
+)
+from secrets_agent.kinds import Kind
+
+DEFAULTS = {kind: f"airflow-{kind.plural}" for kind in Kind}
+KEPT = ("sep", "managed_identity_client_id", "workload_identity_tenant_id", "api_version")
+
+
+def translate(kwargs: Kwargs) -> Translation:
+    t = Translation("azure_key_vault")
+    vault_url = kwargs.text("vault_url")
+    if not vault_url:
+        raise MigrationError("vault_url: AzureKeyVaultBackend needs the vault's URL")
+    t.options["vault_url"] = vault_url
+    take_prefixes(kwargs, t, "{}_prefix", DEFAULTS)
+    for key in KEPT:
+        if kwargs.has(key):
+            t.options[key] = kwargs.text(key)
+    principal = {key: kwargs.text(key) for key in ("tenant_id", "client_id", "client_secret")}
+    if all(principal.values()):
+        t.options["tenant_id"], t.options["client_id"] = (
+            principal["tenant_id"],
+            principal["client_id"],
+        )
+        t.credentials[("client_secret_file",)] = Credential(
+            "azure-client-secret", principal["client_secret"]
+        )
+    elif any(principal.values()):
+        # The provider uses a service principal only with all three; else DefaultAzureCredential.
+        given = [key for key, value in principal.items() if value]
+        for key in given:
+            t.todo.append(
+                (key, "ignored by the provider without the other two (DefaultAzureCredential)")
+            )
+    if kwargs.has("connection_verify"):
+        verify = kwargs.take("connection_verify")
+        if isinstance(verify, str) and verify.lower() not in ("true", "false"):
+            t.options["ca_file"] = verify
+        else:
+            raise MigrationError("connection_verify: only a CA bundle path has an equivalent")
+    leftovers(kwargs, t, "no equivalent in the agent (the provider passes it to SecretClient)")
+    return t

@@ -1,0 +1,156 @@
+"""From an Airflow provider's ``backend_kwargs`` to a ``[[backends]]`` table: one interface.
+
+Each backend translates its provider's kwargs beside itself (``vault/migrate.py``, ...); the
+``migrate`` command finds the kwargs, picks the translator by the provider's class and writes
+what it returns. Credentials never land in ``options``: a translator hands them over as
+``Credential`` values, which the command writes to files of their own (mode 0600) and
+references by path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from secrets_agent.errors import AgentError
+from secrets_agent.kinds import Kind
+
+MISSING: Any = object()
+
+
+class MigrationError(AgentError):
+    """The kwargs cannot be migrated safely or unambiguously; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A secret found in the kwargs, to be written to ``file_name`` (0600), never printed."""
+
+    file_name: str
+    value: str
+
+
+@dataclass
+class Translation:
+    """A ``[[backends]]`` table, its credentials (option path → secret), and what is left."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    credentials: dict[tuple[str, ...], Credential] = field(default_factory=dict)
+    todo: list[tuple[str, str]] = field(default_factory=list)  # (kwarg, what to do)
+
+
+class Kwargs:
+    """The provider's kwargs, taken one by one; what no translator takes is listed as a to-do."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self._raw = dict(raw)
+
+    def has(self, key: str) -> bool:
+        return key in self._raw
+
+    def take(self, key: str, default: Any = MISSING) -> Any:
+        return self._raw.pop(key, default)
+
+    def text(self, key: str, default: str = "") -> str:
+        """A string option; per-key environment variables give every value as a string."""
+        value = self._raw.pop(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise MigrationError(f"{key}: expected a string, got {type(value).__name__}")
+        return str(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._raw.pop(key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise MigrationError(f"{key}: expected true or false")
+
+    def number(self, key: str, default: int) -> int:
+        value = self._raw.pop(key, default)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise MigrationError(f"{key}: expected a whole number") from None
+
+    def rest(self) -> list[str]:
+        return sorted(self._raw)
+
+
+def take_prefixes(
+    kwargs: Kwargs,
+    translation: Translation,
+    name: str,
+    defaults: dict[Kind, str],
+) -> None:
+    """Per-kind prefixes (or paths): ``None`` turns the kind off, other values carry over."""
+    kinds = []
+    for kind in Kind:
+        key = name.format(kind.plural)
+        value = kwargs.take(key, defaults[kind])
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise MigrationError(
+                f"{key}: a {type(value).__name__} has no single equivalent; use one "
+                "[[backends]] table per value, in the same order"
+            )
+        kinds.append(kind.plural)
+        if value != defaults[kind]:
+            translation.options[key] = value
+    # Written whenever a kind is off or a prefix is "": it says the config means "" as the
+    # provider does (check-config warns about "" without ``kinds``, the old meaning).
+    if len(kinds) < len(Kind) or "" in translation.options.values():
+        translation.options["kinds"] = kinds
+
+
+def leftovers(kwargs: Kwargs, translation: Translation, why: str) -> None:
+    """Every kwarg no translator took, listed with ``why``."""
+    for key in kwargs.rest():
+        translation.todo.append((key, why))
+
+
+Translator = Callable[[Kwargs], Translation]
+
+# Provider class → "module:function", relative to secrets_agent.backends.
+TRANSLATORS = {
+    "airflow.providers.hashicorp.secrets.vault.VaultBackend": "vault.migrate:translate",
+    "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend": (
+        "aws.migrate:translate_secrets_manager"
+    ),
+    "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend": (
+        "aws.migrate:translate_ssm"
+    ),
+    "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend": (
+        "gcp.migrate:translate"
+    ),
+    "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend": (
+        "azure.migrate:translate"
+    ),
+    "airflow.secrets.local_filesystem.LocalFilesystemBackend": "file.migrate:translate",
+}
+
+
+def translator(provider_class: str) -> Translator:
+    """The translator for ``provider_class``; ``MigrationError`` for a class none handles."""
+    path = TRANSLATORS.get(provider_class.strip())
+    if path is None:
+        known = "\n  ".join(sorted(TRANSLATORS))
+        raise MigrationError(
+            f"no translation for the backend class {provider_class.strip()!r}; supported:\n  "
+            + known
+        )
+    module, _, name = path.partition(":")
+    found: Translator = getattr(importlib.import_module(f"secrets_agent.backends.{module}"), name)
+    return found
+
+
+def translate(provider_class: str, kwargs: dict[str, Any]) -> Translation:
+    return translator(provider_class)(Kwargs(kwargs))

@@ -1,0 +1,83 @@
+"""The hashicorp provider's ``VaultBackend`` kwargs as a ``type = "vault"`` table."""
+
+from __future__ import annotations
+
+from secrets_agent.backends.migration import (
+    Credential,
+    Kwargs,
+    MigrationError,
+    Translation,
+    leftovers,
+    take_prefixes,
+)
+from secrets_agent.kinds import Kind
+
+PATHS = {Kind.CONNECTION: "connections", Kind.VARIABLE: "variables", Kind.CONFIG: "config"}
+METHODS = ("token", "approle", "kubernetes")
+
+
+def translate(kwargs: Kwargs) -> Translation:
+    t = Translation("vault")
+    url = kwargs.text("url")
+    if not url:
+        raise MigrationError("url: VaultBackend needs the Vault address")
+    t.options["url"] = url
+    mount = kwargs.take("mount_point", "secret")
+    t.options["mount_point"] = "" if mount is None else str(mount)  # None: mount from the id
+    take_prefixes(kwargs, t, "{}_path", PATHS)
+    t.options["kv_engine_version"] = kwargs.number("kv_engine_version", 2)
+    if kwargs.has("namespace"):
+        t.options["namespace"] = kwargs.text("namespace")
+    method = kwargs.text("auth_type", "token")
+    if method not in METHODS:
+        raise MigrationError(
+            f"auth_type {method!r}: the agent logs in with {', '.join(METHODS)} or jwt; "
+            "move to one of them first"
+        )
+    t.options["auth_method"] = method
+    auth_mount = kwargs.text("auth_mount_point")
+    if method == "token":
+        _token(kwargs, t)
+    elif method == "approle":
+        role_id = kwargs.text("role_id")
+        secret_id = kwargs.text("secret_id")
+        if not role_id or not secret_id:
+            raise MigrationError("auth_type approle: role_id and secret_id are both needed")
+        t.options["approle"] = {"role_id": role_id} | (
+            {"mount_point": auth_mount} if auth_mount else {}
+        )
+        t.credentials[("approle", "secret_id_file")] = Credential(
+            "vault-approle-secret-id", secret_id
+        )
+    else:
+        role = kwargs.text("kubernetes_role")
+        if not role:
+            raise MigrationError("auth_type kubernetes: kubernetes_role is needed")
+        table = {"role": role}
+        if kwargs.has("kubernetes_jwt_path"):
+            table["token_path"] = kwargs.text("kubernetes_jwt_path")
+        if auth_mount:
+            table["mount_point"] = auth_mount
+        t.options["kubernetes"] = table
+    if method == "token" and auth_mount:
+        t.todo.append(("auth_mount_point", "not used by token auth: dropped"))
+    verify = kwargs.take("verify", True)
+    if isinstance(verify, str) and verify.strip().lower() not in ("true", "false"):
+        t.options["ca_file"] = verify  # a CA bundle path, as requests reads it
+    elif verify is not True and str(verify).strip().lower() != "true":
+        t.options["verify"] = False
+        t.todo.append(("verify", "TLS verification is off, as it was: turn it on (ca_file)"))
+    leftovers(kwargs, t, "no equivalent in the agent (the provider passes it to hvac): review")
+    return t
+
+
+def _token(kwargs: Kwargs, t: Translation) -> None:
+    token, token_path = kwargs.text("token"), kwargs.text("token_path")
+    if token and token_path:
+        raise MigrationError("token and token_path are both set: keep one")
+    if token:
+        t.credentials[("token", "token_file")] = Credential("vault-token", token)
+    elif token_path:
+        t.options["token"] = {"token_file": token_path}
+    else:
+        t.todo.append(("token", "none in the kwargs: the agent reads $VAULT_TOKEN, as hvac does"))

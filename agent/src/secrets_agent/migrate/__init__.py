@@ -1,0 +1,1 @@
+"""``secrets-agent migrate``: an Airflow secrets backend's settings as an agent config."""

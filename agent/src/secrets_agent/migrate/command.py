@@ -1,0 +1,157 @@
+"""``secrets-agent migrate``: find Airflow's backend, translate it, write the agent's files.
+
+Writes into ``--output`` (created 0700 if missing): ``agent.toml`` (no secret in it),
+``credentials/<name>`` (0600, one secret each, referenced from ``agent.toml``) and
+``airflow.env`` (the settings that point Airflow at the agent). Nothing is overwritten; a
+secret is never printed. Exit codes: 0 written, 78 (EX_CONFIG) for anything it will not guess.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from secrets_agent.backends.migration import MigrationError, Translation, translate
+from secrets_agent.config.schema import DEFAULT_SOCKET_PATH
+from secrets_agent.migrate.airflow_settings import AirflowSettings, FoundBackend
+from secrets_agent.migrate.files import make_dir, write_new
+from secrets_agent.migrate.render import table
+
+EX_CONFIG = 78
+CLIENT_CLASS = "secrets_agent_client.AgentSecretsBackend"
+
+
+@dataclass(frozen=True)
+class Request:
+    output: Path
+    socket_path: str = DEFAULT_SOCKET_PATH
+    section: str | None = None  # "secrets" / "workers"; None: both, which must agree
+    airflow_config: Path | None = None
+    name: str = ""  # the [[backends]] name; default: its type's
+
+
+def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    try:
+        found = find_backend(AirflowSettings(env, request.airflow_config), request.section)
+        translation = translate(found.provider_class, found.kwargs)
+        written = write(request, found, translation)
+    except MigrationError as exc:
+        print(f"secrets-agent migrate: {exc}", file=err)
+        return EX_CONFIG
+    print(
+        f"{found.provider_class} (from [{found.section}]) -> type = {translation.type!r}", file=out
+    )
+    for path in written:
+        print(f"  wrote {path}", file=out)
+    if translation.todo:
+        print("kwargs to review:", file=out)
+        for kwarg, what in translation.todo:
+            print(f"  {kwarg}: {what}", file=out)
+    print(
+        f"next: secrets-agent check-config {request.output / 'agent.toml'}; start the agent; "
+        f"then give Airflow the settings in {request.output / 'airflow.env'}",
+        file=out,
+    )
+    return 0
+
+
+def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend:
+    """The one backend to migrate; two different ones (scheduler vs workers) stop the command."""
+    if section is not None:
+        found = settings.backend(section)
+        if found is None:
+            raise MigrationError(f"no secrets backend configured for [{section}]")
+        return found
+    main, workers = settings.backend("secrets"), settings.backend("workers")
+    if main is None and workers is None:
+        raise MigrationError(
+            f"no [secrets] backend or [workers] secrets_backend in {settings.cfg_path} or in "
+            "AIRFLOW__SECRETS__* / AIRFLOW__WORKERS__* variables"
+        )
+    if (
+        main
+        and workers
+        and (main.provider_class, main.kwargs)
+        != (
+            workers.provider_class,
+            workers.kwargs,
+        )
+    ):
+        raise MigrationError(
+            "[secrets] backend and [workers] secrets_backend differ; run once per section "
+            "with --section secrets and --section workers, into two --output directories"
+        )
+    chosen = workers or main
+    assert chosen is not None
+    return chosen
+
+
+def write(request: Request, found: FoundBackend, translation: Translation) -> list[Path]:
+    """The three outputs; credentials first, so the config only names files that exist."""
+    output = request.output.absolute()
+    make_dir(output, 0o700)
+    options = dict(translation.options)
+    written = []
+    if translation.credentials:
+        credentials = output / "credentials"
+        make_dir(credentials, 0o700)
+        for option_path, credential in translation.credentials.items():
+            path = credentials / credential.file_name
+            write_new(path, credential.value, 0o600)
+            written.append(path)
+            if not option_path[0].startswith("@"):  # "@...": a file the to-do list names
+                _place(options, option_path, str(path))
+    name = request.name or translation.type.replace("_", "-")
+    backend = {"name": name, "type": translation.type} | options
+    config = (
+        f"# Written by `secrets-agent migrate` from {found.provider_class}\n"
+        f"# ([{found.section}] of Airflow). Credentials are in ./credentials, mode 0600.\n\n"
+        + table("[listener]", {"socket_path": request.socket_path})
+        + "\n"
+        + table("[[backends]]", backend)
+    )
+    write_new(output / "agent.toml", config, 0o640)
+    written.append(output / "agent.toml")
+    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
+    written.append(output / "airflow.env")
+    return written
+
+
+def _place(options: dict[str, Any], path: tuple[str, ...], item: str) -> None:
+    for part in path[:-1]:
+        options = options.setdefault(part, {})
+    options[path[-1]] = item
+
+
+def airflow_settings(socket_path: str) -> str:
+    """Airflow 3 reads both sections (workers, and scheduler / API server / CLI); Airflow 2
+    reads ``[secrets]`` only."""
+    kwargs = shlex.quote(json.dumps({"socket_path": socket_path}))
+    lines = [
+        "# Point Airflow at the agent (environment variables; or the same in airflow.cfg).",
+        f"AIRFLOW__SECRETS__BACKEND={CLIENT_CLASS}",
+        f"AIRFLOW__SECRETS__BACKEND_KWARGS={kwargs}",
+        f"AIRFLOW__WORKERS__SECRETS_BACKEND={CLIENT_CLASS}",
+        f"AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS={kwargs}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: Any) -> int:
+    """Entry point from ``cli.py``."""
+    import os
+
+    request = Request(
+        output=Path(args.output),
+        socket_path=args.socket or DEFAULT_SOCKET_PATH,
+        section=args.section,
+        airflow_config=Path(args.airflow_config) if args.airflow_config else None,
+        name=args.name or "",
+    )
+    return run(request, os.environ, sys.stdout, sys.stderr)

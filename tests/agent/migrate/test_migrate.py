@@ -1,0 +1,240 @@
+"""``secrets-agent migrate``: Airflow's settings read as Airflow does, files written safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secrets_agent.config.loader import load_config
+from secrets_agent.kinds import Kind
+
+VAULT = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
+SM = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
+SSM = "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend"
+GCP = "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend"
+AZURE = "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend"
+FILES = "airflow.secrets.local_filesystem.LocalFilesystemBackend"
+SECRET = "s3cr3t-value-never-printed"
+
+
+def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    base |= {"HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    return subprocess.run(
+        [sys.executable, "-m", "secrets_agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base | env,
+    )
+
+
+def migrate(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return cli(tmp_path, "migrate", "-o", str(tmp_path / "out"), "--socket", "/tmp/x.sock", **env)
+
+
+def airflow_cfg(tmp_path: Path, body: str) -> Path:
+    home = tmp_path / "airflow"
+    home.mkdir(exist_ok=True)
+    path = home / "airflow.cfg"
+    path.write_text(body)
+    return path
+
+
+def backend_env(provider: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    return {
+        "AIRFLOW__SECRETS__BACKEND": provider,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+    }
+
+
+def written(tmp_path: Path) -> str:
+    """Everything the command wrote outside credentials/, where no secret may be."""
+    out = tmp_path / "out"
+    return (out / "agent.toml").read_text() + (out / "airflow.env").read_text()
+
+
+def assert_private(path: Path, content: str) -> None:
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == content
+
+
+def test_vault_token_from_airflow_cfg(tmp_path: Path) -> None:
+    kwargs = {
+        "url": "http://127.0.0.1:8200",
+        "token": SECRET,
+        "mount_point": None,
+        "connections_path": None,
+        "variables_path": "vars/",
+        "timeout": 30,
+    }
+    airflow_cfg(tmp_path, f"[secrets]\nbackend = {VAULT}\nbackend_kwargs = {json.dumps(kwargs)}\n")
+    result = migrate(tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert SECRET not in result.stdout + result.stderr + written(tmp_path)
+    assert_private(out / "credentials" / "vault-token", SECRET)
+    # What has no equivalent is listed with what to do; the value itself is not shown.
+    assert "timeout: no equivalent" in result.stdout
+    options = load_config(out / "agent.toml").backends[0].options
+    assert options.token.token_file == str(out / "credentials" / "vault-token")
+    assert (options.mount_point, options.variables_path) == ("", "vars/")
+    assert not options.serves(Kind.CONNECTION) and options.serves(Kind.CONFIG)
+    assert (
+        "AIRFLOW__WORKERS__SECRETS_BACKEND=secrets_agent_client.AgentSecretsBackend"
+        in (out / "airflow.env").read_text()
+    )
+    checked = cli(tmp_path, "check-config", str(out / "agent.toml"))
+    assert checked.returncode == 0, checked.stderr
+    assert SECRET not in checked.stdout + checked.stderr
+
+
+def test_environment_wins_as_in_airflow(tmp_path: Path) -> None:
+    """AIRFLOW__* over the file, ``_CMD`` for the kwargs, per-key variables over the JSON."""
+    other = tmp_path / "elsewhere.cfg"
+    other.write_text(f"[secrets]\nbackend = {VAULT}\nbackend_kwargs = {{}}\n")
+    printed = tmp_path / "kwargs.json"
+    printed.write_text(json.dumps({"variables_prefix": "/from/cmd", "config_prefix": None}))
+    result = migrate(
+        tmp_path,
+        AIRFLOW_CONFIG=str(other),
+        AIRFLOW__SECRETS__BACKEND=SSM,
+        AIRFLOW__SECRETS__BACKEND_KWARGS_CMD=f"cat {printed}",
+        AIRFLOW__SECRETS__BACKEND_KWARG__CONNECTIONS_PREFIX="/per/key",
+        AIRFLOW__SECRETS__BACKEND_KWARG__REGION_NAME="eu-west-1",
+    )
+    assert result.returncode == 0, result.stderr
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert type(options).__name__ == "SsmOptions"
+    assert (options.connections_prefix, options.variables_prefix) == ("/per/key", "/from/cmd")
+    assert options.kinds == ("connections", "variables") and options.region == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("provider", "kwargs", "credential", "check"),
+    [
+        (
+            GCP,
+            {
+                "project_id": "p",
+                "gcp_keyfile_dict": {"private_key": SECRET},
+                "variables_prefix": "",
+            },
+            "gcp-key.json",
+            lambda o: o.variables_prefix == "" and o.project_id == "p",
+        ),
+        (
+            AZURE,
+            {
+                "vault_url": "https://v.vault.azure.net",
+                "tenant_id": "t",
+                "client_id": "c",
+                "client_secret": SECRET,
+                "connections_prefix": "airflow-connections-",
+                "config_prefix": None,
+            },
+            "azure-client-secret",
+            lambda o: o.kinds == ("connections", "variables") and o.tenant_id == "t",
+        ),
+        (
+            SM,
+            {
+                "aws_access_key_id": "AKIA0000",
+                "aws_secret_access_key": SECRET,
+                "extra_conn_words": {"user": ["db_user"]},
+                "full_url_mode": False,
+            },
+            "aws-credentials",
+            lambda o: (
+                o.profile == "airflow-secrets-agent"
+                and o.extra_conn_words == {"user": ("db_user",)}
+            ),
+        ),
+    ],
+)
+def test_credentials_go_to_private_files(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any], credential: str, check: Any
+) -> None:
+    result = migrate(tmp_path, **backend_env(provider, kwargs))
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr + written(tmp_path)
+    path = tmp_path / "out" / "credentials" / credential
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and SECRET in path.read_text()
+    assert check(load_config(tmp_path / "out" / "agent.toml").backends[0].options)
+    checked = cli(tmp_path, "check-config", str(tmp_path / "out" / "agent.toml"))
+    assert checked.returncode == 0, checked.stderr
+    assert "warning" not in checked.stderr  # kinds is written: the new meaning of "" is meant
+
+
+def test_local_filesystem_backend(tmp_path: Path) -> None:
+    variables = tmp_path / "variables.json"
+    variables.write_text('{"a": "b"}')
+    result = migrate(tmp_path, **backend_env(FILES, {"variables_file_path": str(variables)}))
+    assert result.returncode == 0, result.stderr
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert options.variables_file == str(variables)
+    assert cli(tmp_path, "check-config", str(tmp_path / "out" / "agent.toml")).returncode == 0
+    relative = migrate(tmp_path, **backend_env(FILES, {"variables_file_path": "v.json"}))
+    assert relative.returncode == 78 and "absolute" in relative.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "no [secrets] backend"),
+        (backend_env("my.own.Backend", {}), "no translation for the backend class"),
+        (
+            {"AIRFLOW__SECRETS__BACKEND": VAULT, "AIRFLOW__SECRETS__BACKEND_KWARGS": "{url"},
+            "not valid JSON",
+        ),
+        (
+            {"AIRFLOW__SECRETS__BACKEND": VAULT, "AIRFLOW__SECRETS__BACKEND_KWARGS_SECRET": "k"},
+            "kept in the secrets backend itself",
+        ),
+        (
+            backend_env(VAULT, {"url": "http://v", "auth_type": "ldap", "password": SECRET}),
+            "auth_type 'ldap'",
+        ),
+        (
+            backend_env(VAULT, {"url": "http://v", "token": SECRET})
+            | {"AIRFLOW__WORKERS__SECRETS_BACKEND": SSM},
+            "differ",
+        ),
+        (
+            backend_env(VAULT, {"url": "http://v", "variables_path": ["a", "b"]}),
+            "one [[backends]] table per value",
+        ),
+        (
+            {"AIRFLOW__SECRETS__BACKEND": VAULT, "AIRFLOW__SECRETS__BACKEND_KWARGS_CMD": "false"},
+            "exited 1",
+        ),
+    ],
+)
+def test_unsafe_or_ambiguous_stops(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = migrate(tmp_path, **env)
+    assert result.returncode == 78 and message in result.stderr, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "agent.toml").exists()
+
+
+def test_nothing_is_overwritten_or_written_through_a_symlink(tmp_path: Path) -> None:
+    env = backend_env(VAULT, {"url": "http://v", "token": SECRET})
+    assert migrate(tmp_path, **env).returncode == 0
+    before = (tmp_path / "out" / "agent.toml").read_text()
+    again = migrate(tmp_path, **env)
+    assert again.returncode == 78 and "already exists" in again.stderr
+    assert (tmp_path / "out" / "agent.toml").read_text() == before
+    # A planted symlink where a credential goes is refused, and its target left alone.
+    target = tmp_path / "target"
+    target.write_text("untouched")
+    (tmp_path / "out2" / "credentials").mkdir(parents=True)
+    (tmp_path / "out2" / "credentials" / "vault-token").symlink_to(target)
+    planted = cli(tmp_path, "migrate", "-o", str(tmp_path / "out2"), **env)
+    assert planted.returncode == 78 and target.read_text() == "untouched"
