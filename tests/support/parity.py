@@ -8,16 +8,20 @@ the real client over its socket, so both answers become the Connection Airflow b
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from support import ROOT
 from support.airflow_env import ensure_venv
+
+if TYPE_CHECKING:
+    from secrets_agent.config.schema import AgentConfig
 
 PROBE = ROOT / "tests" / "system" / "airflow" / "parity_probe.py"
 AIRFLOW = "3.3.2"
@@ -113,3 +117,23 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8", newline="")
     return path
+
+
+def migrated(
+    directory: Path, provider_class: str, kwargs: dict[str, Any], multi_team: bool = False
+) -> AgentConfig:
+    """What ``secrets-agent migrate`` writes for the provider's kwargs, serving on
+    ``directory/agent.sock``: the agent side of a differential test, mapped by the command."""
+    from secrets_agent.config.loader import load_config
+    from secrets_agent.migrate.command import Request, run
+
+    env = {
+        "AIRFLOW_HOME": str(directory),
+        "AIRFLOW__SECRETS__BACKEND": provider_class,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+        "AIRFLOW__CORE__MULTI_TEAM": str(multi_team),
+    }
+    output, out, err = directory / "migrated", io.StringIO(), io.StringIO()
+    request = Request(output=output, socket_path=str(directory / "agent.sock"))
+    assert run(request, env, out, err) == 0, err.getvalue()
+    return load_config(output / "agent.toml")

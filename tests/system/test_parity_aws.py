@@ -4,7 +4,8 @@ SystemsManagerParameterStoreBackend, on the same moto server.
 Cases: the layouts of the provider's ``test_secrets_manager.py`` / ``test_systems_manager.py``
 (default, custom, empty, ``None`` and trailing-separator prefixes, a custom ``sep``, every alias
 word of a JSON connection and ``extra_conn_words``, lookup patterns in mixed case), plus binary
-secrets and secrets pending deletion. The agent is configured as docs/migrating.md's table says.
+secrets and secrets pending deletion.
+The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from support.helpers import agent_config, running_agent
+from support.helpers import running_agent
 from support.moto_aws import REGION, MotoServer
-from support.parity import Group, Query, ask_both, mismatches
+from support.parity import Group, Query, ask_both, migrated, mismatches
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -30,7 +31,6 @@ TYPES = {SM: "aws_secrets_manager", SSM: "aws_ssm"}
 C, V, CFG = "connection", "variable", "config"
 PREFIXES = {C: "connections_prefix", V: "variables_prefix", CFG: "config_prefix"}
 PATTERNS = {C: "connections_lookup_pattern", V: "variables_lookup_pattern"}
-PLURAL = {C: "connections", V: "variables", CFG: "config"}
 
 
 @dataclass
@@ -48,29 +48,6 @@ class Setup:
         kwargs.update({PREFIXES[k]: p for k, p in self.prefixes.items()})
         kwargs.update({PATTERNS[k]: p for k, p in self.patterns.items()})
         return kwargs | self.options
-
-    def agent_toml(self, aws: MotoServer) -> str:
-        """The same options, mapped as docs/migrating.md's table says."""
-        kinds = [PLURAL[k] for k in (C, V, CFG) if self.prefixes.get(k, "") is not None]
-        lines = [
-            "[[backends]]",
-            'name = "aws"',
-            f'type = "{TYPES[self.provider]}"',
-            f'endpoint_url = "{aws.url}"',
-            f'region = "{REGION}"',
-            f"kinds = {json.dumps(kinds)}",
-        ]
-        lines += [
-            f"{PREFIXES[k]} = {json.dumps(p)}" for k, p in self.prefixes.items() if p is not None
-        ]
-        lines += [f"{PATTERNS[k]} = {json.dumps(p)}" for k, p in self.patterns.items()]
-        for key, value in (self.options | self.agent_options).items():
-            if key == "extra_conn_words":
-                words = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
-                lines.append(f"extra_conn_words = {{ {words} }}")
-            else:
-                lines.append(f"{key} = {json.dumps(value)}")
-        return "\n".join(lines) + "\n"
 
 
 def q(kind: str, *ids: str) -> list[Query]:
@@ -245,7 +222,8 @@ def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: 
         for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
             directory = short_tmp / str(index)
             directory.mkdir()
-            config = agent_config(directory, backends=setup.agent_toml(aws))
+            multi_team = bool(setup.agent_options.get("team_layout"))
+            config = migrated(directory, setup.provider, setup.provider_kwargs(aws), multi_team)
             agent = stack.enter_context(running_agent(config))
             groups.append(
                 Group(
@@ -253,7 +231,7 @@ def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: 
                     setup.provider_kwargs(aws),
                     agent.socket_path,
                     setup.queries,
-                    multi_team=bool(setup.agent_options.get("team_layout")),
+                    multi_team=multi_team,
                 )
             )
         ask_both(groups)

@@ -18,14 +18,13 @@ from pathlib import Path
 import pytest
 
 from secrets_agent.errors import StartupError
-from support.helpers import FakeClock, agent_config, running_agent
-from support.parity import Group, Query, ask_both, mismatches, write
+from support.helpers import FakeClock, running_agent
+from support.parity import Group, Query, ask_both, migrated, mismatches, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
 PROVIDER = "airflow.secrets.local_filesystem.LocalFilesystemBackend"
 C, V, CFG = "connection", "variable", "config"
-FILE_KEYS = {C: "connections_file", V: "variables_file", CFG: "config_file"}
 PROVIDER_KEYS = {C: "connections_file_path", V: "variables_file_path", CFG: "configs_file_path"}
 
 # The deliberate differences (docs/backends/file.md, "Migrating from LocalFilesystemBackend").
@@ -332,10 +331,8 @@ CASES = [
 
 @contextlib.contextmanager
 def case_agent(case: Case, directory: Path, clock: FakeClock) -> Iterator[str | None]:
-    """The agent serving the case's files, mapped as docs/backends/file.md says; None if refused."""
-    lines = ["[[backends]]", 'name = "files"', 'type = "file"']
-    lines += [f'{FILE_KEYS[kind]} = "{directory / name}"' for kind, (name, _) in case.files.items()]
-    config = agent_config(directory, backends="\n".join(lines) + "\n")
+    """The agent on what ``migrate`` writes for the case's files; None if it refuses them."""
+    config = migrated(directory, PROVIDER, provider_kwargs(case, directory))
     try:
         with running_agent(config, clock=clock) as agent:
             yield agent.socket_path

@@ -3,13 +3,13 @@
 Cases: the layouts of the provider's ``test_vault.py`` (KV v1 and v2, custom and ``None``
 mounts, ``None``/empty/custom/trailing-separator paths, ``conn_uri`` and field connections,
 a secret without ``value``), plus soft-deleted and destroyed versions and fields Airflow's
-``Connection`` rejects. The agent is configured as docs/migrating.md's table says.
+``Connection`` rejects.
+The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 
 from support.bao import BaoServer
-from support.helpers import agent_config, running_agent
-from support.parity import Group, Query, ask_both, mismatches
+from support.helpers import running_agent
+from support.parity import Group, Query, ask_both, migrated, mismatches
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
 PROVIDER = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
 C, V, CFG = "connection", "variable", "config"
 PATHS = {C: "connections_path", V: "variables_path", CFG: "config_path"}
-PLURAL = {C: "connections", V: "variables", CFG: "config"}
 
 # The deliberate differences for Vault (docs/migrating.md).
 MAPPED_FIELDS = "connection fields Airflow's constructor rejects are mapped or dropped"
@@ -51,24 +50,6 @@ class Setup:
         }
         kwargs.update({PATHS[kind]: path for kind, path in self.paths.items()})
         return kwargs
-
-    def agent_toml(self, bao: BaoServer) -> str:
-        """The same options, mapped as docs/migrating.md's table says."""
-        kinds = [PLURAL[k] for k in (C, V, CFG) if self.paths.get(k, "") is not None]
-        lines = [
-            "[[backends]]",
-            'name = "vault"',
-            'type = "vault"',
-            f'url = "{bao.url}"',
-            f'mount_point = "{self.mount_point or ""}"',
-            f"kv_engine_version = {self.kv_engine_version}",
-            f"kinds = {json.dumps(kinds)}",
-        ]
-        lines += [f'{PATHS[k]} = "{p}"' for k, p in self.paths.items() if p is not None]
-        if self.team_layout:
-            lines.append("team_layout = true")
-        lines += ["[backends.token]", f'token = "{bao.root_token}"']
-        return "\n".join(lines) + "\n"
 
     def allowed(self) -> dict[int, str]:
         listed = {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
@@ -213,7 +194,7 @@ def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_t
         for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
             directory = short_tmp / str(index)
             directory.mkdir()
-            config = agent_config(directory, backends=setup.agent_toml(bao))
+            config = migrated(directory, PROVIDER, setup.provider_kwargs(bao), setup.team_layout)
             agent = stack.enter_context(running_agent(config))
             groups.append(
                 Group(

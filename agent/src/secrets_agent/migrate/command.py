@@ -24,6 +24,7 @@ from secrets_agent.migrate.render import table
 
 EX_CONFIG = 78
 CLIENT_CLASS = "secrets_agent_client.AgentSecretsBackend"
+TEAM_LAYOUTS = ("vault", "aws_secrets_manager", "aws_ssm", "gcp_secret_manager", "azure_key_vault")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,12 @@ class Request:
 
 def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     try:
-        found = find_backend(AirflowSettings(env, request.airflow_config), request.section)
+        settings = AirflowSettings(env, request.airflow_config)
+        found = find_backend(settings, request.section)
         translation = translate(found.provider_class, found.kwargs)
+        if translation.type in TEAM_LAYOUTS and _true(settings.get("core", "multi_team")):
+            # The providers read [core] multi_team, not a kwarg: team names first, then global.
+            translation.options["team_layout"] = True
         written = write(request, found, translation)
     except MigrationError as exc:
         print(f"secrets-agent migrate: {exc}", file=err)
@@ -58,6 +63,11 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
         file=out,
     )
     return 0
+
+
+def _true(raw: str | None) -> bool:
+    """Airflow's getboolean."""
+    return (raw or "").strip().lower() in ("t", "true", "1")
 
 
 def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend:
