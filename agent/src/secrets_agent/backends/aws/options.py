@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
 from secrets_agent.backends.names import NameRules
@@ -20,7 +19,6 @@ TEAM_SEP = "--"
 
 @dataclass(frozen=True)
 class AwsOptions:
-    names: ClassVar[NameRules] = SECRET_NAMES
     # Credentials come from the default chain (env, profile, web identity/IRSA, container and
     # instance roles); these only narrow or redirect it.
     region: str = ""
@@ -75,7 +73,11 @@ class AwsOptions:
         )
 
     def _held(self, name: str | None) -> str | None:
-        return name if name is not None and self.names.holds(name) else None
+        return name if name is not None and self.names().holds(name) else None
+
+    def names(self) -> NameRules:
+        """What the service can hold: Secrets Manager's names (Parameter Store overrides it)."""
+        return SECRET_NAMES
 
     def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
         prefix = prefix.rstrip(self.sep)
@@ -117,10 +119,12 @@ class SecretsManagerOptions(AwsOptions):
 
 @dataclass(frozen=True)
 class SsmOptions(AwsOptions):
-    names: ClassVar[NameRules] = PARAMETER_NAMES
     connections_prefix: str = "/airflow/connections"
     variables_prefix: str = "/airflow/variables"
     config_prefix: str = "/airflow/config"
+
+    def names(self) -> NameRules:
+        return PARAMETER_NAMES
 
     def _join(self, prefix: str, secret_id: str, team_scoped: bool = False) -> str | None:
         # Parameter Store names in a hierarchy start with "/"; the provider adds a missing one
