@@ -38,11 +38,18 @@ class Group:
     socket: str | None
     queries: list[Query]
     multi_team: bool = False  # Airflow's [core] multi_team for the provider
+    # Where the probe points a provider that cannot be configured to reach loopback (the
+    # google provider): {"secret_manager": {"endpoint": "127.0.0.1:port", "ca_file": path}}.
+    loopback: dict[str, Any] = field(default_factory=dict)
     answers: list[tuple[Answer, Answer]] = field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
         return {
-            "provider": {"class": self.provider_class, "kwargs": self.provider_kwargs},
+            "provider": {
+                "class": self.provider_class,
+                "kwargs": self.provider_kwargs,
+                "loopback": self.loopback,
+            },
             "socket": self.socket,
             "multi_team": self.multi_team,
             "queries": [list(q) for q in self.queries],
@@ -120,12 +127,18 @@ def write(path: Path, content: str | bytes) -> Path:
 
 
 def migrated(
-    directory: Path, provider_class: str, kwargs: dict[str, Any], multi_team: bool = False
+    directory: Path,
+    provider_class: str,
+    kwargs: dict[str, Any],
+    multi_team: bool = False,
+    additions: dict[str, Any] | None = None,
 ) -> AgentConfig:
     """What ``secrets-agent migrate`` writes for the provider's kwargs, serving on
-    ``directory/agent.sock``: the agent side of a differential test, mapped by the command."""
+    ``directory/agent.sock``: the agent side of a differential test, mapped by the command.
+    ``additions``: the agent's own options appended to its table (loopback endpoints, CAs)."""
     from secrets_agent.config.loader import load_config
     from secrets_agent.migrate.command import Request, run
+    from secrets_agent.migrate.render import key, value
 
     env = {
         "AIRFLOW_HOME": str(directory),
@@ -136,4 +149,7 @@ def migrated(
     output, out, err = directory / "migrated", io.StringIO(), io.StringIO()
     request = Request(output=output, socket_path=str(directory / "agent.sock"))
     assert run(request, env, out, err) == 0, err.getvalue()
-    return load_config(output / "agent.toml")
+    config = output / "agent.toml"
+    with config.open("a", encoding="utf-8") as table:  # the [[backends]] table is the last
+        table.writelines(f"{key(k)} = {value(v)}\n" for k, v in (additions or {}).items())
+    return load_config(config)

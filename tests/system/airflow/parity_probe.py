@@ -69,9 +69,50 @@ def ask(backend: Any, kind: str, secret_id: str, team: str | None) -> dict[str, 
     return {"missing": True} if value is None else {"value": text(value)}
 
 
+def point_at_loopback(loopback: dict[str, Any]) -> None:
+    """The google provider builds its client with no client options: in this process only,
+    give it the suite's gRPC server, its CA, and the credentials the provider loaded."""
+    found = loopback.get("secret_manager")
+    if not found:
+        return
+    import functools
+
+    import grpc
+    from airflow.providers.google.cloud._internal_client.secret_manager_client import (
+        _SecretManagerClient,
+    )
+    from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+        SecretManagerServiceGrpcTransport,
+    )
+
+    with open(found["ca_file"], "rb") as ca:
+        roots = ca.read()
+
+    def client(self: Any) -> Any:
+        # Unscoped, a service-account key signs its own JWT for the real service's audience;
+        # the suite's server accepts the tokens of its token endpoint, which a scope asks for.
+        credentials = self.credentials
+        if getattr(credentials, "requires_scopes", False):
+            credentials = credentials.with_scopes(
+                ["https://www.googleapis.com/auth/cloud-platform"]
+            )
+        transport = SecretManagerServiceGrpcTransport(
+            host=found["endpoint"],
+            credentials=credentials,
+            ssl_channel_credentials=grpc.ssl_channel_credentials(roots),
+        )
+        return SecretManagerServiceClient(transport=transport)
+
+    patched = functools.cached_property(client)
+    patched.__set_name__(_SecretManagerClient, "client")
+    _SecretManagerClient.client = patched
+
+
 def build(spec: dict[str, Any] | None, socket: str | None) -> tuple[Any, Any]:
     provider = agent = None
     if spec is not None:
+        point_at_loopback(spec.get("loopback", {}))
         module, _, name = spec["class"].rpartition(".")
         provider = getattr(importlib.import_module(module), name)(**spec["kwargs"])
     if socket is not None:
