@@ -72,6 +72,8 @@ def ask(backend: Any, kind: str, secret_id: str, team: str | None) -> dict[str, 
 def point_at_loopback(loopback: dict[str, Any]) -> None:
     """The google provider builds its client with no client options: in this process only,
     give it the suite's gRPC server, its CA, and the credentials the provider loaded."""
+    if "key_vault" in loopback:
+        _point_azure_at_loopback(loopback["key_vault"])
     found = loopback.get("secret_manager")
     if not found:
         return
@@ -107,6 +109,23 @@ def point_at_loopback(loopback: dict[str, Any]) -> None:
     patched = functools.cached_property(client)
     patched.__set_name__(_SecretManagerClient, "client")
     _SecretManagerClient.client = patched
+
+
+def _point_azure_at_loopback(found: dict[str, Any]) -> None:
+    """The microsoft-azure provider builds ClientSecretCredential(tenant, client, secret) and
+    nothing more: in this process only, give it the suite's token endpoint and CA (the vault's
+    own CA and challenge check are ordinary SecretClient kwargs, passed by the provider)."""
+    import functools
+
+    from airflow.providers.microsoft.azure.secrets import key_vault
+    from azure.identity import ClientSecretCredential
+
+    key_vault.ClientSecretCredential = functools.partial(
+        ClientSecretCredential,
+        authority=found["authority"],
+        disable_instance_discovery=True,
+        connection_verify=found["ca_file"],
+    )
 
 
 def build(spec: dict[str, Any] | None, socket: str | None) -> tuple[Any, Any]:

@@ -43,6 +43,8 @@ def translate(kwargs: Kwargs) -> Translation:
             t.todo.append(
                 (key, "ignored by the provider without the other two (DefaultAzureCredential)")
             )
+    if kwargs.has("verify_challenge_resource"):  # SecretClient's, and the agent's, option
+        t.options["verify_challenge_resource"] = kwargs.flag("verify_challenge_resource", True)
     if kwargs.has("connection_verify"):
         verify = kwargs.take("connection_verify")
         if isinstance(verify, str) and verify.lower() not in ("true", "false"):
