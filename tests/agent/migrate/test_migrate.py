@@ -215,6 +215,7 @@ def test_local_filesystem_backend(tmp_path: Path) -> None:
             {"AIRFLOW__SECRETS__BACKEND": VAULT, "AIRFLOW__SECRETS__BACKEND_KWARGS_CMD": "false"},
             "exited 1",
         ),
+        (backend_env(GCP, {"impersonation_chain": ["sa", None]}), "cannot write the config"),
     ],
 )
 def test_unsafe_or_ambiguous_stops(tmp_path: Path, env: dict[str, str], message: str) -> None:

@@ -48,6 +48,9 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
     except MigrationError as exc:
         print(f"secrets-agent migrate: {exc}", file=err)
         return EX_CONFIG
+    except (TypeError, ValueError, UnicodeError) as exc:  # a kwarg no TOML value can carry
+        print(f"secrets-agent migrate: cannot write the config ({type(exc).__name__})", file=err)
+        return EX_CONFIG
     print(
         f"{found.provider_class} (from [{found.section}]) -> type = {translation.type!r}", file=out
     )
