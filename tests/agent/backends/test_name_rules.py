@@ -30,7 +30,7 @@ from secrets_agent.kinds import Kind, validate_id
 from support.azure_server import Azure
 from support.bao import BaoServer
 from support.gcp_server import Gcp
-from support.helpers import FakeClock
+from support.helpers import FakeClock, agent_config, raw_request, running_agent, status_of
 from support.moto_aws import REGION, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ class Upstreams:
     def __init__(self, workdir: Path, stack: contextlib.ExitStack) -> None:
         self.loop = asyncio.new_event_loop()
         stack.callback(self.loop.close)
-        bao = BaoServer(workdir / "bao")
+        bao = self.bao = BaoServer(workdir / "bao")
         bao.start()
         stack.callback(bao.stop)
         aws = MotoServer()
@@ -139,6 +139,25 @@ def test_no_id_reaches_an_upstream_that_cannot_hold_it(
         except BackendError as exc:
             failures.append(f"{name}: {exc}")
     assert not failures, f"{kind} {secret_id!r} (team {team}): {failures}"
+
+
+def test_names_vault_cannot_hold_are_404_through_the_agent(
+    upstreams: Upstreams, short_tmp: Path
+) -> None:
+    """The fuzz run's case: ids with U+2028 / U+2029 came back as 502 from Vault's 400."""
+    backend = f"""
+[[backends]]
+name = "vault"
+type = "vault"
+url = "{upstreams.bao.url}"
+[backends.token]
+token = "{upstreams.bao.root_token}"
+"""
+    with running_agent(agent_config(short_tmp, backends=backend)) as agent:
+        for kind in ("variables", "connections", "config"):
+            for raw in ("a%E2%80%A8b", "%E2%80%A9", "a%C2%A0b", "a%E3%80%80b"):
+                request = f"GET /v1/{kind}/{raw} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                assert status_of(raw_request(agent.socket_path, request)) == 404, (kind, raw)
 
 
 @pytest.mark.parametrize(
