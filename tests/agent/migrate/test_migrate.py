@@ -73,6 +73,7 @@ def test_vault_token_from_airflow_cfg(tmp_path: Path) -> None:
         "connections_path": None,
         "variables_path": "vars/",
         "timeout": 30,
+        "proxies": {"https": "http://proxy:3128"},
     }
     airflow_cfg(tmp_path, f"[secrets]\nbackend = {VAULT}\nbackend_kwargs = {json.dumps(kwargs)}\n")
     result = migrate(tmp_path)
@@ -82,10 +83,10 @@ def test_vault_token_from_airflow_cfg(tmp_path: Path) -> None:
     assert SECRET not in result.stdout + result.stderr + written(tmp_path)
     assert_private(out / "credentials" / "vault-token", SECRET)
     # What has no equivalent is listed with what to do; the value itself is not shown.
-    assert "timeout: no equivalent" in result.stdout
+    assert "proxies: no equivalent" in result.stdout and "proxy:3128" not in result.stdout
     options = load_config(out / "agent.toml").backends[0].options
     assert options.token.token_file == str(out / "credentials" / "vault-token")
-    assert (options.mount_point, options.variables_path) == ("", "vars/")
+    assert (options.mount_point, options.variables_path, options.timeout) == ("", "vars/", 30.0)
     assert not options.serves(Kind.CONNECTION) and options.serves(Kind.CONFIG)
     assert (
         "AIRFLOW__WORKERS__SECRETS_BACKEND=secrets_agent_client.AgentSecretsBackend"

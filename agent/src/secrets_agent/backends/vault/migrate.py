@@ -61,6 +61,12 @@ def translate(kwargs: Kwargs) -> Translation:
         t.options["kubernetes"] = table
     if method == "token" and auth_mount:
         t.todo.append(("auth_mount_point", "not used by token auth: dropped"))
+    if kwargs.has("timeout"):  # passed to hvac.Client by the provider, as the agent does
+        timeout = kwargs.text("timeout")
+        try:
+            t.options["timeout"] = float(timeout)
+        except ValueError:
+            raise MigrationError("timeout: expected a number of seconds") from None
     verify = kwargs.take("verify", True)
     if isinstance(verify, str) and verify.strip().lower() not in ("true", "false"):
         t.options["ca_file"] = verify  # a CA bundle path, as requests reads it
