@@ -52,6 +52,7 @@ _RESTART_ONLY = (
     "max_connections",
     "header_timeout",
     "idle_timeout",
+    "write_timeout",
 )
 _REFRESH_SCAN_INTERVAL = 1.0  # seconds between looks for keys due for refresh-ahead
 
@@ -183,6 +184,7 @@ class Agent:
                 gate=Gate(limit),
                 reads=reads,
                 head_timeout=listener.header_timeout,
+                write_timeout=listener.write_timeout,
                 shutdown_timeout=listener.shutdown_timeout,
                 handler_args=handler_args,
             )

@@ -40,6 +40,9 @@ class ListenerConfig:
     # or of its previous answer; an idle keep-alive connection is closed after idle_timeout.
     header_timeout: float = setting(10.0, min=0.1, max=300.0)
     idle_timeout: float = setting(30.0, min=0.1, max=3600.0)
+    # Answers a client leaves unread (it stopped reading) for write_timeout seconds: the
+    # connection is aborted, so its max_connections slot comes back.
+    write_timeout: float = setting(10.0, min=0.1, max=300.0)
     # The event loop: "auto" is uvloop's where installed (less CPU per lookup), else asyncio's.
     event_loop: str = setting("auto", choices=("auto", "uvloop", "asyncio"))
     # Team binding: peer uid / gid (as a string key) -> the teams it may name in ``?team=``.

@@ -33,12 +33,14 @@ class GuardedSockSite(web.SockSite):
         gate: Gate,
         reads: Reads,
         head_timeout: float,
+        write_timeout: float,
         shutdown_timeout: float,
         handler_args: dict[str, Any],
     ) -> None:
         super().__init__(runner, sock, backlog=backlog)
         self._gate, self._reads = gate, reads
         self._head_timeout, self._handler_args = head_timeout, handler_args
+        self._write_timeout = write_timeout
         self._shutdown_timeout = shutdown_timeout
         self._fronts = Fronts()
         self._acceptor: Acceptor | None = None
@@ -49,10 +51,11 @@ class GuardedSockSite(web.SockSite):
         manager = self._runner.server
         assert manager is not None
         args, gate, head_timeout = self._handler_args, self._gate, self._head_timeout
+        write_timeout = self._write_timeout
 
         def forward() -> Forward:
             handler = JsonErrorHandler(manager, loop=loop, errors=gate.log, **args)
-            return Forward(handler, gate.log, head_timeout, loop)
+            return Forward(handler, gate.log, head_timeout, write_timeout, loop)
 
         settings = FrontSettings(
             gate=gate,
@@ -60,6 +63,7 @@ class GuardedSockSite(web.SockSite):
             forward=forward,
             header_timeout=head_timeout,
             idle_timeout=args["keepalive_timeout"],
+            write_timeout=write_timeout,
             max_line=args["max_line_size"],
             max_field=args["max_field_size"],
             heads=HeadParser(args["max_line_size"], args["max_field_size"], self._reads.prepare),

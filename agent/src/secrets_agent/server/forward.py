@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -61,10 +61,11 @@ class Forward:
         inner: RequestHandler,
         errors: RateLimited,
         head_timeout: float,
+        write_timeout: float,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._inner, self._errors, self._loop = inner, errors, loop
-        self._head_timeout = head_timeout
+        self._head_timeout, self._write_timeout = head_timeout, write_timeout
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._head = bytearray()
@@ -75,7 +76,10 @@ class Forward:
         """Take over a connection: ``buffered`` is what was read but not answered yet."""
         self._transport = transport
         self._arm()  # a client that connects and sends nothing is cut too
-        self._inner.connection_made(transport)
+        # aiohttp closes with ``transport.close()``, which waits for a flush a client that
+        # stopped reading never allows: its closes abort what is left after write_timeout.
+        reaping = Reaping(transport, self._loop, self._write_timeout)
+        self._inner.connection_made(cast(asyncio.Transport, reaping))  # the calls aiohttp makes
         if write_paused:
             self._inner.pause_writing()
         if buffered:
@@ -143,7 +147,37 @@ class Forward:
         self._timer = None
         slow_head(self._errors, self._head_timeout)
         if self._transport is not None:
-            self._transport.close()
+            close_or_abort(self._transport, self._loop, self._write_timeout)
+
+
+class Reaping:
+    """A transport whose ``close`` becomes an abort when the peer does not read in time."""
+
+    __slots__ = ("_inner", "_loop", "_timeout")
+
+    def __init__(
+        self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop, timeout: float
+    ) -> None:
+        self._inner, self._loop, self._timeout = inner, loop, timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def close(self) -> None:
+        close_or_abort(self._inner, self._loop, self._timeout)
+
+
+def close_or_abort(
+    transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, write_timeout: float
+) -> None:
+    """Close after the flush, or abort if the peer has not read what is left in time.
+
+    ``close`` alone waits for the flush forever: a client that stops reading would hold its
+    connection (and its ``max_connections`` slot) as long as it liked.
+    """
+    transport.close()
+    if transport.get_write_buffer_size():
+        loop.call_later(write_timeout, transport.abort)  # a no-op once the flush closed it
 
 
 def slow_head(errors: RateLimited, head_timeout: float) -> None:

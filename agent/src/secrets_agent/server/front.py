@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import Answer
-from secrets_agent.server.forward import Forward, slow_head
+from secrets_agent.server.forward import Forward, close_or_abort, slow_head
 from secrets_agent.server.gate import BUSY, Gate
 from secrets_agent.server.lean import HeadParser, LeanRead, Renderer, could_be_lean
 from secrets_agent.server.peers import peer_credentials, peer_groups
@@ -68,6 +68,7 @@ class FrontSettings:
     forward: Callable[[], Forward]  # aiohttp's handler for a connection, wrapped
     header_timeout: float
     idle_timeout: float
+    write_timeout: float
     max_line: int
     max_field: int
     heads: HeadParser
@@ -88,6 +89,7 @@ class Front(asyncio.Protocol):
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._stall: asyncio.TimerHandle | None = None  # writing paused: the write deadline
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -147,6 +149,9 @@ class Front(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._cancel_timer()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._admitted:
             self._admitted = False
             self._s.gate.leave()
@@ -156,11 +161,19 @@ class Front(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # Rare (answers beyond the transport's high-water mark): a timer here costs nothing on
+        # the usual read, and one on either path (lean or aiohttp) cuts a client that stopped
+        # reading, whatever it is waiting for.
+        if self._stall is None:
+            self._stall = self._loop.call_later(self._s.write_timeout, self._stalled)
         if self._forward is not None:
             self._forward.pause_writing()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._forward is not None:
             self._forward.resume_writing()
         elif not self._busy and not self._closing:
@@ -180,6 +193,20 @@ class Front(asyncio.Protocol):
         if self._transport is not None and self._forward is None:
             self._transport.abort()
 
+    def _stalled(self) -> None:
+        """Answers unread for write_timeout: the client stopped reading; free its slot."""
+        self._stall = None
+        self._s.gate.log.log(
+            "stalled",
+            logging.WARNING,
+            "aborted a connection that left its answers unread for %.1f s",
+            self._s.write_timeout,
+        )
+        self._closing = True
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- the lean path -------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -190,7 +217,11 @@ class Front(asyncio.Protocol):
             if end < 0:
                 if not buffer:
                     self._idle()
-                elif not could_be_lean(buffer) or len(buffer) > s.max_line + s.max_field:
+                elif (
+                    not could_be_lean(buffer)
+                    or len(buffer) > s.max_line + s.max_field
+                    or buffer.count(b"\n") != buffer.count(b"\r\n")
+                ):  # a bare LF is never lean: aiohttp's parser refuses it at once with a 400
                     self._hand_off()
                 elif not self._waiting_head:
                     self._waiting_head = True
@@ -255,7 +286,7 @@ class Front(asyncio.Protocol):
         self._closing = True
         self._cancel_timer()
         if self._transport is not None:
-            self._transport.close()
+            close_or_abort(self._transport, self._loop, self._s.write_timeout)
 
     def _hand_off(self) -> None:
         """From here on, this connection is aiohttp's (with whatever was read but unanswered)."""
