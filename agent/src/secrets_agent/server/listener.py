@@ -59,6 +59,7 @@ def check_directories(directory: Path) -> None:
     remove our entries in it.
     """
     me = os.geteuid()
+    _check_links(directory.absolute(), me)
     for current in (directory.resolve(), *directory.resolve().parents):
         st = current.stat()
         owner_ok = st.st_uid in (me, 0)
@@ -71,6 +72,21 @@ def check_directories(directory: Path) -> None:
             f"{current} can be written by other users ({who}): one of them could replace the "
             "socket; put listener.socket_path in a directory only the agent can write"
         )
+
+
+def _check_links(directory: Path, me: int) -> None:
+    """Refuse a symlink on the way that another user owns: they could point it elsewhere.
+
+    Checking only where the path resolves today would miss it (a symlink in a sticky /tmp
+    is its owner's to replace; ``stat`` follows it, ``lstat`` does not).
+    """
+    for current in (directory, *directory.parents):
+        st = current.lstat()
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise StartupError(
+                f"{current} is a symlink owned by uid {st.st_uid}: that user could point it "
+                "elsewhere; put listener.socket_path in a directory only the agent can write"
+            )
 
 
 def listen_backlog() -> int:
