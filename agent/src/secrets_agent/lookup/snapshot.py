@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,11 +50,13 @@ class Snapshot:
     def write(self, cipher: Cipher, document: bytes) -> bool:
         """Encrypt and replace the file atomically (mode 0600); safe to run in a thread."""
         data = MAGIC + cipher.encrypt(document.decode())
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary: Path | None = None
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            # A fresh, unpredictable name created with O_EXCL (mkstemp, mode 0600): nobody can
+            # have placed a file or a link there for us to write through.
+            fd, name = tempfile.mkstemp(".tmp", f".{self.path.name}.", self.path.parent)
+            temporary = Path(name)
             try:
-                os.fchmod(fd, 0o600)  # a leftover temporary file may have had another mode
                 os.write(fd, data)
                 os.fsync(fd)
             finally:
@@ -61,8 +64,9 @@ class Snapshot:
             os.replace(temporary, self.path)
             _fsync_directory(self.path.parent)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
             log.warning("cannot write the cache snapshot %s: %s", self.path, exc.strerror)
             self._metrics.snapshot_writes.labels("failure").inc()
             return False
