@@ -146,3 +146,72 @@ def test_config_needs_a_file_for_file_output_and_rejects_unknown_outputs(tmp_pat
     ]
     config = parse_config({"audit": {"output": "file", "file": "a.log"}}, base_dir=tmp_path)
     assert config.audit.file == str(tmp_path / "a.log")
+
+
+def test_dropped_summaries_share_the_rate_and_every_read_is_accounted_for(
+    tmp_path: Path,
+) -> None:
+    path, clock = tmp_path / "audit.log", FakeClock()
+    audit, _ = make(path, clock, rate=50.0)
+    for _ in range(3000):  # 3 s of hammering, a read every millisecond
+        audit.record(READ)
+        clock.advance(0.001)
+    audit.close()
+    events = lines(path)
+    assert len(events) <= 50 + 3 * 50  # one second's burst, then the rate: summaries included
+    reads = [e for e in events if e["event"] == "read"]
+    dropped = sum(int(str(e["count"])) for e in events if e["event"] == "dropped")
+    assert len(reads) + dropped == 3000  # exact: nothing lost without a trace
+
+
+def test_one_peers_burst_cannot_keep_another_peers_read_out(tmp_path: Path) -> None:
+    path, clock = tmp_path / "audit.log", FakeClock()
+    audit, _ = make(path, clock, rate=50.0)
+    for _ in range(3000):  # a burst by uid 1000 (all at once: the worst case)
+        audit.record(READ)
+    audit.record(Read(2000, 2000, 7, "variable", "db_password", None, "hit", "vault"))
+    audit.close()
+    theirs = [e for e in lines(path) if e.get("uid") == 2000]
+    assert [(e["event"], e["id"]) for e in theirs] == [("read", "db_password")]
+
+
+def test_a_dropped_denied_read_is_never_silent(tmp_path: Path) -> None:
+    path, clock = tmp_path / "audit.log", FakeClock()
+    audit, metrics = make(path, clock, rate=5.0)
+    for _ in range(5):
+        audit.record(READ)
+    denied = Read(1000, 1001, 4242, "variable", "db_password", None, "denied", None)
+    audit.record(denied)  # over its share: not written now...
+    assert sample(metrics, "secrets_agent_audit_dropped_total", reason="rate") == 1
+    clock.advance(1.0)  # ...but summarised once the peer has a token again, even if it is gone
+    audit.record(Read(2000, 2000, 7, "variable", "other", None, "hit", "vault"))
+    audit.close()
+    summaries = [e for e in lines(path) if e["event"] == "dropped"]
+    assert summaries == [
+        {"time": summaries[0]["time"], "event": "dropped", "uid": 1000, "count": 1, "denied": 1}
+    ]
+
+
+def test_a_symlinked_audit_file_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    (tmp_path / "audit.log").symlink_to(victim)
+    with caplog.at_level(logging.ERROR):
+        audit, metrics = make(tmp_path / "audit.log")
+        audit.record(READ)
+        audit.close()
+    assert victim.read_text() == "keep\n"
+    assert sample(metrics, "secrets_agent_audit_dropped_total", reason="error") == 1
+    assert any("cannot" in r.getMessage() for r in caplog.records)
+
+
+def test_an_existing_audit_file_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text("")
+    path.chmod(0o644)  # left world-readable by someone
+    audit, _ = make(path)
+    audit.record(READ)
+    audit.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(lines(path)) == 1
