@@ -37,3 +37,7 @@ class DeniedError(BackendError):
 
 class StartupError(AgentError):
     """The agent cannot start (socket in use, backend unusable)."""
+
+
+class AccessDeniedError(AgentError):
+    """An ``[[access]]`` rule refuses this peer the read: answered before the cache is asked."""

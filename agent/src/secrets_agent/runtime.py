@@ -25,6 +25,7 @@ from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
 from secrets_agent.lookup.shared.tier import SharedTier
 from secrets_agent.ops.metrics import Metrics
+from secrets_agent.server.access import AccessRules
 from secrets_agent.server.peers import AccessPolicy
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Runtime:
     service: SecretService
     policy: AccessPolicy
     pool: BackendPool
+    access: AccessRules | None = None  # None: no [[access]] rules, nothing to check
 
     @classmethod
     async def build(
@@ -145,7 +147,8 @@ class Runtime:
                 _chain(backends, metrics), cache, metrics, _refresh_policy(config), shared
             )
             policy = AccessPolicy.from_config(config.listener)
-            runtime = cls(config, backends, service, policy, pool)
+            access = AccessRules.from_config(config.access)
+            runtime = cls(config, backends, service, policy, pool, access)
         except BaseException:
             await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
             await _close_if_new(shared, previous)

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from secrets_agent.config.schema import AgentConfig, BackendCommon, BackendConfig
+from secrets_agent.config.schema import AccessRule, AgentConfig, BackendCommon, BackendConfig
 from secrets_agent.errors import ConfigError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
@@ -46,7 +46,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
     hints = typing.get_type_hints(AgentConfig)
     kwargs: dict[str, Any] = {}
     for key in raw:
-        if key not in _SECTIONS and key != "backends":
+        if key not in _SECTIONS and key not in ("backends", "access"):
             loader.problem(key, "unknown section")
     for name in _SECTIONS:
         table = raw.get(name, {})
@@ -55,6 +55,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
             continue
         kwargs[name] = loader.build(hints[name], table, name)
     kwargs["backends"] = loader.backends(raw.get("backends", [{"name": "env", "type": "env"}]))
+    kwargs["access"] = loader.rules(raw.get("access", []))
     if loader.problems:
         raise ConfigError(loader.problems)
     return AgentConfig(**kwargs, warnings=tuple(loader.warnings))
@@ -104,6 +105,22 @@ class _Loader:
                     frozenset(rest)
                 )
                 self.warnings += [f"{where}.{key}: {reason}" for key, reason in notices]
+        return tuple(result)
+
+    def rules(self, raw: Any) -> tuple[AccessRule, ...]:
+        """``[[access]]``: each rule named by its position (``access[2]``) in any problem."""
+        if not isinstance(raw, list):
+            self.problem("access", "must be an array of tables ([[access]])")
+            return ()
+        result = []
+        for index, table in enumerate(raw):
+            where = f"access[{index}]"
+            if not isinstance(table, dict):
+                self.problem(where, "must be a table")
+                continue
+            rule = self.build(AccessRule, table, where)
+            if rule is not None:
+                result.append(rule)
         return tuple(result)
 
     def build(self, cls: Any, table: dict[str, Any], where: str) -> Any:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secrets_agent.config.validators import (
+    check_glob,
     check_key_prefix,
     check_loopback,
     check_name,
@@ -13,6 +14,8 @@ from secrets_agent.config.validators import (
     check_regex,
     check_store_url,
     check_team,
+    resolve_group,
+    resolve_user,
     setting,
 )
 from secrets_agent.kinds import Kind, per_kind
@@ -187,6 +190,48 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class AccessRule:
+    """One ``[[access]]`` rule: who (one of uid, user, gid, group, everyone), which ids of which
+    kinds (glob patterns), optionally only for some teams; ``deny`` rules win over allows."""
+
+    uid: int | None = setting(None, min=0)
+    user: str = ""
+    gid: int | None = setting(None, min=0)  # primary or supplementary
+    group: str = ""
+    everyone: bool = False  # every peer the socket admits (allowed_uids / allowed_gids)
+    effect: str = setting("allow", choices=("allow", "deny"))
+    # Shell-style patterns, case-sensitive: * any run of characters (/ included), ? one,
+    # [abc] / [!abc] one of a set. Absent: no id of that kind.
+    connections: tuple[str, ...] = setting((), check=check_glob)
+    variables: tuple[str, ...] = setting((), check=check_glob)
+    config: tuple[str, ...] = setting((), check=check_glob)
+    # Only reads made for one of these teams (``?team=``); empty: reads for any team or none.
+    teams: tuple[str, ...] = setting((), check=check_team)
+
+    def patterns(self, kind: Kind) -> tuple[str, ...]:
+        value: tuple[str, ...] = per_kind(self, kind, "{}")
+        return value
+
+    def validate(self) -> list[tuple[str, str]]:
+        who = [
+            self.uid is not None,
+            bool(self.user),
+            self.gid is not None,
+            bool(self.group),
+            self.everyone,
+        ]
+        if sum(who) != 1:
+            return [("", "needs exactly one of uid, user, gid, group or everyone = true")]
+        if self.user and resolve_user(self.user) is None:
+            return [("user", "no such user on this machine")]
+        if self.group and resolve_group(self.group) is None:
+            return [("group", "no such group on this machine")]
+        if not (self.connections or self.variables or self.config):
+            return [("", "names no ids: set connections, variables and/or config")]
+        return []
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -196,5 +241,7 @@ class AgentConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     shared_cache: SharedCacheConfig = field(default_factory=SharedCacheConfig)
     backends: tuple[BackendConfig, ...] = ()
+    # Empty: no [[access]] rules, every admitted peer reads everything (as before rules existed).
+    access: tuple[AccessRule, ...] = ()
     # What the config may not mean any more (a breaking change), said by check-config and run.
     warnings: tuple[str, ...] = field(default=(), compare=False)

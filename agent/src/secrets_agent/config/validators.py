@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
+import pwd
 import re
 from collections.abc import Callable
 from typing import Any
@@ -87,3 +89,42 @@ def check_store_url(value: str) -> str | None:
     if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
         return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
     return None
+
+
+_GLOB_CHARS = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+")  # no space, no control character
+
+
+def check_glob(value: str) -> str | None:
+    """An id pattern: shell-style, case-sensitive (``fnmatch.fnmatchcase``)."""
+    if not value or len(value) > 500:
+        return "patterns must be 1-500 characters"
+    if not _GLOB_CHARS.fullmatch(value):
+        return "patterns must not hold spaces or control characters"
+    depth = 0
+    for char in value:  # fnmatch would read an unclosed [ literally: a typo, refused
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        return "pattern has a [ without its ]"
+    return None
+
+
+def resolve_user(name: str) -> int | None:
+    """A user name (or a numeric string) as a uid, or None when this machine has no such user."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def resolve_group(name: str) -> int | None:
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None

@@ -118,6 +118,12 @@ class Metrics:
         self.denied_peers = Counter(
             p + "denied_peers", "Connections refused because the peer is not allowed.", registry=r
         )
+        self.access_denied = Counter(
+            p + "access_denied",
+            "Reads refused by the [[access]] rules (before the cache and the upstream), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.auth_attempts = Counter(
             p + "auth_attempts",
             "Backend logins and renewals by result.",

@@ -10,6 +10,7 @@ from secrets_agent.backends.base import Health
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.ops.audit import AuditLog
 from secrets_agent.ops.metrics import Metrics
+from secrets_agent.server.access import AccessRules
 from secrets_agent.server.peers import AccessPolicy
 
 
@@ -20,6 +21,8 @@ class Serving(Protocol):
     def service(self) -> SecretService: ...
     @property
     def policy(self) -> AccessPolicy: ...
+    @property
+    def access(self) -> AccessRules | None: ...
     def readiness(self) -> dict[str, Health]: ...
 
 

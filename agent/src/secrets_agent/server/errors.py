@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from secrets_agent.errors import (
+    AccessDeniedError,
     AgentError,
     BackendError,
     DeniedError,
@@ -41,6 +42,8 @@ def answer_for(exc: BaseException) -> Answer:
         return error_answer(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     if isinstance(exc, InvalidIdError):
         return error_answer(400, "invalid_id", str(exc))
+    if isinstance(exc, AccessDeniedError):
+        return error_answer(403, "access_denied", str(exc))
     if isinstance(exc, DeniedError):
         return error_answer(403, "upstream_denied", str(exc))
     if isinstance(exc, TransientError):

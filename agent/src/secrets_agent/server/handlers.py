@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from secrets_agent.errors import AccessDeniedError
 from secrets_agent.kinds import Kind, validate_id
 from secrets_agent.server.app import CONTEXT, READS, request_caller
-from secrets_agent.server.errors import error_response, to_response
+from secrets_agent.server.errors import error_response, response_for, to_response
 from secrets_agent.server.reads import ROUTE, ReadQuery
 
 
@@ -50,7 +51,18 @@ async def invalidate(request: web.Request) -> web.Response:
     kind = Kind(kind_name) if kind_name is not None else None
     if secret_id is not None:
         validate_id(secret_id)
-    count = request.app[CONTEXT].current().service.invalidate(kind, secret_id)
+    runtime = request.app[CONTEXT].current()
+    if runtime.access is not None:  # an admin may drop only what it may read
+        caller = request_caller(request)
+        rules = runtime.access.for_peer(caller.peer, caller.groups)
+        if secret_id is not None and kind is not None:
+            allowed = rules.may_touch(kind, secret_id)
+        else:
+            allowed = all(rules.covers(k) for k in ([kind] if kind is not None else Kind))
+        if not allowed:
+            detail = "access rules let this peer invalidate only what it may read"
+            return response_for(AccessDeniedError(detail))
+    count = runtime.service.invalidate(kind, secret_id)
     return web.json_response({"invalidated": count})
 
 

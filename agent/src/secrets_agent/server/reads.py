@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses, in C
 
 from secrets_agent.config.validators import TEAM_NAME
-from secrets_agent.errors import BackendError, DeniedError, InvalidIdError
+from secrets_agent.errors import AccessDeniedError, BackendError, DeniedError, InvalidIdError
 from secrets_agent.kinds import KIND_BY_SEGMENT, MAX_ID_LENGTH, Kind, validate_id
 from secrets_agent.lookup.cache import CacheState, Key, Result
 from secrets_agent.ops.audit import Read
 from secrets_agent.ops.logs import RateLimited
+from secrets_agent.server.access import AccessRules, PeerRules
 from secrets_agent.server.context import ApiContext
 from secrets_agent.server.errors import Answer, answer_for, error_answer
 from secrets_agent.server.peers import AccessPolicy, Peer
@@ -68,6 +69,16 @@ class Caller:
     peer: Peer
     groups: frozenset[int]
     allowed_by: AccessPolicy | None = None  # the last policy that allowed it (a reload swaps)
+    rules: PeerRules | None = None  # its [[access]] rules, taken from ``rules_of``
+    rules_of: AccessRules | None = None
+
+    def may_read(self, access: AccessRules, read: Prepared) -> bool:
+        """The rules' decision (remembered per peer and read); a reload's rules apply at once."""
+        rules = self.rules
+        if self.rules_of is not access or rules is None:
+            rules = self.rules = access.for_peer(self.peer, self.groups)
+            self.rules_of = access
+        return rules.allows(read.key)
 
     def allowed(self, policy: AccessPolicy) -> bool:
         if policy is self.allowed_by:
@@ -83,6 +94,13 @@ class Reads:
         self.context = context
         # A denied peer can send requests as fast as it likes; the log hears once a minute.
         self._denials = RateLimited(logging.getLogger(__name__))
+        # The same answer for every refused read of a kind: nothing in it depends on the id.
+        self._refusals = {
+            kind: answer_for(
+                AccessDeniedError(f"access rules do not let this peer read this {kind.value}")
+            )
+            for kind in Kind
+        }
 
     def prepare(self, query: ReadQuery) -> Prepared:
         """Validate a query and precompute its answer's frame; nothing here depends on who asks."""
@@ -117,6 +135,9 @@ class Reads:
         if team is not None and not runtime.policy.may_ask_for(caller.peer, caller.groups, team):
             self._audit(caller.peer, read.kind, query.raw_id, team, "denied", None)
             return error_answer(403, "team_denied", "this peer is not bound to the team it names")
+        access = runtime.access
+        if access is not None and not caller.may_read(access, read):
+            return self.refused(caller.peer, read)
         if read.forced:
             return None
         result = runtime.service.cached(read.key)
@@ -155,6 +176,23 @@ class Reads:
         )
         detail = f"uid {peer.uid} gid {peer.gid} may not use this agent"
         return error_answer(403, "peer_denied", detail)
+
+    def refused(self, peer: Peer, read: Prepared) -> Answer:
+        """A read the access rules refuse: counted, audited, logged once a minute per peer;
+        neither the cache nor the upstream is asked, so nothing tells whether the id exists."""
+        kind = read.kind
+        self.context.metrics.access_denied.labels(_KIND[kind]).inc()
+        self._audit(peer, kind, read.query.raw_id, read.query.team, "denied", None)
+        self._denials.log(
+            f"access-{peer.uid}",
+            logging.WARNING,
+            "access rules refused a read: uid %d gid %d pid %d, %s",
+            peer.uid,
+            peer.gid,
+            peer.pid,
+            _KIND[kind],
+        )
+        return self._refusals[kind]
 
     def _found(self, peer: Peer, read: Prepared, result: Result) -> Answer:
         audit = self.context.audit

@@ -1,0 +1,154 @@
+"""Access rules: which local identity may read which ids, checked before ``lookup``.
+
+A peer's rules are the ``[[access]]`` rules that name its uid, one of its gids (primary or
+supplementary) or everyone. A read is allowed when one of them allows it and none denies it;
+with no rule for the peer it is denied. With no rules at all there is no ``AccessRules`` and
+every admitted peer reads everything, as before rules existed. Decisions are remembered per
+peer and read: the lean path asks for the same few keys again and again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from secrets_agent.config.schema import AccessRule
+from secrets_agent.config.validators import resolve_group, resolve_user
+from secrets_agent.errors import StartupError
+from secrets_agent.kinds import Kind
+from secrets_agent.server.peers import Peer
+
+_MEMO = 4096  # decisions (or peers) remembered before starting over: bounded memory
+EVERYONE = "everyone"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule, compiled: who it is for, and a matcher per kind (None: no id of that kind)."""
+
+    who: str  # "uid", "gid" or "everyone"
+    id: int
+    allow: bool
+    ids: dict[Kind, re.Pattern[str] | None]
+    teams: frozenset[str]  # empty: reads for any team or none
+    everything: frozenset[Kind]  # kinds where a pattern is a bare "*": every id
+
+    @classmethod
+    def compile(cls, rule: AccessRule, position: int) -> Rule:
+        who, ident = _who(rule, position)
+        ids = {kind: _matcher(rule.patterns(kind)) for kind in Kind}
+        everything = frozenset(kind for kind in Kind if "*" in rule.patterns(kind))
+        return cls(who, ident, rule.effect == "allow", ids, frozenset(rule.teams), everything)
+
+    def applies_to(self, peer: Peer, groups: frozenset[int]) -> bool:
+        if self.who == "uid":
+            return peer.uid == self.id
+        if self.who == "gid":
+            return peer.gid == self.id or self.id in groups
+        return True
+
+    def matches(self, kind: Kind, secret_id: str, team: str | None) -> bool:
+        if self.teams and team not in self.teams:
+            return False
+        matcher = self.ids[kind]
+        return matcher is not None and matcher.fullmatch(secret_id) is not None
+
+
+class PeerRules:
+    """The rules for one peer identity (uid, gid, groups), with its decisions remembered."""
+
+    __slots__ = ("_memo", "_rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = tuple(rules)
+        self._memo: dict[tuple[Kind, str, str | None], bool] = {}
+
+    def allows(self, key: tuple[Kind, str, str | None]) -> bool:
+        """Whether this peer may read ``(kind, id, team)``: the cache's key for the read."""
+        decision = self._memo.get(key)
+        if decision is None:
+            decision = self._decide(*key)
+            if len(self._memo) >= _MEMO:
+                self._memo.clear()
+            self._memo[key] = decision
+        return decision
+
+    def _decide(self, kind: Kind, secret_id: str, team: str | None) -> bool:
+        allowed = False
+        for rule in self._rules:
+            if rule.matches(kind, secret_id, team):
+                if not rule.allow:
+                    return False  # a deny wins over every allow
+                allowed = True
+        return allowed
+
+    def may_touch(self, kind: Kind, secret_id: str) -> bool:
+        """Whether some read of ``(kind, id)`` (for any team or none) is allowed: the scope
+        of an invalidation."""
+        allowed = False
+        for rule in self._rules:
+            matcher = rule.ids[kind]
+            if matcher is None or matcher.fullmatch(secret_id) is None:
+                continue
+            if not rule.allow and not rule.teams:
+                return False  # denied for every team: nothing of it may be touched
+            allowed = allowed or rule.allow
+        return allowed
+
+    def covers(self, kind: Kind) -> bool:
+        """Whether every id of ``kind`` is allowed (for any team) and none is denied."""
+        return not any(not r.allow and r.ids[kind] is not None for r in self._rules) and any(
+            r.allow and not r.teams and kind in r.everything for r in self._rules
+        )
+
+
+class AccessRules:
+    """Every ``[[access]]`` rule of one configuration: built with the runtime, swapped whole."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = tuple(rules)
+        self._peers: dict[tuple[int, int, frozenset[int]], PeerRules] = {}
+
+    @classmethod
+    def from_config(cls, rules: Sequence[AccessRule]) -> AccessRules | None:
+        """None without rules: nothing to check, today's behaviour at no cost."""
+        if not rules:
+            return None
+        return cls([Rule.compile(rule, index) for index, rule in enumerate(rules)])
+
+    def for_peer(self, peer: Peer, groups: frozenset[int]) -> PeerRules:
+        key = (peer.uid, peer.gid, groups)
+        found = self._peers.get(key)
+        if found is None:
+            found = PeerRules([r for r in self._rules if r.applies_to(peer, groups)])
+            if len(self._peers) >= _MEMO:
+                self._peers.clear()
+            self._peers[key] = found
+        return found
+
+
+def _who(rule: AccessRule, position: int) -> tuple[str, int]:
+    if rule.uid is not None:
+        return "uid", rule.uid
+    if rule.gid is not None:
+        return "gid", rule.gid
+    if rule.user:
+        uid = resolve_user(rule.user)
+        if uid is None:  # it existed when the config was loaded; gone since
+            raise StartupError(f"access[{position}].user: no such user on this machine")
+        return "uid", uid
+    if rule.group:
+        gid = resolve_group(rule.group)
+        if gid is None:
+            raise StartupError(f"access[{position}].group: no such group on this machine")
+        return "gid", gid
+    return EVERYONE, -1
+
+
+def _matcher(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One anchored regex for a kind's patterns (fnmatch's translation, case-sensitive)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))

@@ -1,0 +1,232 @@
+"""Access rules on the real agent: peers under other uids read what their rules allow, are
+refused the rest before the cache and the upstream, and a reload applies to open connections."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.backends import registry
+from secrets_agent.kinds import Kind
+from secrets_agent_client import AgentSecretsBackend
+from secrets_agent_client.transport import UnixTransport
+from support.helpers import (
+    RunningAgent,
+    Script,
+    ScriptedBackend,
+    agent_config,
+    running_agent,
+    write_config,
+)
+from support.users import as_other_user
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid"),
+]
+
+ALICE, BOB, TEAM_B_GID = 4011, 4012, 4110
+V = Kind.VARIABLE
+VALUES = {
+    (V, "team_a_token"): "s3cret-a",
+    (V, "team_a_cold"): "s3cret-a-cold",
+    (V, "team_b_token"): "s3cret-b",
+}
+BACKEND = '[[backends]]\nname = "up"\ntype = "scripted"\n'
+
+
+def rules(root_variables: str = '"*"') -> str:
+    return f"""
+[[access]]
+uid = {ALICE}
+variables = ["team_a_*"]
+[[access]]
+gid = {TEAM_B_GID}
+variables = ["team_b_*"]
+[[access]]
+uid = 0
+variables = [{root_variables}]
+"""
+
+
+LISTENER = f'socket_mode = "0666"\nallowed_uids = [0, {ALICE}, {BOB}]\nadmin_uids = [0, {BOB}]\n'
+
+
+def sections(audit: Path, root_variables: str = '"*"') -> str:
+    """Everything after ``[listener]``: the audit, the backend, the rules."""
+    return f'[audit]\noutput = "file"\nfile = "{audit}"\n' + BACKEND + rules(root_variables)
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch) -> Script:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", ScriptedBackend)
+    made = Script(values=dict(VALUES))
+    ScriptedBackend.scripts = {"up": made}
+    return made
+
+
+@pytest.fixture
+def agent(short_tmp: Path, script: Script) -> Iterator[RunningAgent]:
+    config = agent_config(short_tmp, extra=LISTENER, backends=sections(short_tmp / "audit.log"))
+    with running_agent(config) as running:
+        yield running
+
+
+def read_as(agent: RunningAgent, uid: int, secret_id: str, groups: list[int] | None = None) -> str:
+    def call() -> str:
+        try:
+            return "VALUE " + str(
+                AgentSecretsBackend(socket_path=agent.socket_path).get_variable(secret_id)
+            )
+        except Exception as exc:  # what the task would see
+            return f"{type(exc).__name__} {exc}"
+
+    return as_other_user(uid, uid, groups or [], call)
+
+
+def test_each_peer_reads_what_its_rules_allow_and_is_refused_the_rest(
+    agent: RunningAgent, script: Script, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    assert read_as(agent, ALICE, "team_a_token") == "VALUE s3cret-a"
+    assert read_as(agent, BOB, "team_b_token", groups=[TEAM_B_GID]) == "VALUE s3cret-b"
+    for _ in range(3):
+        refused = read_as(agent, ALICE, "team_b_token")
+        assert refused.startswith("PermissionError secrets agent denied"), refused
+        assert "access rules do not let this peer read this variable" in refused
+    assert read_as(agent, BOB, "team_b_token").startswith("PermissionError")  # not in the group
+    assert script.calls == [(V, "team_a_token"), (V, "team_b_token")]  # never a refused one
+    assert agent.metric("secrets_agent_access_denied_total", kind="variable") == 4
+    refusals = [r for r in caplog.records if "access rules refused" in r.getMessage()]
+    assert len(refusals) == 2  # once per peer per interval: alice once, bob once
+    denied = [e for e in audited(short_tmp / "audit.log") if e["result"] == "denied"]
+    assert {(e["uid"], e["gid"], e["id"]) for e in denied} == {
+        (ALICE, ALICE, "team_b_token"),
+        (BOB, BOB, "team_b_token"),
+    }
+    assert all(isinstance(e["pid"], int) and e["pid"] > 0 for e in denied)
+
+
+def audited(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def raw_answers(path: str, requests: list[bytes]) -> list[bytes]:
+    """Each request on one kept-alive connection, its answer without the Date header."""
+    answers = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        buffer = b""
+        for request in requests:
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            body, buffer = buffer[:length], buffer[length:]
+            answers.append(re.sub(rb"Date: [^\r]*\r\n", b"", head) + b"\r\n\r\n" + body)
+    return answers
+
+
+def get(target: str, extra: str = "") -> bytes:
+    return f"GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+HEALTHZ = get("/healthz")
+
+
+@pytest.mark.parametrize("via_aiohttp", [False, True], ids=["lean", "aiohttp"])
+def test_a_refusal_says_nothing_about_the_id_and_touches_neither_cache_nor_upstream(
+    agent: RunningAgent, script: Script, via_aiohttp: bool
+) -> None:
+    assert raw_answers(agent.socket_path, [get("/v1/variables/team_a_token")])[0].startswith(
+        b"HTTP/1.1 200"
+    )  # root's read: now cached
+    calls, hits = (
+        list(script.calls),
+        agent.metric("secrets_agent_cache_results_total", kind="variable", result="hit"),
+    )
+    first = [HEALTHZ] if via_aiohttp else []
+    requests = [
+        get("/v1/variables/team_a_token"),  # exists, cached
+        get("/v1/variables/team_a_cold"),  # exists, not cached
+        get("/v1/variables/team_a_missing"),  # does not exist
+        get("/v1/variables/team_a_token?refresh=true"),  # refresh-now obeys the rules too
+        get("/v1/variables/team_a_cold", "Cache-Control: no-cache\r\n"),
+    ]
+
+    def call() -> str:
+        return json.dumps([a.decode() for a in raw_answers(agent.socket_path, first + requests)])
+
+    answers = [a.encode() for a in json.loads(as_other_user(BOB, BOB, [], call))][len(first) :]
+    assert answers[0].startswith(b"HTTP/1.1 403 Forbidden")
+    assert b'"error": "access_denied"' in answers[0]
+    assert len(set(answers)) == 1  # byte for byte the same, whatever the id
+    assert script.calls == calls  # no upstream call
+    assert agent.metric("secrets_agent_cache_results_total", kind="variable", result="hit") == hits
+    assert agent.agent.service.cache.get(V, "team_a_cold") is None  # nothing fetched or cached
+
+
+def test_invalidation_is_limited_to_what_the_admin_may_read(agent: RunningAgent) -> None:
+    def invalidate(body: dict[str, str]) -> str:
+        def call() -> str:
+            response = UnixTransport(agent.socket_path, 5).request(
+                "POST", "/v1/cache/invalidate", json.dumps(body).encode()
+            )
+            return f"{response.status} {json.loads(response.body).get('error', '')}"
+
+        return as_other_user(BOB, BOB, [TEAM_B_GID], call)
+
+    assert invalidate({}) == "403 access_denied"
+    assert invalidate({"kind": "variable"}) == "403 access_denied"
+    assert invalidate({"kind": "variable", "id": "team_a_token"}) == "403 access_denied"
+    assert invalidate({"kind": "variable", "id": "team_b_token"}) == "200 "
+
+
+@pytest.mark.parametrize("via_aiohttp", [False, True], ids=["lean", "aiohttp"])
+def test_a_reload_swaps_the_rules_for_connections_already_open(
+    short_tmp: Path, script: Script, via_aiohttp: bool
+) -> None:
+    audit = short_tmp / "audit.log"
+    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
+    config_path = write_config(short_tmp, head + sections(audit, '"team_a_*"'))
+    from secrets_agent.config.loader import load_config
+
+    with running_agent(load_config(config_path), config_path=config_path) as agent:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(agent.socket_path)
+        try:
+            if via_aiohttp:
+                assert exchange(conn, HEALTHZ).startswith(b"HTTP/1.1 200")
+            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 200")
+            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 403")
+            config_path.write_text(config_path.read_text().replace('"team_a_*"', '"team_b_*"'))
+            assert agent.call(agent.agent.reload())
+            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
+            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
+        finally:
+            conn.close()
+
+
+def exchange(conn: socket.socket, request: bytes) -> bytes:
+    """One request on a kept-alive connection, its whole answer."""
+    conn.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += conn.recv(65536)
+    return data

@@ -1,0 +1,160 @@
+"""Access rules: who a rule is for, which ids it matches, deny over allow, default deny."""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import pwd
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secrets_agent.config.loader import parse_config
+from secrets_agent.errors import ConfigError
+from secrets_agent.kinds import Kind
+from secrets_agent.server.access import AccessRules
+from secrets_agent.server.peers import Peer
+
+V, C, CFG = Kind.VARIABLE, Kind.CONNECTION, Kind.CONFIG
+ALICE, BOB = Peer(pid=10, uid=1001, gid=1001), Peer(pid=11, uid=1002, gid=1002)
+TEAM_A_GID = 3001
+
+
+def rules(*tables: dict[str, Any]) -> AccessRules:
+    config = parse_config({"access": list(tables)}, base_dir=Path("/"))
+    built = AccessRules.from_config(config.access)
+    assert built is not None
+    return built
+
+
+def allows(
+    access: AccessRules,
+    peer: Peer,
+    kind: Kind,
+    secret_id: str,
+    team: str | None = None,
+    groups: frozenset[int] = frozenset(),
+) -> bool:
+    return access.for_peer(peer, groups).allows((kind, secret_id, team))
+
+
+def test_no_rules_means_nothing_to_check() -> None:
+    assert AccessRules.from_config(parse_config({}, base_dir=Path("/")).access) is None
+
+
+def test_a_uid_rule_allows_its_patterns_and_nothing_else() -> None:
+    access = rules({"uid": 1001, "variables": ["team_a_*"], "connections": ["pg_a"]})
+    assert allows(access, ALICE, V, "team_a_db")
+    assert allows(access, ALICE, C, "pg_a")
+    assert not allows(access, ALICE, C, "pg_a2")  # anchored: the whole id
+    assert not allows(access, ALICE, V, "team_b_db")
+    assert not allows(access, ALICE, CFG, "team_a_db")  # another kind: nothing
+    assert not allows(access, BOB, V, "team_a_db")  # no rule for bob: denied by default
+
+
+def test_patterns_are_case_sensitive_and_star_spans_slashes() -> None:
+    access = rules({"uid": 1001, "variables": ["Team_A/*", "x?[0-9]"]})
+    assert allows(access, ALICE, V, "Team_A/deep/key")
+    assert not allows(access, ALICE, V, "team_a/key")
+    assert allows(access, ALICE, V, "xy7") and not allows(access, ALICE, V, "xy")
+
+
+def test_gid_rules_match_the_primary_or_a_supplementary_group() -> None:
+    access = rules({"gid": TEAM_A_GID, "variables": ["a_*"]})
+    assert allows(access, Peer(1, 5000, TEAM_A_GID), V, "a_1")
+    assert allows(access, ALICE, V, "a_1", groups=frozenset({TEAM_A_GID}))
+    assert not allows(access, ALICE, V, "a_1")
+
+
+def test_everyone_and_deny_wins_over_allow_whatever_the_order() -> None:
+    for order in (1, -1):
+        tables = [
+            {"uid": 1001, "effect": "deny", "variables": ["shared_admin_*"]},
+            {"everyone": True, "variables": ["shared_*"]},
+        ][::order]
+        access = rules(*tables)
+        assert allows(access, BOB, V, "shared_admin_x")  # the deny is alice's only
+        assert not allows(access, ALICE, V, "shared_admin_x")
+        assert allows(access, ALICE, V, "shared_x")
+
+
+def test_team_limited_rules_match_only_reads_for_their_teams() -> None:
+    access = rules({"uid": 1001, "variables": ["*"], "teams": ["team_a"]})
+    assert allows(access, ALICE, V, "k", team="team_a")
+    assert not allows(access, ALICE, V, "k", team="team_b")
+    assert not allows(access, ALICE, V, "k")
+
+
+def test_names_resolve_to_ids() -> None:
+    root_group = grp.getgrgid(0).gr_name
+    access = rules(
+        {"user": pwd.getpwuid(0).pw_name, "variables": ["r"]},
+        {"group": root_group, "variables": ["g"]},
+    )
+    root = Peer(1, 0, 0)
+    assert allows(access, root, V, "r") and allows(access, root, V, "g")
+    assert not allows(access, ALICE, V, "r")
+
+
+def test_invalidation_scope() -> None:
+    access = rules(
+        {"uid": 1001, "variables": ["*"]},
+        {"uid": 1001, "connections": ["pg_*"]},
+        {"uid": 1001, "effect": "deny", "connections": ["pg_secret"]},
+    )
+    mine = access.for_peer(ALICE, frozenset())
+    assert mine.covers(V) and not mine.covers(C) and not mine.covers(CFG)
+    assert mine.may_touch(C, "pg_a") and not mine.may_touch(C, "pg_secret")
+    assert not mine.may_touch(C, "other")
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ({"variables": ["x"]}, "access[0]: needs exactly one of uid, user, gid, group or"),
+        ({"uid": 1, "gid": 2, "variables": ["x"]}, "access[0]: needs exactly one of"),
+        ({"uid": 1}, "access[0]: names no ids"),
+        ({"user": "no-such-user-here", "variables": ["x"]}, "access[0].user: no such user"),
+        ({"group": "no-such-group-here", "variables": ["x"]}, "access[0].group: no such group"),
+        ({"uid": 1, "variables": ["a[b"]}, "access[0].variables: pattern has a [ without"),
+        ({"uid": 1, "variables": [""]}, "access[0].variables: patterns must be 1-500"),
+        ({"uid": 1, "variables": ["a b"]}, "access[0].variables: patterns must not hold"),
+        ({"uid": 1, "connections": ["x"], "effect": "maybe"}, "access[0].effect: must be one"),
+        ({"uid": 1, "variables": ["x"], "teams": ["no such"]}, "access[0].teams: must be 1-64"),
+        ({"uid": 1, "variables": ["x"], "kinds": ["x"]}, "access[0].kinds: unknown key"),
+    ],
+)
+def test_bad_rules_are_refused_naming_their_position(table: dict[str, Any], problem: str) -> None:
+    good = {"uid": 7, "variables": ["ok"]}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"access": [table, good]}, base_dir=Path("/"))
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+    with pytest.raises(ConfigError) as info:  # the position is the rule's, wherever it is
+        parse_config({"access": [good, table]}, base_dir=Path("/"))
+    assert any(p.startswith(problem.replace("[0]", "[1]")) for p in info.value.problems)
+
+
+ID_CHARS = st.sampled_from("ab_-./Z9")
+ids = st.text(ID_CHARS, min_size=1, max_size=12)
+globs = st.text(st.sampled_from("ab_-./Z9*?"), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(allow=st.lists(globs, max_size=3), deny=st.lists(globs, max_size=3), secret_id=ids)
+def test_decision_is_allow_unless_denied(allow: list[str], deny: list[str], secret_id: str) -> None:
+    """Against fnmatchcase itself: allowed iff some allow pattern matches and no deny does."""
+    tables: list[dict[str, Any]] = [{"everyone": True, "variables": ["__none__"]}]
+    if allow:
+        tables.append({"uid": 1001, "variables": allow})
+    if deny:
+        tables.append({"gid": 1001, "effect": "deny", "variables": deny})
+    access = rules(*tables)
+    expected = any(fnmatch.fnmatchcase(secret_id, p) for p in allow) and not any(
+        fnmatch.fnmatchcase(secret_id, p) for p in deny
+    )
+    assert allows(access, ALICE, V, secret_id) is expected
+    assert allows(access, ALICE, V, secret_id) is expected  # and the remembered decision too
+    assert not allows(access, ALICE, C, secret_id)
