@@ -29,7 +29,7 @@ import pytest
 
 from secrets_agent.backends.registry import BACKEND_TYPES
 from secrets_agent.config.loader import parse_config
-from secrets_agent.config.schema import AgentConfig, BackendCommon
+from secrets_agent.config.schema import AccessRule, AgentConfig, BackendCommon
 from secrets_agent.errors import ConfigError
 from support import ROOT
 
@@ -84,7 +84,7 @@ def test_example_config_mentions_every_key() -> None:
     for section in SECTIONS:
         assert f"[{section}]" in example
     pending: list[type] = [_section_class(s) for s in SECTIONS]
-    pending += [BackendCommon, *[b.Options for b in BACKEND_TYPES.values()]]
+    pending += [BackendCommon, AccessRule, *[b.Options for b in BACKEND_TYPES.values()]]
     keys: list[str] = []
     while pending:
         fields = _fields(pending.pop())

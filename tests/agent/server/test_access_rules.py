@@ -158,3 +158,24 @@ def test_decision_is_allow_unless_denied(allow: list[str], deny: list[str], secr
     assert allows(access, ALICE, V, secret_id) is expected
     assert allows(access, ALICE, V, secret_id) is expected  # and the remembered decision too
     assert not allows(access, ALICE, C, secret_id)
+
+
+def test_check_config_refuses_bad_rules_by_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from secrets_agent.cli import main
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[[backends]]\nname = "env"\ntype = "env"\n'
+        '[[access]]\nuser = "no-such-user-here"\nvariables = ["a"]\n'
+        '[[access]]\neveryone = true\nvariables = ["a[b"]\n'
+    )
+    assert main(["check-config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "access[0].user: no such user on this machine" in err
+    assert "access[1].variables: pattern has a [ without its ]" in err
+    path.write_text(
+        '[[backends]]\nname = "env"\ntype = "env"\n[[access]]\nuid = 0\nconfig = ["*"]\n'
+    )
+    assert main(["check-config", str(path)]) == 0

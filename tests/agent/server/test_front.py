@@ -286,3 +286,40 @@ def test_metrics_count_lean_reads(agent: RunningAgent) -> None:
     assert agent.metric("secrets_agent_request_duration_seconds_count", kind="variable") == 3
     assert agent.metric("secrets_agent_cache_results_total", kind="variable", result="hit") == 2
     assert agent.metric("secrets_agent_cache_results_total", kind="variable", result="miss") == 1
+
+
+ACCESS = """
+[[access]]
+uid = 0
+variables = ["greeting", "a/*"]
+connections = ["pg"]
+"""
+GUARDED = [
+    get("/v1/variables/greeting"),
+    get("/v1/variables/absent"),  # refused: not in the rules, whether or not it exists
+    get("/v1/connections/pg"),
+    get("/v1/connections/http_api"),  # exists, refused
+    get("/v1/config/sql_alchemy_conn"),  # no config rule: refused
+    get("/v1/variables/a%2Fb"),
+    get("/v1/variables/%01"),  # invalid: 400 for anyone, before the rules
+    get("/v1/variables/greeting?refresh=true"),
+    get("/v1/variables/absent", "Cache-Control: no-cache\r\n"),
+    get("/v1/variables/greeting", "Connection: close\r\n"),
+]
+
+
+def test_refusals_by_access_rules_answer_exactly_as_aiohttp_does(
+    short_tmp: Path, script: Script
+) -> None:
+    seen: list[list[Seen]] = []
+    for name, via_aiohttp in (("lean", False), ("aiohttp", True)):
+        (short_tmp / name).mkdir()
+        config = agent_config(short_tmp / name, backends=BACKENDS + ACCESS)
+        with running_agent(config, new_loop=LOOPS[LOOP[0]]) as running:
+            seen.append(answers(running, GUARDED, via_aiohttp=via_aiohttp))
+            refused = running.metric("secrets_agent_access_denied_total", kind="variable")
+            assert refused == 2
+    lean, aio = seen
+    for request, ours, theirs in zip(GUARDED, lean, aio, strict=True):
+        assert ours == theirs, request
+    assert [status for status, _, _ in lean] == [200, 403, 200, 403, 403, 404, 400, 200, 403, 200]
