@@ -34,9 +34,12 @@ from secrets_agent.errors import ConfigError
 from support import ROOT
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-# Every field of AgentConfig but backends (an array) and warnings (not a section) is a section.
+# Every field of AgentConfig but backends and access (arrays of tables, checked on their own)
+# and warnings (not a section) is a section.
 SECTIONS = [
-    f.name for f in dataclasses.fields(AgentConfig) if f.name not in ("backends", "warnings")
+    f.name
+    for f in dataclasses.fields(AgentConfig)
+    if f.name not in ("backends", "access", "warnings")
 ]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
 
@@ -141,6 +144,7 @@ def test_configuration_reference_lists_exactly_the_schemas_section_keys() -> Non
         (f"[{s}]",): set(_fields(_section_class(s))) for s in SECTIONS
     }
     expected[("[[backends]]",)] = set(_fields(BackendCommon))
+    expected[("[[access]]",)] = set(_fields(AccessRule))
     assert _mismatches(documented, expected) == {}
 
 
@@ -183,6 +187,9 @@ def _unknown_keys(raw: dict[str, Any]) -> list[str]:
                 common = set(_fields(BackendCommon))
                 rest = {k: v for k, v in backend.items() if k not in common}
                 walk(rest, kind.Options, f"backends[{i}].")
+        elif key == "access" and isinstance(value, list):
+            for i, rule in enumerate(value):
+                walk(rule, AccessRule, f"access[{i}].")
         else:
             unknown.append(key)
     return unknown
