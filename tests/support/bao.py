@@ -214,3 +214,20 @@ def vault_backend_toml(server: BaoServer, token: str | None = None, extra: str =
         [backends.token]
         token = "{server.root_token if token is None else token}"
     """
+
+
+def audit_device(log: Path) -> str:
+    """``extra_config`` for a file audit device writing to ``log`` (count reads with
+    ``audited_reads``)."""
+    return f'audit "file" "to-file" {{\n  options {{\n    file_path = "{log}"\n  }}\n}}\n'
+
+
+def audited_reads(log: Path, path: str) -> int:
+    """KV reads of one path (``secret/data/...``) as the audit device recorded them."""
+    return sum(
+        1
+        for entry in map(json.loads, log.read_text().splitlines())
+        if entry.get("type") == "response"
+        and entry["request"].get("path") == path
+        and entry["request"].get("operation") == "read"
+    )

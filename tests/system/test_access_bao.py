@@ -3,7 +3,6 @@ so), and a refused existing id is answered exactly as a refused missing one."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,8 @@ import pytest
 
 from secrets_agent_client import AgentSecretsBackend
 from secrets_agent_client.transport import UnixTransport
-from support.bao import BaoServer, vault_backend_toml
+from support.bao import BaoServer, audit_device, vault_backend_toml
+from support.bao import audited_reads as kv_reads
 from support.helpers import agent_config, running_agent
 from support.users import as_other_user
 
@@ -27,8 +27,7 @@ ALICE, BOB = 4021, 4022
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[BaoServer]:
     log = tmp_path / "audit.log"
-    audit = f'audit "file" "to-file" {{\n  options {{\n    file_path = "{log}"\n  }}\n}}\n'
-    server = BaoServer(tmp_path / "bao", extra_config=audit)
+    server = BaoServer(tmp_path / "bao", extra_config=audit_device(log))
     try:
         server.start()
         server.kv_put("variables/team_a_token", {"value": "s3cret-a"})
@@ -39,16 +38,7 @@ def bao(tmp_path: Path) -> Iterator[BaoServer]:
 
 
 def audited_reads(bao: BaoServer, secret_id: str) -> int:
-    """KV reads of one variable as OpenBao's audit device recorded them."""
-    lines = (bao.workdir.parent / "audit.log").read_text().splitlines()
-    path = f"secret/data/variables/{secret_id}"
-    return sum(
-        1
-        for entry in map(json.loads, lines)
-        if entry.get("type") == "response"
-        and entry["request"].get("path") == path
-        and entry["request"].get("operation") == "read"
-    )
+    return kv_reads(bao.workdir.parent / "audit.log", f"secret/data/variables/{secret_id}")
 
 
 RULES = f"""

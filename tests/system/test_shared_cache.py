@@ -16,7 +16,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent_client import AgentSecretsBackend
-from support.bao import BaoServer
+from support.bao import BaoServer, audit_device
+from support.bao import audited_reads as kv_reads
 from support.helpers import (
     AGENT_SCRIPT,
     FakeClock,
@@ -38,8 +39,7 @@ TTL = 2.0  # real seconds for the store's entries; the agents' own clocks are mo
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[BaoServer]:
     log = tmp_path / "audit.log"
-    audit = f'audit "file" "to-file" {{\n  options {{\n    file_path = "{log}"\n  }}\n}}\n'
-    server = BaoServer(tmp_path / "bao", extra_config=audit)
+    server = BaoServer(tmp_path / "bao", extra_config=audit_device(log))
     try:
         server.start()
         yield server
@@ -71,15 +71,7 @@ def reads(agents: list[RunningAgent]) -> int:
 
 def audited_reads(bao: BaoServer, secret_id: str) -> int:
     """KV reads of one variable as OpenBao's audit device recorded them (responses)."""
-    lines = (bao.workdir.parent / "audit.log").read_text().splitlines()
-    path = f"secret/data/variables/{secret_id}"
-    return sum(
-        1
-        for entry in map(json.loads, lines)
-        if entry.get("type") == "response"
-        and entry["request"].get("path") == path
-        and entry["request"].get("operation") == "read"
-    )
+    return kv_reads(bao.workdir.parent / "audit.log", f"secret/data/variables/{secret_id}")
 
 
 def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:

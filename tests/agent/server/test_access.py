@@ -120,22 +120,10 @@ def audited(path: Path) -> list[dict[str, object]]:
 
 def raw_answers(path: str, requests: list[bytes]) -> list[bytes]:
     """Each request on one kept-alive connection, its answer without the Date header."""
-    answers = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(path)
-        buffer = b""
-        for request in requests:
-            sock.sendall(request)
-            while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
-            while len(buffer) < length:
-                buffer += sock.recv(65536)
-            body, buffer = buffer[:length], buffer[length:]
-            answers.append(re.sub(rb"Date: [^\r]*\r\n", b"", head) + b"\r\n\r\n" + body)
-    return answers
+        return [re.sub(rb"Date: [^\r]*\r\n", b"", exchange(sock, r)) for r in requests]
 
 
 def get(target: str, extra: str = "") -> bytes:
