@@ -93,7 +93,7 @@ class AuditLog:
         Each uid seen in the last second has an equal share (bursts of one second's worth):
         one peer hammering the socket drops its own lines, never another peer's. What a peer
         loses is summarised in one ``dropped`` line (with how many were denied reads) before
-        its next line, or within a second once it stops.
+        its next line, or once it stopped with the next line a second later (or at close).
         """
         if not self.enabled:
             return
