@@ -10,11 +10,16 @@ Python the client must support that it resolves on; every install compiles bytec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +31,29 @@ DAGS = LOCKS / "dags"
 UV = str(Path(sys.executable).parent / "uv")
 CLIENT = "secrets_agent_client.AgentSecretsBackend"
 PYTHONS = {"2.10.5": "3.10", "3.3.2": "3.11"}
+# Debian's interpreter, outside /root: a task that Airflow re-executes as another user
+# (``run_as_user``: ``sudo -u USER sys.executable``) must be able to run it.
+SYSTEM_PYTHON = "/usr/bin/python3.11"
 
 
-def ensure_venv(version: str) -> Path:
-    venv = ROOT / ".airflow" / version
+def ensure_venv(version: str, python: str | None = None) -> Path:
+    """The venv for ``version``; ``python`` builds a separate one on that interpreter."""
+    venv = ROOT / ".airflow" / (version if python is None else f"{version}-system")
     lock = LOCKS / f"requirements-{version}.txt"
     stamp = venv / ".lock-sha256"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     env = {**registry_env(), "VIRTUAL_ENV": str(venv), "UV_COMPILE_BYTECODE": "1"}
     if not stamp.exists() or stamp.read_text() != digest:
         subprocess.run(
-            [UV, "venv", "--quiet", "--clear", "--python", python_for(version), str(venv)],
+            [
+                UV,
+                "venv",
+                "--quiet",
+                "--clear",
+                "--python",
+                python or python_for(version),
+                str(venv),
+            ],
             check=True,
             timeout=600,
         )
@@ -72,9 +89,9 @@ def python_for(version: str) -> str:
 class Airflow:
     """One Airflow version with its own AIRFLOW_HOME and sqlite database."""
 
-    def __init__(self, version: str, home: Path) -> None:
+    def __init__(self, version: str, home: Path, python: str | None = None) -> None:
         self.version, self.home = version, home
-        self.venv = ensure_venv(version)
+        self.venv = ensure_venv(version, python)
         home.mkdir(parents=True, exist_ok=True)
         self.run("db", "migrate", check=True)
 
@@ -135,3 +152,47 @@ def server_backend(socket_path: str, **kwargs: Any) -> dict[str, str]:
         "AIRFLOW__SECRETS__BACKEND": CLIENT,
         "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"socket_path": socket_path, **kwargs}),
     }
+
+
+@contextlib.contextmanager
+def execution_api(airflow: Airflow) -> Iterator[dict[str, str]]:
+    """Airflow's API server on loopback, for tasks run by an executor; yields their env."""
+    from support.bao import free_port
+
+    port = free_port()
+    api_env = {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "loopback-test-jwt-secret-0123456789",
+    }
+    server = subprocess.Popen(
+        [
+            str(airflow.venv / "bin" / "airflow"),
+            "api-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=airflow.env(api_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the API server did not come up"
+                time.sleep(0.5)  # readiness polling
+        yield api_env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the API server and the workers it forked
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.airflow_env import CLIENT, Airflow, server_backend, worker_backend
-from support.bao import BaoServer, free_port
+from support.airflow_env import CLIENT, Airflow, execution_api, server_backend, worker_backend
+from support.bao import BaoServer
 from support.helpers import RunningAgent, agent_config, running_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
@@ -136,35 +132,7 @@ def test_airflow3_task_process_through_executor_and_api_server(
     airflow3: Airflow, agent: RunningAgent, short_tmp: Path
 ) -> None:
     """The production path: executor → supervisor → task process → Execution API server."""
-    port = free_port()
-    api_env = {
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "loopback-test-jwt-secret-0123456789",
-    }
-    server = subprocess.Popen(
-        [
-            str(airflow3.venv / "bin" / "airflow"),
-            "api-server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=airflow3.env(api_env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the API server did not come up"
-                time.sleep(0.5)  # readiness polling
+    with execution_api(airflow3) as api_env:
         run, got = dags_test(
             airflow3,
             "agent_check",
@@ -172,13 +140,6 @@ def test_airflow3_task_process_through_executor_and_api_server(
             {**api_env, **worker_backend(agent.socket_path)},
             "--use-executor",
         )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the API server and the workers it forked
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=60)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Workload finished" in run.stdout + run.stderr  # a separate task process ran it
     assert_agent_values(got)
