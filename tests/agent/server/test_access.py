@@ -203,6 +203,11 @@ def test_a_reload_swaps_the_rules_for_connections_already_open(
             assert agent.call(agent.agent.reload())
             assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
             assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
+            # A rule check-config would refuse: the reload fails, the running rules stay.
+            config_path.write_text(config_path.read_text().replace('"team_b_*"', '"team_[a"'))
+            assert not agent.call(agent.agent.reload())
+            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
+            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
         finally:
             conn.close()
 
