@@ -237,6 +237,8 @@ def _refresh_policy(config: AgentConfig) -> RefreshPolicy:
         concurrency=config.cache.refresh_concurrency,
         now_interval=config.cache.refresh_now_interval,
         now_keys=config.cache.max_entries,
+        now_per_peer=config.cache.refresh_now_per_peer,
+        now_total=config.cache.refresh_now_total,
     )
 
 

@@ -44,6 +44,18 @@ def test_a_full_section_loads_with_paths_resolved(tmp_path: Path) -> None:
     assert (shared.lock_ttl, shared.lock_wait, shared.breaker_failures) == (5.0, 1.0, 2)
 
 
+def test_a_cluster_from_seed_nodes_with_tls(tmp_path: Path) -> None:
+    body = """
+        [shared_cache]
+        url = "rediss+cluster://node-a.example:6379,node-b.example:6379/0"
+        ca_file = "ca.pem"
+        username = "agent"
+        password_file = "store.pw"
+    """
+    shared = load_config(write_config(tmp_path, body)).shared_cache
+    assert shared.enabled and shared.ca_file == str(tmp_path / "ca.pem")
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -56,7 +68,10 @@ def test_a_full_section_loads_with_paths_resolved(tmp_path: Path) -> None:
         ("breaker_failures = 0", "shared_cache.breaker_failures: must be >= 1"),
         ('key_prefix = "a b"', "shared_cache.key_prefix: must be 1-64 letters"),
         ("lock_wait = 20\nlock_ttl = 10", "shared_cache.lock_wait: must not exceed lock_ttl"),
-        ('url = "redis://h"\nca_file = "ca.pem"', "shared_cache.ca_file: needs a rediss:// or"),
+        ('url = "redis://h"\nca_file = "ca.pem"', "shared_cache.ca_file: needs a rediss://,"),
+        ('url = "redis+cluster://h1"', "shared_cache.url: must look like redis+cluster"),
+        ('url = "redis+cluster://h1:7000/2"', "shared_cache.url: a cluster has only database 0"),
+        ('url = "redis+cluster://h1:7000/x"', "shared_cache.url: must look like redis+cluster"),
         ('password = "x"\npassword_file = "f"', "shared_cache.password: set password or"),
         ("hosts = []", "shared_cache.hosts: unknown key"),
     ],

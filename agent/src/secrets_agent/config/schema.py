@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secrets_agent.config.validators import (
+    TLS_SCHEMES,
     check_glob,
     check_key_prefix,
     check_loopback,
@@ -90,6 +91,9 @@ class CacheConfig:
     refresh_concurrency: int = setting(4, min=1, max=256)
     # Refresh-now (Cache-Control: no-cache / ?refresh=true): per key, at most once this often.
     refresh_now_interval: float = setting(30.0, min=1.0, max=DAY)
+    # ... and at most this many a minute per peer (uid), and for the whole agent, whatever ids.
+    refresh_now_per_peer: int = setting(60, min=1, max=1_000_000)
+    refresh_now_total: int = setting(600, min=1, max=1_000_000)
     # Encrypted warm start: the cache written here (needs a configured encryption key).
     snapshot_file: str = setting("", path=True)
     snapshot_interval: float = setting(300.0, min=1.0, max=DAY)
@@ -156,8 +160,10 @@ class SharedCacheConfig:
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        if self.ca_file and not self.url.startswith(("rediss://", "rediss+sentinel://")):
-            problems.append(("ca_file", "needs a rediss:// or rediss+sentinel:// url (TLS)"))
+        if self.ca_file and not self.url.startswith(TLS_SCHEMES):
+            problems.append(
+                ("ca_file", "needs a rediss://, rediss+sentinel:// or rediss+cluster:// url (TLS)")
+            )
         if self.password and self.password_file:
             problems.append(("password", "set password or password_file, not both"))
         if self.lock_wait > self.lock_ttl:

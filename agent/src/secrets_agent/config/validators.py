@@ -75,19 +75,30 @@ SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 SENTINEL_URL = re.compile(
     r"rediss?\+sentinel://(?P<hosts>[^/@]+:\d+(?:,[^/@]+:\d+)*)/(?P<master>[^/]+)(?:/(?P<db>\d+))?"
 )
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+CLUSTER_URL = re.compile(
+    r"rediss?\+cluster://(?P<hosts>[^/@]+:\d+(?:,[^/@]+:\d+)*)(?:/(?P<db>\d+))?/?"
+)
+TLS_SCHEMES = ("rediss://", "rediss+sentinel://", "rediss+cluster://")
 
 
 def check_store_url(value: str) -> str | None:
-    schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+    schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
     if value and not value.startswith(schemes):
         return (
-            "must be a redis://, rediss:// (TLS), unix:// or redis+sentinel:// URL, "
-            "or empty (tier off)"
+            "must be a redis://, rediss:// (TLS), unix://, redis+sentinel:// or "
+            "redis+cluster:// URL, or empty (tier off)"
         )
     if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
         return "must not hold credentials: use username and password_file"
     if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
         return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
+    if value.startswith(CLUSTER_SCHEMES):
+        match = CLUSTER_URL.fullmatch(value)
+        if match is None:
+            return "must look like redis+cluster://host:port[,host:port...] (seed nodes)"
+        if match["db"] not in (None, "0"):
+            return "a cluster has only database 0 (it refuses SELECT): drop the /N"
     return None
 
 

@@ -166,8 +166,10 @@ class SecretCache:
         *,
         team: str | None = None,
         ttl: float | None = None,
+        age: float = 0.0,
     ) -> None:
-        """Store a value (None: a miss); ``ttl`` overrides the kind's (the shared entry's rest)."""
+        """Store a value (None: a miss); ``ttl`` overrides the kind's (the shared entry's rest),
+        ``age``: how long ago the upstream gave it (a shared entry's)."""
         if ttl is None:
             ttl = self._negative_ttl if value is None else self._ttl(kind)
         key = (kind, secret_id, team)
@@ -177,7 +179,7 @@ class SecretCache:
         now = self._clock()
         token = None if value is None else self._cipher.seal(value)
         refresh_at = math.inf if value is None else now + self._refresh.offset(ttl)
-        self._store(key, _Entry(token, now, now + ttl, source, version, refresh_at))
+        self._store(key, _Entry(token, now - age, now + ttl, source, version, refresh_at))
 
     def restamp(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
         """The upstream confirmed the value is current: fresh again, without re-encrypting."""

@@ -13,6 +13,7 @@ from cachetools import TTLCache
 
 from secrets_agent.errors import AgentError, TransientError
 from secrets_agent.kinds import Kind
+from secrets_agent.lookup.budget import Budget
 from secrets_agent.lookup.cache import Cached, CacheState, Key, Result, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Found
 from secrets_agent.lookup.refresh import Refresher
@@ -34,6 +35,7 @@ class Loaded:
     value: str | None
     source: str | None
     revalidated: bool = False
+    age: float = 0.0  # a value another node fetched: how long ago
 
     @property
     def outcome(self) -> str:
@@ -47,6 +49,8 @@ class RefreshPolicy:
     concurrency: int = 4  # background refreshes at a time, per backend
     now_interval: float = 30.0  # a peer's refresh-now reaches the upstream at most this often
     now_keys: int = 10000  # refresh-now times remembered (the rate limit's memory)
+    now_per_peer: int = 60  # forced reads a minute per peer (uid), whatever the ids
+    now_total: int = 600  # forced reads a minute for the whole agent
 
 
 class SecretService:
@@ -67,21 +71,30 @@ class SecretService:
         self._refreshed_now: TTLCache[Key, bool] = TTLCache(
             maxsize=policy.now_keys, ttl=policy.now_interval, timer=cache.clock
         )
+        self._budget = Budget(policy.now_per_peer, policy.now_total, cache.clock)
 
     async def lookup(
-        self, kind: Kind, secret_id: str, team: str | None = None, *, refresh: bool = False
+        self,
+        kind: Kind,
+        secret_id: str,
+        team: str | None = None,
+        *,
+        refresh: bool = False,
+        peer: int | None = None,
     ) -> Result:
-        """The cached value when fresh; ``refresh`` asks the upstream now (rate-limited)."""
+        """The cached value when fresh; ``refresh`` asks the upstream now (rate-limited per
+        key, per ``peer`` and for the agent)."""
         key = (kind, secret_id, team)
-        forced = refresh and self._may_refresh_now(key)
+        forced = refresh and self._may_refresh_now(key, peer)
         if not forced and (result := self.cached(key)) is not None:
             return result
         cached = self.cache.get(kind, secret_id, team)
         joins = key in self._flight  # then the call's owner counts the refresh, not us
         try:
             if forced and not joins:
-                # The fleet's copy is as old as ours: drop it (and tell the other nodes) so
-                # the load below reaches the upstream instead of reading it back.
+                # The fleet's copy is as old as ours: drop it (and tell the other nodes). The
+                # tier refuses copies older than now at once, so the load below reaches the
+                # upstream (or a newer copy) even before the delete is done.
                 self.shared.invalidate(kind, secret_id)
             loaded, shared = await self._flight.do(key, lambda: self._load(key, cached))
         except TransientError as exc:
@@ -100,7 +113,7 @@ class SecretService:
         if loaded.revalidated:
             self._metrics.looked_up(kind.value, "revalidated")
             return Result(loaded.value, CacheState.HIT, 0.0, loaded.source)
-        return self._count(kind, Result(loaded.value, CacheState.MISS, 0.0, loaded.source))
+        return self._count(kind, Result(loaded.value, CacheState.MISS, loaded.age, loaded.source))
 
     def cached(self, key: Key) -> Result | None:
         """The answer without waiting, if the cache holds a fresh one (a hit or a negative)."""
@@ -140,20 +153,21 @@ class SecretService:
         shared = await self.shared.fetch(
             kind, secret_id, team, lambda: self.chain.fetch(kind, secret_id, team)
         )
-        found, ttl = shared.found, shared.ttl
+        found, ttl, age = shared.found, shared.ttl, shared.age
         if found is None:
-            self.cache.put(kind, secret_id, None, team=team, ttl=ttl)
-            return Loaded(None, None)
+            self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
+            return Loaded(None, None, age=age)
         self.cache.put(
-            kind, secret_id, found.value, found.source, found.version, team=team, ttl=ttl
+            kind, secret_id, found.value, found.source, found.version, team=team, ttl=ttl, age=age
         )
-        return Loaded(found.value, found.source)
+        return Loaded(found.value, found.source, age=age)
 
-    def _may_refresh_now(self, key: Key) -> bool:
-        """Join a call in flight, or start one unless this key had one within the interval."""
+    def _may_refresh_now(self, key: Key, peer: int | None) -> bool:
+        """Join a call in flight, or start one unless this key had one within the interval or
+        the peer's or the agent's budget is spent."""
         if key in self._flight:
             return True
-        if key in self._refreshed_now:
+        if key in self._refreshed_now or not self._budget.take(peer):
             self._metrics.refreshes.labels(key[0].value, "now", "limited").inc()
             return False
         self._refreshed_now[key] = True

@@ -156,7 +156,8 @@ class Metrics:
         )
         self.shared_results = Counter(
             p + "shared_cache_results",
-            "Shared-cache reads by result (hit, miss, unreadable: other keys or another name's).",
+            "Shared-cache reads by result (hit, miss, unreadable: other keys or another name's; "
+            "refused: older than a copy seen or an invalidation, e.g. put back).",
             ["result"],
             registry=r,
         )

@@ -155,7 +155,7 @@ class Reads:
         kind, secret_id, team = read.kind, read.query.raw_id, read.query.team
         try:
             result = await self.context.current().service.lookup(
-                kind, secret_id, team, refresh=read.forced
+                kind, secret_id, team, refresh=read.forced, peer=caller.peer.uid
             )
         except Exception as exc:
             backend = exc.backend if isinstance(exc, BackendError) else None

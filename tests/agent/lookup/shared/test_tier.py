@@ -169,5 +169,7 @@ async def test_the_store_holds_no_id_or_value(store: RedisServer) -> None:
 
 def test_key_names_are_hex_macs() -> None:
     names = Sealer([KEY], "namespace", "p:").names(V, CANARY_ID, "team-a")
-    assert re.fullmatch(r"p:[0-9a-f]{16}:e:[0-9a-f]{64}:[0-9a-f]{16}", names.entry)
+    # The HMAC is the cluster hash tag: the entry and its lock share one slot.
+    assert re.fullmatch(r"p:[0-9a-f]{16}:\{[0-9a-f]{32}\}:e:[0-9a-f]{16}", names.entry)
     assert names.lock != names.entry
+    assert names.lock.split("}")[0] == names.entry.split("}")[0]

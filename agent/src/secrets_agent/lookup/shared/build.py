@@ -51,7 +51,17 @@ def build_tier(config: AgentConfig, keys: list[bytes], metrics: Metrics) -> Shar
         log_interval=shared.log_interval,
         metrics=metrics,
         also_close=others,
+        teams=known_teams(config),
     )
+
+
+def known_teams(config: AgentConfig) -> set[str]:
+    """Every team this configuration names: an invalidation deletes their entries by name."""
+    listener = config.listener
+    bound = [*listener.team_uids.values(), *listener.team_gids.values()]
+    return {t for teams in bound for t in teams} | {
+        t for b in config.backends for t in b.common.teams
+    }
 
 
 def chain_identity(config: AgentConfig) -> str:

@@ -1,5 +1,5 @@
-"""Invalidations across the fleet: delete the shared entries, publish a sealed message, and
-drop the node copies other nodes' messages name."""
+"""Invalidations across the fleet: refuse older copies here at once, delete the shared entries
+by their exact names, publish a sealed message, and apply the other nodes' messages."""
 
 from __future__ import annotations
 
@@ -7,56 +7,78 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import Any
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from collections.abc import Awaitable, Callable
 
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
-from secrets_agent.lookup.shared.sealing import Sealer
+from secrets_agent.lookup.shared.bus import Bus
+from secrets_agent.lookup.shared.floors import Floors
+from secrets_agent.lookup.shared.guard import STORE_ERRORS, StoreDown, StoreGuard
+from secrets_agent.lookup.shared.sealing import Invalidation, Sealer
 from secrets_agent.lookup.shared.tier import Invalidated
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Invalidations sent at a time; past this, the waiting ones become one namespace-wide message:
+# a flood of them costs the store a bounded number of calls, and still drops every copy named.
+MAX_PENDING = 32
+
+Delete = Callable[[Kind, str], Awaitable[None]]
+
 
 class Invalidations:
-    def __init__(self, client: Redis, sealer: Sealer, guard: StoreGuard, metrics: Metrics) -> None:
-        self._client, self._sealer, self._guard, self._metrics = client, sealer, guard, metrics
-        self._node = secrets.token_hex(8)  # our own messages come back: we skip them
+    def __init__(
+        self,
+        bus: Bus,
+        sealer: Sealer,
+        guard: StoreGuard,
+        floors: Floors,
+        metrics: Metrics,
+        delete: Delete,
+    ) -> None:
+        self._bus, self._sealer, self._guard, self._metrics = bus, sealer, guard, metrics
+        self._floors, self._delete = floors, delete
+        self.node = secrets.token_hex(8)  # our own messages come back: we skip them
         self._local: Invalidated = lambda kind, secret_id: None
         self._pending: set[asyncio.Task[None]] = set()
+        self._collapsed: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
     def attach(self, local: Invalidated) -> None:
         self._local = local
 
     def publish(self, kind: Kind | None, secret_id: str | None) -> None:
-        """Start deleting and telling the others; ``settled`` waits for it."""
-        task = asyncio.get_running_loop().create_task(self._publish(kind, secret_id))
+        """Refuse the older copies here now; delete and tell the others in the background."""
+        at = self._sealer.wall()
+        self._floors.invalidated(kind, secret_id, at)
+        if len(self._pending) >= MAX_PENDING:
+            # Everything this node invalidated while the store was slow goes out as one
+            # namespace-wide invalidation: more than asked, never less, and bounded.
+            self._floors.invalidated(None, None, at)
+            if self._collapsed is None or self._collapsed.done():
+                self._collapsed = self._start(Invalidation(None, None, at, self.node))
+            return
+        self._start(Invalidation(kind, secret_id, at, self.node))
+
+    def _start(self, message: Invalidation) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._send(message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def settled(self) -> None:
         """Let this node's invalidations land before it reads the store again (bounded)."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=self._guard.timeout)
 
-    async def _publish(self, kind: Kind | None, secret_id: str | None) -> None:
-        # Names do not reveal the kind, so a kind-wide invalidation drops the whole namespace.
-        patterns = self._sealer.groups(kind, secret_id)
+    async def _send(self, message: Invalidation) -> None:
         with contextlib.suppress(StoreDown):
-            # A scan of the whole store: invalidations are rare, and names carry no index.
-            await self._guard.call("invalidate", self._drop(patterns), self._guard.timeout * 20)
-            for channel, message in self._sealer.seal_messages(kind, secret_id, self._node):
-                await self._guard.call("publish", self._client.publish(channel, message))
-
-    async def _drop(self, patterns: list[str]) -> None:
-        for pattern in patterns:
-            names = [name async for name in self._client.scan_iter(match=pattern, count=1000)]
-            if names:
-                await self._client.unlink(*names)
+            if message.kind is not None and message.secret_id is not None:
+                await self._guard.call("invalidate", self._delete(message.kind, message.secret_id))
+            # A kind, or everything: names hide the kind, so nothing to delete by name; every
+            # node refuses the older copies (its floors) and they expire within their TTL.
+            for channel, data in self._sealer.seal_messages(message):
+                await self._guard.call("publish", self._bus.publish(channel, data))
 
     def start(self) -> None:
         if self._listener is None:
@@ -65,30 +87,21 @@ class Invalidations:
     async def _listen_forever(self) -> None:
         while True:
             try:
-                await self._listen()
-            except (RedisError, OSError) as exc:
+                await self._bus.listen(self._sealer.channels, self._received)
+            except STORE_ERRORS as exc:
                 self._guard.failed("subscribe", exc)
             except Exception as exc:  # a bug here must not end invalidations for good
                 self._metrics.shared_errors.labels("subscribe").inc()
                 log.error("shared cache: invalidation listener failed: %s", type(exc).__name__)
             await asyncio.sleep(max(0.1, min(1.0, self._guard.timeout * 4)))
 
-    async def _listen(self) -> None:
-        async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(*self._sealer.channels)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
-                    self._received(message.get("data"))
-
-    def _received(self, data: Any) -> None:
-        opened = self._sealer.open_message(data) if isinstance(data, bytes) else None
-        if opened is None:
-            return  # another key set's message, or not a message at all
-        kind, secret_id, sender = opened
-        if sender != self._node:
-            self._metrics.shared_invalidations.inc()
-            self._local(kind, secret_id)
+    def _received(self, data: bytes) -> None:
+        message = self._sealer.open_message(data)
+        if message is None or message.sender == self.node:
+            return  # another namespace's or key set's message, not a message, or our own
+        self._floors.invalidated(message.kind, message.secret_id, message.at)
+        self._metrics.shared_invalidations.inc()
+        self._local(message.kind, message.secret_id)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -1,4 +1,5 @@
-"""Store clients from ``[shared_cache]``: one server by URL, or the master a Sentinel names."""
+"""Store clients from ``[shared_cache]``: one server by URL, the master a Sentinel names, or a
+cluster from its seed nodes."""
 
 from __future__ import annotations
 
@@ -6,18 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from secrets_agent.config.schema import SharedCacheConfig
-from secrets_agent.config.validators import SENTINEL_SCHEMES, SENTINEL_URL
+from secrets_agent.config.validators import (
+    CLUSTER_SCHEMES,
+    CLUSTER_URL,
+    SENTINEL_SCHEMES,
+    SENTINEL_URL,
+)
 from secrets_agent.errors import StartupError
 
 _MAX_CONNECTIONS = 64  # bounded: a slow store must not collect one socket per waiting lookup
 
 
-def store_client(shared: SharedCacheConfig) -> tuple[Redis, list[Redis]]:
+def store_client(shared: SharedCacheConfig) -> tuple[Redis | RedisCluster, list[Redis]]:
     """The client for entries, and any others to close with it (the sentinels')."""
     common: dict[str, Any] = {
         "socket_timeout": shared.timeout,
@@ -30,6 +37,8 @@ def store_client(shared: SharedCacheConfig) -> tuple[Redis, list[Redis]]:
     }
     tls: dict[str, Any] = {"ssl_ca_certs": shared.ca_file} if shared.ca_file else {}
     auth: dict[str, Any] = {"username": shared.username or None, "password": _password(shared)}
+    if shared.url.startswith(CLUSTER_SCHEMES):
+        return _cluster(shared, common, tls, auth), []
     if not shared.url.startswith(SENTINEL_SCHEMES):
         client: Redis = Redis.from_url(
             shared.url, max_connections=_MAX_CONNECTIONS, **common, **tls, **auth
@@ -38,10 +47,7 @@ def store_client(shared: SharedCacheConfig) -> tuple[Redis, list[Redis]]:
     match = SENTINEL_URL.fullmatch(shared.url)
     if match is None:  # the loader checked it; this keeps the types honest
         raise StartupError("shared_cache.url: not a redis+sentinel:// URL")
-    hosts = [
-        (host, int(port))
-        for host, _, port in (h.rpartition(":") for h in match["hosts"].split(","))
-    ]
+    hosts = [(host, int(port)) for host, port in _hosts(match["hosts"])]
     if shared.url.startswith("rediss"):
         tls["ssl"] = True
     # Sentinels are asked without the store's password (they seldom share it), over the same
@@ -57,6 +63,30 @@ def store_client(shared: SharedCacheConfig) -> tuple[Redis, list[Redis]]:
         **auth,
     )
     return master, list(sentinel.sentinels)
+
+
+def _cluster(
+    shared: SharedCacheConfig, common: dict[str, Any], tls: dict[str, Any], auth: dict[str, Any]
+) -> RedisCluster:
+    match = CLUSTER_URL.fullmatch(shared.url)
+    if match is None:  # the loader checked it; this keeps the types honest
+        raise StartupError("shared_cache.url: not a redis+cluster:// URL")
+    if shared.url.startswith("rediss"):
+        tls["ssl"] = True
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, int(port)) for host, port in _hosts(match["hosts"])],
+        # A slot without a primary must not stop the others: its lookups go to the upstream
+        # (through the breaker) while the rest of the cluster keeps sharing.
+        require_full_coverage=False,
+        max_connections=_MAX_CONNECTIONS,  # per node
+        **common,
+        **tls,
+        **auth,
+    )
+
+
+def _hosts(text: str) -> list[tuple[str, str]]:
+    return [(host, port) for host, _, port in (h.rpartition(":") for h in text.split(","))]
 
 
 def _password(shared: SharedCacheConfig) -> str | None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from secrets_agent.lookup.shared.breaker import Breaker, ThrottledLog
 from secrets_agent.lookup.shared.tier import TierHealth
@@ -17,6 +17,10 @@ from secrets_agent.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What a store call may raise when the store (or a cluster's slot) is unavailable; a cluster's
+# "slot not covered" is not a RedisError.
+STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 class StoreDown(Exception):
@@ -42,7 +46,7 @@ class StoreGuard:
         """The call's result, or ``StoreDown`` after counting and (throttled) logging why."""
         try:
             result = await asyncio.wait_for(call, bound or self.timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             self.failed(operation, exc)
             self.breaker.failure()
             raise StoreDown from None

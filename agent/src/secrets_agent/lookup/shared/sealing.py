@@ -1,7 +1,15 @@
 """What the store sees: HMAC names and Fernet tokens; nothing readable about a secret.
 
-An entry's plaintext repeats the kind, id and team it was written for and its wall-clock expiry,
-so an entry copied to another name, or put back after it expired, is a miss rather than a value.
+Each configured key is turned, per namespace, into keys of its own (HKDF): one names entries,
+one seals entries, one seals messages. Nothing written in one namespace opens, or can be linked
+by name, in another, even where two fleets share a Fernet key.
+
+An entry's plaintext repeats the kind, id and team it was written for, when its value was
+fetched from the upstream and its wall-clock expiry: an entry copied to another name, or put
+back after it expired, is a miss rather than a value (``floors`` refuses one put back earlier).
+
+Names are built for a cluster: everything of one (kind, id) under one key lives in one hash
+slot, tagged with its HMAC: every team's entry and lock.
 """
 
 from __future__ import annotations
@@ -11,34 +19,64 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.chain import Found
 
-_NAME_KEY_LABEL = b"airflow-secrets-agent shared-cache names v1"
+_LABEL = b"airflow-secrets-agent shared-cache v2 "
 _MESSAGE_MAX_AGE = 300  # seconds: a replayed old invalidation is refused after this
 
 
 @dataclass(frozen=True)
-class Names:
-    entry: str  # where this node writes (named under the primary key)
+class Place:
+    """Where one entry lives under one key, and its refresh lock (the same slot)."""
+
+    entry: str
     lock: str
-    reads: tuple[str, ...]  # where it looks: the entry's name under every key, primary first
+
+
+@dataclass(frozen=True)
+class Names:
+    places: tuple[Place, ...]  # the entry's place under every key, primary (where we write) first
+
+    @property
+    def primary(self) -> Place:
+        return self.places[0]
+
+    @property
+    def entry(self) -> str:
+        return self.places[0].entry
+
+    @property
+    def lock(self) -> str:
+        return self.places[0].lock
 
 
 @dataclass(frozen=True)
 class Opened:
     found: Found | None
-    ttl: float
+    ttl: float  # seconds left
+    fetched: float  # wall time of the upstream read it came from
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    kind: Kind | None
+    secret_id: str | None
+    at: float  # the sender's wall clock: store copies fetched earlier are refused
+    sender: str
 
 
 @dataclass(frozen=True)
 class _Space:
-    fernet: Fernet
+    entries: Fernet
+    messages: Fernet
     name_key: bytes
     prefix: str
 
@@ -60,88 +98,108 @@ class Sealer:
     ) -> None:
         if not keys:
             raise ValueError("the shared tier needs configured keys")
-        self._fernet = MultiFernet([Fernet(k) for k in keys])
         self._spaces = [_space(k, namespace, prefix) for k in keys]
-        self._wall = wall
+        self._entries = MultiFernet([s.entries for s in self._spaces])
+        self._messages = MultiFernet([s.messages for s in self._spaces])
+        self.wall = wall
 
     @property
     def channels(self) -> list[str]:
         return [f"{s.prefix}invalidate" for s in self._spaces]
 
     def names(self, kind: Kind, secret_id: str, team: str | None) -> Names:
-        reads = tuple(self._entry(s, kind, secret_id, team) for s in self._spaces)
-        primary = self._spaces[0]
-        lock = reads[0].replace(f"{primary.prefix}e:", f"{primary.prefix}l:", 1)
-        return Names(entry=reads[0], lock=lock, reads=reads)
+        return Names(tuple(_place(s, kind, secret_id, team) for s in self._spaces))
 
-    def groups(self, kind: Kind | None, secret_id: str | None) -> list[str]:
-        """Patterns for the entries to invalidate (names hide the kind: no id, every entry)."""
-        if kind is None or secret_id is None:
-            return [f"{s.prefix}e:*" for s in self._spaces]
-        return [f"{s.prefix}e:{_mac(s, 'entry', kind.value, secret_id)}:*" for s in self._spaces]
-
-    def _entry(self, space: _Space, kind: Kind, secret_id: str, team: str | None) -> str:
-        mac, tag = _mac(space, "entry", kind.value, secret_id), _mac(space, "team", team or "")
-        return f"{space.prefix}e:{mac}:{tag[:16]}"
+    def entries(self, kind: Kind, secret_id: str, teams: Iterable[str | None]) -> list[str]:
+        """The exact names of (kind, id)'s entries for ``teams`` under every key."""
+        return [_place(s, kind, secret_id, t).entry for s in self._spaces for t in teams]
 
     def seal(
-        self, kind: Kind, secret_id: str, team: str | None, found: Found | None, ttl: float
+        self,
+        kind: Kind,
+        secret_id: str,
+        team: str | None,
+        found: Found | None,
+        ttl: float,
+        fetched: float,
     ) -> bytes:
         body = {
             "k": kind.value,
             "i": secret_id,
             "t": team,
-            "x": self._wall() + ttl,
+            "f": fetched,
+            "x": fetched + ttl,
             "v": None if found is None else found.value,
             "s": None if found is None else found.source,
             "r": None if found is None else found.version,
         }
-        return self._fernet.encrypt(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        return self._entries.encrypt(json.dumps(body, separators=(",", ":")).encode("utf-8"))
 
     def open(self, token: bytes, kind: Kind, secret_id: str, team: str | None) -> Opened | None:
         """The entry, or None when it is not ours to read (other keys, other name, expired)."""
         try:
-            body = json.loads(self._fernet.decrypt(token))
+            body = json.loads(self._entries.decrypt(token))
             if (body["k"], body["i"], body["t"]) != (kind.value, secret_id, team):
                 return None
-            ttl = float(body["x"]) - self._wall()
+            now = self.wall()
+            fetched, ttl = float(body["f"]), float(body["x"]) - now
             value, source, version = body["v"], body["s"], body["r"]
         except (InvalidToken, ValueError, KeyError, TypeError):
             return None
-        if ttl <= 0:
+        if ttl <= 0 or fetched > now + ttl:  # expired, or from an implausible future
             return None
         if value is None:
-            return Opened(None, ttl)
+            return Opened(None, ttl, fetched)
         if not isinstance(value, str) or not isinstance(source, str):
             return None
-        return Opened(Found(value, source, version if isinstance(version, str) else None), ttl)
+        version = version if isinstance(version, str) else None
+        return Opened(Found(value, source, version), ttl, fetched)
 
-    def seal_messages(
-        self, kind: Kind | None, secret_id: str | None, sender: str
-    ) -> list[tuple[str, bytes]]:
+    def seal_messages(self, message: Invalidation) -> list[tuple[str, bytes]]:
         """One message per key's channel, each sealed under that key, so every node reads one."""
-        body = json.dumps({"k": None if kind is None else kind.value, "i": secret_id, "n": sender})
-        return [
-            (f"{s.prefix}invalidate", s.fernet.encrypt(body.encode("utf-8"))) for s in self._spaces
-        ]
+        kind = None if message.kind is None else message.kind.value
+        body = {"k": kind, "i": message.secret_id, "a": message.at, "n": message.sender}
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return [(f"{s.prefix}invalidate", s.messages.encrypt(data)) for s in self._spaces]
 
-    def open_message(self, token: bytes) -> tuple[Kind | None, str | None, str] | None:
+    def open_message(self, token: bytes) -> Invalidation | None:
         try:
-            body = json.loads(self._fernet.decrypt(token, ttl=_MESSAGE_MAX_AGE))
+            body = json.loads(self._messages.decrypt(token, ttl=_MESSAGE_MAX_AGE))
             kind = None if body["k"] is None else Kind(body["k"])
-            secret_id, sender = body["i"], body["n"]
+            secret_id, at, sender = body["i"], float(body["a"]), body["n"]
         except (InvalidToken, ValueError, KeyError, TypeError):
             return None
         if not isinstance(sender, str) or not (secret_id is None or isinstance(secret_id, str)):
             return None
-        return kind, secret_id, sender
+        if kind is None and secret_id is not None:
+            return None
+        return Invalidation(kind, secret_id, at, sender)
 
 
 def _space(key: bytes, namespace: str, prefix: str) -> _Space:
-    # A key of its own for names, derived from the Fernet key, so no key serves two purposes.
-    name_key = hmac.new(base64.urlsafe_b64decode(key), _NAME_KEY_LABEL, hashlib.sha256).digest()
-    space = _Space(Fernet(key), name_key, "")
-    return _Space(space.fernet, name_key, f"{prefix}{_mac(space, 'namespace', namespace)[:16]}:")
+    # One key per purpose and namespace, derived from the Fernet key: no key serves two
+    # purposes, and one namespace's keys say nothing about another's.
+    secret = base64.urlsafe_b64decode(key)
+
+    def derive(purpose: str, length: int) -> bytes:
+        info = _LABEL + purpose.encode("ascii") + b"\0" + namespace.encode("utf-8")
+        return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(secret)
+
+    name_key = derive("names", 32)
+    tag = hmac.new(name_key, b"namespace", hashlib.sha256).hexdigest()[:16]
+    return _Space(
+        entries=Fernet(base64.urlsafe_b64encode(derive("entries", 32))),
+        messages=Fernet(base64.urlsafe_b64encode(derive("messages", 32))),
+        name_key=name_key,
+        prefix=f"{prefix}{tag}:",
+    )
+
+
+def _place(space: _Space, kind: Kind, secret_id: str, team: str | None) -> Place:
+    # The braces make the HMAC the cluster hash tag: the entry and its locks share one slot.
+    slot = f"{space.prefix}{{{_mac(space, 'entry', kind.value, secret_id)[:32]}}}"
+    team_tag = _mac(space, "team", "" if team is None else f"={team}")[:16]
+    return Place(entry=f"{slot}:e:{team_tag}", lock=f"{slot}:l:{team_tag}")
 
 
 def _mac(space: _Space, *parts: str) -> str:

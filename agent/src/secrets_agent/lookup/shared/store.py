@@ -2,7 +2,8 @@
 
 Every store call is bounded by a timeout and guarded by a breaker; any store failure means
 "ask the upstream", never an error for the caller. Only sealed entries (see ``sealing``) and
-HMAC names are sent to the store.
+HMAC names are sent to the store. Each call names keys of one hash slot at most (a pipeline
+may carry several single-slot commands), so the same code serves one server and a cluster.
 """
 
 from __future__ import annotations
@@ -10,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.chain import Found
 from secrets_agent.lookup.shared.breaker import Breaker
+from secrets_agent.lookup.shared.bus import Bus, ClassicBus, ShardedBus
 from secrets_agent.lookup.shared.channel import Invalidations
+from secrets_agent.lookup.shared.floors import Floors
 from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
-from secrets_agent.lookup.shared.sealing import Names, Sealer
+from secrets_agent.lookup.shared.sealing import Names, Place, Sealer
 from secrets_agent.lookup.shared.tier import Invalidated, Shared, TierHealth, Upstream
 from secrets_agent.ops.metrics import Metrics
 
 Clock = Callable[[], float]
+Store = Redis | RedisCluster
 
 # Delete the lock only if we still hold it (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
@@ -34,7 +38,7 @@ class RedisTier:
 
     def __init__(
         self,
-        client: Redis,
+        client: Store,
         sealer: Sealer,
         *,
         ttl: Callable[[Kind], float],
@@ -47,15 +51,25 @@ class RedisTier:
         metrics: Metrics,
         clock: Clock = time.monotonic,
         also_close: Sequence[Redis] = (),
+        bus: Bus | None = None,
+        teams: Iterable[str] = (),
     ) -> None:
         self._client, self._sealer = client, sealer
         self._ttl, self._negative_ttl = ttl, negative_ttl
         self._lock_ttl, self._lock_wait = lock_ttl, lock_wait
         self._metrics, self._also_close = metrics, also_close
+        # An invalidation deletes these teams' entries by name (and no team's); copies of teams
+        # this node never heard of are refused by every node the message reaches.
+        self._teams: tuple[str | None, ...] = (None, *sorted(set(teams)))
         self._guard = StoreGuard(
             breaker, metrics, timeout=timeout, log_interval=log_interval, clock=clock
         )
-        self._channel = Invalidations(client, sealer, self._guard, metrics)
+        # An entry lives at most its TTL: what refuses older copies needs to remember no longer.
+        horizon = max(negative_ttl, *(ttl(kind) for kind in Kind))
+        self.floors = Floors(horizon, clock=clock)
+        if bus is None:
+            bus = ShardedBus(client) if isinstance(client, RedisCluster) else ClassicBus(client)
+        self._channel = Invalidations(bus, sealer, self._guard, self.floors, metrics, self.delete)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -66,89 +80,88 @@ class RedisTier:
         if not self._guard.breaker.allow():
             return Shared(await upstream())
         names = self._sealer.names(kind, secret_id, team)
+        name = (kind, secret_id, team)
         try:
-            hit = await self._read(names, kind, secret_id, team)
+            hit = await self._read(names, name)
             if hit is not None:
                 return hit
             token = secrets.token_hex(16)
-            locked, hit = await self._lock(names, token, kind, secret_id, team)
+            locked, hit = await self._lock(names, token, name)
             if hit is not None:
                 if locked:
-                    await self._guard.quietly(self._unlock(names.lock, token), "unlock")
+                    await self._guard.quietly(self._unlock(names.primary.lock, token), "unlock")
                 return hit
             if not locked:
-                waited = await self._wait(names, kind, secret_id, team)
+                waited = await self._wait(names, name)
                 if waited is not None:
                     return waited
         except StoreDown:
             return Shared(await upstream())
+        fetched = self._sealer.wall()  # when we asked: the value is at least this fresh
         try:
             found = await upstream()
         except BaseException:
             if locked:
-                await self._guard.quietly(self._unlock(names.lock, token), "unlock")
+                await self._guard.quietly(self._unlock(names.primary.lock, token), "unlock")
             raise
         ttl = self._negative_ttl if found is None else self._ttl(kind)
-        lock_token = token if locked else None
-        await self._guard.quietly(
-            self._write(names, kind, secret_id, team, found, ttl, lock_token), "write"
-        )
+        self.floors.saw(name, fetched)
+        entry = self._sealer.seal(kind, secret_id, team, found, ttl, fetched)
+        write = self._write(names.primary, entry, ttl, token if locked else None)
+        await self._guard.quietly(write, "write")
         return Shared(found)
 
-    async def _lock(
-        self, names: Names, token: str, kind: Kind, secret_id: str, team: str | None
-    ) -> tuple[bool, Shared | None]:
+    async def _lock(self, names: Names, token: str, name: Name) -> tuple[bool, Shared | None]:
         """Take the refresh lock and look again in the same round trip: the entry may have
         been written between our read and the lock (by a holder that already released it)."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.set(names.lock, token, nx=True, px=_ms(self._lock_ttl))
-        pipe.mget(names.reads)
-        locked, tokens = await self._guard.call("lock", pipe.execute())
-        return bool(locked), self._first_readable(tokens, kind, secret_id, team, again=True)
+        pipe.set(names.primary.lock, token, nx=True, px=_ms(self._lock_ttl))
+        for place in names.places:
+            pipe.get(place.entry)
+        locked, *tokens = await self._guard.call("lock", pipe.execute())
+        return bool(locked), self._first_readable(tokens, name, again=True)
 
-    async def _read(
-        self, names: Names, kind: Kind, secret_id: str, team: str | None
-    ) -> Shared | None:
-        tokens = await self._guard.call("read", self._client.mget(names.reads))
+    async def _read(self, names: Names, name: Name) -> Shared | None:
+        pipe = self._client.pipeline(transaction=False)
+        for place in names.places:
+            pipe.get(place.entry)
+        tokens = await self._guard.call("read", pipe.execute())
         if not any(isinstance(t, bytes) for t in tokens):
             self._metrics.shared_results.labels("miss").inc()
             return None
-        return self._first_readable(tokens, kind, secret_id, team)
+        return self._first_readable(tokens, name)
 
     def _first_readable(
-        self,
-        tokens: Sequence[object],
-        kind: Kind,
-        secret_id: str,
-        team: str | None,
-        *,
-        again: bool = False,
+        self, tokens: Sequence[object], name: Name, *, again: bool = False
     ) -> Shared | None:
         """The first entry we can open; ``again``: a re-read, unreadable ones were counted."""
         for token in tokens:
             if isinstance(token, bytes):
-                got = self._opened(token, kind, secret_id, team, again=again)
+                got = self._opened(token, name, again=again)
                 if got is not None:
                     return got
         return None
 
-    def _opened(
-        self, token: bytes, kind: Kind, secret_id: str, team: str | None, *, again: bool = False
-    ) -> Shared | None:
-        opened = self._sealer.open(token, kind, secret_id, team)
+    def _opened(self, token: bytes, name: Name, *, again: bool = False) -> Shared | None:
+        opened = self._sealer.open(token, *name)
         if opened is None:  # other keys, another name's entry, or expired: never an error
             if not again:
                 self._metrics.shared_results.labels("unreadable").inc()
             return None
+        if not self.floors.admits(name, opened.fetched):
+            # Older than a copy we saw or an invalidation: put back, or not yet replaced.
+            if not again:
+                self._metrics.shared_results.labels("refused").inc()
+            return None
+        self.floors.saw(name, opened.fetched)
         self._metrics.shared_results.labels("hit").inc()
         self._metrics.shared_avoided.inc()
         # Never longer than our own TTL, whatever the writer's clock said.
-        limit = self._negative_ttl if opened.found is None else self._ttl(kind)
-        return Shared(opened.found, min(opened.ttl, limit))
+        limit = self._negative_ttl if opened.found is None else self._ttl(name[0])
+        age = max(0.0, self._sealer.wall() - opened.fetched)
+        return Shared(opened.found, min(opened.ttl, limit), age)
 
-    async def _wait(
-        self, names: Names, kind: Kind, secret_id: str, team: str | None
-    ) -> Shared | None:
+    async def _wait(self, names: Names, name: Name) -> Shared | None:
         """Another node holds the lock: wait a bounded moment for its value to appear."""
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self._lock_wait, 0.005
@@ -158,10 +171,11 @@ class RedisTier:
             # The lock first: the holder writes the entry before it releases the lock, so a lock
             # seen gone means the entry read after it is there if the holder succeeded.
             pipe = self._client.pipeline(transaction=False)
-            pipe.exists(names.lock)
-            pipe.mget(names.reads)
-            held, tokens = await self._guard.call("wait", pipe.execute())
-            got = self._first_readable(tokens, kind, secret_id, team, again=True)
+            pipe.exists(names.primary.lock)
+            for place in names.places:
+                pipe.get(place.entry)
+            held, *tokens = await self._guard.call("wait", pipe.execute())
+            got = self._first_readable(tokens, name, again=True)
             if got is not None:
                 self._metrics.shared_lock_waits.labels("value").inc()
                 return got
@@ -172,27 +186,25 @@ class RedisTier:
                 self._metrics.shared_lock_waits.labels("timeout").inc()
                 return None
 
-    async def _write(
-        self,
-        names: Names,
-        kind: Kind,
-        secret_id: str,
-        team: str | None,
-        found: Found | None,
-        ttl: float,
-        lock_token: str | None,
-    ) -> None:
-        pipe = self._client.pipeline(transaction=False)
+    async def _write(self, place: Place, entry: bytes, ttl: float, lock_token: str | None) -> None:
+        pipe = self._client.pipeline(transaction=False)  # one slot: the entry and its lock
         if ttl > 0:
-            pipe.set(names.entry, self._sealer.seal(kind, secret_id, team, found, ttl), px=_ms(ttl))
+            pipe.set(place.entry, entry, px=_ms(ttl))
         if lock_token is not None:
-            pipe.eval(_UNLOCK, 1, names.lock, lock_token)
+            pipe.eval(_UNLOCK, 1, place.lock, lock_token)
         await pipe.execute()
 
     async def _unlock(self, lock: str, token: str) -> None:
         await self._client.eval(_UNLOCK, 1, lock, token)
 
     # -- invalidation and life cycle ------------------------------------------------------
+
+    async def delete(self, kind: Kind, secret_id: str) -> None:
+        """Drop (kind, id)'s entries by their exact names: single-key commands, one slot per key."""
+        pipe = self._client.pipeline(transaction=False)
+        for name in self._sealer.entries(kind, secret_id, self._teams):
+            pipe.unlink(name)
+        await pipe.execute()
 
     def attach(self, local: Invalidated) -> None:
         self._channel.attach(local)
@@ -213,6 +225,9 @@ class RedisTier:
 
     def health(self) -> TierHealth:
         return self._guard.health()
+
+
+Name = tuple[Kind, str, str | None]
 
 
 def _ms(seconds: float) -> int:

@@ -15,10 +15,12 @@ Invalidated = Callable[[Kind | None, str | None], object]
 
 @dataclass(frozen=True)
 class Shared:
-    """What a lookup found (None: a miss) and for how much longer it is fresh (None: full TTL)."""
+    """What a lookup found (None: a miss), for how much longer it is fresh (None: full TTL),
+    and how long ago the upstream gave it (on whichever node)."""
 
     found: Found | None
     ttl: float | None = None
+    age: float = 0.0
 
 
 @dataclass(frozen=True)

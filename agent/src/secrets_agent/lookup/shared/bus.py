@@ -1,0 +1,65 @@
+"""Messages to every node: classic pub/sub on one server (or a Sentinel's master), sharded
+pub/sub (SPUBLISH / SSUBSCRIBE) on a cluster, behind one small interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+Deliver = Callable[[bytes], object]
+
+
+class Bus(Protocol):
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    async def listen(self, channels: Sequence[str], deliver: Deliver) -> None:
+        """Subscribe and hand every message to ``deliver``; returns only by raising."""
+        ...
+
+
+class ClassicBus:
+    """PUBLISH / SUBSCRIBE: any Redis or Valkey, Sentinel-managed or not (Redis 6 included)."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._client.publish(channel, message)
+
+    async def listen(self, channels: Sequence[str], deliver: Deliver) -> None:
+        async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(*channels)
+            while True:
+                _deliver(await pubsub.get_message(timeout=1.0), deliver)
+
+
+class ShardedBus:
+    """SPUBLISH / SSUBSCRIBE: a channel lives on its slot's shard, as a cluster requires."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._client.spublish(channel, message)
+
+    async def listen(self, channels: Sequence[str], deliver: Deliver) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.ssubscribe(*channels)
+            while True:
+                message = await pubsub.get_sharded_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+                _deliver(message, deliver)
+        finally:
+            await pubsub.aclose()
+
+
+def _deliver(message: dict[str, Any] | None, deliver: Deliver) -> None:
+    if message is not None and message.get("type") in ("message", "smessage"):
+        data = message.get("data")
+        if isinstance(data, bytes):
+            deliver(data)
