@@ -22,7 +22,7 @@ import pytest
 from support import loopback
 
 if TYPE_CHECKING:  # the client's own runs (Python 3.9+) have no agent to import
-    from support.redis_server import RedisServer
+    from support.redis_server import ClusterServers, RedisServer, Store
 
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
 loopback.apply()
@@ -91,3 +91,26 @@ def store(module_store: RedisServer) -> RedisServer:
         module_store.start()
     module_store.command("FLUSHALL")
     return module_store
+
+
+@pytest.fixture(scope="session")
+def session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    from support.redis_server import ClusterServers
+
+    cluster = ClusterServers(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def fleet_store(request: pytest.FixtureRequest, module_store: RedisServer) -> Store:
+    """An empty store of each kind (a node a test killed is started again first)."""
+    chosen: Store = module_store
+    if request.param == "cluster":
+        chosen = request.getfixturevalue("session_cluster")
+        chosen.start()  # the nodes a test killed, if any
+    elif module_store.process is None:
+        module_store.start()
+    chosen.command("FLUSHALL")
+    return chosen

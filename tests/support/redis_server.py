@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,14 +42,17 @@ class RedisServer:
         tls: bool = False,
         user: tuple[str, str] | None = None,
         acl: str = "~* &* +@all",
+        cluster: bool = False,
+        certificate: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.workdir, self.maxmemory, self.tls, self.user = workdir, maxmemory, tls, user
-        self.acl = acl
-        self.port = free_port()
+        self.acl, self.cluster = acl, cluster
+        # A cluster node's bus listens on port + 10000: both must be free and valid.
+        self.port = cluster_port() if cluster else free_port()
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         if tls:
-            key_pem, cert_pem = self_signed()
+            key_pem, cert_pem = certificate or self_signed()
             (workdir / "key.pem").write_bytes(key_pem)
             (workdir / "cert.pem").write_bytes(cert_pem)
 
@@ -84,6 +88,13 @@ class RedisServer:
             args += ["+@all"]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+        if self.cluster:
+            # nodes.conf stays in the workdir: a restarted node rejoins with its slots. Without
+            # full coverage, the other primaries keep serving while one is down.
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
+            if self.tls:  # the nodes share one self-signed certificate: it is their CA too
+                args += ["--tls-cluster", "yes", "--tls-ca-cert-file", self.ca_file]
         with (self.workdir / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=log, cwd=self.workdir, start_new_session=True
@@ -97,6 +108,15 @@ class RedisServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
             self.process = None
+
+    def auth_args(self) -> list[str]:
+        """redis-cli's options to reach this server as the admin user."""
+        args = ["-h", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            args += ["--tls", "--cacert", self.ca_file]
+        if self.user is not None:
+            args += ["--user", _ADMIN[0].split()[0], "--pass", _ADMIN[1], "--no-auth-warning"]
+        return args
 
     def command(self, *args: str | bytes) -> object:
         """One command over a plain socket (RESP), for tests that inspect the store."""
@@ -134,6 +154,120 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not answer PING")
             time.sleep(0.02)  # polling for readiness, not timing behaviour
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class ClusterServers:
+    """Three primaries made one cluster with ``redis-cli --cluster create``; each node is a
+    ``RedisServer`` (own process group, killable and restartable with its slots)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: bool = False,
+        user: tuple[str, str] | None = None,
+        acl: str = "~* &* +@all",
+        size: int = 3,
+    ) -> None:
+        certificate = self_signed() if tls else None
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}", tls=tls, user=user, acl=acl, cluster=True,
+                certificate=certificate,
+            )
+            for i in range(size)
+        ]  # fmt: skip
+        self.tls, self.created = tls, False
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+        return f"{'rediss' if self.tls else 'redis'}+cluster://{seeds}"
+
+    @property
+    def ca_file(self) -> str:
+        return self.nodes[0].ca_file
+
+    def start(self) -> None:
+        """Create the cluster; once created, start the nodes that were stopped (they rejoin)."""
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        if self.created:
+            self.wait_ok()
+            return
+        cli = need("redis-cli", "redis-server")
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, *self.nodes[0].auth_args(), "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            start_new_session=True,
+        )
+        self.created = True
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Every node says cluster_state:ok (polling for readiness, not timing behaviour)."""
+        deadline = time.monotonic() + 60
+        while not all(self._ok(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _ok(node: RedisServer) -> bool:
+        try:
+            info = node.command("CLUSTER", "INFO")
+        except (OSError, RuntimeError):
+            return False
+        return isinstance(info, bytes) and b"cluster_state:ok" in info
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def owner(self, key: str | bytes) -> RedisServer:
+        """The node serving ``key``'s slot (asked of a running node)."""
+        ask = self.running()[0]
+        slot, table = ask.command("CLUSTER", "KEYSLOT", key), ask.command("CLUSTER", "SLOTS")
+        assert isinstance(slot, int) and isinstance(table, list)
+        for start, end, primary, *_ in table:
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def command(self, *args: str | bytes) -> object:
+        """FLUSHALL and CONFIG on every running node; a command on a key on its slot's node."""
+        name = args[0].decode() if isinstance(args[0], bytes) else args[0]
+        if name.upper() in ("FLUSHALL", "CONFIG"):
+            replies = [n.command(*args) for n in self.running()]
+            return replies[0]
+        return self.owner(args[1]).command(*args)
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None]
+
+    def scan_all(self) -> dict[bytes, bytes]:
+        result: dict[bytes, bytes] = {}
+        for node in self.running():
+            result.update(node.scan_all())
+        return result
 
 
 class SentinelServer(RedisServer):
@@ -191,6 +325,9 @@ def _read_reply(reader: object) -> object:
     if kind == b"*":
         return None if rest == b"-1" else [_read_reply(reader) for _ in range(int(rest))]
     raise RuntimeError(f"unexpected reply {line!r}")
+
+
+Store = RedisServer | ClusterServers
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import SecretCache
@@ -20,7 +21,7 @@ from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.store import RedisTier
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
-from support.redis_server import RedisServer
+from support.redis_server import ClusterServers, Store
 
 V = Kind.VARIABLE
 KEY = Fernet.generate_key()
@@ -31,7 +32,7 @@ class Node:
 
     def __init__(
         self,
-        store: RedisServer,
+        store: Store,
         script: Script,
         *,
         keys: list[bytes] | None = None,
@@ -54,7 +55,7 @@ class Node:
             clock=self.clock,
         )
         self.tier = RedisTier(
-            Redis.from_url(store.url, socket_timeout=1.0, socket_connect_timeout=1.0),
+            client_for(store),
             Sealer(keys or [KEY], "namespace", "test:", wall=wall),
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
@@ -79,7 +80,30 @@ async def close(*nodes: Node) -> None:
         await node.tier.close()
 
 
-def subscribers(store: RedisServer) -> int:
+def client_for(store: Store) -> Redis | RedisCluster:
+    """A client as the agent makes one (plain, no TLS or ACL: the build tests cover those)."""
+    if isinstance(store, ClusterServers):
+        seeds = [ClusterNode("127.0.0.1", n.port) for n in store.nodes]
+        return RedisCluster(
+            startup_nodes=seeds,
+            require_full_coverage=False,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
+    return Redis.from_url(store.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
+def subscribers(store: Store) -> int:
+    """Subscribers to the invalidation channel (sharded ones live on the channel's node)."""
+    if isinstance(store, ClusterServers):
+        for node in store.running():
+            names = node.command("PUBSUB", "SHARDCHANNELS", "*")
+            assert isinstance(names, list)
+            if names:
+                reply = node.command("PUBSUB", "SHARDNUMSUB", names[0])
+                assert isinstance(reply, list)
+                return int(reply[1])
+        return 0
     channels = store.command("PUBSUB", "CHANNELS", "*")
     assert isinstance(channels, list)
     if not channels:

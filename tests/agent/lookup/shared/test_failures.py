@@ -13,10 +13,16 @@ from cryptography.fernet import Fernet
 
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.helpers import FakeClock, Script
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, Store
 from support.shared_nodes import KEY, Node, V
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(fleet_store: Store) -> Store:
+    """Each test against one redis-server and a three-primary cluster."""
+    return fleet_store
 
 
 async def test_an_entry_under_other_keys_or_another_name_is_a_miss(store: RedisServer) -> None:

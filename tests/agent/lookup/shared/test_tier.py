@@ -14,10 +14,16 @@ from secrets_agent.errors import TransientError
 from secrets_agent.lookup.cache import CacheState
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.helpers import Script
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, Store
 from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(fleet_store: Store) -> Store:
+    """Each test against one redis-server and a three-primary cluster."""
+    return fleet_store
 
 
 CANARY_ID, CANARY_VALUE = "canary-id-7f3a", "canary-value-91bc"

@@ -46,6 +46,8 @@ class ShardedBus:
         await self._client.spublish(channel, message)
 
     async def listen(self, channels: Sequence[str], deliver: Deliver) -> None:
+        # The slot map first (a no-op once known): a shard channel is routed by its slot.
+        await self._client.initialize()
         pubsub = self._client.pubsub()
         try:
             await pubsub.ssubscribe(*channels)

@@ -203,7 +203,7 @@ class RedisTier:
         """Drop (kind, id)'s entries by their exact names: single-key commands, one slot per key."""
         pipe = self._client.pipeline(transaction=False)
         for name in self._sealer.entries(kind, secret_id, self._teams):
-            pipe.unlink(name)
+            pipe.execute_command("UNLINK", name)  # a cluster pipeline's unlink() is not stacked
         await pipe.execute()
 
     def attach(self, local: Invalidated) -> None:
