@@ -15,7 +15,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.breaker import Breaker
 from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.store import RedisTier
@@ -41,6 +41,8 @@ class Node:
         timeout: float = 1.0,
         max_stale: float = 0.0,
         wall: Callable[[], float] = time.time,
+        namespace: str = "namespace",
+        refresh: RefreshPolicy | None = None,
     ) -> None:
         ScriptedBackend.scripts = {"up": script}
         self.metrics = Metrics()
@@ -56,7 +58,7 @@ class Node:
         )
         self.tier = RedisTier(
             client_for(store),
-            Sealer(keys or [KEY], "namespace", "test:", wall=wall),
+            Sealer(keys or [KEY], namespace, "test:", wall=wall),
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
             timeout=timeout,
@@ -69,7 +71,7 @@ class Node:
         )
         self.tier.attach(self.cache.invalidate)
         chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], self.metrics)
-        self.service = SecretService(chain, self.cache, self.metrics, shared=self.tier)
+        self.service = SecretService(chain, self.cache, self.metrics, refresh, self.tier)
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0

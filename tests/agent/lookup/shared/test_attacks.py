@@ -1,0 +1,168 @@
+"""What a store writer (no key) can try, against a real store: copy an entry to another
+namespace's name, put an old entry back, flood refresh-now. Each is a miss or a refusal,
+never another namespace's or an older value."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import CacheState
+from secrets_agent.lookup.service import RefreshPolicy
+from secrets_agent.lookup.shared.sealing import Sealer
+from support.helpers import Script
+from support.redis_server import Store
+from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(fleet_store: Store) -> Store:
+    return fleet_store
+
+
+def entry_of(store: Store, namespace: str, secret_id: str, team: str | None = None) -> str:
+    return Sealer([KEY], namespace, "test:").names(V, secret_id, team).entry
+
+
+async def test_an_entry_copied_to_another_namespace_does_not_open_there(store: Store) -> None:
+    script = Script(values={(V, "db"): "PROD-ONLY-PASSWORD"})  # the scripted upstream is shared
+    prod = Node(store, script, namespace="prod")
+    staging = Node(store, script, namespace="staging")
+    await prod.service.lookup(V, "db")
+    script.values[(V, "db")] = "staging-password"  # what staging's own upstream holds
+    token = store.command("GET", entry_of(store, "prod", "db"))
+    assert isinstance(token, bytes)
+    store.command("SET", entry_of(store, "staging", "db"), token)  # same Fernet key, no key held
+    assert (await staging.service.lookup(V, "db")).value == "staging-password"
+    assert staging.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 1
+    assert len(script.calls) == 2
+    await close(prod, staging)
+
+
+def test_names_of_one_id_in_two_namespaces_share_nothing() -> None:
+    prod, staging = (Sealer([KEY], ns, "p:").names(V, "db", "team-a") for ns in ("prod", "stg"))
+    for a, b in ((prod.entry, staging.entry), (prod.lock, staging.lock)):
+        assert a.startswith("p:") and b.startswith("p:")
+        assert not macs(a) & macs(b)
+    prod_channels = Sealer([KEY], "prod", "p:").channels
+    assert not set(prod_channels) & set(Sealer([KEY], "stg", "p:").channels)
+
+
+def macs(name: str) -> set[str]:
+    """The HMAC parts of a name (not the fixed prefix and e/l markers)."""
+    return {p.strip("{}") for p in name.split(":") if len(p) >= 16}
+
+
+async def test_an_old_entry_put_back_after_an_invalidation_is_refused(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    a, b = Node(store, script), Node(store, script)
+    await a.tier.start()
+    await b.tier.start()
+    await wait_for(lambda: subscribers(store) == 2)
+    await a.service.lookup(V, "k")
+    await b.service.lookup(V, "k")
+    name = entry_of(store, "namespace", "k")
+    old = store.command("GET", name)
+    assert isinstance(old, bytes)
+    script.values[(V, "k")] = "v2"
+    a.service.invalidate(V, "k")  # a rotation: every node drops v1
+    await wait_for(lambda: b.cache.get(V, "k") is None)
+    store.command("SET", name, old, "PX", "60000")  # the writer puts v1 back
+    assert (await b.service.lookup(V, "k")).value == "v2"
+    assert (await a.service.lookup(V, "k")).value == "v2"
+    assert b.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
+    await close(a, b)
+
+
+async def test_an_older_copy_than_one_seen_is_refused_without_any_message(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    writer, reader = Node(store, script), Node(store, script)
+    await writer.service.lookup(V, "k")
+    name = entry_of(store, "namespace", "k")
+    old = store.command("GET", name)
+    script.values[(V, "k")] = "v2"
+    store.command("DEL", name)
+    writer.clock.advance(61)
+    assert (await writer.service.lookup(V, "k")).value == "v2"  # a newer copy, written
+    assert (await reader.service.lookup(V, "k")).value == "v2"  # read: the reader saw it
+    assert isinstance(old, bytes)
+    store.command("SET", name, old, "PX", "60000")
+    reader.clock.advance(61)
+    assert (await reader.service.lookup(V, "k")).value == "v2"  # not v1 again
+    assert reader.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
+    await close(writer, reader)
+
+
+async def test_refresh_now_never_answers_the_value_it_was_asked_to_replace(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    a, b = Node(store, script), Node(store, script)
+    await a.service.lookup(V, "k")
+    await b.service.lookup(V, "k")
+    old = store.command("GET", entry_of(store, "namespace", "k"))
+    script.values[(V, "k")] = "v2"
+    # The old copy stays in the store whatever happens to the delete (a writer puts it back at
+    # once): the forced read must still reach the upstream.
+    b.tier._channel._delete = _put_back(store, old)
+    result = await b.service.lookup(V, "k", refresh=True)
+    assert (result.value, result.state) == ("v2", CacheState.MISS)
+    assert (await b.service.lookup(V, "k")).value == "v2"  # and it keeps serving v2
+    assert len(script.calls) == 2
+    await close(a, b)
+
+
+def _put_back(store: Store, token: object) -> Callable[[Kind, str], Awaitable[None]]:
+    async def delete(kind: Kind, secret_id: str) -> None:
+        assert isinstance(token, bytes)
+        store.command("SET", entry_of(store, "namespace", "k"), token, "PX", "60000")
+
+    return delete
+
+
+async def test_age_counts_from_the_upstream_read_on_whichever_node(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    start = time.time()
+    a = Node(store, script, wall=lambda: start)
+    b = Node(store, script, wall=lambda: start + 7)
+    await a.service.lookup(V, "k")
+    assert (await b.service.lookup(V, "k")).age == pytest.approx(7)
+    assert (await b.service.lookup(V, "k")).age == pytest.approx(7)  # b's node cache too
+    await close(a, b)
+
+
+async def test_refresh_now_with_ever_new_ids_is_bounded_per_peer_and_scans_nothing(
+    store: Store,
+) -> None:
+    script = Script(values={(V, f"k{i}"): "v" for i in range(40)})
+    node = Node(store, script, refresh=RefreshPolicy(now_per_peer=5, now_total=8))
+    store.command("CONFIG", "RESETSTAT")
+    for i in range(20):
+        await node.service.lookup(V, f"k{i}", refresh=True, peer=1000)
+    assert len(script.calls) == 20  # each id was a miss anyway: one read each
+    for i in range(20, 40):
+        await node.service.lookup(V, f"k{i}", refresh=True, peer=1001)
+    assert len(script.calls) == 40
+    await node.tier.close()  # every invalidation sent
+    forced, limited = (
+        node.sample("secrets_agent_refreshes_total", kind="variable", trigger="now", result=r)
+        for r in ("fetched", "limited")
+    )
+    assert (forced, limited) == (5 + 3, 15 + 17)  # 5 for one peer, then 3 left for the agent
+    assert calls(store, "scan") == 0
+    assert calls(store, "publish") + calls(store, "spublish") == 8  # one per forced read
+
+
+def calls(store: Store, command: str) -> int:
+    """How often the store (every node of a cluster) ran ``command`` since RESETSTAT."""
+    total = 0
+    for node in getattr(store, "nodes", [store]):
+        stats = node.command("INFO", "commandstats")
+        assert isinstance(stats, bytes)
+        for line in stats.decode().splitlines():
+            if line.startswith(f"cmdstat_{command}:calls="):
+                total += int(line.split("=")[1].split(",")[0])
+    return total
