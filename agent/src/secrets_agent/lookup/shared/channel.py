@@ -1,5 +1,6 @@
 """Invalidations across the fleet: refuse older copies here at once, delete the shared entries
-by their exact names, publish a sealed message, and apply the other nodes' messages."""
+by their exact names, publish a sealed message, and apply the other nodes' messages; hints
+(``broadcast``) travel the same way to the handlers registered for their topic."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.shared.bus import Bus
 from secrets_agent.lookup.shared.floors import Floors
 from secrets_agent.lookup.shared.guard import STORE_ERRORS, StoreDown, StoreGuard
-from secrets_agent.lookup.shared.sealing import Invalidation, Sealer
-from secrets_agent.lookup.shared.tier import Invalidated
+from secrets_agent.lookup.shared.sealing import Hint, Invalidation, Message, Sealer
+from secrets_agent.lookup.shared.tier import HintHandler, Invalidated
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,18 @@ class Invalidations:
         self._pending: set[asyncio.Task[None]] = set()
         self._collapsed: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._handlers: dict[str, HintHandler] = {}
+
+    def on_hint(self, topic: str, handler: HintHandler) -> None:
+        self._handlers[topic] = handler
+
+    def broadcast(self, topic: str, data: Mapping[str, str | None]) -> None:
+        """Send a hint to every other node (at most once, in the background; lost if the
+        store is down: a hint is advice, the TTL stays the bound)."""
+        if len(self._pending) >= MAX_PENDING:
+            log.debug("shared cache: a hint dropped, %d messages pending", len(self._pending))
+            return
+        self._start(Hint(topic, dict(data), self.node))
 
     def attach(self, local: Invalidated) -> None:
         self._local = local
@@ -60,7 +73,7 @@ class Invalidations:
             return
         self._start(Invalidation(kind, secret_id, at, self.node))
 
-    def _start(self, message: Invalidation) -> asyncio.Task[None]:
+    def _start(self, message: Message) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(self._send(message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -71,9 +84,9 @@ class Invalidations:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=self._guard.timeout)
 
-    async def _send(self, message: Invalidation) -> None:
+    async def _send(self, message: Message) -> None:
         with contextlib.suppress(StoreDown):
-            if message.kind is not None and message.secret_id is not None:
+            if isinstance(message, Invalidation) and message.kind is not None and message.secret_id:
                 await self._guard.call("invalidate", self._delete(message.kind, message.secret_id))
             # A kind, or everything: names hide the kind, so nothing to delete by name; every
             # node refuses the older copies (its floors) and they expire within their TTL.
@@ -99,6 +112,14 @@ class Invalidations:
         message = self._sealer.open_message(data)
         if message is None or message.sender == self.node:
             return  # another namespace's or key set's message, not a message, or our own
+        if isinstance(message, Hint):
+            handler = self._handlers.get(message.topic)
+            if handler is not None:
+                try:
+                    handler(message.data)
+                except Exception as exc:  # one handler's bug must not end the listener
+                    log.error("shared cache: hint %r failed: %s", message.topic, type(exc).__name__)
+            return
         self._floors.invalidated(message.kind, message.secret_id, message.at)
         self._metrics.shared_invalidations.inc()
         self._local(message.kind, message.secret_id)

@@ -74,6 +74,19 @@ class Invalidation:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """A note for every other node (e.g. a change feed's "this id changed"), sealed like an
+    invalidation: readable only in this namespace, under this key set."""
+
+    topic: str
+    data: dict[str, str | None]
+    sender: str
+
+
+Message = Invalidation | Hint
+
+
+@dataclass(frozen=True)
 class _Space:
     entries: Fernet
     messages: Fernet
@@ -155,16 +168,27 @@ class Sealer:
         version = version if isinstance(version, str) else None
         return Opened(Found(value, source, version), ttl, fetched)
 
-    def seal_messages(self, message: Invalidation) -> list[tuple[str, bytes]]:
+    def lease(self, purpose: str) -> str:
+        """A lease's name: one key (one slot), under the primary key's space."""
+        space = self._spaces[0]
+        return f"{space.prefix}{{{_mac(space, 'lease', purpose)[:32]}}}:lease"
+
+    def seal_messages(self, message: Message) -> list[tuple[str, bytes]]:
         """One message per key's channel, each sealed under that key, so every node reads one."""
-        kind = None if message.kind is None else message.kind.value
-        body = {"k": kind, "i": message.secret_id, "a": message.at, "n": message.sender}
+        body: dict[str, object]
+        if isinstance(message, Hint):
+            body = {"h": message.topic, "d": message.data, "n": message.sender}
+        else:
+            kind = None if message.kind is None else message.kind.value
+            body = {"k": kind, "i": message.secret_id, "a": message.at, "n": message.sender}
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
         return [(f"{s.prefix}invalidate", s.messages.encrypt(data)) for s in self._spaces]
 
-    def open_message(self, token: bytes) -> Invalidation | None:
+    def open_message(self, token: bytes) -> Message | None:
         try:
             body = json.loads(self._messages.decrypt(token, ttl=_MESSAGE_MAX_AGE))
+            if "h" in body:
+                return _hint(body)
             kind = None if body["k"] is None else Kind(body["k"])
             secret_id, at, sender = body["i"], float(body["a"]), body["n"]
         except (InvalidToken, ValueError, KeyError, TypeError):
@@ -174,6 +198,15 @@ class Sealer:
         if kind is None and secret_id is not None:
             return None
         return Invalidation(kind, secret_id, at, sender)
+
+
+def _hint(body: dict[str, object]) -> Hint | None:
+    topic, data, sender = body["h"], body["d"], body["n"]
+    if not isinstance(topic, str) or not isinstance(sender, str) or not isinstance(data, dict):
+        return None
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()):
+        return None
+    return Hint(topic, data, sender)
 
 
 def _space(key: bytes, namespace: str, prefix: str) -> _Space:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -22,8 +22,16 @@ from secrets_agent.lookup.shared.bus import Bus, ClassicBus, ShardedBus
 from secrets_agent.lookup.shared.channel import Invalidations
 from secrets_agent.lookup.shared.floors import Floors
 from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
+from secrets_agent.lookup.shared.lease import StoreLease
 from secrets_agent.lookup.shared.sealing import Names, Place, Sealer
-from secrets_agent.lookup.shared.tier import Invalidated, Shared, TierHealth, Upstream
+from secrets_agent.lookup.shared.tier import (
+    HintHandler,
+    Invalidated,
+    Lease,
+    Shared,
+    TierHealth,
+    Upstream,
+)
 from secrets_agent.ops.metrics import Metrics
 
 Clock = Callable[[], float]
@@ -208,6 +216,15 @@ class RedisTier:
 
     def attach(self, local: Invalidated) -> None:
         self._channel.attach(local)
+
+    def broadcast(self, topic: str, data: Mapping[str, str | None]) -> None:
+        self._channel.broadcast(topic, data)
+
+    def on_hint(self, topic: str, handler: HintHandler) -> None:
+        self._channel.on_hint(topic, handler)
+
+    def lease(self, purpose: str, ttl: float) -> Lease:
+        return StoreLease(self._client, self._sealer.lease(purpose), ttl, self._guard)
 
     def invalidate(self, kind: Kind | None, secret_id: str | None) -> None:
         self._channel.publish(kind, secret_id)

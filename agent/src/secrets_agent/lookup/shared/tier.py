@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,6 +11,7 @@ from secrets_agent.lookup.chain import Found
 
 Upstream = Callable[[], Awaitable[Found | None]]
 Invalidated = Callable[[Kind | None, str | None], object]
+HintHandler = Callable[[Mapping[str, str | None]], object]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,38 @@ class TierHealth:
     detail: str
 
 
+class Lease(Protocol):
+    """One node of the fleet at a time: ``acquire``, then ``renew`` within ``ttl``, ``release``."""
+
+    ttl: float
+
+    async def acquire(self) -> bool:
+        """True if this node holds the lease now (taken, or still ours)."""
+        ...
+
+    async def renew(self) -> bool:
+        """True if it was still ours and now lasts ``ttl`` again; False: stop the job."""
+        ...
+
+    async def release(self) -> None: ...
+
+
+class SoloLease:
+    """No shared tier: this node is the only one, so it always holds the lease."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+
+    async def acquire(self) -> bool:
+        return True
+
+    async def renew(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
 class SharedTier(Protocol):
     shares_refreshes: bool  # True: expired values are refreshed through the tier
 
@@ -44,6 +77,18 @@ class SharedTier(Protocol):
 
     def attach(self, local: Invalidated) -> None:
         """Where invalidations from other nodes land (the newest runtime's node cache)."""
+        ...
+
+    def broadcast(self, topic: str, data: Mapping[str, str | None]) -> None:
+        """Send a sealed hint to every other node (best effort, in the background)."""
+        ...
+
+    def on_hint(self, topic: str, handler: HintHandler) -> None:
+        """Where other nodes' hints of ``topic`` land (the last handler registered)."""
+        ...
+
+    def lease(self, purpose: str, ttl: float) -> Lease:
+        """A lease named after ``purpose`` in this namespace (one holder in the fleet)."""
         ...
 
     def health(self) -> TierHealth | None: ...
@@ -68,6 +113,15 @@ class NoSharedTier:
 
     def attach(self, local: Invalidated) -> None:
         return None
+
+    def broadcast(self, topic: str, data: Mapping[str, str | None]) -> None:
+        return None
+
+    def on_hint(self, topic: str, handler: HintHandler) -> None:
+        return None
+
+    def lease(self, purpose: str, ttl: float) -> Lease:
+        return SoloLease(ttl)
 
     def health(self) -> TierHealth | None:
         return None
