@@ -1,5 +1,7 @@
-"""Three agents, one redis-server, one OpenBao: one upstream read per key per TTL for the fleet,
-lookups that survive the store, invalidations that reach every node, nothing readable stored."""
+"""Three agents, one store (a redis-server, a Sentinel's master, or a three-primary cluster with
+TLS and an ACL user), one OpenBao: one upstream read per key per TTL for the fleet, lookups that
+survive the store (or a cluster's primary), invalidations that reach every node, nothing
+readable stored."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from cryptography.fernet import Fernet
 from secrets_agent_client import AgentSecretsBackend
 from support.bao import BaoServer, audit_device
 from support.bao import audited_reads as kv_reads
+from support.fleet_stores import MODES, Deployment, deployment
 from support.helpers import (
     AGENT_SCRIPT,
     FakeClock,
@@ -55,6 +58,22 @@ def store(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module", params=MODES)
+def fleet_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """A store of each mode, started once for the module's tests."""
+    with deployment(request.param, tmp_path_factory.mktemp(request.param)) as started:
+        yield started
+
+
+@pytest.fixture
+def fleet_of(fleet_store: Deployment) -> Deployment:
+    """The module's store, whole and empty for this test."""
+    fleet_store.reset()
+    return fleet_store
+
+
 def reads(agents: list[RunningAgent]) -> int:
     """Upstream fetches of variables by the whole fleet (each agent counts its own)."""
     total = 0.0
@@ -74,7 +93,7 @@ def audited_reads(bao: BaoServer, secret_id: str) -> int:
     return kv_reads(bao.workdir.parent / "audit.log", f"secret/data/variables/{secret_id}")
 
 
-def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:
+def fleet_toml(bao: BaoServer, store: Deployment, key_file: Path) -> str:
     return f"""
         [cache]
         variable_ttl = {TTL}
@@ -82,7 +101,7 @@ def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:
         [encryption]
         key_file = "{key_file}"
         [shared_cache]
-        url = "{store.url}"
+        {store.settings(key_file.parent)}
         timeout = 2.0
         connect_timeout = 2.0
         lock_wait = 5.0
@@ -101,7 +120,7 @@ def fleet_toml(bao: BaoServer, store: RedisServer, key_file: Path) -> str:
 
 @contextlib.contextmanager
 def fleet(
-    root: Path, bao: BaoServer, store: RedisServer, clock: FakeClock, size: int = 3
+    root: Path, bao: BaoServer, store: Deployment, clock: FakeClock, size: int = 3
 ) -> Iterator[list[RunningAgent]]:
     key_file = root / "fernet.key"
     key_file.write_text(Fernet.generate_key().decode())
@@ -155,8 +174,9 @@ def cached_locally(agent: RunningAgent, secret_id: str) -> bool:
 
 
 def test_three_agents_make_one_upstream_read_per_key_per_ttl(
-    bao: BaoServer, store: RedisServer, short_tmp: Path, caplog: pytest.LogCaptureFixture
+    bao: BaoServer, fleet_of: Deployment, short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    store = fleet_of
     bao.kv_put(f"variables/{CANARY_ID}", {"value": CANARY_VALUE})
     clock = FakeClock()
     for logger in ("secrets_agent", "redis"):  # ours and the store client's, at every level
@@ -167,24 +187,25 @@ def test_three_agents_make_one_upstream_read_per_key_per_ttl(
         assert reads(agents) == 2  # one for the canary, one for the miss, for all three
         assert (audited_reads(bao, CANARY_ID), audited_reads(bao, "absent")) == (1, 1)
         # The TTL passes for the fleet (the store drops the entry) and for each node's cache.
-        wait_until(lambda: entries(store) == [])
+        wait_until(lambda: store.entries() == [])
         clock.advance(TTL + 1)
         assert on_all(agents, lambda c: c.get_variable(CANARY_ID)) == [CANARY_VALUE] * 3
         assert reads(agents) == 3
         assert audited_reads(bao, CANARY_ID) == 2
         avoided = sum(a.metric("secrets_agent_shared_cache_upstream_avoided_total") for a in agents)
         assert avoided == 2 * 2 + 2  # two rounds of the canary and one of the miss: 2 of 3 each
-        for name, value in store.scan_all().items():
+        for name, value in store.data.scan_all().items():
             for canary in (CANARY_ID, CANARY_VALUE, "absent", "variable"):
                 assert canary.encode() not in name and canary.encode() not in value
     assert CANARY_VALUE not in caplog.text
 
 
 def test_invalidation_on_one_agent_reaches_the_others(
-    bao: BaoServer, store: RedisServer, short_tmp: Path
+    bao: BaoServer, fleet_of: Deployment, short_tmp: Path
 ) -> None:
     bao.kv_put("variables/greeting", {"value": "v1"})
-    with fleet(short_tmp, bao, store, FakeClock()) as agents:
+    with fleet(short_tmp, bao, fleet_of, FakeClock()) as agents:
+        wait_until(lambda: fleet_of.subscribers() == 3)
         assert on_all(agents, lambda c: c.get_variable("greeting")) == ["v1"] * 3
         bao.kv_put("variables/greeting", {"value": "v2"})
         assert invalidate(agents[0], {"kind": "variable", "id": "greeting"}) == 1
@@ -194,37 +215,44 @@ def test_invalidation_on_one_agent_reaches_the_others(
 
 
 def test_a_killed_store_leaves_lookups_working_and_is_used_again_once_back(
-    bao: BaoServer, store: RedisServer, short_tmp: Path
+    bao: BaoServer, fleet_of: Deployment, short_tmp: Path
 ) -> None:
-    for name in ("before", "during", "after"):
-        bao.kv_put(f"variables/{name}", {"value": name})
-    with fleet(short_tmp, bao, store, FakeClock(), size=2) as agents:
-        assert on_all(agents, lambda c: c.get_variable("before")) == ["before"] * 2
-        store.stop()
-        assert on_all(agents, lambda c: c.get_variable("during")) == ["during"] * 2
-        assert reads(agents) == 1 + 2  # no store, no sharing: each node asked the upstream
+    """Standalone and Sentinel: the store dies; a cluster: the primary serving the entry."""
+    bao.kv_put("variables/key", {"value": "v1"})
+    clock = FakeClock()
+    with fleet(short_tmp, bao, fleet_of, clock, size=2) as agents:
+        assert on_all(agents, lambda c: c.get_variable("key")) == ["v1"] * 2
+        assert reads(agents) == 1
+        [entry] = fleet_of.entries()
+        node = fleet_of.node_of(entry)
+        node.stop()
+        assert on_all(agents, lambda c: c.get_variable("key")) == ["v1"] * 2  # node caches
+        clock.advance(TTL + 1)
+        assert on_all(agents, lambda c: c.get_variable("key")) == ["v1"] * 2
+        assert reads(agents) == 1 + 2  # no store for the key, no sharing: each node asked
         ready = raw_request(agents[0].socket_path, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert body_of(ready)["ready"] is True
         assert "unreachable" in body_of(ready)["backends"]["[shared_cache]"]["detail"]
         assert agents[0].metric("secrets_agent_shared_cache_available") == 0
 
-        store.start()  # an empty store on the same port; the agents keep running
+        fleet_of.restart(node)  # empty, on the same port (a cluster: it rejoins with its slots)
         for agent in agents:
 
             def back(agent: RunningAgent = agent) -> bool:
                 # A node miss after the breaker's cooldown: it lets one lookup try the store.
-                invalidate(agent, {"kind": "variable", "id": "before"})
-                AgentSecretsBackend(socket_path=agent.socket_path).get_variable("before")
+                invalidate(agent, {"kind": "variable", "id": "probe"})
+                AgentSecretsBackend(socket_path=agent.socket_path).get_variable("probe")
                 return agent.metric("secrets_agent_shared_cache_available") == 1
 
             wait_until(back)
+        wait_until(lambda: fleet_of.subscribers() == 2)  # the invalidation channel is back too
+        fleet_of.data.command("FLUSHALL")
+        clock.advance(TTL + 1)
         before = reads(agents)
-        assert on_all(agents, lambda c: c.get_variable("after")) == ["after"] * 2
-        assert reads(agents) == before + 1
-        # The invalidation channel is back too.
-        wait_until(lambda: _subscribers(store) == 2)
-        invalidate(agents[0], {"kind": "variable", "id": "after"})
-        wait_until(lambda: not cached_locally(agents[1], "after"))
+        assert on_all(agents, lambda c: c.get_variable("key")) == ["v1"] * 2
+        assert reads(agents) == before + 1  # shared again, on the slot that was gone
+        invalidate(agents[0], {"kind": "variable", "id": "key"})
+        wait_until(lambda: not cached_locally(agents[1], "key"))
 
 
 def test_an_agent_refuses_to_share_under_a_random_key(store: RedisServer, short_tmp: Path) -> None:
@@ -276,14 +304,6 @@ def test_a_reload_keeps_the_tier_or_replaces_it_whole(store: RedisServer, short_
         wait_until(lambda: channels(store) == [b"second:"])  # the old subscriber is gone
         AgentSecretsBackend(socket_path=agent.socket_path).get_variable("greeting")
         assert [k[:7] for k in entries(store)] == [b"second:"]
-
-
-def _subscribers(store: RedisServer) -> int:
-    names = store.command("PUBSUB", "CHANNELS", "*")
-    assert isinstance(names, list)
-    counts = store.command("PUBSUB", "NUMSUB", *names) if names else []
-    assert isinstance(counts, list)
-    return sum(int(n) for n in counts[1::2])
 
 
 def channels(store: RedisServer) -> list[bytes]:
