@@ -22,7 +22,8 @@ from secrets_agent.lookup.shared.build import build_tier, chain_identity
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
-from support.redis_server import RedisServer, SentinelServer
+from support.fleet_stores import ACL
+from support.redis_server import ClusterServers, RedisServer, SentinelServer
 from support.shared_nodes import subscribers, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,10 +31,7 @@ pytestmark = pytest.mark.integration
 V = Kind.VARIABLE
 KEY = Fernet.generate_key()
 PASSWORD = "store-password-5e1c"
-README_ACL = (
-    "~airflow-secrets-agent:* &airflow-secrets-agent:* -@all +get +mget +set +exists +eval"
-    " +del +unlink +scan +publish +subscribe +ping"
-)
+README_ACL = ACL  # the ACL docs/fleet.md documents
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ async def test_tls_and_an_acl_user_from_a_password_file(store: RedisServer, tmp_
     await wait_for(lambda: subscribers(store) == 1)
     assert await lookup_through(tier, metrics, close=False) == "v1"
     assert len(store.scan_all()) == 1
-    tier.invalidate(V, "k")  # scan, unlink and publish, under the same ACL
+    tier.invalidate(V, "k")  # unlink by name and publish, under the same ACL
     await wait_for(lambda: store.scan_all() == {})
     await tier.close()
     assert store_errors(metrics) == 0
@@ -189,3 +187,27 @@ async def test_the_master_a_sentinel_names(tmp_path: Path) -> None:
     finally:
         sentinel.stop()
         master.stop()
+
+
+async def test_a_cluster_with_tls_and_an_acl_user(tmp_path: Path) -> None:
+    cluster = ClusterServers(tmp_path / "cluster", tls=True, user=("agent", PASSWORD), acl=ACL)
+    try:
+        cluster.start()
+        metrics = Metrics()
+        shared = {
+            "url": cluster.url,
+            "ca_file": cluster.ca_file,
+            "username": "agent",
+            "password_file": password_file(tmp_path, PASSWORD),
+        }
+        tier = tier_for(tmp_path, shared, metrics)
+        await tier.start()
+        assert await lookup_through(tier, metrics, close=False) == "v1"
+        [name] = cluster.scan_all()
+        tier.invalidate(V, "k")  # UNLINK by name and SPUBLISH, under the same ACL
+        await wait_for(lambda: cluster.scan_all() == {})
+        await tier.close()
+        assert store_errors(metrics) == 0
+        assert name.startswith(b"airflow-secrets-agent:") and b"{" in name
+    finally:
+        cluster.stop()
