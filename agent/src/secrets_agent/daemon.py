@@ -257,10 +257,22 @@ class Agent:
             self.audit.reconfigure(_audit_settings(new.config.audit))
             set_level(new.config.log.level)
             await old.retire(new)
+            if new.service.cache.cipher.keys_id != old.service.cache.cipher.keys_id:
+                await self._keys_changed()
             self.metrics.reloads.labels("success").inc()
             log.info("configuration reloaded from %s", self.config_path)
             self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
             return True
+
+    async def _keys_changed(self) -> None:
+        """Nothing stays under a removed key: the node cache was re-sealed, the shared tier
+        reconnected under the new keys; the snapshot follows now."""
+        rewritten = await self.save_snapshot()
+        log.warning(
+            "reload: the encryption keys changed: node cache re-sealed under the new first key, "
+            "shared cache entries written and read under the new keys%s",
+            ", snapshot rewritten" if rewritten else "",
+        )
 
     def _reload_failed(self, reason: str) -> bool:
         self.audit.reconfigure(_audit_settings(self.runtime.config.audit))  # logrotate's HUP

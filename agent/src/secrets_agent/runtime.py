@@ -20,7 +20,7 @@ from secrets_agent.errors import AgentError, BackendError, StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
-from secrets_agent.lookup.cipher import Cipher, load_keys
+from secrets_agent.lookup.cipher import Cipher, keys_id, load_keys
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
 from secrets_agent.lookup.shared.tier import SharedTier
@@ -129,8 +129,9 @@ class Runtime:
         cannot authenticate: the running configuration is better than one that cannot serve.
         """
         running = previous.backends if previous is not None else ()
-        cache = _cache_for(config, clock, previous)  # may fail (keys): before any start
-        shared = _shared_for(config, metrics, previous)  # no I/O yet: it connects on first use
+        keys = load_keys(config.encryption)  # may fail: before any start
+        cache = _cache_for(config, keys, clock, previous)
+        shared = _shared_for(config, keys, metrics, previous)  # no I/O: it connects on first use
         try:
             backends = await pool.start(config.backends, running)
         except BaseException:
@@ -208,19 +209,22 @@ def _check_ready(started: Sequence[Backend]) -> None:
             raise StartupError(f"backend {backend.name!r} is not ready: {health.detail}")
 
 
-def _cache_for(config: AgentConfig, clock: Clock, previous: Runtime | None) -> SecretCache:
-    if previous is not None and (config.cache, config.encryption) == (
-        previous.config.cache,
-        previous.config.encryption,
-    ):
-        return previous.service.cache
-    keys = load_keys(config.encryption)
+def _cache_for(
+    config: AgentConfig, keys: list[bytes], clock: Clock, previous: Runtime | None
+) -> SecretCache:
+    """The running cache if its settings and keys are unchanged; re-sealed if only the keys
+    changed (compared by content: a key file rewritten in place counts); else a new one."""
     if config.cache.snapshot_file and not keys:
         # A random key dies with the process: the snapshot it wrote could never be read back.
         raise StartupError(
             "cache.snapshot_file needs a configured encryption key "
             "(encryption.key_file, key_env or credential), not a random one"
         )
+    if previous is not None and config.cache == previous.config.cache:
+        running = previous.service.cache
+        if running.cipher.keys_id == keys_id(keys):
+            return running
+        return running.resealed(Cipher(keys))
     return SecretCache(
         max_entries=config.cache.max_entries,
         ttl=config.cache.ttl,
@@ -242,11 +246,18 @@ def _refresh_policy(config: AgentConfig) -> RefreshPolicy:
     )
 
 
-def _shared_for(config: AgentConfig, metrics: Metrics, previous: Runtime | None) -> SharedTier:
-    """The running tier when nothing it depends on changed (its connections and subscriber)."""
-    if previous is not None and _tier_inputs(config) == _tier_inputs(previous.config):
+def _shared_for(
+    config: AgentConfig, keys: list[bytes], metrics: Metrics, previous: Runtime | None
+) -> SharedTier:
+    """The running tier when nothing it depends on changed (its connections and subscriber):
+    the same settings and the same keys (by content)."""
+    if (
+        previous is not None
+        and _tier_inputs(config) == _tier_inputs(previous.config)
+        and keys_id(keys) == previous.service.cache.cipher.keys_id
+    ):
         return previous.service.shared
-    return build_tier(config, load_keys(config.encryption), metrics)
+    return build_tier(config, keys, metrics)
 
 
 async def _close_if_new(shared: SharedTier, previous: Runtime | None) -> None:

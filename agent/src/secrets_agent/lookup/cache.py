@@ -7,7 +7,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cipher import Cipher
@@ -244,6 +244,23 @@ class SecretCache:
         for key, entry in self._scan():
             if entry.source in sources:
                 copy._store(key, entry)
+        return copy
+
+    def resealed(self, cipher: Cipher) -> SecretCache:
+        """A new cache with the same settings and entries, every value sealed under ``cipher``
+        (the keys changed: nothing stays under a key that was removed)."""
+        copy = SecretCache(
+            max_entries=self._max_entries,
+            ttl=self._ttl,
+            negative_ttl=self._negative_ttl,
+            max_stale=self._max_stale,
+            cipher=cipher,
+            clock=self._clock,
+            refresh=self._refresh,
+        )
+        for key, entry in self._scan():
+            token = None if entry.token is None else cipher.seal(self._cipher.unseal(entry.token))
+            copy._store(key, replace(entry, token=token))
         return copy
 
     def sweep(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ class Cipher:
     """
 
     def __init__(self, keys: list[bytes]) -> None:
+        self.keys_id = keys_id(keys)  # which configured keys (a reload compares them)
         # With no configured key the cache lives and dies with this process, so a random one is
         # as good as any and never touches disk.
         keys = keys or [Fernet.generate_key()]
@@ -65,6 +67,11 @@ class Cipher:
     def token(sealed: bytes) -> bytes:
         """A sealed value as a Fernet token again (what a snapshot stores)."""
         return base64.urlsafe_b64encode(sealed)
+
+
+def keys_id(keys: list[bytes]) -> str:
+    """Tells key lists apart (a reload that changed a key file's contents), revealing none."""
+    return hashlib.sha256(b"airflow-secrets-agent keys\0" + b",".join(keys)).hexdigest()
 
 
 def generate_key() -> str:

@@ -21,8 +21,8 @@ from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.shared.build import build_tier, chain_identity
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
-from support.helpers import FakeClock, Script, ScriptedBackend
 from support.fleet_stores import ACL
+from support.helpers import FakeClock, Script, ScriptedBackend
 from support.redis_server import ClusterServers, RedisServer, SentinelServer
 from support.shared_nodes import subscribers, wait_for
 

@@ -3,13 +3,18 @@ pub/sub (SPUBLISH / SSUBSCRIBE) on a cluster, behind one small interface."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from secrets_agent.lookup.shared.guard import STORE_ERRORS
+
 Deliver = Callable[[bytes], object]
+_CLOSE_WAIT = 1.0  # seconds
 
 
 class Bus(Protocol):
@@ -57,7 +62,9 @@ class ShardedBus:
                 )
                 _deliver(message, deliver)
         finally:
-            await pubsub.aclose()
+            # Bounded: leaving must not wait on a shard that is gone.
+            with contextlib.suppress(*STORE_ERRORS):
+                await asyncio.wait_for(pubsub.aclose(), _CLOSE_WAIT)
 
 
 def _deliver(message: dict[str, Any] | None, deliver: Deliver) -> None:

@@ -127,7 +127,6 @@ class Invalidations:
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await asyncio.wait({self._listener}, timeout=2.0)  # bounded, whatever the store does
             self._listener = None
         await self.settled()
