@@ -1,7 +1,9 @@
-"""Fleet benchmark: upstream fetches per key per TTL for 1, 3 and 10 agents, with and without
-the shared cache, and the latency of a node-cache miss served by the shared cache vs the upstream.
+"""Fleet benchmark: upstream fetches per key per TTL for 1, 3 and 10 agents, without the shared
+cache, with one store server and with a three-primary cluster, and the latency of a node-cache
+miss served by either store vs the upstream.
 
-Real parts: an OpenBao dev server and Debian's redis-server on loopback, and each agent's whole
+Real parts: an OpenBao dev server and Debian's redis-server on loopback (one server, and a
+``redis-cli --cluster create`` cluster), and each agent's whole
 lookup path (``Runtime``: vault backend, chain, node cache, shared tier), all agents in one
 process and event loop. Nothing here asserts a time; compare the printed ratios.
 
@@ -29,27 +31,28 @@ from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.runtime import BackendPool, Runtime
 from support.bao import BaoServer
-from support.redis_server import RedisServer
+from support.redis_server import ClusterServers, RedisServer, Store
 
 V = Kind.VARIABLE
 
 
 @contextmanager
-def servers(workdir: Path) -> Iterator[tuple[BaoServer, RedisServer]]:
+def servers(workdir: Path) -> Iterator[tuple[BaoServer, RedisServer, ClusterServers]]:
     bao, store = BaoServer(workdir / "bao"), RedisServer(workdir / "redis")
-    bao.start()
+    cluster = ClusterServers(workdir / "cluster")
     try:
+        bao.start()
         store.start()
-        try:
-            yield bao, store
-        finally:
-            store.stop()
+        cluster.start()
+        yield bao, store, cluster
     finally:
+        cluster.stop()
+        store.stop()
         bao.stop()
 
 
 async def start_agents(
-    count: int, bao: BaoServer, store: RedisServer | None, key_file: Path, workdir: Path
+    count: int, bao: BaoServer, store: Store | None, key_file: Path, workdir: Path
 ) -> list[tuple[Runtime, Metrics]]:
     raw: dict[str, object] = {
         "encryption": {"key_file": str(key_file)},
@@ -115,42 +118,53 @@ async def stop(agents: list[tuple[Runtime, Metrics]]) -> None:
         await runtime.retire(None)
 
 
-async def run(args: argparse.Namespace, bao: BaoServer, store: RedisServer, work: Path) -> None:
+async def run(
+    args: argparse.Namespace,
+    bao: BaoServer,
+    store: RedisServer,
+    cluster: ClusterServers,
+    work: Path,
+) -> None:
     key_file = work / "fernet.key"
     key_file.write_text(Fernet.generate_key().decode())
     for k in range(args.keys):
         bao.kv_put(f"variables/key{k}", {"value": f"value-{k}"})
     print(f"upstream fetches per key per TTL ({args.keys} keys, every agent reads every key)\n")
-    print(f"{'agents':>8}{'node cache only':>18}{'with shared cache':>20}")
+    print(f"{'agents':>8}{'node cache only':>18}{'with shared cache':>20}{'with a cluster':>17}")
     for count in args.agents:
         row = []
-        for shared in (None, store):
+        for shared in (None, store, cluster):
             store.command("FLUSHALL")
+            cluster.command("FLUSHALL")
             agents = await start_agents(count, bao, shared, key_file, work)
             try:
                 row.append(await one_ttl(agents, args.keys))
             finally:
                 await stop(agents)
-        print(f"{count:>8}{row[0]:>18.2f}{row[1]:>20.2f}")
-    store.command("FLUSHALL")
-    fleet = await start_agents(2, bao, store, key_file, work)
+        print(f"{count:>8}{row[0]:>18.2f}{row[1]:>20.2f}{row[2]:>17.2f}")
+    latencies = {}
+    for name, shared in (("from the shared cache", store), ("from a cluster", cluster)):
+        shared.command("FLUSHALL")
+        fleet = await start_agents(2, bao, shared, key_file, work)
+        try:
+            await one_ttl(fleet, 10)
+            latencies[name] = await node_miss_latency(fleet, args.samples)
+        finally:
+            await stop(fleet)
     alone = await start_agents(1, bao, None, key_file, work)
     try:
-        await one_ttl(fleet, 10)
-        from_store = await node_miss_latency(fleet, args.samples)
-        from_upstream = await node_miss_latency(alone, args.samples)
+        latencies["from the upstream"] = await node_miss_latency(alone, args.samples)
     finally:
-        await stop(fleet)
         await stop(alone)
     print(f"\nnode-cache miss latency ({args.samples} lookups)\n")
     print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}")
-    for name, times in (
-        ("from the shared cache", from_store),
-        ("from the upstream", from_upstream),
-    ):
+    for name, times in latencies.items():
         print(f"{name:24}{percentile(times, 50):10.1f}{percentile(times, 99):10.1f}")
-    ratio = percentile(from_upstream, 50) / percentile(from_store, 50)
+    upstream = percentile(latencies["from the upstream"], 50)
+    ratio = upstream / percentile(latencies["from the shared cache"], 50)
     print(f"\nupstream / shared cache latency (p50): {ratio:.1f}x")
+    ratio = upstream / percentile(latencies["from a cluster"], 50)
+    print(f"upstream / cluster latency (p50): {ratio:.1f}x")
 
 
 def percentile(times: list[float], pct: int) -> float:
@@ -167,8 +181,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
     args.agents = [int(n) for n in args.agents.split(",")]
-    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, servers(Path(tmp)) as (bao, store):
-        asyncio.run(run(args, bao, store, Path(tmp)))
+    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, servers(Path(tmp)) as started:
+        asyncio.run(run(args, *started, Path(tmp)))
 
 
 if __name__ == "__main__":

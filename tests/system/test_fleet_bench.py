@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 BENCH = ROOT / "bench" / "fleet.py"
 
 
-def test_fleet_bench_counts_one_fetch_per_key_with_the_shared_cache() -> None:
+def test_fleet_bench_counts_one_fetch_per_key_with_the_shared_cache_and_a_cluster() -> None:
     server_binary()  # the benchmark starts one: skipped (or failed in CI) without it
     result = subprocess.run(
         [sys.executable, str(BENCH), "--keys", "3", "--agents", "1,3", "--samples", "5"],
@@ -29,5 +29,6 @@ def test_fleet_bench_counts_one_fetch_per_key_with_the_shared_cache() -> None:
         for line in result.stdout.splitlines()
         if line[:8].strip().isdigit()
     }
-    assert rows == {"1": ["1.00", "1.00"], "3": ["3.00", "1.00"]}
+    assert rows == {"1": ["1.00", "1.00", "1.00"], "3": ["3.00", "1.00", "1.00"]}
     assert "upstream / shared cache latency (p50)" in result.stdout
+    assert "upstream / cluster latency (p50)" in result.stdout
