@@ -77,6 +77,15 @@ class Node:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+async def subscribed_pair(store: Store, script: Script) -> tuple[Node, Node]:
+    """Two nodes both listening for invalidations (their subscriptions confirmed by the store)."""
+    a, b = Node(store, script), Node(store, script)
+    await a.tier.start()
+    await b.tier.start()
+    await wait_for(lambda: subscribers(store) == 2)
+    return a, b
+
+
 async def close(*nodes: Node) -> None:
     for node in nodes:
         await node.tier.close()

@@ -15,7 +15,7 @@ from secrets_agent.lookup.service import RefreshPolicy
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.helpers import Script
 from support.redis_server import Store
-from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
+from support.shared_nodes import KEY, Node, V, close, subscribed_pair, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,7 @@ def macs(name: str) -> set[str]:
 
 async def test_an_old_entry_put_back_after_an_invalidation_is_refused(store: Store) -> None:
     script = Script(values={(V, "k"): "v1"})
-    a, b = Node(store, script), Node(store, script)
-    await a.tier.start()
-    await b.tier.start()
-    await wait_for(lambda: subscribers(store) == 2)
+    a, b = await subscribed_pair(store, script)
     await a.service.lookup(V, "k")
     await b.service.lookup(V, "k")
     name = entry_of(store, "namespace", "k")

@@ -15,7 +15,7 @@ from secrets_agent.lookup.cache import CacheState
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.helpers import Script
 from support.redis_server import RedisServer, Store
-from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
+from support.shared_nodes import KEY, Node, V, close, subscribed_pair, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,10 +142,7 @@ async def test_invalidation_drops_the_shared_entry_and_other_nodes_copies(
     store: RedisServer,
 ) -> None:
     script = Script(values={(V, "k"): "v1"})
-    a, b = Node(store, script), Node(store, script)
-    await a.tier.start()
-    await b.tier.start()
-    await wait_for(lambda: subscribers(store) == 2)
+    a, b = await subscribed_pair(store, script)
     await a.service.lookup(V, "k")
     await b.service.lookup(V, "k")
     assert b.cache.get(V, "k") is not None

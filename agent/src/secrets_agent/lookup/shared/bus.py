@@ -60,6 +60,9 @@ class ShardedBus:
                 message = await pubsub.get_sharded_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
+                if message is None and not pubsub.node_pubsub_mapping:
+                    # Subscribed nowhere (it returns at once then): start over, not spin.
+                    raise ConnectionError("no shard holds the invalidation channels")
                 _deliver(message, deliver)
         finally:
             # Bounded: leaving must not wait on a shard that is gone.
