@@ -163,3 +163,16 @@ def calls(store: Store, command: str) -> int:
             if line.startswith(f"cmdstat_{command}:calls="):
                 total += int(line.split("=")[1].split(",")[0])
     return total
+
+
+async def test_a_kind_wide_invalidation_refuses_every_older_copy_of_the_kind(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    a, b = await subscribed_pair(store, script)
+    await a.service.lookup(V, "k")
+    script.values[(V, "k")] = "v2"
+    a.service.invalidate(V)  # names hide the kind: nothing deleted, every node refuses
+    await wait_for(lambda: b.sample("secrets_agent_shared_cache_invalidations_received_total"))
+    assert (await b.service.lookup(V, "k")).value == "v2"
+    assert (await a.service.lookup(V, "k")).value == "v2"
+    assert b.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
+    await close(a, b)
