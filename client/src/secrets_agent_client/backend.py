@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 from secrets_agent_client import DEFAULT_SOCKET_PATH
-from secrets_agent_client.transport import (
+from secrets_agent_client.transport import UnixTransport
+from secrets_agent_client.wire import (
     AgentIdentityError,
     AgentUnreachable,
     Response,
-    UnixTransport,
+    lookup_path,
 )
 
 # Kept off the import path (typing, json and logging cost more to import than the rest of the
@@ -18,9 +19,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 
+    from secrets_agent_client.aio import AsyncUnixTransport
+
 ON_UNAVAILABLE = ("fallthrough", "raise")
-# RFC 3986 unreserved characters: everything else in an id is percent-encoded.
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 if TYPE_CHECKING:
     _Base = object
@@ -72,6 +73,10 @@ def _strict_unavailable() -> type[AgentUnavailableError]:
 class AgentSecretsBackend(_Base):
     """Ask the local agent; a 404 returns None so Airflow falls through to env vars / metastore.
 
+    Every lookup has a coroutine twin (``aget_connection``, ``aget_variable``, ...) that Airflow's
+    task SDK awaits in async tasks and the triggerer: same answers and errors, over asyncio
+    connections kept per event loop, so a slow agent never blocks the loop.
+
     :param socket_path: the agent's socket (default ``$SECRETS_AGENT_SOCKET`` or the system path)
     :param timeout: seconds to wait for the agent on connect and per request
     :param on_unavailable: ``fallthrough`` (log once, return None) or ``raise`` when the agent
@@ -102,6 +107,7 @@ class AgentSecretsBackend(_Base):
         # Airflow's per-kwarg environment form passes every value as a string.
         uid = None if expected_agent_uid in (None, "") else int(expected_agent_uid)
         self._transport = UnixTransport(path, float(timeout), expected_uid=uid)
+        self._async: AsyncUnixTransport | None = None  # built (and asyncio imported) when awaited
         self.on_unavailable = on_unavailable
 
     @property
@@ -109,8 +115,10 @@ class AgentSecretsBackend(_Base):
         return self._transport.socket_path
 
     def close(self) -> None:
-        """Close the kept-alive connection (a new one opens on the next lookup)."""
+        """Close the kept-alive connections (new ones open on the next lookup)."""
         self._transport.close()
+        if self._async is not None:
+            self._async.close()
 
     # ``refresh=True`` asks the agent to read the upstream now (the value is known to be
     # outdated); the agent coalesces such requests and rate-limits them per key.
@@ -127,20 +135,68 @@ class AgentSecretsBackend(_Base):
     def get_config(self, key: str, *, refresh: bool = False) -> str | None:
         return self._lookup("config", key, None, refresh)
 
+    # The task SDK awaits these where a backend has them (Airflow 3.3: connections; 3.4:
+    # variables), instead of running the blocking lookup on a thread.
+    async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        """The Connection, built by Airflow's own ``deserialize_connection``, or None."""
+        value = await self.aget_conn_value(conn_id, team_name)
+        if not value:
+            return None
+        deserialize = getattr(self, "deserialize_connection", None)
+        if deserialize is None:
+            raise TypeError("aget_connection needs Airflow; use aget_conn_value without it")
+        return deserialize(conn_id=conn_id, value=value)
+
+    async def aget_conn_value(
+        self, conn_id: str, team_name: str | None = None, *, refresh: bool = False
+    ) -> str | None:
+        return await self._alookup("connections", conn_id, team_name, refresh)
+
+    async def aget_variable(
+        self, key: str, team_name: str | None = None, *, refresh: bool = False
+    ) -> str | None:
+        return await self._alookup("variables", key, team_name, refresh)
+
+    async def aget_config(self, key: str, *, refresh: bool = False) -> str | None:
+        return await self._alookup("config", key, None, refresh)
+
     def _lookup(
         self, segment: str, secret_id: str, team: str | None = None, refresh: bool = False
     ) -> str | None:
-        path = f"/v1/{segment}/{_quote(secret_id)}"
-        query = ([f"team={_quote(team)}"] if team else []) + (["refresh=true"] if refresh else [])
-        if query:
-            path += "?" + "&".join(query)
+        path = lookup_path(segment, secret_id, team, refresh)
         try:
             response = self._transport.request("GET", path)
-        except AgentUnreachable as exc:
-            self._unavailable(str(exc))
+        except (AgentUnreachable, AgentIdentityError) as exc:
+            self._failed(exc)
             return None
-        except AgentIdentityError as exc:
+        return self._answer(segment, response)
+
+    async def _alookup(
+        self, segment: str, secret_id: str, team: str | None, refresh: bool
+    ) -> str | None:
+        transport = self._async
+        if transport is None:
+            from secrets_agent_client.aio import AsyncUnixTransport
+
+            sync = self._transport
+            transport = self._async = AsyncUnixTransport(
+                sync.socket_path, sync.timeout, expected_uid=sync.expected_uid
+            )
+        path = lookup_path(segment, secret_id, team, refresh)
+        try:
+            response = await transport.request("GET", path)
+        except (AgentUnreachable, AgentIdentityError) as exc:
+            self._failed(exc)
+            return None
+        return self._answer(segment, response)
+
+    def _failed(self, exc: AgentUnreachable | AgentIdentityError) -> None:
+        if isinstance(exc, AgentIdentityError):
             raise _access_denied(f"secrets agent refused: {exc}") from None
+        self._unavailable(str(exc))
+
+    def _answer(self, segment: str, response: Response) -> str | None:
+        """What an agent's answer means to Airflow, for both the blocking and async lookups."""
         if response.status == 200:
             import json
 
@@ -168,14 +224,6 @@ class AgentSecretsBackend(_Base):
             logging.getLogger(__name__).warning(
                 "secrets agent unavailable, falling through to other sources: %s", reason
             )
-
-
-def _quote(text: str) -> str:
-    """``urllib.parse.quote(text, safe="")`` without importing urllib (and re) for it."""
-    data = text.encode("utf-8")
-    if all(b in _SAFE for b in data):
-        return text
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in data)
 
 
 def _detail(response: Response) -> str:
