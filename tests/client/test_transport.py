@@ -1,16 +1,21 @@
-"""The client's own HTTP/1.1 reader against a server that answers with scripted raw bytes."""
+"""Both transports (blocking and asyncio) against a server that answers with scripted raw bytes:
+one contract, so the async client behaves exactly as the blocking one."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
-from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+from secrets_agent_client.aio import AsyncUnixTransport
+from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache: HIT\r\n\r\nok"
 
@@ -61,6 +66,52 @@ class RawServer:
         self.sock.close()
 
 
+class Transport(Protocol):
+    def request(self, method: str, path: str) -> Response: ...
+
+
+class LoopTransport:
+    """The asyncio transport, driven from the test's code on one long-lived event loop."""
+
+    def __init__(
+        self,
+        path: str,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        async def pause(seconds: float) -> None:
+            sleep(seconds)
+
+        self.loop = asyncio.new_event_loop()
+        self.inner = AsyncUnixTransport(path, timeout, clock=clock, sleep=pause)
+
+    def request(self, method: str, path: str) -> Response:
+        return self.loop.run_until_complete(self.inner.request(method, path))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.inner.aclose())
+        self.loop.close()
+
+
+MakeTransport = Callable[..., Transport]
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def make_transport(request: pytest.FixtureRequest) -> Iterator[MakeTransport]:
+    made: list[LoopTransport] = []
+
+    def make(path: str, timeout: float, **kwargs: Any) -> Transport:
+        if request.param == "blocking":
+            return UnixTransport(path, timeout, **kwargs)
+        made.append(LoopTransport(path, timeout, **kwargs))
+        return made[-1]
+
+    yield make
+    for transport in made:
+        transport.close()
+
+
 @pytest.fixture
 def server(short_tmp: Path) -> Iterator[RawServer]:
     raw = RawServer(str(short_tmp / "raw.sock"))
@@ -68,53 +119,65 @@ def server(short_tmp: Path) -> Iterator[RawServer]:
     raw.close()
 
 
-def test_a_response_split_into_single_bytes_is_read_whole(server: RawServer) -> None:
+def test_a_response_split_into_single_bytes_is_read_whole(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     server.answers = [[bytes([b]) for b in OK]]
-    response = UnixTransport(server.path, 5).request("GET", "/v1/variables/k")
+    response = make_transport(server.path, 5).request("GET", "/v1/variables/k")
     assert (response.status, response.body, response.headers["x-cache"]) == (200, b"ok", "HIT")
     assert server.requests[0].startswith(b"GET /v1/variables/k HTTP/1.1\r\nHost: localhost")
 
 
-def test_keep_alive_reuses_and_connection_close_reconnects(server: RawServer) -> None:
+def test_keep_alive_reuses_and_connection_close_reconnects(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     close = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nc"
     server.answers = [[OK], [close], [OK]]
-    transport = UnixTransport(server.path, 5)
+    transport = make_transport(server.path, 5)
     bodies = [transport.request("GET", "/x").body for _ in range(3)]
     assert bodies == [b"ok", b"c", b"ok"]
     assert server.connections == 2  # the first two shared one; "close" made the third new
 
 
-def test_two_answers_in_one_packet_are_kept_apart(server: RawServer) -> None:
+def test_two_answers_in_one_packet_are_kept_apart(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     # The second answer arrives early, with the first: it must wait in the buffer.
     server.answers = [[OK + OK], None]
-    transport = UnixTransport(server.path, 5)
+    transport = make_transport(server.path, 5)
     assert transport.request("GET", "/a").body == b"ok"
     assert transport.request("GET", "/b").body == b"ok"
 
 
-def test_chunked_and_close_delimited_bodies(server: RawServer) -> None:
+def test_chunked_and_close_delimited_bodies(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
     )
     by_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
     server.answers = [[chunked], [by_close]]
-    transport = UnixTransport(server.path, 5)
+    transport = make_transport(server.path, 5)
     assert transport.request("GET", "/c").body == b"abcde"
     assert transport.request("GET", "/d").body == b"until the end"
 
 
-def test_a_dropped_kept_alive_connection_is_retried_once(server: RawServer) -> None:
+def test_a_dropped_kept_alive_connection_is_retried_once(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     server.answers = [[OK], None, [OK]]  # the agent "restarts" after the first answer
-    transport = UnixTransport(server.path, 5)
+    transport = make_transport(server.path, 5)
     assert transport.request("GET", "/1").body == b"ok"
     assert transport.request("GET", "/2").body == b"ok"
     assert server.connections == 2
 
 
-def test_a_new_connection_that_breaks_is_not_retried(server: RawServer) -> None:
+def test_a_new_connection_that_breaks_is_not_retried(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     server.answers = [None, [OK]]
     with pytest.raises(AgentUnreachable):
-        UnixTransport(server.path, 5).request("GET", "/x")
+        make_transport(server.path, 5).request("GET", "/x")
     assert server.connections == 1
 
 
@@ -122,10 +185,12 @@ def test_a_new_connection_that_breaks_is_not_retried(server: RawServer) -> None:
     "garbage",
     [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
 )
-def test_broken_http_is_a_clear_error(server: RawServer, garbage: bytes) -> None:
+def test_broken_http_is_a_clear_error(
+    server: RawServer, garbage: bytes, make_transport: MakeTransport
+) -> None:
     server.answers = [[garbage]]
     with pytest.raises(AgentUnreachable, match="broken HTTP"):
-        UnixTransport(server.path, 5).request("GET", "/x")
+        make_transport(server.path, 5).request("GET", "/x")
 
 
 def fill_backlog(path: str) -> list[socket.socket]:
@@ -155,7 +220,9 @@ def full_listener(short_tmp: Path) -> Iterator[socket.socket]:
     listener.close()
 
 
-def test_a_full_backlog_is_retried_within_the_timeout(full_listener: socket.socket) -> None:
+def test_a_full_backlog_is_retried_within_the_timeout(
+    full_listener: socket.socket, make_transport: MakeTransport
+) -> None:
     now = [0.0]
     slept: list[float] = []
 
@@ -173,7 +240,7 @@ def test_a_full_backlog_is_retried_within_the_timeout(full_listener: socket.sock
             threading.Thread(target=answer_once, args=(full_listener,), daemon=True).start()
 
     path = full_listener.getsockname()
-    transport = UnixTransport(path, 1.0, clock=lambda: now[0], sleep=sleep)
+    transport = make_transport(path, 1.0, clock=lambda: now[0], sleep=sleep)
     assert transport.request("GET", "/x").body == b"ok"
     assert len(slept) == 2 and sum(slept) < 1.0  # backed off twice, inside the timeout
     assert all(0 < s <= 0.15 for s in slept)  # short, jittered pauses
@@ -188,39 +255,43 @@ def answer_once(listener: socket.socket) -> None:
         conn.sendall(OK)
 
 
-def test_a_backlog_that_stays_full_fails_at_the_timeout(full_listener: socket.socket) -> None:
+def test_a_backlog_that_stays_full_fails_at_the_timeout(
+    full_listener: socket.socket, make_transport: MakeTransport
+) -> None:
     now = [0.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    transport = UnixTransport(full_listener.getsockname(), 0.5, clock=lambda: now[0], sleep=sleep)
+    transport = make_transport(full_listener.getsockname(), 0.5, clock=lambda: now[0], sleep=sleep)
     with pytest.raises(AgentUnreachable, match="too busy"):
         transport.request("GET", "/x")
     assert now[0] == pytest.approx(0.5)  # it waited exactly its timeout, never longer
 
 
-def test_an_agent_at_its_connection_cap_is_asked_again(server: RawServer) -> None:
+def test_an_agent_at_its_connection_cap_is_asked_again(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
     busy = (
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nX-Agent-Busy: 1\r\n"
         b"Connection: close\r\n\r\n{}"
     )
     server.answers = [[busy], [busy], [OK]]
     slept: list[float] = []
-    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    response = make_transport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
     assert (response.status, response.body) == (200, b"ok")
     assert len(slept) == 2 and server.connections == 3
 
 
-def test_an_upstream_503_is_not_retried(server: RawServer) -> None:
+def test_an_upstream_503_is_not_retried(server: RawServer, make_transport: MakeTransport) -> None:
     unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
     server.answers = [[unavailable]]
     slept: list[float] = []
-    response = UnixTransport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
+    response = make_transport(server.path, 5, sleep=slept.append).request("GET", "/v1/variables/k")
     assert response.status == 503 and slept == []
 
 
-def test_busy_retries_stop_at_the_timeout(server: RawServer) -> None:
+def test_busy_retries_stop_at_the_timeout(server: RawServer, make_transport: MakeTransport) -> None:
     busy = (
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nX-Agent-Busy: 1\r\n"
         b"Connection: close\r\n\r\n{}"
@@ -231,7 +302,7 @@ def test_busy_retries_stop_at_the_timeout(server: RawServer) -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds  # time moves only by the client's own backoff
 
-    transport = UnixTransport(server.path, 1.0, clock=lambda: now[0], sleep=sleep)
+    transport = make_transport(server.path, 1.0, clock=lambda: now[0], sleep=sleep)
     try:
         response = transport.request("GET", "/v1/variables/k")
     except AgentUnreachable:  # the last try, with 50 ms of real time, may miss on a busy host

@@ -9,7 +9,6 @@ forked child never touches its parent's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -40,22 +39,27 @@ MAX_IDLE = 8
 
 
 class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    """A connected non-blocking socket (the loop's ``sock_*`` calls, no transport: it closes at
+    once from anywhere, even after its loop is gone) and the bytes read but not yet consumed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.buffer = bytearray()
 
-    async def read_response(self, *, head_only: bool) -> tuple[Response, bool]:
+    async def read_response(
+        self, loop: asyncio.AbstractEventLoop, *, head_only: bool
+    ) -> tuple[Response, bool]:
         eof = False
         while True:
             parsed = parse_response(self.buffer, head_only=head_only, eof=eof)
             if parsed is not None:
                 return parsed
-            data = await self.reader.read(_READ_SIZE)
+            data = await loop.sock_recv(self.sock, _READ_SIZE)
             eof = not data
             self.buffer += data
 
     def close(self) -> None:
-        self.writer.close()
+        self.sock.close()
 
 
 class AsyncUnixTransport:
@@ -130,14 +134,14 @@ class AsyncUnixTransport:
     async def _exchange(
         self, conn: _Connection, method: str, path: str, body: bytes | None
     ) -> tuple[Response, bool]:
+        loop = asyncio.get_running_loop()
         try:
-            conn.writer.write(request_bytes(method, path, body))
-            await conn.writer.drain()
+            await loop.sock_sendall(conn.sock, request_bytes(method, path, body))
         except (BrokenPipeError, ConnectionResetError):
             # An agent at its cap answers "busy" at once and closes: read that answer.
-            response, _ = await conn.read_response(head_only=False)
+            response, _ = await conn.read_response(loop, head_only=False)
             return response, False
-        return await conn.read_response(head_only=method == "HEAD")
+        return await conn.read_response(loop, head_only=method == "HEAD")
 
     async def _connect(self, deadline: float) -> _Connection:
         # A Unix-socket connect() completes or fails at once: tried here without blocking, so a
@@ -155,42 +159,46 @@ class AsyncUnixTransport:
                     raise
                 await self._sleep(pause)
                 continue
-            try:
-                if self.expected_uid is not None:
+            if self.expected_uid is not None:
+                try:
                     check_peer(sock, self.expected_uid, self.socket_path)
-                reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_READ_SIZE)
-            except BaseException:
-                sock.close()
-                raise
-            return _Connection(reader, writer)
+                except AgentIdentityError:
+                    sock.close()
+                    raise
+            return _Connection(sock)
 
     def _idle_list(self) -> list[_Connection]:
         if self._pid != os.getpid():
-            # The parent's connections: never touched, dropped without closing (they are its).
+            # The parent's connections are never used here; closing this process's copies of
+            # their descriptors leaves the parent's open.
+            for inherited in list(self._idle.values()):
+                _close_all(inherited)
             self._idle, self._pid = weakref.WeakKeyDictionary(), os.getpid()
         loop = asyncio.get_running_loop()
         idle = self._idle.get(loop)
         if idle is None:
             idle = self._idle[loop] = []
+            # A loop's connections are closed when it is collected (asyncio.run's, per task).
+            weakref.finalize(loop, _close_all, idle)
         return idle
 
     async def aclose(self) -> None:
         """Close this loop's idle connections."""
-        idle = self._idle_list()
-        while idle:
-            conn = idle.pop()
-            conn.close()
-            await conn.writer.wait_closed()
+        _close_all(self._idle_list())
 
     def close(self) -> None:
-        """Close every loop's idle connections (from outside any loop, e.g. at exit)."""
-        if self._pid != os.getpid():
-            return
+        """Close every loop's idle connections (from any thread, e.g. at exit)."""
         for idle in list(self._idle.values()):
-            while idle:
-                # A closed loop cannot close its transport: the socket goes with the object.
-                with contextlib.suppress(RuntimeError):
-                    idle.pop().close()
+            _close_all(idle)
+
+
+def _close_all(idle: list[_Connection]) -> None:
+    while True:
+        try:
+            conn = idle.pop()
+        except IndexError:  # emptied (another thread may be closing them too)
+            return
+        conn.close()
 
 
 __all__ = ["AgentIdentityError", "AgentUnreachable", "AsyncUnixTransport"]

@@ -1,0 +1,221 @@
+"""The awaited lookups (what Airflow's task SDK and triggerer call) against the real agent, and
+against servers that are down, slow or silent: the same answers and errors as the blocking ones,
+and the event loop never waits on the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secrets_agent_client import AgentSecretsBackend, AgentUnavailableError
+from secrets_agent_client.aio import MAX_IDLE
+from support.agent_proc import CONNECTIONS, VARIABLES, real_agent
+
+UID = os.getuid()
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[str]:
+    """One real agent for the module; our uid may name team_a only (team_b is its 403)."""
+    directory = Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp"))  # socket paths stay short
+    try:
+        with real_agent(directory, f'team_uids = {{ "{UID}" = ["team_a"] }}') as path:
+            yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+IDS = [("variables", k) for k in [*VARIABLES, "absent", "with space/and/slashes", "ü"]] + [
+    ("connections", k) for k in [*CONNECTIONS, "absent", "a/b"]
+]
+
+
+async def test_awaited_answers_equal_the_blocking_ones(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent)
+    for segment, key in IDS:
+        if segment == "variables":
+            expected, got = backend.get_variable(key), await backend.aget_variable(key)
+        else:
+            expected, got = backend.get_conn_value(key), await backend.aget_conn_value(key)
+        assert got == expected, (segment, key)
+    assert await backend.aget_variable("a/b c") == "slashed"  # ids with "/" (Airflow 3.4)
+    assert await backend.aget_conn_value("aws/prod/db") == CONNECTIONS["aws/prod/db"]
+    assert await backend.aget_config("absent") is None
+    backend.close()
+
+
+async def test_concurrent_lookups_on_one_loop_each_get_their_answer(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent)
+    keys = [*VARIABLES, "absent"] * 25
+    answers = await asyncio.gather(*(backend.aget_variable(k) for k in keys))
+    assert answers == [VARIABLES.get(k) for k in keys]
+    idle = backend._async._idle_list() if backend._async else []
+    assert 1 <= len(idle) <= MAX_IDLE  # kept for the next lookups, but only a few
+    again = await backend.aget_variable("greeting")
+    assert again == "hello"
+    assert backend._async is not None
+    await backend._async.aclose()
+
+
+def test_each_event_loop_keeps_its_own_connections(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent)
+    # Two loops one after another (asyncio.run each time), as a process running async tasks.
+    assert asyncio.run(backend.aget_variable("greeting")) == "hello"
+    assert asyncio.run(backend.aget_variable("greeting")) == "hello"
+    backend.close()
+
+
+async def test_team_names_are_sent_and_a_refused_team_is_access_denied(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent)
+    assert await backend.aget_variable("team/ok", team_name="team_a") == "team-value"
+    with pytest.raises(PermissionError, match="denied variables lookup"):
+        await backend.aget_variable("team/ok", team_name="team_b")
+    with pytest.raises(PermissionError, match="denied connections lookup"):
+        await backend.aget_conn_value("pg", "team_b")
+    with pytest.raises(PermissionError):
+        backend.get_variable("team/ok", team_name="team_b")  # the same answer both ways
+    backend.close()
+
+
+async def test_expected_agent_uid_is_checked_on_each_new_connection(agent: str) -> None:
+    right = AgentSecretsBackend(socket_path=agent, expected_agent_uid=str(UID))
+    assert await right.aget_variable("greeting") == "hello"
+    wrong = AgentSecretsBackend(socket_path=agent, expected_agent_uid=UID + 1)
+    with pytest.raises(PermissionError, match=f"served by uid {UID}"):
+        await wrong.aget_variable("greeting")
+    # Never a fall-through, even with the lenient policy.
+    lenient = AgentSecretsBackend(socket_path=agent, expected_agent_uid=UID + 1)
+    with pytest.raises(PermissionError):
+        await lenient.aget_conn_value("pg")
+    right.close()
+
+
+class Deserializing(AgentSecretsBackend):
+    """What Airflow's base class adds: a Connection built from the value."""
+
+    def deserialize_connection(self, conn_id: str, value: str) -> Any:
+        return ("connection", conn_id, value)
+
+
+async def test_aget_connection_builds_airflows_connection(agent: str) -> None:
+    backend = Deserializing(socket_path=agent)
+    assert await backend.aget_connection("pg") == ("connection", "pg", CONNECTIONS["pg"])
+    assert await backend.aget_connection("absent") is None
+    backend.close()
+
+
+async def test_agent_down_follows_the_policy(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = str(short_tmp / "gone.sock")
+    lenient = AgentSecretsBackend(socket_path=gone, timeout=0.5)
+    with caplog.at_level(logging.WARNING):
+        assert await lenient.aget_variable("unique-down-a") is None
+        assert await lenient.aget_conn_value("unique-down-b") is None
+    assert caplog.text.count("no agent socket") == 1  # logged once per process, not per lookup
+    strict = AgentSecretsBackend(socket_path=gone, on_unavailable="raise")
+    with pytest.raises(AgentUnavailableError, match="no agent socket"):
+        await strict.aget_variable("a")
+
+
+class LateServer:
+    """Answers each request only when the test says so (from any thread)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.release = threading.Event()
+        self.received = threading.Event()
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):  # the client may have gone first
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            self.requests.append(data)
+            self.received.set()
+            if self.release.wait(timeout=30):
+                body = b'{"value": "late"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.recv(1)  # hold the connection until the client goes
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def late(short_tmp: Path) -> Iterator[LateServer]:
+    server = LateServer(str(short_tmp / "late.sock"))
+    yield server
+    server.close()
+
+
+async def test_the_loop_keeps_running_while_the_agent_is_slow(late: LateServer) -> None:
+    # The server answers only after the loop has ticked five times while the lookup waits: a
+    # lookup that blocked the loop would never see its answer and would time out instead.
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while len(ticks) < 5:
+            await asyncio.sleep(0.01)
+            ticks.append(1)
+        late.release.set()
+
+    backend = AgentSecretsBackend(socket_path=late.path, timeout=10, on_unavailable="raise")
+    tick_task = asyncio.ensure_future(ticker())
+    assert await backend.aget_variable("slow") == "late"
+    await tick_task
+    assert len(ticks) == 5 and len(late.requests) == 1
+    assert backend._async is not None
+    await backend._async.aclose()
+
+
+async def test_a_silent_agent_times_out_within_the_timeout(late: LateServer) -> None:
+    lenient = AgentSecretsBackend(socket_path=late.path, timeout=0.2)
+    assert await lenient.aget_variable("silent") is None
+    strict = AgentSecretsBackend(socket_path=late.path, timeout=0.2, on_unavailable="raise")
+    with pytest.raises(AgentUnavailableError, match="did not answer in time"):
+        await strict.aget_variable("silent")
+
+
+async def test_a_cancelled_lookup_leaves_no_half_read_connection(late: LateServer) -> None:
+    backend = AgentSecretsBackend(socket_path=late.path, timeout=20)
+    task = asyncio.ensure_future(backend.aget_variable("cancelled"))
+    await asyncio.get_running_loop().run_in_executor(None, late.received.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend._async is not None and backend._async._idle_list() == []
+
+
+def test_importing_the_client_does_not_import_asyncio() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import secrets_agent_client; "
+        "b = secrets_agent_client.AgentSecretsBackend(socket_path='/nonexistent'); "
+        "print('asyncio' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
