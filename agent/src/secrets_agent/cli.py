@@ -67,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--name", help="the [[backends]] name (default: from its type)")
     migrate.set_defaults(func=_migrate)
 
+    status = sub.add_parser(
+        "status", help="a running agent's health, cache, upstream calls avoided and their cost"
+    )
+    status.add_argument(
+        "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
+    )
+    status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--json", action="store_true", help="the agent's JSON, for scripts")
+    status.set_defaults(
+        func=lambda a: importlib.import_module("secrets_agent.report").run(
+            a.socket, a.timeout, a.json
+        )
+    )
+
     gen = sub.add_parser("gen-key", help="print a new Fernet key for encryption.key_file")
     gen.set_defaults(func=_gen_key)
     return parser

@@ -152,7 +152,7 @@ class Agent:
 
     def _swap(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._pool.publish([b for _, b in runtime.backends])
+        self._pool.publish(runtime.backends, runtime.config.pricing)
 
     async def _serve_app(
         self,

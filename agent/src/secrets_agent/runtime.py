@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.registry import create_backend
-from secrets_agent.config.schema import AgentConfig, BackendConfig
+from secrets_agent.config.schema import AgentConfig, BackendConfig, PricingConfig
 from secrets_agent.errors import AgentError, BackendError, StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import RefreshAhead, SecretCache
@@ -76,9 +76,10 @@ class BackendPool:
             raise StartupError(str(exc)) from None
         self._live.add(backend)
 
-    def publish(self, backends: Sequence[Backend]) -> None:
+    def publish(self, backends: Running, pricing: PricingConfig) -> None:
         """Point the per-backend gauges at ``backends`` (the newest of a name owns them)."""
-        for backend in backends:
+        for config, backend in backends:
+            self._metrics.price(backend.name, pricing.per_call(backend.name, config.common.type))
             if not backend.manages_auth:
                 self._metrics.authenticated.labels(backend.name).set_function(
                     self._gauge(backend, health=False)

@@ -15,7 +15,16 @@ from secrets_agent.errors import ConfigError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
-_SECTIONS = ("listener", "log", "cache", "encryption", "metrics", "audit", "shared_cache")
+_SECTIONS = (
+    "listener",
+    "log",
+    "cache",
+    "encryption",
+    "metrics",
+    "audit",
+    "shared_cache",
+    "pricing",
+)
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -56,6 +65,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
         kwargs[name] = loader.build(hints[name], table, name)
     kwargs["backends"] = loader.backends(raw.get("backends", [{"name": "env", "type": "env"}]))
     kwargs["access"] = loader.rules(raw.get("access", []))
+    pricing = kwargs.get("pricing")
+    if pricing is not None:
+        names = {b.common.name for b in kwargs["backends"]}
+        for name in sorted(set(pricing.backends) - names):
+            loader.problem(f"pricing.backends.{name}", "no backend has this name")
     if loader.problems:
         raise ConfigError(loader.problems)
     return AgentConfig(**kwargs, warnings=tuple(loader.warnings))

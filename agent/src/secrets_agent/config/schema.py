@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from secrets_agent.config.validators import (
     TLS_SCHEMES,
+    check_date,
     check_glob,
     check_key_prefix,
     check_loopback,
@@ -34,6 +35,9 @@ class ListenerConfig:
     allowed_uids: tuple[int, ...] | None = setting(None, min=0)
     allowed_gids: tuple[int, ...] | None = setting(None, min=0)
     admin_uids: tuple[int, ...] | None = setting(None, min=0)
+    # Who else may read ``GET /v1/status`` (``secrets-agent status``: counts and health, never
+    # an id or a value), e.g. a monitoring user; admin uids always may.
+    status_uids: tuple[int, ...] = setting((), min=0)
     max_request_line: int = setting(8190, min=256, max=65536)
     max_header_size: int = setting(8190, min=256, max=65536)
     max_body_size: int = setting(65536, min=1024, max=1048576)
@@ -171,6 +175,43 @@ class SharedCacheConfig:
         return problems
 
 
+PRICES_TAKEN = "2026-12-04"
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    """USD per 10,000 upstream API calls, as each manager published them on ``taken``: what
+    ``secrets-agent status`` and ``/metrics`` price the calls made and avoided at."""
+
+    taken: str = setting(PRICES_TAKEN, check=check_date)
+    aws_secrets_manager: float = setting(0.05, min=0.0)
+    aws_ssm: float = setting(0.0, min=0.0)  # standard parameters
+    aws_ssm_higher_throughput: float = setting(0.05, min=0.0)
+    gcp_secret_manager: float = setting(0.03, min=0.0)  # access operations
+    azure_key_vault: float = setting(0.03, min=0.0)  # transactions
+    vault: float = setting(0.0, min=0.0)
+    # Backend name -> the row above it is priced at (default: its type's; types without a row,
+    # such as file and env, cost nothing), e.g. { ssm-prod = "aws_ssm_higher_throughput" }.
+    backends: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> list[tuple[str, str]]:
+        rows = ", ".join(PRICE_ROWS)
+        return [
+            (f"backends.{name}", f"must name a price row ({rows})")
+            for name, row in self.backends.items()
+            if row not in PRICE_ROWS
+        ]
+
+    def per_call(self, backend_name: str, backend_type: str) -> float:
+        """USD one API call to this backend costs (0.0 when the manager charges none)."""
+        row = self.backends.get(backend_name, backend_type)
+        per_10k: float = getattr(self, row) if row in PRICE_ROWS else 0.0
+        return per_10k / 10_000
+
+
+PRICE_ROWS = tuple(f.name for f in fields(PricingConfig) if f.name not in ("taken", "backends"))
+
+
 @dataclass(frozen=True)
 class BackendCommon:
     """Keys every ``[[backends]]`` entry accepts; the rest belong to the backend's type."""
@@ -246,6 +287,7 @@ class AgentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     shared_cache: SharedCacheConfig = field(default_factory=SharedCacheConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
     backends: tuple[BackendConfig, ...] = ()
     # Empty: no [[access]] rules, every admitted peer reads everything (as before rules existed).
     access: tuple[AccessRule, ...] = ()

@@ -50,6 +50,16 @@ def check_loopback(value: str) -> str | None:
     return "must be a loopback address (127.0.0.0/8 or ::1): metrics are never exposed off-host"
 
 
+def check_date(value: str) -> str | None:
+    import datetime
+
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return "must be a date such as 2026-12-04"
+    return None
+
+
 TEAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

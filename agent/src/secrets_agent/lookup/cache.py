@@ -109,6 +109,10 @@ class SecretCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def negatives(self) -> int:
+        """Entries that record a miss (for ``status``: a scan, never on the read path)."""
+        return sum(1 for entry in self._entries.values() if entry.token is None)
+
     @property
     def cipher(self) -> Cipher:
         return self._cipher

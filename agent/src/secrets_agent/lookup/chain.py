@@ -50,6 +50,10 @@ class BackendChain:
     def backends(self) -> tuple[Backend, ...]:
         return tuple(link.backend for link in self.links)
 
+    def accepting(self, kind: Kind, secret_id: str, team: str | None = None) -> list[str]:
+        """The backends ``fetch`` would ask, in order, when none has the id."""
+        return [lk.backend.name for lk in self.links if lk.accepts(kind, secret_id, team)]
+
     async def fetch(self, kind: Kind, secret_id: str, team: str | None = None) -> Found | None:
         """Ask each accepting backend in order.
 

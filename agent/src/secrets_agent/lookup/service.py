@@ -7,6 +7,7 @@ it: a lookup that missed, a refresh-ahead in the background, or a peer's refresh
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -108,6 +109,7 @@ class SecretService:
             )
         if shared:
             self._metrics.coalesced.labels(kind.value).inc()
+            self._avoided(key, loaded.source)
         elif forced:
             self._metrics.refreshes.labels(kind.value, "now", loaded.outcome).inc()
         if loaded.revalidated:
@@ -122,6 +124,7 @@ class SecretService:
             return None
         if result.refresh_due:
             self._refresh_ahead(key, result.source)
+        self._avoided(key, result.source)
         self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])  # a frame less
         return result
 
@@ -150,10 +153,16 @@ class SecretService:
             self.cache.restamp(kind, secret_id, team)
             return Loaded(held.value, held.source, revalidated=True)
         # Node cache → shared cache (when configured) → upstream: the one place a miss goes out.
-        shared = await self.shared.fetch(
-            kind, secret_id, team, lambda: self.chain.fetch(kind, secret_id, team)
-        )
+        asked: list[bool] = []
+
+        def upstream() -> Awaitable[Found | None]:
+            asked.append(True)
+            return self.chain.fetch(kind, secret_id, team)
+
+        shared = await self.shared.fetch(kind, secret_id, team, upstream)
         found, ttl, age = shared.found, shared.ttl, shared.age
+        if not asked:  # the fleet's copy answered
+            self._avoided(key, None if found is None else found.source)
         if found is None:
             self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
             return Loaded(None, None, age=age)
@@ -189,6 +198,16 @@ class SecretService:
             self.cache.postpone_refresh(*key)
             result = "error"
         self._metrics.refreshes.labels(key[0].value, "ahead", result).inc()
+
+    def _avoided(self, key: Key, source: str | None) -> None:
+        """A lookup answered without the upstream: one call saved at the backend holding the
+        value (a floor: misses further up the chain are not counted), or for a known miss, at
+        every backend that would have been asked."""
+        if source is not None:
+            self._metrics.avoided(source)
+            return
+        for name in self.chain.accepting(*key):
+            self._metrics.avoided(name)
 
     def _count(self, kind: Kind, result: Result) -> Result:
         self._metrics.looked_up(_KIND_LABEL[kind], _RESULT_LABEL[result.state])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -188,6 +189,25 @@ class Metrics:
             "1 while the shared cache is in use (0: its breaker is open, lookups skip it).",
             registry=r,
         )
+        self.api_calls_avoided = Counter(
+            p + "upstream_api_calls_avoided",
+            "Upstream API calls lookups did not need (answered by the cache, the shared cache or "
+            "another lookup's call), by the backend that would have been asked.",
+            ["backend"],
+            registry=r,
+        )
+        self._avoided = functools.cache(self.api_calls_avoided.labels)
+        self.api_cost = Gauge(
+            p + "upstream_api_cost_dollars",
+            "USD the upstream API calls since start cost (calls=made) or would have cost "
+            "(calls=avoided), at the [pricing] table's per-call prices.",
+            ["backend", "calls"],
+            registry=r,
+        )
+        self.start_time = Gauge(
+            p + "start_time_seconds", "When the agent started, in Unix time.", registry=r
+        )
+        self.start_time.set(time.time())
         self.build_info = Gauge(
             p + "build_info", "Agent version.", ["version", "python"], registry=r
         )
@@ -207,5 +227,43 @@ class Metrics:
         pending, child = self._tally.pending, self._cache_result(kind, result)
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every lookup
 
+    def avoided(self, backend: str) -> None:
+        """One upstream call a lookup did not need to make to ``backend``."""
+        self._avoided(backend).inc()
+
+    def calls_made(self, backend: str) -> float:
+        """Upstream API calls made to ``backend`` since start, whatever their result."""
+        return self.totals(self.api_calls, "backend").get(backend, 0.0)
+
+    def calls_avoided(self, backend: str) -> float:
+        return self.totals(self.api_calls_avoided, "backend").get(backend, 0.0)
+
+    def totals(self, counter: Counter, label: str) -> dict[str, float]:
+        """A counter's counts since start, summed by one of its labels."""
+        self._tally.fold()
+        sums: dict[str, float] = {}
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = sample.labels.get(label, "")
+                    sums[key] = sums.get(key, 0.0) + sample.value
+        return sums
+
+    def price(self, backend: str, per_call: float) -> None:
+        """Export what ``backend``'s calls made and avoided cost at ``per_call`` USD."""
+        for calls, count in (("made", self.calls_made), ("avoided", self.calls_avoided)):
+            self.api_cost.labels(backend, calls).set_function(
+                functools.partial(_times, count, backend, per_call)
+            )
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """One exported sample's value (None: not exported), as ``/metrics`` shows it."""
+        value: float | None = self.registry.get_sample_value(name, labels)
+        return value
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _times(count: Callable[[str], float], backend: str, per_call: float) -> float:
+    return count(backend) * per_call

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from secrets_agent.backends.base import Health
+from secrets_agent.backends.base import Backend, Health
+from secrets_agent.config.schema import AgentConfig, BackendConfig
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.ops.audit import AuditLog
 from secrets_agent.ops.metrics import Metrics
@@ -23,6 +24,10 @@ class Serving(Protocol):
     def policy(self) -> AccessPolicy: ...
     @property
     def access(self) -> AccessRules | None: ...
+    @property
+    def config(self) -> AgentConfig: ...
+    @property
+    def backends(self) -> tuple[tuple[BackendConfig, Backend], ...]: ...
     def readiness(self) -> dict[str, Health]: ...
 
 

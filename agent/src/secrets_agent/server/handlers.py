@@ -10,6 +10,7 @@ from secrets_agent.kinds import Kind, validate_id
 from secrets_agent.server.app import CONTEXT, READS, request_caller
 from secrets_agent.server.errors import error_response, response_for, to_response
 from secrets_agent.server.reads import ROUTE, ReadQuery
+from secrets_agent.server.status import status_report
 
 
 def add_routes(app: web.Application) -> None:
@@ -18,6 +19,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/status", status)
 
 
 async def get_secret(request: web.Request) -> web.Response:
@@ -78,6 +80,16 @@ async def readyz(request: web.Request) -> web.Response:
         "backends": {name: {"ready": h.ready, "detail": h.detail} for name, h in health.items()},
     }
     return web.json_response(body, status=200 if ready else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT]
+    serving = context.current()
+    if not serving.policy.may_view_status(request_caller(request).peer):
+        return error_response(
+            403, "not_admin", "only admin uids and listener.status_uids may read the status"
+        )
+    return web.json_response(status_report(serving, context.metrics))
 
 
 async def metrics(request: web.Request) -> web.Response:

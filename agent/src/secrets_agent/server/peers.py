@@ -37,6 +37,7 @@ class AccessPolicy:
     admin_uids: frozenset[int]
     team_uids: TeamMap = ()
     team_gids: TeamMap = ()
+    status_uids: frozenset[int] = frozenset()
 
     @classmethod
     def from_config(cls, config: ListenerConfig) -> AccessPolicy:
@@ -48,6 +49,7 @@ class AccessPolicy:
             admin_uids=_ids(config.admin_uids, uid),
             team_uids=_teams(config.team_uids),
             team_gids=_teams(config.team_gids),
+            status_uids=frozenset(config.status_uids),
         )
 
     def allows(self, peer: Peer, groups: frozenset[int]) -> bool:
@@ -68,6 +70,9 @@ class AccessPolicy:
 
     def is_admin(self, peer: Peer) -> bool:
         return peer.uid in self.admin_uids
+
+    def may_view_status(self, peer: Peer) -> bool:
+        return peer.uid in self.admin_uids or peer.uid in self.status_uids
 
 
 def _teams(configured: dict[str, tuple[str, ...]]) -> TeamMap:

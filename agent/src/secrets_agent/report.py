@@ -1,0 +1,126 @@
+"""``secrets-agent status``: ask a running agent for ``/v1/status`` and print it for people (a
+table) or scripts (``--json``). Standard library and the client's transport only, like ``get``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+EX_UNAVAILABLE = 69
+
+_COLUMNS = (
+    ("BACKEND", "name"),
+    ("TYPE", "type"),
+    ("READY", "ready"),
+    ("AUTH", "authenticated"),
+    ("TOKEN EXPIRES", "token_expires_in_seconds"),
+    ("CALLS", "upstream_calls"),
+    ("AVOIDED", "calls_avoided"),
+    ("PER 10K", "price_per_10k_usd"),
+    ("COST", "cost_usd"),
+    ("SAVED", "saved_usd"),
+    ("LAST ERROR", "last_error"),
+)
+
+
+def run(socket_path: str | None, timeout: float, as_json: bool) -> int:
+    from secrets_agent_client import DEFAULT_SOCKET_PATH
+    from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+
+    path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+    try:
+        response = UnixTransport(path, timeout).request("GET", "/v1/status")
+    except AgentUnreachable as exc:
+        print(f"secrets-agent: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    try:
+        body = json.loads(response.body)
+    except ValueError:
+        body = None
+    if response.status != 200 or not isinstance(body, dict):
+        detail = body.get("detail") if isinstance(body, dict) else None
+        print(f"secrets-agent: status refused ({response.status}): {detail}", file=sys.stderr)
+        return EX_UNAVAILABLE if response.status >= 500 else 1
+    print(json.dumps(body, indent=2) if as_json else render(body))
+    return 0
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as a short text report with one table row per backend."""
+    state = "ready" if status["ready"] else "NOT READY"
+    lines = [
+        f"airflow-secrets-agent {status['version']}: {state}, up "
+        f"{_duration(status['uptime_seconds'])} (since {status['started_at']})",
+        "",
+    ]
+    rows = [[title for title, _ in _COLUMNS]]
+    rows += [
+        [_cell(key, backend.get(key)) for _, key in _COLUMNS] for backend in status["backends"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    cache = status["cache"]
+    ratio = "n/a" if cache["hit_ratio"] is None else f"{cache['hit_ratio']:.1%}"
+    lines += [
+        "",
+        f"cache: {cache['entries']:,} of {cache['max_entries']:,} entries "
+        f"({cache['negative_entries']:,} negative); {cache['lookups']:,} lookups, hit ratio "
+        f"{ratio}; {cache['stale_served']:,} stale served, {cache['negative_hits']:,} negative "
+        f"hits, {cache['coalesced']:,} coalesced",
+    ]
+    shared = status.get("shared_cache")
+    if shared is not None:
+        lines.append(
+            f"shared cache: {'available' if shared['available'] else 'UNAVAILABLE'} "
+            f"({shared['detail']}); {shared['hits']:,} hits, {shared['misses']:,} misses, "
+            f"{shared['errors']:,} errors"
+        )
+    upstream = status["upstream"]
+    lines.append(
+        f"upstream: {upstream['calls']:,} API calls made ({_usd(upstream['cost_usd'])}), "
+        f"{upstream['calls_avoided']:,} avoided ({_usd(upstream['saved_usd'])} saved), "
+        f"at list prices taken {upstream['prices_taken']}"
+    )
+    for feed in status.get("feeds", []):
+        lines.append(f"feed: {json.dumps(feed, sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if key == "token_expires_in_seconds":
+        return _duration(value)
+    if key.endswith("_usd"):
+        return _usd(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _usd(amount: float) -> str:
+    if amount == 0:
+        return "$0"
+    if amount >= 1:
+        return f"${amount:,.2f}"
+    if amount < 0.000001:
+        return "<$0.000001"
+    return "$" + f"{amount:.6f}".rstrip("0")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
