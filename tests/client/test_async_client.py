@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ from secrets_agent_client.aio import MAX_IDLE
 from support.agent_proc import CONNECTIONS, VARIABLES, real_agent
 
 UID = os.getuid()
+
+
+def on_a_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run the test coroutine on a loop of its own: as Airflow does, and without pytest-asyncio,
+    whose loop handling on Python 3.9 leaves an unclosed loop behind."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +53,7 @@ IDS = [("variables", k) for k in [*VARIABLES, "absent", "with space/and/slashes"
 ]
 
 
+@on_a_loop
 async def test_awaited_answers_equal_the_blocking_ones(agent: str) -> None:
     backend = AgentSecretsBackend(socket_path=agent)
     for segment, key in IDS:
@@ -55,6 +68,7 @@ async def test_awaited_answers_equal_the_blocking_ones(agent: str) -> None:
     backend.close()
 
 
+@on_a_loop
 async def test_concurrent_lookups_on_one_loop_each_get_their_answer(agent: str) -> None:
     backend = AgentSecretsBackend(socket_path=agent)
     keys = [*VARIABLES, "absent"] * 25
@@ -76,6 +90,7 @@ def test_each_event_loop_keeps_its_own_connections(agent: str) -> None:
     backend.close()
 
 
+@on_a_loop
 async def test_team_names_are_sent_and_a_refused_team_is_access_denied(agent: str) -> None:
     backend = AgentSecretsBackend(socket_path=agent)
     assert await backend.aget_variable("team/ok", team_name="team_a") == "team-value"
@@ -88,6 +103,7 @@ async def test_team_names_are_sent_and_a_refused_team_is_access_denied(agent: st
     backend.close()
 
 
+@on_a_loop
 async def test_expected_agent_uid_is_checked_on_each_new_connection(agent: str) -> None:
     right = AgentSecretsBackend(socket_path=agent, expected_agent_uid=str(UID))
     assert await right.aget_variable("greeting") == "hello"
@@ -108,6 +124,7 @@ class Deserializing(AgentSecretsBackend):
         return ("connection", conn_id, value)
 
 
+@on_a_loop
 async def test_aget_connection_builds_airflows_connection(agent: str) -> None:
     backend = Deserializing(socket_path=agent)
     assert await backend.aget_connection("pg") == ("connection", "pg", CONNECTIONS["pg"])
@@ -115,6 +132,7 @@ async def test_aget_connection_builds_airflows_connection(agent: str) -> None:
     backend.close()
 
 
+@on_a_loop
 async def test_agent_down_follows_the_policy(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,6 +188,7 @@ def late(short_tmp: Path) -> Iterator[LateServer]:
     server.close()
 
 
+@on_a_loop
 async def test_the_loop_keeps_running_while_the_agent_is_slow(late: LateServer) -> None:
     # The server answers only after the loop has ticked five times while the lookup waits: a
     # lookup that blocked the loop would never see its answer and would time out instead.
@@ -190,6 +209,7 @@ async def test_the_loop_keeps_running_while_the_agent_is_slow(late: LateServer) 
     await backend._async.aclose()
 
 
+@on_a_loop
 async def test_a_silent_agent_times_out_within_the_timeout(late: LateServer) -> None:
     lenient = AgentSecretsBackend(socket_path=late.path, timeout=0.2)
     assert await lenient.aget_variable("silent") is None
@@ -198,6 +218,7 @@ async def test_a_silent_agent_times_out_within_the_timeout(late: LateServer) -> 
         await strict.aget_variable("silent")
 
 
+@on_a_loop
 async def test_a_cancelled_lookup_leaves_no_half_read_connection(late: LateServer) -> None:
     backend = AgentSecretsBackend(socket_path=late.path, timeout=20)
     task = asyncio.ensure_future(backend.aget_variable("cancelled"))

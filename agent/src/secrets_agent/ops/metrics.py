@@ -212,6 +212,7 @@ class Metrics:
             p + "build_info", "Agent version.", ["version", "python"], registry=r
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.version = __version__
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_entries.set_function(lambda: float(size()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from secrets_agent import __version__
 from secrets_agent.backends.base import Backend, Health
 from secrets_agent.config.schema import AgentConfig, BackendConfig
 from secrets_agent.ops.metrics import Metrics
@@ -28,7 +27,7 @@ def status_report(serving: Serving, metrics: Metrics) -> dict[str, Any]:
     made = sum(b["upstream_calls"] for b in backends)
     avoided = sum(b["calls_avoided"] for b in backends)
     return {
-        "version": __version__,
+        "version": metrics.version,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "uptime_seconds": round(max(0.0, time.time() - started), 1),
         "ready": bool(backends) and all(h.ready for h in readiness.values()),
