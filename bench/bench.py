@@ -43,6 +43,60 @@ def agent_client(path: str) -> Callable[[], None]:
     return once
 
 
+def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: int) -> list[Row]:
+    """The async client (``aget_variable`` on one event loop) beside the blocking one, in
+    interleaved turns: latency, and client and agent CPU per lookup."""
+    import asyncio
+    import statistics
+
+    from secrets_agent_client import AgentSecretsBackend
+
+    backend = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
+
+    async def aonce() -> None:
+        if await backend.aget_variable("bench_0") is None:
+            raise RuntimeError("benchmark key missing")
+
+    sync = agent_client(path)
+    loop = asyncio.new_event_loop()
+    try:
+        measure.latencies(sync, min(200, lookups))
+        measure.loop_latencies(loop, aonce, min(200, lookups))
+        lat: tuple[list[float], list[float]] = ([], [])
+        cpu: tuple[list[measure.Cpu], list[measure.Cpu]] = ([], [])
+        for _ in range(rounds):
+            lat[0].extend(measure.latencies(sync, max(1, lookups // rounds)))
+            lat[1].extend(measure.loop_latencies(loop, aonce, max(1, lookups // rounds)))
+            cpu[0].append(measure.cpu_per_request(sync, agent_pid, cpu_lookups))
+            cpu[1].append(measure.loop_cpu_per_request(loop, aonce, agent_pid, cpu_lookups))
+        loop.run_until_complete(backend._async.aclose() if backend._async else asyncio.sleep(0))
+    finally:
+        loop.close()
+    p50 = [statistics.median(samples) * 1e6 for samples in lat]
+    client = [statistics.median(c.client_us for c in samples) for samples in cpu]
+    server = [statistics.median(c.server_us for c in samples) for samples in cpu]
+    return [
+        Row(
+            "awaited aget_variable p50 ÷ blocking get_variable p50",
+            f"{ratio(p50[1], p50[0]):.2f}x ({p50[1]:.0f} µs; blocking {p50[0]:.0f} µs)",
+            "report",
+            None,
+        ),
+        Row(
+            "client CPU per awaited lookup ÷ blocking lookup's",
+            f"{ratio(client[1], client[0]):.2f}x ({client[1]:.0f} µs; blocking {client[0]:.0f} µs)",
+            "report",
+            None,
+        ),
+        Row(
+            "agent CPU per awaited lookup ÷ blocking lookup's",
+            f"{ratio(server[1], server[0]):.2f}x ({server[1]:.0f} µs; blocking {server[0]:.0f} µs)",
+            "report",
+            None,
+        ),
+    ]
+
+
 CLIENTS: dict[str, Callable[[str], Callable[[], None]]] = {
     "agent": agent_client,
     "floor_a": floors.floor_a_client,
@@ -117,6 +171,9 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
             servers = Servers(str(agent_sock), str(a_sock), str(b_sock), str(c_sock), str(u_sock))
             pids = Pids(agent.pid, floor_a.pid, floor_c.pid, floor_u.pid)
             rows += lookups(sizes, servers, pids)
+            rows += awaited(
+                str(agent_sock), sizes.rounds, sizes.lookups, sizes.cpu_lookups, agent.pid
+            )
             rows.append(
                 Row(
                     "agent ready after exec (env/file backends)",

@@ -6,6 +6,7 @@ noise (unlike wall-clock latency), so they are the ones to optimise against.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import selectors
@@ -16,12 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 Once = Callable[[], None]
+AOnce = Callable[[], Awaitable[None]]  # one awaited lookup
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,6 +77,36 @@ def latencies(once: Once, count: int) -> list[float]:
         once()
         samples.append(time.perf_counter() - started)
     return samples
+
+
+def loop_latencies(loop: asyncio.AbstractEventLoop, aonce: AOnce, count: int) -> list[float]:
+    """``latencies`` for awaited lookups, all inside one run of ``loop`` (as a triggerer)."""
+
+    async def batch() -> list[float]:
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await aonce()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    return loop.run_until_complete(batch())
+
+
+def loop_cpu_per_request(
+    loop: asyncio.AbstractEventLoop, aonce: AOnce, server_pid: int, count: int
+) -> Cpu:
+    """``cpu_per_request`` for awaited lookups, all inside one run of ``loop``."""
+
+    async def batch() -> None:
+        for _ in range(count):
+            await aonce()
+
+    loop.run_until_complete(aonce())
+    client0, server0 = time.process_time(), cpu_seconds(server_pid)
+    loop.run_until_complete(batch())
+    client1, server1 = time.process_time(), cpu_seconds(server_pid)
+    return Cpu((client1 - client0) / count * 1e6, (server1 - server0) / count * 1e6)
 
 
 def interleaved_p50_us(subjects: Sequence[Once], count: int, rounds: int) -> list[float]:
