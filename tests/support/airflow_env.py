@@ -30,7 +30,7 @@ LOCKS = ROOT / "tests" / "system" / "airflow"
 DAGS = LOCKS / "dags"
 UV = str(Path(sys.executable).parent / "uv")
 CLIENT = "secrets_agent_client.AgentSecretsBackend"
-PYTHONS = {"2.10.5": "3.10", "3.3.2": "3.11"}
+PYTHONS = {"2.10.5": "3.10", "3.3.2": "3.11", "3.4.0b2": "3.11"}
 # Debian's interpreter, outside /root: a task that Airflow re-executes as another user
 # (``run_as_user``: ``sudo -u USER sys.executable``) must be able to run it.
 SYSTEM_PYTHON = "/usr/bin/python3.11"
