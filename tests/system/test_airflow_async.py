@@ -1,0 +1,85 @@
+"""Real Airflow awaiting the client: an async task and a deferrable operator's trigger in 3.3.2,
+``Variable.aget`` and connection ids with ``/`` in 3.4.0b2."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.airflow_env import Airflow, worker_backend
+from support.helpers import RunningAgent, agent_config, running_agent
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+CONNECTIONS = {
+    "agent_uri": "postgresql://u:pw@db.local:5432/app",
+    "agent_json": {"conn_type": "http", "host": "api.local", "login": "svc"},
+    "agent/slashed": {"conn_type": "http", "host": "slashed.local"},
+}
+
+
+@pytest.fixture(scope="module")
+def airflow33(tmp_path_factory: pytest.TempPathFactory) -> Airflow:
+    return Airflow("3.3.2", tmp_path_factory.mktemp("airflow33"))
+
+
+@pytest.fixture(scope="module")
+def airflow34(tmp_path_factory: pytest.TempPathFactory) -> Airflow:
+    return Airflow("3.4.0b2", tmp_path_factory.mktemp("airflow34"))
+
+
+@pytest.fixture
+def agent(short_tmp: Path) -> Iterator[RunningAgent]:
+    (short_tmp / "conns.json").write_text(json.dumps(CONNECTIONS))
+    (short_tmp / "vars.json").write_text(json.dumps({"agent_var": "from the agent"}))
+    backends = """
+        [[backends]]
+        name = "local"
+        type = "file"
+        connections_file = "conns.json"
+        variables_file = "vars.json"
+    """
+    with running_agent(agent_config(short_tmp, backends=backends)) as running:
+        yield running
+
+
+def run_dag(airflow: Airflow, agent: RunningAgent, results: Path) -> dict[str, Any]:
+    env = {"AGENT_DAG_RESULTS": str(results), **worker_backend(agent.socket_path)}
+    run = airflow.run("dags", "test", "agent_async", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = {}
+    for part in ("task", "trigger"):
+        path = results.with_name(f"{results.name}.{part}")
+        assert path.exists(), f"{part} did not finish:\n{run.stderr[-3000:]}"
+        got[part] = json.loads(path.read_text())
+    return got
+
+
+def found(agent: RunningAgent, kind: str) -> float:
+    return agent.metric(
+        "secrets_agent_upstream_requests_total", backend="local", kind=kind, result="found"
+    )
+
+
+def test_airflow33_async_task_and_deferred_trigger_await_the_client(
+    airflow33: Airflow, agent: RunningAgent, short_tmp: Path
+) -> None:
+    got = run_dag(airflow33, agent, short_tmp / "r.json")
+    assert "db.local" in got["task"]["uri"] and got["task"]["native"] is True
+    assert got["trigger"] == {"host": "api.local", "login": "svc", "native": True}
+    assert found(agent, "connection") == 2
+
+
+def test_airflow34_awaits_variables_and_takes_ids_with_a_slash(
+    airflow34: Airflow, agent: RunningAgent, short_tmp: Path
+) -> None:
+    got = run_dag(airflow34, agent, short_tmp / "r.json")
+    task = got["task"]
+    assert (task["var"], task["native_var"]) == ("from the agent", True)
+    assert task["slashed"] == "slashed.local" and task["native"] is True
+    assert got["trigger"]["native"] is True
+    assert found(agent, "variable") == 1 and found(agent, "connection") == 3
