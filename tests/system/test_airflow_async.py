@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
 
-from support.airflow_env import Airflow, worker_backend
+from support.airflow_env import DAGS, Airflow, worker_backend
+from support.bao import free_port
 from support.helpers import RunningAgent, agent_config, running_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
@@ -47,10 +55,16 @@ def agent(short_tmp: Path) -> Iterator[RunningAgent]:
         yield running
 
 
-def run_dag(airflow: Airflow, agent: RunningAgent, results: Path) -> dict[str, Any]:
-    env = {"AGENT_DAG_RESULTS": str(results), **worker_backend(agent.socket_path)}
-    run = airflow.run("dags", "test", "agent_async", env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+def run_dag(
+    airflow: Airflow,
+    agent: RunningAgent,
+    results: Path,
+    env: dict[str, str] | None = None,
+    *extra: str,
+) -> dict[str, Any]:
+    env = {"AGENT_DAG_RESULTS": str(results), **worker_backend(agent.socket_path), **(env or {})}
+    run = airflow.run("dags", "test", *extra, "agent_async", env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
     got = {}
     for part in ("task", "trigger"):
         path = results.with_name(f"{results.name}.{part}")
@@ -70,8 +84,65 @@ def test_airflow33_async_task_and_deferred_trigger_await_the_client(
 ) -> None:
     got = run_dag(airflow33, agent, short_tmp / "r.json")
     assert "db.local" in got["task"]["uri"] and got["task"]["native"] is True
-    assert got["trigger"] == {"host": "api.local", "login": "svc", "native": True}
+    trigger = {k: v for k, v in got["trigger"].items() if k != "pid"}
+    assert trigger == {"host": "api.local", "login": "svc", "native": True}
     assert found(agent, "connection") == 2
+
+
+def test_airflow33_trigger_reads_the_connection_in_the_triggerer(
+    airflow33: Airflow, agent: RunningAgent, short_tmp: Path
+) -> None:
+    """The production path: the task defers, a real ``airflow triggerer`` runs the trigger."""
+    port = free_port()
+    env = {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "loopback-test-jwt-secret-0123456789",
+        # The triggerer imports trigger classes by module path, as from an installed package.
+        "PYTHONPATH": str(DAGS),
+        **worker_backend(agent.socket_path),
+    }
+    with (
+        airflow_process(airflow33, env, "api-server", "--host", "127.0.0.1", "--port", str(port)),
+        airflow_process(airflow33, env, "triggerer") as triggerer,
+    ):
+        wait_until_up(f"http://127.0.0.1:{port}/execution/health")
+        got = run_dag(airflow33, agent, short_tmp / "r.json", env, "--use-executor")
+        # The trigger ran in the triggerer's trigger runner (its child, in its process group).
+        assert os.getpgid(got["trigger"]["pid"]) == triggerer.pid
+    assert got["trigger"]["native"] is True and got["trigger"]["host"] == "api.local"
+    assert got["task"]["native"] is True
+
+
+@contextlib.contextmanager
+def airflow_process(airflow: Airflow, env: dict[str, str], *args: str) -> Iterator[Popen[bytes]]:
+    process = subprocess.Popen(
+        [str(airflow.venv / "bin" / "airflow"), *args],
+        env=airflow.env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the process and the children it started
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+
+
+def wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} did not come up"
+            time.sleep(0.5)  # readiness polling
 
 
 def test_airflow34_awaits_variables_and_takes_ids_with_a_slash(

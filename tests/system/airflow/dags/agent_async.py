@@ -42,7 +42,8 @@ class AgentConnTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         conn = await BaseHook.aget_connection(self.conn_id)
-        yield TriggerEvent({"host": conn.host, "login": conn.login, "native": native()})
+        event = {"host": conn.host, "login": conn.login, "native": native(), "pid": os.getpid()}
+        yield TriggerEvent(event)
 
 
 class AgentDeferringOperator(BaseOperator):
