@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from secrets_agent.backends import registry
 from secrets_agent.kinds import Kind
@@ -21,11 +22,13 @@ from support.helpers import (
     ScriptedBackend,
     agent_config,
     body_of,
+    demo_files,
     raw_request,
     running_agent,
     status_of,
 )
 from support.moto_aws import REGION, MotoServer
+from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +186,39 @@ def test_coalesced_lookups_count_as_avoided(
         assert len(script.calls) == 1
         _, body = status(agent)
         assert body["backends"][0]["calls_avoided"] == 2 and body["cache"]["coalesced"] == 2
+
+
+def test_the_shared_tier_shows_and_its_answers_count_as_avoided(
+    store: RedisServer, short_tmp: Path
+) -> None:
+    # Two agents with the same backend (same files) and keys share entries through the store.
+    key_file = short_tmp / "fernet.key"
+    key_file.write_text(Fernet.generate_key().decode())
+    demo_files(short_tmp)
+    shared = f"""
+        [encryption]
+        key_file = "{key_file}"
+        [shared_cache]
+        url = "{store.url}"
+        [pricing]
+        backends = {{ local = "gcp_secret_manager" }}
+        [[backends]]
+        name = "local"
+        type = "file"
+        variables_file = "{short_tmp}/variables.json"
+    """
+    first, second = short_tmp / "a", short_tmp / "b"
+    first.mkdir()
+    second.mkdir()
+    with (
+        running_agent(agent_config(first, backends=shared)) as a,
+        running_agent(agent_config(second, backends=shared)) as b,
+    ):
+        assert AgentSecretsBackend(socket_path=a.socket_path).get_variable("greeting") == "hello"
+        assert AgentSecretsBackend(socket_path=b.socket_path).get_variable("greeting") == "hello"
+        _, body = status(b)
+    tier = body["shared_cache"]
+    assert tier["available"] is True and (tier["hits"], tier["errors"]) == (1, 0)
+    [local] = body["backends"]
+    assert local["calls_avoided"] == 1  # b's miss was answered by the store, not the files
+    assert local["saved_usd"] == pytest.approx(0.03 / 10_000)

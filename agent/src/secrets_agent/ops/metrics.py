@@ -229,8 +229,9 @@ class Metrics:
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every lookup
 
     def avoided(self, backend: str) -> None:
-        """One upstream call a lookup did not need to make to ``backend``."""
-        self._avoided(backend).inc()
+        """One upstream call a lookup did not need to make to ``backend`` (on every hit)."""
+        pending, child = self._tally.pending, self._avoided(backend)
+        pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined
 
     def calls_made(self, backend: str) -> float:
         """Upstream API calls made to ``backend`` since start, whatever their result."""
