@@ -70,3 +70,23 @@ def test_status_table_json_and_metrics_agree(short_tmp: Path) -> None:
 def test_status_when_no_agent_runs(short_tmp: Path) -> None:
     result = cli("status", "--socket", str(short_tmp / "none.sock"))
     assert result.returncode == 69 and "no agent socket" in result.stderr
+
+
+def test_status_for_someone_not_allowed_says_so(short_tmp: Path) -> None:
+    demo_files(short_tmp)
+    config = write_config(
+        short_tmp,
+        f"""
+        [listener]
+        socket_path = "{short_tmp}/agent.sock"
+        admin_uids = []
+        [[backends]]
+        name = "local"
+        type = "file"
+        variables_file = "variables.json"
+        """,
+    )
+    with agent_process(config):
+        result = cli("status", "--socket", str(short_tmp / "agent.sock"))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "status refused (403): only admin uids and listener.status_uids" in result.stderr
