@@ -69,7 +69,7 @@ def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: i
             lat[1].extend(measure.loop_latencies(loop, aonce, max(1, lookups // rounds)))
             cpu[0].append(measure.cpu_per_request(sync, agent_pid, cpu_lookups))
             cpu[1].append(measure.loop_cpu_per_request(loop, aonce, agent_pid, cpu_lookups))
-        loop.run_until_complete(backend._async.aclose() if backend._async else asyncio.sleep(0))
+        loop.run_until_complete(backend.aclose())
     finally:
         loop.close()
     p50 = [statistics.median(samples) * 1e6 for samples in lat]

@@ -74,19 +74,34 @@ async def test_concurrent_lookups_on_one_loop_each_get_their_answer(agent: str) 
     keys = [*VARIABLES, "absent"] * 25
     answers = await asyncio.gather(*(backend.aget_variable(k) for k in keys))
     assert answers == [VARIABLES.get(k) for k in keys]
-    idle = backend._async._idle_list() if backend._async else []
-    assert 1 <= len(idle) <= MAX_IDLE  # kept for the next lookups, but only a few
+    assert backend._async is not None
+    assert (
+        1 <= len(backend._async._idle_list()) <= MAX_IDLE
+    )  # kept for the next lookups, but only a few
     again = await backend.aget_variable("greeting")
     assert again == "hello"
-    assert backend._async is not None
-    await backend._async.aclose()
+    await backend.aclose()
 
 
 def test_each_event_loop_keeps_its_own_connections(agent: str) -> None:
     backend = AgentSecretsBackend(socket_path=agent)
-    # Two loops one after another (asyncio.run each time), as a process running async tasks.
+    # Loops one after another (asyncio.run each time, as a process running async tasks)...
     assert asyncio.run(backend.aget_variable("greeting")) == "hello"
     assert asyncio.run(backend.aget_variable("greeting")) == "hello"
+    # ... and loops in threads at once, on one backend: every lookup gets its own answer.
+    keys = sorted(VARIABLES)
+    answers: dict[int, list[str | None]] = {}
+
+    async def many(index: int) -> None:
+        key = keys[index % len(keys)]
+        answers[index] = [await backend.aget_variable(key) for _ in range(100)]
+
+    threads = [threading.Thread(target=asyncio.run, args=(many(i),)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert answers == {i: [VARIABLES[keys[i % len(keys)]]] * 100 for i in range(4)}
     backend.close()
 
 
@@ -205,8 +220,7 @@ async def test_the_loop_keeps_running_while_the_agent_is_slow(late: LateServer) 
     assert await backend.aget_variable("slow") == "late"
     await tick_task
     assert len(ticks) == 5 and len(late.requests) == 1
-    assert backend._async is not None
-    await backend._async.aclose()
+    await backend.aclose()
 
 
 @on_a_loop

@@ -120,6 +120,11 @@ class AgentSecretsBackend(_Base):
         if self._async is not None:
             self._async.close()
 
+    async def aclose(self) -> None:
+        """Close the idle connections kept for the running event loop."""
+        if self._async is not None:
+            await self._async.aclose()
+
     # ``refresh=True`` asks the agent to read the upstream now (the value is known to be
     # outdated); the agent coalesces such requests and rate-limits them per key.
     def get_conn_value(
