@@ -63,7 +63,7 @@ def run_dag(
     *extra: str,
 ) -> dict[str, Any]:
     env = {"AGENT_DAG_RESULTS": str(results), **worker_backend(agent.socket_path), **(env or {})}
-    run = airflow.run("dags", "test", *extra, "agent_async", env=env)
+    run = airflow.run("dags", "test", *extra, "agent_async", env=env, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
     got = {}
     for part in ("task", "trigger"):
@@ -94,11 +94,27 @@ def test_airflow33_async_task_and_a_trigger_in_the_triggerer_await_the_client(
         **worker_backend(agent.socket_path),
     }
     with (
-        airflow_process(airflow33, env, "api-server", "--host", "127.0.0.1", "--port", str(port)),
-        airflow_process(airflow33, env, "triggerer") as triggerer,
+        airflow_process(
+            airflow33,
+            env,
+            short_tmp / "api.log",
+            "api-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ),
+        # No log server: it would listen on every interface, on a fixed port.
+        airflow_process(
+            airflow33, env, short_tmp / "triggerer.log", "triggerer", "--skip-serve-logs"
+        ) as triggerer,
     ):
         wait_until_up(f"http://127.0.0.1:{port}/execution/health")
-        got = run_dag(airflow33, agent, short_tmp / "r.json", env, "--use-executor")
+        try:
+            got = run_dag(airflow33, agent, short_tmp / "r.json", env, "--use-executor")
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            log = (short_tmp / "triggerer.log").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"{exc}\n--- triggerer:\n{log}") from None
         # The trigger ran in the triggerer's trigger runner (its child, in its process group).
         assert os.getpgid(got["trigger"]["pid"]) == triggerer.pid
     trigger = {k: v for k, v in got["trigger"].items() if k != "pid"}
@@ -108,14 +124,17 @@ def test_airflow33_async_task_and_a_trigger_in_the_triggerer_await_the_client(
 
 
 @contextlib.contextmanager
-def airflow_process(airflow: Airflow, env: dict[str, str], *args: str) -> Iterator[Popen[bytes]]:
-    process = subprocess.Popen(
-        [str(airflow.venv / "bin" / "airflow"), *args],
-        env=airflow.env(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def airflow_process(
+    airflow: Airflow, env: dict[str, str], log: Path, *args: str
+) -> Iterator[Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(airflow.venv / "bin" / "airflow"), *args],
+            env=airflow.env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
