@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.registry import create_backend
@@ -21,6 +21,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher, keys_id, load_keys
+from secrets_agent.lookup.feeds import ChangeFeeds, FeedRunner
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
 from secrets_agent.lookup.shared.tier import SharedTier
@@ -112,6 +113,7 @@ class Runtime:
     policy: AccessPolicy
     pool: BackendPool
     access: AccessRules | None = None  # None: no [[access]] rules, nothing to check
+    feeds: ChangeFeeds = field(default_factory=lambda: ChangeFeeds(()))
 
     @classmethod
     async def build(
@@ -150,7 +152,8 @@ class Runtime:
             )
             policy = AccessPolicy.from_config(config.listener)
             access = AccessRules.from_config(config.access)
-            runtime = cls(config, backends, service, policy, pool, access)
+            feeds = _feeds(service, metrics)
+            runtime = cls(config, backends, service, policy, pool, access, feeds)
         except BaseException:
             await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
             await _close_if_new(shared, previous)
@@ -160,6 +163,7 @@ class Runtime:
         for _, backend in backends:
             if not any(backend is r for _, r in running):
                 await runtime._prefetch(backend)
+        feeds.start()  # each connects in its own task: a feed that cannot is only a detail
         return runtime
 
     def readiness(self) -> dict[str, Health]:
@@ -168,10 +172,12 @@ class Runtime:
         tier = self.service.shared.health()
         if tier is not None:  # a detail, never "not ready": lookups go upstream without it
             health[SHARED_CACHE_READINESS] = Health(True, tier.detail)
+        health.update(self.feeds.readiness())  # details too: lookups go on with TTLs
         return health
 
     async def retire(self, successor: Runtime | None) -> None:
         """Close the backends ``successor`` does not use (all of them when there is none)."""
+        await self.feeds.close()  # the successor runs feeds of its own
         await self.service.close()  # its background refreshes would call closing backends
         keep = [b for _, b in successor.backends] if successor is not None else []
         await self.pool.close([b for _, b in self.backends if not any(b is k for k in keep)])
@@ -268,6 +274,16 @@ async def _close_if_new(shared: SharedTier, previous: Runtime | None) -> None:
 
 def _tier_inputs(config: AgentConfig) -> tuple[object, ...]:
     return (config.shared_cache, config.encryption, config.cache, config.backends)
+
+
+def _feeds(service: SecretService, metrics: Metrics) -> ChangeFeeds:
+    """A runner for every backend with a ``feed`` table (each its own new feed)."""
+    runners = []
+    for link in service.chain.links:
+        feed = link.backend.change_feed()
+        if feed is not None:
+            runners.append(FeedRunner(feed, link, service, metrics))
+    return ChangeFeeds(runners)
 
 
 def _chain(backends: Running, metrics: Metrics) -> BackendChain:

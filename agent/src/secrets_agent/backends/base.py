@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from secrets_agent.backends.feeds import Feed
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
 
@@ -105,3 +106,7 @@ class Backend(abc.ABC):
     async def prefetch(self) -> list[Prefetched]:
         """Values to load into the cache at start (configured per backend)."""
         return []
+
+    def change_feed(self) -> Feed | None:
+        """A new feed of this backend's change events, when its ``feed`` table is configured."""
+        return None

@@ -230,6 +230,26 @@ class SecretCache:
             del self._entries[key]
         return len(doomed)
 
+    def holding(self) -> list[tuple[Key, str | None, str | None]]:
+        """Every entry's key, backend and version (for change feeds), without marking it used."""
+        return [(key, entry.source, entry.version) for key, entry in self._scan()]
+
+    def expire(self, key: Key) -> bool:
+        """The upstream changed: a value is no longer fresh (servable stale); a miss goes."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        if entry.token is None:
+            del self._entries[key]
+            return True
+        entry.expires_at = min(entry.expires_at, self._clock())
+        entry.refresh_at = math.inf
+        return True
+
+    def drop(self, key: Key) -> bool:
+        """Forget one entry (a deleted or disabled secret must not be served even stale)."""
+        return self._entries.pop(key, None) is not None
+
     def carried_over(self, sources: set[str]) -> SecretCache:
         """A new cache with the same settings and the entries ``sources`` produced.
 

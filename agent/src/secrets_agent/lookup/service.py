@@ -73,6 +73,10 @@ class SecretService:
             maxsize=policy.now_keys, ttl=policy.now_interval, timer=cache.clock
         )
         self._budget = Budget(policy.now_per_peer, policy.now_total, cache.clock)
+        # Change feeds: the load count when each key last changed upstream, so a load that
+        # began before the change cannot store the old value as fresh (``_load``).
+        self._loads = 0
+        self._changed: dict[tuple[Kind, str], int] = {}
 
     async def lookup(
         self,
@@ -132,6 +136,27 @@ class SecretService:
         self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background
         return self.cache.invalidate(kind, secret_id)
 
+    def note_change(self, kind: Kind, secret_id: str) -> None:
+        """A change feed says the id changed upstream: loads out now must not store as fresh."""
+        self._changed[(kind, secret_id)] = self._loads
+        while len(self._changed) > 4 * len(self.cache) + 1024:  # bounded: oldest notes first
+            del self._changed[next(iter(self._changed))]
+
+    def changed(self, key: Key, *, gone: bool = False) -> bool:
+        """``key`` changed upstream: its value stops being fresh at once (``gone``: forgotten,
+        not even stale). True when the node held it."""
+        self.note_change(key[0], key[1])
+        return self.cache.drop(key) if gone else self.cache.expire(key)
+
+    async def renew(self, key: Key) -> Loaded:
+        """Load ``key`` from its upstream after a change (never the fleet's possibly old copy);
+        a load already in flight began before the change, so this one starts after it."""
+        await self._flight.settled(key)
+        loaded, _ = await self._flight.do(
+            key, lambda: self._load(key, self.cache.get(*key), fleet=False)
+        )
+        return loaded
+
     def refresh_due(self) -> int:
         """Start background refreshes for read keys past their refresh point; return how many."""
         return sum(self._refresh_ahead(key, source) for key, source in self.cache.due_for_refresh())
@@ -143,33 +168,54 @@ class SecretService:
     async def close(self) -> None:
         await self._refresher.close()
 
-    async def _load(self, key: Key, cached: Cached | None) -> Loaded:
-        """The one place the upstream is asked: revalidate the value held, else fetch."""
+    async def _load(self, key: Key, cached: Cached | None, *, fleet: bool = True) -> Loaded:
+        """The one place the upstream is asked: revalidate the value held, else fetch.
+
+        ``fleet=False`` (after a change event) skips the shared cache's copy.
+        """
         kind, secret_id, team = key
-        # With a shared cache, an expired value is refreshed through it (one upstream call for
-        # the fleet) rather than revalidated upstream by every node.
-        held = None if self.shared.shares_refreshes else _held(cached)
-        if held is not None and await self.chain.revalidate(kind, secret_id, held, team):
-            self.cache.restamp(kind, secret_id, team)
-            return Loaded(held.value, held.source, revalidated=True)
-        # Node cache → shared cache (when configured) → upstream: the one place a miss goes out.
-        asked: list[bool] = []
+        self._loads += 1
+        started = self._loads
+        try:
+            # With a shared cache, an expired value is refreshed through it (one upstream call
+            # for the fleet) rather than revalidated upstream by every node.
+            held = None if fleet and self.shared.shares_refreshes else _held(cached)
+            if held is not None and await self.chain.revalidate(kind, secret_id, held, team):
+                self.cache.restamp(kind, secret_id, team)
+                return Loaded(held.value, held.source, revalidated=True)
+            # Node cache → shared cache (when configured) → upstream: where a miss goes out.
+            asked: list[bool] = []
 
-        def upstream() -> Awaitable[Found | None]:
-            asked.append(True)
-            return self.chain.fetch(kind, secret_id, team)
+            def upstream() -> Awaitable[Found | None]:
+                asked.append(True)
+                return self.chain.fetch(kind, secret_id, team)
 
-        shared = await self.shared.fetch(kind, secret_id, team, upstream)
-        found, ttl, age = shared.found, shared.ttl, shared.age
-        if not asked:  # the fleet's copy answered
-            self._avoided(key, None if found is None else found.source)
-        if found is None:
-            self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
-            return Loaded(None, None, age=age)
-        self.cache.put(
-            kind, secret_id, found.value, found.source, found.version, team=team, ttl=ttl, age=age
-        )
-        return Loaded(found.value, found.source, age=age)
+            if fleet:
+                shared = await self.shared.fetch(kind, secret_id, team, upstream)
+                found, ttl, age = shared.found, shared.ttl, shared.age
+                if not asked:  # the fleet's copy answered
+                    self._avoided(key, None if found is None else found.source)
+            else:
+                found, ttl, age = await upstream(), None, 0.0
+            if found is None:
+                self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
+                return Loaded(None, None, age=age)
+            self.cache.put(
+                kind,
+                secret_id,
+                found.value,
+                found.source,
+                found.version,
+                team=team,
+                ttl=ttl,
+                age=age,
+            )
+            return Loaded(found.value, found.source, age=age)
+        finally:
+            if self._changed.get((kind, secret_id), -1) >= started:
+                # The upstream changed while this load was out: what it stored may be the old
+                # value, so it is not fresh (the change's own renew follows this load).
+                self.cache.expire(key)
 
     def _may_refresh_now(self, key: Key, peer: int | None) -> bool:
         """Join a call in flight, or start one unless this key had one within the interval or

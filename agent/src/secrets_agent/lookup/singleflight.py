@@ -30,6 +30,12 @@ class SingleFlight(Generic[T]):
         # shield: a caller that goes away must not cancel the call the others are waiting on.
         return await asyncio.shield(task), shared
 
+    async def settled(self, key: Hashable) -> None:
+        """Wait for the call in flight for ``key`` (if any) to end, whatever its outcome."""
+        task = self._inflight.get(key)
+        if task is not None:
+            await asyncio.wait([task])
+
     def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]

@@ -19,6 +19,7 @@ from prometheus_client import (
 from secrets_agent import __version__
 from secrets_agent.ops.tally import LatencyHistogram, Tally
 
+_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -208,6 +209,45 @@ class Metrics:
             p + "start_time_seconds", "When the agent started, in Unix time.", registry=r
         )
         self.start_time.set(time.time())
+        self.feed_received = Counter(
+            p + "feed_events_received",
+            "Change-feed messages received, by feed (the backend's name).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_events = Counter(
+            p + "feed_events",
+            "Change-feed events by feed and result (applied; ignored: a name the backend does "
+            "not serve; duplicate: the version held already; malformed: unparseable, removed).",
+            ["feed", "result"],
+            registry=r,
+        )
+        self.feed_refetches = Counter(
+            p + "feed_refetches",
+            "Background refetches a feed started, by trigger (event; gap: revalidation after "
+            "the feed was down) and result (fetched, unchanged, gone, error, limited).",
+            ["feed", "trigger", "result"],
+            registry=r,
+        )
+        self.feed_lag = Histogram(
+            p + "feed_lag_seconds",
+            "From a change event's own time to the node serving the new value.",
+            ["feed"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.feed_up = Gauge(
+            p + "feed_up",
+            "1 while the feed's last receive succeeded (0: failing; lookups go on with TTLs).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_last_receive = Gauge(
+            p + "feed_last_receive_timestamp_seconds",
+            "Unix time of the feed's last successful receive (a silent feed stops moving it).",
+            ["feed"],
+            registry=r,
+        )
         self.build_info = Gauge(
             p + "build_info", "Agent version.", ["version", "python"], registry=r
         )

@@ -1,0 +1,343 @@
+"""Where change-feed hints are applied: drop what a node holds, fetch it again, bounded.
+
+An event is a hint, never a value. For each hint about a name the backend serves, the node's
+copy stops being fresh at once (a deleted or disabled secret is forgotten), the fleet's copy is
+dropped, and a held key is fetched again in the background (single-flight, jittered), so a hot
+key is fresh before its next read. If that fetch fails, the old value is served only as
+``X-Cache: STALE`` (stale-on-error, as after a TTL) until the upstream answers again.
+
+A failing feed is never an outage: lookups go on with TTLs, ``/readyz`` carries a detail, one
+line is logged per interval; when it answers again, what the node holds from its backend is
+revalidated at the feed's rate, since events may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from secrets_agent.backends.base import Health
+from secrets_agent.backends.feeds import Feed, Hint, Message
+from secrets_agent.errors import AgentError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import Key
+from secrets_agent.lookup.chain import Link
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+CONCURRENCY = 4  # background refetches at a time, per feed
+JITTER = 0.25  # seconds a refetch may wait, so a fleet's nodes do not all read at once
+READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a backend
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """Wall time (events carry it) and a monotonic pace for the rate bounds; tests inject."""
+
+    wall: Clock = time.time
+    pace: Clock = time.monotonic
+    rng: Callable[[], float] = random.random
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, up to ``rate`` (at least one) saved up."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._rate, self._clock = rate, clock
+        self._capacity = max(1.0, rate)
+        self._tokens, self._at = self._capacity, clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def wait(self) -> float:
+        """Seconds until the next token."""
+        return max(0.0, (1.0 - self._tokens) / self._rate)
+
+
+class _Throttled:
+    """One log line per interval, with how many were folded into it."""
+
+    def __init__(self, interval: float, clock: Clock) -> None:
+        self._interval, self._clock = interval, clock
+        self._next, self._folded = 0.0, 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._folded += 1
+            return
+        suffix = f" ({self._folded} more since the last line)" if self._folded else ""
+        log.warning(message + suffix, *args)
+        self._next, self._folded = now + self._interval, 0
+
+
+class FeedRunner:
+    """Receives one backend's feed in a loop and applies what it says to the service."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        link: Link,
+        service: SecretService,
+        metrics: Metrics,
+        clocks: Clocks | None = None,
+    ) -> None:
+        self.feed, self.link, self.service = feed, link, service
+        self.name = feed.backend
+        self._metrics = metrics
+        self._clocks = clocks or Clocks()
+        o = feed.options
+        self._bucket = _Bucket(o.refetch_rate, self._clocks.pace)
+        self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._last_refetch: dict[Key, float] = {}
+        self._pending: dict[Key, asyncio.Task[None]] = {}
+        self._malformed_log = _Throttled(o.log_interval, self._clocks.pace)
+        self._failure_log = _Throttled(o.log_interval, self._clocks.pace)
+        self._started = False
+        self._failing: str | None = None
+        self._gap = False  # failed since the last good round: events may have been missed
+        self._lag: float | None = None
+        self._revalidation: asyncio.Task[None] | None = None
+        metrics.feed_up.labels(self.name).set(0)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """Always ready (a feed is a freshness aid, lookups never need it); the detail says."""
+        if self._failing is not None:
+            return Health(True, f"failing, serving on TTLs: {self._failing}")
+        if not self._started:
+            return Health(True, "starting")
+        if self._lag is not None and self._lag > self.feed.options.lag_warning:
+            return Health(True, f"lagging: the last event arrived {self._lag:.0f}s after it")
+        return Health(True, "ok")
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Receive and apply until cancelled; failures back off and never end the loop."""
+        delay = self.feed.options.backoff_initial
+        while True:
+            try:
+                await self.round()
+                delay = self.feed.options.backoff_initial
+                await asyncio.sleep(0)  # a feed that answers at once must not hold the loop
+            except AgentError as exc:
+                self._failed(str(exc))
+            except Exception as exc:  # our own bug must not end the feed (nor leak SDK text)
+                log.error("feed %r: unexpected %s", self.name, type(exc).__name__)
+                self._failed(f"unexpected {type(exc).__name__}")
+            else:
+                continue
+            await asyncio.sleep(delay * (0.5 + self._clocks.rng()))
+            delay = min(delay * 2, self.feed.options.backoff_max)
+
+    async def round(self) -> None:
+        """Start the feed if needed, receive once, apply, then remove what was received."""
+        if not self._started:
+            await self.feed.start()
+            self._started = True
+        messages = await self.feed.receive(self._held)
+        self._received()
+        self.apply(messages)
+        if messages:
+            await self.feed.ack(messages)
+
+    def _failed(self, reason: str) -> None:
+        self._failing, self._gap = reason, True
+        self._metrics.feed_up.labels(self.name).set(0)
+        self._failure_log("feed %r failing, serving on TTLs: %s", self.name, reason)
+
+    def _received(self) -> None:
+        self._metrics.feed_up.labels(self.name).set(1)
+        self._metrics.feed_last_receive.labels(self.name).set(self._clocks.wall())
+        if self._failing is not None:
+            log.info("feed %r is receiving again; revalidating what this node holds", self.name)
+            self._failing = None
+        if self._gap:
+            self._gap = False
+            self.revalidate_held()
+
+    # -- applying --------------------------------------------------------------------------
+
+    def apply(self, messages: Sequence[Message]) -> None:
+        """Apply each message's hints; count what was ignored or unparseable."""
+        events = self._metrics.feed_events
+        for message in messages:
+            self._metrics.feed_received.labels(self.name).inc()
+            if message.malformed:
+                events.labels(self.name, "malformed").inc()
+                self._malformed_log("feed %r: removed an unparseable message", self.name)
+                continue
+            served = [hint for hint in message.hints if self._serves(hint)]
+            if not served:
+                events.labels(self.name, "ignored").inc()
+                continue
+            applied = [self._apply(hint) for hint in served]
+            events.labels(self.name, "applied" if any(applied) else "duplicate").inc()
+
+    def _serves(self, hint: Hint) -> bool:
+        teams: tuple[str | None, ...] = (None, *self.link.teams)
+        return any(self.link.accepts(hint.kind, hint.secret_id, team) for team in teams)
+
+    def _apply(self, hint: Hint) -> bool:
+        """Expire (or forget) every held copy of the id; False when all held it at the version."""
+        keys = self._held_keys(hint.kind, hint.secret_id)
+        if (
+            keys
+            and not hint.gone
+            and hint.version is not None
+            and all(version == hint.version for _, version in keys)
+        ):
+            return False  # a duplicate or late event: versions decide
+        self.service.shared.invalidate(hint.kind, hint.secret_id)  # the fleet's copy
+        self.service.note_change(hint.kind, hint.secret_id)  # a load out now is already old
+        for key, _ in keys:
+            self.service.changed(key, gone=hint.gone)
+            self._schedule(key, "event", hint.at)
+        if not keys:
+            self._observe_lag(hint.at)  # nothing held: the next read fetches the new value
+        return True
+
+    def _held_keys(self, kind: Kind, folded: str) -> list[tuple[Key, str | None]]:
+        """Held keys for the id (every team's, and misses), with their versions."""
+        fold = self.feed.fold
+        return [
+            (key, version)
+            for key, source, version in self.service.cache.holding()
+            if key[0] is kind and fold(key[1]) == folded and source in (self.name, None)
+        ]
+
+    def _held(self) -> list[tuple[Kind, str]]:
+        """The (kind, id)s this node holds values for from this feed's backend."""
+        return sorted(
+            {
+                (key[0], key[1])
+                for key, source, _ in self.service.cache.holding()
+                if source == self.name
+            }
+        )
+
+    # -- refetching ------------------------------------------------------------------------
+
+    def _schedule(self, key: Key, trigger: str, at: float | None) -> None:
+        """Fetch ``key`` again in the background: at most once per key_interval, jittered."""
+        if key in self._pending:
+            return  # one pending refetch per key; it runs after this change was noted
+        now = self._clocks.pace()
+        wait = self._last_refetch.get(key, -1e18) + self.feed.options.key_interval - now
+        delay = max(0.0, wait) + JITTER * self._clocks.rng()
+        task = asyncio.ensure_future(self._refetch(key, trigger, at, delay))
+        self._pending[key] = task
+        task.add_done_callback(lambda t: self._forget(key, t))
+
+    def _forget(self, key: Key, task: asyncio.Task[None]) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
+
+    async def _refetch(self, key: Key, trigger: str, at: float | None, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._pending.pop(key, None)  # from here on a new change schedules another refetch
+        if not self._bucket.take():
+            # Over the feed's rate: the entry is already not fresh, so the next read fetches.
+            self._metrics.feed_refetches.labels(self.name, trigger, "limited").inc()
+            return
+        self._last_refetch[key] = self._clocks.pace()
+        if len(self._last_refetch) > 4 * len(self.service.cache) + 1024:
+            del self._last_refetch[next(iter(self._last_refetch))]
+        async with self._limit:
+            try:
+                loaded = await self.service.renew(key)
+            except AgentError as exc:
+                log.debug("feed %r: refetch of a %s failed: %s", self.name, key[0], exc)
+                self._metrics.feed_refetches.labels(self.name, trigger, "error").inc()
+                return
+        self._metrics.feed_refetches.labels(self.name, trigger, loaded.outcome).inc()
+        self._observe_lag(at)
+
+    def _observe_lag(self, at: float | None) -> None:
+        if at is None:
+            return
+        lag = max(0.0, self._clocks.wall() - at)
+        self._lag = lag
+        self._metrics.feed_lag.labels(self.name).observe(lag)
+
+    def revalidate_held(self) -> None:
+        """After a gap: refetch what this node holds from the backend, at the feed's rate."""
+        if self._revalidation is None or self._revalidation.done():
+            self._revalidation = asyncio.ensure_future(self._revalidate())
+
+    async def _revalidate(self) -> None:
+        keys = [key for key, source, _ in self.service.cache.holding() if source == self.name]
+        for key in keys:
+            await self._token()
+            self._last_refetch[key] = self._clocks.pace()
+            async with self._limit:
+                try:
+                    loaded = await self.service.renew(key)
+                except AgentError:
+                    self._metrics.feed_refetches.labels(self.name, "gap", "error").inc()
+                    continue
+            self._metrics.feed_refetches.labels(self.name, "gap", loaded.outcome).inc()
+
+    async def _token(self) -> None:
+        """Wait for the rate bound to allow one more upstream read."""
+        while not self._bucket.take():  # noqa: ASYNC110 - a rate, not an event to wait on
+            await asyncio.sleep(max(0.01, self._bucket.wait()))
+
+    async def idle(self) -> None:
+        """Wait for the refetches in progress (tests)."""
+        while self._pending or (self._revalidation is not None and not self._revalidation.done()):
+            tasks = [*self._pending.values()]
+            if self._revalidation is not None:
+                tasks.append(self._revalidation)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        tasks = [*self._pending.values()]
+        if self._revalidation is not None:
+            tasks.append(self._revalidation)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.feed.close()
+        except Exception as exc:  # closing one feed must not stop the others
+            log.warning("feed %r failed to close: %s", self.name, type(exc).__name__)
+
+
+class ChangeFeeds:
+    """Every feed of one runtime: started with it, closed when it retires."""
+
+    def __init__(self, runners: Sequence[FeedRunner]) -> None:
+        self.runners = tuple(runners)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(runner.run()) for runner in self.runners]
+
+    def readiness(self) -> dict[str, Health]:
+        return {f"{READINESS_PREFIX}{r.name}]": r.health() for r in self.runners}
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for runner in self.runners:
+            await runner.close()

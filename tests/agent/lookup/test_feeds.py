@@ -1,0 +1,183 @@
+"""Applying change-feed hints over a scripted backend: the feed faked behind its interface."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+
+from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, ids_for
+from secrets_agent.errors import TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import CacheState, SecretCache
+from secrets_agent.lookup.chain import BackendChain, Link
+from secrets_agent.lookup.cipher import Cipher
+from secrets_agent.lookup.feeds import Clocks, FeedRunner
+from secrets_agent.lookup.service import SecretService
+from secrets_agent.ops.metrics import Metrics
+from support.helpers import FakeClock, Script, ScriptedBackend
+
+V, C = Kind.VARIABLE, Kind.CONNECTION
+
+
+class QueueFeed(Feed):
+    """What a queue would deliver, one list per ``receive``; an exception fails a round."""
+
+    def __init__(self, options: FeedOptions | None = None) -> None:
+        super().__init__("a", options or FeedOptions(key_interval=0.0))
+        self.rounds: list[list[Message] | Exception] = []
+        self.acked: list[Message] = []
+
+    async def receive(self, held: Held) -> list[Message]:
+        if not self.rounds:
+            await asyncio.sleep(0.01)  # a queue's wait for messages, bounded
+            return []
+        got = self.rounds.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        self.acked.extend(messages)
+
+
+class Fixture:
+    def __init__(self, feed: QueueFeed | None = None, pattern: str = "") -> None:
+        self.clock = FakeClock()
+        self.pace = FakeClock()
+        self.metrics = Metrics()
+        self.script = Script(values={(V, "k"): "v1"}, versions={(V, "k"): "1"})
+        ScriptedBackend.scripts = {"a": self.script}
+        link = Link(ScriptedBackend("a", None), {V: re.compile(pattern) if pattern else None})
+        cache = SecretCache(
+            max_entries=100,
+            ttl=lambda k: 3600.0,
+            negative_ttl=10.0,
+            max_stale=7200.0,
+            cipher=Cipher([]),
+            clock=self.clock,
+        )
+        self.service = SecretService(BackendChain([link], self.metrics), cache, self.metrics)
+        self.feed = feed or QueueFeed()
+        clocks = Clocks(wall=lambda: 5000.0, pace=self.pace, rng=lambda: 0.0)
+        self.runner = FeedRunner(self.feed, link, self.service, self.metrics, clocks)
+
+    async def deliver(self, *messages: Message) -> None:
+        self.feed.rounds.append(list(messages))
+        await self.runner.round()
+        await self.runner.idle()
+
+    def events(self, result: str) -> float:
+        labels = {"feed": "a", "result": result}
+        sample = self.metrics.registry.get_sample_value
+        return sample("secrets_agent_feed_events_total", labels) or 0.0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Readiness by polling the runner's own state (no timing assumption)."""
+    while not condition():  # noqa: ASYNC110 - state of a loop in another task
+        await asyncio.sleep(0.005)
+
+
+def hint(
+    secret_id: str = "k",  # noqa: S107 - an id, not a password
+    version: str | None = None,
+    gone: bool = False,
+) -> Message:
+    return Message((Hint(V, secret_id, version, at=4998.0, gone=gone),))
+
+
+async def test_an_event_refetches_a_held_key_in_the_background() -> None:
+    f = Fixture()
+    assert (await f.service.lookup(V, "k")).value == "v1"
+    f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v2", "2"
+    await f.deliver(hint(version="2"))
+    after = await f.service.lookup(V, "k")
+    assert (after.state, after.value) == (CacheState.HIT, "v2")  # fresh before the next read
+    assert len(f.script.calls) == 2
+    assert f.events("applied") == 1 and len(f.feed.acked) == 1
+    lag = {"feed": "a"}
+    assert f.metrics.registry.get_sample_value("secrets_agent_feed_lag_seconds_sum", lag) == 2.0
+
+
+async def test_duplicate_and_unrelated_events_cost_no_upstream_read() -> None:
+    f = Fixture(pattern="^k$")
+    await f.service.lookup(V, "k")
+    await f.deliver(hint(version="1"), hint("other"), Message(malformed=True))
+    assert len(f.script.calls) == 1
+    assert (f.events("duplicate"), f.events("ignored"), f.events("malformed")) == (1, 1, 1)
+    assert len(f.feed.acked) == 3  # malformed ones too: never a poison loop
+
+
+async def test_deleted_secret_becomes_a_miss() -> None:
+    f = Fixture()
+    await f.service.lookup(V, "k")
+    del f.script.values[(V, "k")]
+    await f.deliver(hint(gone=True))
+    assert (await f.service.lookup(V, "k")).state is CacheState.NEGATIVE
+
+
+async def test_failed_refetch_serves_the_old_value_only_stale() -> None:
+    f = Fixture()
+    await f.service.lookup(V, "k")
+    f.script.error = TransientError("a", "down")
+    await f.deliver(hint(version="2"))
+    result = await f.service.lookup(V, "k")
+    assert (result.state, result.value) == (CacheState.STALE, "v1")
+
+
+async def test_a_load_in_flight_during_the_event_does_not_store_the_old_value_as_fresh() -> None:
+    f = Fixture()
+    f.script.gate = asyncio.Event()
+    lookup = asyncio.create_task(f.service.lookup(V, "k"))  # reads v1, held at the gate
+    await f.script.called.wait()
+    f.feed.rounds.append([hint(version="2")])
+    await f.runner.round()
+    f.script.gate.set()
+    await lookup
+    assert f.service.cache.fresh((V, "k", None)) is None  # what it read may predate the change
+
+
+async def test_per_key_interval_and_feed_rate_bound_refetches() -> None:
+    feed = QueueFeed(FeedOptions(refetch_rate=1.0, key_interval=0.0))
+    f = Fixture(feed)
+    for key in ("k", "k2", "k3"):
+        f.script.values[(V, key)] = "x"
+        await f.service.lookup(V, key)
+    await f.deliver(hint("k"), hint("k"), hint("k2"), hint("k3"))  # "k" twice: one refetch
+    refetches = f.metrics.registry.get_sample_value
+    labels = {"feed": "a", "trigger": "event", "result": "limited"}
+    assert refetches("secrets_agent_feed_refetches_total", labels) == 2  # one token a second
+    assert len(f.script.calls) + f.script.revalidations == 4
+    # Limited keys are still not fresh: their next read goes upstream.
+    assert (await f.service.lookup(V, "k3")).state is CacheState.MISS
+
+
+async def test_a_failing_feed_is_a_detail_and_a_gap_revalidates() -> None:
+    f = Fixture(QueueFeed(FeedOptions(backoff_initial=0.01, backoff_max=0.02)))
+    await f.service.lookup(V, "k")
+    f.feed.rounds.append(TransientError("a", "queue unreachable"))
+    runner = asyncio.create_task(f.runner.run())
+    try:
+        await until(lambda: "failing" in f.runner.health().detail)
+        health = f.runner.health()
+        assert health.ready and "queue unreachable" in health.detail
+        assert (await f.service.lookup(V, "k")).state is CacheState.HIT  # still serving
+        f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v3", "3"
+        await until(lambda: f.runner.health().detail == "ok" and len(f.script.calls) == 2)
+        await f.runner.idle()
+        assert (await f.service.lookup(V, "k")).value == "v3"  # revalidated after the gap
+    finally:
+        runner.cancel()
+        await f.runner.close()
+
+
+def test_ids_for_inverts_a_backend_naming_function() -> None:
+    def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
+        base = "p/conns/" if kind is C else "p/vars/"
+        return base + (f"{team}--{secret_id}" if team else secret_id)
+
+    assert ids_for("p/vars/x", (C, V), named) == [(V, "x")]
+    assert ids_for("p/conns/t--db", (C, V), named) == [(C, "t--db"), (C, "db")]
+    assert ids_for("other/x", (C, V), named) == []
+    assert ids_for("p/vars/../x", (C, V), named) == []
