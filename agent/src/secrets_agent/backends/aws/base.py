@@ -8,6 +8,7 @@ from typing import ClassVar
 from secrets_agent.backends.aws.client import AwsClient
 from secrets_agent.backends.aws.options import AwsOptions
 from secrets_agent.backends.base import Backend, BackendContext, Health, Prefetched, Versioned
+from secrets_agent.backends.feeds import Feed
 from secrets_agent.kinds import Kind
 
 BATCH = 10  # ids per BatchGetSecretValue / GetParameters call
@@ -83,6 +84,13 @@ class AwsBackend(Backend):
     async def fetch_batch(self, names: list[str]) -> dict[str, Versioned]:
         """Raw values for up to ``BATCH`` upstream names, by name; missing ones are left out."""
         raise NotImplementedError
+
+    def change_feed(self) -> Feed | None:
+        if self.options.feed is None:
+            return None
+        from secrets_agent.backends.aws.feed import SqsFeed
+
+        return SqsFeed(self, self.options.feed)
 
     def shape(self, kind: Kind, found: Versioned) -> Versioned:
         """Turn the raw upstream value into what Airflow expects for ``kind``."""

@@ -17,7 +17,13 @@ class AwsClient:
     """Owns the client's lifetime and runs every API call through metrics and translation."""
 
     def __init__(
-        self, backend: str, service: str, options: AwsOptions, context: BackendContext
+        self,
+        backend: str,
+        service: str,
+        options: AwsOptions,
+        context: BackendContext,
+        *,
+        track_auth: bool = True,  # False: a second client of the backend (its change feed)
     ) -> None:
         self.backend, self.service, self.options = backend, service, options
         self._metrics = context.metrics
@@ -28,9 +34,10 @@ class AwsClient:
         self._client: Any = None
         self.credentials_error: str | None = "not started"
         self.authenticated = False
-        context.metrics.authenticated.labels(backend).set_function(
-            lambda: float(self.authenticated)
-        )
+        if track_auth:
+            context.metrics.authenticated.labels(backend).set_function(
+                lambda: float(self.authenticated)
+            )
 
     async def start(self) -> None:
         import aioboto3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from secrets_agent.backends.aws.feed import SqsFeedOptions
 from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
 from secrets_agent.backends.names import NameRules
 from secrets_agent.config.validators import setting
@@ -42,6 +43,8 @@ class AwsOptions:
     prefetch_connections: tuple[str, ...] = ()
     prefetch_variables: tuple[str, ...] = ()
     prefetch_config: tuple[str, ...] = ()
+    # Change events from an SQS queue ([backends.feed]; docs/change-feeds.md).
+    feed: SqsFeedOptions | None = None
 
     def prefix(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_prefix")

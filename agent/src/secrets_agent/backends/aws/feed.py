@@ -1,0 +1,231 @@
+"""The AWS backends' change feed: EventBridge events for the backend's names, read from SQS.
+
+Secrets Manager announces ``Secret Label Updated`` (built in) and, with a CloudTrail trail,
+``AWS API Call via CloudTrail`` for the calls that change a value; Parameter Store announces
+``Parameter Store Change``. A rule sends them to a queue (directly, or through SNS); the feed
+long-polls it with the backend's credentials and deletes what it has handled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind
+
+if TYPE_CHECKING:
+    from secrets_agent.backends.aws.base import AwsBackend
+    from secrets_agent.backends.aws.client import AwsClient
+
+# The calls CloudTrail records that change what GetSecretValue answers.
+_CHANGING_CALLS = frozenset(
+    {"PutSecretValue", "UpdateSecret", "UpdateSecretVersionStage", "DeleteSecret", "RestoreSecret"}
+)
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")  # Secrets Manager's random end of every ARN
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsFeedOptions(FeedOptions):
+    """``[backends.feed]`` of an AWS backend: the SQS queue its EventBridge rule targets."""
+
+    queue_url: str = setting()
+    endpoint_url: str = ""  # SQS's, e.g. a VPC endpoint; default: the region's
+    wait_time: int = setting(20, min=0, max=20)  # ReceiveMessage's long poll, in seconds
+    max_messages: int = setting(10, min=1, max=10)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        for key in ("queue_url", "endpoint_url"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append((key, "must start with http:// or https://"))
+        return problems
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one event says: the upstream names it may be about (any of them), and how."""
+
+    names: tuple[str, ...]
+    version: str | None = None
+    gone: bool = False
+
+
+def secrets_manager_changes(event: dict[str, Any]) -> list[Change]:
+    """The changes a Secrets Manager event announces; [] for events about nothing we read."""
+    if event.get("source") != "aws.secretsmanager":
+        return []
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise ValueError("no detail")
+    if event.get("detail-type") == "AWS API Call via CloudTrail":
+        return _cloudtrail_change(detail)
+    # Secret Label Updated: only the AWSCURRENT label decides what a read answers.
+    label = detail.get("labelUpdated")
+    labels = label if isinstance(label, list) else [label]
+    if label is not None and "AWSCURRENT" not in labels:
+        return []
+    names = [detail["name"]] if isinstance(detail.get("name"), str) else []
+    resources = event.get("resources")
+    if isinstance(resources, list):
+        names += [name for arn in resources if (name := _arn_name(arn, full=True))]
+    if not names:
+        raise ValueError("no secret name")
+    version = detail.get("versionId")
+    return [Change(tuple(names), version if isinstance(version, str) else None)]
+
+
+def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
+    if detail.get("eventName") not in _CHANGING_CALLS or detail.get("errorCode"):
+        return []  # a read, or a call that failed: nothing changed
+    request = detail.get("requestParameters") or {}
+    response = detail.get("responseElements") or {}
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        raise ValueError("unexpected CloudTrail shape")
+    version = response.get("versionId")
+    if detail["eventName"] == "UpdateSecretVersionStage":
+        if request.get("versionStage") != "AWSCURRENT":
+            return []
+        version = request.get("moveToVersionId")
+    names: list[str] = []
+    for arn in (response.get("arn"), response.get("aRN")):  # "aRN" before February 2024
+        if isinstance(arn, str) and (name := _arn_name(arn, full=True)):
+            names.append(name)
+    secret_id = request.get("secretId")
+    if isinstance(secret_id, str):
+        if secret_id.startswith("arn:"):
+            # A partial ARN has no random suffix, a full one has: try the name both ways.
+            names += [n for n in (_arn_name(secret_id, True), _arn_name(secret_id, False)) if n]
+        else:
+            names.append(secret_id)
+    if not names:
+        raise ValueError("no secret name")
+    gone = detail["eventName"] == "DeleteSecret"
+    version = version if isinstance(version, str) else None
+    return [Change(tuple(dict.fromkeys(names)), version, gone)]
+
+
+def _arn_name(arn: object, full: bool) -> str | None:
+    """The secret's name in ``arn:aws:secretsmanager:region:account:secret:name[-XXXXXX]``."""
+    if not isinstance(arn, str):
+        return None
+    parts = arn.split(":", 6)
+    if len(parts) != 7 or parts[2] != "secretsmanager" or parts[5] != "secret":
+        return None
+    return _ARN_SUFFIX.sub("", parts[6]) if full else parts[6]
+
+
+def ssm_changes(event: dict[str, Any]) -> list[Change]:
+    """The change a ``Parameter Store Change`` event announces; [] for anything else."""
+    if event.get("source") != "aws.ssm" or event.get("detail-type") != "Parameter Store Change":
+        return []
+    detail = event.get("detail")
+    if not isinstance(detail, dict) or not isinstance(detail.get("name"), str):
+        raise ValueError("no parameter name")
+    operation = detail.get("operation")
+    if operation == "LabelParameterVersion":
+        return []  # a label moved; the latest value (what a read answers) did not
+    name = detail["name"]
+    names = (name,) if name.startswith("/") else (name, "/" + name)
+    return [Change(names, gone=operation == "Delete")]
+
+
+_PARSERS = {"secretsmanager": secrets_manager_changes, "ssm": ssm_changes}
+
+
+def parse_body(body: str) -> dict[str, Any]:
+    """The EventBridge event in an SQS body, unwrapping an SNS notification around it."""
+    event = json.loads(body)
+    if isinstance(event, dict) and event.get("Type") == "Notification":
+        event = json.loads(event["Message"])
+    if not isinstance(event, dict):
+        raise ValueError("not an event")
+    return event
+
+
+class SqsFeed(Feed):
+    """Long-polls the backend's queue; maps each event's names to the backend's ids."""
+
+    options: SqsFeedOptions
+
+    def __init__(self, backend: AwsBackend, options: SqsFeedOptions) -> None:
+        super().__init__(backend.name, options)
+        self._backend = backend
+        self._parse = _PARSERS[backend.service]
+        self._client: AwsClient | None = None
+
+    async def start(self) -> None:
+        from secrets_agent.backends.aws.client import AwsClient
+
+        o = self.options
+        # The backend's credentials, region and role; SQS's endpoint, and a read timeout
+        # longer than the long poll.
+        options = dataclasses.replace(
+            self._backend.options,
+            endpoint_url=o.endpoint_url,
+            read_timeout=max(self._backend.options.read_timeout, o.wait_time + 10.0),
+        )
+        client = AwsClient(self.backend, "sqs", options, self._backend.context, track_auth=False)
+        await client.start()
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def receive(self, held: Held) -> list[Message]:
+        assert self._client is not None  # start() ran
+        response = await self._client.api(
+            "ReceiveMessage",
+            QueueUrl=self.options.queue_url,
+            MaxNumberOfMessages=self.options.max_messages,
+            WaitTimeSeconds=self.options.wait_time,
+        )
+        raw = (response or {}).get("Messages", [])
+        return [self._message(item) for item in raw if "ReceiptHandle" in item]
+
+    def _message(self, item: dict[str, Any]) -> Message:
+        receipt = item["ReceiptHandle"]
+        try:
+            event = parse_body(item.get("Body", ""))
+            changes = self._parse(event)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return Message(malformed=True, receipt=receipt)
+        at = event_time(event.get("time"))
+        hints = tuple(
+            Hint(kind, secret_id, change.version, at, change.gone)
+            for change in changes
+            for name in change.names
+            for kind, secret_id in self._ids(name)
+        )
+        return Message(tuple(dict.fromkeys(hints)), receipt=receipt)
+
+    def _ids(self, name: str) -> list[tuple[Kind, str]]:
+        o = self._backend.options
+        return ids_for(
+            name,
+            [kind for kind in Kind if o.serves(kind)],
+            lambda kind, secret_id, team: (
+                o.team_name_for(kind, secret_id, team) if team else o.name_for(kind, secret_id)
+            ),
+        )
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        assert self._client is not None
+        entries = [
+            {"Id": str(index), "ReceiptHandle": message.receipt}
+            for index, message in enumerate(messages)
+        ]
+        for start in range(0, len(entries), 10):  # DeleteMessageBatch takes up to 10
+            await self._client.api(
+                "DeleteMessageBatch",
+                QueueUrl=self.options.queue_url,
+                Entries=entries[start : start + 10],
+            )

@@ -1,0 +1,259 @@
+"""The AWS change feed end to end: moto's EventBridge rule -> SQS -> the running agent."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secrets_agent.backends.aws.feed import parse_body, secrets_manager_changes, ssm_changes
+from secrets_agent.config.loader import parse_config
+from secrets_agent.errors import ConfigError
+from secrets_agent.kinds import Kind
+from secrets_agent.lookup.cache import CacheState
+from support.helpers import RunningAgent, agent_config, running_agent
+from support.moto_aws import REGION, MotoServer
+
+pytestmark = pytest.mark.integration
+
+C, V = Kind.CONNECTION, Kind.VARIABLE
+ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:airflow/variables/{}-AbC123"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Bus:
+    """A queue an EventBridge rule fills, as an operator would set it up."""
+
+    def __init__(self, aws: MotoServer, source: str) -> None:
+        self.aws = aws
+        self.sqs, self.events = aws.client("sqs"), aws.client("events")
+        self.url = self.sqs.create_queue(QueueName=f"feed-{source.replace('.', '-')}")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        self.events.put_rule(Name="to-agent", EventPattern=json.dumps({"source": [source]}))
+        self.events.put_targets(
+            Rule="to-agent", Targets=[{"Id": "q", "Arn": arn["Attributes"]["QueueArn"]}]
+        )
+
+    def put(self, source: str, detail_type: str, detail: dict[str, Any], **extra: Any) -> None:
+        entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail), **extra}
+        answer = self.events.put_events(Entries=[entry])
+        assert answer["FailedEntryCount"] == 0
+
+    def waiting(self) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll until true (a readiness wait; the bound is a hang guard, not a timing claim)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.05)
+
+
+def backend_toml(aws: MotoServer, kind: str, queue_url: str) -> str:
+    return f"""
+        [[backends]]
+        name = "aws"
+        type = "{kind}"
+        endpoint_url = "{aws.url}"
+        region = "{REGION}"
+        [backends.feed]
+        queue_url = "{queue_url}"
+        endpoint_url = "{aws.url}"
+        wait_time = 1
+        key_interval = 0
+        backoff_initial = 0.05
+        backoff_max = 0.2
+    """
+
+
+def value(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
+    return agent.call(agent.agent.service.lookup(kind, secret_id)).value
+
+
+def events(agent: RunningAgent, result: str) -> float:
+    return agent.metric("secrets_agent_feed_events_total", feed="aws", result=result)
+
+
+def test_rotation_event_makes_the_agent_serve_the_new_value(
+    moto: MotoServer, short_tmp: Path
+) -> None:
+    moto.reset()
+    bus = Bus(moto, "aws.secretsmanager")
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name="airflow/variables/token", SecretString="old")
+    config = agent_config(
+        short_tmp,
+        "[cache]\nvariable_ttl = 3600\n",
+        backend_toml(moto, "aws_secrets_manager", bus.url),
+    )
+    with running_agent(config) as agent:
+        assert value(agent, V, "token") == "old"
+        version = sm.put_secret_value(SecretId="airflow/variables/token", SecretString="new")
+        bus.put(
+            "aws.secretsmanager",
+            "Secret Label Updated",
+            {
+                "name": "airflow/variables/token",
+                "labelUpdated": "AWSCURRENT",
+                "versionId": version["VersionId"],
+            },
+            Resources=[ARN.format("token")],
+        )
+        eventually(lambda: agent.call(_fresh(agent, V, "token")) == "new")
+        # Unrelated names, other services' events and garbage are counted and removed.
+        bus.put("aws.secretsmanager", "Secret Label Updated", {"name": "elsewhere/x"})
+        bus.sqs.send_message(QueueUrl=bus.url, MessageBody="{not json")
+        bus.sqs.send_message(QueueUrl=bus.url, MessageBody=json.dumps({"source": "aws.ssm"}))
+        eventually(lambda: events(agent, "ignored") >= 2 and events(agent, "malformed") >= 1)
+        eventually(lambda: bus.waiting() == 0)
+        assert value(agent, V, "token") == "new"
+        lag = agent.metric("secrets_agent_feed_lag_seconds_count", feed="aws")
+        assert lag >= 1
+        ready = agent.agent.runtime.readiness()["[feed:aws]"]
+        assert ready.ready and ready.detail == "ok"
+
+
+def test_cloudtrail_delete_becomes_a_miss(moto: MotoServer, short_tmp: Path) -> None:
+    moto.reset()
+    bus = Bus(moto, "aws.secretsmanager")
+    sm = moto.client("secretsmanager")
+    created = sm.create_secret(Name="airflow/variables/gone", SecretString="here")
+    config = agent_config(
+        short_tmp,
+        "[cache]\nvariable_ttl = 3600\n",
+        backend_toml(moto, "aws_secrets_manager", bus.url),
+    )
+    with running_agent(config) as agent:
+        assert value(agent, V, "gone") == "here"
+        sm.delete_secret(SecretId="airflow/variables/gone", ForceDeleteWithoutRecovery=True)
+        bus.put(
+            "aws.secretsmanager",
+            "AWS API Call via CloudTrail",
+            {
+                "eventSource": "secretsmanager.amazonaws.com",
+                "eventName": "DeleteSecret",
+                "requestParameters": {"secretId": created["ARN"]},
+                "responseElements": {"aRN": created["ARN"]},
+            },
+        )
+        eventually(lambda: agent.call(_negative(agent, V, "gone")))
+
+
+def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_tmp: Path) -> None:
+    moto.reset()
+    moto.put_parameter("/airflow/variables/p", "one")
+    missing = f"{moto.url}/123456789012/not-yet"
+    config = agent_config(
+        short_tmp, "[cache]\nvariable_ttl = 3600\n", backend_toml(moto, "aws_ssm", missing)
+    )
+    with running_agent(config) as agent:
+        assert value(agent, V, "p") == "one"
+        eventually(lambda: "failing" in agent.agent.runtime.readiness()["[feed:aws]"].detail)
+        assert agent.agent.runtime.readiness()["aws"].ready  # the backend itself is fine
+        assert agent.metric("secrets_agent_feed_up", feed="aws") == 0
+        assert value(agent, V, "p") == "one"  # served on its TTL meanwhile
+        # Changed while the feed was down: no event will ever say so.
+        moto.put_parameter("/airflow/variables/p", "two")
+        sqs = moto.client("sqs")
+        sqs.create_queue(QueueName="not-yet")
+        eventually(lambda: agent.metric("secrets_agent_feed_up", feed="aws") == 1)
+        eventually(lambda: agent.call(_fresh(agent, V, "p")) == "two")  # revalidated after the gap
+        # And an event now goes through, from the queue that appeared.
+        moto.put_parameter("/airflow/variables/p", "three")
+        sqs.send_message(
+            QueueUrl=missing,
+            MessageBody=json.dumps(
+                {
+                    "source": "aws.ssm",
+                    "detail-type": "Parameter Store Change",
+                    "time": "2026-12-04T12:00:00Z",
+                    "detail": {"name": "/airflow/variables/p", "operation": "Update"},
+                }
+            ),
+        )
+        eventually(lambda: agent.call(_fresh(agent, V, "p")) == "three")
+
+
+async def _fresh(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
+    """The value the node would serve as fresh (None: none fresh, or a fresh miss)."""
+    result = agent.agent.service.cache.fresh((kind, secret_id, None))
+    return None if result is None else result.value
+
+
+async def _negative(agent: RunningAgent, kind: Kind, secret_id: str) -> bool:
+    result = agent.agent.service.cache.fresh((kind, secret_id, None))
+    return result is not None and result.state is CacheState.NEGATIVE
+
+
+def test_event_shapes_map_to_names() -> None:
+    label = {
+        "source": "aws.secretsmanager",
+        "detail-type": "Secret Label Updated",
+        "resources": [ARN.format("a")],
+        "detail": {"labelUpdated": "AWSPENDING"},
+    }
+    assert secrets_manager_changes(label) == []  # not what a read answers
+    label["detail"] = {"labelUpdated": "AWSCURRENT", "versionId": "v2"}
+    [change] = secrets_manager_changes(label)
+    assert change.names == ("airflow/variables/a",) and change.version == "v2"
+    trail = {
+        "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail",
+        "detail": {
+            "eventName": "PutSecretValue",
+            "requestParameters": {"secretId": "arn:aws:secretsmanager:r:1:secret:x/y"},
+            "responseElements": {"arn": "arn:aws:secretsmanager:r:1:secret:x/y-Zz9Zz9"},
+        },
+    }
+    assert secrets_manager_changes(trail)[0].names == ("x/y",)
+    trail["detail"]["eventName"] = "GetSecretValue"  # type: ignore[index]
+    assert secrets_manager_changes(trail) == []
+    ssm = {"source": "aws.ssm", "detail-type": "Parameter Store Change", "detail": {"name": "n"}}
+    assert ssm_changes(ssm)[0].names == ("n", "/n")
+    wrapped = json.dumps({"Type": "Notification", "Message": json.dumps(ssm)})
+    assert parse_body(wrapped) == ssm
+    with pytest.raises(ValueError, match="no secret name"):
+        secrets_manager_changes({"source": "aws.secretsmanager", "detail": {}})
+
+
+def test_feed_table_is_validated_at_load(tmp_path: Path) -> None:
+    raw = {
+        "backends": [
+            {
+                "name": "aws",
+                "type": "aws_ssm",
+                "feed": {"queue_url": "sqs.example", "wait_time": 30, "bogus": 1},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, tmp_path)
+    assert caught.value.problems == [
+        "backends[0].feed.bogus: unknown key",
+        "backends[0].feed.wait_time: must be <= 20, got 30",
+    ]
+    raw["backends"][0]["feed"] = {"queue_url": "sqs.example"}  # type: ignore[index]
+    with pytest.raises(ConfigError, match="queue_url: must start with http"):
+        parse_config(raw, tmp_path)
+    raw["backends"][0]["feed"] = {}  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"feed\.queue_url: is required"):
+        parse_config(raw, tmp_path)
