@@ -251,9 +251,9 @@ def test_feed_table_is_validated_at_load(tmp_path: Path) -> None:
         "backends[0].feed.bogus: unknown key",
         "backends[0].feed.wait_time: must be <= 20, got 30",
     ]
-    raw["backends"][0]["feed"] = {"queue_url": "sqs.example"}  # type: ignore[index]
+    raw["backends"][0]["feed"] = {"queue_url": "sqs.example"}
     with pytest.raises(ConfigError, match="queue_url: must start with http"):
         parse_config(raw, tmp_path)
-    raw["backends"][0]["feed"] = {}  # type: ignore[index]
+    raw["backends"][0]["feed"] = {}
     with pytest.raises(ConfigError, match=r"feed\.queue_url: is required"):
         parse_config(raw, tmp_path)
