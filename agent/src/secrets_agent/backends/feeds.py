@@ -92,13 +92,13 @@ class Feed(abc.ABC):
 
 
 def ids_for(
-    name: str, kinds: Iterable[Kind], named: Named, *, teams: bool = True
+    name: str, kinds: Iterable[Kind], named: Named, *, team_sep: str = TEAM_SEP
 ) -> list[tuple[Kind, str]]:
     """The (kind, id)s whose upstream name is ``name``, by the backend's own naming function.
 
     Any name the backend builds is some head (prefix and separator), then the id or
-    ``{team}--{id}``; the head comes from naming a probe id, and every candidate is checked by
-    naming it again, so this never disagrees with what a lookup reads.
+    ``{team}{team_sep}{id}``; the head comes from naming a probe id, and every candidate is
+    checked by naming it again, so this never disagrees with what a lookup reads.
     """
     found: list[tuple[Kind, str]] = []
     for kind in kinds:
@@ -111,8 +111,8 @@ def ids_for(
         rest = name[len(head) :]
         if _valid(rest) and named(kind, rest, None) == name:
             found.append((kind, rest))
-        team, sep, secret_id = rest.partition(TEAM_SEP)
-        if teams and sep and _valid(secret_id) and named(kind, secret_id, team) == name:
+        team, sep, secret_id = rest.partition(team_sep)
+        if sep and _valid(secret_id) and named(kind, secret_id, team) == name:
             found.append((kind, secret_id))
     return found
 

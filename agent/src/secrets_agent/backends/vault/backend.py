@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
+from secrets_agent.backends.feeds import Feed
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.names import SECRET_PATHS
@@ -206,3 +207,46 @@ class VaultBackend(Backend):
             log.warning("backend %r: the %s %r has no 'value' key", self.name, kind, secret_id)
             return None
         return value if isinstance(value, str) else json.dumps(value)
+
+    # -- change feed -------------------------------------------------------------------------
+
+    def change_feed(self) -> Feed | None:
+        if self.options.feed is None:
+            return None
+        from secrets_agent.backends.vault.feed import VaultPollFeed
+
+        return VaultPollFeed(self, self.options.feed)
+
+    def location(
+        self, kind: Kind, secret_id: str, team: str | None = None
+    ) -> tuple[str, str] | None:
+        """(mount, path) a lookup of ``secret_id`` reads (for the feed's reverse naming)."""
+        return self._location(kind, secret_id, team)
+
+    async def detailed_metadata(self, mount: str, path: str) -> dict[str, Any]:
+        """Every key under ``path`` with its KV v2 metadata, in one call (OpenBao >= 2.2)."""
+        url = f"/v1/{mount}/detailed-metadata/{path}".rstrip("/")
+        answer = await self._metadata_call("detailed-metadata", url, {"scan": "true"})
+        info = (answer or {}).get("data", {}).get("key_info") or {}
+        return {k: v for k, v in info.items() if isinstance(v, dict) and not k.endswith("/")}
+
+    async def metadata(self, mount: str, path: str) -> dict[str, Any] | None:
+        """One key's KV v2 metadata; None when it has none (deleted for good, or never was)."""
+        answer = await self._metadata_call("metadata", f"/v1/{mount}/metadata/{path}", None)
+        data = (answer or {}).get("data")
+        return data if isinstance(data, dict) else None
+
+    async def _metadata_call(
+        self, operation: str, url: str, params: dict[str, str] | None
+    ) -> dict[str, Any] | None:
+        import hvac.exceptions
+
+        def call() -> dict[str, Any] | None:
+            try:
+                answer: dict[str, Any] = self._client.adapter.get(url, params=params)
+                return answer
+            except hvac.exceptions.InvalidPath:
+                return None
+
+        await self.session.ensure_token()
+        return await self.calls(operation, lambda: self._in_pool(call))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from secrets_agent.backends.vault.feed import VaultFeedOptions
 from secrets_agent.config.validators import setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
@@ -74,6 +75,8 @@ class VaultOptions:
     renew_fraction: float = setting(2 / 3, min=0.1, max=0.95)
     backoff_initial: float = setting(1.0, min=0.01, max=60.0)
     backoff_max: float = setting(60.0, min=0.1, max=3600.0)
+    # Change detection by polling ([backends.feed]; docs/change-feeds.md).
+    feed: VaultFeedOptions | None = None
 
     def serves(self, kind: Kind) -> bool:
         return kind.plural in self.kinds
@@ -99,4 +102,8 @@ class VaultOptions:
             problems.append(("client_cert", "client_cert and client_key go together"))
         if self.backoff_initial > self.backoff_max:
             problems.append(("backoff_initial", "must not exceed backoff_max"))
+        if self.feed is not None and self.kv_engine_version != 2:
+            problems.append(("feed", "needs KV version 2 (KV v1 keeps no versions to compare)"))
+        if self.feed is not None and self.feed.method == "scan" and not self.mount_point:
+            problems.append(("feed", 'method = "scan" needs a mount_point'))
         return problems

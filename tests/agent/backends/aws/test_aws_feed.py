@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from secrets_agent.backends.aws.feed import parse_body, secrets_manager_changes,
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import CacheState
+from support.feeds import eventually, feed_health, fresh, negative, value
 from support.helpers import RunningAgent, agent_config, running_agent
 from support.moto_aws import REGION, MotoServer
 
@@ -60,14 +59,6 @@ class Bus:
         )
 
 
-def eventually(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    """Poll until true (a readiness wait; the bound is a hang guard, not a timing claim)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.05)
-
-
 def backend_toml(aws: MotoServer, kind: str, queue_url: str) -> str:
     return f"""
         [[backends]]
@@ -83,10 +74,6 @@ def backend_toml(aws: MotoServer, kind: str, queue_url: str) -> str:
         backoff_initial = 0.05
         backoff_max = 0.2
     """
-
-
-def value(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
-    return agent.call(agent.agent.service.lookup(kind, secret_id)).value
 
 
 def events(agent: RunningAgent, result: str) -> float:
@@ -118,7 +105,7 @@ def test_rotation_event_makes_the_agent_serve_the_new_value(
             },
             Resources=[ARN.format("token")],
         )
-        eventually(lambda: agent.call(_fresh(agent, V, "token")) == "new")
+        eventually(lambda: fresh(agent, V, "token") == "new")
         # Unrelated names, other services' events and garbage are counted and removed.
         bus.put("aws.secretsmanager", "Secret Label Updated", {"name": "elsewhere/x"})
         bus.sqs.send_message(QueueUrl=bus.url, MessageBody="{not json")
@@ -155,7 +142,7 @@ def test_cloudtrail_delete_becomes_a_miss(moto: MotoServer, short_tmp: Path) -> 
                 "responseElements": {"aRN": created["ARN"]},
             },
         )
-        eventually(lambda: agent.call(_negative(agent, V, "gone")))
+        eventually(lambda: negative(agent, V, "gone"))
 
 
 def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_tmp: Path) -> None:
@@ -167,7 +154,7 @@ def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_t
     )
     with running_agent(config) as agent:
         assert value(agent, V, "p") == "one"
-        eventually(lambda: "failing" in agent.agent.runtime.readiness()["[feed:aws]"].detail)
+        eventually(lambda: "failing" in feed_health(agent, "aws"))
         assert agent.agent.runtime.readiness()["aws"].ready  # the backend itself is fine
         assert agent.metric("secrets_agent_feed_up", feed="aws") == 0
         assert value(agent, V, "p") == "one"  # served on its TTL meanwhile
@@ -176,7 +163,7 @@ def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_t
         sqs = moto.client("sqs")
         sqs.create_queue(QueueName="not-yet")
         eventually(lambda: agent.metric("secrets_agent_feed_up", feed="aws") == 1)
-        eventually(lambda: agent.call(_fresh(agent, V, "p")) == "two")  # revalidated after the gap
+        eventually(lambda: fresh(agent, V, "p") == "two")  # revalidated after the gap
         # And an event now goes through, from the queue that appeared.
         moto.put_parameter("/airflow/variables/p", "three")
         sqs.send_message(
@@ -190,18 +177,7 @@ def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_t
                 }
             ),
         )
-        eventually(lambda: agent.call(_fresh(agent, V, "p")) == "three")
-
-
-async def _fresh(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
-    """The value the node would serve as fresh (None: none fresh, or a fresh miss)."""
-    result = agent.agent.service.cache.fresh((kind, secret_id, None))
-    return None if result is None else result.value
-
-
-async def _negative(agent: RunningAgent, kind: Kind, secret_id: str) -> bool:
-    result = agent.agent.service.cache.fresh((kind, secret_id, None))
-    return result is not None and result.state is CacheState.NEGATIVE
+        eventually(lambda: fresh(agent, V, "p") == "three")
 
 
 def test_event_shapes_map_to_names() -> None:

@@ -1,0 +1,105 @@
+"""The Vault backend's change feed: a cheap poll, since neither OpenBao nor Vault CE pushes.
+
+OpenBao (2.2 and later) answers ``<mount>/detailed-metadata/<path>?scan=true`` with every key's
+``current_version`` under a path in one call, so each kind's path is one call per interval
+(``method = "scan"``). Vault CE has no such call: ``method = "metadata"`` reads the KV v2
+metadata of each key the node holds instead. A version that moved is a hint; a key whose
+current version was deleted or destroyed, or that disappeared, is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind
+
+if TYPE_CHECKING:
+    from secrets_agent.backends.vault.backend import VaultBackend
+
+State = tuple[int, bool]  # current version, and whether that version is deleted or destroyed
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultFeedOptions(FeedOptions):
+    """``[backends.feed]`` of a Vault backend: how often, and how, to look for changes."""
+
+    poll_interval: float = setting(10.0, min=0.1, max=3600.0)
+    method: str = setting("scan", choices=("scan", "metadata"))
+
+
+class VaultPollFeed(Feed):
+    """Each round waits the poll interval, then reports what changed since the last round."""
+
+    options: VaultFeedOptions
+
+    def __init__(self, backend: VaultBackend, options: VaultFeedOptions) -> None:
+        super().__init__(backend.name, options)
+        self._backend = backend
+        self._seen: dict[tuple[Kind, str], State] | None = None  # None: no baseline yet
+        self._polled = False
+
+    async def receive(self, held: Held) -> list[Message]:
+        if self._polled:
+            await asyncio.sleep(self.options.poll_interval)
+        self._polled = True
+        if self.options.method == "scan":
+            now = await self._scan()
+        else:
+            now = await self._metadata(held())
+        seen, self._seen = self._seen, {key: state for key, (state, _) in now.items()}
+        if seen is None:
+            return []  # the first round is the baseline: nothing to compare with yet
+        hints = []
+        for key, (state, at) in now.items():
+            if seen.get(key) != state:
+                hints.append(Hint(key[0], key[1], str(state[0]), at, gone=state[1]))
+        checked = {k for k in seen if self.options.method == "scan" or k in now}
+        hints += [Hint(k[0], k[1], gone=True) for k in checked - set(now)]
+        return [Message((hint,)) for hint in hints]
+
+    async def _scan(self) -> dict[tuple[Kind, str], tuple[State, float | None]]:
+        found: dict[tuple[Kind, str], tuple[State, float | None]] = {}
+        for kind in Kind:
+            where = self._backend.location(kind, "x")
+            if where is None:
+                continue
+            mount, path = where
+            base = path[:-1].rstrip("/")
+            listing = await self._backend.detailed_metadata(mount, base)
+            for relative, info in listing.items():
+                name = f"{mount}/{base}/{relative}" if base else f"{mount}/{relative}"
+                for key in self._ids(kind, name):
+                    found[key] = _state(info)
+        return found
+
+    async def _metadata(
+        self, held: Sequence[tuple[Kind, str]]
+    ) -> dict[tuple[Kind, str], tuple[State, float | None]]:
+        found: dict[tuple[Kind, str], tuple[State, float | None]] = {}
+        for kind, secret_id in held:
+            where = self._backend.location(kind, secret_id)
+            if where is None:
+                continue
+            info = await self._backend.metadata(*where)
+            if info is not None:
+                found[(kind, secret_id)] = _state(info)
+        return found
+
+    def _ids(self, kind: Kind, name: str) -> list[tuple[Kind, str]]:
+        def named(k: Kind, secret_id: str, team: str | None) -> str | None:
+            where = self._backend.location(k, secret_id, team)
+            return None if where is None else "/".join(where)
+
+        return ids_for(name, (kind,), named, team_sep="/")
+
+
+def _state(info: dict[str, Any]) -> tuple[State, float | None]:
+    current = int(info.get("current_version") or 0)
+    version = (info.get("versions") or {}).get(str(current)) or {}
+    gone = bool(version.get("destroyed")) or bool(version.get("deletion_time"))
+    return (current, gone), event_time(info.get("updated_time"))

@@ -1,0 +1,84 @@
+"""The Vault change feed end to end: a real OpenBao, polled by the running agent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.kinds import Kind
+from support.bao import BaoServer, vault_backend_toml
+from support.feeds import eventually, feed_health, fresh, negative, value
+from support.helpers import agent_config, running_agent
+
+pytestmark = pytest.mark.integration
+
+C, V = Kind.CONNECTION, Kind.VARIABLE
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    server = BaoServer(tmp_path_factory.mktemp("bao-feed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def feed_toml(bao: BaoServer, method: str, team_layout: bool = False) -> str:
+    layout = "team_layout = true" if team_layout else ""
+    return (
+        vault_backend_toml(bao, extra=layout)
+        + f"""
+        [backends.feed]
+        poll_interval = 0.2
+        method = "{method}"
+        key_interval = 0
+    """
+    )
+
+
+def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
+    bao: BaoServer, short_tmp: Path
+) -> None:
+    bao.kv_put("variables/scan_v", {"value": "1"})
+    bao.kv_put("connections/team_a/scan_c", {"conn_uri": "postgres://u:p@old/db"})
+    config = agent_config(
+        short_tmp,
+        "[cache]\nvariable_ttl = 3600\nconnection_ttl = 3600\n",
+        feed_toml(bao, "scan", True),
+    )
+    with running_agent(config) as agent:
+        assert value(agent, V, "scan_v") == "1"
+        assert agent.call(agent.agent.service.lookup(C, "scan_c", "team_a")).value == (
+            "postgres://u:p@old/db"
+        )
+        eventually(lambda: feed_health(agent, "vault") == "ok")  # the baseline is taken
+        bao.kv_put("variables/scan_v", {"value": "2"})
+        eventually(lambda: fresh(agent, V, "scan_v") == "2")
+        bao.kv_put("connections/team_a/scan_c", {"conn_uri": "postgres://u:p@new/db"})
+
+        async def team_value() -> str | None:
+            result = agent.agent.service.cache.fresh((C, "scan_c", "team_a"))
+            return None if result is None else result.value
+
+        eventually(lambda: agent.call(team_value()) == "postgres://u:p@new/db")
+        bao.api("DELETE", "/v1/secret/metadata/variables/scan_v")
+        eventually(lambda: negative(agent, V, "scan_v"))
+        # Polls of an unchanged mount say nothing.
+        applied = agent.metric("secrets_agent_feed_events_total", feed="vault", result="applied")
+        assert applied == 3
+        assert agent.metric("secrets_agent_feed_lag_seconds_count", feed="vault") >= 2
+
+
+def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:
+    bao.kv_put("variables/meta_v", {"value": "a"})
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "metadata"))
+    with running_agent(config) as agent:
+        assert value(agent, V, "meta_v") == "a"
+        calls = "secrets_agent_upstream_api_calls_total"
+        eventually(
+            lambda: agent.metric(calls, backend="vault", operation="metadata", result="ok") >= 2
+        )
+        bao.kv_put("variables/meta_v", {"value": "b"})
+        eventually(lambda: fresh(agent, V, "meta_v") == "b")
