@@ -9,6 +9,7 @@ from typing import Any
 
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.feeds import Feed
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.backends.gcp.options import GcpOptions
 from secrets_agent.errors import BackendError
@@ -75,6 +76,17 @@ class GcpSecretManagerBackend(Backend):
         )
         self._error = None
         metrics.auth_attempts.labels(self.name, "success").inc()
+
+    def credentials(self) -> tuple[Any, str | None]:
+        """Fresh credentials and their project, as ``start`` loads them (the feed's too)."""
+        return self._credentials()
+
+    def change_feed(self) -> Feed | None:
+        if self.options.feed is None:
+            return None
+        from secrets_agent.backends.gcp.feed import PubSubFeed
+
+        return PubSubFeed(self, self.options.feed)
 
     def _credentials(self) -> tuple[Any, str | None]:
         import google.auth

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from secrets_agent.backends.gcp.feed import PubSubFeedOptions
 from secrets_agent.backends.gcp.names import SECRET_NAMES
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import setting
@@ -38,6 +39,8 @@ class GcpOptions:
     backoff_initial: float = setting(0.1, min=0.01, max=60.0)
     backoff_max: float = setting(5.0, min=0.01, max=300.0)
     retry_deadline: float = setting(30.0, min=0.1, max=600.0)
+    # Change events from a Pub/Sub subscription ([backends.feed]; docs/change-feeds.md).
+    feed: PubSubFeedOptions | None = None
 
     def prefix(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_prefix")

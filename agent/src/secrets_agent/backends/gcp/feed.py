@@ -1,0 +1,170 @@
+"""The GCP backend's change feed: Secret Manager's Pub/Sub notifications, pulled.
+
+A secret's topics receive ``SECRET_VERSION_ADD`` and the like, with the attributes
+``eventType`` and ``secretId`` (``projects/P/secrets/S``); the body is metadata only. The feed
+pulls the node's subscription (google-cloud-pubsub's async client, the backend's credentials)
+and acknowledges what it has handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.backends.gcp.errors import translate
+from secrets_agent.config.validators import setting
+from secrets_agent.kinds import Kind
+
+if TYPE_CHECKING:
+    from secrets_agent.backends.gcp.backend import GcpSecretManagerBackend
+
+# What each event means for a read of the secret's configured version.
+_CHANGES = frozenset(
+    {
+        "SECRET_VERSION_ADD",
+        "SECRET_VERSION_ENABLE",
+        "SECRET_VERSION_DISABLE",
+        "SECRET_VERSION_DESTROY",
+        "SECRET_UPDATE",
+    }
+)
+_GONE = frozenset({"SECRET_DELETE"})
+# SECRET_ROTATE is a reminder to rotate, not a change; TOPIC_CONFIGURED and
+# SECRET_VERSION_DESTROY_SCHEDULED change nothing a read answers yet.
+
+
+@dataclass(frozen=True, kw_only=True)
+class PubSubFeedOptions(FeedOptions):
+    """``[backends.feed]`` of a GCP backend: the node's Pub/Sub subscription."""
+
+    subscription: str = setting()  # "projects/P/subscriptions/S", or S in the backend's project
+    api_endpoint: str = ""  # host[:port]; default pubsub.googleapis.com (ca_file: the backend's)
+    wait_time: float = setting(20.0, min=0.1, max=60.0)  # how long one pull may wait
+    max_messages: int = setting(100, min=1, max=1000)
+
+
+def parse(attributes: dict[str, str]) -> tuple[str, bool] | None:
+    """(secret name, gone) for a change, None for an event that changes nothing; ValueError
+    when the message is not a Secret Manager notification."""
+    event, secret = attributes.get("eventType"), attributes.get("secretId")
+    if not event or not secret or "/secrets/" not in secret:
+        raise ValueError("not a Secret Manager notification")
+    if event not in _CHANGES and event not in _GONE:
+        return None
+    return secret.rsplit("/secrets/", 1)[1], event in _GONE
+
+
+class PubSubFeed(Feed):
+    options: PubSubFeedOptions
+
+    def __init__(self, backend: GcpSecretManagerBackend, options: PubSubFeedOptions) -> None:
+        super().__init__(backend.name, options)
+        self._backend = backend
+        self.calls = ApiCalls(backend.name, backend.context.metrics, translate)
+        self._client: Any = None
+        self._subscription = ""
+
+    async def start(self) -> None:
+        try:
+            credentials, project = await asyncio.to_thread(self._backend.credentials)
+        except Exception as exc:  # the backend edge: google.auth errors stop here
+            raise translate(self.backend, exc, "loading credentials") from None
+        o = self.options
+        project = self._backend.options.project_id or project or ""
+        self._subscription = (
+            o.subscription
+            if o.subscription.startswith("projects/")
+            else f"projects/{project}/subscriptions/{o.subscription}"
+        )
+        self._client = self._make_client(credentials)
+
+    def _make_client(self, credentials: Any) -> Any:
+        import grpc
+        from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+        from google.pubsub_v1.services.subscriber.transports import (
+            SubscriberGrpcAsyncIOTransport,
+        )
+
+        from secrets_agent.backends.gcp.backend import SCOPES
+
+        host = self.options.api_endpoint or "pubsub.googleapis.com"
+        ca_file = self._backend.options.ca_file
+        roots = Path(ca_file).read_bytes() if ca_file else None
+        channel = SubscriberGrpcAsyncIOTransport.create_channel(
+            host,
+            credentials=credentials,
+            scopes=SCOPES,
+            ssl_credentials=grpc.ssl_channel_credentials(root_certificates=roots),
+            # gRPC's default reconnect backoff grows to 2 minutes: too slow after a blip.
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", int(self.options.backoff_max * 1000)),
+            ],
+        )
+        transport = SubscriberGrpcAsyncIOTransport(host=host, channel=channel)
+        return SubscriberAsyncClient(transport=transport)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.transport.close()
+            self._client = None
+
+    async def receive(self, held: Held) -> list[Message]:
+        from google.api_core import exceptions as gx
+
+        client, o = self._client, self.options
+
+        async def pull() -> Any:
+            try:
+                return await client.pull(
+                    subscription=self._subscription,
+                    max_messages=o.max_messages,
+                    timeout=o.wait_time,
+                    retry=None,  # the SDK's retries a dead endpoint for a minute; ours back off
+                )
+            except gx.DeadlineExceeded:
+                return None  # nothing arrived within the wait: an empty round
+
+        response = await self.calls("Pull", pull)
+        received = [] if response is None else response.received_messages
+        return [self._message(item) for item in received]
+
+    def _message(self, item: Any) -> Message:
+        message = item.message
+        attributes = dict(message.attributes)
+        try:
+            change = parse(attributes)
+        except ValueError:
+            return Message(malformed=True, receipt=item.ack_id)
+        if change is None:
+            return Message(receipt=item.ack_id)
+        name, gone = change
+        at = event_time(attributes.get("timestamp"))
+        if at is None and message.publish_time:
+            at = message.publish_time.timestamp() or None  # unset: the epoch
+        o = self._backend.options
+
+        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
+            if team:
+                return o.team_secret_name(kind, secret_id, team)
+            return o.secret_name(kind, secret_id)
+
+        ids = ids_for(name, [kind for kind in Kind if o.prefix(kind)], named)
+        hints = tuple(Hint(kind, secret_id, None, at, gone) for kind, secret_id in ids)
+        return Message(hints, receipt=item.ack_id)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        client = self._client
+        ack_ids = [m.receipt for m in messages]
+        timeout = self._backend.options.timeout
+        await self.calls(
+            "Acknowledge",
+            lambda: client.acknowledge(
+                subscription=self._subscription, ack_ids=ack_ids, timeout=timeout, retry=None
+            ),
+        )

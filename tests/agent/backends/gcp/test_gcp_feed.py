@@ -1,0 +1,115 @@
+"""The GCP change feed end to end: a loopback Pub/Sub Subscriber, pulled by the running agent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.backends.gcp.feed import parse
+from secrets_agent.kinds import Kind
+from support.feeds import eventually, feed_health, fresh, negative, value
+from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint, tls_material
+from support.helpers import agent_config, running_agent
+from support.pubsub_server import PubSubServer
+
+pytestmark = pytest.mark.integration
+
+V = Kind.VARIABLE
+
+
+class Google:
+    """Secret Manager, its token endpoint, and the Pub/Sub subscription the node pulls."""
+
+    def __init__(self, workdir: Path) -> None:
+        key_pem, cert_pem, self.ca_file = tls_material(workdir)
+        self.store = Store()
+        self.secrets = GrpcSecretManager(self.store, key_pem, cert_pem)
+        self.secrets.start()
+        self.tokens = TokenEndpoint()
+        self.key_file = self.tokens.key_file(workdir)
+        self.pubsub = PubSubServer(key_pem, cert_pem)
+        self.pubsub.start()
+
+    def notify(self, event: str, secret: str) -> None:
+        self.pubsub.publish(
+            {"eventType": event, "secretId": f"projects/{PROJECT}/secrets/{secret}"}
+        )
+
+    def toml(self) -> str:
+        return f"""
+            [[backends]]
+            name = "gcp"
+            type = "gcp_secret_manager"
+            credentials_file = "{self.key_file}"
+            api_endpoint = "{self.secrets.endpoint}"
+            ca_file = "{self.ca_file}"
+            backoff_initial = 0.01
+            backoff_max = 0.05
+            retry_deadline = 0.5
+            timeout = 2.0
+            [backends.feed]
+            subscription = "agent-node-1"
+            api_endpoint = "{self.pubsub.endpoint}"
+            wait_time = 1
+            key_interval = 0
+            backoff_initial = 0.05
+            backoff_max = 0.2
+        """
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.secrets.close()
+        self.tokens.shutdown()
+        self.tokens.server_close()
+
+
+@pytest.fixture
+def google(tmp_path: Path) -> Iterator[Google]:
+    made = Google(tmp_path)
+    yield made
+    made.close()
+
+
+def test_notifications_rotate_delete_and_survive_an_outage(google: Google, short_tmp: Path) -> None:
+    google.secrets.put("airflow-variables-token", "old")
+    google.secrets.put("airflow-variables-other", "x")
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", google.toml())
+    with running_agent(config) as agent:
+        assert value(agent, V, "token") == "old"
+        assert value(agent, V, "other") == "x"
+        google.secrets.put("airflow-variables-token", "new")
+        google.notify("SECRET_VERSION_ADD", "airflow-variables-token")
+        eventually(lambda: fresh(agent, V, "token") == "new")
+        # A reminder, a name the backend does not serve, and a message that is not ours.
+        google.notify("SECRET_ROTATE", "airflow-variables-token")
+        google.notify("SECRET_VERSION_ADD", "unrelated-secret")
+        google.pubsub.publish({"hello": "world"})
+        eventually(lambda: len(google.pubsub.acked) == 4)
+        events = "secrets_agent_feed_events_total"
+        assert agent.metric(events, feed="gcp", result="ignored") == 2
+        assert agent.metric(events, feed="gcp", result="malformed") == 1
+        # SECRET_DELETE: a miss at once.
+        del google.store.secrets["airflow-variables-other"]
+        google.notify("SECRET_DELETE", "airflow-variables-other")
+        eventually(lambda: negative(agent, V, "other"))
+        # The subscription unreachable: a detail, lookups unaffected; back: revalidation.
+        google.pubsub.stop()
+        eventually(lambda: "failing" in feed_health(agent, "gcp"))
+        assert value(agent, V, "token") == "new"
+        google.secrets.put("airflow-variables-token", "newer")  # its event is lost
+        google.pubsub.start()
+        eventually(lambda: fresh(agent, V, "token") == "newer")
+        assert feed_health(agent, "gcp") == "ok"
+
+
+def test_parse_reads_the_attributes() -> None:
+    assert parse({"eventType": "SECRET_UPDATE", "secretId": "projects/1/secrets/s"}) == (
+        "s",
+        False,
+    )
+    assert parse({"eventType": "SECRET_DELETE", "secretId": "projects/1/secrets/s"}) == ("s", True)
+    assert parse({"eventType": "TOPIC_CONFIGURED", "secretId": "projects/1/secrets/s"}) is None
+    with pytest.raises(ValueError, match="not a Secret Manager"):
+        parse({"eventType": "SECRET_UPDATE"})
