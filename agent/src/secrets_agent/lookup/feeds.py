@@ -183,20 +183,23 @@ class FeedRunner:
                 events.labels(self.name, "malformed").inc()
                 self._malformed_log("feed %r: removed an unparseable message", self.name)
                 continue
-            served = [hint for hint in message.hints if self._serves(hint)]
-            if not served:
+            outcomes = [self._apply(hint) for hint in message.hints]
+            applied = [outcome for outcome in outcomes if outcome is not None]
+            if not applied:
                 events.labels(self.name, "ignored").inc()
-                continue
-            applied = [self._apply(hint) for hint in served]
-            events.labels(self.name, "applied" if any(applied) else "duplicate").inc()
+            else:
+                events.labels(self.name, "applied" if any(applied) else "duplicate").inc()
 
     def _serves(self, hint: Hint) -> bool:
         teams: tuple[str | None, ...] = (None, *self.link.teams)
         return any(self.link.accepts(hint.kind, hint.secret_id, team) for team in teams)
 
-    def _apply(self, hint: Hint) -> bool:
-        """Expire (or forget) every held copy of the id; False when all held it at the version."""
+    def _apply(self, hint: Hint) -> bool | None:
+        """Expire (or forget) every held copy of the id; False when all held it at the version,
+        None when the backend does not serve the id."""
         keys = self._held_keys(hint.kind, hint.secret_id)
+        if not keys and not self._serves(hint):
+            return None
         if (
             keys
             and not hint.gone

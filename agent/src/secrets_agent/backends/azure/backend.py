@@ -16,6 +16,7 @@ from secrets_agent.backends.azure.errors import is_disabled, is_not_found, trans
 from secrets_agent.backends.azure.options import AzureOptions
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.feeds import Feed
 from secrets_agent.errors import BackendError
 from secrets_agent.kinds import Kind
 
@@ -124,6 +125,13 @@ class AzureKeyVaultBackend(Backend):
             if found is not None:
                 return found
         return await self._get(name)
+
+    def change_feed(self) -> Feed | None:
+        if self.options.feed is None:
+            return None
+        from secrets_agent.backends.azure.feed import StorageQueueFeed
+
+        return StorageQueueFeed(self, self.options.feed)
 
     async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
         return False  # a Key Vault GET costs what a version check would: fetch again

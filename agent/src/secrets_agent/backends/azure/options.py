@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from secrets_agent.backends.azure.feed import StorageQueueFeedOptions
 from secrets_agent.backends.azure.names import SECRET_NAMES
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import setting
@@ -45,6 +46,8 @@ class AzureOptions:
     retries: int = setting(3, min=0, max=10)  # azure-core's retries (429, 5xx, connection)
     backoff_initial: float = setting(0.8, min=0.0, max=60.0)
     backoff_max: float = setting(10.0, min=0.01, max=300.0)
+    # Change events from a Storage queue ([backends.feed]; docs/change-feeds.md).
+    feed: StorageQueueFeedOptions | None = None
 
     def prefix(self, kind: Kind) -> str:
         """The prefix as the provider keeps it: ``rstrip(sep)`` ("airflow-connections-" reads

@@ -1,0 +1,204 @@
+"""The Azure backend's change feed: Key Vault's Event Grid events, read from a Storage queue.
+
+An Event Grid subscription on the vault delivers ``Microsoft.KeyVault.SecretNewVersionCreated``
+(and ``SecretNearExpiry``, ``SecretExpired``) to a Storage queue, one event per message, as JSON
+or base64 of it, in the Event Grid or the CloudEvents schema. The feed reads the queue with
+azure-storage-queue's async client and deletes what it has handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.config.validators import setting
+from secrets_agent.errors import BackendError
+from secrets_agent.kinds import Kind
+
+if TYPE_CHECKING:
+    from secrets_agent.backends.azure.backend import AzureKeyVaultBackend
+
+_PREFIX = "Microsoft.KeyVault."
+_CHANGES = frozenset({"SecretNewVersionCreated", "SecretExpired"})  # NearExpiry: a reminder
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageQueueFeedOptions(FeedOptions):
+    """``[backends.feed]`` of an Azure backend: the Storage queue its Event Grid fills."""
+
+    queue_url: str = setting()  # https://<account>.queue.core.windows.net/<queue>
+    # Default: the backend's Azure credential (role "Storage Queue Data Message Processor").
+    # Or a file holding the storage account's key, for accounts without Entra ID access.
+    account_key_file: str = setting("", path=True)
+    poll_interval: float = setting(2.0, min=0.1, max=300.0)  # when the queue was empty
+    max_messages: int = setting(32, min=1, max=32)
+    visibility_timeout: int = setting(60, min=1, max=3600)  # before an unhandled one reappears
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        url = urlsplit(self.queue_url)
+        if url.scheme not in ("http", "https") or not url.hostname or len(url.path) < 2:
+            problems.append(("queue_url", "must be https://<account>.queue.core.windows.net/<q>"))
+        return problems
+
+
+@dataclass(frozen=True)
+class Change:
+    vault: str
+    name: str
+    version: str | None
+    at: float | None
+
+
+def decode(body: str) -> dict[str, Any]:
+    """One event from a queue message: JSON, or base64 of JSON (Event Grid's default)."""
+    text = body.strip()
+    if not text.startswith(("{", "[")):
+        try:
+            text = base64.b64decode(text, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ValueError("neither JSON nor base64") from None
+    event = json.loads(text)
+    if isinstance(event, list) and len(event) == 1:
+        event = event[0]
+    if not isinstance(event, dict):
+        raise ValueError("not an event")
+    return event
+
+
+def secret_change(event: dict[str, Any]) -> Change | None:
+    """The secret change an event announces; None for events that change no secret's value."""
+    kind = event.get("eventType") or event.get("type")  # Event Grid, or CloudEvents, schema
+    data = event.get("data")
+    if not isinstance(kind, str) or not isinstance(data, dict):
+        raise ValueError("not an Event Grid event")
+    if not kind.startswith(_PREFIX) or kind[len(_PREFIX) :] not in _CHANGES:
+        return None
+    name, vault = data.get("ObjectName"), data.get("VaultName")
+    if not isinstance(name, str) or not isinstance(vault, str):
+        raise ValueError("no secret name")
+    version = data.get("Version")
+    at = event_time(event.get("eventTime") or event.get("time"))
+    return Change(vault.lower(), name, version if isinstance(version, str) else None, at)
+
+
+class StorageQueueFeed(Feed):
+    options: StorageQueueFeedOptions
+
+    def __init__(self, backend: AzureKeyVaultBackend, options: StorageQueueFeedOptions) -> None:
+        super().__init__(backend.name, options)
+        self._backend = backend
+        self.calls = ApiCalls(backend.name, backend.context.metrics, _translate)
+        self._queue: Any = None
+        self._credential: Any = None
+        # The vault's name: the first label of its host (my-vault.vault.azure.net); none for
+        # an address (a private endpoint or a test's loopback vault), where any vault is ours.
+        host = urlsplit(backend.options.vault_url).hostname or ""
+        self._vault = "" if _is_address(host) else host.split(".")[0].lower()
+
+    async def start(self) -> None:
+        from azure.storage.queue.aio import QueueClient
+
+        from secrets_agent.backends.azure.credentials import build_credential, transport_kwargs
+
+        o = self.options
+        try:
+            if o.account_key_file:
+                key = await asyncio.to_thread(_read, o.account_key_file)
+                credential: Any = {"account_name": _account(o.queue_url), "account_key": key}
+            else:
+                credential = self._credential = build_credential(self._backend.options)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = f"cannot read the feed's account_key_file ({type(exc).__name__})"
+            raise BackendError(self.backend, reason) from None
+        kwargs = transport_kwargs(self._backend.options)
+        self._queue = QueueClient.from_queue_url(o.queue_url, credential=credential, **kwargs)
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            await self._queue.close()
+            self._queue = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
+
+    async def receive(self, held: Held) -> list[Message]:
+        queue, o = self._queue, self.options
+
+        async def take() -> list[Any]:
+            pages = queue.receive_messages(
+                messages_per_page=o.max_messages, visibility_timeout=o.visibility_timeout
+            )
+            taken = []
+            async for item in pages:
+                taken.append(item)
+                if len(taken) >= o.max_messages:
+                    break
+            return taken
+
+        received = await self.calls.required("ReceiveMessages", take)
+        if not received:
+            await asyncio.sleep(o.poll_interval)  # Storage queues have no long poll
+        return [self._message(item) for item in received]
+
+    def _message(self, item: Any) -> Message:
+        try:
+            change = secret_change(decode(str(item.content)))
+        except (ValueError, TypeError, RecursionError):
+            return Message(malformed=True, receipt=item)
+        if change is None or (self._vault and change.vault != self._vault):
+            return Message(receipt=item)
+        o = self._backend.options
+
+        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
+            if team:
+                return o.team_secret_name(kind, secret_id, team)
+            return o.secret_name(kind, secret_id)
+
+        ids = ids_for(change.name, [kind for kind in Kind if o.supports(kind)], named)
+        hints = tuple(Hint(kind, sid, change.version, change.at) for kind, sid in ids)
+        return Message(hints, receipt=item)
+
+    def fold(self, secret_id: str) -> str:
+        # Key Vault names allow no "_": the backend reads "a_b" and "a-b" from the same name.
+        return secret_id.replace("_", self._backend.options.sep)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        queue = self._queue
+        for message in messages:
+            receipt = message.receipt
+            await self.calls("DeleteMessage", lambda: queue.delete_message(receipt))  # noqa: B023
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def _account(queue_url: str) -> str:
+    """The account a queue URL names: the host's first label, or (Azurite) the path's first."""
+    url = urlsplit(queue_url)
+    host = url.hostname or ""
+    if _is_address(host):
+        return url.path.strip("/").split("/")[0]
+    return host.split(".")[0]
+
+
+def _is_address(host: str) -> bool:
+    return host == "localhost" or host.replace(".", "").isdigit() or ":" in host
+
+
+def _translate(backend: str, exc: BaseException, operation: str) -> BackendError:
+    from secrets_agent.backends.azure.errors import translate
+
+    # The Key Vault translation, with the queue named: its messages speak of Key Vault.
+    return translate(backend, exc, f"{operation} on the feed's Storage queue")

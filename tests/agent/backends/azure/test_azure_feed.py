@@ -1,0 +1,127 @@
+"""The Azure change feed end to end: Event Grid events in Azurite's queue, read by the agent."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from secrets_agent.backends.azure.feed import decode, secret_change
+from secrets_agent.kinds import Kind
+from support.azure_server import Azure
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_path
+from support.feeds import eventually, feed_health, fresh, value
+from support.helpers import agent_config, running_agent
+
+pytestmark = pytest.mark.integration
+
+V = Kind.VARIABLE
+FAST = {"retries": 1, "backoff_initial": 0.0, "backoff_max": 0.05, "timeout": 5.0}
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    azurite_path()  # skip (or, in CI, fail) before starting anything
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azure(tmp_path: Path) -> Iterator[Azure]:
+    made = Azure(tmp_path)
+    yield made
+    made.close()
+
+
+def event(name: str, version: str, kind: str = "SecretNewVersionCreated") -> dict[str, Any]:
+    return {
+        "id": "1",
+        "eventType": f"Microsoft.KeyVault.{kind}",
+        "eventTime": datetime.now(UTC).isoformat(),
+        "subject": name,
+        "data": {"ObjectType": "Secret", "ObjectName": name, "VaultName": "v", "Version": version},
+    }
+
+
+def toml(azure: Azure, queue_url: str, key_file: Path) -> str:
+    lines = ["[[backends]]", 'name = "az"', 'type = "azure_key_vault"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (azure.options() | FAST).items()]
+    lines += [
+        "[backends.feed]",
+        f'queue_url = "{queue_url}"',
+        f'account_key_file = "{key_file}"',
+        "poll_interval = 0.1",
+        "key_interval = 0",
+        "backoff_initial = 0.05",
+        "backoff_max = 0.2",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_event_grid_messages_rotate_and_are_removed(
+    azurite: Azurite, azure: Azure, short_tmp: Path
+) -> None:
+    queue = QueueClient.from_connection_string(azurite.connection_string, "kv-events")
+    queue.create_queue()
+    key_file = short_tmp / "account-key"
+    key_file.write_text(ACCOUNT_KEY)
+    azure.store.put("airflow-variables-my-var", "old")
+    config = agent_config(
+        short_tmp,
+        "[cache]\nvariable_ttl = 3600\n",
+        toml(azure, f"{azurite.account_url}/kv-events", key_file),
+    )
+    try:
+        with running_agent(config) as agent:
+            assert value(agent, V, "my_var") == "old"  # "_" reads the "-" name
+            version = azure.store.put("airflow-variables-my-var", "new")
+            body = json.dumps(event("airflow-variables-my-var", version))
+            queue.send_message(base64.b64encode(body.encode()).decode())  # Event Grid's way
+            eventually(lambda: fresh(agent, V, "my_var") == "new")
+            queue.send_message(json.dumps(event("airflow-variables-my-var", version)))  # again
+            queue.send_message(json.dumps(event("x", "1", "SecretNearExpiry")))
+            queue.send_message("%%% not an event")
+            metric = "secrets_agent_feed_events_total"
+            eventually(lambda: agent.metric(metric, feed="az", result="malformed") == 1)
+            eventually(lambda: agent.metric(metric, feed="az", result="duplicate") == 1)
+            assert agent.metric(metric, feed="az", result="ignored") == 1
+            eventually(lambda: queue.get_queue_properties().approximate_message_count == 0)
+            assert azure.store.calls["airflow-variables-my-var"] == 2  # the duplicate read nothing
+            assert feed_health(agent, "az") == "ok"
+    finally:
+        queue.delete_queue()
+        queue.close()
+
+
+def test_a_queue_that_does_not_exist_is_a_detail(
+    azurite: Azurite, azure: Azure, short_tmp: Path
+) -> None:
+    key_file = short_tmp / "account-key"
+    key_file.write_text(ACCOUNT_KEY)
+    azure.store.put("airflow-variables-v", "1")
+    url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}/missing"
+    config = agent_config(short_tmp, "", toml(azure, url, key_file))
+    with running_agent(config) as agent:
+        eventually(lambda: "failing" in feed_health(agent, "az"))
+        assert agent.agent.runtime.readiness()["az"].ready
+        assert value(agent, V, "v") == "1"
+
+
+def test_decode_reads_json_base64_and_cloudevents() -> None:
+    grid = event("n", "1")
+    assert decode(json.dumps(grid)) == grid
+    assert decode(base64.b64encode(json.dumps([grid]).encode()).decode()) == grid
+    cloud = {"type": "Microsoft.KeyVault.SecretNewVersionCreated", "time": "2026-12-04T00:00:00Z"}
+    cloud["data"] = {"ObjectName": "n", "VaultName": "V"}  # type: ignore[assignment]
+    change = secret_change(cloud)
+    assert change is not None and (change.name, change.vault) == ("n", "v")
+    with pytest.raises(ValueError, match="neither JSON nor base64"):
+        decode("%%%")
