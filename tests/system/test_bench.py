@@ -40,3 +40,18 @@ def test_bench_prints_every_figure_with_its_target() -> None:
         assert line is not None, f"missing {figure!r} in:\n{out}"
         assert line.rstrip().endswith(("yes", "NO", "-")), line  # a verdict beside a target
     assert "targets hold on" in out
+
+
+def test_feeds_bench_prints_each_figure_with_its_target() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "feeds.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for figure in ("aws (", "gcp (", "vault (", "fewer reads with events"):
+        line = next((line for line in lines if line.startswith(figure) or figure in line), None)
+        assert line is not None, f"missing {figure!r} in:\n{result.stdout}"
+        assert line.rstrip().endswith(("yes", "NO", "yes)", "NO)")), line

@@ -29,7 +29,7 @@ class FeedOptions:
     # Background refetches a feed may start per second, and one key's shortest gap between
     # two: a flood of events never becomes a flood of upstream reads.
     refetch_rate: float = setting(10.0, min=0.1, max=10000.0)
-    key_interval: float = setting(5.0, min=0.0, max=3600.0)
+    key_interval: float = setting(1.0, min=0.0, max=3600.0)
     # A failing feed is retried after backoff_initial, doubling up to backoff_max.
     backoff_initial: float = setting(1.0, min=0.01, max=600.0)
     backoff_max: float = setting(60.0, min=0.01, max=3600.0)
