@@ -82,3 +82,20 @@ def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:
         )
         bao.kv_put("variables/meta_v", {"value": "b"})
         eventually(lambda: fresh(agent, V, "meta_v") == "b")
+        bao.api("DELETE", "/v1/secret/metadata/variables/meta_v")
+        eventually(lambda: negative(agent, V, "meta_v"))
+
+
+def test_a_server_without_detailed_metadata_is_a_failing_feed_not_an_outage(
+    bao: BaoServer, short_tmp: Path
+) -> None:
+    bao.kv_put("variables/plain", {"value": "p"})
+    # No such mount: the server answers 404, as a Vault without detailed-metadata does.
+    toml = vault_backend_toml(bao, extra='mount_point = "nosuch"')
+    toml += "[backends.feed]\npoll_interval = 0.2\nbackoff_initial = 0.05\nbackoff_max = 0.2\n"
+    toml += vault_backend_toml(bao).replace('name = "vault"', 'name = "kv"')
+    config = agent_config(short_tmp, "", toml)
+    with running_agent(config) as agent:
+        eventually(lambda: "detailed-metadata" in feed_health(agent, "vault"))
+        assert agent.agent.runtime.readiness()["vault"].ready
+        assert value(agent, V, "plain") == "p"  # the next backend in the chain serves it

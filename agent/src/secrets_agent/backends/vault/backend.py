@@ -227,6 +227,13 @@ class VaultBackend(Backend):
         """Every key under ``path`` with its KV v2 metadata, in one call (OpenBao >= 2.2)."""
         url = f"/v1/{mount}/detailed-metadata/{path}".rstrip("/")
         answer = await self._metadata_call("detailed-metadata", url, {"scan": "true"})
+        if answer is None:
+            # OpenBao answers an empty path with no keys; a 404 is a server without the call.
+            raise BackendError(
+                self.name,
+                "no detailed-metadata on this server (OpenBao >= 2.2 has it; on Vault, "
+                'use the feed\'s method = "metadata")',
+            )
         info = (answer or {}).get("data", {}).get("key_info") or {}
         return {k: v for k, v in info.items() if isinstance(v, dict) and not k.endswith("/")}
 

@@ -10,7 +10,7 @@ current version was deleted or destroyed, or that disappeared, is gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,17 +49,20 @@ class VaultPollFeed(Feed):
         self._polled = True
         if self.options.method == "scan":
             now = await self._scan()
+            asked: set[tuple[Kind, str]] | None = None  # a scan sees every key there is
         else:
-            now = await self._metadata(held())
+            asked = set(held())
+            now = await self._metadata(asked)
         seen, self._seen = self._seen, {key: state for key, (state, _) in now.items()}
         if seen is None:
             return []  # the first round is the baseline: nothing to compare with yet
         hints = []
         for key, (state, at) in now.items():
-            if seen.get(key) != state:
+            # A key new to a scan was created; one newly held (metadata) was just read.
+            if (key in seen and seen[key] != state) or (key not in seen and asked is None):
                 hints.append(Hint(key[0], key[1], str(state[0]), at, gone=state[1]))
-        checked = {k for k in seen if self.options.method == "scan" or k in now}
-        hints += [Hint(k[0], k[1], gone=True) for k in checked - set(now)]
+        vanished = {k for k in seen if k not in now and (asked is None or k in asked)}
+        hints += [Hint(k[0], k[1], gone=True) for k in sorted(vanished)]
         return [Message((hint,)) for hint in hints]
 
     async def _scan(self) -> dict[tuple[Kind, str], tuple[State, float | None]]:
@@ -78,7 +81,7 @@ class VaultPollFeed(Feed):
         return found
 
     async def _metadata(
-        self, held: Sequence[tuple[Kind, str]]
+        self, held: Iterable[tuple[Kind, str]]
     ) -> dict[tuple[Kind, str], tuple[State, float | None]]:
         found: dict[tuple[Kind, str], tuple[State, float | None]] = {}
         for kind, secret_id in held:
