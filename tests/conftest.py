@@ -22,6 +22,7 @@ import pytest
 from support import loopback
 
 if TYPE_CHECKING:  # the client's own runs (Python 3.9+) have no agent to import
+    from support.moto_aws import MotoServer
     from support.redis_server import ClusterServers, RedisServer, Store
 
 # Set before any SDK is imported by any test, and inherited by every subprocess a test starts.
@@ -71,6 +72,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
     print(f"\nprocesses started by the tests were still running (now killed):\n{report}")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """One moto server per test module (the AWS tests; each resets it as it needs)."""
+    from support.moto_aws import MotoServer
+
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -164,11 +164,14 @@ _METHODS: dict[str, tuple[str, Any, Any]] = {
 }
 
 
-class GrpcSecretManager:
-    """The gRPC server in a thread of its own (its own event loop), restartable on its port."""
+class ThreadedGrpcServer:
+    """A grpc.aio server over TLS in a thread of its own (its own event loop), restartable on
+    its port; a subclass names the service and its handlers."""
 
-    def __init__(self, store: Store, key_pem: bytes, cert_pem: bytes, port: int = 0) -> None:
-        self.store, self.port = store, port
+    service: str
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, port: int = 0) -> None:
+        self.port = port
         self._credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -179,20 +182,15 @@ class GrpcSecretManager:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's RPCs by name (built on the server's own loop)."""
+        raise NotImplementedError
+
     def start(self) -> None:
         async def start() -> None:
-            servicer = SecretManagerServicer(self.store)
-            handlers = {
-                rpc: grpc.unary_unary_rpc_method_handler(
-                    getattr(servicer, method),
-                    request_deserializer=request.deserialize,
-                    response_serializer=response.serialize,
-                )
-                for rpc, (method, request, response) in _METHODS.items()
-            }
             server = grpc.aio.server()
             server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+                (grpc.method_handlers_generic_handler(self.service, self.handlers()),)
             )
             self.port = server.add_secure_port(f"127.0.0.1:{self.port}", self._credentials)
             await server.start()
@@ -210,6 +208,27 @@ class GrpcSecretManager:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+class GrpcSecretManager(ThreadedGrpcServer):
+    """Secret Manager's RPCs the agent and the tests use, over one ``Store``."""
+
+    service = SERVICE
+
+    def __init__(self, store: Store, key_pem: bytes, cert_pem: bytes, port: int = 0) -> None:
+        super().__init__(key_pem, cert_pem, port)
+        self.store = store
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        servicer = SecretManagerServicer(self.store)
+        return {
+            rpc: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method),
+                request_deserializer=request.deserialize,
+                response_serializer=response.serialize,
+            )
+            for rpc, (method, request, response) in _METHODS.items()
+        }
 
     # -- arranging state, as an operator would with gcloud ------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
 import time
 from typing import Any
 
@@ -17,66 +16,38 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 from google.pubsub_v1 import types
 
-from support.gcp_server import ACCESS_TOKEN
+from support.gcp_server import ACCESS_TOKEN, ThreadedGrpcServer
 
 SERVICE = "google.pubsub.v1.Subscriber"
 
 
-class PubSubServer:
-    """One subscription's messages; the server runs in a thread (its own event loop)."""
+class PubSubServer(ThreadedGrpcServer):
+    """One subscription's messages: published, pulled (outstanding) until acknowledged."""
+
+    service = SERVICE
 
     def __init__(self, key_pem: bytes, cert_pem: bytes, port: int = 0) -> None:
-        self.port = port
-        self._credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server: grpc.aio.Server | None = None
+        super().__init__(key_pem, cert_pem, port)
         self._ids = itertools.count(1)
         self.waiting: list[types.ReceivedMessage] = []  # published, not yet pulled
         self.outstanding: dict[str, types.ReceivedMessage] = {}  # pulled, not yet acked
         self.acked: list[str] = []
         self._arrived: asyncio.Event | None = None
 
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        async def start() -> None:
-            self._arrived = asyncio.Event()
-            handlers = {
-                "Pull": grpc.unary_unary_rpc_method_handler(
-                    self._pull,
-                    request_deserializer=types.PullRequest.deserialize,
-                    response_serializer=types.PullResponse.serialize,
-                ),
-                "Acknowledge": grpc.unary_unary_rpc_method_handler(
-                    self._acknowledge,
-                    request_deserializer=types.AcknowledgeRequest.deserialize,
-                    response_serializer=empty_pb2.Empty.SerializeToString,
-                ),
-            }
-            server = grpc.aio.server()
-            server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(SERVICE, handlers),)
-            )
-            self.port = server.add_secure_port(f"127.0.0.1:{self.port}", self._credentials)
-            await server.start()
-            self._server = server
-
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=120)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
-            asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(timeout=120)
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        self._arrived = asyncio.Event()
+        return {
+            "Pull": grpc.unary_unary_rpc_method_handler(
+                self._pull,
+                request_deserializer=types.PullRequest.deserialize,
+                response_serializer=types.PullResponse.serialize,
+            ),
+            "Acknowledge": grpc.unary_unary_rpc_method_handler(
+                self._acknowledge,
+                request_deserializer=types.AcknowledgeRequest.deserialize,
+                response_serializer=empty_pb2.Empty.SerializeToString,
+            ),
+        }
 
     def publish(self, attributes: dict[str, str], data: bytes = b"{}") -> None:
         """What Secret Manager publishes to the topic this subscription follows."""

@@ -91,6 +91,15 @@ class Feed(abc.ABC):
         return secret_id
 
 
+def named_by(
+    single: Callable[[Kind, str], str | None], scoped: Callable[[Kind, str, str], str | None]
+) -> Named:
+    """A backend's naming as ``ids_for`` takes it: its global name, or its team-scoped one."""
+    return lambda kind, secret_id, team: (
+        scoped(kind, secret_id, team) if team else single(kind, secret_id)
+    )
+
+
 def ids_for(
     name: str, kinds: Iterable[Kind], named: Named, *, team_sep: str = TEAM_SEP
 ) -> list[tuple[Kind, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,14 +23,6 @@ from support.moto_aws import REGION, MotoServer
 pytestmark = pytest.mark.integration
 
 C, V, CFG = Kind.CONNECTION, Kind.VARIABLE, Kind.CONFIG
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

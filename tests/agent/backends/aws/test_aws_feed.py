@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ pytestmark = pytest.mark.integration
 
 C, V = Kind.CONNECTION, Kind.VARIABLE
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:airflow/variables/{}-AbC123"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 class Bus:

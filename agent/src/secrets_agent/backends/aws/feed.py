@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.backends.feeds import (
+    Feed,
+    FeedOptions,
+    Held,
+    Hint,
+    Message,
+    event_time,
+    ids_for,
+    named_by,
+)
 from secrets_agent.config.validators import setting
 from secrets_agent.kinds import Kind
 
@@ -209,13 +218,8 @@ class SqsFeed(Feed):
 
     def _ids(self, name: str) -> list[tuple[Kind, str]]:
         o = self._backend.options
-        return ids_for(
-            name,
-            [kind for kind in Kind if o.serves(kind)],
-            lambda kind, secret_id, team: (
-                o.team_name_for(kind, secret_id, team) if team else o.name_for(kind, secret_id)
-            ),
-        )
+        kinds = [kind for kind in Kind if o.serves(kind)]
+        return ids_for(name, kinds, named_by(o.name_for, o.team_name_for))
 
     async def ack(self, messages: Sequence[Message]) -> None:
         assert self._client is not None

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from secrets_agent.backends.calls import ApiCalls
-from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.backends.feeds import (
+    Feed,
+    FeedOptions,
+    Held,
+    Hint,
+    Message,
+    event_time,
+    ids_for,
+    named_by,
+)
 from secrets_agent.config.validators import setting
 from secrets_agent.errors import BackendError
 from secrets_agent.kinds import Kind
@@ -159,13 +168,11 @@ class StorageQueueFeed(Feed):
         if change is None or (self._vault and change.vault != self._vault):
             return Message(receipt=item)
         o = self._backend.options
-
-        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
-            if team:
-                return o.team_secret_name(kind, secret_id, team)
-            return o.secret_name(kind, secret_id)
-
-        ids = ids_for(change.name, [kind for kind in Kind if o.supports(kind)], named)
+        ids = ids_for(
+            change.name,
+            [k for k in Kind if o.supports(k)],
+            named_by(o.secret_name, o.team_secret_name),
+        )
         hints = tuple(Hint(kind, sid, change.version, change.at) for kind, sid in ids)
         return Message(hints, receipt=item)
 

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.feeds import Feed
+from secrets_agent.backends.gcp.channel import SCOPES, secure_channel
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.backends.gcp.options import GcpOptions
 from secrets_agent.errors import BackendError
 from secrets_agent.kinds import Kind
 
 log = logging.getLogger(__name__)
-
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -113,27 +111,15 @@ class GcpSecretManagerBackend(Backend):
         return credentials, project
 
     def _make_client(self, credentials: Any) -> Any:
-        import grpc
         from google.cloud.secretmanager_v1 import SecretManagerServiceAsyncClient
         from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
-            SecretManagerServiceGrpcAsyncIOTransport,
+            SecretManagerServiceGrpcAsyncIOTransport as Transport,
         )
 
         o = self.options
         host = o.api_endpoint or "secretmanager.googleapis.com"
-        roots = Path(o.ca_file).read_bytes() if o.ca_file else None
-        channel = SecretManagerServiceGrpcAsyncIOTransport.create_channel(
-            host,
-            credentials=credentials,
-            scopes=SCOPES,
-            ssl_credentials=grpc.ssl_channel_credentials(root_certificates=roots),
-            # gRPC's default reconnect backoff grows to 2 minutes: too slow after a blip.
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", int(o.backoff_max * 1000)),
-            ],
-        )
-        transport = SecretManagerServiceGrpcAsyncIOTransport(host=host, channel=channel)
+        channel = secure_channel(Transport, host, credentials, o.ca_file, o.backoff_max)
+        transport = Transport(host=host, channel=channel)
         return SecretManagerServiceAsyncClient(transport=transport)
 
     async def close(self) -> None:

@@ -11,11 +11,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secrets_agent.backends.calls import ApiCalls
-from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, event_time, ids_for
+from secrets_agent.backends.feeds import (
+    Feed,
+    FeedOptions,
+    Held,
+    Hint,
+    Message,
+    event_time,
+    ids_for,
+    named_by,
+)
+from secrets_agent.backends.gcp.channel import secure_channel
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.config.validators import setting
 from secrets_agent.kinds import Kind
@@ -84,30 +93,15 @@ class PubSubFeed(Feed):
         self._client = self._make_client(credentials)
 
     def _make_client(self, credentials: Any) -> Any:
-        import grpc
         from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
         from google.pubsub_v1.services.subscriber.transports import (
-            SubscriberGrpcAsyncIOTransport,
+            SubscriberGrpcAsyncIOTransport as Transport,
         )
-
-        from secrets_agent.backends.gcp.backend import SCOPES
 
         host = self.options.api_endpoint or "pubsub.googleapis.com"
-        ca_file = self._backend.options.ca_file
-        roots = Path(ca_file).read_bytes() if ca_file else None
-        channel = SubscriberGrpcAsyncIOTransport.create_channel(
-            host,
-            credentials=credentials,
-            scopes=SCOPES,
-            ssl_credentials=grpc.ssl_channel_credentials(root_certificates=roots),
-            # gRPC's default reconnect backoff grows to 2 minutes: too slow after a blip.
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", int(self.options.backoff_max * 1000)),
-            ],
-        )
-        transport = SubscriberGrpcAsyncIOTransport(host=host, channel=channel)
-        return SubscriberAsyncClient(transport=transport)
+        ca_file = self._backend.options.ca_file  # one CA for the backend's private endpoints
+        channel = secure_channel(Transport, host, credentials, ca_file, self.options.backoff_max)
+        return SubscriberAsyncClient(transport=Transport(host=host, channel=channel))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -148,13 +142,9 @@ class PubSubFeed(Feed):
         if at is None and message.publish_time:
             at = message.publish_time.timestamp() or None  # unset: the epoch
         o = self._backend.options
-
-        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
-            if team:
-                return o.team_secret_name(kind, secret_id, team)
-            return o.secret_name(kind, secret_id)
-
-        ids = ids_for(name, [kind for kind in Kind if o.prefix(kind)], named)
+        ids = ids_for(
+            name, [k for k in Kind if o.prefix(k)], named_by(o.secret_name, o.team_secret_name)
+        )
         hints = tuple(Hint(kind, secret_id, None, at, gone) for kind, secret_id in ids)
         return Message(hints, receipt=item.ack_id)
 
