@@ -75,7 +75,9 @@ class Fixture:
 
 async def until(condition: Callable[[], bool]) -> None:
     """Readiness by polling the runner's own state (no timing assumption)."""
-    while not condition():  # noqa: ASYNC110 - state of a loop in another task
+    deadline = asyncio.get_running_loop().time() + 60  # a hang guard, not a timing claim
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
         await asyncio.sleep(0.005)
 
 

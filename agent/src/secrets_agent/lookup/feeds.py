@@ -32,6 +32,7 @@ from secrets_agent.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Index = dict[tuple[Kind, str], list[tuple[Key, str | None]]]
 CONCURRENCY = 4  # background refetches at a time, per feed
 JITTER = 0.25  # seconds a refetch may wait, so a fleet's nodes do not all read at once
 READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a backend
@@ -177,13 +178,20 @@ class FeedRunner:
     def apply(self, messages: Sequence[Message]) -> None:
         """Apply each message's hints; count what was ignored or unparseable."""
         events = self._metrics.feed_events
+        held: Index | None = None  # built once per batch, on its first hint
         for message in messages:
             self._metrics.feed_received.labels(self.name).inc()
             if message.malformed:
                 events.labels(self.name, "malformed").inc()
                 self._malformed_log("feed %r: removed an unparseable message", self.name)
                 continue
-            outcomes = [self._apply(hint) for hint in message.hints]
+            if message.hints and held is None:
+                held = self._index()
+            outcomes = [
+                self._apply(hint, held.get((hint.kind, hint.secret_id), []))
+                for hint in message.hints
+                if held is not None
+            ]
             applied = [outcome for outcome in outcomes if outcome is not None]
             if not applied:
                 events.labels(self.name, "ignored").inc()
@@ -194,10 +202,9 @@ class FeedRunner:
         teams: tuple[str | None, ...] = (None, *self.link.teams)
         return any(self.link.accepts(hint.kind, hint.secret_id, team) for team in teams)
 
-    def _apply(self, hint: Hint) -> bool | None:
+    def _apply(self, hint: Hint, keys: list[tuple[Key, str | None]]) -> bool | None:
         """Expire (or forget) every held copy of the id; False when all held it at the version,
         None when the backend does not serve the id."""
-        keys = self._held_keys(hint.kind, hint.secret_id)
         if not keys and not self._serves(hint):
             return None
         if (
@@ -216,14 +223,17 @@ class FeedRunner:
             self._observe_lag(hint.at)  # nothing held: the next read fetches the new value
         return True
 
-    def _held_keys(self, kind: Kind, folded: str) -> list[tuple[Key, str | None]]:
-        """Held keys for the id (every team's, and misses), with their versions."""
+    def _index(self) -> Index:
+        """Held keys by (kind, id as hints name it): every team's, and misses, with versions.
+
+        One pass over the cache per received batch, not one per event.
+        """
         fold = self.feed.fold
-        return [
-            (key, version)
-            for key, source, version in self.service.cache.holding()
-            if key[0] is kind and fold(key[1]) == folded and source in (self.name, None)
-        ]
+        index: Index = {}
+        for key, source, version in self.service.cache.holding():
+            if source in (self.name, None):
+                index.setdefault((key[0], fold(key[1])), []).append((key, version))
+        return index
 
     def _held(self) -> list[tuple[Kind, str]]:
         """The (kind, id)s this node holds values for from this feed's backend."""
