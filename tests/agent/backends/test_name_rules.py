@@ -69,8 +69,10 @@ class Upstreams:
         azure = Azure(workdir / "azure")
         stack.callback(azure.close)
         aws_options = {"endpoint_url": aws.url, "region": REGION, "max_attempts": 1}
-        gcp_options = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in vars(gcp.options()).items()
+        gcp_options = {  # as TOML holds them: arrays for tuples, no key for None (no feed)
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in vars(gcp.options()).items()
+            if v is not None
         }
         configs: dict[str, tuple[str, dict[str, Any]]] = {
             "vault": ("vault", {"url": bao.url, "token": {"token": bao.root_token}}),

@@ -143,7 +143,7 @@ class PubSubFeed(Feed):
             at = message.publish_time.timestamp() or None  # unset: the epoch
         o = self._backend.options
         ids = ids_for(
-            name, [k for k in Kind if o.prefix(k)], named_by(o.secret_name, o.team_secret_name)
+            name, [k for k in Kind if o.serves(k)], named_by(o.secret_name, o.team_secret_name)
         )
         hints = tuple(Hint(kind, secret_id, None, at, gone) for kind, secret_id in ids)
         return Message(hints, receipt=item.ack_id)
