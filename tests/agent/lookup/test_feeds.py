@@ -183,3 +183,41 @@ def test_ids_for_inverts_a_backend_naming_function() -> None:
     assert ids_for("p/conns/t--db", (C, V), named) == [(C, "t--db"), (C, "db")]
     assert ids_for("other/x", (C, V), named) == []
     assert ids_for("p/vars/../x", (C, V), named) == []
+
+
+class Lease:
+    """A fleet's lease and channel, faked behind the Consumers interface."""
+
+    def __init__(self) -> None:
+        self.ours = False
+        self.relayed: list[Hint] = []
+
+    async def turn(self, feed: str) -> bool:
+        return self.ours
+
+    def relay(self, feed: str, hints: Sequence[Hint]) -> None:
+        self.relayed.extend(hints)
+
+
+async def test_a_standby_node_takes_the_feed_over_and_revalidates() -> None:
+    f = Fixture(QueueFeed(FeedOptions(backoff_initial=0.01, key_interval=0.0)))
+    lease = Lease()
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, consumers=lease)
+    await f.service.lookup(V, "k")
+    f.feed.rounds.append([hint(version="9")])
+    await runner.round()
+    assert runner.health().detail.startswith("standby") and f.feed.rounds  # not consumed
+    f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v9", "9"
+    lease.ours = True
+    await runner.round()  # takes over: revalidates what it holds, then applies the event
+    await runner.idle()
+    assert (await f.service.lookup(V, "k")).value == "v9"
+    assert [h.secret_id for h in lease.relayed] == ["k"]
+    # Another node's relayed hint lands here as its own would.
+    other = Fixture()
+    await other.service.lookup(V, "k")
+    other.script.values[(V, "k")], other.script.versions[(V, "k")] = "v9", "9"
+    other.runner.apply_relayed(lease.relayed)
+    await other.runner.idle()
+    assert (await other.service.lookup(V, "k")).value == "v9"
+    await runner.close()

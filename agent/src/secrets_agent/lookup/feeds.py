@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from secrets_agent.backends.base import Health
 from secrets_agent.backends.feeds import Feed, Hint, Message
@@ -36,6 +37,7 @@ Index = dict[tuple[Kind, str], list[tuple[Key, str | None]]]
 CONCURRENCY = 4  # background refetches at a time, per feed
 JITTER = 0.25  # seconds a refetch may wait, so a fleet's nodes do not all read at once
 READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a backend
+LAG_MEMORY = 300.0  # seconds a late event keeps the feed "lagging" in /readyz
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,34 @@ class Clocks:
     wall: Clock = time.time
     pace: Clock = time.monotonic
     rng: Callable[[], float] = random.random
+
+
+class Consumers(Protocol):
+    """Who consumes a feed, and who hears of what it applied: the fleet's seam.
+
+    Alone (no ``[shared_cache]``), a node reads its own queue and tells nobody. A fleet can
+    hold a lease per feed in its store (one consumer at a time, another taking over within the
+    lease when the holder dies) and relay what the consumer applied over the tier's channel,
+    which the other nodes hand to ``FeedRunner.apply_relayed``.
+    """
+
+    async def turn(self, feed: str) -> bool:
+        """True while this node should consume ``feed`` (e.g. holds or renewed its lease)."""
+        ...
+
+    def relay(self, feed: str, hints: Sequence[Hint]) -> None:
+        """Tell the other nodes what this node applied; returns at once."""
+        ...
+
+
+class Alone:
+    """Every node consumes its own queue or subscription."""
+
+    async def turn(self, feed: str) -> bool:
+        return True
+
+    def relay(self, feed: str, hints: Sequence[Hint]) -> None:
+        return None
 
 
 class _Bucket:
@@ -96,8 +126,10 @@ class FeedRunner:
         service: SecretService,
         metrics: Metrics,
         clocks: Clocks | None = None,
+        consumers: Consumers | None = None,
     ) -> None:
         self.feed, self.link, self.service = feed, link, service
+        self._consumers: Consumers = consumers or Alone()
         self.name = feed.backend
         self._metrics = metrics
         self._clocks = clocks or Clocks()
@@ -111,7 +143,8 @@ class FeedRunner:
         self._started = False
         self._failing: str | None = None
         self._gap = False  # failed since the last good round: events may have been missed
-        self._lag: float | None = None
+        self._standby = False  # another node consumes this feed (a fleet's lease)
+        self._lag: tuple[float, float] | None = None  # the last event's lag, and when
         self._revalidation: asyncio.Task[None] | None = None
         metrics.feed_up.labels(self.name).set(0)
 
@@ -123,8 +156,13 @@ class FeedRunner:
             return Health(True, f"failing, serving on TTLs: {self._failing}")
         if not self._started:
             return Health(True, "starting")
-        if self._lag is not None and self._lag > self.feed.options.lag_warning:
-            return Health(True, f"lagging: the last event arrived {self._lag:.0f}s after it")
+        if self._standby:
+            return Health(True, "standby: another node consumes this feed")
+        if self._lag is not None:
+            lag, seen = self._lag
+            recent = self._clocks.pace() - seen < LAG_MEMORY
+            if recent and lag > self.feed.options.lag_warning:
+                return Health(True, f"lagging: the last event arrived {lag:.0f}s after it")
         return Health(True, "ok")
 
     # -- the loop --------------------------------------------------------------------------
@@ -152,11 +190,21 @@ class FeedRunner:
         if not self._started:
             await self.feed.start()
             self._started = True
+        if not await self._consumers.turn(self.name):
+            self._standby = True
+            await asyncio.sleep(self.feed.options.backoff_initial)
+            return
+        if self._standby:  # taking the feed over: what the last consumer missed is not trusted
+            self._standby, self._gap = False, True
         messages = await self.feed.receive(self._held)
         self._received()
-        self.apply(messages)
+        self._consumers.relay(self.name, self.apply(messages))
         if messages:
             await self.feed.ack(messages)
+
+    def apply_relayed(self, hints: Sequence[Hint]) -> None:
+        """Apply what the node consuming this feed applied (and relayed) there."""
+        self.apply([Message(tuple(hints))])
 
     def _failed(self, reason: str) -> None:
         self._failing, self._gap = reason, True
@@ -175,10 +223,12 @@ class FeedRunner:
 
     # -- applying --------------------------------------------------------------------------
 
-    def apply(self, messages: Sequence[Message]) -> None:
-        """Apply each message's hints; count what was ignored or unparseable."""
+    def apply(self, messages: Sequence[Message]) -> list[Hint]:
+        """Apply each message's hints; count what was ignored or unparseable; return the
+        hints that applied (for the other nodes of a fleet)."""
         events = self._metrics.feed_events
         held: Index | None = None  # built once per batch, on its first hint
+        relayed: list[Hint] = []
         for message in messages:
             self._metrics.feed_received.labels(self.name).inc()
             if message.malformed:
@@ -188,15 +238,17 @@ class FeedRunner:
             if message.hints and held is None:
                 held = self._index()
             outcomes = [
-                self._apply(hint, held.get((hint.kind, hint.secret_id), []))
+                (hint, self._apply(hint, held.get((hint.kind, hint.secret_id), [])))
                 for hint in message.hints
                 if held is not None
             ]
-            applied = [outcome for outcome in outcomes if outcome is not None]
+            applied = [outcome for _, outcome in outcomes if outcome is not None]
+            relayed += [hint for hint, outcome in outcomes if outcome]
             if not applied:
                 events.labels(self.name, "ignored").inc()
             else:
                 events.labels(self.name, "applied" if any(applied) else "duplicate").inc()
+        return relayed
 
     def _serves(self, hint: Hint) -> bool:
         teams: tuple[str | None, ...] = (None, *self.link.teams)
@@ -287,7 +339,7 @@ class FeedRunner:
         if at is None:
             return
         lag = max(0.0, self._clocks.wall() - at)
-        self._lag = lag
+        self._lag = (lag, self._clocks.pace())
         self._metrics.feed_lag.labels(self.name).observe(lag)
 
     def revalidate_held(self) -> None:
