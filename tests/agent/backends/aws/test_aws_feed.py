@@ -13,7 +13,14 @@ from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
 from support.feeds import eventually, feed_health, fresh, negative, value
-from support.helpers import RunningAgent, agent_config, running_agent
+from support.helpers import (
+    RunningAgent,
+    agent_config,
+    body_of,
+    raw_request,
+    running_agent,
+    status_of,
+)
 from support.moto_aws import REGION, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -147,6 +154,9 @@ def test_ssm_change_and_a_queue_that_is_down_then_back(moto: MotoServer, short_t
         assert value(agent, V, "p") == "one"
         eventually(lambda: "failing" in feed_health(agent, "aws"))
         assert agent.agent.runtime.readiness()["aws"].ready  # the backend itself is fine
+        answer = raw_request(agent.socket_path, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(answer) == 200  # a detail, never a 503
+        assert "failing" in body_of(answer)["backends"]["[feed:aws]"]["detail"]
         assert agent.metric("secrets_agent_feed_up", feed="aws") == 0
         assert value(agent, V, "p") == "one"  # served on its TTL meanwhile
         # Changed while the feed was down: no event will ever say so.
