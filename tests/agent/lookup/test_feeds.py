@@ -221,3 +221,19 @@ async def test_a_standby_node_takes_the_feed_over_and_revalidates() -> None:
     await other.runner.idle()
     assert (await other.service.lookup(V, "k")).value == "v9"
     await runner.close()
+
+
+async def test_a_replica_behind_the_event_is_asked_again_until_the_version_moves() -> None:
+    f = Fixture()
+    await f.service.lookup(V, "k")
+    f.script.values[(V, "k")] = "v1-still"  # the write has not reached this replica yet
+    f.feed.rounds.append([hint(version="2")])
+    await f.runner.round()
+    # The re-read answered the old version: it is not left fresh (without the retry it would
+    # be, and this wait would fail).
+    await until(
+        lambda: f.script.revalidations >= 1 and f.service.cache.fresh((V, "k", None)) is None
+    )
+    f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v2", "2"
+    await f.runner.idle()
+    assert (await f.service.lookup(V, "k")).value == "v2"

@@ -38,6 +38,8 @@ CONCURRENCY = 4  # background refetches at a time, per feed
 JITTER = 0.25  # seconds a refetch may wait, so a fleet's nodes do not all read at once
 READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a backend
 LAG_MEMORY = 300.0  # seconds a late event keeps the feed "lagging" in /readyz
+RETRIES = 3  # re-reads after one that answered another version than the event named
+RETRY_DELAY = 0.5  # seconds before the first of them, doubling
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ class FeedRunner:
         self.service.note_change(hint.kind, hint.secret_id)  # a load out now is already old
         for key, _ in keys:
             self.service.changed(key, gone=hint.gone)
-            self._schedule(key, "event", hint.at)
+            self._schedule(key, "event", hint.at, None if hint.gone else hint.version)
         if not keys:
             self._observe_lag(hint.at)  # nothing held: the next read fetches the new value
         return True
@@ -299,14 +301,17 @@ class FeedRunner:
 
     # -- refetching ------------------------------------------------------------------------
 
-    def _schedule(self, key: Key, trigger: str, at: float | None) -> None:
+    def _schedule(
+        self, key: Key, trigger: str, at: float | None, want: str | None = None, attempt: int = 0
+    ) -> None:
         """Fetch ``key`` again in the background: at most once per key_interval, jittered."""
         if key in self._pending:
             return  # one pending refetch per key; it runs after this change was noted
         now = self._clocks.pace()
         wait = self._last_refetch.get(key, -1e18) + self.feed.options.key_interval - now
+        wait = max(wait, RETRY_DELAY * 2 ** (attempt - 1) if attempt else 0.0)
         delay = max(0.0, wait) + JITTER * self._clocks.rng()
-        task = asyncio.ensure_future(self._refetch(key, trigger, at, delay))
+        task = asyncio.ensure_future(self._refetch(key, trigger, at, delay, want, attempt))
         self._pending[key] = task
         task.add_done_callback(lambda t: self._forget(key, t))
 
@@ -314,7 +319,15 @@ class FeedRunner:
         if self._pending.get(key) is task:
             del self._pending[key]
 
-    async def _refetch(self, key: Key, trigger: str, at: float | None, delay: float) -> None:
+    async def _refetch(
+        self,
+        key: Key,
+        trigger: str,
+        at: float | None,
+        delay: float,
+        want: str | None = None,
+        attempt: int = 0,
+    ) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
         self._pending.pop(key, None)  # from here on a new change schedules another refetch
@@ -333,6 +346,19 @@ class FeedRunner:
                 self._metrics.feed_refetches.labels(self.name, trigger, "error").inc()
                 return
         self._metrics.feed_refetches.labels(self.name, trigger, loaded.outcome).inc()
+        held = self.service.cache.get(*key)
+        if (
+            want is not None
+            and attempt < RETRIES
+            and held is not None
+            and held.version is not None
+            and held.version != want
+        ):
+            # The event named a version the upstream did not answer with: a replica that has
+            # not seen the write yet (or a late event). Not fresh; ask again shortly, bounded.
+            self.service.changed(key)
+            self._schedule(key, trigger, at, want, attempt + 1)
+            return
         self._observe_lag(at)
 
     def _observe_lag(self, at: float | None) -> None:
