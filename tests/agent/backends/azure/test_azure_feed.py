@@ -101,18 +101,28 @@ def test_event_grid_messages_rotate_and_are_removed(
         queue.close()
 
 
-def test_a_queue_that_does_not_exist_is_a_detail(
+def test_a_queue_that_does_not_exist_is_a_detail_then_a_gap_to_revalidate(
     azurite: Azurite, azure: Azure, short_tmp: Path
 ) -> None:
     key_file = short_tmp / "account-key"
     key_file.write_text(ACCOUNT_KEY)
     azure.store.put("airflow-variables-v", "1")
-    url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}/missing"
-    config = agent_config(short_tmp, "", toml(azure, url, key_file))
-    with running_agent(config) as agent:
-        eventually(lambda: "failing" in feed_health(agent, "az"))
-        assert agent.agent.runtime.readiness()["az"].ready
-        assert value(agent, V, "v") == "1"
+    url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}/late"
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, url, key_file))
+    queue = QueueClient.from_connection_string(azurite.connection_string, "late")
+    try:
+        with running_agent(config) as agent:
+            assert value(agent, V, "v") == "1"
+            eventually(lambda: "failing" in feed_health(agent, "az"))
+            assert agent.agent.runtime.readiness()["az"].ready
+            assert value(agent, V, "v") == "1"  # served on its TTL
+            azure.store.put("airflow-variables-v", "2")  # no event will say so
+            queue.create_queue()
+            eventually(lambda: fresh(agent, V, "v") == "2")  # revalidated after the gap
+            assert feed_health(agent, "az") == "ok"
+    finally:
+        queue.delete_queue()
+        queue.close()
 
 
 def test_decode_reads_json_base64_and_cloudevents() -> None:
