@@ -27,6 +27,7 @@ from secrets_agent.errors import AgentError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import Key
 from secrets_agent.lookup.chain import Link
+from secrets_agent.lookup.pace import Bucket, Throttled
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.ops.metrics import Metrics
 
@@ -79,45 +80,6 @@ class Alone:
         return None
 
 
-class _Bucket:
-    """A token bucket: ``rate`` per second, up to ``rate`` (at least one) saved up."""
-
-    def __init__(self, rate: float, clock: Clock) -> None:
-        self._rate, self._clock = rate, clock
-        self._capacity = max(1.0, rate)
-        self._tokens, self._at = self._capacity, clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-    def wait(self) -> float:
-        """Seconds until the next token."""
-        return max(0.0, (1.0 - self._tokens) / self._rate)
-
-
-class _Throttled:
-    """One log line per interval, with how many were folded into it."""
-
-    def __init__(self, interval: float, clock: Clock) -> None:
-        self._interval, self._clock = interval, clock
-        self._next, self._folded = 0.0, 0
-
-    def __call__(self, message: str, *args: object) -> None:
-        now = self._clock()
-        if now < self._next:
-            self._folded += 1
-            return
-        suffix = f" ({self._folded} more since the last line)" if self._folded else ""
-        log.warning(message + suffix, *args)
-        self._next, self._folded = now + self._interval, 0
-
-
 class FeedRunner:
     """Receives one backend's feed in a loop and applies what it says to the service."""
 
@@ -136,12 +98,12 @@ class FeedRunner:
         self._metrics = metrics
         self._clocks = clocks or Clocks()
         o = feed.options
-        self._bucket = _Bucket(o.refetch_rate, self._clocks.pace)
+        self._bucket = Bucket(o.refetch_rate, self._clocks.pace)
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._last_refetch: dict[Key, float] = {}
         self._pending: dict[Key, asyncio.Task[None]] = {}
-        self._malformed_log = _Throttled(o.log_interval, self._clocks.pace)
-        self._failure_log = _Throttled(o.log_interval, self._clocks.pace)
+        self._malformed_log = Throttled(o.log_interval, self._clocks.pace, log)
+        self._failure_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._started = False
         self._failing: str | None = None
         self._gap = False  # failed since the last good round: events may have been missed
