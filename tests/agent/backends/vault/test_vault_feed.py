@@ -10,7 +10,7 @@ import pytest
 from secrets_agent.kinds import Kind
 from support.bao import BaoServer, vault_backend_toml
 from support.feeds import eventually, feed_health, fresh, negative, value
-from support.helpers import agent_config, running_agent
+from support.helpers import RunningAgent, agent_config, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,12 @@ def feed_toml(bao: BaoServer, method: str, team_layout: bool = False) -> str:
     )
 
 
+def scans(agent: RunningAgent) -> float:
+    """detailed-metadata calls so far: one per kind's path per poll (the first is the baseline)."""
+    labels = {"backend": "vault", "operation": "detailed-metadata", "result": "ok"}
+    return agent.metric("secrets_agent_upstream_api_calls_total", **labels)
+
+
 def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
     bao: BaoServer, short_tmp: Path
 ) -> None:
@@ -53,7 +59,7 @@ def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
         assert agent.call(agent.agent.service.lookup(C, "scan_c", "team_a")).value == (
             "postgres://u:p@old/db"
         )
-        eventually(lambda: feed_health(agent, "vault") == "ok")  # the baseline is taken
+        eventually(lambda: scans(agent) >= len(Kind))  # a whole poll: the baseline is taken
         bao.kv_put("variables/scan_v", {"value": "2"})
         eventually(lambda: fresh(agent, V, "scan_v") == "2")
         bao.kv_put("connections/team_a/scan_c", {"conn_uri": "postgres://u:p@new/db"})
@@ -99,3 +105,23 @@ def test_a_server_without_detailed_metadata_is_a_failing_feed_not_an_outage(
         eventually(lambda: "detailed-metadata" in feed_health(agent, "vault"))
         assert agent.agent.runtime.readiness()["vault"].ready
         assert value(agent, V, "plain") == "p"  # the next backend in the chain serves it
+
+
+def test_a_reload_replaces_the_feed_and_the_new_one_works(bao: BaoServer, short_tmp: Path) -> None:
+    bao.kv_put("variables/reload_v", {"value": "1"})
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "scan"))
+    path = short_tmp / "agent.toml"
+    with running_agent(config, config_path=path) as agent:
+        assert value(agent, V, "reload_v") == "1"
+        eventually(lambda: feed_health(agent, "vault") == "ok")
+        eventually(lambda: scans(agent) >= len(Kind))
+        old = agent.agent.runtime.feeds
+        path.write_text(path.read_text().replace("poll_interval = 0.2", "poll_interval = 0.3"))
+        assert agent.call(agent.agent.reload())
+        assert agent.agent.runtime.feeds is not old and not old._tasks  # the old one stopped
+        baseline = scans(agent) + len(Kind)  # the new feed's first whole poll
+        # A replaced backend's values do not carry over: the new one reads (and holds) anew.
+        assert value(agent, V, "reload_v") == "1"
+        eventually(lambda: scans(agent) >= baseline)
+        bao.kv_put("variables/reload_v", {"value": "2"})
+        eventually(lambda: fresh(agent, V, "reload_v") == "2")
