@@ -21,6 +21,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import RefreshAhead, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher, keys_id, load_keys
+from secrets_agent.lookup.feed_lease import FleetConsumers
 from secrets_agent.lookup.feeds import ChangeFeeds, FeedRunner
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
@@ -277,12 +278,14 @@ def _tier_inputs(config: AgentConfig) -> tuple[object, ...]:
 
 
 def _feeds(service: SecretService, metrics: Metrics) -> ChangeFeeds:
-    """A runner for every backend with a ``feed`` table (each its own new feed)."""
+    """A runner for every backend with a ``feed`` table (each its own new feed); with a fleet
+    tier one node at a time consumes each feed (without one, each node holds every lease)."""
+    consumers = FleetConsumers(service.shared, metrics)
     runners = []
     for link in service.chain.links:
         feed = link.backend.change_feed()
         if feed is not None:
-            runners.append(FeedRunner(feed, link, service, metrics))
+            runners.append(FeedRunner(feed, link, service, metrics, consumers=consumers))
     return ChangeFeeds(runners)
 
 

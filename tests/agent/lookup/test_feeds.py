@@ -12,7 +12,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import CacheState, SecretCache
 from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.feeds import Clocks, FeedRunner
+from secrets_agent.lookup.feeds import Clocks, FeedRunner, Relayed
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
@@ -192,11 +192,19 @@ class Lease:
         self.ours = False
         self.relayed: list[Hint] = []
 
-    async def turn(self, feed: str) -> bool:
+        self.released = 0
+
+    async def turn(self, feed: str, ttl: float) -> bool:
         return self.ours
 
     def relay(self, feed: str, hints: Sequence[Hint]) -> None:
         self.relayed.extend(hints)
+
+    def listen(self, feed: str, relayed: Relayed) -> None:
+        return None
+
+    async def release(self, feed: str) -> None:
+        self.released += 1
 
 
 async def test_a_standby_node_takes_the_feed_over_and_revalidates() -> None:
@@ -218,9 +226,10 @@ async def test_a_standby_node_takes_the_feed_over_and_revalidates() -> None:
     await other.service.lookup(V, "k")
     other.script.values[(V, "k")], other.script.versions[(V, "k")] = "v9", "9"
     other.runner.apply_relayed(lease.relayed)
-    await other.runner.idle()
+    assert other.service.cache.fresh((V, "k", None)) is None  # not fresh; the next read fetches
     assert (await other.service.lookup(V, "k")).value == "v9"
     await runner.close()
+    assert lease.released == 1  # the holder lets go at once
 
 
 async def test_a_replica_behind_the_event_is_asked_again_until_the_version_moves() -> None:

@@ -37,6 +37,9 @@ class FeedOptions:
     log_interval: float = setting(60.0, min=1.0, max=86400.0)
     # Events older than this (from their own time) mark the feed as lagging in /readyz.
     lag_warning: float = setting(60.0, min=1.0, max=86400.0)
+    # With [shared_cache]: how long one node's hold on this feed lasts unrenewed (another node
+    # takes over within it when the holder dies); 0: three rounds, at least 30 s.
+    lease_ttl: float = setting(0.0, min=0.0, max=3600.0)
 
     def validate(self) -> list[tuple[str, str]]:
         if self.backoff_initial > self.backoff_max:
@@ -81,6 +84,11 @@ class Feed(abc.ABC):
     @abc.abstractmethod
     async def receive(self, held: Held) -> list[Message]:
         """One round: wait (bounded) for events; raise ``BackendError`` when the feed fails."""
+
+    @property
+    def round_time(self) -> float:
+        """The longest one ``receive`` waits (a long poll, or a poll interval)."""
+        return 20.0
 
     async def ack(self, messages: Sequence[Message]) -> None:
         """Remove handled messages (applied, ignored and malformed alike: never a poison loop)."""

@@ -52,31 +52,47 @@ class Clocks:
     rng: Callable[[], float] = random.random
 
 
-class Consumers(Protocol):
-    """Who consumes a feed, and who hears of what it applied: the fleet's seam.
+Relayed = Callable[[Sequence[Hint]], None]
 
-    Alone (no ``[shared_cache]``), a node reads its own queue and tells nobody. A fleet can
-    hold a lease per feed in its store (one consumer at a time, another taking over within the
-    lease when the holder dies) and relay what the consumer applied over the tier's channel,
-    which the other nodes hand to ``FeedRunner.apply_relayed``.
+
+class Consumers(Protocol):
+    """Who consumes a feed, and who hears of what it applied.
+
+    Alone, a node reads its own queue and tells nobody. In a fleet (``lookup/feed_lease.py``)
+    one node at a time holds a lease per feed in the store, and relays what it applied over the
+    tier's channel to the others, which hand it to ``FeedRunner.apply_relayed``.
     """
 
-    async def turn(self, feed: str) -> bool:
-        """True while this node should consume ``feed`` (e.g. holds or renewed its lease)."""
+    async def turn(self, feed: str, ttl: float) -> bool:
+        """True while this node should consume ``feed`` (it holds, or renewed, its lease)."""
         ...
 
     def relay(self, feed: str, hints: Sequence[Hint]) -> None:
         """Tell the other nodes what this node applied; returns at once."""
         ...
 
+    def listen(self, feed: str, relayed: Relayed) -> None:
+        """Where other nodes' relayed hints for ``feed`` land."""
+        ...
+
+    async def release(self, feed: str) -> None:
+        """Stop consuming (shutdown, reload): another node takes over at once."""
+        ...
+
 
 class Alone:
     """Every node consumes its own queue or subscription."""
 
-    async def turn(self, feed: str) -> bool:
+    async def turn(self, feed: str, ttl: float) -> bool:
         return True
 
     def relay(self, feed: str, hints: Sequence[Hint]) -> None:
+        return None
+
+    def listen(self, feed: str, relayed: Relayed) -> None:
+        return None
+
+    async def release(self, feed: str) -> None:
         return None
 
 
@@ -153,8 +169,9 @@ class FeedRunner:
         """Start the feed if needed, receive once, apply, then remove what was received."""
         if not self._started:
             await self.feed.start()
+            self._consumers.listen(self.name, self.apply_relayed)
             self._started = True
-        if not await self._consumers.turn(self.name):
+        if not await self._consumers.turn(self.name, self.lease_ttl):
             self._standby = True
             await asyncio.sleep(self.feed.options.backoff_initial)
             return
@@ -166,9 +183,16 @@ class FeedRunner:
         if messages:
             await self.feed.ack(messages)
 
+    @property
+    def lease_ttl(self) -> float:
+        """How long a fleet's lease on this feed lasts unrenewed: rounds renew it, so a few
+        rounds' time (a dead holder's feed is taken over within it)."""
+        return self.feed.options.lease_ttl or max(30.0, 3 * self.feed.round_time)
+
     def apply_relayed(self, hints: Sequence[Hint]) -> None:
-        """Apply what the node consuming this feed applied (and relayed) there."""
-        self.apply([Message(tuple(hints))])
+        """Apply what the node consuming this feed applied (and relayed) there; that node
+        already dropped the fleet's copies."""
+        self.apply([Message(tuple(hints))], relayed=True)
 
     def _failed(self, reason: str) -> None:
         self._failing, self._gap = reason, True
@@ -187,12 +211,12 @@ class FeedRunner:
 
     # -- applying --------------------------------------------------------------------------
 
-    def apply(self, messages: Sequence[Message]) -> list[Hint]:
+    def apply(self, messages: Sequence[Message], *, relayed: bool = False) -> list[Hint]:
         """Apply each message's hints; count what was ignored or unparseable; return the
         hints that applied (for the other nodes of a fleet)."""
         events = self._metrics.feed_events
         held: Index | None = None  # built once per batch, on its first hint
-        relayed: list[Hint] = []
+        out: list[Hint] = []
         for message in messages:
             self._metrics.feed_received.labels(self.name).inc()
             if message.malformed:
@@ -202,23 +226,25 @@ class FeedRunner:
             if message.hints and held is None:
                 held = self._index()
             outcomes = [
-                (hint, self._apply(hint, held.get((hint.kind, hint.secret_id), [])))
+                (hint, self._apply(hint, held.get((hint.kind, hint.secret_id), []), relayed))
                 for hint in message.hints
                 if held is not None
             ]
             applied = [outcome for _, outcome in outcomes if outcome is not None]
-            relayed += [hint for hint, outcome in outcomes if outcome]
+            out += [hint for hint, outcome in outcomes if outcome]
             if not applied:
                 events.labels(self.name, "ignored").inc()
             else:
                 events.labels(self.name, "applied" if any(applied) else "duplicate").inc()
-        return relayed
+        return out
 
     def _serves(self, hint: Hint) -> bool:
         teams: tuple[str | None, ...] = (None, *self.link.teams)
         return any(self.link.accepts(hint.kind, hint.secret_id, team) for team in teams)
 
-    def _apply(self, hint: Hint, keys: list[tuple[Key, str | None]]) -> bool | None:
+    def _apply(
+        self, hint: Hint, keys: list[tuple[Key, str | None]], relayed: bool = False
+    ) -> bool | None:
         """Expire (or forget) every held copy of the id; False when all held it at the version,
         None when the backend does not serve the id."""
         if not keys and not self._serves(hint):
@@ -230,12 +256,14 @@ class FeedRunner:
             and all(version == hint.version for _, version in keys)
         ):
             return False  # a duplicate or late event: versions decide
-        self.service.shared.invalidate(hint.kind, hint.secret_id)  # the fleet's copy
+        if not relayed:
+            self.service.shared.invalidate(hint.kind, hint.secret_id)  # the fleet's copies
         self.service.note_change(hint.kind, hint.secret_id)  # a load out now is already old
         for key, _ in keys:
             self.service.changed(key, gone=hint.gone)
-            self._schedule(key, "event", hint.at, None if hint.gone else hint.version)
-        if not keys:
+            if not relayed:  # relayed: the consumer refilled the fleet's copy; reads find it
+                self._schedule(key, "event", hint.at, None if hint.gone else hint.version)
+        if not keys or relayed:
             self._observe_lag(hint.at)  # nothing held: the next read fetches the new value
         return True
 
@@ -369,6 +397,8 @@ class FeedRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
+            if not self._standby:
+                await self._consumers.release(self.name)
             await self.feed.close()
         except Exception as exc:  # closing one feed must not stop the others
             log.warning("feed %r failed to close: %s", self.name, type(exc).__name__)

@@ -149,12 +149,11 @@ class SecretService:
         return self.cache.drop(key) if gone else self.cache.expire(key)
 
     async def renew(self, key: Key) -> Loaded:
-        """Load ``key`` from its upstream after a change (never the fleet's possibly old copy);
-        a load already in flight began before the change, so this one starts after it."""
+        """Load ``key`` again after a change; a load already in flight began before the change,
+        so this one starts after it. With a fleet tier it reads through the tier, which refuses
+        copies older than the change's invalidation: one upstream read for the fleet."""
         await self._flight.settled(key)
-        loaded, _ = await self._flight.do(
-            key, lambda: self._load(key, self.cache.get(*key), fleet=False)
-        )
+        loaded, _ = await self._flight.do(key, lambda: self._load(key, self.cache.get(*key)))
         return loaded
 
     def refresh_due(self) -> int:
@@ -168,18 +167,15 @@ class SecretService:
     async def close(self) -> None:
         await self._refresher.close()
 
-    async def _load(self, key: Key, cached: Cached | None, *, fleet: bool = True) -> Loaded:
-        """The one place the upstream is asked: revalidate the value held, else fetch.
-
-        ``fleet=False`` (after a change event) skips the shared cache's copy.
-        """
+    async def _load(self, key: Key, cached: Cached | None) -> Loaded:
+        """The one place the upstream is asked: revalidate the value held, else fetch."""
         kind, secret_id, team = key
         self._loads += 1
         started = self._loads
         try:
             # With a shared cache, an expired value is refreshed through it (one upstream call
             # for the fleet) rather than revalidated upstream by every node.
-            held = None if fleet and self.shared.shares_refreshes else _held(cached)
+            held = None if self.shared.shares_refreshes else _held(cached)
             if held is not None and await self.chain.revalidate(kind, secret_id, held, team):
                 self.cache.restamp(kind, secret_id, team)
                 return Loaded(held.value, held.source, revalidated=True)
@@ -190,13 +186,10 @@ class SecretService:
                 asked.append(True)
                 return self.chain.fetch(kind, secret_id, team)
 
-            if fleet:
-                shared = await self.shared.fetch(kind, secret_id, team, upstream)
-                found, ttl, age = shared.found, shared.ttl, shared.age
-                if not asked:  # the fleet's copy answered
-                    self._avoided(key, None if found is None else found.source)
-            else:
-                found, ttl, age = await upstream(), None, 0.0
+            shared = await self.shared.fetch(kind, secret_id, team, upstream)
+            found, ttl, age = shared.found, shared.ttl, shared.age
+            if not asked:  # the fleet's copy answered
+                self._avoided(key, None if found is None else found.source)
             if found is None:
                 self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
                 return Loaded(None, None, age=age)

@@ -242,6 +242,12 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.feed_lease = Gauge(
+            p + "feed_lease_held",
+            "1 while this node consumes the feed for the fleet (holds its lease in the store).",
+            ["feed"],
+            registry=r,
+        )
         self.feed_last_receive = Gauge(
             p + "feed_last_receive_timestamp_seconds",
             "Unix time of the feed's last successful receive (a silent feed stops moving it).",

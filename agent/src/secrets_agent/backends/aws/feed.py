@@ -189,6 +189,10 @@ class SqsFeed(Feed):
             await self._client.close()
             self._client = None
 
+    @property
+    def round_time(self) -> float:
+        return float(self.options.wait_time)
+
     async def receive(self, held: Held) -> list[Message]:
         assert self._client is not None  # start() ran
         response = await self._client.api(

@@ -141,6 +141,10 @@ class StorageQueueFeed(Feed):
             await self._credential.close()
             self._credential = None
 
+    @property
+    def round_time(self) -> float:
+        return self.options.poll_interval
+
     async def receive(self, held: Held) -> list[Message]:
         queue, o = self._queue, self.options
 

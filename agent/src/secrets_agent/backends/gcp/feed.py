@@ -108,6 +108,10 @@ class PubSubFeed(Feed):
             await self._client.transport.close()
             self._client = None
 
+    @property
+    def round_time(self) -> float:
+        return self.options.wait_time
+
     async def receive(self, held: Held) -> list[Message]:
         from google.api_core import exceptions as gx
 

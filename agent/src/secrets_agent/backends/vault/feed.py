@@ -43,6 +43,10 @@ class VaultPollFeed(Feed):
         self._seen: dict[tuple[Kind, str], State] | None = None  # None: no baseline yet
         self._polled = False
 
+    @property
+    def round_time(self) -> float:
+        return self.options.poll_interval
+
     async def receive(self, held: Held) -> list[Message]:
         if self._polled:
             await asyncio.sleep(self.options.poll_interval)
