@@ -31,6 +31,8 @@ from support import loopback
 
 loopback.apply()
 
+from cryptography.fernet import Fernet  # noqa: E402
+
 from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message  # noqa: E402
 from secrets_agent.config.loader import parse_config  # noqa: E402
 from secrets_agent.kinds import Kind  # noqa: E402
@@ -46,6 +48,7 @@ from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint,
 from support.helpers import FakeClock, Script, ScriptedBackend  # noqa: E402
 from support.moto_aws import REGION, MotoServer  # noqa: E402
 from support.pubsub_server import PubSubServer  # noqa: E402
+from support.redis_server import RedisServer  # noqa: E402
 
 V = Kind.VARIABLE
 KEY_INTERVAL = FeedOptions().key_interval
@@ -60,27 +63,41 @@ async def build(raw: dict[str, Any], work: Path) -> Runtime:
     )
 
 
-async def rotation_to_fresh(runtime: Runtime, rotate: Rotate, samples: int) -> list[float]:
-    """Seconds from each rotation to the node serving the new value."""
-    service, key = runtime.service, (V, "token", None)
-    assert (await service.lookup(V, "token")).value is not None
-    while any(h.detail == "starting" for h in runtime.readiness().values()):  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # the feed's client is up (a poll's baseline follows at once)
+async def rotation_to_fresh(runtimes: list[Runtime], rotate: Rotate, samples: int) -> list[float]:
+    """Seconds from each rotation to every node serving the new value: holding it fresh (one
+    node), or answering a lookup with it (a fleet: the others read the tier's new copy)."""
+    key = (V, "token", None)
+    for runtime in runtimes:
+        assert (await runtime.service.lookup(V, "token")).value is not None
+    while any(  # noqa: ASYNC110 - the feeds' clients are up (a poll's baseline follows at once)
+        h.detail == "starting" for rt in runtimes for h in rt.readiness().values()
+    ):
+        await asyncio.sleep(0.05)
+
+    async def served(value: str) -> bool:
+        if len(runtimes) == 1:
+            fresh = runtimes[0].service.cache.fresh(key)
+            return fresh is not None and fresh.value == value
+        answers = [(await rt.service.lookup(V, "token")).value for rt in runtimes]
+        return answers == [value] * len(runtimes)
+
     lags = []
     for i in range(samples):
         await asyncio.sleep(KEY_INTERVAL)  # one rotation at a time: no per-key bound in play
         value = f"v{i}-{time.time()}"
         started = time.monotonic()
         await rotate(value)
-        while (fresh := service.cache.fresh(key)) is None or fresh.value != value:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # polling the node's own state, as a reader would
+        while not await served(value):  # noqa: ASYNC110 - polling the nodes, as readers would
+            await asyncio.sleep(0.005)
         lags.append(time.monotonic() - started)
     return lags
 
 
-async def aws(work: Path, samples: int) -> list[float]:
+async def aws(work: Path, samples: int, agents: int = 1) -> list[float]:
     moto = MotoServer()
     moto.start()
+    moto.reset()  # moto's state lives in this process: a second server would see the first's
+    store = RedisServer(work / f"redis-{agents}") if agents > 1 else None
     try:
         sqs, events, sm = moto.client("sqs"), moto.client("events"), moto.client("secretsmanager")
         url = sqs.create_queue(QueueName="agent")["QueueUrl"]
@@ -91,7 +108,14 @@ async def aws(work: Path, samples: int) -> list[float]:
         backend: dict[str, Any] = {"name": "aws", "type": "aws_secrets_manager"}
         backend["endpoint_url"] = moto.url
         backend |= {"region": REGION, "feed": {"queue_url": url, "endpoint_url": moto.url}}
-        runtime = await build({"backends": [backend]}, work)
+        raw: dict[str, Any] = {"backends": [backend]}
+        if store is not None:  # one queue for the fleet: the lease picks its consumer
+            store.start()
+            key_file = work / "fernet.key"
+            key_file.write_text(Fernet.generate_key().decode())
+            raw["encryption"] = {"key_file": str(key_file)}
+            raw["shared_cache"] = {"url": store.url, "timeout": 2.0, "connect_timeout": 5.0}
+        runtimes = [await build(raw, work) for _ in range(agents)]
 
         def put(value: str) -> None:
             answer = sm.put_secret_value(SecretId="airflow/variables/token", SecretString=value)
@@ -107,10 +131,13 @@ async def aws(work: Path, samples: int) -> list[float]:
             )
 
         try:
-            return await rotation_to_fresh(runtime, lambda v: asyncio.to_thread(put, v), samples)
+            return await rotation_to_fresh(runtimes, lambda v: asyncio.to_thread(put, v), samples)
         finally:
-            await runtime.retire(None)
+            for runtime in runtimes:
+                await runtime.retire(None)
     finally:
+        if store is not None:
+            store.stop()
         moto.stop()
 
 
@@ -127,7 +154,7 @@ async def vault(work: Path, samples: int, interval: float) -> list[float]:
             bao.kv_put("variables/token", {"value": value})
 
         try:
-            return await rotation_to_fresh(runtime, lambda v: asyncio.to_thread(put, v), samples)
+            return await rotation_to_fresh([runtime], lambda v: asyncio.to_thread(put, v), samples)
         finally:
             await runtime.retire(None)
     finally:
@@ -155,7 +182,7 @@ async def gcp(work: Path, samples: int) -> list[float]:
             pubsub.publish({"eventType": "SECRET_VERSION_ADD", "secretId": secret})
 
         try:
-            return await rotation_to_fresh(runtime, rotate, samples)
+            return await rotation_to_fresh([runtime], rotate, samples)
         finally:
             await runtime.retire(None)
     finally:
@@ -230,10 +257,11 @@ def percentiles(lags: list[float]) -> tuple[float, float]:
 
 async def run(args: argparse.Namespace, work: Path) -> None:
     interval = 1.0
-    print(f"rotation to fresh, one agent ({args.samples} rotations per feed)\n")
+    print(f"rotation to fresh ({args.samples} rotations per feed; one agent unless said)\n")
     print(f"{'feed':34}{'p50 s':>8}{'p99 s':>8}{'target p99':>12}  met")
     feeds: list[tuple[str, Callable[[], Awaitable[list[float]]], float]] = [
         ("aws (EventBridge -> SQS, 20 s poll)", lambda: aws(work, args.samples), 5.0),
+        ("aws, 3 agents + store (a read each)", lambda: aws(work, args.samples, 3), 5.0),
         ("gcp (Pub/Sub pull)", lambda: gcp(work, args.samples), 5.0),
         (f"vault (scan every {interval:.0f} s)", lambda: vault(work, args.samples, interval), 2.0),
     ]
