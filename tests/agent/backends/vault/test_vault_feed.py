@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def test_a_server_without_detailed_metadata_is_a_failing_feed_not_an_outage(
         assert value(agent, V, "plain") == "p"  # the next backend in the chain serves it
 
 
+@pytest.fixture
+def root_level() -> Iterator[None]:
+    """A reload applies ``[log] level`` to the root logger: give the next tests theirs back."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
+
+
+@pytest.mark.usefixtures("root_level")
 def test_a_reload_replaces_the_feed_and_the_new_one_works(bao: BaoServer, short_tmp: Path) -> None:
     bao.kv_put("variables/reload_v", {"value": "1"})
     config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "scan"))
