@@ -11,8 +11,10 @@ says which targets hold. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -97,6 +99,28 @@ def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: i
     ]
 
 
+def zipf_keys(count: int, distinct: int, seed: int = 29) -> list[str]:
+    """``count`` variable names drawn from ``distinct`` keys with Zipf weights (s = 1): a
+    fleet's mix, where a few keys are asked for most and a long tail now and then."""
+    weights = list(itertools.accumulate(1 / rank for rank in range(1, distinct + 1)))
+    drawn = random.Random(seed).choices(range(distinct), cum_weights=weights, k=count)
+    return [f"bench_{i}" for i in drawn]
+
+
+def agent_mix_client(path: str, keys: list[str]) -> Callable[[], None]:
+    """Each call reads the next of ``keys`` (cycled), every one through the agent."""
+    from secrets_agent_client import AgentSecretsBackend
+
+    backend = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
+    names = itertools.cycle(keys)
+
+    def once() -> None:
+        if backend.get_variable(next(names)) is None:
+            raise RuntimeError("benchmark key missing")
+
+    return once
+
+
 CLIENTS: dict[str, Callable[[str], Callable[[], None]]] = {
     "agent": agent_client,
     "floor_a": floors.floor_a_client,
@@ -123,10 +147,12 @@ class Sizes:
     burst: int
     keys: int
     soak: float
+    mix: int  # distinct keys of the Zipf mix
+    misses: int  # uncached Vault reads per subject
 
 
-FULL = Sizes(6000, 8000, 9, 4, 16, 500, 1000, 10000, 0)
-SMALL = Sizes(200, 200, 2, 2, 2, 20, 50, 200, 0)
+FULL = Sizes(6000, 8000, 9, 4, 16, 500, 1000, 10000, 0, 5000, 360)
+SMALL = Sizes(200, 200, 2, 2, 2, 20, 50, 200, 0, 100, 8)
 
 
 def main() -> None:
@@ -184,7 +210,7 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
             )
             rows += memory(sizes, str(agent_sock), agent.pid)
     if vault:
-        rows += vault_compare.rows(work, sizes.lookups, sizes.burst, env, Row)
+        rows += vault_compare.rows(work, sizes, env, Row)
     import_time = measure.import_ms(PY, "secrets_agent_client.backend")
     rows.append(
         Row(
@@ -220,9 +246,16 @@ def ratio(ours: float, theirs: float) -> float:
 
 def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     agent = servers.agent
-    ours, a_p50, b_p50 = measure.interleaved_p50_us(
+    # The mix: every key read once first (the agent fetches each from its file backend), then
+    # a seeded Zipf sequence long enough that no measuring round repeats it.
+    mix = zipf_keys(sizes.cpu_lookups * sizes.rounds + sizes.lookups, sizes.mix)
+    warm = agent_mix_client(agent, [f"bench_{i}" for i in range(sizes.mix)])
+    for _ in range(sizes.mix):
+        warm()
+    ours, mix_p50, a_p50, b_p50 = measure.interleaved_p50_us(
         [
             agent_client(agent),
+            agent_mix_client(agent, mix),
             floors.floor_a_client(servers.floor_a),
             floors.floor_b_client(servers.floor_b),
         ],
@@ -230,9 +263,10 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
         sizes.rounds,
     )
     # CPU per request in interleaved rounds, the median of each: host noise hits all alike.
-    our_cpu, a_cpu, c_cpu, u_cpu = measure.interleaved_cpu(
+    our_cpu, mix_cpu, a_cpu, c_cpu, u_cpu = measure.interleaved_cpu(
         [
             (agent_client(agent), pids.agent),
+            (agent_mix_client(agent, mix), pids.agent),
             (floors.floor_a_client(servers.floor_a), pids.floor_a),
             (floors.floor_a_client(servers.floor_c), pids.floor_c),
             (floors.floor_a_client(servers.floor_u), pids.floor_u),
@@ -246,6 +280,8 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     u_ratio = ratio(u_cpu.server_us, a_cpu.server_us)
     # A smoke run may see no clock tick in a floor's server: nan rather than a crash.
     over_c, over_u = ratio(server_ratio, c_ratio), ratio(server_ratio, u_ratio)
+    mix_over_u = ratio(mix_cpu.server_us, u_cpu.server_us)
+    p50_ratio, mix_p50_ratio = ours / a_p50, mix_p50 / a_p50
     one = measure.rate(agent_client(agent), sizes.lookups)
     clients = sizes.procs * sizes.threads
     many, errors = measure.concurrent_rate(
@@ -254,9 +290,15 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     return [
         Row(
             "cached get_variable p50 ÷ Floor A p50",
-            f"{ours / a_p50:.2f}x ({ours:.0f} µs; A {a_p50:.0f} µs, B {b_p50:.0f} µs)",
-            "≤ 1.0x (stretch 0.7x)",
-            ours / a_p50 <= 1.0,
+            f"{p50_ratio:.2f}x ({ours:.0f} µs; A {a_p50:.0f} µs, B {b_p50:.0f} µs)",
+            "≤ 1.0x",
+            p50_ratio <= 1.0,
+        ),
+        Row(
+            "cached get_variable p50 ÷ Floor A p50, the stretch target",
+            f"{p50_ratio:.2f}x",
+            "≤ 0.7x",
+            p50_ratio <= 0.7,
         ),
         Row(
             "agent CPU per cached lookup ÷ Floor A server's",
@@ -275,6 +317,24 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
             f"{u_ratio:.2f}x ({u_cpu.server_us:.0f} µs; agent ÷ U {over_u:.2f}x)",
             "report",
             None,
+        ),
+        Row(
+            "agent CPU per cached lookup ÷ Floor U server's",
+            f"{over_u:.2f}x ({our_cpu.server_us:.0f} µs; U {u_cpu.server_us:.0f} µs)",
+            "≤ 1.3x",
+            over_u <= 1.3,
+        ),
+        Row(
+            f"{sizes.mix:,} keys in a Zipf mix: agent CPU ÷ Floor U's, ÷ one key's",
+            f"{ratio(mix_over_u, over_u):.2f}x ({mix_over_u:.2f}x U; {mix_cpu.server_us:.0f} µs)",
+            "≤ 1.1x",
+            ratio(mix_over_u, over_u) <= 1.1,
+        ),
+        Row(
+            f"{sizes.mix:,} keys in a Zipf mix: p50 ÷ Floor A's, ÷ one key's",
+            f"{mix_p50_ratio / p50_ratio:.2f}x ({mix_p50_ratio:.2f}x A; {mix_p50:.0f} µs)",
+            "≤ 1.1x",
+            mix_p50_ratio / p50_ratio <= 1.1,
         ),
         Row(
             "client CPU per cached lookup ÷ Floor A client's",

@@ -25,7 +25,11 @@ def test_bench_prints_every_figure_with_its_target() -> None:
     out = result.stdout
     for figure in (
         "cached get_variable p50",
-        "agent CPU per cached lookup",
+        "agent CPU per cached lookup ÷ Floor A",
+        "agent CPU per cached lookup ÷ Floor U",
+        "the stretch target",
+        "Zipf mix: agent CPU",
+        "Zipf mix: p50",
         "client CPU per cached lookup",
         "awaited aget_variable p50",
         "client CPU per awaited lookup",
