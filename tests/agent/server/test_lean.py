@@ -120,6 +120,21 @@ def test_the_head_memo_answers_the_same_and_stays_bounded() -> None:
     assert parser.parse(big) is not None and big not in parser.memo  # big heads are not kept
 
 
+def test_a_head_still_asked_for_outlives_any_number_of_others() -> None:
+    prepared: list[str] = []
+
+    def prepare(query: ReadQuery) -> Prepared:
+        prepared.append(query.raw_id)
+        return Prepared(query, Kind.VARIABLE, None, False, "", (Kind.VARIABLE, query.raw_id, None))
+
+    parser = HeadParser(*LIMITS, prepare, size=64)
+    hot = b"GET /v1/variables/hot HTTP/1.1\r\nHost: x\r\n\r\n"
+    for i in range(1_000):  # a fleet's tail: many heads, each asked for once
+        parser.parse(f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert parser.parse(hot) is not None
+    assert prepared.count("hot") == 1 and len(parser.memo) <= 64
+
+
 def test_renderer_writes_status_headers_length_date_and_body() -> None:
     wall = [1_800_000_000.0]
     renderer = Renderer(wall=lambda: wall[0])

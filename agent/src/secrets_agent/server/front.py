@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import cast
 
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import Answer
@@ -28,7 +28,6 @@ from secrets_agent.server.lean import HeadParser, LeanRead, Renderer, could_be_l
 from secrets_agent.server.peers import peer_credentials, peer_groups
 from secrets_agent.server.reads import Caller, Reads
 
-_UNSEEN: Any = object()
 _MAX_BUFFERED = 256 * 1024  # unanswered bytes held while a request waits; then reading pauses
 
 
@@ -120,7 +119,7 @@ class Front(asyncio.Protocol):
         ):
             # The usual read: one whole request, seen before (the memo is keyed by requests
             # with their blank line, so a partial or pipelined read never matches here).
-            head = self._s.heads.memo.get(data)
+            head = self._s.heads.memo.young.get(data)
             if head is not None and self._admitted:
                 self._respond(head)
                 if not (self._busy or self._closing):
@@ -228,9 +227,7 @@ class Front(asyncio.Protocol):
                     self._set_deadline(time.monotonic() + s.header_timeout)
                 break
             raw = bytes(buffer[: end + 4])
-            head = s.heads.memo.get(raw, _UNSEEN)
-            if head is _UNSEEN:
-                head = s.heads.parse(raw)
+            head = s.heads.parse(raw)
             if head is None:
                 self._hand_off()
                 break

@@ -17,6 +17,7 @@ from http import HTTPStatus
 from yarl import URL
 
 from secrets_agent.server.errors import JSON_TYPE, Answer, Headers
+from secrets_agent.server.memo import Generations
 from secrets_agent.server.reads import KIND_LABELS, PATTERN, Prepared, ReadQuery
 
 START = b"GET /v1/"
@@ -30,6 +31,7 @@ _NOT_LEAN = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"trailer", 
 _ONCE = frozenset({b"host", b"content-length", b"connection"})  # twice: aiohttp's call
 _MAX_FIELDS = 100
 _MEMO_HEAD = 512  # heads remembered are at most this long (the client's are ~60 bytes)
+_UNSEEN: object = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +58,26 @@ def could_be_lean(start: bytes | bytearray) -> bool:
 
 class HeadParser:
     """``parse_head`` and ``Reads.prepare`` with a memo keyed by the request's bytes: a worker
-    asks for the same few keys with the same bytes."""
+    asks for the same few keys with the same bytes, a fleet for thousands (``size`` bounds it,
+    and heads still asked for stay in it however many others come and go)."""
 
     def __init__(
         self,
         max_line: int,
         max_field: int,
         prepare: Callable[[ReadQuery], Prepared],
-        size: int = 4096,
+        size: int = 8192,
     ) -> None:
-        self._max_line, self._max_field, self._size = max_line, max_field, size
+        self._max_line, self._max_field = max_line, max_field
         self._prepare = prepare
-        self.memo: dict[bytes, LeanRead | None] = {}  # the caller looks here first
+        # The caller looks in ``memo.young`` first (one dict lookup), then calls ``parse``.
+        self.memo: Generations[bytes, LeanRead | None] = Generations(size)
 
     def parse(self, request: bytes) -> LeanRead | None:
         """The read a whole request head asks for (with its blank line), or None: not lean."""
-        if request in self.memo:
-            return self.memo[request]
+        known = self.memo.get(request, _UNSEEN)
+        if known is not _UNSEEN:
+            return known  # type: ignore[return-value]  # a LeanRead or None, as put
         head = request[:-4] if request.endswith(b"\r\n\r\n") else request
         lean = parse_head(head, self._max_line, self._max_field)
         parsed = (
@@ -82,9 +87,7 @@ class HeadParser:
         )
         if len(request) > _MEMO_HEAD:  # a big head is no worker's: do not hold on to it
             return parsed
-        if len(self.memo) >= self._size:  # many distinct heads: start over, stay bounded
-            self.memo.clear()
-        self.memo[request] = parsed
+        self.memo.put(request, parsed)
         return parsed
 
 
@@ -157,11 +160,13 @@ class Renderer:
         self._wall = wall
         self._second = -1
         self._date = b""
-        self._heads: dict[tuple[int, Headers], bytes] = {}
+        # Bounded (ages make new tuples); the ones still in use stay.
+        self._heads: Generations[tuple[int, Headers], bytes] = Generations(8192)
 
     def render(self, answer: Answer, keep_alive: bool) -> bytes:
         key = (answer.status, answer.headers)
-        head = self._heads.get(key) or self._head(key)
+        heads = self._heads
+        head = heads.young.get(key) or heads.get(key) or self._head(key)
         second = int(self._wall())
         if second != self._second:
             self._date, self._second = _http_date(second), second
@@ -176,9 +181,7 @@ class Renderer:
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
             f"Content-Type: {JSON_TYPE}\r\n{extra}Content-Length: "
         ).encode("latin-1")
-        if len(self._heads) >= 4096:  # ages make new tuples; keep the memo bounded
-            self._heads.clear()
-        self._heads[key] = head
+        self._heads.put(key, head)
         return head
 
 

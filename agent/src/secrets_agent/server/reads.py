@@ -21,6 +21,7 @@ from secrets_agent.ops.logs import RateLimited
 from secrets_agent.server.access import AccessRules, PeerRules
 from secrets_agent.server.context import ApiContext
 from secrets_agent.server.errors import Answer, answer_for, error_answer
+from secrets_agent.server.memo import Generations
 from secrets_agent.server.peers import AccessPolicy, Peer
 
 # The route as aiohttp builds it from ``/v1/{kind:...}/{id:.*}``: both layers match with it.
@@ -36,7 +37,8 @@ _NO_STORE = ("Cache-Control", "no-store")
 _OUTCOME = {state: state.lower() for state in CacheState}
 _STATE = {state: state.value for state in CacheState}
 _KIND = {kind: kind.value for kind in Kind}
-_STATE_AGE: dict[tuple[str, int], tuple[tuple[str, str], ...]] = {}
+# ``X-Cache`` and ``Age`` headers by (state, age): ages grow with TTLs, so bounded.
+_STATE_AGE: Generations[tuple[str, int], tuple[tuple[str, str], ...]] = Generations(8192)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +203,7 @@ class Reads:
             query = read.query
             self._audit(peer, read.kind, query.raw_id, query.team, outcome, result.source)
         state, age = _STATE[result.state], int(result.age)
-        headers = _STATE_AGE.get((state, age)) or _headers(state, age)
+        headers = _STATE_AGE.young.get((state, age)) or _headers(state, age)
         if result.value is None:
             detail = f"no backend has this {_KIND[read.kind]}"
             return error_answer(404, "not_found", detail, headers)
@@ -228,6 +230,5 @@ def _headers(state: str, age: int) -> tuple[tuple[str, str], ...]:
     headers = _STATE_AGE.get(key)
     if headers is None:
         headers = (("X-Cache", state), ("Age", str(age)), _NO_STORE)
-        if len(_STATE_AGE) < 4096:  # ages grow without bound; keep the memo small
-            _STATE_AGE[key] = headers
+        _STATE_AGE.put(key, headers)
     return headers
