@@ -32,6 +32,17 @@ RUN_MARKER = "SECRETS_AGENT_TEST_RUN"
 os.environ[RUN_MARKER] = uuid.uuid4().hex
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """In-process agents apply ``[log] level`` to the root logger (start, reload): give it back."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: Unix socket paths must stay under 108 bytes."""
