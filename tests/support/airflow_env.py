@@ -123,14 +123,25 @@ class Airflow:
         check: bool = False,
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
+        # Its own process group, ended whole: an executor's workers outlive a timed-out command.
+        with subprocess.Popen(
             [str(self.venv / "bin" / "airflow"), *args],
             env=self.env(env),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             cwd=self.home,
-        )
+            start_new_session=True,
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+                raise subprocess.TimeoutExpired(process.args, timeout, stdout, stderr) from None
+            with contextlib.suppress(ProcessLookupError):  # what the command left running
+                os.killpg(process.pid, signal.SIGKILL)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} failed:\n{result.stderr[-4000:]}")
         return result
