@@ -29,6 +29,31 @@ Answer = dict[str, Any]
 Query = tuple[str, str, str | None]  # kind, id, team
 
 
+TEAMS = ("team_a", "team_b", None)
+
+
+def q(kind: str, *ids: str) -> list[Query]:
+    return [(kind, i, None) for i in ids]
+
+
+def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
+    return [(kind, secret_id, team) for team in teams]
+
+
+@dataclass
+class KwargsSetup:
+    """One option set as the provider's kwargs, and the ids whose answers differ as listed."""
+
+    name: str
+    queries: list[Query]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    multi_team: bool = False
+    differs: dict[str, str] = field(default_factory=dict)  # id → listed difference
+
+    def allowed(self) -> dict[int, str]:
+        return {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
+
+
 @dataclass
 class Group:
     """One provider configuration and one agent socket, asked the same queries."""

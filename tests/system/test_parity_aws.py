@@ -21,7 +21,7 @@ import pytest
 
 from support.helpers import running_agent
 from support.moto_aws import REGION, MotoServer
-from support.parity import Group, Query, ask_both, migrated, mismatches
+from support.parity import TEAMS, Group, Query, ask_both, migrated, mismatches, q, tq
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -48,10 +48,6 @@ class Setup:
         kwargs.update({PREFIXES[k]: p for k, p in self.prefixes.items()})
         kwargs.update({PATTERNS[k]: p for k, p in self.patterns.items()})
         return kwargs | self.options
-
-
-def q(kind: str, *ids: str) -> list[Query]:
-    return [(kind, i, None) for i in ids]
 
 
 ALIASES = {
@@ -131,11 +127,6 @@ SETUPS = [
 ]
 
 
-def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
-    return [(kind, secret_id, team) for team in teams]
-
-
-TEAMS = ("team_a", "team_b", None)
 TEAM_QUERIES = (
     tq(V, "shared", *TEAMS)
     + tq(V, "only_b", *TEAMS)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from support.azure_server import CLIENT_ID, CLIENT_SECRET, TENANT, Azure
 from support.helpers import running_agent
-from support.parity import Group, Query, ask_both, migrated, mismatches
+from support.parity import TEAMS, Group, ask_both, migrated, mismatches, q, tq
+from support.parity import KwargsSetup as Setup
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -33,27 +32,6 @@ DISABLED = "a disabled secret is a miss"
 LONG = "x" * 120  # "airflow-variables-" + 120 characters: over Key Vault's 127
 
 
-@dataclass
-class Setup:
-    name: str
-    queries: list[Query]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    multi_team: bool = False
-    differs: dict[str, str] = field(default_factory=dict)  # id → listed difference
-
-    def allowed(self) -> dict[int, str]:
-        return {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
-
-
-def q(kind: str, *ids: str) -> list[Query]:
-    return [(kind, i, None) for i in ids]
-
-
-def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
-    return [(kind, secret_id, team) for team in teams]
-
-
-TEAMS = ("team_a", "team_b", None)
 SETUPS = [
     Setup(
         "defaults",

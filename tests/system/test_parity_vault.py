@@ -18,7 +18,7 @@ import pytest
 
 from support.bao import BaoServer
 from support.helpers import running_agent
-from support.parity import Group, Query, ask_both, migrated, mismatches
+from support.parity import TEAMS, Group, Query, ask_both, migrated, mismatches, q, tq
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -57,10 +57,6 @@ class Setup:
             if (secret_id, team) in self.differs_for:
                 listed[i] = self.differs_for[(secret_id, team)]
         return listed
-
-
-def q(kind: str, *ids: str) -> list[Query]:
-    return [(kind, i, None) for i in ids]
 
 
 SETUPS = [
@@ -107,14 +103,9 @@ SETUPS = [
 ]
 
 
-def tq(kind: str, secret_id: str, *teams: str | None) -> list[Query]:
-    return [(kind, secret_id, team) for team in teams]
-
-
 # VaultBackend 4.8.4 reads only {path}/{team}/{key} for a team's lookup; the agent falls back
 # to the global path, as the other providers do (docs/backends/vault.md, "Team layout").
 GLOBAL_FALLBACK = "a team lookup falls back to the global path"
-TEAMS = ("team_a", "team_b", None)
 TEAM_SETUPS = [
     Setup(
         "two teams",
