@@ -19,9 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from support import ROOT
 from support.loopback import registry_env
@@ -34,6 +34,13 @@ PYTHONS = {"2.10.5": "3.10", "3.3.2": "3.11", "3.4.0b2": "3.11"}
 # Debian's interpreter, outside /root: a task that Airflow re-executes as another user
 # (``run_as_user``: ``sudo -u USER sys.executable``) must be able to run it.
 SYSTEM_PYTHON = "/usr/bin/python3.11"
+
+
+class DagsTest(NamedTuple):
+    """What ``dags test --use-executor`` left: its status (None: ended by the test) and output."""
+
+    returncode: int | None
+    output: str
 
 
 def ensure_venv(version: str, python: str | None = None) -> Path:
@@ -145,6 +152,51 @@ class Airflow:
         if check and result.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} failed:\n{result.stderr[-4000:]}")
         return result
+
+    def dags_test_with_executor(
+        self,
+        dag: str,
+        env: dict[str, str],
+        done: Sequence[Path],
+        timeout: float = 300,
+        grace: float = 30,
+    ) -> DagsTest:
+        """``airflow dags test --use-executor DAG`` until it exits or every path in ``done`` exists.
+
+        Airflow 3.3.2's ``LocalExecutor.end()`` can wait forever on an idle worker left without
+        its shutdown message, after the run has succeeded (seen on a busy machine). So the
+        tasks' own results decide: once they are all written the command has ``grace`` seconds
+        to exit by itself, with status 0, or its process group is ended and ``returncode`` is
+        None.
+        """
+        log = self.home / f"dags-test-{dag}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(self.venv / "bin" / "airflow"), "dags", "test", "--use-executor", dag],
+                env=self.env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,
+            )
+        code: int | None = None
+        try:
+            deadline = time.monotonic() + timeout
+            while process.poll() is None and not all(path.exists() for path in done):
+                if time.monotonic() > deadline:
+                    said = log.read_text(errors="replace")[-6000:]
+                    raise AssertionError(f"dags test {dag}: no results in {timeout:.0f} s\n{said}")
+                time.sleep(0.5)  # polling for files the task processes write
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = process.wait(timeout=grace)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the command and all it started
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        output = log.read_text(errors="replace")
+        if code is not None and code != 0:
+            raise AssertionError(f"dags test {dag} exited {code}:\n{output[-6000:]}")
+        return DagsTest(code, output)
 
 
 def worker_backend(socket_path: str, **kwargs: Any) -> dict[str, str]:

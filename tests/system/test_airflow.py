@@ -132,16 +132,13 @@ def test_airflow3_task_process_through_executor_and_api_server(
     airflow3: Airflow, agent: RunningAgent, short_tmp: Path
 ) -> None:
     """The production path: executor → supervisor → task process → Execution API server."""
+    results = short_tmp / "r.json"
     with execution_api(airflow3) as api_env:
-        run, got = dags_test(
-            airflow3,
-            "agent_check",
-            short_tmp / "r.json",
-            {**api_env, **worker_backend(agent.socket_path)},
-            "--use-executor",
-        )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "Workload finished" in run.stdout + run.stderr  # a separate task process ran it
+        env = {**ENV, "AGENT_DAG_RESULTS": str(results), **api_env}
+        env.update(worker_backend(agent.socket_path))
+        run = airflow3.dags_test_with_executor("agent_check", env, [results])
+    got = json.loads(results.read_text())
+    assert "Workload finished" in run.output  # a separate task process ran it
     assert_agent_values(got)
     assert lookups(agent, "connection", "found") == 2
 

@@ -68,28 +68,12 @@ def run_dag(airflow: Airflow, agent: RunningAgent, results: Path) -> dict[str, A
 
 
 def run_dag_with_executor(airflow: Airflow, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
-    """``dags test --use-executor`` until both tasks have written what they got.
-
-    Airflow 3.3.2's ``LocalExecutor.end()`` can wait forever on an idle worker that got no
-    shutdown message, after the run has succeeded: the results decide, and the command is given
-    a while to exit by itself (then with status 0) before its process group is ended.
-    """
+    """``dags test --use-executor`` until both tasks have written what they got."""
     results = tmp / "r.json"
     paths = [results.with_name(f"{results.name}.{part}") for part in ("task", "trigger")]
-    log = tmp / "dags-test.log"
-    env = {**env, "AGENT_DAG_RESULTS": str(results)}
-    args = ("dags", "test", "--use-executor", "agent_async")
-    with airflow_process(airflow, env, log, *args) as dag_test:
-        deadline = time.monotonic() + 300
-        while dag_test.poll() is None and not all(path.exists() for path in paths):
-            said = log.read_text(errors="replace")[-6000:]
-            assert time.monotonic() < deadline, f"the DAG did not finish in 300 s:\n{said}"
-            time.sleep(0.5)  # polling for files the task processes write
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = dag_test.wait(timeout=60)
-            assert code == 0, log.read_text(errors="replace")[-6000:]
-    for path in paths:
-        assert path.exists(), f"{path.name} missing:\n{log.read_text(errors='replace')[-3000:]}"
+    airflow.dags_test_with_executor(
+        "agent_async", {**env, "AGENT_DAG_RESULTS": str(results)}, paths
+    )
     return {path.suffix[1:]: json.loads(path.read_text()) for path in paths}
 
 
