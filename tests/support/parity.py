@@ -7,6 +7,7 @@ the real client over its socket, so both answers become the Connection Airflow b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from support import ROOT
 from support.airflow_env import ensure_venv
+from support.helpers import running_agent
 
 if TYPE_CHECKING:
     from secrets_agent.config.schema import AgentConfig
@@ -178,3 +180,39 @@ def migrated(
     with config.open("a", encoding="utf-8") as table:  # the [[backends]] table is the last
         table.writelines(f"{key(k)} = {value(v)}\n" for k, v in (additions or {}).items())
     return load_config(config)
+
+
+def migrated_mismatches(
+    tmp: Path,
+    provider_class: str,
+    setups: list[KwargsSetup],
+    base: dict[str, Any],
+    additions: dict[str, Any],
+    loopback: dict[str, Any],
+) -> list[str]:
+    """Each setup's kwargs (over ``base``) run through ``migrate`` and an agent started on what
+    it wrote, asked beside the provider: every answer that differs and is not listed."""
+    groups = []
+    with contextlib.ExitStack() as stack:
+        for index, setup in enumerate(setups):
+            directory = tmp / str(index)
+            directory.mkdir()
+            kwargs = base | setup.kwargs
+            config = migrated(directory, provider_class, kwargs, setup.multi_team, additions)
+            agent = stack.enter_context(running_agent(config))
+            groups.append(
+                Group(
+                    provider_class,
+                    kwargs,
+                    agent.socket_path,
+                    setup.queries,
+                    multi_team=setup.multi_team,
+                    loopback=loopback,
+                )
+            )
+        ask_both(groups)
+    return [
+        f"{setup.name}: {problem}"
+        for setup, group in zip(setups, groups, strict=True)
+        for problem in mismatches(group, setup.allowed())
+    ]

@@ -11,15 +11,13 @@ plus its loopback authority.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.azure_server import CLIENT_ID, CLIENT_SECRET, TENANT, Azure
-from support.helpers import running_agent
-from support.parity import TEAMS, Group, ask_both, migrated, mismatches, q, tq
+from support.parity import TEAMS, migrated_mismatches, q, tq
 from support.parity import KwargsSetup as Setup
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
@@ -108,28 +106,5 @@ def test_azure_backend_answers_as_the_microsoft_azure_provider(
         "verify_challenge_resource": False,
     }
     additions = {"authority_host": azure.tokens.url, "disable_instance_discovery": True}
-    groups = []
-    with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(SETUPS):
-            directory = short_tmp / str(index)
-            directory.mkdir()
-            kwargs = base | setup.kwargs
-            config = migrated(directory, PROVIDER, kwargs, setup.multi_team, additions)
-            agent = stack.enter_context(running_agent(config))
-            groups.append(
-                Group(
-                    PROVIDER,
-                    kwargs,
-                    agent.socket_path,
-                    setup.queries,
-                    multi_team=setup.multi_team,
-                    loopback=loopback,
-                )
-            )
-        ask_both(groups)
-    problems = [
-        f"{setup.name}: {problem}"
-        for setup, group in zip(SETUPS, groups, strict=True)
-        for problem in mismatches(group, setup.allowed())
-    ]
+    problems = migrated_mismatches(short_tmp, PROVIDER, SETUPS, base, additions, loopback)
     assert not problems, "\n".join(problems)
