@@ -186,7 +186,10 @@ def raw_request(socket_path: str, data: bytes, timeout: float = 5.0) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(socket_path)
-        sock.sendall(data)
+        # The agent may answer before reading (503 agent_busy at its connection cap) and close:
+        # what it sent is still in this socket's buffer, so read it rather than fail on the send.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
         chunks = []
         while True:
             try:
