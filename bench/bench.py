@@ -135,6 +135,10 @@ class Row:
     target: str
     holds: bool | None  # None: reported only
 
+    def placed(self, place: str) -> Row:
+        """This row as measured in one placement of client and servers."""
+        return Row(f"{self.figure} [{place}]", self.value, self.target, self.holds)
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -187,7 +191,7 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
     c_sock, u_sock = work / "c.sock", work / "u.sock"
     with (
         measure.server([PY, "-c", floors.FLOOR_A_SERVER, str(a_sock)], a_sock, env) as floor_a,
-        measure.server([PY, "-c", floors.FLOOR_B_SERVER, str(b_sock)], b_sock, env),
+        measure.server([PY, "-c", floors.FLOOR_B_SERVER, str(b_sock)], b_sock, env) as floor_b,
         measure.server([PY, "-c", floors.FLOOR_C_SERVER, str(c_sock)], c_sock, env) as floor_c,
         measure.server([PY, "-c", floors.FLOOR_U_SERVER, str(u_sock)], u_sock, env) as floor_u,
     ):
@@ -195,11 +199,16 @@ def run(work: Path, sizes: Sizes, *, vault: bool) -> list[Row]:
         with measure.server(agent_cmd, agent_sock, env) as agent:
             ready = time.perf_counter() - started
             servers = Servers(str(agent_sock), str(a_sock), str(b_sock), str(c_sock), str(u_sock))
-            pids = Pids(agent.pid, floor_a.pid, floor_c.pid, floor_u.pid)
-            rows += lookups(sizes, servers, pids)
-            rows += awaited(
-                str(agent_sock), sizes.rounds, sizes.lookups, sizes.cpu_lookups, agent.pid
-            )
+            pids = Pids(agent.pid, floor_a.pid, floor_b.pid, floor_c.pid, floor_u.pid)
+            # One client at a time, in each placement the scheduler might otherwise pick at
+            # whim (see measure.placements): the figures differ by placement, not by chance.
+            for place in measure.placements():
+                with measure.pinned(place, pids.all()):
+                    single = lookups(sizes, servers, pids) + awaited(
+                        str(agent_sock), sizes.rounds, sizes.lookups, sizes.cpu_lookups, agent.pid
+                    )
+                rows += [r.placed(place.name) for r in single]
+            rows += throughput(sizes, str(agent_sock), agent.pid)
             rows.append(
                 Row(
                     "agent ready after exec (env/file backends)",
@@ -236,8 +245,12 @@ class Servers:
 class Pids:
     agent: int
     floor_a: int
+    floor_b: int
     floor_c: int
     floor_u: int
+
+    def all(self) -> list[int]:
+        return [self.agent, self.floor_a, self.floor_b, self.floor_c, self.floor_u]
 
 
 def ratio(ours: float, theirs: float) -> float:
@@ -282,11 +295,6 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     over_c, over_u = ratio(server_ratio, c_ratio), ratio(server_ratio, u_ratio)
     mix_over_u = ratio(mix_cpu.server_us, u_cpu.server_us)
     p50_ratio, mix_p50_ratio = ours / a_p50, mix_p50 / a_p50
-    one = measure.rate(agent_client(agent), sizes.lookups)
-    clients = sizes.procs * sizes.threads
-    many, errors = measure.concurrent_rate(
-        "agent", agent, sizes.procs, sizes.threads, sizes.per_client
-    )
     return [
         Row(
             "cached get_variable p50 ÷ Floor A p50",
@@ -342,6 +350,17 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
             "≤ 1.5x",
             client_ratio <= 1.5,
         ),
+    ]
+
+
+def throughput(sizes: Sizes, agent: str, agent_pid: int) -> list[Row]:
+    """Lookups per second, one client back to back and many at once (wherever they run)."""
+    one = measure.rate(agent_client(agent), sizes.lookups)
+    clients = sizes.procs * sizes.threads
+    many, errors = measure.concurrent_rate(
+        "agent", agent, sizes.procs, sizes.threads, sizes.per_client
+    )
+    return [
         Row(
             f"lookups/s, {clients} concurrent clients ({sizes.procs} proc x {sizes.threads} thr)",
             f"{many:,.0f}/s, {errors} errors",

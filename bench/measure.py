@@ -67,6 +67,56 @@ def wait_for_socket(path: Path, process: subprocess.Popen[bytes], limit: float =
         time.sleep(0.005)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one client and its servers run: ``client`` and ``servers`` are CPU numbers."""
+
+    name: str
+    client: int
+    servers: int
+
+
+def placements() -> list[Placement]:
+    """The two placements a client and a server can land in, each made explicit.
+
+    Left to the scheduler, a client and the server it waits on share a CPU in some runs and
+    not in others, and the figures differ by more than the agent's own costs (on this VM, a
+    wake-up across CPUs adds ~30-40 µs of CPU to each side: the inter-processor interrupt and
+    the idle CPU's exit are charged to the tasks). So each single-client figure is taken in
+    both, pinned: on one CPU (the costs themselves, plus two context switches) and across two
+    (what a worker on another core sees). With one CPU there is only the first.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    same = Placement("same CPU", cpus[0], cpus[0])
+    return [same] if len(cpus) < 2 else [same, Placement("across CPUs", cpus[1], cpus[0])]
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (its later threads inherit from them)."""
+    try:
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        tasks = [pid]
+    for tid in tasks:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def pinned(place: Placement, server_pids: Sequence[int]) -> Iterator[None]:
+    """This process on ``place.client``, the servers on ``place.servers``; all back after."""
+    mine = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {place.client})
+        for pid in server_pids:
+            _set_affinity(pid, {place.servers})
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+        for pid in server_pids:
+            _set_affinity(pid, mine)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid``'s live threads (their scheduler run time, in nanoseconds)."""
     total = 0
