@@ -184,6 +184,29 @@ def test_check_config_reads_local_sources_as_run_does(short_tmp: Path, case: str
     assert "s3cret" not in checked.stderr + ran.stderr
 
 
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [
+        ('{"type": "service_account", "private_key": "s3cret"}', "not a service-account key"),
+        ("s3cret", "not a service-account key"),
+    ],
+)
+def test_check_config_loads_a_gcp_credentials_file(
+    short_tmp: Path, contents: str, message: str
+) -> None:
+    key = short_tmp / "key.json"
+    key.write_text(contents)
+    body = (
+        f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n'
+        '[[backends]]\nname = "gcp"\ntype = "gcp_secret_manager"\nproject_id = "p"\n'
+        f'credentials_file = "{key}"\n'
+    )
+    checked = cli("check-config", str(write_config(short_tmp, body)))
+    assert checked.returncode == 78
+    assert f"gcp: {message}" in checked.stderr or message in checked.stderr
+    assert "s3cret" not in checked.stderr and "Traceback" not in checked.stderr
+
+
 def test_check_config_and_run_accept_yaml_dates(short_tmp: Path) -> None:
     (short_tmp / "variables.yaml").write_text("day: 2024-01-01\nstamp: 2024-01-01 10:00:00\n")
     path = write_config(

@@ -75,6 +75,16 @@ class GcpSecretManagerBackend(Backend):
         self._error = None
         metrics.auth_attempts.labels(self.name, "success").inc()
 
+    async def check_local(self) -> None:
+        """Load ``credentials_file`` as ``start`` would (ADC is left alone: it may ask the
+        network, and a node's ADC is often only there at run time)."""
+        if not self.options.credentials_file:
+            return
+        try:
+            await asyncio.to_thread(self._credentials)
+        except Exception as exc:  # the backend edge, as in start
+            raise translate(self.name, exc, "loading credentials") from None
+
     def credentials(self) -> tuple[Any, str | None]:
         """Fresh credentials and their project, as ``start`` loads them (the feed's too)."""
         return self._credentials()
@@ -94,9 +104,7 @@ class GcpSecretManagerBackend(Backend):
         if self.options.credentials_file:
             # A service-account key, as the provider's gcp_key_path; other credential types
             # (workload identity federation, ...) come through ADC.
-            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                self.options.credentials_file, scopes=SCOPES
-            )
+            credentials = self._key_file(service_account.Credentials)
             project = credentials.project_id
         else:
             credentials, project = google.auth.default(scopes=SCOPES)
@@ -109,6 +117,23 @@ class GcpSecretManagerBackend(Backend):
                 target_scopes=SCOPES,
             )
         return credentials, project
+
+    def _key_file(self, loader: Any) -> Any:
+        """``credentials_file`` as service-account credentials; what is wrong with it, in our
+        words (google-auth's may quote the file)."""
+        from google.auth.exceptions import GoogleAuthError
+
+        path = self.options.credentials_file
+        try:
+            return loader.from_service_account_file(path, scopes=SCOPES)
+        except OSError as exc:
+            raise BackendError(
+                self.name, f"cannot read the credentials file {path}: {exc.strerror}"
+            ) from None
+        except (ValueError, GoogleAuthError):
+            raise BackendError(
+                self.name, f"the credentials file {path} is not a service-account key (JSON)"
+            ) from None
 
     def _make_client(self, credentials: Any) -> Any:
         from google.cloud.secretmanager_v1 import SecretManagerServiceAsyncClient
