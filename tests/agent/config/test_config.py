@@ -229,6 +229,39 @@ def test_vault_backend_minimal(tmp_path: Path) -> None:
     assert (options.mount_point, options.kv_engine_version) == ("secret", 2)
 
 
+@pytest.mark.parametrize("method", ["userpass", "ldap"])
+def test_vault_password_methods(tmp_path: Path, method: str) -> None:
+    secret = "pa55-not-in-errors"
+    base = f"""
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "https://vault.local:8200"
+        auth_method = "{method}"
+    """
+    assert problems(tmp_path, base) == [
+        f'backends[0].{method}: auth_method = "{method}" needs a [backends.{method}] table'
+    ]
+    no_user = problems(tmp_path, base + f'[backends.{method}]\npassword_file = "p"\n')
+    assert no_user == [f"backends[0].{method}.username: is required"]
+    both = f'[backends.{method}]\nusername = "a"\npassword = "{secret}"\npassword_file = "p"\n'
+    found = problems(tmp_path, base + both)
+    assert found == [f"backends[0].{method}: set exactly one of password and password_file"]
+    neither = problems(tmp_path, base + f'[backends.{method}]\nusername = "airflow"\n')
+    assert neither == [f"backends[0].{method}: set exactly one of password and password_file"]
+    config = load_config(
+        write_config(tmp_path, base + f'[backends.{method}]\nusername = "a"\npassword_file = "p"\n')
+    )
+    table = getattr(config.backends[0].options, method)
+    assert (table.mount_point, table.password_file) == (method, str(tmp_path / "p"))
+    inline = load_config(
+        write_config(
+            tmp_path, base + f'[backends.{method}]\nusername = "a"\npassword = "{secret}"\n'
+        )
+    )
+    assert secret not in repr(inline)
+
+
 def test_aws_backend_options_are_validated(tmp_path: Path) -> None:
     found = problems(
         tmp_path,

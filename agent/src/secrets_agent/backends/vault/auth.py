@@ -17,7 +17,9 @@ from secrets_agent.backends.vault.options import (
     AppRoleAuth,
     JwtAuth,
     KubernetesAuth,
+    LdapAuth,
     TokenAuth,
+    UserpassAuth,
     VaultOptions,
 )
 
@@ -124,11 +126,42 @@ class KubernetesLogin:
         return _auth_lease(response)
 
 
+class _PasswordLogin:
+    """userpass and ldap: the same login call (``POST auth/<mount>/login/<username>``)."""
+
+    name: str
+
+    def __init__(self, backend: str, options: UserpassAuth | LdapAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        password = self.options.password or _read_secret_file(
+            self.backend, self.options.password_file, "password"
+        )
+        response = getattr(client.auth, self.name).login(
+            username=self.options.username,
+            password=password,
+            mount_point=self.options.mount_point,
+            use_token=False,
+        )
+        return _auth_lease(response)
+
+
+class UserpassLogin(_PasswordLogin):
+    name = "userpass"
+
+
+class LdapLogin(_PasswordLogin):
+    name = "ldap"
+
+
 _METHODS: dict[str, Callable[[str, VaultOptions], AuthMethod]] = {
     "token": lambda name, o: TokenLogin(name, o.token or TokenAuth()),
     "approle": lambda name, o: AppRoleLogin(name, o.approle),  # type: ignore[arg-type]
     "jwt": lambda name, o: JwtLogin(name, o.jwt),  # type: ignore[arg-type]
     "kubernetes": lambda name, o: KubernetesLogin(name, o.kubernetes),  # type: ignore[arg-type]
+    "userpass": lambda name, o: UserpassLogin(name, o.userpass),  # type: ignore[arg-type]
+    "ldap": lambda name, o: LdapLogin(name, o.ldap),  # type: ignore[arg-type]
 }
 
 
@@ -144,6 +177,8 @@ def check_local_files(backend: str, options: VaultOptions) -> None:
         ("token", options.token.token_file if options.token else ""),
         ("secret_id", options.approle.secret_id_file if options.approle else ""),
         ("JWT", options.jwt.jwt_file if options.jwt and options.auth_method == "jwt" else ""),
+        ("password", options.userpass.password_file if options.userpass else ""),
+        ("password", options.ldap.password_file if options.ldap else ""),
     ]
     for what, path in files:
         if path:

@@ -13,7 +13,7 @@ from secrets_agent.backends.migration import (
 from secrets_agent.kinds import Kind
 
 PATHS = {Kind.CONNECTION: "connections", Kind.VARIABLE: "variables", Kind.CONFIG: "config"}
-METHODS = ("token", "approle", "kubernetes")
+METHODS = ("token", "approle", "kubernetes", "userpass", "ldap")
 
 
 def translate(kwargs: Kwargs) -> Translation:
@@ -49,6 +49,8 @@ def translate(kwargs: Kwargs) -> Translation:
         t.credentials[("approle", "secret_id_file")] = Credential(
             "vault-approle-secret-id", secret_id
         )
+    elif method in ("userpass", "ldap"):
+        _password(kwargs, t, method, auth_mount)
     else:
         role = kwargs.text("kubernetes_role")
         if not role:
@@ -87,3 +89,12 @@ def _token(kwargs: Kwargs, t: Translation) -> None:
         t.options["token"] = {"token_file": token_path}
     else:
         t.todo.append(("token", "none in the kwargs: the agent reads $VAULT_TOKEN, as hvac does"))
+
+
+def _password(kwargs: Kwargs, t: Translation, method: str, auth_mount: str) -> None:
+    """userpass / ldap: the password goes to a credential file, the mount as the provider's."""
+    username, password = kwargs.text("username"), kwargs.text("password")
+    if not username or not password:
+        raise MigrationError(f"auth_type {method}: username and password are both needed")
+    t.options[method] = {"username": username} | ({"mount_point": auth_mount} if auth_mount else {})
+    t.credentials[(method, "password_file")] = Credential(f"vault-{method}-password", password)

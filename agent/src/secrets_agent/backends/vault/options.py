@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from secrets_agent.backends.vault.feed import VaultFeedOptions
 from secrets_agent.config.validators import setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
-AUTH_METHODS = ("token", "approle", "jwt", "kubernetes")
+AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap")
 KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
 
 
@@ -17,14 +17,14 @@ KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
 class TokenAuth:
     # Neither set: $VAULT_TOKEN. A token file is re-read on every (re-)login, so a rotated
     # token (e.g. written by another agent) is picked up without a restart.
-    token: str = ""
+    token: str = field(default="", repr=False)
     token_file: str = setting("", path=True)
 
 
 @dataclass(frozen=True)
 class AppRoleAuth:
     role_id: str = setting()
-    secret_id: str = ""
+    secret_id: str = field(default="", repr=False)
     secret_id_file: str = setting("", path=True)
     mount_point: str = "approle"
 
@@ -44,6 +44,23 @@ class KubernetesAuth:
 
 
 @dataclass(frozen=True)
+class UserpassAuth:
+    # The password file is re-read on every (re-)login, as the other methods' files are.
+    username: str = setting()
+    password: str = field(default="", repr=False)
+    password_file: str = setting("", path=True)
+    mount_point: str = "userpass"  # hvac's default, which the provider uses
+
+
+@dataclass(frozen=True)
+class LdapAuth:
+    username: str = setting()
+    password: str = field(default="", repr=False)
+    password_file: str = setting("", path=True)
+    mount_point: str = "ldap"
+
+
+@dataclass(frozen=True)
 class VaultOptions:
     url: str = setting()
     namespace: str = ""
@@ -52,6 +69,8 @@ class VaultOptions:
     approle: AppRoleAuth | None = None
     jwt: JwtAuth | None = None
     kubernetes: KubernetesAuth | None = None
+    userpass: UserpassAuth | None = None
+    ldap: LdapAuth | None = None
     # Same names and defaults as the Airflow provider. mount_point "" is the provider's None
     # (the mount is the secret id's first segment); a path "" means the id alone; a kind left
     # out of ``kinds`` is the provider's path None.
@@ -90,7 +109,7 @@ class VaultOptions:
         if not self.url.startswith(("http://", "https://")):
             problems.append(("url", "must start with http:// or https://"))
         method = self.auth_method
-        if method in ("approle", "jwt") and getattr(self, method) is None:
+        if method in ("approle", "jwt", "userpass", "ldap") and getattr(self, method) is None:
             problems.append((method, f'auth_method = "{method}" needs a [backends.{method}] table'))
         if method == "kubernetes" and self.kubernetes is None:
             problems.append(("kubernetes", "needs a [backends.kubernetes] table with a role"))
@@ -98,6 +117,10 @@ class VaultOptions:
             problems.append(("token", "set token or token_file, not both"))
         if self.approle and bool(self.approle.secret_id) == bool(self.approle.secret_id_file):
             problems.append(("approle", "set exactly one of secret_id and secret_id_file"))
+        for name in ("userpass", "ldap"):
+            table = getattr(self, name)
+            if table is not None and bool(table.password) == bool(table.password_file):
+                problems.append((name, "set exactly one of password and password_file"))
         if bool(self.client_cert) != bool(self.client_key):
             problems.append(("client_cert", "client_cert and client_key go together"))
         if self.backoff_initial > self.backoff_max:
