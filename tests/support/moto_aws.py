@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -34,7 +36,31 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def reset(self) -> None:
-        request = urllib.request.Request(self.url + "/moto-api/reset", method="POST", data=b"")
+        self._post("/moto-api/reset", b"")
+
+    @contextlib.contextmanager
+    def enforcing_auth(self) -> Iterator[None]:
+        """moto checks each request's signature and IAM policy (by default it takes any key)."""
+        self._post("/moto-api/reset-auth", b"0")
+        try:
+            yield
+        finally:
+            self._post("/moto-api/reset-auth", b"inf")
+
+    def access_key(self, user: str, actions: list[str]) -> tuple[str, str]:
+        """A new IAM user allowed ``actions`` on every resource, and its access key."""
+        iam = self.client("iam")
+        iam.create_user(UserName=user)
+        statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+        document = {"Version": "2012-10-17", "Statement": [statement]}
+        iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(document))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def _post(self, path: str, data: bytes) -> None:
+        request = urllib.request.Request(
+            self.url + path, method="POST", data=data, headers={"Content-Type": "text/plain"}
+        )
         with urllib.request.urlopen(request, timeout=10):
             pass
 

@@ -145,6 +145,28 @@ def test_environment_wins_as_in_airflow(tmp_path: Path) -> None:
             lambda o: o.kinds == ("connections", "variables") and o.tenant_id == "t",
         ),
         (
+            VAULT,
+            {
+                "url": "http://v",
+                "auth_type": "userpass",
+                "username": "airflow",
+                "password": SECRET,
+                "auth_mount_point": "people",
+            },
+            "vault-userpass-password",
+            lambda o: (
+                o.auth_method == "userpass"
+                and (o.userpass.username, o.userpass.mount_point) == ("airflow", "people")
+                and o.userpass.password == ""
+            ),
+        ),
+        (
+            VAULT,
+            {"url": "http://v", "auth_type": "ldap", "username": "airflow", "password": SECRET},
+            "vault-ldap-password",
+            lambda o: o.auth_method == "ldap" and o.ldap.mount_point == "ldap",
+        ),
+        (
             SM,
             {
                 "aws_access_key_id": "AKIA0000",
@@ -169,9 +191,29 @@ def test_credentials_go_to_private_files(
     path = tmp_path / "out" / "credentials" / credential
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and SECRET in path.read_text()
     assert check(load_config(tmp_path / "out" / "agent.toml").backends[0].options)
+    assert f'"{path}"' in (tmp_path / "out" / "agent.toml").read_text()  # referenced by path
     checked = cli(tmp_path, "check-config", str(tmp_path / "out" / "agent.toml"))
     assert checked.returncode == 0, checked.stderr
     assert "warning" not in checked.stderr  # kinds is written: the new meaning of "" is meant
+
+
+def test_aws_keys_need_no_environment_and_check_config_reads_their_file(
+    tmp_path: Path,
+) -> None:
+    keys = {"aws_access_key_id": "AKIA0000", "aws_secret_access_key": SECRET}
+    result = migrate(tmp_path, **backend_env(SSM, keys))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "AWS_SHARED_CREDENTIALS_FILE" not in result.stdout
+        and "kwargs to review" not in result.stdout
+    )
+    path = tmp_path / "out" / "credentials" / "aws-credentials"
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert (options.credentials_file, options.profile) == (str(path), "airflow-secrets-agent")
+    path.unlink()
+    checked = cli(tmp_path, "check-config", str(tmp_path / "out" / "agent.toml"))
+    assert checked.returncode == 78
+    assert f"cannot read the credentials file {path}: No such file or directory" in checked.stderr
 
 
 def test_local_filesystem_backend(tmp_path: Path) -> None:
@@ -200,8 +242,12 @@ def test_local_filesystem_backend(tmp_path: Path) -> None:
             "kept in the secrets backend itself",
         ),
         (
+            backend_env(VAULT, {"url": "http://v", "auth_type": "radius", "radius_secret": SECRET}),
+            "auth_type 'radius'",
+        ),
+        (
             backend_env(VAULT, {"url": "http://v", "auth_type": "ldap", "password": SECRET}),
-            "auth_type 'ldap'",
+            "auth_type ldap: username and password are both needed",
         ),
         (
             backend_env(VAULT, {"url": "http://v", "token": SECRET})

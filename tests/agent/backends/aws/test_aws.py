@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
+from secrets_agent.backends.aws.feed import SqsFeed, SqsFeedOptions
 from secrets_agent.backends.aws.options import SecretsManagerOptions, SsmOptions
 from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
 from secrets_agent.backends.aws.ssm import SsmBackend
@@ -227,6 +229,63 @@ async def test_no_credentials_means_not_ready(
     sm = await backends.secrets_manager()
     assert not sm.health().ready
     assert "no AWS credentials" in sm.health().detail
+
+
+def credentials_file(path: Any, profile: str, key: tuple[str, str]) -> str:
+    path.write_text(
+        f"[{profile}]\naws_access_key_id = {key[0]}\naws_secret_access_key = {key[1]}\n"
+    )
+    return str(path)
+
+
+async def test_credentials_file_holds_the_keys_used(
+    aws: MotoServer, backends: Backends, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    aws.put_secret("airflow/variables/greeting", "hello")
+    aws.put_parameter("/airflow/variables/greeting", "hello from ssm")
+    actions = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "sqs:ReceiveMessage"]
+    key = aws.access_key("agent", actions)
+    path = credentials_file(tmp_path / "credentials", "migrated", key)
+    queue = aws.client("sqs").create_queue(QueueName="changes")["QueueUrl"]
+    caplog.set_level(logging.DEBUG)
+    with aws.enforcing_auth():
+        # The environment's keys (support/loopback.py) are refused now: only the file's work.
+        # (moto answers InvalidClientTokenId as XML, which botocore reads as code "403".)
+        from_env = await backends.secrets_manager()
+        with pytest.raises(BackendError, match="403"):
+            await from_env.fetch(V, "greeting")
+        sm = await backends.secrets_manager(credentials_file=path, profile="migrated")
+        assert await sm.fetch(V, "greeting") == "hello"
+        assert sm.health().ready
+        ssm = await backends.ssm(credentials_file=path, profile="migrated")
+        assert await ssm.fetch(V, "greeting") == "hello from ssm"
+        # The change feed's SQS client is made the same way, from the same file.
+        feed = SqsFeed(sm, SqsFeedOptions(queue_url=queue, endpoint_url=aws.url, wait_time=0))
+        await feed.start()
+        try:
+            assert await feed.receive(list) == []
+        finally:
+            await feed.close()
+    assert key[1] not in caplog.text
+
+
+async def test_credentials_file_missing_or_without_the_profile(
+    aws: MotoServer, backends: Backends, tmp_path: Any
+) -> None:
+    missing = SecretsManagerBackend(
+        "sm", SecretsManagerOptions(credentials_file=str(tmp_path / "none"), profile="migrated")
+    )
+    message = f"cannot read the credentials file {tmp_path / 'none'}: No such file or directory"
+    with pytest.raises(BackendError) as info:
+        await missing.check_local()  # check-config
+    assert str(info.value) == f"backend 'sm': {message}"
+    with pytest.raises(BackendError, match="cannot read the credentials file"):
+        await missing.start()
+    path = credentials_file(tmp_path / "credentials", "migrated", ("AKIAX", "s3cret-key"))
+    with pytest.raises(BackendError) as info:
+        await backends.secrets_manager(credentials_file=path, profile="other")
+    assert "AWS profile 'other' is in no credentials or config file" in str(info.value)
+    assert "s3cret-key" not in str(info.value)
 
 
 async def test_unreachable_endpoint_is_transient(backends: Backends) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from secrets_agent.backends.aws.client import AwsClient
+from secrets_agent.backends.aws.client import AwsClient, check_credentials_file
 from secrets_agent.backends.aws.options import AwsOptions
 from secrets_agent.backends.base import Backend, BackendContext, Health, Prefetched, Versioned
 from secrets_agent.backends.feeds import Feed
@@ -28,6 +28,9 @@ class AwsBackend(Backend):
 
     async def start(self) -> None:
         await self.client.start()
+
+    async def check_local(self) -> None:
+        check_credentials_file(self.name, self.options)
 
     async def close(self) -> None:
         await self.client.close()

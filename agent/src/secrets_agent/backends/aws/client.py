@@ -1,9 +1,14 @@
-"""One aioboto3 client per backend, on the default credential chain (optionally AssumeRole)."""
+"""One aioboto3 client per backend, on the default credential chain (optionally AssumeRole).
+
+The backend's API client and its change feed's SQS client are both made here, so both read
+credentials the same way.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
@@ -45,8 +50,12 @@ class AwsClient:
         from aiobotocore.session import AioSession
 
         o = self.options
+        check_credentials_file(self.backend, o)
         try:
             base = AioSession(profile=o.profile or None)
+            if o.credentials_file:
+                # Before anything reads the profile map, which botocore builds once per session.
+                base.set_config_variable("credentials_file", o.credentials_file)
             if o.region:
                 base.set_config_variable("region", o.region)
             if o.role_arn:
@@ -112,6 +121,18 @@ class AwsClient:
         method = getattr(self._client, _snake(operation))
         response: dict[str, Any] | None = await self.calls(operation, lambda: method(**kwargs))
         return response
+
+
+def check_credentials_file(backend: str, options: AwsOptions) -> None:
+    """botocore skips a shared-credentials file it cannot read; the agent refuses it."""
+    if not options.credentials_file:
+        return
+    try:
+        Path(options.credentials_file).read_bytes()
+    except OSError as exc:
+        raise BackendError(
+            backend, f"cannot read the credentials file {options.credentials_file}: {exc.strerror}"
+        ) from None
 
 
 @functools.cache

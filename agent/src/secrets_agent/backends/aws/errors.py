@@ -69,6 +69,11 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         if isinstance(status, int) and status >= 500:
             return TransientError(backend, f"AWS {operation} failed with HTTP {status}")
         return BackendError(backend, f"AWS {operation} failed ({code})")
+    if isinstance(exc, bx.ProfileNotFound):
+        profile = exc.kwargs.get("profile")
+        return BackendError(
+            backend, f"AWS profile {profile!r} is in no credentials or config file ({operation})"
+        )
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return BackendError(backend, f"no usable AWS credentials for {operation}")
     if isinstance(exc, bx.HTTPClientError | bx.ConnectionError):

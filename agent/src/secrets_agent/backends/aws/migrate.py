@@ -63,16 +63,8 @@ def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
         if not (keys.get("aws_access_key_id") and keys.get("aws_secret_access_key")):
             raise MigrationError("aws_access_key_id and aws_secret_access_key go together")
         lines = [f"[{PROFILE}]", *(f"{k} = {v}" for k, v in keys.items()), ""]
-        t.credentials[("@aws-credentials",)] = Credential("aws-credentials", "\n".join(lines))
+        t.credentials[("credentials_file",)] = Credential("aws-credentials", "\n".join(lines))
         t.options["profile"] = PROFILE
-        t.todo.append(
-            (
-                "aws_access_key_id",
-                "written to credentials/aws-credentials (profile "
-                f"{PROFILE!r}): set AWS_SHARED_CREDENTIALS_FILE to it in the agent's "
-                "environment, or better, give the agent a role",
-            )
-        )
     return t
 
 

@@ -24,6 +24,9 @@ class AwsOptions:
     # instance roles); these only narrow or redirect it.
     region: str = ""
     profile: str = ""
+    # A shared-credentials file (INI, as ~/.aws/credentials) read instead of
+    # $AWS_SHARED_CREDENTIALS_FILE / ~/.aws/credentials; ``profile`` picks its section.
+    credentials_file: str = setting("", path=True)
     endpoint_url: str = ""
     role_arn: str = ""
     role_session_name: str = "airflow-secrets-agent"
