@@ -2,8 +2,9 @@
 
 Cases: the layouts of the provider's ``test_vault.py`` (KV v1 and v2, custom and ``None``
 mounts, ``None``/empty/custom/trailing-separator paths, ``conn_uri`` and field connections,
-a secret without ``value``), plus soft-deleted and destroyed versions and fields Airflow's
-``Connection`` rejects.
+a secret without ``value``), plus soft-deleted and destroyed versions, fields Airflow's
+``Connection`` rejects, and logging in with ``auth_type="userpass"`` (default and custom
+``auth_mount_point``; a path the user's policy denies).
 The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
@@ -26,6 +27,15 @@ PROVIDER = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
 C, V, CFG = "connection", "variable", "config"
 PATHS = {C: "connections_path", V: "variables_path", CFG: "config_path"}
 
+# A Vault user as the provider logs in with auth_type="userpass" (the agent: [backends.userpass]
+# with the password in a 0600 file that migrate writes).
+USERPASS: dict[str, object] = {"auth_type": "userpass", "username": "airflow", "password": "pw-1"}
+READER = """
+path "+/data/*" { capabilities = ["read"] }
+path "kv1/*" { capabilities = ["read"] }
+path "secret/data/variables/forbidden" { capabilities = ["deny"] }
+"""
+
 # The deliberate differences for Vault (docs/migrating.md).
 MAPPED_FIELDS = "connection fields Airflow's constructor rejects are mapped or dropped"
 
@@ -40,14 +50,15 @@ class Setup:
     differs: dict[str, str] = field(default_factory=dict)  # id → listed difference
     team_layout: bool = False
     differs_for: dict[tuple[str, str | None], str] = field(default_factory=dict)  # (id, team)
+    auth: dict[str, object] | None = None  # the login kwargs; None: the root token
 
     def provider_kwargs(self, bao: BaoServer) -> dict[str, object]:
         kwargs: dict[str, object] = {
             "url": bao.url,
-            "token": bao.root_token,
             "mount_point": self.mount_point,
             "kv_engine_version": self.kv_engine_version,
         }
+        kwargs |= {"token": bao.root_token} if self.auth is None else self.auth
         kwargs.update({PATHS[kind]: path for kind, path in self.paths.items()})
         return kwargs
 
@@ -94,6 +105,17 @@ SETUPS = [
         q(V, "kv1/v1var", "v1var"),
         mount_point=None,
         kv_engine_version=1,
+    ),
+    Setup(
+        "userpass login",
+        q(C, "uri_conn") + q(V, "hello", "absent", "forbidden") + q(CFG, "sql_alchemy_conn"),
+        auth=USERPASS,
+    ),
+    Setup(
+        "userpass login at an auth_mount_point, mount_point None",
+        q(V, "airflow/hello", "kv1/v1var", "hello"),
+        mount_point=None,
+        auth=USERPASS | {"password": "pw-2", "auth_mount_point": "airflow-users"},
     ),
     Setup(
         "empty and disabled paths",
@@ -158,6 +180,12 @@ def seed(bao: BaoServer) -> None:
     for name in ("soft_deleted", "destroyed"):
         kv(f"variables/{name}", {"value": "v1"})
         kv(f"variables/{name}", {"value": "v2"})
+    kv("variables/forbidden", {"value": "denied to the user"})
+    bao.api("PUT", "/v1/sys/policies/acl/reader", {"policy": READER})
+    for mount, password in (("userpass", USERPASS["password"]), ("airflow-users", "pw-2")):
+        bao.api("POST", f"/v1/sys/auth/{mount}", {"type": "userpass"})
+        user = {"password": password, "token_policies": ["reader"]}
+        bao.api("POST", f"/v1/auth/{mount}/users/airflow", user)
     bao.api("DELETE", "/v1/secret/data/variables/soft_deleted")
     bao.api("POST", "/v1/secret/destroy/variables/destroyed", {"versions": [2]})
     kv("variables/v1var", {"value": "from kv1"}, mount="kv1", version=1)
