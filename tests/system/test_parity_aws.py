@@ -4,7 +4,8 @@ SystemsManagerParameterStoreBackend, on the same moto server.
 Cases: the layouts of the provider's ``test_secrets_manager.py`` / ``test_systems_manager.py``
 (default, custom, empty, ``None`` and trailing-separator prefixes, a custom ``sep``, every alias
 word of a JSON connection and ``extra_conn_words``, lookup patterns in mixed case), plus binary
-secrets and secrets pending deletion.
+secrets and secrets pending deletion, and access keys in the kwargs (moto checking them, with
+no credentials in the environment).
 The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
@@ -21,7 +22,17 @@ import pytest
 
 from support.helpers import running_agent
 from support.moto_aws import REGION, MotoServer
-from support.parity import TEAMS, Group, Query, ask_both, migrated, mismatches, q, tq
+from support.parity import (
+    TEAMS,
+    Group,
+    Query,
+    ask_both,
+    migrated,
+    mismatches,
+    outcome,
+    q,
+    tq,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -232,3 +243,49 @@ def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: 
         for problem in mismatches(group)
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_access_keys_in_the_kwargs_need_nothing_in_the_environment(
+    aws: MotoServer, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """migrate writes the keys to credentials/aws-credentials and names it in the config; with
+    moto checking every signature and no keys in the environment, only those keys can work."""
+    actions = ["secretsmanager:GetSecretValue", "ssm:GetParameter"]
+    key_id, secret = aws.access_key("migrated", actions)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(short_tmp / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(short_tmp / "none"))
+    keys = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+    setups = [
+        Setup(
+            "secrets manager with access keys",
+            SM,
+            q(C, "uri", "json") + q(V, "hello", "absent"),
+            options=keys,
+        ),
+        Setup("ssm with access keys", SSM, q(V, "hello", "secure", "absent"), options=keys),
+    ]
+    groups = []
+    with aws.enforcing_auth(), contextlib.ExitStack() as stack:
+        for index, setup in enumerate(setups):
+            directory = short_tmp / str(index)
+            directory.mkdir()
+            config = migrated(directory, setup.provider, setup.provider_kwargs(aws))
+            options = config.backends[0].options
+            assert options.credentials_file == str(
+                directory / "migrated/credentials/aws-credentials"
+            )
+            agent = stack.enter_context(running_agent(config))
+            groups.append(
+                Group(setup.provider, setup.provider_kwargs(aws), agent.socket_path, setup.queries)
+            )
+        ask_both(groups)
+    problems = [
+        f"{setup.name}: {problem}"
+        for setup, group in zip(setups, groups, strict=True)
+        for problem in mismatches(group)
+    ]
+    assert not problems, "\n".join(problems)
+    found = [ours for group in groups for _, ours in group.answers if outcome(ours) == "found"]
+    assert len(found) == 5  # the keys were accepted: not identical errors on both sides
