@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from secrets_agent.config.loader import load_config
 from support.helpers import running_agent
 from support.moto_aws import REGION, MotoServer
 from support.parity import (
@@ -218,11 +219,12 @@ def aws() -> Iterator[MotoServer]:
         server.stop()
 
 
-def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: Path) -> None:
+def asked(aws: MotoServer, tmp: Path, setups: list[Setup]) -> list[Group]:
+    """Each setup migrated, served by an agent and asked beside the provider."""
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
-            directory = short_tmp / str(index)
+        for index, setup in enumerate(setups):
+            directory = tmp / str(index)
             directory.mkdir()
             multi_team = bool(setup.agent_options.get("team_layout"))
             config = migrated(directory, setup.provider, setup.provider_kwargs(aws), multi_team)
@@ -237,12 +239,20 @@ def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: 
                 )
             )
         ask_both(groups)
-    problems = [
+    return groups
+
+
+def problems_of(setups: list[Setup], groups: list[Group]) -> str:
+    return "\n".join(
         f"{setup.name}: {problem}"
         for setup, group in zip(setups, groups, strict=True)
         for problem in mismatches(group)
-    ]
-    assert not problems, "\n".join(problems)
+    )
+
+
+def test_aws_backends_answer_as_the_amazon_provider(aws: MotoServer, short_tmp: Path) -> None:
+    setups = SETUPS + TEAM_SETUPS
+    assert not (problems := problems_of(setups, asked(aws, short_tmp, setups))), problems
 
 
 def test_access_keys_in_the_kwargs_need_nothing_in_the_environment(
@@ -266,26 +276,14 @@ def test_access_keys_in_the_kwargs_need_nothing_in_the_environment(
         ),
         Setup("ssm with access keys", SSM, q(V, "hello", "secure", "absent"), options=keys),
     ]
-    groups = []
-    with aws.enforcing_auth(), contextlib.ExitStack() as stack:
-        for index, setup in enumerate(setups):
-            directory = short_tmp / str(index)
-            directory.mkdir()
-            config = migrated(directory, setup.provider, setup.provider_kwargs(aws))
-            options = config.backends[0].options
-            assert options.credentials_file == str(
-                directory / "migrated/credentials/aws-credentials"
-            )
-            agent = stack.enter_context(running_agent(config))
-            groups.append(
-                Group(setup.provider, setup.provider_kwargs(aws), agent.socket_path, setup.queries)
-            )
-        ask_both(groups)
-    problems = [
-        f"{setup.name}: {problem}"
-        for setup, group in zip(setups, groups, strict=True)
-        for problem in mismatches(group)
-    ]
-    assert not problems, "\n".join(problems)
+    with aws.enforcing_auth():
+        groups = asked(aws, short_tmp, setups)
+    assert not (problems := problems_of(setups, groups)), problems
     found = [ours for group in groups for _, ours in group.answers if outcome(ours) == "found"]
     assert len(found) == 5  # the keys were accepted: not identical errors on both sides
+    written = load_config(short_tmp / "0" / "migrated" / "agent.toml").backends[0].options
+    credentials = short_tmp / "0" / "migrated" / "credentials" / "aws-credentials"
+    assert (written.credentials_file, written.profile) == (
+        str(credentials),
+        "airflow-secrets-agent",
+    )

@@ -44,19 +44,21 @@ class KubernetesAuth:
 
 
 @dataclass(frozen=True)
-class UserpassAuth:
-    # The password file is re-read on every (re-)login, as the other methods' files are.
+class PasswordAuth:
+    """userpass and ldap; the password file is re-read on every (re-)login."""
+
     username: str = setting()
     password: str = field(default="", repr=False)
     password_file: str = setting("", path=True)
+
+
+@dataclass(frozen=True)
+class UserpassAuth(PasswordAuth):
     mount_point: str = "userpass"  # hvac's default, which the provider uses
 
 
 @dataclass(frozen=True)
-class LdapAuth:
-    username: str = setting()
-    password: str = field(default="", repr=False)
-    password_file: str = setting("", path=True)
+class LdapAuth(PasswordAuth):
     mount_point: str = "ldap"
 
 
