@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from secrets_agent.config.loader import load_config
 from secrets_agent.kinds import Kind
@@ -52,6 +54,22 @@ def backend_env(provider: str, kwargs: dict[str, Any]) -> dict[str, str]:
     return {
         "AIRFLOW__SECRETS__BACKEND": provider,
         "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+    }
+
+
+def service_account_key() -> dict[str, str]:
+    """A key google-auth loads (check-config loads it); SECRET is in it, for the leak checks."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": SECRET,
+        "private_key": pem.decode(),
+        "client_email": "agent@p.iam.gserviceaccount.com",
+        "token_uri": "http://127.0.0.1:9/token",
     }
 
 
@@ -125,7 +143,7 @@ def test_environment_wins_as_in_airflow(tmp_path: Path) -> None:
             GCP,
             {
                 "project_id": "p",
-                "gcp_keyfile_dict": {"private_key": SECRET},
+                "gcp_keyfile_dict": service_account_key(),
                 "variables_prefix": "",
             },
             "gcp-key.json",
