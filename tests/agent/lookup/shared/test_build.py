@@ -46,6 +46,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 def tier_for(tmp_path: Path, shared: dict[str, Any], metrics: Metrics) -> SharedTier:
+    # Bounds for a busy machine (a TLS handshake to each shard can take longer than the
+    # defaults there, and the tier would rightly answer from the upstream without the store).
+    if shared:
+        shared = {"timeout": 5.0, "connect_timeout": 10.0} | shared
     config = parse_config({"shared_cache": shared}, base_dir=tmp_path)
     return build_tier(config, [KEY], metrics)
 
