@@ -10,12 +10,16 @@ issues them for the service principal's client id and secret.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
+import os
+import secrets
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +33,8 @@ TENANT = "test-tenant"
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-client-s3cret-canary"
 RESOURCE = "https://vault.azure.net"
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+ISSUER = f"https://sts.windows.net/{TENANT}/"  # Entra's v1 issuer, as Storage expects
 
 
 @dataclass
@@ -50,6 +56,9 @@ class Store:
     tokens_seen: set[str] = field(default_factory=set)
     api_versions: set[str] = field(default_factory=set)
     grants: int = 0
+    scopes: Counter[str] = field(default_factory=Counter)  # scope → tokens granted for it
+    audiences: dict[str, str] = field(default_factory=dict)  # scope → a wrong "aud" to issue
+    refused: set[str] = field(default_factory=set)  # scopes Entra will not issue tokens for
     _ids: Any = field(default_factory=itertools.count)
 
     def put(self, name: str, value: str) -> str:
@@ -209,10 +218,39 @@ class _TokenHandler(_Handler):
         ):
             self.reply(401, {"error": "invalid_client", "error_description": "AADSTS7000215"})
             return
+        scope = form.get("scope", "")
+        if scope in store.refused:
+            # Entra's answer for a resource the tenant has no service principal for.
+            self.reply(400, {"error": "invalid_resource", "error_description": "AADSTS500011"})
+            return
         store.grants += 1
-        token = f"kv-token-{store.grants}"
+        store.scopes[scope] += 1
+        audience = store.audiences.get(scope, scope.removesuffix("/.default"))
+        token = _jwt(audience, 3600)
         store.issued.add(token)
         self.reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": token})
+
+
+def _jwt(audience: str, lifetime: int) -> str:
+    """A JWT-shaped access token as Entra issues: Azurite's ``--oauth basic`` checks its
+    audience, issuer and lifetime, not its signature (the signature here is random bytes)."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {
+        "aud": audience,
+        "iss": ISSUER,
+        "iat": now,
+        "nbf": now - 60,
+        "exp": now + lifetime,
+        "tid": TENANT,
+        "appid": CLIENT_ID,
+        "jti": secrets.token_hex(8),
+    }
+    header = json.dumps({"alg": "RS256", "typ": "JWT"}).encode()
+    return ".".join((part(header), part(json.dumps(claims).encode()), part(os.urandom(32))))
 
 
 class KeyVaultServer(_TlsServer):
@@ -230,8 +268,8 @@ class TokenServer(_TlsServer):
 class Azure:
     """A vault, its token endpoint, their CA, and the service principal's secret file."""
 
-    def __init__(self, workdir: Path) -> None:
-        key_pem, cert_pem = self_signed()
+    def __init__(self, workdir: Path, tls: tuple[bytes, bytes] | None = None) -> None:
+        key_pem, cert_pem = tls or self_signed()  # tls: shared with another loopback server
         (workdir / "azure-key.pem").write_bytes(key_pem)
         self.ca_file = workdir / "azure-ca.pem"
         self.ca_file.write_bytes(cert_pem)

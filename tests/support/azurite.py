@@ -2,6 +2,8 @@
 
 ``scripts/test`` installs it into ``.npm-tools/`` (git-ignored). Telemetry is off; the API
 version check is skipped (azure-storage-queue asks for versions newer than Azurite knows).
+Given a certificate, it serves HTTPS and accepts Entra ID bearer tokens (``--oauth basic``:
+audience, issuer and lifetime are checked, the signature is not) beside the account key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +30,19 @@ ACCOUNT_KEY = (
 )
 
 
+def key_vault_event(
+    name: str, version: str, kind: str = "SecretNewVersionCreated"
+) -> dict[str, Any]:
+    """A Key Vault event as Event Grid puts it on a queue (Event Grid schema)."""
+    return {
+        "id": "1",
+        "eventType": f"Microsoft.KeyVault.{kind}",
+        "eventTime": datetime.now(UTC).isoformat(),
+        "subject": name,
+        "data": {"ObjectType": "Secret", "ObjectName": name, "VaultName": "v", "Version": version},
+    }
+
+
 def azurite_path() -> Path:
     """The installed azurite-queue: skipped where absent, but a failure in CI."""
     if AZURITE_QUEUE.exists() and shutil.which("node"):
@@ -37,20 +54,28 @@ def azurite_path() -> Path:
 
 
 class Azurite:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: tuple[bytes, bytes] | None = None) -> None:
+        """``tls``: (key PEM, certificate PEM) to serve HTTPS with, and accept bearer tokens."""
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.scheme = "https" if tls else "http"
+        self._flags: list[str] = []
+        if tls:
+            key, cert = workdir / "azurite-key.pem", workdir / "azurite-cert.pem"
+            key.write_bytes(tls[0])
+            cert.write_bytes(tls[1])
+            self._flags = ["--cert", str(cert), "--key", str(key), "--oauth", "basic"]
 
     @property
     def account_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"QueueEndpoint={self.account_url};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};"
+            f"AccountKey={ACCOUNT_KEY};QueueEndpoint={self.account_url};"
         )
 
     def start(self) -> None:
@@ -65,6 +90,7 @@ class Azurite:
             "--disableTelemetry",
             "--skipApiVersionCheck",
             "--silent",
+            *self._flags,
         ]
         with (self.workdir / "azurite.log").open("ab") as log:
             self.process = subprocess.Popen(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -16,6 +14,7 @@ from secrets_agent.backends.azure.feed import decode, secret_change
 from secrets_agent.kinds import Kind
 from support.azure_server import Azure
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_path
+from support.azurite import key_vault_event as event
 from support.feeds import eventually, feed_health, fresh, value
 from support.helpers import agent_config, running_agent
 
@@ -39,16 +38,6 @@ def azure(tmp_path: Path) -> Iterator[Azure]:
     made = Azure(tmp_path)
     yield made
     made.close()
-
-
-def event(name: str, version: str, kind: str = "SecretNewVersionCreated") -> dict[str, Any]:
-    return {
-        "id": "1",
-        "eventType": f"Microsoft.KeyVault.{kind}",
-        "eventTime": datetime.now(UTC).isoformat(),
-        "subject": name,
-        "data": {"ObjectType": "Secret", "ObjectName": name, "VaultName": "v", "Version": version},
-    }
 
 
 def toml(azure: Azure, queue_url: str, key_file: Path) -> str:

@@ -63,6 +63,9 @@ class AzureKeyVaultBackend(Backend):
 
         for name in SDK_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        # azure-identity logs each failed token request at WARNING with Entra's multi-line
+        # text; WatchedCredential reports it already, as one line with the AADSTS code.
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
         metrics = self.context.metrics
         metrics.authenticated.labels(self.name).set_function(
             lambda: float(self._credential is not None and self._credential.error is None)
@@ -97,6 +100,12 @@ class AzureKeyVaultBackend(Backend):
             self._client = None
         if self._credential is not None:
             await self._credential.close()
+
+    def credential(self, scope: str) -> WatchedCredential:
+        """This backend's credential, for another service's scope (its change feed's queue)."""
+        if self._credential is None:
+            raise self._error or BackendError(self.name, "not started")
+        return self._credential.sharing(scope)
 
     def health(self) -> Health:
         error = self._error or (self._credential.error if self._credential else None)

@@ -52,9 +52,18 @@ def build_credential(options: AzureOptions) -> Any:
 class WatchedCredential:
     """Delegates to the real credential; counts token requests and remembers the last failure."""
 
-    def __init__(self, backend: str, inner: Any, metrics: Metrics) -> None:
+    def __init__(
+        self, backend: str, inner: Any, metrics: Metrics, scope: str = "", *, owner: bool = True
+    ) -> None:
         self.backend, self._inner, self._metrics = backend, inner, metrics
+        self._scope, self._owner = scope, owner
         self.error: BackendError | None = None
+
+    def sharing(self, scope: str) -> WatchedCredential:
+        """The same credential for another service's scope (the feed's Storage queue): one
+        token cache, one CA, one set of options. Its failures are its user's to report (the
+        feed's health and throttled log), so they leave this one's health and log alone."""
+        return WatchedCredential(self.backend, self._inner, self._metrics, scope, owner=False)
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         return await self._watch(self._inner.get_token(*scopes, **kwargs))
@@ -68,18 +77,20 @@ class WatchedCredential:
         try:
             token = await request
         except Exception as exc:  # the backend edge: azure-identity errors stop here
-            self.error = translate_token_error(self.backend, exc)
+            self.error = translate_token_error(self.backend, exc, self._scope)
             self._metrics.auth_attempts.labels(self.backend, "failure").inc()
-            log.warning("%s", self.error)
+            if self._owner:
+                log.warning("%s", self.error)
             raise self.error from None
-        if self.error is not None:
+        if self.error is not None and self._owner:
             log.info("backend %r: got an Azure token again", self.backend)
         self.error = None
         self._metrics.auth_attempts.labels(self.backend, "success").inc()
         return token
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._owner:  # a sharer's credential is closed by the backend that made it
+            await self._inner.close()
 
     async def __aenter__(self) -> WatchedCredential:
         return self

@@ -10,6 +10,7 @@ stale (the provider raises).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from secrets_agent.errors import BackendError, DeniedError, TransientError
@@ -38,7 +39,17 @@ def is_disabled(exc: BaseException) -> bool:
     )
 
 
-def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
+def storage_code(exc: BaseException) -> str | None:
+    """Azure Storage's error code (``x-ms-error-code``, e.g. ``AuthorizationPermissionMismatch``):
+    an identifier, safe to show; anything else it might hold is not shown."""
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code)
+    return code if isinstance(code, str) and re.fullmatch(r"[A-Za-z]{1,64}", code) else None
+
+
+def translate(
+    backend: str, exc: BaseException, operation: str, service: str = "Key Vault"
+) -> BackendError:
     """Map an upstream exception; messages are ours, never Azure's text."""
     from azure.core import exceptions as ax
 
@@ -46,31 +57,37 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return exc
     status = getattr(exc, "status_code", None)
     if isinstance(exc, ax.ClientAuthenticationError) or status == 401:
-        return BackendError(backend, f"Key Vault rejected the credentials for {operation}")
+        return BackendError(backend, f"{service} rejected the credentials for {operation}")
     if status == 403:
-        return DeniedError(backend, f"Key Vault denied {operation}")
+        return DeniedError(backend, f"{service} denied {operation}")
     if status == 429 or (isinstance(status, int) and status >= 500):
-        return TransientError(backend, f"Key Vault {operation} failed transiently (HTTP {status})")
+        return TransientError(backend, f"{service} {operation} failed transiently (HTTP {status})")
     if isinstance(exc, ax.ServiceRequestError | ax.ServiceResponseError | TimeoutError | OSError):
         return TransientError(
-            backend, f"Key Vault {operation} failed transiently ({type(exc).__name__})"
+            backend, f"{service} {operation} failed transiently ({type(exc).__name__})"
         )
     if isinstance(exc, ValueError) and "challenge" in str(exc).lower():
         # The SDK refused to send a token: the vault's 401 challenge named a foreign resource.
         return BackendError(
-            backend, f"refused Key Vault's challenge for {operation} (verify_challenge_resource)"
+            backend, f"refused {service}'s challenge for {operation} (verify_challenge_resource)"
         )
     if isinstance(exc, ax.HttpResponseError):
-        return BackendError(backend, f"Key Vault {operation} failed (HTTP {status})")
+        return BackendError(backend, f"{service} {operation} failed (HTTP {status})")
     return BackendError(backend, f"unexpected {type(exc).__name__} during {operation}")
 
 
-def translate_token_error(backend: str, exc: BaseException) -> BackendError:
-    """A failed token request: no credentials is permanent, the rest may pass."""
+def translate_token_error(backend: str, exc: BaseException, scope: str = "") -> BackendError:
+    """A failed token request: no credentials is permanent, the rest may pass.
+
+    Entra's own text is not repeated (it is long and multi-line); its ``AADSTS`` code is, as
+    it is what Microsoft's documentation is searched by."""
     from azure.identity import CredentialUnavailableError
 
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, CredentialUnavailableError):
         return BackendError(backend, "no Azure credentials (set a service principal or use ADC)")
-    return TransientError(backend, f"cannot get an Azure token ({type(exc).__name__})")
+    found = re.search(r"\bAADSTS\d{1,9}\b", str(exc))
+    why = type(exc).__name__ + (f", {found.group()}" if found else "")
+    where = f" for {scope}" if scope else ""
+    return TransientError(backend, f"cannot get an Azure token{where} ({why})")

@@ -30,7 +30,7 @@ from secrets_agent.backends.feeds import (
     named_by,
 )
 from secrets_agent.config.validators import setting
-from secrets_agent.errors import BackendError
+from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import Kind
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 _PREFIX = "Microsoft.KeyVault."
 _CHANGES = frozenset({"SecretNewVersionCreated", "SecretExpired"})  # NearExpiry: a reminder
-STORAGE_SCOPE = "https://storage.azure.com/.default"
+STORAGE_SCOPE = "https://storage.azure.com/.default"  # what azure-storage-queue asks for
+ROLE = 'role "Storage Queue Data Message Processor" on the queue'  # receive and delete
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,9 +108,8 @@ class StorageQueueFeed(Feed):
     def __init__(self, backend: AzureKeyVaultBackend, options: StorageQueueFeedOptions) -> None:
         super().__init__(backend.name, options)
         self._backend = backend
-        self.calls = ApiCalls(backend.name, backend.context.metrics, _translate)
+        self.calls = ApiCalls(backend.name, backend.context.metrics, self._translate)
         self._queue: Any = None
-        self._credential: Any = None
         # The vault's name: the first label of its host (my-vault.vault.azure.net); none for
         # an address (a private endpoint or a test's loopback vault), where any vault is ours.
         host = urlsplit(backend.options.vault_url).hostname or ""
@@ -118,28 +118,30 @@ class StorageQueueFeed(Feed):
     async def start(self) -> None:
         from azure.storage.queue.aio import QueueClient
 
-        from secrets_agent.backends.azure.credentials import build_credential, transport_kwargs
+        from secrets_agent.backends.azure.credentials import transport_kwargs
 
         o = self.options
-        try:
-            if o.account_key_file:
+        credential: Any
+        if o.account_key_file:
+            try:
                 key = await asyncio.to_thread(_read, o.account_key_file)
-                credential: Any = {"account_name": _account(o.queue_url), "account_key": key}
-            else:
-                credential = self._credential = build_credential(self._backend.options)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            reason = f"cannot read the feed's account_key_file ({type(exc).__name__})"
-            raise BackendError(self.backend, reason) from None
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                reason = f"cannot read the feed's account_key_file ({type(exc).__name__})"
+                raise BackendError(self.backend, reason) from None
+            credential = {"account_name": _account(o.queue_url), "account_key": key}
+        else:
+            # The backend's own credential object, not a second one built from its options:
+            # one token cache (a Storage token is asked once, then refreshed before expiry by
+            # the queue client's bearer policy), one authority, one CA.
+            credential = self._backend.credential(STORAGE_SCOPE)
+        # The backend's transport too: its ca_file, timeouts, retries, HTTP logging off.
         kwargs = transport_kwargs(self._backend.options)
         self._queue = QueueClient.from_queue_url(o.queue_url, credential=credential, **kwargs)
 
     async def close(self) -> None:
         if self._queue is not None:
-            await self._queue.close()
+            await self._queue.close()  # the credential stays open: the backend closes it
             self._queue = None
-        if self._credential is not None:
-            await self._credential.close()
-            self._credential = None
 
     @property
     def round_time(self) -> float:
@@ -184,6 +186,26 @@ class StorageQueueFeed(Feed):
         # Key Vault names allow no "_": the backend reads "a_b" and "a-b" from the same name.
         return secret_id.replace("_", self._backend.options.sep)
 
+    def _translate(self, backend: str, exc: BaseException, operation: str) -> BackendError:
+        """Key Vault's translation, worded for the queue, with Storage's error code and what
+        to do about the two a misconfigured identity meets."""
+        from secrets_agent.backends.azure.errors import storage_code, translate
+
+        code = storage_code(exc)
+        if code in ("AuthenticationFailed", "InvalidAuthenticationInfo"):
+            used = "account key" if self.options.account_key_file else "Entra ID token"
+            hint = "" if self.options.account_key_file else f"; it must be for {STORAGE_SCOPE}"
+            reason = f"the Storage queue rejected the {used} for {operation} ({code}{hint})"
+            return BackendError(backend, reason)
+        if code == "AuthorizationPermissionMismatch":
+            reason = f"the Storage queue denied {operation} ({code}; the identity needs {ROLE})"
+            return DeniedError(backend, reason)
+        error = translate(backend, exc, operation, "the Storage queue")
+        if code is None or isinstance(exc, BackendError):
+            return error
+        reason = str(error).removeprefix(str(BackendError(backend, "")))
+        return type(error)(backend, f"{reason} ({code})")
+
     async def ack(self, messages: Sequence[Message]) -> None:
         queue = self._queue
         for message in messages:
@@ -206,10 +228,3 @@ def _account(queue_url: str) -> str:
 
 def _is_address(host: str) -> bool:
     return host == "localhost" or host.replace(".", "").isdigit() or ":" in host
-
-
-def _translate(backend: str, exc: BaseException, operation: str) -> BackendError:
-    from secrets_agent.backends.azure.errors import translate
-
-    # The Key Vault translation, with the queue named: its messages speak of Key Vault.
-    return translate(backend, exc, f"{operation} on the feed's Storage queue")
