@@ -7,6 +7,7 @@ a token the backend's own credential obtained for ``https://storage.azure.com/.d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -15,6 +16,10 @@ from pathlib import Path
 import pytest
 from azure.storage.queue import QueueClient
 
+from secrets_agent.backends.azure.backend import AzureKeyVaultBackend
+from secrets_agent.backends.azure.feed import StorageQueueFeed, StorageQueueFeedOptions
+from secrets_agent.backends.azure.options import AzureOptions
+from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from support.azure_server import STORAGE_SCOPE, Azure
 from support.azurite import Azurite, azurite_path, key_vault_event
@@ -105,7 +110,8 @@ def test_entra_token_reads_the_queue_and_is_cached(
         # HTTP logging still cannot print a token (azure-core redacts Authorization; the
         # network trace with headers and bodies stays off).
         caplog.set_level(logging.DEBUG)
-        for name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "msal"):
+        http = "azure.core.pipeline.policies.http_logging_policy"
+        for name in ("azure", "azure.identity", "azure.storage.queue", http, "msal"):
             caplog.set_level(logging.DEBUG, logger=name)
         assert value(agent, V, "my_var") == "old"
         eventually(lambda: feed_health(agent, "az") == "ok")
@@ -119,10 +125,8 @@ def test_entra_token_reads_the_queue_and_is_cached(
         assert azure.store.grants == 2  # and one for the vault, from the same credential
         assert metric(agent, "secrets_agent_feed_up", feed="az") == 1
     assert "REDACTED" in caplog.text  # the HTTP logging policy did log the requests
-    assert azure.store.issued and "Authorization" in caplog.text
-    for token in azure.store.issued:
-        assert token not in caplog.text
-        assert token.split(".")[1] not in caplog.text  # not even the claims
+    assert "Authorization" in caplog.text and f"{queue.queue_name}/messages" in caplog.text
+    assert_no_token(azure, caplog.text)
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -133,30 +137,47 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return lines
 
 
-def test_a_token_the_queue_refuses_is_one_clear_line(
-    azure: Azure, queue: QueueClient, short_tmp: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
-    azure.store.audiences[STORAGE_SCOPE] = "https://vault.azure.net"  # another resource's
+def assert_no_token(azure: Azure, text: str) -> None:
+    assert azure.store.issued
+    for token in azure.store.issued:
+        assert token not in text
+        assert token.split(".")[1] not in text  # not even its claims
+
+
+@contextlib.contextmanager
+def failing_feed(
+    azure: Azure, queue: QueueClient, short_tmp: Path
+) -> Iterator[tuple[RunningAgent, str]]:
+    """The agent up with its feed failing, and the feed's reason; lookups go on meanwhile."""
     azure.store.put(NAME, "old")
     config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, queue))
     with running_agent(config) as agent:
         assert value(agent, V, "my_var") == "old"
         eventually(lambda: "failing" in feed_health(agent, "az"))
-        assert feed_health(agent, "az") == (
-            "failing, serving on TTLs: backend 'az': the Storage queue rejected the Entra ID "
-            "token for ReceiveMessages (AuthenticationFailed; it must be for "
-            "https://storage.azure.com/.default)"
-        )
         assert metric(agent, "secrets_agent_feed_up", feed="az") == 0
-        eventually(lambda: receives(agent, "error") >= 3)  # retried with backoff, still up
-        assert agent.agent.runtime.readiness()["az"].ready  # the vault's token is not at fault
+        # The feed's failures are the feed's: the backend (its vault token) stays ready.
+        assert agent.agent.runtime.readiness()["az"].ready
+        assert metric(agent, "secrets_agent_authenticated", backend="az") == 1
         assert value(agent, V, "my_var") == "old"
+        prefix = "failing, serving on TTLs: backend 'az': "
+        yield agent, feed_health(agent, "az").removeprefix(prefix)
+
+
+def test_a_token_the_queue_refuses_is_one_clear_line(
+    azure: Azure, queue: QueueClient, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    azure.store.audiences[STORAGE_SCOPE] = "https://vault.azure.net"  # another resource's
+    with failing_feed(azure, queue, short_tmp) as (agent, reason):
+        assert reason == (
+            "the Storage queue rejected the Entra ID token for ReceiveMessages "
+            "(AuthenticationFailed; it must be for https://storage.azure.com/.default)"
+        )
+        eventually(lambda: receives(agent, "error") >= 3)  # retried with backoff, still up
         assert azure.store.scopes[STORAGE_SCOPE] == 1  # no token request per retry
     feed_lines = [line for line in warnings(caplog) if "'az'" in line]
     assert len(feed_lines) == 1 and "AuthenticationFailed" in feed_lines[0]  # once per interval
-    for token in azure.store.issued:
-        assert token not in caplog.text
+    assert_no_token(azure, caplog.text)
 
 
 def test_a_credential_that_fails_for_storage_is_a_detail_then_recovers(
@@ -164,30 +185,54 @@ def test_a_credential_that_fails_for_storage_is_a_detail_then_recovers(
 ) -> None:
     caplog.set_level(logging.INFO)
     azure.store.refused.add(STORAGE_SCOPE)  # Entra refuses the storage resource
-    azure.store.put(NAME, "old")
-    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, queue))
-    with running_agent(config) as agent:
-        assert value(agent, V, "my_var") == "old"
-        eventually(lambda: "failing" in feed_health(agent, "az"))
-        assert feed_health(agent, "az") == (
-            "failing, serving on TTLs: backend 'az': cannot get an Azure token for "
-            "https://storage.azure.com/.default (ClientAuthenticationError, AADSTS500011)"
+    with failing_feed(azure, queue, short_tmp) as (agent, reason):
+        assert reason == (
+            "cannot get an Azure token for https://storage.azure.com/.default "
+            "(ClientAuthenticationError, AADSTS500011)"
         )
-        assert metric(agent, "secrets_agent_feed_up", feed="az") == 0
-        # The feed's token failures are the feed's: the backend (its vault token) stays ready.
-        assert agent.agent.runtime.readiness()["az"].ready
-        assert metric(agent, "secrets_agent_authenticated", backend="az") == 1
         azure.store.refused.clear()
         eventually(lambda: feed_health(agent, "az") == "ok")
         assert metric(agent, "secrets_agent_feed_up", feed="az") == 1
         version = azure.store.put(NAME, "new")
         queue.send_message(json.dumps(key_vault_event(NAME, version)))
         eventually(lambda: fresh(agent, V, "my_var") == "new")
-    lines = warnings(caplog)
-    assert [line for line in lines if "AADSTS500011" in line] == [
+    assert [line for line in warnings(caplog) if "AADSTS" in line] == [
         "feed 'az' failing, serving on TTLs: backend 'az': cannot get an Azure token for "
         "https://storage.azure.com/.default (ClientAuthenticationError, AADSTS500011)"
-    ]  # no second copy from azure-identity's own logger
+    ]  # once, and no copy of Entra's own text from azure-identity's logger
     assert "feed 'az' is receiving again" in caplog.text
-    for token in azure.store.issued:
-        assert token not in caplog.text
+    assert_no_token(azure, caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind", "reason"),
+    [
+        (403, "AuthenticationFailed", BackendError, "rejected the Entra ID token for Receive"),
+        (401, "InvalidAuthenticationInfo", BackendError, "it must be for https://storage.azure"),
+        (403, "AuthorizationPermissionMismatch", DeniedError, "Storage Queue Data Message Proc"),
+        (403, "AuthorizationFailure", DeniedError, "denied ReceiveMessages (AuthorizationFail"),
+        (404, "QueueNotFound", BackendError, "failed (HTTP 404, QueueNotFound)"),
+        (503, "ServerBusy", TransientError, "transiently (HTTP 503, ServerBusy)"),
+        (400, "s3cret: not a code", BackendError, "ReceiveMessages failed (HTTP 400)"),
+    ],
+)
+async def test_storage_errors_name_the_code_and_the_fix(
+    status: int, code: str, kind: type[BackendError], reason: str
+) -> None:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    feed_options = StorageQueueFeedOptions(queue_url="https://a.queue.core.windows.net/q")
+    options = AzureOptions(vault_url="https://v.vault.azure.net", feed=feed_options)
+    feed = StorageQueueFeed(AzureKeyVaultBackend("az", options), feed_options)
+    cls = ClientAuthenticationError if "Authentic" in code else HttpResponseError
+    exc = cls(message=f"{code}: echoes s3cret input")
+    exc.status_code = status
+    exc.error_code = code  # type: ignore[attr-defined]  # as azure-storage-queue sets it
+
+    async def fail() -> None:
+        raise exc
+
+    with pytest.raises(kind) as raised:
+        await feed.calls("ReceiveMessages", fail)
+    assert type(raised.value) is kind and reason in str(raised.value)
+    assert "s3cret" not in str(raised.value)

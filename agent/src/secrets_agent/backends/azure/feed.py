@@ -204,7 +204,8 @@ class StorageQueueFeed(Feed):
         if code is None or isinstance(exc, BackendError):
             return error
         reason = str(error).removeprefix(str(BackendError(backend, "")))
-        return type(error)(backend, f"{reason} ({code})")
+        coded = f"{reason[:-1]}, {code})" if reason.endswith(")") else f"{reason} ({code})"
+        return type(error)(backend, coded)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         queue = self._queue
