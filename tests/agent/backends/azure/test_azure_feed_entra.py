@@ -119,10 +119,14 @@ def test_entra_token_reads_the_queue_and_is_cached(
         queue.send_message(json.dumps(key_vault_event(NAME, version)))
         eventually(lambda: fresh(agent, V, "my_var") == "new")
         eventually(lambda: queue.get_queue_properties().approximate_message_count == 0)
+        logins = {"backend": "az", "result": "success"}
+        asked = metric(agent, "secrets_agent_auth_attempts_total", **logins)
         polled = receives(agent)
         eventually(lambda: receives(agent) >= polled + 20)  # many polls after the first
         assert azure.store.scopes[STORAGE_SCOPE] == 1  # one token, cached across the polls
         assert azure.store.grants == 2  # and one for the vault, from the same credential
+        # Not even asked of the credential per poll: the queue client's bearer policy holds it.
+        assert metric(agent, "secrets_agent_auth_attempts_total", **logins) == asked
         assert metric(agent, "secrets_agent_feed_up", feed="az") == 1
     assert "REDACTED" in caplog.text  # the HTTP logging policy did log the requests
     assert "Authorization" in caplog.text and f"{queue.queue_name}/messages" in caplog.text
