@@ -194,6 +194,9 @@ def test_a_credential_that_fails_for_storage_is_a_detail_then_recovers(
             "cannot get an Azure token for https://storage.azure.com/.default "
             "(ClientAuthenticationError, AADSTS500011)"
         )
+        # Asked through the backend's own (watched) credential, so counted as its logins.
+        failed = {"backend": "az", "result": "failure"}
+        assert metric(agent, "secrets_agent_auth_attempts_total", **failed) >= 1
         azure.store.refused.clear()
         eventually(lambda: feed_health(agent, "az") == "ok")
         assert metric(agent, "secrets_agent_feed_up", feed="az") == 1
