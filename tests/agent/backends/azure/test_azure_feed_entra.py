@@ -243,3 +243,22 @@ async def test_storage_errors_name_the_code_and_the_fix(
         await feed.calls("ReceiveMessages", fail)
     assert type(raised.value) is kind and reason in str(raised.value)
     assert "s3cret" not in str(raised.value)
+
+
+async def test_a_backend_without_a_credential_names_its_own_problem(tmp_path: Path) -> None:
+    """The feed has no credential of its own to fail with: it reports the backend's."""
+    feed_options = StorageQueueFeedOptions(queue_url="https://a.queue.core.windows.net/q")
+    options = AzureOptions(
+        vault_url="https://v.vault.azure.net",
+        tenant_id="t",
+        client_id="c",
+        client_secret_file=str(tmp_path / "absent"),
+        feed=feed_options,
+    )
+    backend = AzureKeyVaultBackend("az", options)
+    await backend.start()  # builds nothing: the secret file cannot be read
+    feed = StorageQueueFeed(backend, feed_options)
+    with pytest.raises(BackendError, match=r"cannot read client_secret_file \(FileNotFound"):
+        await feed.start()
+    await feed.close()
+    await backend.close()
