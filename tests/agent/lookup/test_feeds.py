@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -246,3 +247,27 @@ async def test_a_replica_behind_the_event_is_asked_again_until_the_version_moves
     f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v2", "2"
     await f.runner.idle()
     assert (await f.service.lookup(V, "k")).value == "v2"
+
+
+class SwallowingFeed(QueueFeed):
+    """A receive that eats a cancellation and returns, as some library calls do when the
+    cancellation lands as they finish (asyncio.wait_for on 3.11, for one)."""
+
+    async def receive(self, held: Held) -> list[Message]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.01)
+        return []
+
+
+async def test_closing_stops_a_feed_whose_round_swallowed_the_cancellation() -> None:
+    from secrets_agent.lookup.feeds import ChangeFeeds
+
+    f = Fixture(SwallowingFeed())
+    feeds = ChangeFeeds([f.runner])
+    feeds.start()
+    await until(lambda: f.runner.health().detail == "ok")
+    closing = asyncio.ensure_future(feeds.close())
+    # A hang guard, not a timing claim: a runner that loops on after close never returns.
+    done, _ = await asyncio.wait({closing}, timeout=60)
+    assert closing in done, "the feed ran on after close"
+    f.runner.stop()  # (when the assertion failed: let the runaway loop end with the test)

@@ -126,6 +126,7 @@ class FeedRunner:
         self._standby = False  # another node consumes this feed (a fleet's lease)
         self._lag: tuple[float, float] | None = None  # the last event's lag, and when
         self._revalidation: asyncio.Task[None] | None = None
+        self._closed = False
         metrics.feed_up.labels(self.name).set(0)
 
     # -- health ----------------------------------------------------------------------------
@@ -150,7 +151,9 @@ class FeedRunner:
     async def run(self) -> None:
         """Receive and apply until cancelled; failures back off and never end the loop."""
         delay = self.feed.options.backoff_initial
-        while True:
+        # Until closed, not only until cancelled: an SDK or library call that swallows a
+        # cancellation (finishing at the same moment) must not keep a closed feed running.
+        while not self._closed:
             try:
                 await self.round()
                 delay = self.feed.options.backoff_initial
@@ -389,7 +392,12 @@ class FeedRunner:
                 tasks.append(self._revalidation)
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def stop(self) -> None:
+        """No more rounds (``run`` returns at its next turn, cancelled or not)."""
+        self._closed = True
+
     async def close(self) -> None:
+        self._closed = True
         tasks = [*self._pending.values()]
         if self._revalidation is not None:
             tasks.append(self._revalidation)
@@ -418,6 +426,8 @@ class ChangeFeeds:
         return {f"{READINESS_PREFIX}{r.name}]": r.health() for r in self.runners}
 
     async def close(self) -> None:
+        for runner in self.runners:
+            runner.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

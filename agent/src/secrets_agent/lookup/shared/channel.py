@@ -44,6 +44,7 @@ class Invalidations:
         self._pending: set[asyncio.Task[None]] = set()
         self._collapsed: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._closed = False
         self._handlers: dict[str, HintHandler] = {}
 
     def on_hint(self, topic: str, handler: HintHandler) -> None:
@@ -98,7 +99,7 @@ class Invalidations:
             self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def _listen_forever(self) -> None:
-        while True:
+        while not self._closed:  # not only cancelled: redis-py may swallow a cancellation
             try:
                 await self._bus.listen(self._sealer.channels, self._received)
             except STORE_ERRORS as exc:
@@ -125,6 +126,7 @@ class Invalidations:
         self._local(message.kind, message.secret_id)
 
     async def close(self) -> None:
+        self._closed = True
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.wait({self._listener}, timeout=2.0)  # bounded, whatever the store does

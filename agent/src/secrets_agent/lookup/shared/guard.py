@@ -45,7 +45,11 @@ class StoreGuard:
     async def call(self, operation: str, call: Awaitable[T], bound: float | None = None) -> T:
         """The call's result, or ``StoreDown`` after counting and (throttled) logging why."""
         try:
-            result = await asyncio.wait_for(call, bound or self.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's own
+            # cancellation when the call finishes at the same moment, and a background loop
+            # (a feed's lease renewal) then runs on after its runtime closed it.
+            async with asyncio.timeout(bound or self.timeout):
+                result = await call
         except STORE_ERRORS as exc:
             self.failed(operation, exc)
             self.breaker.failure()
