@@ -169,7 +169,7 @@ class _Connection:
         if parsed is not None:
             self.waiter = None
             if not waiter.done():
-                waiter.set_result(self._keep(parsed))
+                waiter.set_result((parsed[0], False) if self.broken or self.pending else parsed)
 
     def _writable(self) -> None:
         try:
