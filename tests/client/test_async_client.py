@@ -23,6 +23,7 @@ import pytest
 from secrets_agent_client import AgentSecretsBackend, AgentUnavailableError
 from secrets_agent_client.aio import MAX_IDLE
 from support.agent_proc import CONNECTIONS, VARIABLES, real_agent
+from support.unix_server import ThreadedUnixServer
 
 UID = os.getuid()
 
@@ -259,35 +260,6 @@ def test_importing_the_client_does_not_import_asyncio() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-class ScriptedServer:
-    """Runs ``handle(conn, index)`` in a thread for each connection it accepts."""
-
-    def __init__(self, path: str, handle: Callable[[socket.socket, int], None]) -> None:
-        self.path = path
-        self.handle = handle
-        self.connections = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._run, args=(conn, self.connections), daemon=True).start()
-
-    def _run(self, conn: socket.socket, index: int) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.handle(conn, index)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def read_head(conn: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -305,7 +277,7 @@ def answer(value: str) -> bytes:
 
 @contextlib.contextmanager
 def scripted(directory: Path, handle: Callable[[socket.socket, int], None]) -> Iterator[str]:
-    server = ScriptedServer(str(directory / "scripted.sock"), handle)
+    server = ThreadedUnixServer(str(directory / "scripted.sock"), handle)
     try:
         yield server.path
     finally:

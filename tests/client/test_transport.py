@@ -16,6 +16,7 @@ import pytest
 
 from secrets_agent_client.aio import AsyncUnixTransport
 from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
+from support.unix_server import ThreadedUnixServer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache: HIT\r\n\r\nok"
 HANG_UP = b""  # as an answer's last piece: close the connection once it is sent
@@ -28,43 +29,32 @@ class RawServer:
         self.path = path
         self.answers: list[list[bytes] | None] = []  # None: close without answering
         self.requests: list[bytes] = []
-        self.connections = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.server = ThreadedUnixServer(path, self._handle)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    @property
+    def connections(self) -> int:
+        return self.server.connections
+
+    def _handle(self, conn: socket.socket, index: int) -> None:
+        data = b""
+        while self.answers:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            self.requests.append(head)
+            answer = self.answers.pop(0)
+            if answer is None:
                 return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while self.answers:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                answer = self.answers.pop(0)
-                if answer is None:
-                    return
-                for piece in answer:
-                    conn.sendall(piece)
-                if b"Connection: close" in b"".join(answer) or answer[-1:] == [HANG_UP]:
-                    return
+            for piece in answer:
+                conn.sendall(piece)
+            if b"Connection: close" in b"".join(answer) or answer[-1:] == [HANG_UP]:
+                return
 
     def close(self) -> None:
-        self.sock.close()
+        self.server.close()
 
 
 class Transport(Protocol):

@@ -5,10 +5,12 @@ A lookup takes an idle connection of its own loop or opens one, so concurrent lo
 loop (a triggerer's triggers) never wait for each other; connections never cross loops, and a
 forked child never touches its parent's.
 
-A connection's reader stays registered with its loop for as long as the connection lives: an
-answer costs the loop one wake-up and one ``recv`` (``loop.sock_recv`` costs a failed ``recv``,
-an ``epoll_ctl`` pair and a future per call, about half the client's CPU per lookup), and an
-agent closing an idle connection is seen, and the connection dropped, before a lookup picks it.
+A connection's reader stays registered with its loop for as long as the connection lives and
+each exchange is one future that the loop's callbacks settle: an answer costs one wake-up and one
+``recv`` (``loop.sock_recv`` adds a failed ``recv``, an ``epoll_ctl`` pair and a future per
+call), and an agent closing an idle connection is seen, and the connection dropped, before a
+lookup picks it. What an awaited lookup still costs beyond a blocking one is asyncio's own: two
+turns of the loop (the reader's callback, then the task's wake-up); see bench/README.md.
 """
 
 from __future__ import annotations
