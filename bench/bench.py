@@ -46,8 +46,8 @@ def agent_client(path: str) -> Callable[[], None]:
 
 
 def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: int) -> list[Row]:
-    """The async client (``aget_variable`` on one event loop) beside the blocking one, in
-    interleaved turns: latency, and client and agent CPU per lookup."""
+    """The async client (``aget_variable`` on one event loop) beside the blocking one and Floor L,
+    in interleaved turns: latency, and client and agent CPU per lookup."""
     import asyncio
     import statistics
 
@@ -61,22 +61,27 @@ def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: i
 
     sync = agent_client(path)
     loop = asyncio.new_event_loop()
+    floor_l, close_floor_l = floors.floor_l_client(path, loop)
     try:
         measure.latencies(sync, min(200, lookups))
         measure.loop_latencies(loop, aonce, min(200, lookups))
+        measure.loop_latencies(loop, floor_l, min(200, lookups))
         lat: tuple[list[float], list[float]] = ([], [])
-        cpu: tuple[list[measure.Cpu], list[measure.Cpu]] = ([], [])
+        cpu: tuple[list[measure.Cpu], list[measure.Cpu], list[measure.Cpu]] = ([], [], [])
         for _ in range(rounds):
             lat[0].extend(measure.latencies(sync, max(1, lookups // rounds)))
             lat[1].extend(measure.loop_latencies(loop, aonce, max(1, lookups // rounds)))
             cpu[0].append(measure.cpu_per_request(sync, agent_pid, cpu_lookups))
             cpu[1].append(measure.loop_cpu_per_request(loop, aonce, agent_pid, cpu_lookups))
+            cpu[2].append(measure.loop_cpu_per_request(loop, floor_l, agent_pid, cpu_lookups))
         loop.run_until_complete(backend.aclose())
     finally:
+        close_floor_l()
         loop.close()
     p50 = [statistics.median(samples) * 1e6 for samples in lat]
     client = [statistics.median(c.client_us for c in samples) for samples in cpu]
-    server = [statistics.median(c.server_us for c in samples) for samples in cpu]
+    server = [statistics.median(c.server_us for c in samples) for samples in cpu[:2]]
+    client_ratio = ratio(client[1], client[0])
     return [
         Row(
             "awaited aget_variable p50 ÷ blocking get_variable p50",
@@ -86,7 +91,13 @@ def awaited(path: str, rounds: int, lookups: int, cpu_lookups: int, agent_pid: i
         ),
         Row(
             "client CPU per awaited lookup ÷ blocking lookup's",
-            f"{ratio(client[1], client[0]):.2f}x ({client[1]:.0f} µs; blocking {client[0]:.0f} µs)",
+            f"{client_ratio:.2f}x ({client[1]:.0f} µs; blocking {client[0]:.0f} µs)",
+            "≤ 1.0x",
+            client_ratio <= 1.0,
+        ),
+        Row(
+            "Floor L (least an awaited lookup costs on asyncio's loop) ÷ blocking lookup's",
+            f"{ratio(client[2], client[0]):.2f}x ({client[2]:.0f} µs)",
             "report",
             None,
         ),

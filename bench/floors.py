@@ -5,14 +5,19 @@ fixed ~40-byte JSON body, read by stdlib ``http.client`` — the cheapest HTTP/1
 can do. Floor B: a 64-byte echo on the same kind of socket — the cost of the round trip alone.
 Floor C: Floor A's server plus one decryption of a cached value per answer — what keeping values
 encrypted in the cache costs on its own. Floor U: Floor A's server on uvloop, the agent's loop.
-Both are reported, to read the agent's ratio against.
+Both are reported, to read the agent's ratio against. Floor L (client side): the least an awaited
+lookup can cost on asyncio's own loop — one kept-alive connection to the agent whose reader stays
+registered, the request sent at once, one future per answer, the client's own request building
+and answer parsing — against which the async client's CPU per lookup is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import json
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 FLOOR_A_SERVER = r"""
 import asyncio, sys
@@ -106,3 +111,40 @@ def floor_b_client(path: str) -> Callable[[], None]:
             received += len(sock.recv(65536))
 
     return once
+
+
+def floor_l_client(
+    path: str, loop: asyncio.AbstractEventLoop
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+    """Floor L: an awaited ``bench_0`` lookup from the agent with nothing but what asyncio's loop
+    needs (no pool, no timeout, no retry); and how to close it."""
+    from secrets_agent_client.wire import Response, lookup_path, parse_response, request_bytes
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.setblocking(False)
+    buffer, view = bytearray(), memoryview(bytearray(65536))
+    waiting: list[asyncio.Future[Response]] = []
+
+    def readable() -> None:
+        n = sock.recv_into(view)
+        buffer.extend(view[:n])
+        parsed = parse_response(buffer, head_only=False, eof=n == 0)
+        if parsed is not None:
+            waiting.pop().set_result(parsed[0])
+
+    loop.add_reader(sock.fileno(), readable)
+
+    async def once() -> None:
+        sock.send(request_bytes("GET", lookup_path("variables", "bench_0", None, False), None))
+        answer = loop.create_future()
+        waiting.append(answer)
+        response = await answer
+        if response.status != 200 or json.loads(response.body)["value"] is None:
+            raise RuntimeError("floor L answered wrongly")
+
+    def close() -> None:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+
+    return once, close

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from secrets_agent_client import AgentSecretsBackend, AgentUnavailableError
 from secrets_agent_client.aio import MAX_IDLE
 from support.agent_proc import CONNECTIONS, VARIABLES, real_agent
+from support.unix_server import ThreadedUnixServer
 
 UID = os.getuid()
 
@@ -76,7 +78,7 @@ async def test_concurrent_lookups_on_one_loop_each_get_their_answer(agent: str) 
     assert answers == [VARIABLES.get(k) for k in keys]
     assert backend._async is not None
     assert (
-        1 <= len(backend._async._idle_list()) <= MAX_IDLE
+        1 <= len(backend._async._idle_list(asyncio.get_running_loop())) <= MAX_IDLE
     )  # kept for the next lookups, but only a few
     again = await backend.aget_variable("greeting")
     assert again == "hello"
@@ -240,7 +242,9 @@ async def test_a_cancelled_lookup_leaves_no_half_read_connection(late: LateServe
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert backend._async is not None and backend._async._idle_list() == []
+    assert (
+        backend._async is not None and backend._async._idle_list(asyncio.get_running_loop()) == []
+    )
 
 
 def test_importing_the_client_does_not_import_asyncio() -> None:
@@ -254,3 +258,192 @@ def test_importing_the_client_does_not_import_asyncio() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionResetError
+        data += chunk
+    return data
+
+
+def answer(value: str) -> bytes:
+    body = json.dumps({"value": value}).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@contextlib.contextmanager
+def scripted(directory: Path, handle: Callable[[socket.socket, int], None]) -> Iterator[str]:
+    server = ThreadedUnixServer(str(directory / "scripted.sock"), handle)
+    try:
+        yield server.path
+    finally:
+        server.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds (bounded: a test fails, never hangs)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never held")
+
+
+@on_a_loop
+async def test_an_idle_connection_the_agent_closes_is_dropped_before_the_next_lookup(
+    short_tmp: Path,
+) -> None:
+    def answer_once_and_hang_up(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(answer(f"conn{index}"))
+
+    with scripted(short_tmp, answer_once_and_hang_up) as path:
+        backend = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
+        assert await backend.aget_variable("a") == "conn1"
+        assert backend._async is not None
+        idle = backend._async._idle_list(asyncio.get_running_loop())
+        await until(lambda: not idle)  # the loop saw the agent close it while idle
+        assert await backend.aget_variable("b") == "conn2"
+        await backend.aclose()
+
+
+@on_a_loop
+async def test_concurrent_lookups_answered_in_reverse_order_each_get_their_own(
+    short_tmp: Path,
+) -> None:
+    count = 6
+    heads: dict[int, bytes] = {}
+    conns: dict[int, socket.socket] = {}
+    everyone = threading.Barrier(count)
+
+    def answer_after_all_in_reverse(conn: socket.socket, index: int) -> None:
+        heads[index], conns[index] = read_head(conn), conn
+        everyone.wait(timeout=30)
+        if index == count:  # the last to arrive answers every connection, newest first
+            for other in sorted(conns, reverse=True):
+                key = heads[other].split(b" ")[1].rsplit(b"/", 1)[1].decode()
+                conns[other].sendall(answer(f"for {key}"))
+        conn.recv(1)  # until the client goes
+
+    with scripted(short_tmp, answer_after_all_in_reverse) as path:
+        backend = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
+        keys = [f"k{i}" for i in range(count)]
+        got = await asyncio.gather(*(backend.aget_variable(k) for k in keys))
+        assert got == [f"for {k}" for k in keys]
+        await backend.aclose()
+
+
+@on_a_loop
+async def test_a_silent_answer_after_quick_ones_waits_its_whole_timeout(short_tmp: Path) -> None:
+    # One timer serves every exchange on a connection: the one armed for the first exchange
+    # must not cut a later one short.
+    def quick_then_silent(conn: socket.socket, index: int) -> None:
+        for i in range(3):
+            read_head(conn)
+            conn.sendall(answer(f"quick{i}"))
+        read_head(conn)
+        conn.recv(1)  # silent until the client gives up
+
+    with scripted(short_tmp, quick_then_silent) as path:
+        backend = AgentSecretsBackend(socket_path=path, timeout=0.6, on_unavailable="raise")
+        loop = asyncio.get_running_loop()
+        assert [await backend.aget_variable("q") for _ in range(3)] == [
+            "quick0",
+            "quick1",
+            "quick2",
+        ]
+        await asyncio.sleep(0.3)  # the first exchange's deadline falls inside the next one
+        started = loop.time()
+        with pytest.raises(AgentUnavailableError, match="did not answer in time"):
+            await backend.aget_variable("silent")
+        assert loop.time() - started >= 0.55  # its own deadline, not the first exchange's
+        assert backend._async is not None and backend._async._idle_list(loop) == []
+
+
+def test_a_forked_child_never_touches_the_parents_connections(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent, timeout=5, on_unavailable="raise")
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(backend.aget_variable("greeting")) == "hello"
+        assert backend._async is not None
+        kept = idle_connections(backend, loop)
+        assert len(kept) == 1
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                backend.close()  # closes its copies of the descriptors, nothing of the parent's
+                value = asyncio.run(backend.aget_variable("greeting"))
+                os.write(write_end, (value or "none").encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            assert pipe.read() == b"hello"
+        assert os.waitpid(pid, 0)[1] == 0
+        # The parent's kept connection is still registered with its loop and answers.
+        assert loop.run_until_complete(backend.aget_variable("greeting")) == "hello"
+        assert idle_connections(backend, loop) == kept
+        loop.run_until_complete(backend.aclose())
+    finally:
+        loop.close()
+
+
+def idle_connections(backend: AgentSecretsBackend, loop: asyncio.AbstractEventLoop) -> list[Any]:
+    async def idle() -> list[Any]:
+        assert backend._async is not None
+        return list(backend._async._idle_list(asyncio.get_running_loop()))
+
+    return loop.run_until_complete(idle())
+
+
+def test_close_from_another_thread_while_the_loop_runs(agent: str) -> None:
+    backend = AgentSecretsBackend(socket_path=agent, timeout=5, on_unavailable="raise")
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    def on_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+
+    async def idle() -> list[Any]:
+        assert backend._async is not None
+        return list(backend._async._idle_list(asyncio.get_running_loop()))
+
+    try:
+        assert on_loop(backend.aget_variable("greeting")) == "hello"
+        [conn] = on_loop(idle())
+        backend.close()  # from this thread: the loop closes its connection at its next turn
+        on_loop(until(lambda: conn.closed))
+        assert on_loop(idle()) == []
+        assert on_loop(backend.aget_variable("greeting")) == "hello"  # on a new connection
+        on_loop(backend.aclose())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(timeout=30)
+        loop.close()
+
+
+def test_lookups_on_uvloop_too(agent: str) -> None:
+    uvloop = pytest.importorskip("uvloop")  # not needed by the client; a triggerer may use it
+    backend = AgentSecretsBackend(socket_path=agent, timeout=5, on_unavailable="raise")
+
+    async def lookups() -> list[str | None]:
+        keys = sorted(VARIABLES) * 5
+        answers = await asyncio.gather(*(backend.aget_variable(k) for k in keys))
+        assert answers == [VARIABLES[k] for k in keys]
+        again = [await backend.aget_variable("greeting") for _ in range(20)]
+        await backend.aclose()
+        return again
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(lookups()) == ["hello"] * 20
+    finally:
+        loop.close()

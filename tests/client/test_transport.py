@@ -16,8 +16,10 @@ import pytest
 
 from secrets_agent_client.aio import AsyncUnixTransport
 from secrets_agent_client.transport import AgentUnreachable, Response, UnixTransport
+from support.unix_server import ThreadedUnixServer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache: HIT\r\n\r\nok"
+HANG_UP = b""  # as an answer's last piece: close the connection once it is sent
 
 
 class RawServer:
@@ -27,47 +29,36 @@ class RawServer:
         self.path = path
         self.answers: list[list[bytes] | None] = []  # None: close without answering
         self.requests: list[bytes] = []
-        self.connections = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.server = ThreadedUnixServer(path, self._handle)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    @property
+    def connections(self) -> int:
+        return self.server.connections
+
+    def _handle(self, conn: socket.socket, index: int) -> None:
+        data = b""
+        while self.answers:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            self.requests.append(head)
+            answer = self.answers.pop(0)
+            if answer is None:
                 return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while self.answers:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                answer = self.answers.pop(0)
-                if answer is None:
-                    return
-                for piece in answer:
-                    conn.sendall(piece)
-                if b"Connection: close" in b"".join(answer):
-                    return
+            for piece in answer:
+                conn.sendall(piece)
+            if b"Connection: close" in b"".join(answer) or answer[-1:] == [HANG_UP]:
+                return
 
     def close(self) -> None:
-        self.sock.close()
+        self.server.close()
 
 
 class Transport(Protocol):
-    def request(self, method: str, path: str) -> Response: ...
+    def request(self, method: str, path: str, body: bytes | None = None) -> Response: ...
 
 
 class LoopTransport:
@@ -86,8 +77,8 @@ class LoopTransport:
         self.loop = asyncio.new_event_loop()
         self.inner = AsyncUnixTransport(path, timeout, clock=clock, sleep=pause)
 
-    def request(self, method: str, path: str) -> Response:
-        return self.loop.run_until_complete(self.inner.request(method, path))
+    def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        return self.loop.run_until_complete(self.inner.request(method, path, body))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.inner.aclose())
@@ -170,6 +161,76 @@ def test_a_dropped_kept_alive_connection_is_retried_once(
     assert transport.request("GET", "/1").body == b"ok"
     assert transport.request("GET", "/2").body == b"ok"
     assert server.connections == 2
+
+
+def test_an_agent_closing_an_idle_connection_costs_no_error(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
+    # The agent closes kept-alive connections that stay idle: the next request, whenever it
+    # comes, is answered on a new connection (the first of them never fails nor hangs).
+    server.answers = [[OK, HANG_UP], [OK, HANG_UP], [OK]]
+    transport = make_transport(server.path, 5)
+    assert [transport.request("GET", f"/{i}").body for i in range(3)] == [b"ok"] * 3
+    assert server.connections == 3
+
+
+def test_a_chunked_answer_cut_anywhere_is_read_whole(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nwxyz\r\n10\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n"
+    )
+    cuts = [5, 17, 44, 45, 46, 50, 52, 69, 70, len(answer) - 2]
+    bounds = [0, *cuts, len(answer)]
+    server.answers = [[answer[bounds[i] : bounds[i + 1]] for i in range(len(cuts) + 1)], [OK]]
+    transport = make_transport(server.path, 5)
+    assert transport.request("GET", "/c").body == b"wxyz" + b"a" * 16
+    assert transport.request("GET", "/ok").body == b"ok"  # nothing of the first one left over
+    assert server.connections == 1
+
+
+class BodyServer:
+    """Reads one request with a body of Content-Length bytes; answers with its length."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            text = str(len(body)).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+            conn.recv(1)  # until the client goes
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_body_bigger_than_the_socket_takes_at_once_is_sent_whole(
+    short_tmp: Path, make_transport: MakeTransport
+) -> None:
+    path = str(short_tmp / "body.sock")
+    body_server = BodyServer(path)
+    try:
+        body = b"x" * (4 * 1024 * 1024)  # far more than a Unix socket's buffer
+        answer = make_transport(path, 10).request("POST", "/v1/big", body)
+        assert answer.body == str(len(body)).encode()
+    finally:
+        body_server.close()
 
 
 def test_a_new_connection_that_breaks_is_not_retried(

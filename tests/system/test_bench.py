@@ -33,6 +33,7 @@ def test_bench_prints_every_figure_with_its_target() -> None:
         "client CPU per cached lookup",
         "awaited aget_variable p50",
         "client CPU per awaited lookup",
+        "Floor L (least an awaited lookup costs",
         "agent CPU per awaited lookup",
         "concurrent clients",
         "one client, back to back",

@@ -4,11 +4,19 @@ Loaded on the first awaited lookup only (asyncio costs more to import than the w
 A lookup takes an idle connection of its own loop or opens one, so concurrent lookups on one
 loop (a triggerer's triggers) never wait for each other; connections never cross loops, and a
 forked child never touches its parent's.
+
+A connection's reader stays registered with its loop for as long as the connection lives and
+each exchange is one future that the loop's callbacks settle: an answer costs one wake-up and one
+``recv`` (``loop.sock_recv`` adds a failed ``recv``, an ``epoll_ctl`` pair and a future per
+call), and an agent closing an idle connection is seen, and the connection dropped, before a
+lookup picks it. What an awaited lookup still costs beyond a blocking one is asyncio's own: two
+turns of the loop (the reader's callback, then the task's wake-up); see bench/README.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -17,9 +25,11 @@ import weakref
 from secrets_agent_client.wire import (
     BUSY_ERRNOS,
     LAST_TRY,
+    MAX_HEAD,
     AgentIdentityError,
     AgentUnreachable,
     Backoff,
+    Parsed,
     ProtocolError,
     Response,
     check_peer,
@@ -39,26 +49,184 @@ MAX_IDLE = 8
 
 
 class _Connection:
-    """A connected non-blocking socket (the loop's ``sock_*`` calls, no transport: it closes at
-    once from anywhere, even after its loop is gone) and the bytes read but not yet consumed."""
+    """A connected non-blocking socket that its loop reads whenever bytes arrive, the bytes not
+    yet consumed, and the one exchange on it: a future settled by the loop's callbacks (the
+    answer, the deadline or a broken connection), so a lookup awaits nothing else."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = (
+        "armed",
+        "broken",
+        "buffer",
+        "closed",
+        "deadline",
+        "eof",
+        "fd",
+        "head_only",
+        "idle",
+        "loop",
+        "pending",
+        "pid",
+        "sock",
+        "view",
+        "waiter",
+    )
+
+    def __init__(
+        self, sock: socket.socket, loop: asyncio.AbstractEventLoop, idle: list[_Connection]
+    ) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        # Weak: the loop's idle list (held until the loop is collected) must not keep it alive.
+        self.loop = weakref.ref(loop)
+        self.idle = idle
         self.buffer = bytearray()
+        self.view = memoryview(bytearray(_READ_SIZE))
+        self.waiter: asyncio.Future[Parsed] | None = None
+        self.head_only = False
+        self.eof = False
+        self.closed = False
+        self.broken = False  # the agent closed before taking the whole request
+        self.pending = b""  # the part of the request the socket has not taken yet
+        self.deadline = 0.0  # loop time by which the exchange must have its answer
+        self.armed: float | None = None  # when the deadline timer in charge fires
+        self.pid = os.getpid()
+        loop.add_reader(self.fd, self._readable)
 
-    async def read_response(
-        self, loop: asyncio.AbstractEventLoop, *, head_only: bool
-    ) -> tuple[Response, bool]:
-        eof = False
-        while True:
-            parsed = parse_response(self.buffer, head_only=head_only, eof=eof)
+    def exchange(
+        self, loop: asyncio.AbstractEventLoop, data: bytes, head_only: bool, due: float
+    ) -> asyncio.Future[Parsed]:
+        """Send ``data``; the future of its answer and whether the connection may be used again."""
+        waiter: asyncio.Future[Parsed] = loop.create_future()
+        self.head_only = head_only
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except (BrokenPipeError, ConnectionResetError):
+            # An agent at its cap answers "busy" at once and closes: that answer is read.
+            sent, self.broken = len(data), True
+        if sent < len(data):  # a big body: the loop sends the rest
+            self.pending = data[sent:]
+            loop.add_writer(self.fd, self._writable)
+        if self.buffer or self.eof:  # an answer that came early, or the agent has gone
+            try:
+                parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
+            except (ProtocolError, ConnectionError) as exc:
+                waiter.set_exception(exc)
+                return waiter
             if parsed is not None:
-                return parsed
-            data = await loop.sock_recv(self.sock, _READ_SIZE)
-            eof = not data
-            self.buffer += data
+                waiter.set_result(self._keep(parsed))
+                return waiter
+        self.waiter, self.deadline = waiter, due
+        # One timer per connection, not per exchange: a timer that fires for an exchange long
+        # answered finds the next one's deadline and waits for it instead.
+        armed = self.armed
+        if armed is None or armed > due:
+            self.armed = due
+            loop.call_at(due, self._expire, due)
+        return waiter
+
+    def _keep(self, parsed: Parsed) -> Parsed:
+        if self.broken or self.pending:
+            return parsed[0], False
+        return parsed
+
+    def _expire(self, when: float) -> None:
+        if when != self.armed:
+            return  # an earlier deadline's timer took over
+        self.armed = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        loop = waiter.get_loop()
+        if loop.time() < self.deadline:
+            self.armed = self.deadline
+            loop.call_at(self.deadline, self._expire, self.deadline)
+            return
+        self.waiter = None
+        waiter.set_exception(TimeoutError())
+
+    def _readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self.view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if n:
+            self.buffer += self.view[:n]
+        else:
+            self.eof = True
+        waiter = self.waiter
+        if waiter is None:
+            if self.eof or len(self.buffer) > MAX_HEAD:
+                self.close()  # the agent closed an idle connection (or talks out of turn)
+            return
+        try:
+            parsed = parse_response(self.buffer, head_only=self.head_only, eof=self.eof)
+        except (ProtocolError, ConnectionError) as exc:
+            self._fail(exc)
+            return
+        if parsed is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result((parsed[0], False) if self.broken or self.pending else parsed)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (BrokenPipeError, ConnectionResetError):
+            sent, self.broken = len(self.pending), True
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.pending = self.pending[sent:]
+        loop = self.loop()
+        if not self.pending and loop is not None:
+            loop.remove_writer(self.fd)
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
     def close(self) -> None:
+        """Unregister and close a connection no lookup holds (one taken off its idle list, or
+        whose exchange has ended); a loop running in another thread is asked to do it."""
+        if self.closed:
+            return
+        if self.pid != os.getpid():  # a forked child at exit, say: never the parent's epoll
+            self.abandon()
+            return
+        with contextlib.suppress(ValueError):  # not on it: taken by the lookup closing it
+            self.idle.remove(self)
+        loop = self.loop()
+        if loop is not None and loop.is_closed():
+            loop = None  # its selector is gone, and our registration with it
+        if loop is not None and loop.is_running() and asyncio._get_running_loop() is not loop:
+            try:
+                loop.call_soon_threadsafe(self.close)
+                return
+            except RuntimeError:  # closed meanwhile
+                loop = None
+        self.closed = True
+        self.waiter = None
+        if loop is not None:
+            loop.remove_reader(self.fd)
+            if self.pending:
+                loop.remove_writer(self.fd)
+        self.sock.close()
+
+    def abandon(self) -> None:
+        """Close this process's descriptor only: a forked child shares its parent's epoll, so
+        unregistering there would unregister the parent's connection."""
+        self.closed = True
+        with contextlib.suppress(ValueError):
+            self.idle.remove(self)
         self.sock.close()
 
 
@@ -80,88 +248,69 @@ class AsyncUnixTransport:
         self._clock, self._sleep = clock, sleep
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection]]
         self._idle = weakref.WeakKeyDictionary()
+        # The last loop asked for and its idle list: a lookup finds its own without a
+        # WeakKeyDictionary look-up (a new weak reference each time).
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], list[_Connection]] | None = None
         self._pid = os.getpid()
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
         """One request, retried while the agent says it is busy, all within the timeout."""
+        # One coroutine, awaiting one future per exchange: each level of coroutine a lookup
+        # goes through costs CPU twice per await, on the way down and on the way back.
+        loop = asyncio.get_running_loop()
         deadline = self._clock() + self.timeout
-        backoff = Backoff(self._clock, deadline)
+        due = loop.time() + self.timeout  # the same deadline on the loop's clock, for its timer
+        data = request_bytes(method, path, body)
+        head_only = method == "HEAD"
+        backoff: Backoff | None = None
         while True:
-            response = await self._request_once(method, path, body, deadline)
-            pause = backoff.pause(keep=LAST_TRY) if response.busy else None
+            last = self._last
+            if last is not None and last[0]() is loop and self._pid == os.getpid():
+                idle = last[1]
+            else:
+                idle = self._idle_list(loop)
+            conn = idle.pop() if idle else None
+            retry = conn is not None  # a kept-alive connection may have died since
+            while True:
+                kept = False
+                try:
+                    if conn is None:
+                        conn = await self._connect(loop, idle, deadline)
+                        due = loop.time() + max(deadline - self._clock(), 0.001)
+                    response, kept = await conn.exchange(loop, data, head_only, due)
+                except (ConnectionError, ProtocolError) as exc:
+                    if not retry or isinstance(exc, ProtocolError):
+                        raise AgentUnreachable(describe(exc, self.socket_path)) from None
+                    # The kept-alive connection died (the agent restarted): one retry on a
+                    # new one.
+                    retry = False
+                    continue
+                except (OSError, asyncio.TimeoutError) as exc:
+                    raise AgentUnreachable(describe(exc, self.socket_path)) from None
+                finally:
+                    # Back to the idle list only when whole (a cancelled or failed exchange
+                    # leaves it mid-response).
+                    if conn is not None:
+                        if kept and not conn.closed and len(idle) < MAX_IDLE:
+                            idle.append(conn)
+                        else:
+                            conn.close()
+                        if not kept:
+                            conn = None
+                break
+            if response.status != 503 or not response.busy:
+                return response
+            if backoff is None:
+                backoff = Backoff(self._clock, deadline)
+            pause = backoff.pause(keep=LAST_TRY)
             if pause is None:
                 return response
             await self._sleep(pause)
+            due = loop.time() + max(deadline - self._clock(), 0.001)
 
-    async def _request_once(
-        self, method: str, path: str, body: bytes | None, deadline: float
-    ) -> Response:
-        idle = self._idle_list()
-        conn = idle.pop() if idle else None
-        if conn is not None:
-            try:
-                return await self._send(conn, method, path, body, deadline)
-            except (ConnectionError, ProtocolError) as exc:
-                if isinstance(exc, ProtocolError):
-                    raise AgentUnreachable(describe(exc, self.socket_path)) from None
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise AgentUnreachable(describe(exc, self.socket_path)) from None
-            # The kept-alive connection died (the agent restarted): one retry on a new one.
-        try:
-            conn = await self._connect(deadline)
-            return await self._send(conn, method, path, body, deadline)
-        except (OSError, ProtocolError, asyncio.TimeoutError) as exc:
-            raise AgentUnreachable(describe(exc, self.socket_path)) from None
-
-    async def _send(
-        self, conn: _Connection, method: str, path: str, body: bytes | None, deadline: float
-    ) -> Response:
-        """Send on ``conn`` and read the answer by the deadline; ``conn`` goes back to the idle
-        list only when whole (a cancelled or failed exchange leaves it mid-response)."""
-        kept = False
-        # The deadline cancels this task (asyncio.timeout's way): wait_for would start a task
-        # per request, which costs more CPU than the rest of the lookup.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            if task is not None:
-                task.cancel()
-
-        timer = loop.call_later(max(deadline - self._clock(), 0.001), expire)
-        try:
-            response, kept = await self._exchange(conn, method, path, body)
-            return response
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            uncancel = getattr(task, "uncancel", None)  # 3.11+: this cancel was ours
-            if uncancel is not None:
-                uncancel()
-            raise TimeoutError from None
-        finally:
-            timer.cancel()
-            idle = self._idle_list()
-            if kept and len(idle) < MAX_IDLE:
-                idle.append(conn)
-            else:
-                conn.close()
-
-    async def _exchange(
-        self, conn: _Connection, method: str, path: str, body: bytes | None
-    ) -> tuple[Response, bool]:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.sock_sendall(conn.sock, request_bytes(method, path, body))
-        except (BrokenPipeError, ConnectionResetError):
-            # An agent at its cap answers "busy" at once and closes: read that answer.
-            response, _ = await conn.read_response(loop, head_only=False)
-            return response, False
-        return await conn.read_response(loop, head_only=method == "HEAD")
-
-    async def _connect(self, deadline: float) -> _Connection:
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, idle: list[_Connection], deadline: float
+    ) -> _Connection:
         # A Unix-socket connect() completes or fails at once: tried here without blocking, so a
         # full backlog (EAGAIN) is retried like the blocking transport does, not waited on.
         backoff = Backoff(self._clock, deadline)
@@ -177,45 +326,55 @@ class AsyncUnixTransport:
                     raise
                 await self._sleep(pause)
                 continue
-            if self.expected_uid is not None:
-                try:
+            try:
+                if self.expected_uid is not None:
                     check_peer(sock, self.expected_uid, self.socket_path)
-                except AgentIdentityError:
-                    sock.close()
-                    raise
-            return _Connection(sock)
+                return _Connection(sock, loop, idle)
+            except BaseException:
+                sock.close()
+                raise
 
-    def _idle_list(self) -> list[_Connection]:
+    def _idle_list(self, loop: asyncio.AbstractEventLoop) -> list[_Connection]:
         if self._pid != os.getpid():
-            # The parent's connections are never used here; closing this process's copies of
-            # their descriptors leaves the parent's open.
-            for inherited in list(self._idle.values()):
-                _close_all(inherited)
-            self._idle, self._pid = weakref.WeakKeyDictionary(), os.getpid()
-        loop = asyncio.get_running_loop()
+            self._forget_parents()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         idle = self._idle.get(loop)
         if idle is None:
             idle = self._idle[loop] = []
             # A loop's connections are closed when it is collected (asyncio.run's, per task).
             weakref.finalize(loop, _close_all, idle)
+        self._last = (weakref.ref(loop), idle)
         return idle
+
+    def _forget_parents(self) -> None:
+        """In a forked child: the parent's connections are never used here; closing this
+        process's copies of their descriptors leaves the parent's open."""
+        for inherited in list(self._idle.values()):
+            for conn in inherited:
+                conn.abandon()
+        self._idle, self._last, self._pid = weakref.WeakKeyDictionary(), None, os.getpid()
 
     async def aclose(self) -> None:
         """Close this loop's idle connections."""
-        _close_all(self._idle_list())
+        _close_all(self._idle_list(asyncio.get_running_loop()))
 
     def close(self) -> None:
-        """Close every loop's idle connections (from any thread, e.g. at exit)."""
+        """Close every loop's idle connections (from any thread, e.g. at exit); a loop running
+        in another thread closes its own at its next turn."""
+        if self._pid != os.getpid():
+            self._forget_parents()
         for idle in list(self._idle.values()):
             _close_all(idle)
 
 
 def _close_all(idle: list[_Connection]) -> None:
-    while True:
+    for conn in list(idle):
         try:
-            conn = idle.pop()
-        except IndexError:  # emptied (another thread may be closing them too)
-            return
+            idle.remove(conn)  # atomic: from here on no lookup can take it
+        except ValueError:
+            continue  # a lookup on its loop took it meanwhile: in use, not idle
         conn.close()
 
 

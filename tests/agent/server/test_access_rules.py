@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
-from secrets_agent.server.access import AccessRules
+from secrets_agent.server.access import MEMO, AccessRules
 from secrets_agent.server.peers import Peer
 
 V, C, CFG = Kind.VARIABLE, Kind.CONNECTION, Kind.CONFIG
@@ -109,6 +109,30 @@ def test_invalidation_scope() -> None:
     assert mine.covers(V) and not mine.covers(C) and not mine.covers(CFG)
     assert mine.may_touch(C, "pg_a") and not mine.may_touch(C, "pg_secret")
     assert not mine.may_touch(C, "other")
+
+
+def test_decisions_stay_exact_and_bounded_whatever_ids_stream_past() -> None:
+    access = rules(
+        {"uid": 1001, "variables": ["ok_*"]},
+        {"uid": 1001, "effect": "deny", "variables": ["ok_no_*"]},
+    )
+    mine = access.for_peer(ALICE, frozenset())
+    hot = [(V, "ok_hot", None), (V, "ok_no_hot", None), (V, "other", None)]
+    for i in range(3 * MEMO):  # every generation turns over several times
+        assert mine.allows((V, f"ok_no_{i}" if i % 3 else f"ok_{i}", None)) == (i % 3 == 0)
+        if i:  # a memo cleared whole when full would have forgotten the hot reads here
+            assert all(key in mine._memo for key in hot), i
+        assert [mine.allows(key) for key in hot] == [True, False, False]
+    assert len(mine._memo) <= MEMO
+
+
+def test_a_busy_peer_keeps_its_rules_while_many_others_come_and_go() -> None:
+    access = rules({"everyone": True, "variables": ["*"]})
+    busy = access.for_peer(ALICE, frozenset())
+    for uid in range(2000, 2000 + 3 * MEMO):
+        assert access.for_peer(Peer(1, uid, uid), frozenset()).allows((V, "k", None))
+        assert access.for_peer(ALICE, frozenset()) is busy  # not rebuilt: still remembered
+    assert len(access._peers) <= MEMO
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ A peer's rules are the ``[[access]]`` rules that name its uid, one of its gids (
 supplementary) or everyone. A read is allowed when one of them allows it and none denies it;
 with no rule for the peer it is denied. With no rules at all there is no ``AccessRules`` and
 every admitted peer reads everything, as before rules existed. Decisions are remembered per
-peer and read: the lean path asks for the same few keys again and again.
+peer and read: the lean path asks for the same few keys again and again. Both memos are
+two-generation memos (``server.memo``): bounded, and a fleet's hot keys stay remembered however
+many others pass through; a reload builds new rules with empty memos, swapped whole.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from secrets_agent.config.schema import AccessRule
 from secrets_agent.config.validators import resolve_group, resolve_user
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
+from secrets_agent.server.memo import Generations
 from secrets_agent.server.peers import Peer
 
-_MEMO = 4096  # decisions (or peers) remembered before starting over: bounded memory
+MEMO = 8192  # decisions per peer (and peers) remembered at most: bounded memory
 EVERYONE = "everyone"
 
 
@@ -63,16 +66,16 @@ class PeerRules:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self._rules = tuple(rules)
-        self._memo: dict[tuple[Kind, str, str | None], bool] = {}
+        self._memo: Generations[tuple[Kind, str, str | None], bool] = Generations(MEMO)
 
     def allows(self, key: tuple[Kind, str, str | None]) -> bool:
         """Whether this peer may read ``(kind, id, team)``: the cache's key for the read."""
-        decision = self._memo.get(key)
+        decision = self._memo.young.get(key)  # the hot path: one dict lookup
         if decision is None:
-            decision = self._decide(*key)
-            if len(self._memo) >= _MEMO:
-                self._memo.clear()
-            self._memo[key] = decision
+            decision = self._memo.get(key)
+            if decision is None:
+                decision = self._decide(*key)
+                self._memo.put(key, decision)
         return decision
 
     def _decide(self, kind: Kind, secret_id: str, team: str | None) -> bool:
@@ -109,7 +112,7 @@ class AccessRules:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self._rules = tuple(rules)
-        self._peers: dict[tuple[int, int, frozenset[int]], PeerRules] = {}
+        self._peers: Generations[tuple[int, int, frozenset[int]], PeerRules] = Generations(MEMO)
 
     @classmethod
     def from_config(cls, rules: Sequence[AccessRule]) -> AccessRules | None:
@@ -123,9 +126,7 @@ class AccessRules:
         found = self._peers.get(key)
         if found is None:
             found = PeerRules([r for r in self._rules if r.applies_to(peer, groups)])
-            if len(self._peers) >= _MEMO:
-                self._peers.clear()
-            self._peers[key] = found
+            self._peers.put(key, found)
         return found
 
 
