@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import os
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -516,3 +519,68 @@ async def test_team_layout_reads_the_team_path_first_then_the_global_one(
     plain = await started(options(vault))
     found = await plain.fetch_for_team(V, "shared", "team_a")
     assert found is not None and found.value == "global"
+
+
+class _Forwarder(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy on loopback: requests sends it absolute URLs."""
+
+    server: ForwardProxy
+
+    def do_GET(self) -> None:
+        target = urllib.parse.urlsplit(self.path)
+        self.server.seen.append(target.path)
+        upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-vault")}
+        upstream.request("GET", f"{target.path}?{target.query}", headers=headers)
+        answer = upstream.getresponse()
+        body = answer.read()
+        upstream.close()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class ForwardProxy(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Forwarder)
+
+
+async def test_reads_go_through_the_proxy_the_environment_names(
+    vault: Vault, started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session reads the environment once (backends/vault/environment.py): a proxy
+    # variable keeps requests' own per-request handling, so the proxy is still used.
+    proxy = ForwardProxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy"):  # the lower case one wins
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        backend = await started(options(vault))
+        assert await backend.fetch(V, "greeting") == "hello"
+        assert "/v1/secret/data/variables/greeting" in proxy.seen
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+async def test_without_proxy_or_netrc_the_reads_do_not_consult_the_environment(
+    vault: Vault, started: Started, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    backend = await started(options(vault))
+    # Set after start: a session that still read the environment per request would use it.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a closed port
+    assert await backend.fetch(V, "greeting") == "hello"

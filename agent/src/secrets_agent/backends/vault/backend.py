@@ -15,6 +15,7 @@ from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
 from secrets_agent.backends.feeds import Feed
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
+from secrets_agent.backends.vault.environment import ca_bundle, inert
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.names import SECRET_PATHS
 from secrets_agent.backends.vault.options import VaultOptions
@@ -54,10 +55,12 @@ class VaultBackend(Backend):
         self._client = hvac.Client(
             url=o.url,
             namespace=o.namespace or None,
-            verify=o.ca_file or o.verify,
+            verify=o.ca_file or ca_bundle(o.verify),
             cert=(o.client_cert, o.client_key) if o.client_cert else None,
             timeout=o.timeout,
         )
+        # The environment read once (see environment.py), not on every read.
+        self._client.adapter.session.trust_env = not inert()
         await self.session.login(force=True, strict=True)
         self._maintainer = asyncio.create_task(self.session.run_forever())
 
