@@ -7,13 +7,13 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value
 from secrets_agent.backends.feeds import Feed
+from secrets_agent.backends.threads import Workers
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
 from secrets_agent.backends.vault.environment import ca_bundle, inert
 from secrets_agent.backends.vault.errors import TokenRejected, translate
@@ -38,7 +38,7 @@ class VaultBackend(Backend):
     ) -> None:
         super().__init__(name, options, context)
         self._auth: AuthMethod = auth_method(name, options)
-        self._executor: ThreadPoolExecutor | None = None
+        self._workers: Workers | None = None
         self._client: Any = None
         self.session = VaultSession(name, self, options, self.context)
         self.calls = ApiCalls(name, self.context.metrics, translate)
@@ -51,7 +51,7 @@ class VaultBackend(Backend):
         import hvac
 
         o = self.options
-        self._executor = ThreadPoolExecutor(o.max_workers, thread_name_prefix=f"vault-{self.name}")
+        self._workers = Workers(o.max_workers, f"vault-{self.name}")
         self._client = hvac.Client(
             url=o.url,
             namespace=o.namespace or None,
@@ -79,8 +79,8 @@ class VaultBackend(Backend):
                     self._run("revoke-self", self._client.auth.token.revoke_self), 2
                 )
         self.session.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
         if self._client is not None:
             self._client.adapter.close()
 
@@ -170,7 +170,9 @@ class VaultBackend(Backend):
         return await self.calls.required(operation, lambda: self._in_pool(call))
 
     async def _in_pool(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if self._workers is None:
+            raise RuntimeError(f"backend {self.name!r} is not started")
+        return await self._workers.run(call)
 
     def _location(
         self, kind: Kind, secret_id: str, team: str | None = None
