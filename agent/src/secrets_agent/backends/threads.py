@@ -70,21 +70,20 @@ class Workers:
             loop, future, call = job
             if future.cancelled():  # its caller went away before the call started
                 continue
+            failed, outcome = False, None
             try:
-                outcome = (_set_result, future, call())
+                outcome = call()
             except BaseException as exc:  # handed to the caller, whatever it is
-                outcome = (_set_exception, future, exc)
-            del job, call, future  # nothing of the call outlives it here
+                failed, outcome = True, exc
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(*outcome)
-            del outcome
+                loop.call_soon_threadsafe(_settle, future, failed, outcome)
+            del job, call, future, outcome  # nothing of the call outlives it here
 
 
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():  # cancelled while the call ran
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(future: asyncio.Future[Any], failed: bool, outcome: Any) -> None:
+    if future.done():  # cancelled while the call ran
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
