@@ -1,8 +1,11 @@
-"""The cache's Fernet opener against cryptography's own Fernet: same tokens, same verdicts."""
+"""The cache's Fernet opener and sealer against cryptography's own Fernet: same tokens, same
+verdicts."""
 
 from __future__ import annotations
 
+import base64
 import threading
+import time
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -10,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secrets_agent.lookup.cipher import Cipher
-from secrets_agent.lookup.fernet import FernetOpener
+from secrets_agent.lookup.fernet import FernetOpener, FernetSealer
 
 KEY = Fernet.generate_key()
 OPENER = FernetOpener(KEY)
+SEALER = FernetSealer(KEY)
 
 
 def reference(token: bytes, key: bytes = KEY) -> str | None:
@@ -123,6 +127,44 @@ def test_threads_share_one_opener() -> None:
                     wrong.append(i)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+@given(st.lists(st.text(max_size=100), min_size=1, max_size=8))
+@settings(max_examples=300)
+def test_fernet_opens_what_the_sealer_made(plaintexts: list[str]) -> None:
+    # Several in a row: each token's CBC must not depend on the ones sealed before it.
+    for plaintext in plaintexts:
+        token = base64.urlsafe_b64encode(SEALER.seal(plaintext.encode("utf-8")))
+        assert Fernet(KEY).decrypt(token, ttl=60).decode("utf-8") == plaintext
+        assert OPENER.open(token) == plaintext
+
+
+def test_each_seal_has_its_own_iv_and_the_time_in_its_head() -> None:
+    first, second = SEALER.seal(b"same"), SEALER.seal(b"same")
+    assert first[9:25] != second[9:25] and first != second
+    assert first[0] == 0x80
+    token = base64.urlsafe_b64encode(first)
+    assert abs(Fernet(KEY).extract_timestamp(token) - time.time()) < 5
+    with pytest.raises(InvalidToken):
+        Fernet(Fernet.generate_key()).decrypt(token)  # signed with our key only
+
+
+def test_threads_share_one_sealer() -> None:
+    wrong: list[str] = []
+
+    def work(name: str) -> None:
+        for i in range(300):
+            value = f"{name}-{i}-" + "x" * (i % 40)
+            token = base64.urlsafe_b64encode(SEALER.seal(value.encode()))
+            if reference(token) != value:
+                wrong.append(value)
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from secrets_agent.config.schema import EncryptionConfig
 from secrets_agent.errors import StartupError
-from secrets_agent.lookup.fernet import FernetOpener
+from secrets_agent.lookup.fernet import FernetOpener, FernetSealer
 
 
 class Cipher:
@@ -33,6 +33,7 @@ class Cipher:
         keys = keys or [Fernet.generate_key()]
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         self._openers = tuple(FernetOpener(k) for k in keys)
+        self._sealer = FernetSealer(keys[0])
         # The read path's one call: straight to the first key's opener, a frame less.
         self.unseal = self._openers[0].unseal
 
@@ -47,8 +48,8 @@ class Cipher:
         return None
 
     def seal(self, plaintext: str) -> bytes:
-        """A value as the cache holds it (``unseal`` opens it)."""
-        return base64.urlsafe_b64decode(self.encrypt(plaintext))
+        """A value as the cache holds it (``unseal`` opens it): a Fernet token's bytes."""
+        return self._sealer.seal(plaintext.encode("utf-8"))
 
     def admit(self, token: bytes) -> bytes | None:
         """A Fernet token from outside the cache, sealed: verified and under the first key

@@ -1,12 +1,13 @@
-"""Fernet decryption for the cache's hot path, with each key's AES context built once.
+"""Fernet for the cache's hot paths, with each key's AES and HMAC contexts built once.
 
 ``cryptography``'s ``Fernet.decrypt`` builds a new CBC context and runs an OpenSSL HMAC per
 call: ~15 µs, the largest single cost of a cached lookup. This opens the same tokens, with the
 same checks (version byte, length, HMAC-SHA256 over everything before it in constant time,
 PKCS7 padding), in ~4 µs: the HMAC from precomputed ``hashlib`` pads, and AES-CBC from one
 long-lived context (see ``__init__``). ``unseal`` opens again, without any check (~1 µs), the
-bytes of a token that ``open`` accepted once. Encryption stays with
-``cryptography``'s ``Fernet``; the tests check both against each other.
+bytes of a token that ``open`` accepted once. ``FernetSealer`` makes tokens the same way
+(~14 µs with ``Fernet.encrypt``, which builds a CBC context and an HMAC per call; a few µs
+here): what a cache miss stores. The tests check both against ``cryptography``'s ``Fernet``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import os
 import threading
+import time
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -29,14 +32,9 @@ class FernetOpener:
     """Decrypts Fernet tokens made with one key; thread-safe (the snapshot writer is a thread)."""
 
     def __init__(self, key: bytes) -> None:
-        raw = binascii.a2b_base64(key.translate(_URLSAFE))
-        if len(raw) != 32:
-            raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
+        raw = _raw(key)
         signing, encryption = raw[:16], raw[16:]
-        # HMAC's two keyed pad states, hashed once: each token then costs two copy+update.
-        block = signing.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._inner, self._outer = _pads(signing)
         # One CBC context for every token, never finalized: CBC decrypts a block with the
         # block before it, so feeding it a token's IV and then its ciphertext yields one block
         # of garbage (the IV "decrypted" against the previous token's last block) and then
@@ -85,3 +83,51 @@ class FernetOpener:
         with self._lock:  # IV + ciphertext through the shared context (see __init__)
             padded = self._cbc.update(memoryview(data)[9:-_MAC])
         return padded[_BLOCK : -padded[-1]].decode("utf-8")  # the first block out dropped
+
+
+class FernetSealer:
+    """Makes Fernet tokens (their bytes, not base64) with one key; thread-safe."""
+
+    def __init__(self, key: bytes) -> None:
+        raw = _raw(key)
+        self._inner, self._outer = _pads(raw[:16])
+        # One CBC context for every token, never finalized. CBC encrypts a block XORed with
+        # the ciphertext block before it, which the context keeps from the previous token: a
+        # token's first block is fed XORed with that block and with the token's own IV, so
+        # the context's chaining cancels out and the token is exactly CBC under its IV.
+        self._cbc = Cipher(algorithms.AES(raw[16:]), modes.CBC(bytes(_BLOCK))).encryptor()
+        self._chain = 0  # the context's last ciphertext block (the zero IV at first)
+        self._lock = threading.Lock()
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """A token's bytes, as ``Fernet.encrypt`` makes them before base64."""
+        pad = _BLOCK - len(plaintext) % _BLOCK
+        padded = plaintext + bytes((pad,)) * pad
+        iv = os.urandom(_BLOCK)
+        head = bytes((_VERSION,)) + int(time.time()).to_bytes(8, "big") + iv
+        mask = int.from_bytes(iv, "big")
+        with self._lock:
+            first = int.from_bytes(padded[:_BLOCK], "big") ^ mask ^ self._chain
+            body = self._cbc.update(first.to_bytes(_BLOCK, "big") + padded[_BLOCK:])
+            self._chain = int.from_bytes(body[-_BLOCK:], "big")
+        signed = head + body
+        inner = self._inner.copy()
+        inner.update(signed)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return signed + outer.digest()
+
+
+def _raw(key: bytes) -> bytes:
+    raw = binascii.a2b_base64(key.translate(_URLSAFE))
+    if len(raw) != 32:
+        raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
+    return raw
+
+
+def _pads(signing: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's two keyed pad states, hashed once: a token then costs two copy+update."""
+    block = signing.ljust(64, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(
+        bytes(b ^ 0x5C for b in block)
+    )
