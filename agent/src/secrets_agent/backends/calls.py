@@ -58,10 +58,7 @@ class ApiCalls:
             )
             raise error from None
         finally:
-            self._metrics.api_calls.labels(self.backend, operation, result).inc()
-            self._metrics.api_latency.labels(self.backend, operation).observe(
-                time.perf_counter() - started
-            )
+            self._metrics.called(self.backend, operation, result, time.perf_counter() - started)
 
     async def required(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """As ``__call__``, for calls where "missing" cannot happen."""

@@ -120,7 +120,4 @@ class BackendChain:
             log.error("backend %r raised %s on a %s", backend.name, type(exc).__name__, kind)
             raise BackendError(backend.name, f"unexpected {type(exc).__name__}") from None
         finally:
-            self._metrics.upstream_calls.labels(backend.name, kind.value, result).inc()
-            self._metrics.upstream_latency.labels(backend.name).observe(
-                time.perf_counter() - started
-            )
+            self._metrics.fetched(backend.name, kind.value, result, time.perf_counter() - started)

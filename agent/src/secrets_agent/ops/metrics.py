@@ -117,6 +117,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Every upstream call counts through these (bounded: backends x kinds or operations).
+        self._upstream_call = functools.cache(self.upstream_calls.labels)
+        self._upstream_seconds = functools.cache(self.upstream_latency.labels)
+        self._api_call = functools.cache(self.api_calls.labels)
+        self._api_seconds = functools.cache(self.api_latency.labels)
         self.denied_peers = Counter(
             p + "denied_peers", "Connections refused because the peer is not allowed.", registry=r
         )
@@ -273,6 +278,18 @@ class Metrics:
         """One lookup's cache result: ``cache_results``."""
         pending, child = self._tally.pending, self._cache_result(kind, result)
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every lookup
+
+    def fetched(self, backend: str, kind: str, result: str, seconds: float) -> None:
+        """One backend fetch: ``upstream_requests`` and ``upstream_duration_seconds``."""
+        pending, child = self._tally.pending, self._upstream_call(backend, kind, result)
+        pending[child] = pending.get(child, 0) + 1
+        self._upstream_seconds(backend).observe(seconds)
+
+    def called(self, backend: str, operation: str, result: str, seconds: float) -> None:
+        """One upstream API call: ``upstream_api_calls`` and ``upstream_api_duration_seconds``."""
+        pending, child = self._tally.pending, self._api_call(backend, operation, result)
+        pending[child] = pending.get(child, 0) + 1
+        self._api_seconds(backend, operation).observe(seconds)
 
     def avoided(self, backend: str) -> None:
         """One upstream call a lookup did not need to make to ``backend`` (on every hit)."""
