@@ -42,11 +42,17 @@ class Side:
         return statistics.median(self.cpu) * 1e6 if self.cpu else float("nan")
 
 
-def hvac_reader(url: str, token: str) -> Callable[[str], None]:
-    """hvac in this process, as the agent's Vault backend calls it (KV v2, one session)."""
+def hvac_reader(url: str, token: str, *, environment_once: bool = False) -> Callable[[str], None]:
+    """hvac in this process, as Airflow's ``VaultBackend`` builds it (KV v2, one session);
+    ``environment_once``: with the agent's session settings (its environment read once at
+    start, not per request: ``backends/vault/environment.py``)."""
     import hvac
 
     client = hvac.Client(url=url, token=token, timeout=30)
+    if environment_once:
+        from secrets_agent.backends.vault.environment import inert
+
+        client.adapter.session.trust_env = not inert()
 
     def read(key: str) -> None:
         client.secrets.kv.v2.read_secret_version(
@@ -69,27 +75,34 @@ def agent_reader(sock: str) -> Callable[[str], None]:
 
 
 class Misses:
-    """Reads of fresh keys through the agent and through hvac, taken round by round."""
+    """Reads of fresh keys through the agent and through hvac (as Airflow builds it, and with
+    the agent's session settings), taken round by round."""
 
     def __init__(self, agent_sock: str, agent_pid: int, url: str, token: str) -> None:
         self._agent, self._agent_pid = agent_reader(agent_sock), agent_pid
         self._hvac = hvac_reader(url, token)
-        self.agent, self.hvac = Side(), Side()
+        self._hvac_once = hvac_reader(url, token, environment_once=True)
+        self.agent, self.hvac, self.hvac_once = Side(), Side(), Side()
 
-    def warm(self, agent_key: str, hvac_key: str) -> None:
+    def warm(self, agent_key: str, hvac_key: str, once_key: str) -> None:
         """One read each first: connections, the token and the code paths are warm."""
         self._agent(agent_key)
         self._hvac(hvac_key)
+        self._hvac_once(once_key)
 
-    def round(self, agent_keys: list[str], hvac_keys: list[str]) -> None:
-        if not agent_keys or not hvac_keys:
+    def round(self, agent_keys: list[str], hvac_keys: list[str], once_keys: list[str]) -> None:
+        if not agent_keys or not hvac_keys or not once_keys:
             return
         before = measure.cpu_seconds(self._agent_pid)
         self.agent.latencies += _timed(self._agent, agent_keys)
         self.agent.cpu.append((measure.cpu_seconds(self._agent_pid) - before) / len(agent_keys))
-        before = time.process_time()
-        self.hvac.latencies += _timed(self._hvac, hvac_keys)
-        self.hvac.cpu.append((time.process_time() - before) / len(hvac_keys))
+        for read, side, keys in (
+            (self._hvac, self.hvac, hvac_keys),
+            (self._hvac_once, self.hvac_once, once_keys),
+        ):
+            before = time.process_time()
+            side.latencies += _timed(read, keys)
+            side.cpu.append((time.process_time() - before) / len(keys))
 
 
 def _timed(read: Callable[[str], None], keys: list[str]) -> Iterator[float]:
