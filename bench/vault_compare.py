@@ -190,7 +190,7 @@ def _miss_rows(misses: uncached.Misses, airflow_p50: float, row: Any) -> list[An
         row(
             "  the same ÷ hvac in-process with the agent's session settings",
             f"{agent_cpu / once_cpu:.2f}x (hvac {once_cpu:.0f} µs: the environment read once)",
-            "reported",
+            "report",
             None,
         ),
         row(
