@@ -303,8 +303,18 @@ class Agent:
             if self._serving:
                 self._serving = False
                 await self.save_snapshot()
-            await self._runtime.retire(None)
+            await self._retire_bounded(self._runtime)
         self.audit.close()
+
+    async def _retire_bounded(self, runtime: Runtime) -> None:
+        """Close backends, feeds and the shared tier, bounded: a client library that never
+        returns from its close must not keep a stopping agent from exiting."""
+        bound = runtime.config.listener.shutdown_timeout
+        try:
+            async with asyncio.timeout(bound):
+                await runtime.retire(None)
+        except TimeoutError:
+            log.warning("shutdown: closing the backends took over %.0f s; exiting anyway", bound)
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""

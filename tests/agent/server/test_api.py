@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -401,3 +402,29 @@ def _refused(path: str) -> bool:
         except OSError:
             return True
     return False
+
+
+class StuckOnClose(ScriptedBackend):
+    """A backend whose client library never returns from its close."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_shutdown_is_bounded_when_a_backend_never_closes(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", StuckOnClose)
+    ScriptedBackend.scripts = {"stuck": Script(values={(Kind.VARIABLE, "k"): "v"})}
+    config = agent_config(
+        short_tmp,
+        extra="shutdown_timeout = 0.5\n",
+        backends='[[backends]]\nname = "stuck"\ntype = "scripted"\n',
+    )
+    with running_agent(config) as agent:
+        assert AgentSecretsBackend(socket_path=agent.socket_path).get_variable("k") == "v"
+        with caplog.at_level(logging.WARNING):
+            # A hang guard, not a timing claim: unbounded, the close would wait forever.
+            asyncio.run_coroutine_threadsafe(agent.agent.shutdown(), agent.loop).result(60)
+    assert "closing the backends took over" in caplog.text
+    assert not os.path.exists(agent.socket_path)
