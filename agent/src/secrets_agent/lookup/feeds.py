@@ -397,7 +397,7 @@ class FeedRunner:
         self._closed = True
 
     async def close(self) -> None:
-        self._closed = True
+        self.stop()
         tasks = [*self._pending.values()]
         if self._revalidation is not None:
             tasks.append(self._revalidation)
