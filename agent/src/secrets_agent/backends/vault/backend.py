@@ -15,8 +15,9 @@ from secrets_agent.backends.connections import ConnectionFormatError, connection
 from secrets_agent.backends.feeds import Feed
 from secrets_agent.backends.threads import Workers
 from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, check_local_files
-from secrets_agent.backends.vault.environment import ca_bundle, inert
+from secrets_agent.backends.vault.environment import ca_bundle, direct, inert
 from secrets_agent.backends.vault.errors import TokenRejected, translate
+from secrets_agent.backends.vault.kv import KvReader, tls_context
 from secrets_agent.backends.vault.names import SECRET_PATHS
 from secrets_agent.backends.vault.options import VaultOptions
 from secrets_agent.backends.vault.session import VaultSession
@@ -40,6 +41,7 @@ class VaultBackend(Backend):
         self._auth: AuthMethod = auth_method(name, options)
         self._workers: Workers | None = None
         self._client: Any = None
+        self._kv: KvReader | None = None  # reads on the loop (None: through hvac, see kv.py)
         self.session = VaultSession(name, self, options, self.context)
         self.calls = ApiCalls(name, self.context.metrics, translate)
         self._maintainer: asyncio.Task[None] | None = None
@@ -61,6 +63,7 @@ class VaultBackend(Backend):
         )
         # The environment read once (see environment.py), not on every read.
         self._client.adapter.session.trust_env = not inert()
+        self._kv = self._kv_reader() if direct(o.url) else None
         await self.session.login(force=True, strict=True)
         self._maintainer = asyncio.create_task(self.session.run_forever())
 
@@ -79,6 +82,8 @@ class VaultBackend(Backend):
                     self._run("revoke-self", self._client.auth.token.revoke_self), 2
                 )
         self.session.close()
+        if self._kv is not None:
+            await self._kv.close()
         if self._workers is not None:
             self._workers.close()
         if self._client is not None:
@@ -138,7 +143,26 @@ class VaultBackend(Backend):
         return await self._read_once(mount, path)
 
     async def _read_once(self, mount: str, path: str) -> dict[str, Any] | None:
+        if self._kv is not None:
+            return await self.calls("read", lambda: self._read_on_loop(mount, path))
         return await self.calls("read", lambda: self._in_pool(lambda: self._read_sync(mount, path)))
+
+    async def _read_on_loop(self, mount: str, path: str) -> dict[str, Any] | None:
+        """``_read_sync``'s read, made by ``kv.KvReader`` (same URL, answers and errors)."""
+        import hvac.exceptions
+        from hvac import utils
+
+        assert self._kv is not None
+        v1 = self.options.kv_engine_version == 1
+        template = "/v1/{mount_point}/{path}" if v1 else "/v1/{mount_point}/data/{path}"
+        try:
+            answer = await self._kv.get(
+                utils.format_url(template, mount_point=mount, path=path), self._client.token
+            )
+        except hvac.exceptions.InvalidPath:
+            return None  # missing, or a deleted/destroyed latest version: a miss
+        data: dict[str, Any] = answer["data"] if v1 else answer["data"]["data"]
+        return data
 
     def _read_sync(self, mount: str, path: str) -> dict[str, Any] | None:
         import hvac.exceptions
@@ -155,6 +179,17 @@ class VaultBackend(Backend):
             return data
         except hvac.exceptions.InvalidPath:
             return None  # missing, or a deleted/destroyed latest version: a miss
+
+    def _kv_reader(self) -> KvReader | None:
+        o = self.options
+        tls = None
+        if o.url.lower().startswith("https:"):
+            cert = (o.client_cert, o.client_key) if o.client_cert else None
+            try:
+                tls = tls_context(o.ca_file or ca_bundle(o.verify), cert)
+            except (OSError, ValueError):  # ssl.SSLError is an OSError
+                return None  # hvac's reads (and its login) report the files as they always have
+        return KvReader(o.url, o.namespace or None, tls, o.timeout, o.max_workers)
 
     async def _token_alive(self) -> bool:
         try:

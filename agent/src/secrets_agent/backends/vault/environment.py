@@ -33,3 +33,11 @@ def inert(environ: Mapping[str, str] = os.environ) -> bool:
     named = environ.get("NETRC")
     places = (named,) if named else tuple(f"~/{name}" for name in NETRC_FILES)
     return not any(os.path.exists(os.path.expanduser(place)) for place in places)
+
+
+def direct(url: str) -> bool:
+    """Whether requests would send a request for ``url`` straight to it: no proxy for it in the
+    environment (``no_proxy`` counted) and no netrc login for its host."""
+    from requests.utils import get_environ_proxies, get_netrc_auth, select_proxy
+
+    return select_proxy(url, get_environ_proxies(url)) is None and get_netrc_auth(url) is None

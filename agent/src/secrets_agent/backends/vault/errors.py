@@ -1,6 +1,8 @@
-"""hvac and requests exceptions become the agent's error types here, and nowhere else."""
+"""hvac, requests and aiohttp exceptions become the agent's error types here, and nowhere else."""
 
 from __future__ import annotations
+
+import ssl
 
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 
@@ -15,8 +17,11 @@ class CredentialSourceError(BackendError):
 
 def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
     """Map an upstream exception; messages are ours, never Vault's text (it can echo input)."""
+    import aiohttp
     import hvac.exceptions as hx
     import requests
+
+    from secrets_agent.backends.vault.kv import NotJson
 
     if isinstance(exc, BackendError):
         return exc
@@ -34,6 +39,14 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return TransientError(backend, f"cannot connect to Vault ({operation})")
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors
+        return TransientError(backend, f"Vault timed out ({operation})")
+    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+        return TransientError(backend, f"cannot connect to Vault ({operation})")
+    if isinstance(exc, NotJson):
+        return BackendError(backend, f"Vault's answer was not a JSON object ({exc}, {operation})")
     if isinstance(exc, hx.VaultError):
         return BackendError(backend, f"Vault error ({type(exc).__name__}, {operation})")
     return BackendError(backend, f"unexpected {type(exc).__name__} ({operation})")

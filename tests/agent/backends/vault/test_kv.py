@@ -1,0 +1,230 @@
+"""Both ways a Vault read is made — on the loop (``kv.KvReader``) and through hvac on a worker
+thread (where the environment names a proxy) — answer and fail alike, against a real OpenBao
+and a loopback front that misbehaves on cue."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.vault.backend import VaultBackend
+from secrets_agent.backends.vault.options import TokenAuth, VaultOptions
+from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
+from support.bao import BaoServer
+from support.helpers import FakeClock
+
+pytestmark = pytest.mark.integration
+
+V, C = Kind.VARIABLE, Kind.CONNECTION
+LIMITED = 'path "secret/data/variables/*" { capabilities = ["read"] }\n'
+LIMITED += 'path "secret/data/variables/forbidden" { capabilities = ["deny"] }\n'
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    server = BaoServer(tmp_path_factory.mktemp("bao-kv"))
+    server.start()
+    try:
+        server.api("POST", "/v1/sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}})
+        server.api("PUT", "/v1/sys/policies/acl/limited", {"policy": LIMITED})
+        server.kv_put("variables/greeting", {"value": "hello"})
+        server.kv_put("variables/spaced%20name", {"value": "quoted"})
+        server.kv_put("variables/forbidden", {"value": "never"})
+        server.kv_put("variables/deleted", {"value": "gone"})
+        server.api("DELETE", "/v1/secret/data/variables/deleted")  # its latest version deleted
+        server.kv_put("connections/pg", {"conn_uri": "postgresql://u:s3cret@db/app"})
+        server.kv_put("variables/old", {"value": "from-kv1"}, mount="kv1", version=1)
+        yield server
+    finally:
+        server.stop()
+
+
+class Front(ThreadingHTTPServer):
+    """Forwards to OpenBao, except the reads whose last segment names a misbehaviour."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _FrontHandler)
+        self.upstream = upstream
+        self.release = threading.Event()  # holds "slow" answers until the test ends
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    server: Front
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        cue = self.path.rsplit("/", 1)[-1]
+        if cue.startswith("status-"):
+            self._answer(int(cue[7:]), b'{"errors": ["echoed s3cret-input"]}')
+        elif cue == "not-json":
+            self._answer(200, b"<html>a proxy's page</html>", "text/html")
+        elif cue == "moved":
+            self.send_response(307)
+            location = f"{self.server.upstream}/v1/secret/data/variables/greeting"
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif cue == "slow":
+            self.server.release.wait(30)
+        else:
+            request = urllib.request.Request(
+                self.server.upstream + self.path,
+                headers={k: v for k, v in self.headers.items() if k.lower().startswith("x-vault")},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    self._answer(answer.status, answer.read())
+            except urllib.error.HTTPError as exc:
+                self._answer(exc.code, exc.read())
+
+    def _answer(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def front(bao: BaoServer) -> Iterator[Front]:
+    server = Front(bao.url)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(params=["loop", "hvac"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """How reads are made: on the loop where requests would go straight to Vault (the suite's
+    ``no_proxy`` exempts loopback); through hvac where a netrc file has a login for its host
+    (requests would send it; OpenBao ignores a Basic ``Authorization``)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    if request.param == "hvac":
+        netrc = tmp_path / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password unused\n")
+        netrc.chmod(0o600)
+    return str(request.param)
+
+
+@pytest.fixture
+async def started(way: str) -> AsyncIterator[Any]:
+    backends: list[VaultBackend] = []
+
+    async def start(url: str, token: str, **overrides: Any) -> VaultBackend:
+        options = VaultOptions(
+            url=url, auth_method="token", token=TokenAuth(token=token), **overrides
+        )
+        backend = VaultBackend("vault", options, BackendContext(Metrics(), FakeClock()))
+        backends.append(backend)
+        await backend.start()
+        assert (backend._kv is not None) == (way == "loop")  # the way the test asked for
+        return backend
+
+    yield start
+    for backend in backends:
+        await backend.close()
+
+
+async def test_reads_answer_alike(bao: BaoServer, started: Any) -> None:
+    backend = await started(bao.url, bao.root_token)
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert await backend.fetch(V, "spaced name") == "quoted"  # quoted in the URL as hvac does
+    assert await backend.fetch(C, "pg") == "postgresql://u:s3cret@db/app"
+    assert await backend.fetch(V, "absent") is None
+    assert await backend.fetch(V, "deleted") is None  # latest version deleted: a miss
+    kv1 = await started(bao.url, bao.root_token, mount_point="kv1", kv_engine_version=1)
+    assert await kv1.fetch(V, "old") == "from-kv1"
+    assert await kv1.fetch(V, "absent") is None
+
+
+async def test_a_denied_read_and_a_revoked_token(bao: BaoServer, started: Any) -> None:
+    token = bao.api("POST", "/v1/auth/token/create", {"policies": ["limited"]})["auth"]
+    backend = await started(bao.url, token["client_token"])
+    assert await backend.fetch(V, "greeting") == "hello"
+    with pytest.raises(DeniedError) as info:
+        await backend.fetch(V, "forbidden")
+    assert "never" not in str(info.value)
+    bao.api("POST", "/v1/auth/token/revoke", {"token": token["client_token"]})
+    # 403 for a dead token: the backend asks whether the token lives, logs in again (the same
+    # revoked token, so that fails) and says Vault cannot be used, not that the path is denied.
+    with pytest.raises(TransientError):
+        await backend.fetch(V, "greeting")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (429, TransientError),
+        (500, TransientError),
+        (502, TransientError),
+        (503, TransientError),
+        (400, BackendError),
+        (412, TransientError),  # hvac: UnexpectedError
+    ],
+)
+async def test_error_statuses_fail_as_hvac_would(
+    front: Front, bao: BaoServer, started: Any, status: int, error: type[Exception]
+) -> None:
+    backend = await started(front.url, bao.root_token)
+    with pytest.raises(error) as info:
+        await backend.fetch(V, f"status-{status}")
+    assert type(info.value) is error
+    assert "s3cret" not in str(info.value)  # Vault's text never reaches our messages
+    assert await backend.fetch(V, "greeting") == "hello"  # the connection is still good
+
+
+async def test_a_redirect_is_followed(front: Front, bao: BaoServer, started: Any) -> None:
+    backend = await started(front.url, bao.root_token)
+    assert await backend.fetch(V, "moved") == "hello"  # a standby sends reads to the active
+
+
+async def test_an_answer_that_is_not_json(front: Front, bao: BaoServer, started: Any) -> None:
+    backend = await started(front.url, bao.root_token)
+    with pytest.raises(BackendError) as info:
+        await backend.fetch(V, "not-json")
+    assert type(info.value) is BackendError
+    assert "html" not in str(info.value)
+
+
+async def test_a_read_that_never_answers_times_out(
+    front: Front, bao: BaoServer, started: Any
+) -> None:
+    backend = await started(front.url, bao.root_token, timeout=0.3)
+    with pytest.raises(TransientError, match="timed out"):
+        await backend.fetch(V, "slow")
+    assert await backend.fetch(V, "greeting") == "hello"
+
+
+async def test_vault_gone_after_start_is_transient(bao: BaoServer, started: Any) -> None:
+    gone = Front(bao.url)
+    threading.Thread(target=gone.serve_forever, daemon=True).start()
+    try:
+        backend = await started(gone.url, bao.root_token)
+        assert await backend.fetch(V, "greeting") == "hello"  # a kept-alive connection now
+    finally:
+        gone.shutdown()
+        gone.server_close()
+    with pytest.raises(TransientError, match="cannot connect"):
+        await backend.fetch(V, "greeting")
