@@ -62,6 +62,29 @@ def hvac_reader(url: str, token: str, *, environment_once: bool = False) -> Call
     return read
 
 
+def hvac_threaded_reader(url: str, token: str) -> Callable[[list[str]], list[float]]:
+    """hvac (the agent's session settings) called through the agent's worker threads from a
+    uvloop loop in this process, one read at a time: what a miss cost the agent while its Vault
+    reads went through hvac, less everything else the agent does (``backends/vault/kv.py``)."""
+    import uvloop
+
+    from secrets_agent.backends.threads import Workers
+
+    read = hvac_reader(url, token, environment_once=True)
+    loop = uvloop.new_event_loop()
+    workers = Workers(1, "bench-hvac")
+
+    async def batch(keys: list[str]) -> list[float]:
+        took = []
+        for key in keys:
+            started = time.perf_counter()
+            await workers.run(lambda: read(key))  # noqa: B023 (awaited before the next key)
+            took.append(time.perf_counter() - started)
+        return took
+
+    return lambda keys: loop.run_until_complete(batch(keys))
+
+
 def agent_reader(sock: str) -> Callable[[str], None]:
     from secrets_agent_client import AgentSecretsBackend
 
@@ -75,23 +98,31 @@ def agent_reader(sock: str) -> Callable[[str], None]:
 
 
 class Misses:
-    """Reads of fresh keys through the agent and through hvac (as Airflow builds it, and with
-    the agent's session settings), taken round by round."""
+    """Reads of fresh keys through the agent and through hvac (as Airflow builds it, with the
+    agent's session settings, and the latter through worker threads), taken round by round."""
 
     def __init__(self, agent_sock: str, agent_pid: int, url: str, token: str) -> None:
         self._agent, self._agent_pid = agent_reader(agent_sock), agent_pid
         self._hvac = hvac_reader(url, token)
         self._hvac_once = hvac_reader(url, token, environment_once=True)
-        self.agent, self.hvac, self.hvac_once = Side(), Side(), Side()
+        self._threaded = hvac_threaded_reader(url, token)
+        self.agent, self.hvac, self.hvac_once, self.threaded = Side(), Side(), Side(), Side()
 
-    def warm(self, agent_key: str, hvac_key: str, once_key: str) -> None:
+    def warm(self, agent_key: str, hvac_key: str, once_key: str, threaded_key: str) -> None:
         """One read each first: connections, the token and the code paths are warm."""
         self._agent(agent_key)
         self._hvac(hvac_key)
         self._hvac_once(once_key)
+        self._threaded([threaded_key])
 
-    def round(self, agent_keys: list[str], hvac_keys: list[str], once_keys: list[str]) -> None:
-        if not agent_keys or not hvac_keys or not once_keys:
+    def round(
+        self,
+        agent_keys: list[str],
+        hvac_keys: list[str],
+        once_keys: list[str],
+        threaded_keys: list[str],
+    ) -> None:
+        if not agent_keys or not hvac_keys or not once_keys or not threaded_keys:
             return
         before = measure.cpu_seconds(self._agent_pid)
         self.agent.latencies += _timed(self._agent, agent_keys)
@@ -103,6 +134,9 @@ class Misses:
             before = time.process_time()
             side.latencies += _timed(read, keys)
             side.cpu.append((time.process_time() - before) / len(keys))
+        before = time.process_time()
+        self.threaded.latencies += self._threaded(threaded_keys)
+        self.threaded.cpu.append((time.process_time() - before) / len(threaded_keys))
 
 
 def _timed(read: Callable[[str], None], keys: list[str]) -> Iterator[float]:

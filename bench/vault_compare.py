@@ -62,9 +62,10 @@ def rows(work: Path, sizes: Any, env: dict[str, str], row: Any) -> list[Any]:
             uncached.miss_keys("miss_agent_", sizes.misses + 1),
             uncached.miss_keys("miss_hvac_", sizes.misses + 1),
             uncached.miss_keys("miss_once_", sizes.misses + 1),
+            uncached.miss_keys("miss_thread_", sizes.misses + 1),
             uncached.miss_keys("miss_airflow_", sizes.misses),
         )
-        uncached.write_keys(bao, keys.agent + keys.hvac + keys.once + keys.airflow)
+        uncached.write_keys(bao, keys.agent + keys.hvac + keys.once + keys.threaded + keys.airflow)
         return _measure(work, bao, sizes, keys, env, row)
     finally:
         bao.stop()
@@ -77,6 +78,7 @@ class Keys:
     agent: list[str]
     hvac: list[str]
     once: list[str]  # hvac with the agent's session settings
+    threaded: list[str]  # the same through worker threads
     airflow: list[str]
 
 
@@ -102,17 +104,18 @@ def _measure(
         # Half before and half after Airflow's run: a noisy spell meets both sides alike.
         samples = measure.latencies(client, lookups // 2)
         misses = uncached.Misses(str(sock), agent.pid, bao.url, bao.root_token)
-        misses.warm(keys.agent[-1], keys.hvac[-1], keys.once[-1])
+        misses.warm(keys.agent[-1], keys.hvac[-1], keys.once[-1], keys.threaded[-1])
         rounds = list(
             zip(
                 uncached.chunks(keys.agent[:-1], sizes.rounds),
                 uncached.chunks(keys.hvac[:-1], sizes.rounds),
                 uncached.chunks(keys.once[:-1], sizes.rounds),
+                uncached.chunks(keys.threaded[:-1], sizes.rounds),
                 strict=True,
             )
         )
-        for agent_keys, hvac_keys, once_keys in rounds[: len(rounds) // 2]:
-            misses.round(agent_keys, hvac_keys, once_keys)
+        for subjects in rounds[: len(rounds) // 2]:
+            misses.round(*subjects)
         airflow_miss = float("nan")
         if AIRFLOW_PY.exists():
             script = [AIRFLOW_SCRIPT, bao.url, bao.root_token, str(lookups), *keys.airflow]
@@ -155,8 +158,8 @@ def _measure(
                     None,
                 )
             )
-        for agent_keys, hvac_keys, once_keys in rounds[len(rounds) // 2 :]:
-            misses.round(agent_keys, hvac_keys, once_keys)
+        for subjects in rounds[len(rounds) // 2 :]:
+            misses.round(*subjects)
         out += _miss_rows(misses, airflow_miss, row)
         before = _upstream_reads(str(sock))
         request = b"GET /v1/variables/burst HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -177,7 +180,7 @@ def _measure(
 
 def _miss_rows(misses: uncached.Misses, airflow_p50: float, row: Any) -> list[Any]:
     agent_cpu, hvac_cpu = misses.agent.cpu_us(), misses.hvac.cpu_us()
-    once_cpu = misses.hvac_once.cpu_us()
+    once_cpu, threaded_cpu = misses.hvac_once.cpu_us(), misses.threaded.cpu_us()
     agent_p50 = misses.agent.p50_us()
     cpu_ratio, p50_ratio = agent_cpu / hvac_cpu, agent_p50 / airflow_p50
     return [
@@ -190,6 +193,13 @@ def _miss_rows(misses: uncached.Misses, airflow_p50: float, row: Any) -> list[An
         row(
             "  the same ÷ hvac in-process with the agent's session settings",
             f"{agent_cpu / once_cpu:.2f}x (hvac {once_cpu:.0f} µs: the environment read once)",
+            "report",
+            None,
+        ),
+        row(
+            "  hvac through the agent's worker threads ÷ hvac in-process (reads left on hvac)",
+            f"{threaded_cpu / hvac_cpu:.2f}x ({threaded_cpu:.0f} µs, {threaded_cpu / once_cpu:.2f}x "
+            "the same settings in-process): the least a miss cost the agent through hvac",
             "report",
             None,
         ),
