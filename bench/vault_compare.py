@@ -198,8 +198,9 @@ def _miss_rows(misses: uncached.Misses, airflow_p50: float, row: Any) -> list[An
         ),
         row(
             "  hvac through the agent's worker threads ÷ hvac in-process (reads left on hvac)",
-            f"{threaded_cpu / hvac_cpu:.2f}x ({threaded_cpu:.0f} µs, {threaded_cpu / once_cpu:.2f}x "
-            "the same settings in-process): the least a miss cost the agent through hvac",
+            f"{threaded_cpu / hvac_cpu:.2f}x ({threaded_cpu:.0f} µs, "
+            f"{threaded_cpu / once_cpu:.2f}x the same settings in-process): "
+            "the least a miss cost the agent through hvac",
             "report",
             None,
         ),
