@@ -11,16 +11,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from secrets_agent.backends.base import BackendContext
 from secrets_agent.backends.vault.backend import VaultBackend
+from secrets_agent.backends.vault.errors import translate
+from secrets_agent.backends.vault.kv import KvReader, tls_context
 from secrets_agent.backends.vault.options import TokenAuth, VaultOptions
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
-from support.bao import BaoServer
+from support.bao import BaoServer, free_port
 from support.helpers import FakeClock
+from support.tls import issued_by, self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +232,93 @@ async def test_vault_gone_after_start_is_transient(bao: BaoServer, started: Any)
         gone.server_close()
     with pytest.raises(TransientError, match="cannot connect"):
         await backend.fetch(V, "greeting")
+
+
+@pytest.fixture(scope="module")
+def tls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    server = BaoServer(tmp_path_factory.mktemp("bao-kv-tls"), tls=True)
+    server.start()
+    try:
+        server.kv_put("variables/greeting", {"value": "over tls"})
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify=False
+async def test_tls_as_requests_would_verify_it(
+    tls_bao: BaoServer, started: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, token = tls_bao.url, tls_bao.root_token
+    with_ca = await started(url, token, ca_file=tls_bao.ca_file)
+    assert await with_ca.fetch(V, "greeting") == "over tls"
+    unverified = await started(url, token, verify=False)
+    assert await unverified.fetch(V, "greeting") == "over tls"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tls_bao.ca_file)  # requests' own variable
+    bundled = await started(url, token)
+    assert await bundled.fetch(V, "greeting") == "over tls"
+
+
+async def test_a_certificate_the_ca_does_not_sign_fails_the_read(
+    tls_bao: BaoServer, tmp_path: Path
+) -> None:
+    # The backend's own login would fail first; the read itself, as the reader makes it.
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(self_signed()[1])
+    reader = KvReader(tls_bao.url, None, tls_context(str(other), None), 5.0, 1)
+    try:
+        with pytest.raises(aiohttp.ClientSSLError) as info:
+            await reader.get("/v1/secret/data/variables/greeting", tls_bao.root_token)
+    finally:
+        await reader.close()
+    error = translate("vault", info.value, "read")
+    assert type(error) is BackendError
+    assert "TLS handshake with Vault failed" in str(error)
+    reader = KvReader(tls_bao.url, None, tls_context(tls_bao.ca_file, None), 5.0, 1)
+    try:
+        answer = await reader.get("/v1/secret/data/variables/greeting", tls_bao.root_token)
+    finally:
+        await reader.close()
+    assert answer["data"]["data"] == {"value": "over tls"}
+
+
+async def test_a_listener_that_requires_a_client_certificate(tmp_path: Path, started: Any) -> None:
+    ca_key, ca_cert = self_signed()
+    files = {"ca.pem": ca_cert}
+    for who in ("server", "client"):
+        key, cert = issued_by(ca_key, ca_cert, who)
+        files[f"{who}.key"], files[f"{who}.pem"] = key, cert
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    port = free_port()
+    listener = (
+        f'listener "tcp" {{\n address = "127.0.0.1:{port}"\n'
+        f' tls_cert_file = "{tmp_path}/server.pem"\n tls_key_file = "{tmp_path}/server.key"\n'
+        f" tls_require_and_verify_client_cert = true\n"
+        f' tls_client_ca_file = "{tmp_path}/ca.pem"\n}}\n'
+    )
+    server = BaoServer(tmp_path / "bao", extra_config=listener)
+    server.start()
+    try:
+        server.kv_put("variables/greeting", {"value": "mutual"})
+        url, token = f"https://127.0.0.1:{port}", server.root_token
+        backend = await started(
+            url,
+            token,
+            ca_file=str(tmp_path / "ca.pem"),
+            client_cert=str(tmp_path / "client.pem"),
+            client_key=str(tmp_path / "client.key"),
+        )
+        assert await backend.fetch(V, "greeting") == "mutual"
+        # Without a certificate the listener refuses the handshake: the read says so.
+        reader = KvReader(url, None, tls_context(str(tmp_path / "ca.pem"), None), 5.0, 1)
+        try:
+            with pytest.raises(aiohttp.ClientError) as info:
+                await reader.get("/v1/secret/data/variables/greeting", token)
+        finally:
+            await reader.close()
+        error = translate("vault", info.value, "read")
+        assert type(error) is BackendError  # as requests' SSLError: not worth retrying
+        assert "TLS handshake with Vault failed" in str(error)
+    finally:
+        server.stop()

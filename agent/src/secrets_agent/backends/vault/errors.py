@@ -39,7 +39,9 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return TransientError(backend, f"cannot connect to Vault ({operation})")
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError) or isinstance(
+        exc.__cause__, ssl.SSLError
+    ):  # aiohttp words a refusal after the handshake (no client certificate) as an OSError
         return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors
         return TransientError(backend, f"Vault timed out ({operation})")
