@@ -256,7 +256,7 @@ class Agent:
             self._swap(new)
             self.audit.reconfigure(_audit_settings(new.config.audit))
             set_level(new.config.log.level)
-            await old.retire(new)
+            await self._retire_bounded(old, new)
             if new.service.cache.cipher.keys_id != old.service.cache.cipher.keys_id:
                 await self._keys_changed()
             self.metrics.reloads.labels("success").inc()
@@ -303,18 +303,26 @@ class Agent:
             if self._serving:
                 self._serving = False
                 await self.save_snapshot()
-            await self._retire_bounded(self._runtime)
+            await self._retire_bounded(self._runtime, None)
         self.audit.close()
 
-    async def _retire_bounded(self, runtime: Runtime) -> None:
-        """Close backends, feeds and the shared tier, bounded: a client library that never
-        returns from its close must not keep a stopping agent from exiting."""
+    async def _retire_bounded(self, runtime: Runtime, successor: Runtime | None) -> None:
+        """Close what ``successor`` does not keep (backends, feeds, the shared tier), bounded
+        by ``listener.shutdown_timeout``: a client library that never returns from its close
+        must not keep a stopping agent from exiting, nor a reload from finishing."""
         bound = runtime.config.listener.shutdown_timeout
         try:
             async with asyncio.timeout(bound):
-                await runtime.retire(None)
+                await runtime.retire(successor)
         except TimeoutError:
-            log.warning("shutdown: closing the backends took over %.0f s; exiting anyway", bound)
+            if successor is None:
+                message = "shutdown: closing the backends took over %.0f s; exiting anyway"
+            else:
+                message = (
+                    "reload: closing the previous configuration's backends took over %.0f s; "
+                    "serving the new one, the rest left unclosed"
+                )
+            log.warning(message, bound)
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""

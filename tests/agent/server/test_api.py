@@ -428,3 +428,27 @@ def test_shutdown_is_bounded_when_a_backend_never_closes(
             asyncio.run_coroutine_threadsafe(agent.agent.shutdown(), agent.loop).result(60)
     assert "closing the backends took over" in caplog.text
     assert not os.path.exists(agent.socket_path)
+
+
+def test_a_reload_is_bounded_when_a_replaced_backend_never_closes(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", StuckOnClose)
+    ScriptedBackend.scripts = {
+        "stuck": Script(values={(Kind.VARIABLE, "k"): "old"}),
+        "next": Script(values={(Kind.VARIABLE, "k"): "new"}),
+    }
+    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\nshutdown_timeout = 0.5\n'
+    backend = '[[backends]]\nname = "{}"\ntype = "scripted"\n'
+    path = write_config(short_tmp, head + backend.format("stuck"))
+    with running_agent(load_config(path), config_path=path) as agent:
+        client = AgentSecretsBackend(socket_path=agent.socket_path)
+        assert client.get_variable("k") == "old"
+        path.write_text(head + backend.format("next"))
+        with caplog.at_level(logging.WARNING):
+            # A hang guard, not a timing claim: unbounded, the reload would wait forever.
+            reloaded = asyncio.run_coroutine_threadsafe(agent.agent.reload(), agent.loop)
+            assert reloaded.result(60)
+        assert "reload: closing the previous configuration's backends took over" in caplog.text
+        assert client.get_variable("k") == "new"
+        assert agent.call(agent.agent.reload())  # the reload lock was let go
