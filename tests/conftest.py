@@ -7,10 +7,12 @@ session any such process still alive fails the run (and is killed), so nothing i
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +32,40 @@ loopback.apply()
 
 RUN_MARKER = "SECRETS_AGENT_TEST_RUN"
 os.environ[RUN_MARKER] = uuid.uuid4().hex
+
+
+# A test that hangs fails the run instead of holding it to CI's hour: past this, every thread's
+# stack is written out and the run interrupted (no test comes near it on a busy machine).
+HANG_SECONDS = float(os.environ.get("SECRETS_AGENT_TEST_HANG", "900"))
+_HANG_REPORT = Path(tempfile.gettempdir()) / f"secrets-agent-hang-{os.getpid()}.txt"
+
+
+def _hung(test: str) -> None:
+    with _HANG_REPORT.open("w") as report:
+        report.write(f"{test} ran past {HANG_SECONDS:.0f} s; every thread's stack:\n")
+        report.flush()
+        faulthandler.dump_traceback(file=report, all_threads=True)
+    os.kill(os.getpid(), signal.SIGINT)  # pytest stops, tears down and reports
+    time.sleep(60)
+    os._exit(70)  # the interrupt found nothing to wake: the stacks are in the report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    watch = threading.Timer(HANG_SECONDS, _hung, (item.nodeid,))
+    watch.daemon = True
+    watch.start()
+    try:
+        yield
+    finally:
+        watch.cancel()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _HANG_REPORT.exists():
+        terminalreporter.section("hung test")
+        terminalreporter.write(_HANG_REPORT.read_text())
+        _HANG_REPORT.unlink()
 
 
 @pytest.fixture(autouse=True)
