@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.vault import kv
 from secrets_agent.backends.vault.backend import VaultBackend
 from secrets_agent.backends.vault.errors import translate
 from secrets_agent.backends.vault.kv import KvReader, tls_context
@@ -85,6 +86,15 @@ class _FrontHandler(BaseHTTPRequestHandler):
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif cue.startswith("huge"):
+            body = b'{"data": {"data": {"value": "' + b"x" * 4096 + b'"}}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if cue == "huge":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()  # huge-stream: no length, the body ends when the connection does
+            self.wfile.write(body)
+            self.close_connection = True
         elif cue == "slow":
             self.server.release.wait(30)
         else:
@@ -210,6 +220,20 @@ async def test_an_answer_that_is_not_json(front: Front, bao: BaoServer, started:
         await backend.fetch(V, "not-json")
     assert type(info.value) is BackendError
     assert "html" not in str(info.value)
+
+
+@pytest.mark.parametrize("cue", ["huge", "huge-stream"])
+async def test_an_answer_too_large_for_vault_is_refused_unread(
+    front: Front, bao: BaoServer, started: Any, way: str, cue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kv, "MAX_ANSWER", 1024)  # instead of Vault's 32 MiB
+    backend = await started(front.url, bao.root_token)
+    if way == "hvac":  # requests reads whatever comes
+        assert await backend.fetch(V, cue) == "x" * 4096
+        return
+    with pytest.raises(BackendError, match="too large"):
+        await backend.fetch(V, cue)
+    assert await backend.fetch(V, "greeting") == "hello"
 
 
 async def test_a_read_that_never_answers_times_out(

@@ -21,7 +21,7 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
     import hvac.exceptions as hx
     import requests
 
-    from secrets_agent.backends.vault.kv import NotJson
+    from secrets_agent.backends.vault.kv import NotJson, TooLarge
 
     if isinstance(exc, BackendError):
         return exc
@@ -47,6 +47,8 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
         return TransientError(backend, f"cannot connect to Vault ({operation})")
+    if isinstance(exc, TooLarge):
+        return BackendError(backend, f"Vault's answer was too large ({exc}, {operation})")
     if isinstance(exc, NotJson):
         return BackendError(backend, f"Vault's answer was not a JSON object ({exc}, {operation})")
     if isinstance(exc, hx.VaultError):

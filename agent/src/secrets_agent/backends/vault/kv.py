@@ -26,10 +26,17 @@ import aiohttp
 from yarl import URL
 
 _METHOD = "GET"
+# Vault's own default max_request_size: no KV secret it stores is larger; an answer that is, is
+# not Vault's (a misrouted proxy, a hostile endpoint) and is not held in memory.
+MAX_ANSWER = 32 * 1024 * 1024
 
 
 class NotJson(Exception):
     """Vault answered a read 200 with something other than a JSON object."""
+
+
+class TooLarge(Exception):
+    """An answer over ``MAX_ANSWER`` bytes."""
 
 
 def tls_context(verify: bool | str, cert: tuple[str, str] | None) -> ssl.SSLContext:
@@ -88,7 +95,7 @@ class KvReader:
             headers["X-Vault-Namespace"] = self._namespace
         async with self._session.get(URL(url, encoded=True), headers=headers) as response:
             status = response.status
-            body = await response.read()
+            body = await _read(response)
         if status >= 400:
             # The exception type is what matters (``translate`` words the error itself, never
             # with Vault's text); the body's ``errors`` are kept on it as hvac keeps them.
@@ -104,6 +111,19 @@ class KvReader:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+async def _read(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to ``MAX_ANSWER`` bytes."""
+    if (response.content_length or 0) > MAX_ANSWER:
+        raise TooLarge(f"{response.content_length} bytes")
+    chunks, size = [], 0
+    while chunk := await response.content.read(MAX_ANSWER + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise TooLarge(f"over {MAX_ANSWER} bytes")
+    return b"".join(chunks)
 
 
 def _errors(body: bytes) -> Any:
