@@ -63,8 +63,13 @@ class VaultBackend(Backend):
         )
         # The environment read once (see environment.py), not on every read.
         self._client.adapter.session.trust_env = not inert()
+        try:
+            await self.session.login(force=True, strict=True)
+        except BaseException:  # a start that fails is never closed: let nothing outlive it
+            self._workers.close()
+            self._client.adapter.close()
+            raise
         self._kv = self._kv_reader() if direct(o.url) else None
-        await self.session.login(force=True, strict=True)
         self._maintainer = asyncio.create_task(self.session.run_forever())
 
     async def check_local(self) -> None:
