@@ -8,6 +8,7 @@ for the new runtime is closed again and the one serving stays exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -74,8 +75,14 @@ class BackendPool:
     async def _start(self, backend: Backend) -> None:
         try:
             await backend.start()
-        except BackendError as exc:
-            raise StartupError(str(exc)) from None
+        except Exception as exc:
+            # Never live, so nothing else closes it: what its start opened (SDK clients,
+            # sessions, threads) goes now.
+            with contextlib.suppress(Exception):
+                await backend.close()
+            if isinstance(exc, BackendError):
+                raise StartupError(str(exc)) from None
+            raise
         self._live.add(backend)
 
     def publish(self, backends: Running, pricing: PricingConfig) -> None:

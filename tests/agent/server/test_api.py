@@ -16,7 +16,7 @@ import pytest
 
 from secrets_agent.backends import registry
 from secrets_agent.config.loader import load_config
-from secrets_agent.errors import StartupError, TransientError
+from secrets_agent.errors import BackendError, StartupError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent_client import AgentSecretsBackend
 from support.helpers import (
@@ -452,3 +452,28 @@ def test_a_reload_is_bounded_when_a_replaced_backend_never_closes(
         assert "reload: closing the previous configuration's backends took over" in caplog.text
         assert client.get_variable("k") == "new"
         assert agent.call(agent.agent.reload())  # the reload lock was let go
+
+
+class FailsToStart(ScriptedBackend):
+    """A backend whose start opens something, then fails (a credential file it cannot use)."""
+
+    opened = closed = 0
+
+    async def start(self) -> None:
+        FailsToStart.opened += 1
+        raise BackendError(self.name, "cannot read the token file")
+
+    async def close(self) -> None:
+        FailsToStart.closed += 1
+
+
+def test_a_backend_whose_start_fails_is_closed(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", FailsToStart)
+    monkeypatch.setattr(FailsToStart, "opened", 0)
+    monkeypatch.setattr(FailsToStart, "closed", 0)
+    config = agent_config(short_tmp, backends='[[backends]]\nname = "bad"\ntype = "scripted"\n')
+    with pytest.raises(StartupError, match="cannot read the token file"), running_agent(config):
+        pass
+    assert (FailsToStart.opened, FailsToStart.closed) == (1, 1)
