@@ -158,6 +158,8 @@ class Runtime:
             service = SecretService(
                 _chain(backends, metrics), cache, metrics, _refresh_policy(config), shared
             )
+            if previous is not None:
+                service.carry_limits(previous.service)
             policy = AccessPolicy.from_config(config.listener)
             access = AccessRules.from_config(config.access)
             feeds = _feeds(service, metrics)

@@ -199,3 +199,25 @@ async def test_refresh_now_is_per_key_and_serves_stale_when_the_upstream_fails()
     assert (stale.state, stale.value) == (CacheState.STALE, "2")
     assert f.refreshes("now", "error") == 1
     assert len(script.calls) == 4
+
+
+async def test_the_service_a_reload_builds_keeps_the_refresh_now_memory() -> None:
+    script = Script(values={(V, "k"): "v1"})
+    f = Fixture(script, now_interval=30.0)
+    assert (await f.service.lookup(V, "k", refresh=True)).state is CacheState.MISS
+    calls = len(script.calls)
+    old = f.service
+
+    def rebuilt(policy: RefreshPolicy) -> SecretService:
+        service = SecretService(old.chain, old.cache, f.metrics, policy)
+        service.carry_limits(old)
+        return service
+
+    same = rebuilt(RefreshPolicy(concurrency=4, now_interval=30.0))
+    assert (await same.lookup(V, "k", refresh=True)).state is CacheState.HIT  # still limited
+    assert len(script.calls) == calls
+    assert f.refreshes("now", "limited") == 1
+    # Other limits: their own memory, from nothing.
+    other = rebuilt(RefreshPolicy(concurrency=4, now_interval=10.0))
+    assert (await other.lookup(V, "k", refresh=True)).state is CacheState.MISS
+    assert len(script.calls) == calls + 1

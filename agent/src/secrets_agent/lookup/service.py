@@ -66,7 +66,7 @@ class SecretService:
         self.chain, self.cache = chain, cache
         self.shared: SharedTier = shared or NoSharedTier()
         self._metrics = metrics
-        policy = refresh or RefreshPolicy()
+        policy = self._policy = refresh or RefreshPolicy()
         self._flight: SingleFlight[Loaded] = SingleFlight()
         self._refresher = Refresher(policy.concurrency)
         self._refreshed_now: TTLCache[Key, bool] = TTLCache(
@@ -131,6 +131,12 @@ class SecretService:
         self._avoided(key, result.source)
         self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])  # a frame less
         return result
+
+    def carry_limits(self, previous: SecretService) -> None:
+        """Keep ``previous``'s refresh-now memory (keys refreshed lately, peers' budgets) when
+        the limits are the same: a reload must not hand every peer a fresh allowance."""
+        if previous._policy == self._policy and previous.cache.clock is self.cache.clock:
+            self._refreshed_now, self._budget = previous._refreshed_now, previous._budget
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background
