@@ -4,6 +4,7 @@ and a loopback front that misbehaves on cue."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -62,6 +63,7 @@ class Front(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _FrontHandler)
         self.upstream = upstream
         self.release = threading.Event()  # holds "slow" answers until the test ends
+        self.arrived, self.hold = threading.Event(), threading.Event()  # for "held" reads
 
     @property
     def url(self) -> str:
@@ -98,8 +100,13 @@ class _FrontHandler(BaseHTTPRequestHandler):
         elif cue == "slow":
             self.server.release.wait(30)
         else:
+            path = self.path
+            if cue == "held":  # answered as "greeting", once the test lets it go
+                self.server.arrived.set()
+                self.server.hold.wait(30)
+                path = path.replace("/held", "/greeting")
             request = urllib.request.Request(
-                self.server.upstream + self.path,
+                self.server.upstream + path,
                 headers={k: v for k, v in self.headers.items() if k.lower().startswith("x-vault")},
             )
             try:
@@ -346,3 +353,19 @@ async def test_a_listener_that_requires_a_client_certificate(tmp_path: Path, sta
         assert "TLS handshake with Vault failed" in str(error)
     finally:
         server.stop()
+
+
+async def test_closing_lets_a_read_under_way_finish(
+    front: Front, bao: BaoServer, started: Any
+) -> None:
+    # A reload closes the backends it drops while lookups may still wait on them.
+    backend = await started(front.url, bao.root_token)
+    front.arrived.clear()
+    front.hold.clear()
+    read = asyncio.create_task(backend.fetch(V, "held"))
+    assert await asyncio.to_thread(front.arrived.wait, 30)
+    closing = asyncio.create_task(backend.close())
+    await asyncio.sleep(0)  # the close has begun
+    front.hold.set()
+    assert await read == "hello"
+    await closing

@@ -76,6 +76,8 @@ class VaultBackend(Backend):
         check_local_files(self.name, self.options)
 
     async def close(self) -> None:
+        if self._kv is not None:  # first: its reads under way finish with the token still valid
+            await self._kv.close()
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,8 +89,6 @@ class VaultBackend(Backend):
                     self._run("revoke-self", self._client.auth.token.revoke_self), 2
                 )
         self.session.close()
-        if self._kv is not None:
-            await self._kv.close()
         if self._workers is not None:
             self._workers.close()
         if self._client is not None:

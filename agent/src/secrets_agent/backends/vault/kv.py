@@ -17,6 +17,8 @@ otherwise reads go through hvac, which goes through the proxy or logs in as requ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -73,7 +75,10 @@ class KvReader:
         from hvac.adapters import Adapter
 
         self._join = Adapter.urljoin
-        self._base, self._namespace = base_uri, namespace
+        self._base, self._namespace, self._timeout = base_uri, namespace, timeout
+        self._reading = 0  # reads under way: ``close`` lets them finish first
+        self._idle = asyncio.Event()
+        self._idle.set()
         connector = aiohttp.TCPConnector(limit=limit, ssl=True if tls is None else tls)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -93,9 +98,16 @@ class KvReader:
             headers["X-Vault-Token"] = token
         if self._namespace:
             headers["X-Vault-Namespace"] = self._namespace
-        async with self._session.get(URL(url, encoded=True), headers=headers) as response:
-            status = response.status
-            body = await _read(response)
+        self._reading += 1
+        self._idle.clear()
+        try:
+            async with self._session.get(URL(url, encoded=True), headers=headers) as response:
+                status = response.status
+                body = await _read(response)
+        finally:
+            self._reading -= 1
+            if not self._reading:
+                self._idle.set()
         if status >= 400:
             # The exception type is what matters (``translate`` words the error itself, never
             # with Vault's text); the body's ``errors`` are kept on it as hvac keeps them.
@@ -110,6 +122,12 @@ class KvReader:
         return answer
 
     async def close(self) -> None:
+        """Close the connections once the reads under way are answered (as hvac's threads
+        finish a started call), or after ``timeout``: a reload's lookups in flight still get
+        their answer."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._idle.wait()
         await self._session.close()
 
 
