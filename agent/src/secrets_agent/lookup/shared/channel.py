@@ -103,11 +103,19 @@ class Invalidations:
             try:
                 await self._bus.listen(self._sealer.channels, self._received)
             except STORE_ERRORS as exc:
+                if self._closing():  # redis-py may end a cancelled wait as a lost connection
+                    break
                 self._guard.failed("subscribe", exc)
             except Exception as exc:  # a bug here must not end invalidations for good
+                if self._closing():
+                    break
                 self._metrics.shared_errors.labels("subscribe").inc()
                 log.error("shared cache: invalidation listener failed: %s", type(exc).__name__)
             await asyncio.sleep(max(0.1, min(1.0, self._guard.timeout * 4)))
+
+    def _closing(self) -> bool:
+        """Whether ``close`` has begun (read afresh: the listener's loop awaits in between)."""
+        return self._closed
 
     def _received(self, data: bytes) -> None:
         message = self._sealer.open_message(data)
