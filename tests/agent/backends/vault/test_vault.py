@@ -31,9 +31,11 @@ from secrets_agent.backends.vault.options import (
     UserpassAuth,
     VaultOptions,
 )
-from secrets_agent.errors import BackendError, DeniedError
+from secrets_agent.config.schema import BackendCommon, BackendConfig
+from secrets_agent.errors import BackendError, DeniedError, StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
+from secrets_agent.runtime import BackendPool
 from support.bao import BaoServer
 from support.helpers import FakeClock
 from support.tls import self_signed
@@ -467,17 +469,16 @@ async def test_bad_credentials_keep_the_backend_unready_without_stopping_it(
 
 
 async def test_unreadable_credential_file_fails_start(vault: Vault, tmp_path: Path) -> None:
-    backend = VaultBackend(
-        "vault",
-        options(
-            vault,
-            auth_method="approle",
-            approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(tmp_path / "missing")),
-        ),
+    opts = options(
+        vault,
+        auth_method="approle",
+        approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(tmp_path / "missing")),
     )
-    with pytest.raises(BackendError, match="cannot read the secret_id file"):
-        await backend.start()
-    # Nobody closes a backend whose start failed: its worker threads end by themselves.
+    pool = BackendPool(Metrics(), FakeClock())
+    config = BackendConfig(BackendCommon(name="vault", type="vault"), opts)
+    with pytest.raises(StartupError, match="cannot read the secret_id file"):
+        await pool.start([config], ())
+    # Never live, so nobody closes it later: its worker threads end now.
     deadline = time.monotonic() + 30
     while any(t.name.startswith("vault-vault_") for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the failed start's worker threads are still running"

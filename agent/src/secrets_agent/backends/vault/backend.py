@@ -63,12 +63,7 @@ class VaultBackend(Backend):
         )
         # The environment read once (see environment.py), not on every read.
         self._client.adapter.session.trust_env = not inert()
-        try:
-            await self.session.login(force=True, strict=True)
-        except BaseException:  # a start that fails is never closed: let nothing outlive it
-            self._workers.close()
-            self._client.adapter.close()
-            raise
+        await self.session.login(force=True, strict=True)  # a failure: the pool closes us
         self._kv = self._kv_reader() if direct(o.url) else None
         self._maintainer = asyncio.create_task(self.session.run_forever())
 
