@@ -33,19 +33,18 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return TransientError(backend, f"Vault unavailable ({type(exc).__name__}, {operation})")
     if isinstance(exc, hx.BadGateway | hx.UnexpectedError):
         return TransientError(backend, f"Vault unavailable ({type(exc).__name__}, {operation})")
-    if isinstance(exc, requests.exceptions.SSLError):
+    # requests' errors (hvac's calls) and aiohttp's (reads on the loop, ``kv``) alike.
+    if isinstance(
+        exc, requests.exceptions.SSLError | aiohttp.ClientSSLError | ssl.SSLError
+    ) or isinstance(exc.__cause__, ssl.SSLError):
+        # (aiohttp words a refusal after the handshake, no client certificate, as an OSError)
         return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
         return TransientError(backend, f"Vault timed out ({operation})")
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return TransientError(backend, f"cannot connect to Vault ({operation})")
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError) or isinstance(
-        exc.__cause__, ssl.SSLError
-    ):  # aiohttp words a refusal after the handshake (no client certificate) as an OSError
-        return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors
-        return TransientError(backend, f"Vault timed out ({operation})")
-    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+    if isinstance(
+        exc,
+        requests.exceptions.ConnectionError | aiohttp.ClientConnectionError | ConnectionError,
+    ):
         return TransientError(backend, f"cannot connect to Vault ({operation})")
     if isinstance(exc, TooLarge):
         return BackendError(backend, f"Vault's answer was too large ({exc}, {operation})")
