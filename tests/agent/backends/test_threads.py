@@ -89,10 +89,17 @@ async def test_a_cancelled_wait_leaves_the_others_and_skips_a_call_not_started()
 
 async def test_close_cancels_calls_not_started_and_refuses_new_ones() -> None:
     workers = Workers(1, "t")
-    release = threading.Event()
-    running = asyncio.ensure_future(workers.run(lambda: release.wait(10)))
+    release, begun = threading.Event(), threading.Event()
+    worker: list[threading.Thread] = []
+
+    def first() -> bool:
+        worker.append(threading.current_thread())
+        begun.set()
+        return release.wait(10)
+
+    running = asyncio.ensure_future(workers.run(first))
     queued = asyncio.ensure_future(workers.run(lambda: "never"))
-    await asyncio.sleep(0.05)
+    assert await asyncio.get_running_loop().run_in_executor(None, begun.wait, 10)
     workers.close()
     release.set()
     with pytest.raises(asyncio.CancelledError):
@@ -100,3 +107,6 @@ async def test_close_cancels_calls_not_started_and_refuses_new_ones() -> None:
     assert await running is True  # the call under way finishes
     with pytest.raises(RuntimeError, match="closed"):
         await workers.run(lambda: 1)
+    # ... and then its thread ends: nothing of a closed backend lingers.
+    await asyncio.get_running_loop().run_in_executor(None, worker[0].join, 10)
+    assert not worker[0].is_alive()

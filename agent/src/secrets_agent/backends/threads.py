@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,8 +48,11 @@ class Workers:
     def close(self) -> None:
         """Stop the threads once their current call ends; calls not yet started are cancelled."""
         self._closed = True
-        while not self._jobs.empty():
-            job = self._jobs.get_nowait()
+        while True:
+            try:  # not ``empty()`` then ``get_nowait()``: a worker may take the job between
+                job = self._jobs.get_nowait()
+            except Empty:
+                break
             if job is not None:
                 job[1].cancel()
         for _ in self._threads:

@@ -7,8 +7,10 @@ import http.client
 import json
 import logging
 import os
+import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -476,13 +478,23 @@ async def test_unreadable_credential_file_fails_start(vault: Vault, tmp_path: Pa
     )
     pool = BackendPool(Metrics(), FakeClock())
     config = BackendConfig(BackendCommon(name="vault", type="vault"), opts)
+    before = set(threading.enumerate())  # other tests' backends share the name
     with pytest.raises(StartupError, match="cannot read the secret_id file"):
         await pool.start([config], ())
     # Never live, so nobody closes it later: its worker threads end now.
     deadline = time.monotonic() + 30
-    while any(t.name.startswith("vault-vault_") for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "the failed start's worker threads are still running"
+    while left := [t for t in threading.enumerate() if t not in before and t.name[:6] == "vault-"]:
+        assert time.monotonic() < deadline, f"the failed start's threads still run: {stacks(left)}"
         await asyncio.sleep(0.01)  # polling for the threads' exit, not timing behaviour
+
+
+def stacks(threads: list[threading.Thread]) -> str:
+    frames = sys._current_frames()
+    return "\n".join(
+        f"{t.name}:\n{''.join(traceback.format_stack(frames[t.ident]))}"
+        for t in threads
+        if t.ident in frames
+    )
 
 
 async def test_namespace(vault: Vault, started: Started) -> None:
