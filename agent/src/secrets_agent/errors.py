@@ -35,6 +35,10 @@ class DeniedError(BackendError):
     """The upstream refused access to this id; Airflow must not silently fall through."""
 
 
+class ClosedError(AgentError):
+    """A backend's threads or connections used after its close (a reload dropped it)."""
+
+
 class StartupError(AgentError):
     """The agent cannot start (socket in use, backend unusable)."""
 

@@ -8,7 +8,6 @@ for the new runtime is closed again and the one serving stays exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -75,11 +74,10 @@ class BackendPool:
     async def _start(self, backend: Backend) -> None:
         try:
             await backend.start()
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled start too (a bounded reload, a shutdown)
             # Never live, so nothing else closes it: what its start opened (SDK clients,
             # sessions, threads) goes now.
-            with contextlib.suppress(Exception):
-                await backend.close()
+            await _close(backend)
             if isinstance(exc, BackendError):
                 raise StartupError(str(exc)) from None
             raise
@@ -107,10 +105,14 @@ class BackendPool:
             if backend not in self._live:
                 continue
             self._live.discard(backend)
-            try:
-                await backend.close()
-            except Exception as exc:  # one backend failing to close must not stop the rest
-                log.warning("backend %r failed to close: %s", backend.name, type(exc).__name__)
+            await _close(backend)
+
+
+async def _close(backend: Backend) -> None:
+    try:
+        await backend.close()
+    except Exception as exc:  # one backend failing to close must not stop the rest
+        log.warning("backend %r failed to close: %s", backend.name, type(exc).__name__)
 
 
 @dataclass(frozen=True)

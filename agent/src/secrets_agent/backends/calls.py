@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.errors import BackendError, ClosedError, DeniedError, TransientError
 from secrets_agent.ops.metrics import Metrics
 
 T = TypeVar("T")
@@ -46,7 +46,11 @@ class ApiCalls:
                 result = "not_found"
                 self.last_failure = None
                 return None
-            error = self._translate(self.backend, exc, operation)
+            error = (
+                TransientError(self.backend, f"backend closed ({operation})")
+                if isinstance(exc, ClosedError)  # a lookup that outlived its backend's reload
+                else self._translate(self.backend, exc, operation)
+            )
             # A denial or a bad answer still means the upstream answered.
             self.last_failure = str(error) if isinstance(error, TransientError) else None
             result = (

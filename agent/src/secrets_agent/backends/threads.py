@@ -16,6 +16,8 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
+from secrets_agent.errors import ClosedError
+
 T = TypeVar("T")
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
@@ -33,28 +35,29 @@ class Workers:
     async def run(self, call: Callable[[], T]) -> T:
         """``call()`` on a worker thread; cancelling the wait leaves a started call to finish."""
         if self._closed:
-            raise RuntimeError("the worker threads are closed")
+            raise ClosedError(f"{self._name}: the worker threads are closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending += 1
-        if self._pending > len(self._threads) and len(self._threads) < self._size:
-            self._start_thread()
-        self._jobs.put((loop, future, call))
         try:
+            if self._pending > len(self._threads) and len(self._threads) < self._size:
+                self._start_thread()
+            self._jobs.put((loop, future, call))
             return await future
         finally:
             self._pending -= 1
 
     def close(self) -> None:
-        """Stop the threads once their current call ends; calls not yet started are cancelled."""
+        """Stop the threads once their current call ends; calls not yet started fail with
+        ``ClosedError`` (their callers get an answer, not a cancellation)."""
         self._closed = True
         while True:
             try:  # not ``empty()`` then ``get_nowait()``: a worker may take the job between
                 job = self._jobs.get_nowait()
             except Empty:
                 break
-            if job is not None:
-                job[1].cancel()
+            if job is not None and not job[1].done():
+                job[1].set_exception(ClosedError(f"{self._name}: closed before the call ran"))
         for _ in self._threads:
             self._jobs.put(None)
         self._threads.clear()
@@ -71,7 +74,7 @@ class Workers:
         jobs = self._jobs
         while (job := jobs.get()) is not None:
             loop, future, call = job
-            if future.cancelled():  # its caller went away before the call started
+            if future.done():  # its caller went away (or close failed it) before it started
                 continue
             failed, outcome = False, None
             try:

@@ -369,3 +369,25 @@ async def test_closing_lets_a_read_under_way_finish(
     front.hold.set()
     assert await read == "hello"
     await closing
+
+
+async def test_a_read_after_close_is_transient(bao: BaoServer, started: Any) -> None:
+    # A lookup that reaches a backend a reload has just closed gets a 503's error, either way.
+    backend = await started(bao.url, bao.root_token)
+    await backend.close()
+    with pytest.raises(TransientError, match="backend closed"):
+        await backend.fetch(V, "greeting")
+
+
+async def test_a_cancelled_close_stays_cancelled(bao: BaoServer, started: Any) -> None:
+    """Cancelled wherever it waits (a reload bounded by shutdown_timeout), close says so."""
+    for turns in range(12):
+        backend = await started(bao.url, bao.root_token)
+        closing = asyncio.create_task(backend.close())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if closing.done():
+            break
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing

@@ -75,14 +75,14 @@ class VaultBackend(Backend):
             await self._kv.close()
         if self._maintainer is not None:
             self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
+            # Waited for, not awaited: a cancellation of close itself (a bounded reload or
+            # shutdown) must still reach the caller, not be taken for the maintainer's.
+            await asyncio.wait({self._maintainer})
         if self.session.authenticated and self._auth.name != "token":
             # Tokens we minted ourselves are revoked on the way out; a given token is not ours.
             with contextlib.suppress(BackendError, TimeoutError):
-                await asyncio.wait_for(
-                    self._run("revoke-self", self._client.auth.token.revoke_self), 2
-                )
+                async with asyncio.timeout(2):
+                    await self._run("revoke-self", self._client.auth.token.revoke_self)
         self.session.close()
         if self._workers is not None:
             self._workers.close()

@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from secrets_agent.errors import ClosedError
+
 _METHOD = "GET"
 # Vault's own default max_request_size: no KV secret it stores is larger; an answer that is, is
 # not Vault's (a misrouted proxy, a hostile endpoint) and is not held in memory.
@@ -77,6 +79,7 @@ class KvReader:
         self._join = Adapter.urljoin
         self._base, self._namespace, self._timeout = base_uri, namespace, timeout
         self._reading = 0  # reads under way: ``close`` lets them finish first
+        self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
         connector = aiohttp.TCPConnector(limit=limit, ssl=True if tls is None else tls)
@@ -90,6 +93,8 @@ class KvReader:
         """The JSON object Vault answers; hvac's exception for an error status."""
         from hvac import utils
 
+        if self._closed:  # a lookup that outlived its backend's reload
+            raise ClosedError("the Vault reader is closed")
         while "//" in api_path:  # as hvac's adapter does before joining
             api_path = api_path.replace("//", "/")
         url = self._join(self._base, api_path)
@@ -125,6 +130,7 @@ class KvReader:
         """Close the connections once the reads under way are answered (as hvac's threads
         finish a started call), or after ``timeout``: a reload's lookups in flight still get
         their answer."""
+        self._closed = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
                 await self._idle.wait()

@@ -1,0 +1,43 @@
+"""The backend pool: what a start opens is closed, however the start ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from secrets_agent.backends import registry
+from secrets_agent.config.schema import BackendCommon, BackendConfig
+from secrets_agent.ops.metrics import Metrics
+from secrets_agent.runtime import BackendPool
+from support.helpers import FakeClock, ScriptedBackend, ScriptOptions
+
+
+class SlowToStart(ScriptedBackend):
+    """A backend whose start opens something, then waits (an upstream that does not answer)."""
+
+    started = asyncio.Event()
+    closed = 0
+
+    async def start(self) -> None:
+        SlowToStart.started.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        SlowToStart.closed += 1
+
+
+async def test_a_cancelled_start_closes_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reload bounded by shutdown_timeout, or a shutdown, cancels a start under way.
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", SlowToStart)
+    monkeypatch.setattr(SlowToStart, "started", asyncio.Event())
+    monkeypatch.setattr(SlowToStart, "closed", 0)
+    pool = BackendPool(Metrics(), FakeClock())
+    config = BackendConfig(BackendCommon(name="slow", type="scripted"), ScriptOptions())
+    starting = asyncio.create_task(pool.start([config], ()))
+    await SlowToStart.started.wait()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert SlowToStart.closed == 1
+    assert len(pool) == 0
