@@ -4,7 +4,8 @@ Cases: the layouts of the provider's ``test_vault.py`` (KV v1 and v2, custom and
 mounts, ``None``/empty/custom/trailing-separator paths, ``conn_uri`` and field connections,
 a secret without ``value``), plus soft-deleted and destroyed versions, fields Airflow's
 ``Connection`` rejects, and logging in with ``auth_type="userpass"`` (default and custom
-``auth_mount_point``; a path the user's policy denies).
+``auth_mount_point``; a path the user's policy denies) and ``auth_type="aws_iam"`` (keys in the
+kwargs; the aws plugin OpenBao lacks stood in for, with moto's STS checking the signature).
 The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
@@ -19,7 +20,9 @@ import pytest
 
 from support.bao import BaoServer
 from support.helpers import running_agent
+from support.moto_aws import MotoServer
 from support.parity import TEAMS, Group, Query, ask_both, migrated, mismatches, q, tq
+from support.vault_aws_auth import AwsAuthVault, Role
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -207,10 +210,37 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
         server.stop()
 
 
-def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_tmp: Path) -> None:
+@pytest.fixture(scope="module")
+def aws_iam(bao: BaoServer) -> Iterator[tuple[MotoServer, AwsAuthVault, Setup]]:
+    """Logging in with ``auth_type="aws_iam"`` and the keys in the kwargs, through the stand-in
+    for Vault's aws plugin; the setup's ``url`` is the stand-in's."""
+    moto = MotoServer()
+    moto.start()
+    front = AwsAuthVault(bao, moto.url)
+    front.start()
+    try:
+        key_id, secret = moto.access_key("airflow-worker", ["sts:GetCallerIdentity"])
+        front.roles["airflow"] = Role("arn:aws:iam::123456789012:user/airflow-worker", ("reader",))
+        auth = {"url": front.url, "auth_type": "aws_iam", "role_id": "airflow"}
+        setup = Setup(
+            "aws_iam login, keys in the kwargs",
+            q(C, "uri_conn") + q(V, "hello", "absent", "forbidden") + q(CFG, "sql_alchemy_conn"),
+            auth=auth | {"key_id": key_id, "secret_id": secret},
+        )
+        yield moto, front, setup
+    finally:
+        front.stop()
+        moto.stop()
+
+
+def test_vault_backend_answers_as_the_hashicorp_provider(
+    bao: BaoServer, aws_iam: tuple[MotoServer, AwsAuthVault, Setup], short_tmp: Path
+) -> None:
+    moto, front, aws_setup = aws_iam
     groups = []
     with contextlib.ExitStack() as stack:
-        for index, setup in enumerate(setups := SETUPS + TEAM_SETUPS):
+        stack.enter_context(moto.enforcing_auth())  # both sides' logins: signatures checked
+        for index, setup in enumerate(setups := [*SETUPS, *TEAM_SETUPS, aws_setup]):
             directory = short_tmp / str(index)
             directory.mkdir()
             config = migrated(directory, PROVIDER, setup.provider_kwargs(bao), setup.team_layout)
@@ -231,3 +261,4 @@ def test_vault_backend_answers_as_the_hashicorp_provider(bao: BaoServer, short_t
         for problem in mismatches(group, setup.allowed())
     ]
     assert not problems, "\n".join(problems)
+    assert front.logins >= 2  # the provider and the agent each logged in through aws_iam

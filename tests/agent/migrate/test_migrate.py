@@ -185,6 +185,39 @@ def test_environment_wins_as_in_airflow(tmp_path: Path) -> None:
             lambda o: o.auth_method == "ldap" and o.ldap.mount_point == "ldap",
         ),
         (
+            VAULT,
+            {
+                "url": "http://v",
+                "auth_type": "jwt",
+                "jwt_role": "airflow",
+                "jwt_token": SECRET,
+                "auth_mount_point": "oidc",
+            },
+            "vault-jwt",
+            lambda o: (
+                o.auth_method == "jwt" and (o.jwt.role, o.jwt.mount_point) == ("airflow", "oidc")
+            ),
+        ),
+        (
+            VAULT,
+            {
+                "url": "http://v",
+                "auth_type": "aws_iam",
+                "role_id": "airflow-worker",
+                "key_id": "AKIA0000",
+                "secret_id": SECRET,
+                "region": "eu-west-1",
+                "auth_mount_point": "aws-prod",
+            },
+            "vault-aws-credentials",
+            lambda o: (
+                o.auth_method == "aws_iam"
+                and (o.aws_iam.role, o.aws_iam.region) == ("airflow-worker", "eu-west-1")
+                and (o.aws_iam.mount_point, o.aws_iam.profile)
+                == ("aws-prod", "airflow-secrets-agent")
+            ),
+        ),
+        (
             SM,
             {
                 "aws_access_key_id": "AKIA0000",
@@ -234,6 +267,20 @@ def test_aws_keys_need_no_environment_and_check_config_reads_their_file(
     assert f"cannot read the credentials file {path}: No such file or directory" in checked.stderr
 
 
+def test_vault_aws_iam_on_the_default_chain_with_a_role_to_assume(tmp_path: Path) -> None:
+    assume = {"RoleArn": "arn:aws:iam::123456789012:role/vault", "RoleSessionName": "worker"}
+    kwargs = {"url": "http://v", "auth_type": "aws_iam", "assume_role_kwargs": assume}
+    result = migrate(tmp_path, **backend_env(VAULT, kwargs))
+    assert result.returncode == 0, result.stderr
+    assert "kwargs to review" not in result.stdout
+    table = load_config(tmp_path / "out" / "agent.toml").backends[0].options.aws_iam
+    assert (table.role_arn, table.role_session_name) == (assume["RoleArn"], "worker")
+    assert (table.role, table.profile, table.credentials_file) == ("", "", "")
+    assert not (tmp_path / "out" / "credentials").exists() or not any(
+        (tmp_path / "out" / "credentials").iterdir()
+    )
+
+
 def test_local_filesystem_backend(tmp_path: Path) -> None:
     variables = tmp_path / "variables.json"
     variables.write_text('{"a": "b"}')
@@ -266,6 +313,25 @@ def test_local_filesystem_backend(tmp_path: Path) -> None:
         (
             backend_env(VAULT, {"url": "http://v", "auth_type": "ldap", "password": SECRET}),
             "auth_type ldap: username and password are both needed",
+        ),
+        (
+            backend_env(VAULT, {"url": "http://v", "auth_type": "aws_iam", "secret_id": SECRET}),
+            "auth_type aws_iam: key_id and secret_id go together",
+        ),
+        (
+            backend_env(
+                VAULT,
+                {
+                    "url": "http://v",
+                    "auth_type": "aws_iam",
+                    "assume_role_kwargs": {"RoleArn": "arn:aws:iam::1:role/r", "ExternalId": "x"},
+                },
+            ),
+            "not ['ExternalId']",
+        ),
+        (
+            backend_env(VAULT, {"url": "http://v", "auth_type": "jwt", "jwt_role": "r"}),
+            "auth_type jwt: jwt_role and one of jwt_token / jwt_token_path",
         ),
         (
             backend_env(VAULT, {"url": "http://v", "token": SECRET})

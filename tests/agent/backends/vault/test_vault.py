@@ -488,6 +488,19 @@ async def test_unreadable_credential_file_fails_start(vault: Vault, tmp_path: Pa
         await asyncio.sleep(0.01)  # polling for the threads' exit, not timing behaviour
 
 
+async def test_a_credential_file_that_is_not_text_fails_start(vault: Vault, tmp_path: Path) -> None:
+    binary = tmp_path / "secret-id"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    opts = options(
+        vault,
+        auth_method="approle",
+        approle=AppRoleAuth(role_id=vault.role_id, secret_id_file=str(binary)),
+    )
+    config = BackendConfig(BackendCommon(name="vault", type="vault"), opts)
+    with pytest.raises(StartupError, match=r"secret_id file .* is not UTF-8 text"):
+        await BackendPool(Metrics(), FakeClock()).start([config], ())
+
+
 def stacks(threads: list[threading.Thread]) -> str:
     frames = sys._current_frames()
     return "\n".join(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
 from secrets_agent.backends.aws.options import AwsOptions
 from secrets_agent.backends.base import BackendContext
 from secrets_agent.backends.calls import ApiCalls
+from secrets_agent.backends.files import read_local
 from secrets_agent.errors import BackendError
 
 
@@ -125,14 +125,8 @@ class AwsClient:
 
 def check_credentials_file(backend: str, options: AwsOptions) -> None:
     """botocore skips a shared-credentials file it cannot read; the agent refuses it."""
-    if not options.credentials_file:
-        return
-    try:
-        Path(options.credentials_file).read_bytes()
-    except OSError as exc:
-        raise BackendError(
-            backend, f"cannot read the credentials file {options.credentials_file}: {exc.strerror}"
-        ) from None
+    if options.credentials_file:
+        read_local(backend, options.credentials_file, "credentials")
 
 
 @functools.cache

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+from secrets_agent.backends.files import read_local
+from secrets_agent.backends.vault.aws_iam import aws_keys, check_credentials_file
 from secrets_agent.backends.vault.errors import CredentialSourceError
 from secrets_agent.backends.vault.options import (
     AppRoleAuth,
+    AwsIamAuth,
     JwtAuth,
     KubernetesAuth,
     LdapAuth,
@@ -44,11 +46,9 @@ def _auth_lease(response: Any) -> Lease:
 
 def _read_secret_file(backend: str, path: str, what: str) -> str:
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CredentialSourceError(
-            backend, f"cannot read the {what} file {path}: {exc.strerror}"
-        ) from None
+        value = read_local(backend, path, what, CredentialSourceError).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CredentialSourceError(backend, f"the {what} file {path} is not UTF-8 text") from None
     if not value:
         raise CredentialSourceError(backend, f"the {what} file {path} is empty")
     return value
@@ -147,6 +147,30 @@ class _PasswordLogin:
         return _auth_lease(response)
 
 
+class AwsIamLogin:
+    """A ``GetCallerIdentity`` request signed with AWS credentials; Vault sends it to STS."""
+
+    name = "aws_iam"
+
+    def __init__(self, backend: str, options: AwsIamAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        keys = aws_keys(self.backend, self.options)
+        o = self.options
+        response = client.auth.aws.iam_login(
+            keys.access_key,
+            keys.secret_key,
+            keys.session_token,
+            header_value=o.header_value or None,
+            role=o.role or None,
+            use_token=False,
+            region=keys.region,
+            mount_point=o.mount_point,
+        )
+        return _auth_lease(response)
+
+
 class UserpassLogin(_PasswordLogin):
     name = "userpass"
 
@@ -162,6 +186,7 @@ _METHODS: dict[str, Callable[[str, VaultOptions], AuthMethod]] = {
     "kubernetes": lambda name, o: KubernetesLogin(name, o.kubernetes),  # type: ignore[arg-type]
     "userpass": lambda name, o: UserpassLogin(name, o.userpass),  # type: ignore[arg-type]
     "ldap": lambda name, o: LdapLogin(name, o.ldap),  # type: ignore[arg-type]
+    "aws_iam": lambda name, o: AwsIamLogin(name, o.aws_iam or AwsIamAuth()),
 }
 
 
@@ -183,15 +208,12 @@ def check_local_files(backend: str, options: VaultOptions) -> None:
     for what, path in files:
         if path:
             _read_secret_file(backend, path, what)
+    if options.aws_iam is not None:
+        check_credentials_file(backend, options.aws_iam)
     for what, path in (
         ("CA", options.ca_file),
         ("client certificate", options.client_cert),
         ("client key", options.client_key),
     ):
         if path:
-            try:
-                Path(path).read_bytes()
-            except OSError as exc:
-                raise CredentialSourceError(
-                    backend, f"cannot read the {what} file {path}: {exc.strerror}"
-                ) from None
+            read_local(backend, path, what, CredentialSourceError)

@@ -25,6 +25,8 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
 
     if isinstance(exc, BackendError):
         return exc
+    if (aws := _aws(backend, exc, operation)) is not None:
+        return aws
     if isinstance(exc, hx.Unauthorized):
         return TokenRejected(backend, f"Vault rejected the token ({operation})")
     if isinstance(exc, hx.Forbidden):
@@ -53,3 +55,21 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
     if isinstance(exc, hx.VaultError):
         return BackendError(backend, f"Vault error ({type(exc).__name__}, {operation})")
     return BackendError(backend, f"unexpected {type(exc).__name__} ({operation})")
+
+
+def _aws(backend: str, exc: BaseException, operation: str) -> BackendError | None:
+    """botocore's, from the aws_iam login's credentials (never a key or AWS's message text)."""
+    import botocore.exceptions as bx
+
+    if not isinstance(exc, bx.BotoCoreError | bx.ClientError):
+        return None
+    if isinstance(exc, bx.ProfileNotFound | bx.PartialCredentialsError | bx.ConfigParseError):
+        return CredentialSourceError(
+            backend, f"AWS credentials: {type(exc).__name__} ({operation})"
+        )
+    if isinstance(exc, bx.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "unknown")
+        return BackendError(backend, f"AWS STS refused AssumeRole ({code}, {operation})")
+    if isinstance(exc, bx.ConnectionError | bx.HTTPClientError):
+        return TransientError(backend, f"cannot reach AWS STS ({operation})")
+    return BackendError(backend, f"AWS credentials failed ({type(exc).__name__}, {operation})")

@@ -13,7 +13,10 @@ from secrets_agent.backends.migration import (
 from secrets_agent.kinds import Kind
 
 PATHS = {Kind.CONNECTION: "connections", Kind.VARIABLE: "variables", Kind.CONFIG: "config"}
-METHODS = ("token", "approle", "kubernetes", "userpass", "ldap")
+METHODS = ("token", "approle", "kubernetes", "userpass", "ldap", "jwt", "aws_iam")
+AWS_PROFILE = "airflow-secrets-agent"  # the credentials file's section for inline keys
+# The provider passes assume_role_kwargs to STS AssumeRole; the agent sets these two.
+ASSUME_ROLE = {"RoleArn": "role_arn", "RoleSessionName": "role_session_name"}
 
 
 def translate(kwargs: Kwargs) -> Translation:
@@ -31,7 +34,7 @@ def translate(kwargs: Kwargs) -> Translation:
     method = kwargs.text("auth_type", "token")
     if method not in METHODS:
         raise MigrationError(
-            f"auth_type {method!r}: the agent logs in with {', '.join(METHODS)} or jwt; "
+            f"auth_type {method!r}: the agent logs in with {', '.join(METHODS)}; "
             "move to one of them first"
         )
     t.options["auth_method"] = method
@@ -51,6 +54,10 @@ def translate(kwargs: Kwargs) -> Translation:
         )
     elif method in ("userpass", "ldap"):
         _password(kwargs, t, method, auth_mount)
+    elif method == "jwt":
+        _jwt(kwargs, t, auth_mount)
+    elif method == "aws_iam":
+        _aws_iam(kwargs, t, auth_mount)
     else:
         role = kwargs.text("kubernetes_role")
         if not role:
@@ -98,3 +105,49 @@ def _password(kwargs: Kwargs, t: Translation, method: str, auth_mount: str) -> N
         raise MigrationError(f"auth_type {method}: username and password are both needed")
     t.options[method] = {"username": username} | ({"mount_point": auth_mount} if auth_mount else {})
     t.credentials[(method, "password_file")] = Credential(f"vault-{method}-password", password)
+
+
+def _jwt(kwargs: Kwargs, t: Translation, auth_mount: str) -> None:
+    role, token, token_path = (kwargs.text(k) for k in ("jwt_role", "jwt_token", "jwt_token_path"))
+    if not role or not (token or token_path):
+        raise MigrationError("auth_type jwt: jwt_role and one of jwt_token / jwt_token_path")
+    table = {"role": role} | ({"mount_point": auth_mount} if auth_mount else {})
+    if token:  # the provider prefers the inline token when both are set
+        t.credentials[("jwt", "jwt_file")] = Credential("vault-jwt", token.strip())
+    else:
+        table["jwt_file"] = token_path
+    t.options["jwt"] = table
+
+
+def _aws_iam(kwargs: Kwargs, t: Translation, auth_mount: str) -> None:
+    """Inline keys go to a 0600 credentials file; without them, AWS's default chain, as in
+    the provider (which then reads ``boto3.Session()``'s credentials)."""
+    table: dict[str, str] = {"mount_point": auth_mount} if auth_mount else {}
+    if role := kwargs.text("role_id"):
+        table["role"] = role
+    if region := kwargs.text("region"):
+        table["region"] = region
+    key_id, secret = kwargs.text("key_id"), kwargs.text("secret_id")
+    if bool(key_id) != bool(secret):
+        raise MigrationError("auth_type aws_iam: key_id and secret_id go together")
+    assume = kwargs.take("assume_role_kwargs", None)
+    if key_id:
+        lines = [f"[{AWS_PROFILE}]", f"aws_access_key_id = {key_id}"]
+        lines += [f"aws_secret_access_key = {secret}", ""]
+        t.credentials[("aws_iam", "credentials_file")] = Credential(
+            "vault-aws-credentials", "\n".join(lines)
+        )
+        table["profile"] = AWS_PROFILE
+        if assume:  # the provider ignores them when keys are given
+            t.todo.append(("assume_role_kwargs", "ignored by the provider with key_id: dropped"))
+    elif assume:
+        if not isinstance(assume, dict) or not isinstance(assume.get("RoleArn"), str):
+            raise MigrationError("assume_role_kwargs: expected a map with a RoleArn")
+        unknown = sorted(set(assume) - set(ASSUME_ROLE))
+        if unknown:
+            raise MigrationError(
+                f"assume_role_kwargs: the agent's AssumeRole takes RoleArn and RoleSessionName, "
+                f"not {unknown}"
+            )
+        table |= {ASSUME_ROLE[k]: str(v) for k, v in assume.items()}
+    t.options["aws_iam"] = table

@@ -9,7 +9,7 @@ from secrets_agent.config.validators import setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
-AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap")
+AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap", "aws_iam")
 KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
 
 
@@ -63,6 +63,25 @@ class LdapAuth(PasswordAuth):
 
 
 @dataclass(frozen=True)
+class AwsIamAuth:
+    """Vault's aws method, iam type: a signed STS ``GetCallerIdentity``, made with credentials
+    from AWS's default chain, as the AWS backends find them (the same keys, the same meaning)."""
+
+    role: str = ""  # "": Vault's default, the IAM principal's name
+    mount_point: str = "aws"
+    # The region the request is signed for; "": the chain's (AWS_DEFAULT_REGION, the profile), else
+    # us-east-1 (hvac's). Vault checks it against its own STS region.
+    region: str = ""
+    # X-Vault-AWS-IAM-Server-ID, for a mount with iam_server_id_header_value (replay guard).
+    header_value: str = ""
+    profile: str = ""
+    credentials_file: str = setting("", path=True)
+    role_arn: str = ""  # assumed first (the provider's assume_role_kwargs RoleArn)
+    role_session_name: str = "airflow-secrets-agent"
+    sts_endpoint_url: str = ""  # for AssumeRole; Vault itself calls its configured STS
+
+
+@dataclass(frozen=True)
 class VaultOptions:
     url: str = setting()
     namespace: str = ""
@@ -73,6 +92,7 @@ class VaultOptions:
     kubernetes: KubernetesAuth | None = None
     userpass: UserpassAuth | None = None
     ldap: LdapAuth | None = None
+    aws_iam: AwsIamAuth | None = None
     # Same names and defaults as the Airflow provider. mount_point "" is the provider's None
     # (the mount is the secret id's first segment); a path "" means the id alone; a kind left
     # out of ``kinds`` is the provider's path None.

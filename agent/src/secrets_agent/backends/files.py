@@ -1,0 +1,17 @@
+"""Local files a backend needs (credentials, CAs), read with one wording for what went wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from secrets_agent.errors import BackendError
+
+
+def read_local(
+    backend: str, path: str, what: str, error: type[BackendError] = BackendError
+) -> bytes:
+    """The file's bytes, or ``error`` naming it (its path and the system's reason, no content)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise error(backend, f"cannot read the {what} file {path}: {exc.strerror}") from None
