@@ -149,7 +149,7 @@ class FeedRunner:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Receive and apply until cancelled; failures back off and never end the loop."""
+        """Receive and apply until closed or cancelled; failures back off, never end it."""
         delay = self.feed.options.backoff_initial
         # Until closed, not only until cancelled: an SDK or library call that swallows a
         # cancellation (finishing at the same moment) must not keep a closed feed running.

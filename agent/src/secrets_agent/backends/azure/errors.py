@@ -48,32 +48,40 @@ def storage_code(exc: BaseException) -> str | None:
 
 
 def translate(
-    backend: str, exc: BaseException, operation: str, service: str = "Key Vault"
+    backend: str,
+    exc: BaseException,
+    operation: str,
+    service: str = "Key Vault",
+    code: str | None = None,
 ) -> BackendError:
-    """Map an upstream exception; messages are ours, never Azure's text."""
+    """Map an upstream exception; messages are ours, never Azure's text. ``code``: the
+    service's error code (Storage's), added to the reasons in parentheses."""
     from azure.core import exceptions as ax
 
     if isinstance(exc, BackendError):
         return exc
+
+    def says(error: type[BackendError], text: str, *why: str) -> BackendError:
+        reasons = ", ".join((*why, code) if code else why)
+        return error(backend, f"{text} ({reasons})" if reasons else text)
+
     status = getattr(exc, "status_code", None)
     if isinstance(exc, ax.ClientAuthenticationError) or status == 401:
-        return BackendError(backend, f"{service} rejected the credentials for {operation}")
+        return says(BackendError, f"{service} rejected the credentials for {operation}")
     if status == 403:
-        return DeniedError(backend, f"{service} denied {operation}")
+        return says(DeniedError, f"{service} denied {operation}")
     if status == 429 or (isinstance(status, int) and status >= 500):
-        return TransientError(backend, f"{service} {operation} failed transiently (HTTP {status})")
+        return says(TransientError, f"{service} {operation} failed transiently", f"HTTP {status}")
     if isinstance(exc, ax.ServiceRequestError | ax.ServiceResponseError | TimeoutError | OSError):
-        return TransientError(
-            backend, f"{service} {operation} failed transiently ({type(exc).__name__})"
-        )
+        kind = type(exc).__name__
+        return says(TransientError, f"{service} {operation} failed transiently", kind)
     if isinstance(exc, ValueError) and "challenge" in str(exc).lower():
         # The SDK refused to send a token: the vault's 401 challenge named a foreign resource.
-        return BackendError(
-            backend, f"refused {service}'s challenge for {operation} (verify_challenge_resource)"
-        )
+        text = f"refused {service}'s challenge for {operation}"
+        return says(BackendError, text, "verify_challenge_resource")
     if isinstance(exc, ax.HttpResponseError):
-        return BackendError(backend, f"{service} {operation} failed (HTTP {status})")
-    return BackendError(backend, f"unexpected {type(exc).__name__} during {operation}")
+        return says(BackendError, f"{service} {operation} failed", f"HTTP {status}")
+    return says(BackendError, f"unexpected {type(exc).__name__} during {operation}")
 
 
 def translate_token_error(backend: str, exc: BaseException, scope: str = "") -> BackendError:

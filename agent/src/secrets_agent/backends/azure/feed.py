@@ -200,12 +200,7 @@ class StorageQueueFeed(Feed):
         if code == "AuthorizationPermissionMismatch":
             reason = f"the Storage queue denied {operation} ({code}; the identity needs {ROLE})"
             return DeniedError(backend, reason)
-        error = translate(backend, exc, operation, "the Storage queue")
-        if code is None or isinstance(exc, BackendError):
-            return error
-        reason = str(error).removeprefix(str(BackendError(backend, "")))
-        coded = f"{reason[:-1]}, {code})" if reason.endswith(")") else f"{reason} ({code})"
-        return type(error)(backend, coded)
+        return translate(backend, exc, operation, "the Storage queue", code)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         queue = self._queue

@@ -99,12 +99,11 @@ class GcpSecretManagerBackend(Backend):
     def _credentials(self) -> tuple[Any, str | None]:
         import google.auth
         from google.auth import impersonated_credentials
-        from google.oauth2 import service_account
 
         if self.options.credentials_file:
             # A service-account key, as the provider's gcp_key_path; other credential types
             # (workload identity federation, ...) come through ADC.
-            credentials = self._key_file(service_account.Credentials)
+            credentials = self._key_file()
             project = credentials.project_id
         else:
             credentials, project = google.auth.default(scopes=SCOPES)
@@ -118,14 +117,17 @@ class GcpSecretManagerBackend(Backend):
             )
         return credentials, project
 
-    def _key_file(self, loader: Any) -> Any:
+    def _key_file(self) -> Any:
         """``credentials_file`` as service-account credentials; what is wrong with it, in our
         words (google-auth's may quote the file)."""
         from google.auth.exceptions import GoogleAuthError
+        from google.oauth2 import service_account
 
         path = self.options.credentials_file
         try:
-            return loader.from_service_account_file(path, scopes=SCOPES)
+            return service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                path, scopes=SCOPES
+            )
         except OSError as exc:
             raise BackendError(
                 self.name, f"cannot read the credentials file {path}: {exc.strerror}"

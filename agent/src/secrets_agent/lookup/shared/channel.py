@@ -114,7 +114,8 @@ class Invalidations:
             await asyncio.sleep(max(0.1, min(1.0, self._guard.timeout * 4)))
 
     def _closing(self) -> bool:
-        """Whether ``close`` has begun (read afresh: the listener's loop awaits in between)."""
+        """Whether ``close`` has begun. A method, not the attribute inline: mypy narrows
+        ``self._closed`` to False from the loop's condition and would call the check dead."""
         return self._closed
 
     def _received(self, data: bytes) -> None:
