@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -137,6 +138,36 @@ class MetricsConfig:
     address: str = setting("127.0.0.1", check=check_loopback)
 
 
+# An ElastiCache replication group / serverless cache or a MemoryDB cluster: the signed
+# token's host, so nothing that would change the URL's meaning.
+CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+
+
+@dataclass(frozen=True)
+class StoreIamConfig:
+    """``[shared_cache.iam]``: IAM auth tokens for ElastiCache or MemoryDB instead of a
+    password, signed with AWS credentials from the default chain (the AWS backends' keys,
+    meaning the same); ``username`` is the IAM-enabled user."""
+
+    service: str = setting(choices=("elasticache", "memorydb"))
+    cache_name: str = setting()
+    serverless: bool = False  # ElastiCache Serverless (the token names its resource type)
+    region: str = ""  # the cache's; "": the chain's (AWS_DEFAULT_REGION, profile), else us-east-1
+    profile: str = ""
+    credentials_file: str = setting("", path=True)
+    role_arn: str = ""
+    role_session_name: str = "airflow-secrets-agent"
+    sts_endpoint_url: str = ""
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not CACHE_NAME.fullmatch(self.cache_name):
+            problems.append(("cache_name", "must be the cache's name: letters, digits and -"))
+        if self.serverless and self.service != "elasticache":
+            problems.append(("serverless", "only ElastiCache has serverless caches"))
+        return problems
+
+
 @dataclass(frozen=True)
 class SharedCacheConfig:
     """The fleet tier: one Valkey/Redis that every agent's node-cache misses go through."""
@@ -157,6 +188,7 @@ class SharedCacheConfig:
     breaker_failures: int = setting(3, min=1, max=1000)
     breaker_cooldown: float = setting(5.0, min=0.1, max=3600.0)
     log_interval: float = setting(60.0, min=1.0, max=DAY)
+    iam: StoreIamConfig | None = None  # ElastiCache / MemoryDB IAM auth instead of a password
 
     @property
     def enabled(self) -> bool:
@@ -172,6 +204,18 @@ class SharedCacheConfig:
             problems.append(("password", "set password or password_file, not both"))
         if self.lock_wait > self.lock_ttl:
             problems.append(("lock_wait", "must not exceed lock_ttl"))
+        if self.iam is not None:
+            if not self.url.startswith(TLS_SCHEMES):
+                problems.append(
+                    (
+                        "iam",
+                        "needs a rediss:// or rediss+cluster:// url: IAM tokens go over TLS only",
+                    )
+                )
+            if not self.username:
+                problems.append(("username", "iam needs the IAM-enabled user's name"))
+            if self.password or self.password_file:
+                problems.append(("iam", "an IAM token replaces the password: set no password"))
         return problems
 
 

@@ -36,7 +36,7 @@ def store_client(shared: SharedCacheConfig) -> tuple[Redis | RedisCluster, list[
         "retry": Retry(NoBackoff(), 1),
     }
     tls: dict[str, Any] = {"ssl_ca_certs": shared.ca_file} if shared.ca_file else {}
-    auth: dict[str, Any] = {"username": shared.username or None, "password": _password(shared)}
+    auth = _auth(shared)
     if shared.url.startswith(CLUSTER_SCHEMES):
         return _cluster(shared, common, tls, auth), []
     if not shared.url.startswith(SENTINEL_SCHEMES):
@@ -87,6 +87,22 @@ def _cluster(
 
 def _hosts(text: str) -> list[tuple[str, str]]:
     return [(host, port) for host, _, port in (h.rpartition(":") for h in text.split(","))]
+
+
+def _auth(shared: SharedCacheConfig) -> dict[str, Any]:
+    if shared.iam is None:
+        return {"username": shared.username or None, "password": _password(shared)}
+    from secrets_agent.lookup.shared.iam import IamTokens
+
+    if shared.iam.credentials_file:  # botocore would skip a file it cannot read, silently
+        try:
+            Path(shared.iam.credentials_file).read_bytes()
+        except OSError as exc:
+            raise StartupError(
+                f"shared_cache.iam.credentials_file ({shared.iam.credentials_file}): "
+                f"cannot read ({exc.strerror})"
+            ) from None
+    return {"credential_provider": IamTokens(shared.username, shared.iam)}
 
 
 def _password(shared: SharedCacheConfig) -> str | None:
