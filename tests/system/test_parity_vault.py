@@ -221,7 +221,7 @@ def aws_iam(bao: BaoServer) -> Iterator[tuple[MotoServer, AwsAuthVault, Setup]]:
     try:
         key_id, secret = moto.access_key("airflow-worker", ["sts:GetCallerIdentity"])
         front.roles["airflow"] = Role("arn:aws:iam::123456789012:user/airflow-worker", ("reader",))
-        auth = {"url": front.url, "auth_type": "aws_iam", "role_id": "airflow"}
+        auth: dict[str, object] = {"url": front.url, "auth_type": "aws_iam", "role_id": "airflow"}
         setup = Setup(
             "aws_iam login, keys in the kwargs",
             q(C, "uri_conn") + q(V, "hello", "absent", "forbidden") + q(CFG, "sql_alchemy_conn"),

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
 from secrets_agent.config.loader import parse_config
@@ -200,6 +201,7 @@ async def test_the_store_sees_the_token_as_the_users_password(
     }
     shared = parse_config({"shared_cache": table}, base_dir=tmp_path).shared_cache
     client, _ = store_client(shared)
+    assert isinstance(client, Redis)  # one server (rediss://)
     clock = FakeClock()
     tokens: IamTokens = client.connection_pool.connection_kwargs["credential_provider"]
     tokens._clock = clock  # the test's clock decides when a token is old
