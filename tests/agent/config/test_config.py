@@ -262,6 +262,30 @@ def test_vault_password_methods(tmp_path: Path, method: str) -> None:
     assert secret not in repr(inline)
 
 
+def test_vault_aws_iam_table_is_optional_and_its_values_are_checked(tmp_path: Path) -> None:
+    base = """
+        [[backends]]
+        name = "vault"
+        type = "vault"
+        url = "https://vault.local:8200"
+        auth_method = "aws_iam"
+    """
+    assert load_config(write_config(tmp_path, base)).backends[0].options.aws_iam is None
+    found = problems(
+        tmp_path,
+        base + '[backends.aws_iam]\nheader_value = "a\\r\\nX-Other: 1"\nrole_session_name = "x"\n',
+    )
+    assert found == [
+        "backends[0].aws_iam.header_value: must be at most 256 visible ASCII characters or spaces",
+        "backends[0].aws_iam.role_session_name: must be 2-64 letters, digits or + = , . @ _ -",
+    ]
+    aws = problems(
+        tmp_path,
+        '[[backends]]\nname = "sm"\ntype = "aws_secrets_manager"\nrole_session_name = "a b"\n',
+    )
+    assert aws == ["backends[0].role_session_name: must be 2-64 letters, digits or + = , . @ _ -"]
+
+
 def test_aws_backend_options_are_validated(tmp_path: Path) -> None:
     found = problems(
         tmp_path,

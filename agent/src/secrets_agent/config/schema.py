@@ -15,6 +15,7 @@ from secrets_agent.config.validators import (
     check_name,
     check_octal_mode,
     check_regex,
+    check_session_name,
     check_store_url,
     check_team,
     resolve_group,
@@ -156,7 +157,7 @@ class StoreIamConfig:
     profile: str = ""
     credentials_file: str = setting("", path=True)
     role_arn: str = ""
-    role_session_name: str = "airflow-secrets-agent"
+    role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
     sts_endpoint_url: str = ""
 
     def validate(self) -> list[tuple[str, str]]:

@@ -75,6 +75,20 @@ def check_name(value: str) -> str | None:
     return None
 
 
+def check_session_name(value: str) -> str | None:
+    """An STS AssumeRole RoleSessionName (what AWS accepts, checked before AWS is asked)."""
+    if not re.fullmatch(r"[\w+=,.@-]{2,64}", value, flags=re.ASCII):
+        return "must be 2-64 letters, digits or + = , . @ _ -"
+    return None
+
+
+def check_header_value(value: str) -> str | None:
+    """A value sent as an HTTP header: visible ASCII and spaces, nothing that ends a line."""
+    if not re.fullmatch(r"[\x20-\x7e]{0,256}", value):
+        return "must be at most 256 visible ASCII characters or spaces"
+    return None
+
+
 def check_key_prefix(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
         return "must be 1-64 letters, digits, _ . : or -"

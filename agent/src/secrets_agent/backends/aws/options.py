@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from secrets_agent.backends.aws.feed import SqsFeedOptions
 from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
 from secrets_agent.backends.names import NameRules
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_session_name, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 # The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
@@ -29,7 +29,7 @@ class AwsOptions:
     credentials_file: str = setting("", path=True)
     endpoint_url: str = ""
     role_arn: str = ""
-    role_session_name: str = "airflow-secrets-agent"
+    role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
     sts_endpoint_url: str = ""
     connections_prefix: str = ""
     variables_prefix: str = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secrets_agent.backends.vault.feed import VaultFeedOptions
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_header_value, check_session_name, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
@@ -73,11 +73,11 @@ class AwsIamAuth:
     # us-east-1 (hvac's). Vault checks it against its own STS region.
     region: str = ""
     # X-Vault-AWS-IAM-Server-ID, for a mount with iam_server_id_header_value (replay guard).
-    header_value: str = ""
+    header_value: str = setting("", check=check_header_value)
     profile: str = ""
     credentials_file: str = setting("", path=True)
     role_arn: str = ""  # assumed first (the provider's assume_role_kwargs RoleArn)
-    role_session_name: str = "airflow-secrets-agent"
+    role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
     sts_endpoint_url: str = ""  # for AssumeRole; Vault itself calls its configured STS
 
 
