@@ -166,6 +166,25 @@ LOCAL_SOURCE_PROBLEMS = {
         '[backends.token]\ntoken_file = "absent.token"\n',
         "cannot read the token file",
     ),
+    "missing vault aws_iam credentials file": (
+        '[[backends]]\nname = "vault"\ntype = "vault"\nurl = "http://127.0.0.1:9"\n'
+        'auth_method = "aws_iam"\n[backends.aws_iam]\ncredentials_file = "absent.ini"\n',
+        "cannot read the credentials file",
+    ),
+    "missing store password file": (
+        '[encryption]\nkey_file = "fleet.key"\n'
+        '[shared_cache]\nurl = "redis://127.0.0.1:9"\npassword_file = "absent.pw"\n'
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
+        "shared_cache.password_file",
+    ),
+    "missing store IAM credentials file": (
+        '[encryption]\nkey_file = "fleet.key"\n'
+        '[shared_cache]\nurl = "rediss://127.0.0.1:9"\nusername = "agent"\n'
+        '[shared_cache.iam]\nservice = "memorydb"\ncache_name = "c"\n'
+        'credentials_file = "absent.ini"\n'
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
+        "shared_cache.iam.credentials_file",
+    ),
 }
 
 
@@ -176,6 +195,8 @@ def test_check_config_reads_local_sources_as_run_does(short_tmp: Path, case: str
     (short_tmp / "bad.json").write_text('{"k": "s3cret"')
     (short_tmp / "empty.yaml").write_text("\n")
     (short_tmp / "bad.env").write_text("ok=1\ns3cret=\n")
+    (short_tmp / "fleet.key").write_bytes(Fernet.generate_key())
+    (short_tmp / "fleet.key").chmod(0o600)
     path = write_config(short_tmp, f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n' + body)
     checked = cli("check-config", str(path))
     ran = cli("run", "--config", str(path))

@@ -142,6 +142,10 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     try:
         require_fleet_keys(config, load_keys(config.encryption))
         loop_factory(config.listener.event_loop)
+        if config.shared_cache.enabled:
+            from secrets_agent.lookup.shared.clients import check_files
+
+            check_files(config.shared_cache)
     except AgentError as exc:
         problems.append(f"cannot start: {exc}")
     for backend_config in config.backends:

@@ -89,29 +89,32 @@ def _hosts(text: str) -> list[tuple[str, str]]:
     return [(host, port) for host, _, port in (h.rpartition(":") for h in text.split(","))]
 
 
+def check_files(shared: SharedCacheConfig) -> None:
+    """What a start reads from this machine for the store (``check-config`` asks too)."""
+    _auth(shared)
+
+
 def _auth(shared: SharedCacheConfig) -> dict[str, Any]:
     if shared.iam is None:
         return {"username": shared.username or None, "password": _password(shared)}
     from secrets_agent.lookup.shared.iam import IamTokens
 
     if shared.iam.credentials_file:  # botocore would skip a file it cannot read, silently
-        try:
-            Path(shared.iam.credentials_file).read_bytes()
-        except OSError as exc:
-            raise StartupError(
-                f"shared_cache.iam.credentials_file ({shared.iam.credentials_file}): "
-                f"cannot read ({exc.strerror})"
-            ) from None
+        _read("shared_cache.iam.credentials_file", shared.iam.credentials_file)
     return {"credential_provider": IamTokens(shared.username, shared.iam)}
 
 
 def _password(shared: SharedCacheConfig) -> str | None:
     if shared.password_file:
-        try:
-            text = Path(shared.password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise StartupError(
-                f"shared_cache.password_file ({shared.password_file}): cannot read ({exc.strerror})"
-            ) from None
+        text = _read("shared_cache.password_file", shared.password_file).strip()
         return text or None
     return shared.password or None
+
+
+def _read(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"{key} ({path}): cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"{key} ({path}): not UTF-8 text") from None
