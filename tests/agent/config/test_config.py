@@ -286,6 +286,17 @@ def test_vault_aws_iam_table_is_optional_and_its_values_are_checked(tmp_path: Pa
     assert aws == ["backends[0].role_session_name: must be 2-64 letters, digits or + = , . @ _ -"]
 
 
+def test_vault_cert_login_needs_a_client_certificate_over_https(tmp_path: Path) -> None:
+    base = '[[backends]]\nname = "vault"\ntype = "vault"\nauth_method = "cert"\n'
+    message = "backends[0].auth_method: cert logs in with client_cert and client_key over https://"
+    assert problems(tmp_path, base + 'url = "https://v:8200"\n') == [message]
+    plain = 'url = "http://v:8200"\nclient_cert = "c.pem"\nclient_key = "c.key"\n'
+    assert problems(tmp_path, base + plain) == [message]
+    good = 'url = "https://v:8200"\nclient_cert = "c.pem"\nclient_key = "c.key"\n'
+    options = load_config(write_config(tmp_path, base + good)).backends[0].options
+    assert options.cert is None and options.client_cert == str(tmp_path / "c.pem")
+
+
 def test_aws_backend_options_are_validated(tmp_path: Path) -> None:
     found = problems(
         tmp_path,

@@ -281,6 +281,22 @@ def test_vault_aws_iam_on_the_default_chain_with_a_role_to_assume(tmp_path: Path
     )
 
 
+@pytest.mark.parametrize(
+    ("cert", "expected"),
+    [
+        ("/etc/vault/client.pem", ("client.pem", "client.pem")),
+        (["/c.pem", "/c.key"], ("c.pem", "c.key")),
+    ],
+)
+def test_vault_client_certificate(tmp_path: Path, cert: Any, expected: tuple[str, str]) -> None:
+    kwargs = {"url": "https://v:8200", "token_path": "/run/t", "cert": cert}
+    result = migrate(tmp_path, **backend_env(VAULT, kwargs))
+    assert result.returncode == 0, result.stderr
+    assert "kwargs to review" not in result.stdout
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert (Path(options.client_cert).name, Path(options.client_key).name) == expected
+
+
 def test_local_filesystem_backend(tmp_path: Path) -> None:
     variables = tmp_path / "variables.json"
     variables.write_text('{"a": "b"}')

@@ -17,6 +17,7 @@ from secrets_agent.backends.vault.errors import CredentialSourceError
 from secrets_agent.backends.vault.options import (
     AppRoleAuth,
     AwsIamAuth,
+    CertAuth,
     JwtAuth,
     KubernetesAuth,
     LdapAuth,
@@ -171,6 +172,24 @@ class AwsIamLogin:
         return _auth_lease(response)
 
 
+class CertLogin:
+    """The TLS client certificate the session presents (``client_cert``) is the credential."""
+
+    name = "cert"
+
+    def __init__(self, backend: str, options: CertAuth) -> None:
+        self.backend, self.options = backend, options
+
+    def login(self, client: Any) -> Lease:
+        from hvac import utils
+
+        path = utils.format_url(
+            "/v1/auth/{mount_point}/login", mount_point=self.options.mount_point
+        )
+        body = {"name": self.options.name} if self.options.name else {}
+        return _auth_lease(client.adapter.login(path, use_token=False, json=body))
+
+
 class UserpassLogin(_PasswordLogin):
     name = "userpass"
 
@@ -187,6 +206,7 @@ _METHODS: dict[str, Callable[[str, VaultOptions], AuthMethod]] = {
     "userpass": lambda name, o: UserpassLogin(name, o.userpass),  # type: ignore[arg-type]
     "ldap": lambda name, o: LdapLogin(name, o.ldap),  # type: ignore[arg-type]
     "aws_iam": lambda name, o: AwsIamLogin(name, o.aws_iam or AwsIamAuth()),
+    "cert": lambda name, o: CertLogin(name, o.cert or CertAuth()),
 }
 
 

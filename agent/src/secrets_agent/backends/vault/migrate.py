@@ -76,6 +76,15 @@ def translate(kwargs: Kwargs) -> Translation:
             t.options["timeout"] = float(timeout)
         except ValueError:
             raise MigrationError("timeout: expected a number of seconds") from None
+    cert = kwargs.take("cert", None)  # requests' client certificate, as the provider sets it
+    if isinstance(cert, str) and cert:  # one PEM file with the certificate and its key
+        t.options["client_cert"] = t.options["client_key"] = cert
+    elif (
+        isinstance(cert, list | tuple) and len(cert) == 2 and all(isinstance(c, str) for c in cert)
+    ):
+        t.options["client_cert"], t.options["client_key"] = cert
+    elif cert is not None:
+        raise MigrationError("cert: expected a PEM file path or [certificate, key] paths")
     verify = kwargs.take("verify", True)
     if isinstance(verify, str) and verify.strip().lower() not in ("true", "false"):
         t.options["ca_file"] = verify  # a CA bundle path, as requests reads it

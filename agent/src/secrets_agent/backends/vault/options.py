@@ -9,7 +9,7 @@ from secrets_agent.config.validators import check_header_value, check_session_na
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
-AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap", "aws_iam")
+AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap", "aws_iam", "cert")
 KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
 
 
@@ -82,6 +82,15 @@ class AwsIamAuth:
 
 
 @dataclass(frozen=True)
+class CertAuth:
+    """Vault's cert method: the TLS client certificate (the backend's ``client_cert`` and
+    ``client_key``) is the credential."""
+
+    name: str = ""  # the certificate role to match; "": any role whose CA signed it
+    mount_point: str = "cert"
+
+
+@dataclass(frozen=True)
 class VaultOptions:
     url: str = setting()
     namespace: str = ""
@@ -93,6 +102,7 @@ class VaultOptions:
     userpass: UserpassAuth | None = None
     ldap: LdapAuth | None = None
     aws_iam: AwsIamAuth | None = None
+    cert: CertAuth | None = None
     # Same names and defaults as the Airflow provider. mount_point "" is the provider's None
     # (the mount is the secret id's first segment); a path "" means the id alone; a kind left
     # out of ``kinds`` is the provider's path None.
@@ -145,6 +155,10 @@ class VaultOptions:
                 problems.append((name, "set exactly one of password and password_file"))
         if bool(self.client_cert) != bool(self.client_key):
             problems.append(("client_cert", "client_cert and client_key go together"))
+        if method == "cert" and not (self.client_cert and self.url.startswith("https://")):
+            problems.append(
+                ("auth_method", "cert logs in with client_cert and client_key over https://")
+            )
         if self.backoff_initial > self.backoff_max:
             problems.append(("backoff_initial", "must not exceed backoff_max"))
         if self.feed is not None and self.kv_engine_version != 2:
