@@ -247,6 +247,7 @@ class TokenEndpoint(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.grants = 0
+        self.access_token = ACCESS_TOKEN  # what the next grant hands out
         super().__init__(("127.0.0.1", 0), _TokenHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -287,7 +288,7 @@ class _TokenHandler(BaseHTTPRequestHandler):
         self.server.grants += 1
         body = json.dumps(
             {
-                "access_token": ACCESS_TOKEN,
+                "access_token": self.server.access_token,
                 "expires_in": 3600,
                 "token_type": "Bearer",
                 "issued_at": int(time.time()),

@@ -144,14 +144,28 @@ class MetricsConfig:
 CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
+AWS_STORES = ("elasticache", "memorydb")
+# Keys only AWS's token uses (Memorystore's is a Google access token).
+_AWS_ONLY = (
+    "cache_name",
+    "serverless",
+    "region",
+    "profile",
+    "role_arn",
+    "role_session_name",
+    "sts_endpoint_url",
+)
+
+
 @dataclass(frozen=True)
 class StoreIamConfig:
-    """``[shared_cache.iam]``: IAM auth tokens for ElastiCache or MemoryDB instead of a
-    password, signed with AWS credentials from the default chain (the AWS backends' keys,
-    meaning the same); ``username`` is the IAM-enabled user."""
+    """``[shared_cache.iam]``: IAM auth tokens instead of a password. ElastiCache and
+    MemoryDB: signed with AWS credentials from the default chain (the AWS backends' keys,
+    meaning the same), for the IAM-enabled ``username``. Memorystore: a Google access token
+    (``credentials_file``: a service-account key, as the GCP backend's; "": ADC)."""
 
-    service: str = setting(choices=("elasticache", "memorydb"))
-    cache_name: str = setting()
+    service: str = setting(choices=(*AWS_STORES, "memorystore"))
+    cache_name: str = ""
     serverless: bool = False  # ElastiCache Serverless (the token names its resource type)
     region: str = ""  # the cache's; "": the chain's (AWS_DEFAULT_REGION, profile), else us-east-1
     profile: str = ""
@@ -160,12 +174,21 @@ class StoreIamConfig:
     role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
     sts_endpoint_url: str = ""
 
+    @property
+    def aws(self) -> bool:
+        return self.service in AWS_STORES
+
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        if not CACHE_NAME.fullmatch(self.cache_name):
+        if self.aws and not CACHE_NAME.fullmatch(self.cache_name):
             problems.append(("cache_name", "must be the cache's name: letters, digits and -"))
         if self.serverless and self.service != "elasticache":
             problems.append(("serverless", "only ElastiCache has serverless caches"))
+        if not self.aws:
+            defaults = StoreIamConfig(service=self.service)
+            for key in _AWS_ONLY:
+                if getattr(self, key) != getattr(defaults, key):
+                    problems.append((key, "is for ElastiCache and MemoryDB, not Memorystore"))
         return problems
 
 
@@ -213,8 +236,10 @@ class SharedCacheConfig:
                         "needs a rediss:// or rediss+cluster:// url: IAM tokens go over TLS only",
                     )
                 )
-            if not self.username:
+            if self.iam.aws and not self.username:
                 problems.append(("username", "iam needs the IAM-enabled user's name"))
+            if not self.iam.aws and self.username:
+                problems.append(("username", "Memorystore's IAM token is sent without a username"))
             if self.password or self.password_file:
                 problems.append(("iam", "an IAM token replaces the password: set no password"))
         return problems

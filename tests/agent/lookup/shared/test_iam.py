@@ -21,6 +21,7 @@ from secrets_agent.config.schema import StoreIamConfig
 from secrets_agent.errors import ConfigError, StartupError
 from secrets_agent.lookup.shared.clients import store_client
 from secrets_agent.lookup.shared.iam import REFRESH, IamTokens
+from support.gcp_server import TokenEndpoint
 from support.helpers import FakeClock
 from support.redis_server import RedisServer
 
@@ -58,6 +59,13 @@ def iam(tmp_path: Path, **overrides: Any) -> StoreIamConfig:
     return StoreIamConfig(**(table | overrides))
 
 
+async def pair(tokens: IamTokens) -> tuple[str, str]:
+    """ElastiCache's and MemoryDB's credentials: the user, and the token."""
+    credentials = await tokens.get_credentials_async()
+    assert len(credentials) == 2
+    return credentials[0], credentials[-1]
+
+
 def verified(token: str, secret: str = SECRET) -> dict[str, str]:
     """The token's query, after checking its SigV4 query signature from the spec (not
     botocore's code): canonical request, string to sign, derived key."""
@@ -88,7 +96,7 @@ def verified(token: str, secret: str = SECRET) -> dict[str, str]:
 
 
 def test_an_elasticache_token_is_a_presigned_connect_request(tmp_path: Path) -> None:
-    token = IamTokens("agent-user", iam(tmp_path)).token()
+    token = IamTokens("agent-user", iam(tmp_path)).token()[0]
     assert not token.startswith("https://")  # ElastiCache takes it without the scheme
     params = verified(token)
     assert params["host"] == "airflow-fleet"
@@ -101,12 +109,12 @@ def test_an_elasticache_token_is_a_presigned_connect_request(tmp_path: Path) -> 
 
 
 def test_serverless_memorydb_region_and_a_session_token(tmp_path: Path) -> None:
-    serverless = IamTokens("u", iam(tmp_path, serverless=True, region="eu-west-1")).token()
+    serverless = IamTokens("u", iam(tmp_path, serverless=True, region="eu-west-1")).token()[0]
     params = verified(serverless)
     assert params["ResourceType"] == "ServerlessCache"
     assert "/eu-west-1/elasticache/" in params["X-Amz-Credential"]
     file = credentials(tmp_path / "temporary", token="a-session-token")
-    memorydb = IamTokens("u", iam(tmp_path, service="memorydb", credentials_file=file)).token()
+    memorydb = IamTokens("u", iam(tmp_path, service="memorydb", credentials_file=file)).token()[0]
     params = verified(memorydb)
     assert "/memorydb/aws4_request" in params["X-Amz-Credential"]
     assert params["X-Amz-Security-Token"] == "a-session-token"
@@ -118,13 +126,13 @@ async def test_a_token_is_reused_until_refresh_then_made_anew_from_the_chain(
 ) -> None:
     clock = FakeClock()
     tokens = IamTokens("u", iam(tmp_path), clock)
-    user, first = await tokens.get_credentials_async()
+    user, first = await pair(tokens)
     assert user == "u"
     credentials(tmp_path / "credentials", NEW_KEY_ID)  # rotated: read at the next token
     clock.advance(REFRESH - 1)
     assert await tokens.get_credentials_async() == ("u", first)
     clock.advance(1)
-    _, second = await tokens.get_credentials_async()
+    _, second = await pair(tokens)
     assert verified(second)["X-Amz-Credential"].startswith(f"{NEW_KEY_ID}/")
     assert tokens.get_credentials() == ("u", second)
 
@@ -147,6 +155,15 @@ def test_no_credentials_is_a_store_authentication_error(tmp_path: Path) -> None:
         ({"iam": {"cache_name": "a/b"}}, "shared_cache.iam.cache_name: must be"),
         ({"iam": {"service": "memorydb", "serverless": True}}, "only ElastiCache"),
         ({"iam": {"service": "redis"}}, "shared_cache.iam.service"),
+        ({"iam": {"service": "memorystore"}}, "shared_cache.iam.cache_name: is for ElastiCache"),
+        (
+            {"username": "", "iam": {"service": "memorystore", "cache_name": "", "region": "x"}},
+            "shared_cache.iam.region: is for ElastiCache and MemoryDB, not Memorystore",
+        ),
+        (
+            {"iam": {"service": "memorystore", "cache_name": ""}},
+            "shared_cache.username: Memorystore's IAM token is sent without a username",
+        ),
     ],
 )
 def test_config_problems(tmp_path: Path, shared: dict[str, Any], problem: str) -> None:
@@ -206,7 +223,7 @@ async def test_the_store_sees_the_token_as_the_users_password(
     tokens: IamTokens = client.connection_pool.connection_kwargs["credential_provider"]
     tokens._clock = clock  # the test's clock decides when a token is old
     try:
-        _, token = await tokens.get_credentials_async()
+        _, token = await pair(tokens)
         store.command("ACL", "SETUSER", "agent-user", "resetpass", f">{token}")
         await client.set("airflow-secrets-agent:probe", "1")
         assert await client.get("airflow-secrets-agent:probe") == b"1"
@@ -215,7 +232,7 @@ async def test_the_store_sees_the_token_as_the_users_password(
 
         clock.advance(REFRESH)
         credentials(tmp_path / "credentials", NEW_KEY_ID)
-        _, renewed = await tokens.get_credentials_async()
+        _, renewed = await pair(tokens)
         assert renewed != token
         store.command("ACL", "SETUSER", "agent-user", "resetpass", f">{renewed}")
         store.command("CLIENT", "KILL", "USER", "agent-user")  # the old token's connections
@@ -223,3 +240,88 @@ async def test_the_store_sees_the_token_as_the_users_password(
     finally:
         await client.aclose()
     assert token not in caplog.text and renewed not in caplog.text and SECRET not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[TokenEndpoint]:
+    endpoint = TokenEndpoint()
+    yield endpoint
+    endpoint.shutdown()
+    endpoint.server_close()
+
+
+@pytest.fixture
+def no_adc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No application-default credentials: none in the environment, the home or a metadata
+    server (the suite's NO_GCE_CHECK)."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+
+
+async def test_a_memorystore_token_is_a_google_access_token_made_anew_before_it_ends(
+    google: TokenEndpoint, tmp_path: Path, no_adc: None
+) -> None:
+    key = google.key_file(tmp_path)
+    clock = FakeClock()
+    google.access_token = "ya29.first-token"
+    tokens = IamTokens("", StoreIamConfig(service="memorystore", credentials_file=str(key)), clock)
+    grants = google.grants
+    assert await tokens.get_credentials_async() == ("ya29.first-token",)  # AUTH <token>: no user
+    google.access_token = "ya29.second-token"
+    clock.advance(3600 - 300 - 5)  # the endpoint's tokens live an hour
+    assert await tokens.get_credentials_async() == ("ya29.first-token",)
+    assert google.grants == grants + 1
+    clock.advance(10)
+    assert await tokens.get_credentials_async() == ("ya29.second-token",)
+
+
+def test_memorystore_without_credentials_or_with_a_bad_key(
+    tmp_path: Path, no_adc: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    adc = IamTokens("", StoreIamConfig(service="memorystore"), clock)
+    with pytest.raises(AuthenticationError, match="no Google credentials"):
+        adc.token()
+    probed = len(caplog.records)  # ADC asked the metadata server (google-auth warns each time)
+    with pytest.raises(AuthenticationError, match="no Google credentials"):
+        adc.token()  # remembered: no second probe within the minute
+    assert len(caplog.records) == probed
+    clock.advance(60)
+    with pytest.raises(AuthenticationError, match="no Google credentials"):
+        adc.token()
+    assert len(caplog.records) > probed
+    (tmp_path / "key.json").write_text('{"type": "service_account", "private_key": "s3cret"}')
+    bad = IamTokens(
+        "", StoreIamConfig(service="memorystore", credentials_file=str(tmp_path / "key.json"))
+    )
+    with pytest.raises(AuthenticationError, match="not a service-account key") as info:
+        bad.token()
+    assert "s3cret" not in str(info.value)
+
+
+async def test_memorystore_store_takes_the_token_as_the_default_users_password(
+    store: RedisServer, google: TokenEndpoint, tmp_path: Path, no_adc: None
+) -> None:
+    google.access_token = "ya29.store-token"
+    table = {
+        "url": store.url,
+        "ca_file": store.ca_file,
+        "timeout": 5.0,
+        "connect_timeout": 10.0,
+        "iam": {"service": "memorystore", "credentials_file": str(google.key_file(tmp_path))},
+    }
+    shared = parse_config({"shared_cache": table}, base_dir=tmp_path).shared_cache
+    client, _ = store_client(shared)
+    assert isinstance(client, Redis)
+    store.command(
+        "ACL", "SETUSER", "default", "on", "resetpass", ">ya29.store-token", "~*", "+@all"
+    )
+    try:
+        await client.set("airflow-secrets-agent:probe", "m")
+        assert await client.get("airflow-secrets-agent:probe") == b"m"
+        assert "user=default" in str(store.command("CLIENT", "LIST"))
+    finally:
+        await client.aclose()
+        store.command("ACL", "SETUSER", "default", "off")
