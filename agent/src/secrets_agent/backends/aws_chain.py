@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 DEFAULT_REGION = "us-east-1"  # hvac's and boto's examples', when nothing names one
@@ -32,7 +33,8 @@ class ChainSettings(Protocol):
 
 
 class NoCredentials(Exception):
-    """Nothing in the chain (environment, profile, web identity, container, instance role)."""
+    """Nothing in the chain (environment, profile, web identity, container, instance role), or
+    a ``credentials_file`` that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ def aws_keys(settings: ChainSettings) -> AwsKeys:
     exceptions for a broken profile or a refused AssumeRole, ``NoCredentials`` for none."""
     import botocore.session
 
+    if settings.credentials_file:
+        # Checked at every call: botocore skips a file it cannot read and signs with whatever
+        # else the chain finds, another identity.
+        try:
+            Path(settings.credentials_file).read_bytes()
+        except OSError as exc:
+            raise NoCredentials(
+                f"cannot read the credentials file {settings.credentials_file}: {exc.strerror}"
+            ) from None
     session = botocore.session.Session(profile=settings.profile or None)
     if settings.credentials_file:  # before anything reads the profile map (built once)
         session.set_config_variable("credentials_file", settings.credentials_file)

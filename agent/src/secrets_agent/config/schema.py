@@ -10,6 +10,7 @@ from secrets_agent.config.validators import (
     TLS_SCHEMES,
     check_date,
     check_glob,
+    check_http_url,
     check_key_prefix,
     check_loopback,
     check_name,
@@ -141,7 +142,7 @@ class MetricsConfig:
 
 # An ElastiCache replication group / serverless cache or a MemoryDB cluster: the signed
 # token's host, so nothing that would change the URL's meaning.
-CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+CACHE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 
 AWS_STORES = ("elasticache", "memorydb")
@@ -172,7 +173,7 @@ class StoreIamConfig:
     credentials_file: str = setting("", path=True)
     role_arn: str = ""
     role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
-    sts_endpoint_url: str = ""
+    sts_endpoint_url: str = setting("", check=check_http_url)
 
     @property
     def aws(self) -> bool:
@@ -181,7 +182,9 @@ class StoreIamConfig:
     def validate(self) -> list[tuple[str, str]]:
         problems = []
         if self.aws and not CACHE_NAME.fullmatch(self.cache_name):
-            problems.append(("cache_name", "must be the cache's name: letters, digits and -"))
+            problems.append(
+                ("cache_name", "must be the cache's name: 1-40 lowercase letters, digits and -")
+            )
         if self.serverless and self.service != "elasticache":
             problems.append(("serverless", "only ElastiCache has serverless caches"))
         if not self.aws:
@@ -229,13 +232,9 @@ class SharedCacheConfig:
         if self.lock_wait > self.lock_ttl:
             problems.append(("lock_wait", "must not exceed lock_ttl"))
         if self.iam is not None:
-            if not self.url.startswith(TLS_SCHEMES):
-                problems.append(
-                    (
-                        "iam",
-                        "needs a rediss:// or rediss+cluster:// url: IAM tokens go over TLS only",
-                    )
-                )
+            if not self.url.startswith(("rediss://", "rediss+cluster://")):
+                why = "IAM tokens go over TLS only, to a server or a cluster (no Sentinel)"
+                problems.append(("iam", f"needs a rediss:// or rediss+cluster:// url: {why}"))
             if self.iam.aws and not self.username:
                 problems.append(("username", "iam needs the IAM-enabled user's name"))
             if not self.iam.aws and self.username:

@@ -82,6 +82,13 @@ def check_session_name(value: str) -> str | None:
     return None
 
 
+def check_http_url(value: str) -> str | None:
+    """An endpoint's URL ("" = the SDK's default)."""
+    if value and not value.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    return None
+
+
 def check_header_value(value: str) -> str | None:
     """A value sent as an HTTP header: visible ASCII and spaces, nothing that ends a line."""
     if not re.fullmatch(r"[\x20-\x7e]{0,256}", value):

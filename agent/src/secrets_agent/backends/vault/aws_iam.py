@@ -12,11 +12,10 @@ from secrets_agent.backends.vault.options import AwsIamAuth
 
 def aws_keys(backend: str, options: AwsIamAuth) -> AwsKeys:
     """The chain's credentials for a login now (blocking: the login's worker thread)."""
-    check_credentials_file(backend, options)
     try:
         return chain_keys(options)
     except NoCredentials as exc:
-        raise CredentialSourceError(backend, f"{exc} for the aws_iam login") from None
+        raise CredentialSourceError(backend, f"aws_iam login: {exc}") from None
 
 
 def check_credentials_file(backend: str, options: AwsIamAuth) -> None:

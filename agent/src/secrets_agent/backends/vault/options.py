@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secrets_agent.backends.vault.feed import VaultFeedOptions
-from secrets_agent.config.validators import check_header_value, check_session_name, setting
+from secrets_agent.config.validators import (
+    check_header_value,
+    check_http_url,
+    check_session_name,
+    setting,
+)
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
@@ -78,7 +83,7 @@ class AwsIamAuth:
     credentials_file: str = setting("", path=True)
     role_arn: str = ""  # assumed first (the provider's assume_role_kwargs RoleArn)
     role_session_name: str = setting("airflow-secrets-agent", check=check_session_name)
-    sts_endpoint_url: str = ""  # for AssumeRole; Vault itself calls its configured STS
+    sts_endpoint_url: str = setting("", check=check_http_url)  # for AssumeRole (Vault: its own)
 
 
 @dataclass(frozen=True)

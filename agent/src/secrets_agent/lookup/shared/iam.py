@@ -4,9 +4,9 @@ ElastiCache and MemoryDB take a SigV4-presigned ``connect`` URL for the cache (w
 scheme), valid 15 minutes, with the IAM-enabled user's name; Memorystore takes a Google OAuth2
 access token (an hour) alone. A connection authenticated with one stays authenticated (or is
 closed by the service, and the client reconnects with a new token). redis-py asks the provider
-at every new connection; a token is made again ``MARGIN`` before it expires, on a worker thread
-(the credentials may read files or ask a metadata server or token endpoint), and connections
-made meanwhile reuse it.
+at every new connection; a token is renewed ``MARGIN`` before it expires, on a worker thread
+(the credentials may read files or ask a metadata server or token endpoint) while the current
+one still serves new connections; only once none is usable does a connection wait for one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from secrets_agent.backends.aws_chain import NoCredentials, aws_keys
 from secrets_agent.config.schema import StoreIamConfig
 
 EXPIRES = 900  # seconds: the longest ElastiCache and MemoryDB accept
-MARGIN = 300.0  # a token this close to its end is replaced: no connection presents a stale one
-REFRESH = EXPIRES - MARGIN  # an AWS token's useful age
+MARGIN = 300.0  # a token this close to its end is renewed, in the background
+LAST_USE = 60.0  # ... and this close, no longer presented: a connection waits for the new one
+REFRESH = EXPIRES - MARGIN  # an AWS token's age when its renewal starts
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 NO_CREDENTIALS_RETRY = 60.0  # seconds before Google credentials not found are looked for again
 
@@ -37,42 +38,55 @@ class IamTokens(CredentialProvider):
         self, user: str, iam: StoreIamConfig, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._user, self._iam, self._clock = user, iam, clock
-        self._made: tuple[str, float] | None = None  # (token, replace after), replaced whole
-        self._lock = asyncio.Lock()
+        # (token, renew after, usable until), replaced whole (by a worker thread).
+        self._made: tuple[str, float, float] | None = None
+        self._renewing: asyncio.Task[str] | None = None  # the one renewal under way
         self._google: Any = None  # Memorystore: google-auth's credentials, kept to refresh
         self._missing: tuple[str, float] | None = None  # (why none, until when it is said)
 
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
         """For a blocking client (the agent's is asynchronous: ``get_credentials_async``)."""
-        return self._pair(self._fresh() or self._renew())
+        made = self._made
+        fresh = made is not None and self._clock() < made[1]
+        return self._pair(made[0] if made is not None and fresh else self._renew())
 
     async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
-        token = self._fresh()
-        if token is None:
-            async with self._lock:  # one token made for the connections that wait for it
-                token = self._fresh()
-                if token is None:
-                    token = await asyncio.to_thread(self._renew)
-        return self._pair(token)
+        made, now = self._made, self._clock()
+        if made is not None and now < made[2]:
+            if now >= made[1]:  # due: renewed in the background, the current one still serves
+                self._renewal()
+            return self._pair(made[0])
+        # None usable: wait for the one renewal (shielded: a connection that stops waiting,
+        # at the store call's timeout, leaves it running for the next).
+        return self._pair(await asyncio.shield(self._renewal()))
+
+    def _renewal(self) -> asyncio.Task[str]:
+        task = self._renewing
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._renew))
+            task.add_done_callback(_retrieved)
+            self._renewing = task
+        return task
 
     def _pair(self, token: str) -> tuple[str] | tuple[str, str]:
         return (self._user, token) if self._iam.aws else (token,)
 
-    def _fresh(self) -> str | None:
-        made = self._made
-        return made[0] if made is not None and self._clock() < made[1] else None
-
     def _renew(self) -> str:
-        # Kept by the thread itself: a connection that stopped waiting (the store call's
-        # timeout) still leaves the token for the next one.
         token, lifetime = self.token()
-        self._made = (token, self._clock() + lifetime - MARGIN)
+        now = self._clock()
+        self._made = (token, now + lifetime - MARGIN, now + lifetime - LAST_USE)
         return token
 
     def token(self) -> tuple[str, float]:
         """A new token and its lifetime in seconds (blocking); ``AuthenticationError``, a
-        store error, when none can be made."""
-        return self._aws_token() if self._iam.aws else self._google_token()
+        store error (the tier goes upstream), when none can be made."""
+        try:
+            return self._aws_token() if self._iam.aws else self._google_token()
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # an SDK's surprise must not escape the store's guard
+            reason = type(exc).__name__
+            raise AuthenticationError(f"shared_cache.iam: cannot make a token ({reason})") from None
 
     def _aws_token(self) -> tuple[str, float]:
         from botocore.auth import SigV4QueryAuth
@@ -146,6 +160,12 @@ class IamTokens(CredentialProvider):
             self._missing = (reason, self._clock() + NO_CREDENTIALS_RETRY)
             raise AuthenticationError(reason) from None
         return self._google
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """A background renewal's failure is the next waiting connection's to report."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _utc_naive_now() -> float:
