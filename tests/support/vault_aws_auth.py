@@ -5,7 +5,8 @@ Every other request goes on to OpenBao. A login is checked as Vault's plugin che
 POST of ``GetCallerIdentity`` to STS's global endpoint, signed over the mount's server-id header
 when the mount requires one; STS — moto's server, which checks the signature and the key — says
 whose request it is; that ARN (an assumed role's session resolved to its role) must be the one
-the role is bound to. OpenBao then mints the token, with the role's policies.
+the role is bound to. OpenBao then mints the token, with the role's policies. The signing region
+must be the mount's ``sts_region``, as STS would insist.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class AwsAuthVault(ThreadingHTTPServer):
         self.bao, self.sts_url, self.mount = bao, sts_url, mount
         self.roles: dict[str, Role] = {}
         self.header_value = ""  # iam_server_id_header_value: "" requires none
+        # The mount's sts_region: STS takes only a request signed for its own region (the
+        # global endpoint's is us-east-1), so a request signed for another is refused.
+        self.sts_region = "us-east-1"
         self.logins = 0
         self.seen_regions: list[str] = []  # each signed request's credential scope region
         self._lock = threading.Lock()
@@ -75,8 +79,11 @@ class AwsAuthVault(ThreadingHTTPServer):
         ):
             return 400, _errors("missing or invalid X-Vault-AWS-IAM-Server-ID header")
         scope = re.search(r"Credential=[^/]+/\d+/([^/]+)/sts/", authorization)
+        region = scope[1] if scope else ""
         with self._lock:
-            self.seen_regions.append(scope[1] if scope else "")
+            self.seen_regions.append(region)
+        if region != self.sts_region:
+            return 400, _errors("error making upstream request: SignatureDoesNotMatch")
         arn = self._caller(flat, payload)
         if arn is None:
             return 400, _errors("error making upstream request: STS refused the request")

@@ -267,6 +267,14 @@ def test_aws_keys_need_no_environment_and_check_config_reads_their_file(
     assert f"cannot read the credentials file {path}: No such file or directory" in checked.stderr
 
 
+def test_vault_aws_iam_keys_sign_for_us_east_1_as_the_provider_does(tmp_path: Path) -> None:
+    kwargs = {"url": "http://v", "auth_type": "aws_iam", "key_id": "AKIA0000", "secret_id": SECRET}
+    result = migrate(tmp_path, **backend_env(VAULT, kwargs), AWS_DEFAULT_REGION="eu-west-1")
+    assert result.returncode == 0, result.stderr
+    table = load_config(tmp_path / "out" / "agent.toml").backends[0].options.aws_iam
+    assert table.region == "us-east-1"  # not the node's: hvac's default, which the keys used
+
+
 def test_vault_aws_iam_on_the_default_chain_with_a_role_to_assume(tmp_path: Path) -> None:
     assume = {"RoleArn": "arn:aws:iam::123456789012:role/vault", "RoleSessionName": "worker"}
     kwargs = {"url": "http://v", "auth_type": "aws_iam", "assume_role_kwargs": assume}

@@ -151,12 +151,16 @@ async def test_the_default_chain_and_its_region(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key[0])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key[1])
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    # A Vault whose STS is us-east-1's (the default) refuses a request signed for eu-west-1.
+    refused = await started()
+    assert not refused.health().ready
+    assert vault.seen_regions[-1] == "eu-west-1"
+    monkeypatch.setattr(vault, "sts_region", "eu-west-1")  # a mount with a regional STS
     backend = await started()  # no role: Vault's default, the principal's name
     assert await backend.fetch(V, "greeting") == "hello"
-    assert vault.seen_regions[-1] == "eu-west-1"
-    backend = await started(role="worker-env", region="ap-south-1")
+    monkeypatch.setattr(vault, "sts_region", "ap-south-1")
+    backend = await started(role="worker-env", region="ap-south-1")  # the table's wins
     assert backend.health().ready
-    assert vault.seen_regions[-1] == "ap-south-1"
 
 
 async def test_a_mount_that_requires_the_server_id_header(
@@ -266,7 +270,7 @@ async def test_no_credentials_anywhere_fails_the_start(vault: AwsAuthVault) -> N
     pool = BackendPool(Metrics(), FakeClock())
     options = VaultOptions(url=vault.url, auth_method="aws_iam")  # no table: every default
     config = BackendConfig(BackendCommon(name="vault", type="vault"), options)
-    with pytest.raises(StartupError, match=r"no AWS credentials \(.*\) for the aws_iam login"):
+    with pytest.raises(StartupError, match=r"aws_iam login: no AWS credentials \(.*\)"):
         await pool.start([config], ())
 
 

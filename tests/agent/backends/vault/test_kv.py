@@ -21,7 +21,7 @@ from secrets_agent.backends.vault.backend import VaultBackend
 from secrets_agent.backends.vault.errors import translate
 from secrets_agent.backends.vault.kv import KvReader, tls_context
 from secrets_agent.backends.vault.options import TokenAuth, VaultOptions
-from secrets_agent.errors import BackendError, DeniedError, TransientError
+from secrets_agent.errors import BackendError, ClosedError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
 from support.bao import BaoServer, free_port
@@ -371,17 +371,32 @@ async def test_closing_lets_a_read_under_way_finish(
     await closing
 
 
-async def test_a_read_after_close_is_transient(bao: BaoServer, started: Any) -> None:
-    # A lookup that reaches a backend a reload has just closed gets a 503's error, either way.
+async def test_a_read_after_close_is_transient(
+    bao: BaoServer, started: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lookup that reaches a backend a reload has just closed gets a 503's error, either way,
+    # and the retired backend does not try to log in again for it.
     backend = await started(bao.url, bao.root_token)
     await backend.close()
-    with pytest.raises(TransientError, match="backend closed"):
+    with pytest.raises(TransientError, match=r"backend closed \(read\)"):
+        await backend.fetch(V, "greeting")
+    assert "login" not in caplog.text
+
+
+async def test_a_read_that_reaches_a_closed_reader_is_transient(
+    bao: BaoServer, started: Any, way: str
+) -> None:
+    if way != "loop":
+        pytest.skip("the reader on the loop only")
+    backend = await started(bao.url, bao.root_token)
+    await backend._kv.close()  # closed under a read already past the backend's own check
+    with pytest.raises(TransientError, match=r"backend closed \(read\)"):
         await backend.fetch(V, "greeting")
 
 
 async def test_a_cancelled_close_stays_cancelled(bao: BaoServer, started: Any) -> None:
     """Cancelled wherever it waits (a reload bounded by shutdown_timeout), close says so."""
-    for turns in range(12):
+    for turns in range(1, 12):  # from 1: a task cancelled before it runs never began to close
         backend = await started(bao.url, bao.root_token)
         closing = asyncio.create_task(backend.close())
         for _ in range(turns):
@@ -391,3 +406,6 @@ async def test_a_cancelled_close_stays_cancelled(bao: BaoServer, started: Any) -
         closing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await closing
+        # ... and what it holds is let go all the same: its threads take no more calls.
+        with pytest.raises(ClosedError):
+            await backend._workers.run(lambda: 1)

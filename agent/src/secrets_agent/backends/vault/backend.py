@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
@@ -45,6 +45,7 @@ class VaultBackend(Backend):
         self.session = VaultSession(name, self, options, self.context)
         self.calls = ApiCalls(name, self.context.metrics, translate)
         self._maintainer: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -71,23 +72,30 @@ class VaultBackend(Backend):
         check_local_files(self.name, self.options)
 
     async def close(self) -> None:
-        if self._kv is not None:  # first: its reads under way finish with the token still valid
-            await self._kv.close()
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            # Waited for, not awaited: a cancellation of close itself (a bounded reload or
-            # shutdown) must still reach the caller, not be taken for the maintainer's.
-            await asyncio.wait({self._maintainer})
-        if self.session.authenticated and self._auth.name != "token":
-            # Tokens we minted ourselves are revoked on the way out; a given token is not ours.
-            with contextlib.suppress(BackendError, TimeoutError):
-                async with asyncio.timeout(2):
-                    await self._run("revoke-self", self._client.auth.token.revoke_self)
-        self.session.close()
-        if self._workers is not None:
-            self._workers.close()
-        if self._client is not None:
-            self._client.adapter.close()
+        self._closed = True  # lookups from here on: "backend closed", no login
+        try:
+            if self._kv is not None:  # first: its reads under way finish, token still valid
+                await self._kv.close()
+            if self._maintainer is not None:
+                self._maintainer.cancel()
+                # Waited for, not awaited: a cancellation of close itself (a bounded reload or
+                # shutdown) must still reach the caller, not be taken for the maintainer's.
+                await asyncio.wait({self._maintainer})
+            if self.session.authenticated and self._auth.name != "token":
+                # Tokens we minted are revoked on the way out; a given token is not ours.
+                with contextlib.suppress(BackendError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await self._run("revoke-self", self._client.auth.token.revoke_self)
+        finally:  # a cancelled close still lets go of threads, sockets and the token
+            if self._maintainer is not None:
+                self._maintainer.cancel()
+            if self._kv is not None and not self._kv.closed:
+                _finish_later(self._kv.close())
+            self.session.close()
+            if self._workers is not None:
+                self._workers.close()
+            if self._client is not None:
+                self._client.adapter.close()
 
     def health(self) -> Health:
         if self.session.authenticated:
@@ -130,6 +138,8 @@ class VaultBackend(Backend):
         return None if value is None else Versioned(value)
 
     async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
+        if self._closed:  # a lookup that outlived a reload: no login for a retired backend
+            raise TransientError(self.name, "backend closed (read)")
         await self.session.ensure_token()
         try:
             return await self._read_once(mount, path)
@@ -297,3 +307,12 @@ class VaultBackend(Backend):
 
         await self.session.ensure_token()
         return await self.calls(operation, lambda: self._in_pool(call))
+
+
+_FINISHING: set[asyncio.Task[None]] = set()  # closes left to run after a cancelled close
+
+
+def _finish_later(closing: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(closing)
+    _FINISHING.add(task)
+    task.add_done_callback(_FINISHING.discard)

@@ -126,11 +126,18 @@ class KvReader:
             raise NotJson(f"HTTP {status}")
         return answer
 
+    @property
+    def closed(self) -> bool:
+        """Its connections are closed (not only its reads refused)."""
+        return self._session.closed
+
     async def close(self) -> None:
         """Close the connections once the reads under way are answered (as hvac's threads
         finish a started call), or after ``timeout``: a reload's lookups in flight still get
         their answer."""
         self._closed = True
+        if self._session.closed:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
                 await self._idle.wait()

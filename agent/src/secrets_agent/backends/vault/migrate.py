@@ -147,6 +147,9 @@ def _aws_iam(kwargs: Kwargs, t: Translation, auth_mount: str) -> None:
             "vault-aws-credentials", "\n".join(lines)
         )
         table["profile"] = AWS_PROFILE
+        # The provider signs with these keys for hvac's default region, whatever the node's
+        # environment says (without keys it takes the chain's region, as the agent does).
+        table.setdefault("region", "us-east-1")
         if assume:  # the provider ignores them when keys are given
             t.todo.append(("assume_role_kwargs", "ignored by the provider with key_id: dropped"))
     elif assume:
