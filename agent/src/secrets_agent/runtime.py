@@ -306,6 +306,7 @@ def _chain(backends: Running, metrics: Metrics) -> BackendChain:
             backend,
             {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind},
             frozenset(config.common.teams),
+            config.common.deadline,
         )
         for config, backend in backends
     ]

@@ -21,12 +21,12 @@ V = Kind.VARIABLE
 
 
 class Fixture:
-    def __init__(self, *scripts: tuple[str, Script, str]) -> None:
+    def __init__(self, *scripts: tuple[str, Script, str], deadline: float = 120.0) -> None:
         self.clock = FakeClock()
         self.metrics = Metrics()
         ScriptedBackend.scripts = {name: script for name, script, _ in scripts}
         links = [
-            Link(ScriptedBackend(name, None), {V: re.compile(p) if p else None})
+            Link(ScriptedBackend(name, None), {V: re.compile(p) if p else None}, deadline=deadline)
             for name, _, p in scripts
         ]
         cache = SecretCache(
@@ -119,6 +119,30 @@ async def test_transient_failure_without_a_cached_value_raises() -> None:
     f = Fixture(("a", Script(error=TransientError("a", "timeout")), ""))
     with pytest.raises(TransientError):
         await f.service.lookup(V, "k")
+
+
+async def test_an_upstream_that_never_answers_ends_at_the_deadline_and_frees_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An answer trickled inside every read timeout never ends on its own: without a deadline
+    # the key's single flight would hold every later lookup of it until a restart.
+    never = Script(values={(V, "k"): "v"}, gate=asyncio.Event())  # the gate is never opened
+    f = Fixture(("a", never, ""), deadline=0.05)
+    async with asyncio.timeout(60):  # without the deadline: a failure here, not a hung suite
+        for _ in range(2):
+            with pytest.raises(TransientError, match=r"no answer within 0\.05s \(deadline\)"):
+                await f.service.lookup(V, "k")
+    assert len(never.calls) == 2  # the second lookup asked again: the first flight had ended
+    assert (
+        f.sample(
+            "secrets_agent_upstream_requests_total",
+            backend="a",
+            kind="variable",
+            result="transient",
+        )
+        == 2
+    )
+    assert caplog.text.count("gave no answer within its deadline") == 1  # once a minute
 
 
 async def test_denied_is_raised_and_not_cached() -> None:

@@ -293,6 +293,10 @@ class BackendCommon:
     # Airflow 3 multi-team: when set, only lookups made for one of these teams reach this
     # backend (and lookups for a team reach only backends that list it or list no team).
     teams: tuple[str, ...] = setting((), check=check_team)
+    # Seconds one fetch from this backend may take in all, its SDK's retries included: an
+    # upstream that never finishes its answer (a trickle inside every read timeout) must not
+    # hold the key's lookups for good. Then the lookup fails as transient (stale-on-error).
+    deadline: float = setting(120.0, min=0.1, max=3600.0)
 
     def lookup_pattern(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_lookup_pattern")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -12,6 +13,7 @@ from typing import TypeVar
 from secrets_agent.backends.base import Backend
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
+from secrets_agent.ops.logs import RateLimited
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ class Link:
     backend: Backend
     patterns: dict[Kind, re.Pattern[str] | None]
     teams: frozenset[str] = frozenset()  # empty: serves every lookup, with or without a team
+    deadline: float = 120.0  # seconds one fetch may take in all (``[[backends]] deadline``)
 
     def accepts(self, kind: Kind, secret_id: str, team: str | None = None) -> bool:
         """Like the Airflow providers' ``*_lookup_pattern``: only ask where the id can live."""
@@ -45,6 +48,7 @@ class BackendChain:
     def __init__(self, links: Sequence[Link], metrics: Metrics) -> None:
         self.links = tuple(links)
         self._metrics = metrics
+        self._late = RateLimited(log)  # an upstream that hangs for every key: a line a minute
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -62,16 +66,17 @@ class BackendChain:
         """
         for link in self.links:
             if link.accepts(kind, secret_id, team):
-                found = await self._fetch_from(link.backend, kind, secret_id, team)
+                found = await self._fetch_from(link, kind, secret_id, team)
                 if found is not None:
                     return found
         return None
 
     async def _fetch_from(
-        self, backend: Backend, kind: Kind, secret_id: str, team: str | None = None
+        self, link: Link, kind: Kind, secret_id: str, team: str | None = None
     ) -> Found | None:
+        backend = link.backend
         got = await self._guard(
-            backend,
+            link,
             kind,
             lambda: backend.fetch_for_team(kind, secret_id, team),
             lambda v: "missing" if v is None else "found",
@@ -87,7 +92,7 @@ class BackendChain:
             return False
         backend, version = link.backend, found.version
         return await self._guard(
-            backend,
+            link,
             kind,
             lambda: backend.revalidate(kind, secret_id, version),
             lambda same: "unchanged" if same else "changed",
@@ -95,16 +100,20 @@ class BackendChain:
 
     async def _guard(
         self,
-        backend: Backend,
+        link: Link,
         kind: Kind,
         call: Callable[[], Awaitable[T]],
         outcome: Callable[[T], str],
     ) -> T:
-        """Run one backend call with metrics; anything but our own errors becomes one."""
+        """Run one backend call with metrics, within its deadline; anything but our own
+        errors becomes one."""
+        backend = link.backend
         started = time.perf_counter()
         result = "error"
+        deadline = asyncio.timeout(link.deadline)
         try:
-            answer = await call()
+            async with deadline:
+                answer = await call()
             result = outcome(answer)
             return answer
         except DeniedError:
@@ -116,6 +125,17 @@ class BackendChain:
         except BackendError:
             raise
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                result = "transient"
+                self._late.log(
+                    backend.name,
+                    logging.WARNING,
+                    "backend %r gave no answer within its deadline (%gs)",
+                    backend.name,
+                    link.deadline,
+                )
+                reason = f"no answer within {link.deadline:g}s (deadline)"
+                raise TransientError(backend.name, reason) from None
             # A backend bug must not leak SDK text (it may quote a value): keep the type only.
             log.error("backend %r raised %s on a %s", backend.name, type(exc).__name__, kind)
             raise BackendError(backend.name, f"unexpected {type(exc).__name__}") from None
