@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from secrets_agent.backends.aws_chain import NoCredentials, aws_keys
 from secrets_agent.backends.files import read_local
-from secrets_agent.backends.vault.aws_iam import aws_keys, check_credentials_file
 from secrets_agent.backends.vault.errors import CredentialSourceError
 from secrets_agent.backends.vault.options import (
     AppRoleAuth,
@@ -157,7 +157,10 @@ class AwsIamLogin:
         self.backend, self.options = backend, options
 
     def login(self, client: Any) -> Lease:
-        keys = aws_keys(self.backend, self.options)
+        try:  # read anew at every login, as the other methods' credential files
+            keys = aws_keys(self.options)
+        except NoCredentials as exc:  # a start fails on it, as on a missing token file
+            raise CredentialSourceError(self.backend, f"aws_iam login: {exc}") from None
         o = self.options
         response = client.auth.aws.iam_login(
             keys.access_key,
@@ -228,12 +231,11 @@ def check_local_files(backend: str, options: VaultOptions) -> None:
     for what, path in files:
         if path:
             _read_secret_file(backend, path, what)
-    if options.aws_iam is not None:
-        check_credentials_file(backend, options.aws_iam)
     for what, path in (
         ("CA", options.ca_file),
         ("client certificate", options.client_cert),
         ("client key", options.client_key),
+        ("credentials", options.aws_iam.credentials_file if options.aws_iam else ""),
     ):
         if path:
             read_local(backend, path, what, CredentialSourceError)
