@@ -76,10 +76,13 @@ def test_cache_headers_hit_miss_negative_and_age(agent: RunningAgent, clock: Fak
     assert b"X-Cache: MISS" in first and b"Age: 0" in first
     assert b"X-Cache: HIT" in second and b"Age: 42" in second
     assert body_of(second) == {"kind": "variable", "id": "greeting", "value": "hello"}
-    get(agent, "/v1/variables/absent")
-    negative = get(agent, "/v1/variables/absent")
-    assert status_of(negative) == 404 and b"X-Cache: NEGATIVE" in negative
-    assert body_of(negative)["error"] == "not_found"
+    for segment, kind in (("variables", "variable"), ("connections", "connection")):
+        miss = get(agent, f"/v1/{segment}/absent")
+        negative = get(agent, f"/v1/{segment}/absent")
+        assert status_of(negative) == 404 and b"X-Cache: NEGATIVE" in negative
+        # The miss's answer and the cached negative's are the same document.
+        expected = {"error": "not_found", "detail": f"no backend has this {kind}"}
+        assert body_of(miss) == body_of(negative) == expected
     assert (
         agent.metric(
             "secrets_agent_upstream_requests_total",

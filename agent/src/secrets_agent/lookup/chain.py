@@ -27,13 +27,21 @@ class Link:
     teams: frozenset[str] = frozenset()  # empty: serves every lookup, with or without a team
     deadline: float = 120.0  # seconds one fetch may take in all (``[[backends]] deadline``)
 
+    def __post_init__(self) -> None:
+        # The backend's own flags (the amazon provider matches ignoring case) folded in once:
+        # every negative answered from the cache asks which backends it spared.
+        flags = self.backend.lookup_pattern_flags
+        patterns = {
+            kind: re.compile(p.pattern, p.flags | flags) if p is not None and flags else p
+            for kind, p in self.patterns.items()
+        }
+        object.__setattr__(self, "patterns", patterns)
+
     def accepts(self, kind: Kind, secret_id: str, team: str | None = None) -> bool:
         """Like the Airflow providers' ``*_lookup_pattern``: only ask where the id can live."""
         if self.teams and team not in self.teams:
             return False
         pattern = self.patterns.get(kind)
-        if pattern is not None and self.backend.lookup_pattern_flags:
-            pattern = re.compile(pattern.pattern, pattern.flags | self.backend.lookup_pattern_flags)
         return self.backend.supports(kind) and (pattern is None or bool(pattern.match(secret_id)))
 
 

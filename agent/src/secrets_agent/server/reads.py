@@ -37,6 +37,10 @@ _NO_STORE = ("Cache-Control", "no-store")
 _OUTCOME = {state: state.lower() for state in CacheState}
 _STATE = {state: state.value for state in CacheState}
 _KIND = {kind: kind.value for kind in Kind}
+# A 404's body names only the kind: built once, not per answer.
+_NOT_FOUND = {
+    kind: error_answer(404, "not_found", f"no backend has this {kind.value}").body for kind in Kind
+}
 # ``X-Cache`` and ``Age`` headers by (state, age): ages grow with TTLs, so bounded.
 _STATE_AGE: Generations[tuple[str, int], tuple[tuple[str, str], ...]] = Generations(8192)
 
@@ -204,9 +208,8 @@ class Reads:
             self._audit(peer, read.kind, query.raw_id, query.team, outcome, result.source)
         state, age = _STATE[result.state], int(result.age)
         headers = _STATE_AGE.young.get((state, age)) or _headers(state, age)
-        if result.value is None:
-            detail = f"no backend has this {_KIND[read.kind]}"
-            return error_answer(404, "not_found", detail, headers)
+        if result.value is None:  # a negative: as common as a hit where Airflow asks first
+            return Answer(404, _NOT_FOUND[read.kind], headers)
         return Answer(200, f"{read.prefix}{_quote(result.value)}}}".encode("ascii"), headers)
 
     def _audit(
