@@ -34,6 +34,7 @@ from secrets_agent.server.app import ApiContext, create_app, metrics_app
 from secrets_agent.server.connections import GuardedSockSite, accept_error_handler
 from secrets_agent.server.gate import Gate
 from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
+from secrets_agent.server.memo import sized_for
 from secrets_agent.server.reads import Reads
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Agent:
                 write_timeout=listener.write_timeout,
                 shutdown_timeout=listener.shutdown_timeout,
                 handler_args=handler_args,
+                memo=sized_for(self._initial.cache.max_entries),
             )
         elif tcp is not None:
             site = web.TCPSite(runner, tcp[0], tcp[1])

@@ -163,7 +163,7 @@ class Runtime:
             if previous is not None:
                 service.carry_limits(previous.service)
             policy = AccessPolicy.from_config(config.listener)
-            access = AccessRules.from_config(config.access)
+            access = AccessRules.from_config(config.access, config.cache.max_entries)
             feeds = _feeds(service, metrics)
             runtime = cls(config, backends, service, policy, pool, access, feeds)
         except BaseException:

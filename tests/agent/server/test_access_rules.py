@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import grp
 import pwd
+import random
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,18 @@ def test_decisions_stay_exact_and_bounded_whatever_ids_stream_past() -> None:
             assert all(key in mine._memo for key in hot), i
         assert [mine.allows(key) for key in hot] == [True, False, False]
     assert len(mine._memo) <= MEMO
+
+
+def test_a_peer_reading_as_many_keys_as_the_cache_holds_keeps_every_decision() -> None:
+    keys = 6_000  # the cache's max_entries: more than the smallest memo's young generation
+    config = parse_config({"access": [{"uid": 1001, "variables": ["ok_*"]}]}, base_dir=Path("/"))
+    access = AccessRules.from_config(config.access, keys)
+    assert access is not None
+    mine = access.for_peer(ALICE, frozenset())
+    reads = [(V, f"ok_{i}", None) for i in range(keys)]
+    for key in reads + random.Random(29).choices(reads, k=3 * keys):
+        assert mine.allows(key)
+    assert all(key in mine._memo.young for key in reads)  # none evaluated twice
 
 
 def test_a_busy_peer_keeps_its_rules_while_many_others_come_and_go() -> None:

@@ -16,6 +16,7 @@ import uvloop
 
 from secrets_agent.backends import registry
 from secrets_agent.kinds import Kind
+from secrets_agent.server.reads import Prepared, ReadQuery, Reads
 from support.helpers import (
     DEMO_BACKEND,
     RunningAgent,
@@ -286,6 +287,28 @@ def test_metrics_count_lean_reads(agent: RunningAgent) -> None:
     assert agent.metric("secrets_agent_request_duration_seconds_count", kind="variable") == 3
     assert agent.metric("secrets_agent_cache_results_total", kind="variable", result="hit") == 2
     assert agent.metric("secrets_agent_cache_results_total", kind="variable", result="miss") == 1
+
+
+def test_a_mix_as_large_as_the_cache_is_parsed_once_per_distinct_request(
+    short_tmp: Path, script: Script, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared: list[str] = []
+    prepare = Reads.prepare
+
+    def counted(reads: Reads, query: ReadQuery) -> Prepared:
+        prepared.append(query.raw_id)
+        return prepare(reads, query)
+
+    monkeypatch.setattr(Reads, "prepare", counted)
+    keys = 5_000  # more distinct requests than the smallest head memo keeps at hand (4,096)
+    with start(short_tmp, "[cache]\nmax_entries = 6000\nnegative_ttl = 3600") as agent:
+        conn = Conn(agent.socket_path)
+        for _ in range(2):
+            for i in range(keys):
+                conn.send(get(f"/v1/variables/absent_{i}"))
+                assert conn.response()[0] == 404
+        conn.close()
+    assert len(prepared) == keys  # the second round: every request recognised by its bytes
 
 
 ACCESS = """

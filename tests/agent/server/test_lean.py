@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from secrets_agent.kinds import Kind
 from secrets_agent.server.errors import Answer
 from secrets_agent.server.lean import HeadParser, Renderer, could_be_lean, parse_head
+from secrets_agent.server.memo import sized_for
 from secrets_agent.server.reads import Prepared, ReadQuery
 
 LIMITS = (8190, 8190)
@@ -133,6 +136,23 @@ def test_a_head_still_asked_for_outlives_any_number_of_others() -> None:
         parser.parse(f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert parser.parse(hot) is not None
     assert prepared.count("hot") == 1 and len(parser.memo) <= 64
+
+
+def test_a_mix_of_as_many_keys_as_the_cache_holds_is_parsed_once() -> None:
+    prepared: list[str] = []
+
+    def prepare(query: ReadQuery) -> Prepared:
+        prepared.append(query.raw_id)
+        return Prepared(query, Kind.VARIABLE, None, False, "", (Kind.VARIABLE, query.raw_id, None))
+
+    keys = 6_000  # more than the smallest memo's young generation (4,096)
+    parser = HeadParser(*LIMITS, prepare, size=sized_for(keys))
+    heads = [f"GET /v1/variables/k{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(keys)]
+    mix = random.Random(29).choices(heads, k=5 * keys)
+    for head in heads + mix:
+        assert parser.parse(head) is not None
+    assert len(prepared) == keys  # every head parsed once, however the mix rotates
+    assert all(head in parser.memo.young for head in heads)  # each a single dict lookup away
 
 
 def test_renderer_writes_status_headers_length_date_and_body() -> None:

@@ -20,10 +20,10 @@ from secrets_agent.config.schema import AccessRule
 from secrets_agent.config.validators import resolve_group, resolve_user
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
-from secrets_agent.server.memo import Generations
+from secrets_agent.server.memo import Generations, sized_for
 from secrets_agent.server.peers import Peer
 
-MEMO = 8192  # decisions per peer (and peers) remembered at most: bounded memory
+MEMO = 8192  # peers remembered at most (and decisions per peer, at least): bounded memory
 EVERYONE = "everyone"
 
 
@@ -64,9 +64,9 @@ class PeerRules:
 
     __slots__ = ("_memo", "_rules")
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], memo: int = MEMO) -> None:
         self._rules = tuple(rules)
-        self._memo: Generations[tuple[Kind, str, str | None], bool] = Generations(MEMO)
+        self._memo: Generations[tuple[Kind, str, str | None], bool] = Generations(memo)
 
     def allows(self, key: tuple[Kind, str, str | None]) -> bool:
         """Whether this peer may read ``(kind, id, team)``: the cache's key for the read."""
@@ -110,22 +110,26 @@ class PeerRules:
 class AccessRules:
     """Every ``[[access]]`` rule of one configuration: built with the runtime, swapped whole."""
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], keys: int = 0) -> None:
         self._rules = tuple(rules)
         self._peers: Generations[tuple[int, int, frozenset[int]], PeerRules] = Generations(MEMO)
+        self._decisions = sized_for(keys)  # each peer's decisions: one per key it reads
 
     @classmethod
-    def from_config(cls, rules: Sequence[AccessRule]) -> AccessRules | None:
-        """None without rules: nothing to check, today's behaviour at no cost."""
+    def from_config(cls, rules: Sequence[AccessRule], keys: int = 0) -> AccessRules | None:
+        """None without rules: nothing to check, today's behaviour at no cost. ``keys``: how
+        many distinct keys the cache holds (``max_entries``), which sizes the decision memos."""
         if not rules:
             return None
-        return cls([Rule.compile(rule, index) for index, rule in enumerate(rules)])
+        return cls([Rule.compile(rule, index) for index, rule in enumerate(rules)], keys)
 
     def for_peer(self, peer: Peer, groups: frozenset[int]) -> PeerRules:
         key = (peer.uid, peer.gid, groups)
         found = self._peers.get(key)
         if found is None:
-            found = PeerRules([r for r in self._rules if r.applies_to(peer, groups)])
+            found = PeerRules(
+                [r for r in self._rules if r.applies_to(peer, groups)], self._decisions
+            )
             self._peers.put(key, found)
         return found
 

@@ -36,6 +36,7 @@ class GuardedSockSite(web.SockSite):
         write_timeout: float,
         shutdown_timeout: float,
         handler_args: dict[str, Any],
+        memo: int,
     ) -> None:
         super().__init__(runner, sock, backlog=backlog)
         self._gate, self._reads = gate, reads
@@ -43,6 +44,7 @@ class GuardedSockSite(web.SockSite):
         self._write_timeout = write_timeout
         self._shutdown_timeout = shutdown_timeout
         self._fronts = Fronts()
+        self._memo = memo  # request heads remembered: room for every key the cache holds
         self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
@@ -66,7 +68,9 @@ class GuardedSockSite(web.SockSite):
             write_timeout=write_timeout,
             max_line=args["max_line_size"],
             max_field=args["max_field_size"],
-            heads=HeadParser(args["max_line_size"], args["max_field_size"], self._reads.prepare),
+            heads=HeadParser(
+                args["max_line_size"], args["max_field_size"], self._reads.prepare, self._memo
+            ),
             renderer=Renderer(),
             fronts=self._fronts,
             metrics=self._reads.context.metrics,

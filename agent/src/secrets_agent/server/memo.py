@@ -16,6 +16,14 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 _MISSING: object = object()
+SMALLEST = 8192
+
+
+def sized_for(keys: int) -> int:
+    """A memo's size for reads of up to ``keys`` distinct keys (the cache's ``max_entries``):
+    all of them fit in the young generation, so a fleet's mix never drops one it still asks for
+    (a memo smaller than the mix re-parses every request its rotation dropped)."""
+    return max(SMALLEST, 2 * keys)
 
 
 class Generations(Generic[K, V]):
