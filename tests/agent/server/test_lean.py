@@ -158,7 +158,7 @@ def test_a_mix_of_as_many_keys_as_the_cache_holds_is_parsed_once() -> None:
 def test_renderer_writes_status_headers_length_date_and_body() -> None:
     wall = [1_800_000_000.0]
     renderer = Renderer(wall=lambda: wall[0])
-    answer = Answer(200, b'{"a": 1}', (("X-Cache", "HIT"), ("Age", "3")))
+    answer = Answer(200, b'{"a": 1}', (("X-Cache", "HIT"),), age=3)
     first = renderer.render(answer, keep_alive=True)
     assert first == (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nX-Cache: HIT\r\n"
@@ -169,3 +169,12 @@ def test_renderer_writes_status_headers_length_date_and_body() -> None:
     closing = renderer.render(Answer(404, b"{}"), keep_alive=False)
     assert closing.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert b"Date: Fri, 15 Jan 2027 08:01:01 GMT\r\nConnection: close\r\n\r\n{}" in closing
+
+
+def test_ages_of_hours_share_one_rendered_head() -> None:
+    renderer = Renderer(wall=lambda: 1_800_000_000.0)
+    headers = (("X-Cache", "HIT"), ("Cache-Control", "no-store"))
+    for age in range(0, 86_400, 7):  # a day's TTL: every age a read can carry
+        rendered = renderer.render(Answer(200, b"{}", headers, age), keep_alive=True)
+        assert b"\r\nAge: %d\r\nContent-Length: 2\r\n" % age in rendered
+    assert len(renderer._heads) == 1  # built once, not once per age

@@ -29,7 +29,8 @@ class Answer:
 
     status: int
     body: bytes
-    headers: Headers = ()
+    headers: Headers = ()  # one of a few shared tuples (the lean path renders each once)
+    age: int | None = None  # the ``Age`` header, after ``headers``: it differs from read to read
 
 
 def error_answer(status: int, error: str, detail: str, headers: Headers = ()) -> Answer:
@@ -57,10 +58,13 @@ def answer_for(exc: BaseException) -> Answer:
 
 
 def to_response(answer: Answer) -> web.Response:
+    headers = dict(answer.headers)
+    if answer.age is not None:
+        headers["Age"] = str(answer.age)
     return web.Response(
         body=answer.body,
         status=answer.status,
-        headers=dict(answer.headers),
+        headers=headers,
         content_type="application/json",
         charset="utf-8",
     )

@@ -148,13 +148,16 @@ def _query(target: str, cache_control: bytes | None) -> ReadQuery | None:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# What follows a head: its length, the date, ``Connection: close`` or nothing, the body.
+_ANSWER = b"%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+_AGED = b"%sAge: %d\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class Renderer:
-    """Answers as HTTP/1.1 bytes. The head up to ``Content-Length`` is built once per status
-    and header set (``reads`` hands out the same few tuples); ``Date`` once a second."""
+    """Answers as HTTP/1.1 bytes. The head up to ``Age`` is built once per status and header
+    set (``reads`` hands out the same few tuples); ``Date`` once a second."""
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self._wall = wall
@@ -171,15 +174,17 @@ class Renderer:
         if second != self._second:
             self._date, self._second = _http_date(second), second
         close = b"" if keep_alive else b"Connection: close\r\n"
-        body = answer.body
-        return b"%s%d\r\nDate: %s\r\n%s\r\n%s" % (head, len(body), self._date, close, body)
+        body, age = answer.body, answer.age
+        if age is None:
+            return _ANSWER % (head, len(body), self._date, close, body)
+        return _AGED % (head, age, len(body), self._date, close, body)
 
     def _head(self, key: tuple[int, Headers]) -> bytes:
         status, headers = key
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-            f"Content-Type: {JSON_TYPE}\r\n{extra}Content-Length: "
+            f"Content-Type: {JSON_TYPE}\r\n{extra}"
         ).encode("latin-1")
         self._heads.put(key, head)
         return head

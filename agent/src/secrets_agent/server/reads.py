@@ -21,7 +21,6 @@ from secrets_agent.ops.logs import RateLimited
 from secrets_agent.server.access import AccessRules, PeerRules
 from secrets_agent.server.context import ApiContext
 from secrets_agent.server.errors import Answer, answer_for, error_answer
-from secrets_agent.server.memo import Generations
 from secrets_agent.server.peers import AccessPolicy, Peer
 
 # The route as aiohttp builds it from ``/v1/{kind:...}/{id:.*}``: both layers match with it.
@@ -35,14 +34,14 @@ _PLAIN_ID = re.compile(rf"(?!\.\.?\Z)[A-Za-z0-9_.\-]{{1,{MAX_ID_LENGTH}}}")
 _NO_STORE = ("Cache-Control", "no-store")
 # Enum attribute lookups cost more than these dict lookups, on every request.
 _OUTCOME = {state: state.lower() for state in CacheState}
-_STATE = {state: state.value for state in CacheState}
 _KIND = {kind: kind.value for kind in Kind}
+# A cached answer's headers but ``Age``, which the answer carries on its own: one shared tuple
+# per state, whatever the ages (a memo by age filled up once TTLs ran to hours).
+_HEADERS = {state: (("X-Cache", state.value), _NO_STORE) for state in CacheState}
 # A 404's body names only the kind: built once, not per answer.
 _NOT_FOUND = {
     kind: error_answer(404, "not_found", f"no backend has this {kind.value}").body for kind in Kind
 }
-# ``X-Cache`` and ``Age`` headers by (state, age): ages grow with TTLs, so bounded.
-_STATE_AGE: Generations[tuple[str, int], tuple[tuple[str, str], ...]] = Generations(8192)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +205,11 @@ class Reads:
             outcome = "negative" if result.value is None else _OUTCOME[result.state]
             query = read.query
             self._audit(peer, read.kind, query.raw_id, query.team, outcome, result.source)
-        state, age = _STATE[result.state], int(result.age)
-        headers = _STATE_AGE.young.get((state, age)) or _headers(state, age)
+        headers, age = _HEADERS[result.state], int(result.age)
         if result.value is None:  # a negative: as common as a hit where Airflow asks first
-            return Answer(404, _NOT_FOUND[read.kind], headers)
-        return Answer(200, f"{read.prefix}{_quote(result.value)}}}".encode("ascii"), headers)
+            return Answer(404, _NOT_FOUND[read.kind], headers, age)
+        body = f"{read.prefix}{_quote(result.value)}}}".encode("ascii")
+        return Answer(200, body, headers, age)
 
     def _audit(
         self,
@@ -225,13 +224,3 @@ class Reads:
         if audit is not None and audit.enabled:
             who = (peer.uid, peer.gid, peer.pid)
             audit.record(Read(*who, kind.value, secret_id, team, result, backend))
-
-
-def _headers(state: str, age: int) -> tuple[tuple[str, str], ...]:
-    """``X-Cache``, ``Age`` and ``no-store``; built once per (state, age) seen."""
-    key = (state, age)
-    headers = _STATE_AGE.get(key)
-    if headers is None:
-        headers = (("X-Cache", state), ("Age", str(age)), _NO_STORE)
-        _STATE_AGE.put(key, headers)
-    return headers
