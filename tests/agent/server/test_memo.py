@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from secrets_agent.server.memo import Generations
+from secrets_agent.server.memo import LARGEST, SMALLEST, Generations, sized_for
 
 
 def test_stays_within_its_size_whatever_comes() -> None:
@@ -66,3 +66,9 @@ def test_a_hit_in_the_old_generation_moves_to_the_young_one() -> None:
     assert "a" in memo.old and "a" not in memo.young
     assert memo.get("a") == "A" and memo.young.get("a") == "A"
     assert memo.get("z", "default") == "default"
+
+
+def test_sized_for_holds_every_key_of_the_cache_in_one_generation_within_a_bound() -> None:
+    assert sized_for(0) == sized_for(100) == SMALLEST  # a small cache: the memos as they were
+    assert sized_for(10_000) == 20_000  # the default max_entries: each key in the young half
+    assert sized_for(10_000_000) == LARGEST  # a huge cache: a hostile stream still fills less

@@ -17,13 +17,16 @@ D = TypeVar("D")
 
 _MISSING: object = object()
 SMALLEST = 8192
+# ~700 bytes a request head: a peer streaming distinct ids fills a memo to its size, so even a
+# cache of millions gets one of ~90 MiB at most (its hottest 65,536 heads at hand).
+LARGEST = 1 << 17
 
 
 def sized_for(keys: int) -> int:
     """A memo's size for reads of up to ``keys`` distinct keys (the cache's ``max_entries``):
     all of them fit in the young generation, so a fleet's mix never drops one it still asks for
     (a memo smaller than the mix re-parses every request its rotation dropped)."""
-    return max(SMALLEST, 2 * keys)
+    return max(SMALLEST, min(2 * keys, LARGEST))
 
 
 class Generations(Generic[K, V]):
