@@ -129,16 +129,18 @@ class Reads:
     def now(self, caller: Caller, read: Prepared) -> Answer | None:
         """The answer if it needs no waiting (cached, refused, malformed), else None."""
         runtime = self.context.current()
-        query = read.query
         if caller.allowed_by is not runtime.policy and not caller.allowed(runtime.policy):
+            query = read.query
             return self.denied_peer(
                 caller.peer, read.kind, query.raw_id[:MAX_ID_LENGTH], query.team
             )
         if read.invalid is not None:
             return read.invalid
-        team = query.team
+        # The team from the cache's key, which a hit reads anyway: one object fewer to touch
+        # (among thousands of keys, each costs a trip to memory).
+        team = read.key[2]
         if team is not None and not runtime.policy.may_ask_for(caller.peer, caller.groups, team):
-            self._audit(caller.peer, read.kind, query.raw_id, team, "denied", None)
+            self._audit(caller.peer, read.kind, read.query.raw_id, team, "denied", None)
             return error_answer(403, "team_denied", "this peer is not bound to the team it names")
         access = runtime.access
         if access is not None and not caller.may_read(access, read):
