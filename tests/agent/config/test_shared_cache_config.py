@@ -63,6 +63,13 @@ def test_a_cluster_from_seed_nodes_with_tls(tmp_path: Path) -> None:
         ('url = "redis+sentinel://h1:26379"', "shared_cache.url: must look like redis+sentinel"),
         ('url = "redis+sentinel://h1/m"', "shared_cache.url: must look like redis+sentinel"),
         ('url = "redis://user:pw@host:6379"', "shared_cache.url: must not hold credentials"),
+        ('url = "redis://h:6379/0?password=pw-in-url"', "shared_cache.url: must not hold a query"),
+        (
+            'url = "redis+sentinel://h1:26379/m?password=pw-in-url"',
+            "shared_cache.url: must not hold a query",
+        ),
+        ('url = "unix:///run/redis.sock?password=pw-in-url"', "shared_cache.url: must not hold"),
+        ('url = "redis+cluster://h1:7000#pw-in-url"', "shared_cache.url: must not hold a query"),
         ("timeout = 0", "shared_cache.timeout: must be >= 0.01"),
         ("lock_ttl = 1000", "shared_cache.lock_ttl: must be <= 300.0"),
         ("breaker_failures = 0", "shared_cache.breaker_failures: must be >= 1"),
@@ -79,6 +86,12 @@ def test_a_cluster_from_seed_nodes_with_tls(tmp_path: Path) -> None:
 def test_bad_values_name_the_key(tmp_path: Path, body: str, expected: str) -> None:
     [problem] = problems(tmp_path, f"[shared_cache]\n{body}\n")
     assert problem.startswith(expected)
+    assert "pw-in-url" not in problem
+
+
+def test_a_unix_socket_url_may_name_its_database(tmp_path: Path) -> None:
+    body = '[shared_cache]\nurl = "unix:///run/redis/redis.sock?db=2"\n'
+    assert load_config(write_config(tmp_path, body)).shared_cache.url.endswith("?db=2")
 
 
 def test_sentinel_urls(tmp_path: Path) -> None:

@@ -113,6 +113,9 @@ CLUSTER_URL = re.compile(
 TLS_SCHEMES = ("rediss://", "rediss+sentinel://", "rediss+cluster://")
 
 
+_UNIX_DB = re.compile(r"db=\d+")
+
+
 def check_store_url(value: str) -> str | None:
     schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
     if value and not value.startswith(schemes):
@@ -122,6 +125,15 @@ def check_store_url(value: str) -> str | None:
         )
     if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
         return "must not hold credentials: use username and password_file"
+    # redis-py reads ?password=… (and the log line naming the store would show it): a query
+    # carries options only, and the one a socket path needs is its database.
+    query = value.partition("?")[2]
+    if "#" in value or (query and not (value.startswith("unix://") and _UNIX_DB.fullmatch(query))):
+        return (
+            "must not hold a query string or fragment (but ?db=N after a unix:// path): "
+            "credentials go in username and password_file, TLS in ca_file, timeouts in "
+            "timeout and connect_timeout"
+        )
     if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
         return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
     if value.startswith(CLUSTER_SCHEMES):
