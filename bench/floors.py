@@ -135,8 +135,11 @@ def floor_l_client(
 
     loop.add_reader(sock.fileno(), readable)
 
+    target = lookup_path("variables", "bench_0", None, False)
+    assert target is not None
+
     async def once() -> None:
-        sock.send(request_bytes("GET", lookup_path("variables", "bench_0", None, False), None))
+        sock.send(request_bytes("GET", target, None))
         answer = loop.create_future()
         waiting.append(answer)
         response = await answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -93,6 +94,14 @@ def test_bad_id_answer_falls_through(stub: StubAgent) -> None:
     stub.answers["/v1/variables/x"] = (400, {"error": "invalid_id", "detail": "bad"})
     client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
     assert client.get_variable("x") is None
+
+
+def test_an_id_or_team_no_text_encoding_carries_is_a_miss_as_a_400_is(stub: StubAgent) -> None:
+    client = AgentSecretsBackend(socket_path=stub.server_address, on_unavailable="raise")  # type: ignore[arg-type]
+    assert client.get_variable("a\ud800") is None  # a lone surrogate: not text UTF-8 can carry
+    assert client.get_conn_value("pg", team_name="\udc80") is None
+    assert asyncio.run(client.aget_variable("a\ud800")) is None
+    assert stub.paths == []  # nothing to ask: no agent could hold it
 
 
 def test_denied_raises_permission_error(stub: StubAgent) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -372,3 +374,94 @@ def test_busy_retries_stop_at_the_timeout(server: RawServer, make_transport: Mak
         assert response.status == 503 and response.headers["x-agent-busy"] == "1"
     assert 0.9 <= now[0] <= 1.0  # retried until the timeout, never past it
     assert server.connections > 5
+
+
+class Interrupted(Exception):
+    """What a signal handler raises mid-lookup (Airflow's execution_timeout: SIGALRM)."""
+
+
+def test_a_lookup_interrupted_mid_answer_never_hands_that_answer_to_the_next(
+    short_tmp: Path,
+) -> None:
+    first_asked, answer_late = threading.Event(), threading.Event()
+
+    def handle(conn: socket.socket, index: int) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            name = head.split(b" ")[1].rsplit(b"/", 1)[-1]
+            if name == b"first":
+                first_asked.set()
+                answer_late.wait(30)  # answered only once its caller has given up
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+
+    server = ThreadedUnixServer(str(short_tmp / "late.sock"), handle)
+    transport = UnixTransport(server.path, timeout=30)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        assert transport.request("GET", "/v1/variables/warm").body == b"warm"  # kept alive
+
+        def alarm() -> None:  # once the server holds "first": the lookup is mid-answer
+            if first_asked.wait(30):
+                os.kill(os.getpid(), signal.SIGALRM)
+
+        threading.Thread(target=alarm).start()
+        with pytest.raises(Interrupted):
+            transport.request("GET", "/v1/variables/first")
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    answer_late.set()  # "first"'s answer now reaches the connection it was asked on
+    assert transport.request("GET", "/v1/variables/second").body == b"second"
+    server.close()
+
+
+def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_up(
+    short_tmp: Path,
+) -> None:
+    asked, release = threading.Event(), threading.Event()
+
+    def handle(conn: socket.socket, index: int) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            if b"/slow" in head:
+                asked.set()
+                release.wait(30)
+            conn.sendall(OK)
+
+    server = ThreadedUnixServer(str(short_tmp / "fork.sock"), handle)
+    transport = UnixTransport(server.path, timeout=10)
+    waiting = threading.Thread(target=transport.request, args=("GET", "/v1/variables/slow"))
+    waiting.start()
+    assert asked.wait(30)  # the other thread holds the transport, mid-exchange
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            code = 0 if transport.request("GET", "/v1/variables/k").body == b"ok" else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the child's exit, bounded
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    release.set()
+    waiting.join(30)
+    server.close()
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0  # not stuck on the lock

@@ -169,6 +169,8 @@ class AgentSecretsBackend(_Base):
         self, segment: str, secret_id: str, team: str | None = None, refresh: bool = False
     ) -> str | None:
         path = lookup_path(segment, secret_id, team, refresh)
+        if path is None:
+            return None  # as for the agent's 400: an id no backend can hold
         try:
             response = self._transport.request("GET", path)
         except (AgentUnreachable, AgentIdentityError) as exc:
@@ -188,6 +190,8 @@ class AgentSecretsBackend(_Base):
                 sync.socket_path, sync.timeout, expected_uid=sync.expected_uid
             )
         path = lookup_path(segment, secret_id, team, refresh)
+        if path is None:
+            return None
         try:
             response = await transport.request("GET", path)
         except (AgentUnreachable, AgentIdentityError) as exc:

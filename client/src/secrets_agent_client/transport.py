@@ -12,6 +12,7 @@ from __future__ import annotations
 # selectors and collections, which triple the client's import time for nothing it uses.
 import _socket
 import _thread
+import _weakref
 import os
 import time
 
@@ -78,6 +79,10 @@ class UnixTransport:
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
         self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            # A fork copies the lock as it is: held, if another thread was mid-request, and then
+            # held for good in the child (whose copy of that thread never runs).
+            os.register_at_fork(after_in_child=_forked(_weakref.ref(self)))
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
         """One request; an agent at its connection cap (503 ``X-Agent-Busy``) is asked again
@@ -107,12 +112,21 @@ class UnixTransport:
             except OSError as exc:
                 self.close()
                 raise AgentUnreachable(describe(exc, self.socket_path)) from None
+            except BaseException:
+                # Interrupted mid-exchange (a signal handler's exception: Airflow's
+                # execution_timeout raises from SIGALRM): the answer may still arrive, and the
+                # next lookup, whatever it asks for, must never read it as its own.
+                self.close()
+                raise
             # The kept-alive connection died (the agent restarted): one retry on a new one.
             try:
                 return self._send(method, path, body, deadline)
             except (OSError, ProtocolError) as exc:
                 self.close()
                 raise AgentUnreachable(describe(exc, self.socket_path)) from None
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         if self._conn is not None:
@@ -142,6 +156,10 @@ class UnixTransport:
             self.close()
         return response
 
+    def _after_fork(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._conn, self._pid = None, os.getpid()  # the parent's connection: never touch it
+
     def _connect(self, deadline: float) -> _socket.socket:
         backoff = Backoff(self._clock, deadline)
         while True:
@@ -164,3 +182,14 @@ class UnixTransport:
                     sock.close()
                     raise
             return sock
+
+
+def _forked(ref: _weakref.ReferenceType[UnixTransport]) -> Callable[[], None]:
+    """The child's reset for one transport (a weak reference: a fork hook lives forever)."""
+
+    def reset() -> None:
+        transport = ref()
+        if transport is not None:
+            transport._after_fork()
+
+    return reset

@@ -54,10 +54,14 @@ class Response:
         return self.status == 503 and "x-agent-busy" in self.headers
 
 
-def lookup_path(segment: str, secret_id: str, team: str | None, refresh: bool) -> str:
-    """``/v1/<segment>/<id>`` with the id percent-encoded whole (a ``/`` in it included)."""
-    path = f"/v1/{segment}/{quote(secret_id)}"
-    query = ([f"team={quote(team)}"] if team else []) + (["refresh=true"] if refresh else [])
+def lookup_path(segment: str, secret_id: str, team: str | None, refresh: bool) -> str | None:
+    """``/v1/<segment>/<id>`` with the id percent-encoded whole (a ``/`` in it included); None
+    for an id or team that is not text UTF-8 can carry (a lone surrogate): invalid anywhere."""
+    try:
+        path = f"/v1/{segment}/{quote(secret_id)}"
+        query = ([f"team={quote(team)}"] if team else []) + (["refresh=true"] if refresh else [])
+    except UnicodeEncodeError:
+        return None
     return path + "?" + "&".join(query) if query else path
 
 
