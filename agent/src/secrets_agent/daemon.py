@@ -169,6 +169,9 @@ class Agent:
             "max_line_size": listener.max_request_line,
             "max_field_size": listener.max_header_size,
             "keepalive_timeout": listener.idle_timeout,
+            # No API body is ever compressed: a Content-Encoding body is read as the bytes it is
+            # (so not JSON: a 400), never inflated, and never an inflating error per request.
+            "auto_decompress": False,
         }
         runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=listener.shutdown_timeout, **handler_args

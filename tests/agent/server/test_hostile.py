@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def test_invisible_characters_in_ids_are_400_before_any_upstream_call(
         (b'{"kind": "\xff\xfe"}', "application/json"),
         (b"{}", "application/json; charset=no-such-codec"),
         (b'{"kind": "variable", "id": "k\\u200b"}', "application/json"),
+        (b'{"kind": ["variable"]}', "application/json"),
+        (b'{"kind": {"a": 1}}', "application/json"),
     ],
-    ids=["deeply-nested", "not-utf8", "unknown-charset", "invisible-id"],
+    ids=["deeply-nested", "not-utf8", "unknown-charset", "invisible-id", "kind-list", "kind-map"],
 )
 def test_bad_invalidate_bodies_are_400(
     agent: RunningAgent, body: bytes, content_type: str, caplog: pytest.LogCaptureFixture
@@ -112,3 +115,40 @@ def test_malformed_requests_get_json_400_and_one_log_line_without_traceback(
     assert "Traceback" not in caplog.text and SECRET not in caplog.text
     ok = raw_request(agent.socket_path, b"GET /v1/variables/k HTTP/1.1\r\nHost: x\r\n\r\n")
     assert body_of(ok)["value"] == SECRET  # and the agent still serves
+
+
+def test_a_body_announced_and_never_sent_is_cut_at_the_header_timeout(
+    short_tmp: Path, script: Script, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = agent_config(
+        short_tmp,
+        extra="header_timeout = 0.5",
+        backends='[[backends]]\nname = "up"\ntype = "scripted"\n',
+    )
+    with running_agent(config) as agent:
+        started = time.monotonic()
+        head = b"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        answer = raw_request(agent.socket_path, head, timeout=30)  # read until it closes
+        assert status_of(answer) == 408 and body_of(answer)["error"] == "body_timeout"
+        assert time.monotonic() - started < 20  # cut, not held until the client gives up
+        huge = b"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999"
+        answer = raw_request(agent.socket_path, huge + b"\r\n\r\n{", timeout=30)
+        assert status_of(answer) == 413 and body_of(answer)["error"] == "body_too_large"
+        assert time.monotonic() - started < 20  # refused before any of it came
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_compressed_body_is_not_inflated_for_anyone(
+    agent: RunningAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    head = (
+        b"POST /v1/cache/invalidate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    for _ in range(5):
+        answer = raw_request(agent.socket_path, head)
+        assert status_of(answer) == 400 and body_of(answer)["error"] == "invalid_body"
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 5"
+    assert status_of(raw_request(agent.socket_path, healthz + b"\r\n\r\nhello")) == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -17,10 +17,11 @@ from secrets_agent.server.errors import error_response, response_for, to_respons
 from secrets_agent.server.peers import peer_credentials, peer_groups
 from secrets_agent.server.reads import KIND_LABELS, Caller, Reads
 
-__all__ = ["CONTEXT", "READS", "ApiContext", "Serving", "create_app", "metrics_app"]
+__all__ = ["CONTEXT", "MAX_BODY", "READS", "ApiContext", "Serving", "create_app", "metrics_app"]
 
 CONTEXT = web.AppKey("context", ApiContext)
 READS = web.AppKey("reads", Reads)
+MAX_BODY = web.AppKey("max_body", int)  # bytes a request body may hold (listener.max_body_size)
 CALLER_KEY = web.RequestKey("caller", Caller)
 
 
@@ -33,6 +34,7 @@ def create_app(reads: Reads, max_body_size: int) -> web.Application:
     )
     app[CONTEXT] = reads.context
     app[READS] = reads
+    app[MAX_BODY] = max_body_size
     handlers.add_routes(app)
     return app
 

@@ -53,6 +53,9 @@ def answer_for(exc: BaseException) -> Answer:
         return error_answer(502, "upstream_error", str(exc))
     if isinstance(exc, AgentError):
         return error_answer(500, "agent_error", str(exc))
+    if isinstance(exc, ConnectionResetError):  # the client left mid-request: nobody to answer
+        log.debug("a client closed its connection before its request was read whole")
+        return error_answer(400, "client_gone", "the connection closed mid-request")
     log.error("unhandled %s while serving a request", type(exc).__name__)
     return error_answer(500, "internal_error", "unexpected error; see the agent's log")
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from secrets_agent.errors import AccessDeniedError
 from secrets_agent.kinds import Kind, validate_id
-from secrets_agent.server.app import CONTEXT, READS, request_caller
+from secrets_agent.server.app import CONTEXT, MAX_BODY, READS, request_caller
 from secrets_agent.server.errors import error_response, response_for, to_response
 from secrets_agent.server.reads import ROUTE, ReadQuery
 from secrets_agent.server.status import status_report
+
+_KINDS = frozenset(kind.value for kind in Kind)
 
 
 def add_routes(app: web.Application) -> None:
@@ -35,18 +39,18 @@ async def get_secret(request: web.Request) -> web.Response:
 
 
 async def invalidate(request: web.Request) -> web.Response:
-    if not request.app[CONTEXT].current().policy.is_admin(request_caller(request).peer):
+    runtime = request.app[CONTEXT].current()
+    if not runtime.policy.is_admin(request_caller(request).peer):
         return error_response(403, "not_admin", "only admin uids may invalidate the cache")
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except (ValueError, LookupError, RecursionError):  # not JSON, bad encoding, too deep
-        return error_response(400, "invalid_body", "body must be JSON")
+    body = await _json_body(request, runtime.config.listener.header_timeout)
+    if isinstance(body, web.Response):
+        return body
     if not isinstance(body, dict) or set(body) - {"kind", "id"}:
         return error_response(
             400, "invalid_body", 'expected {"kind": ..., "id": ...}, both optional'
         )
     kind_name, secret_id = body.get("kind"), body.get("id")
-    if kind_name is not None and kind_name not in {k.value for k in Kind}:
+    if kind_name is not None and (not isinstance(kind_name, str) or kind_name not in _KINDS):
         return error_response(400, "invalid_body", "kind must be connection, variable or config")
     if secret_id is not None and (kind_name is None or not isinstance(secret_id, str)):
         return error_response(400, "invalid_body", "id must be a string and needs a kind")
@@ -66,6 +70,26 @@ async def invalidate(request: web.Request) -> web.Response:
             return response_for(AccessDeniedError(detail))
     count = runtime.service.invalidate(kind, secret_id)
     return web.json_response({"invalidated": count})
+
+
+async def _json_body(request: web.Request, deadline: float) -> object:
+    """The request's JSON body ({} without one), or the error answer: too big (refused before
+    reading a byte), not JSON, or not all sent within ``deadline`` (a client that announces a
+    body and never sends it must not hold its connection: the answer closes it)."""
+    if not request.can_read_body:
+        return {}
+    limit = request.app[MAX_BODY]  # aiohttp enforces it too, but only once that much came
+    if request.content_length is not None and request.content_length > limit:
+        return error_response(413, "body_too_large", f"the body may be at most {limit} bytes")
+    try:
+        async with asyncio.timeout(deadline):
+            return await request.json()
+    except TimeoutError:
+        response = error_response(408, "body_timeout", f"the body did not arrive in {deadline} s")
+        response.force_close()
+        return response
+    except (ValueError, LookupError, RecursionError):  # not JSON, bad encoding, too deep
+        return error_response(400, "invalid_body", "body must be JSON")
 
 
 async def healthz(request: web.Request) -> web.Response:
