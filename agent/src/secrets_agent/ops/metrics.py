@@ -297,18 +297,24 @@ class Metrics:
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined
 
     def calls_made(self, backend: str) -> float:
-        """Upstream API calls made to ``backend`` since start, whatever their result."""
-        return self.totals(self.api_calls, "backend").get(backend, 0.0)
+        """Upstream API calls made to ``backend`` since start, whatever their result; logins
+        aside (no manager bills them per call, and a failing one retries on its own pace)."""
+        return self.totals(self.api_calls, "backend", skip=("operation", "login")).get(backend, 0.0)
 
     def calls_avoided(self, backend: str) -> float:
         return self.totals(self.api_calls_avoided, "backend").get(backend, 0.0)
 
-    def totals(self, counter: Counter, label: str) -> dict[str, float]:
-        """A counter's counts since start, summed by one of its labels."""
+    def totals(
+        self, counter: Counter, label: str, skip: tuple[str, str] | None = None
+    ) -> dict[str, float]:
+        """A counter's counts since start, summed by one of its labels (``skip``: leaving out
+        the samples with that label's value)."""
         self._tally.fold()
         sums: dict[str, float] = {}
         for metric in counter.collect():
             for sample in metric.samples:
+                if skip is not None and sample.labels.get(skip[0]) == skip[1]:
+                    continue
                 if sample.name.endswith("_total"):
                     key = sample.labels.get(label, "")
                     sums[key] = sums.get(key, 0.0) + sample.value

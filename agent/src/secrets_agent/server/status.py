@@ -65,8 +65,10 @@ def _backend(
         "ready": health is not None and health.ready,
         "detail": health.detail if health is not None else "not started",
         "authenticated": None if authenticated is None else authenticated >= 1,
-        # Known where the backend holds an expiring token (Vault); None elsewhere.
-        "token_expires_in_seconds": None if token_ttl is None else round(token_ttl),
+        # Known where the backend holds an expiring token (Vault) and has one; None elsewhere.
+        "token_expires_in_seconds": (
+            None if token_ttl is None or not authenticated else round(token_ttl)
+        ),
         "last_error": failure or _unready(health),
         "upstream_calls": made,
         "calls_avoided": avoided,
