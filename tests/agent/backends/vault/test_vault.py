@@ -296,6 +296,15 @@ async def test_kv2_connections_variables_and_config(vault: Vault, started: Start
     assert backend.health().ready
 
 
+async def test_secret_data_that_is_not_a_map_is_a_clear_backend_error(
+    vault: Vault, started: Started
+) -> None:
+    backend = await started(options(vault))
+    for data in ([1, 2], "text"):  # what the raw API could hold, and Airflow could not read
+        with pytest.raises(BackendError, match="is not a key/value map"):
+            backend._value(V, "odd", data)
+
+
 async def test_kv1_and_mount_point_in_the_secret_id(vault: Vault, started: Started) -> None:
     backend = await started(options(vault, mount_point="kv1", kv_engine_version=1))
     assert await backend.fetch(V, "v1var") == "from-kv1"

@@ -244,7 +244,10 @@ class VaultBackend(Backend):
         # A path Vault cannot hold is a miss with no call, not its 400 turned into a 502.
         return (mount, path) if SECRET_PATHS.holds(f"{mount}/{path}") else None
 
-    def _value(self, kind: Kind, secret_id: str, data: dict[str, Any]) -> str | None:
+    def _value(self, kind: Kind, secret_id: str, data: object) -> str | None:
+        if not isinstance(data, dict):  # written through the raw API: a list, a string...
+            shape = type(data).__name__
+            raise BackendError(self.name, f"{kind} {secret_id!r} is not a key/value map ({shape})")
         if kind is Kind.CONNECTION:
             if "conn_uri" in data:
                 return str(data["conn_uri"])
