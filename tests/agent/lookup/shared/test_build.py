@@ -215,3 +215,19 @@ async def test_a_cluster_with_tls_and_an_acl_user(tmp_path: Path) -> None:
         assert name.startswith(b"airflow-secrets-agent:") and b"{" in name
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("contents", [None, "not a certificate\n"], ids=["missing", "not-pem"])
+def test_a_ca_file_that_cannot_be_loaded_fails_the_start_and_check_config(
+    tmp_path: Path, contents: str | None
+) -> None:
+    from secrets_agent.lookup.shared.clients import check_files, store_client
+
+    ca = tmp_path / "ca.pem"
+    if contents is not None:
+        ca.write_text(contents)
+    table = {"url": "rediss://127.0.0.1:6380/0", "ca_file": str(ca)}
+    shared = parse_config({"shared_cache": table}, base_dir=tmp_path).shared_cache
+    for check in (check_files, store_client):
+        with pytest.raises(StartupError, match=r"^shared_cache\.ca_file \(.*ca\.pem\): "):
+            check(shared)

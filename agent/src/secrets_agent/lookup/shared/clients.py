@@ -3,6 +3,7 @@ cluster from its seed nodes."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ _MAX_CONNECTIONS = 64  # bounded: a slow store must not collect one socket per w
 
 def store_client(shared: SharedCacheConfig) -> tuple[Redis | RedisCluster, list[Redis]]:
     """The client for entries, and any others to close with it (the sentinels')."""
+    _check_ca(shared)
     common: dict[str, Any] = {
         "socket_timeout": shared.timeout,
         "socket_connect_timeout": shared.connect_timeout,
@@ -91,7 +93,19 @@ def _hosts(text: str) -> list[tuple[str, str]]:
 
 def check_files(shared: SharedCacheConfig) -> None:
     """What a start reads from this machine for the store (``check-config`` asks too)."""
+    _check_ca(shared)
     _auth(shared)
+
+
+def _check_ca(shared: SharedCacheConfig) -> None:
+    """A CA file that cannot be loaded fails here, not as a connection error per store call
+    (the tier would look merely unreachable)."""
+    if shared.ca_file:
+        try:
+            ssl.create_default_context(cafile=shared.ca_file)
+        except OSError as exc:  # ssl.SSLError included: not PEM certificates
+            reason = exc.strerror or "not PEM certificates"
+            raise StartupError(f"shared_cache.ca_file ({shared.ca_file}): {reason}") from None
 
 
 def _auth(shared: SharedCacheConfig) -> dict[str, Any]:
