@@ -102,6 +102,14 @@ def test_get_prints_a_value_and_says_not_found(
     assert main(["get", "config", "odd", "--socket", agent.path]) == 76
 
 
+def test_get_refuses_an_id_utf8_cannot_carry(
+    agent: ScriptedAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["get", "variable", "a\udcff", "--socket", agent.path]) == 65
+    assert "id is not valid UTF-8 text" in capsys.readouterr().err
+    assert agent.server.connections == 0
+
+
 def test_get_without_an_agent_is_unavailable(
     short_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,6 +17,7 @@ from secrets_agent import __version__
 from secrets_agent.exits import (
     CLOSED_STDOUT,
     EX_CONFIG,
+    EX_DATAERR,
     EX_UNAVAILABLE,
     NOT_FOUND,
     for_answer,
@@ -244,6 +245,9 @@ def _get(args: argparse.Namespace) -> int:
     from secrets_agent_client.wire import error_detail, lookup_path
 
     path = lookup_path(_SEGMENTS[args.kind], args.id, None, args.refresh)
+    if path is None:  # not text UTF-8 can carry (a lone surrogate): what the agent's 400 says
+        print(f"secrets-agent: {args.kind} id is not valid UTF-8 text", file=sys.stderr)
+        return EX_DATAERR
     try:
         response = UnixTransport(_socket_path(args), args.timeout).request("GET", path)
     except AgentUnreachable as exc:
