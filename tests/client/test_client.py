@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,16 @@ def test_upstream_failure_follows_the_policy(stub: StubAgent) -> None:
     strict = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
     with pytest.raises(AgentUnavailableError, match="503"):
         strict.get_variable("x")
+
+
+BAD_TIMEOUTS = [-1, 0, "-1", float("nan"), "nan", float("inf"), "inf", 1e10, "soon", None]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_a_bad_timeout_is_refused_when_the_backend_is_built(short_tmp: Path, timeout: Any) -> None:
+    # Not at the first lookup, where Airflow would meet it mid-task.
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), timeout=timeout)
 
 
 def test_agent_down_falls_through_and_logs_once(

@@ -465,3 +465,12 @@ def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_
     waiting.join(30)
     server.close()
     assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0  # not stuck on the lock
+
+
+@pytest.mark.parametrize("make", [UnixTransport, AsyncUnixTransport])
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, float("nan"), float("inf"), 1e10])
+def test_a_bad_timeout_is_refused_when_the_transport_is_built(
+    short_tmp: Path, make: Callable[[str, float], object], timeout: float
+) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        make(str(short_tmp / "agent.sock"), timeout)

@@ -59,6 +59,9 @@ def test_run_get_and_graceful_sigterm(config_path: Path, running: subprocess.Pop
     assert cli("get", "variable", "greeting", env=env).stdout.strip() == "hello"
     missing = cli("get", "variable", "absent", "--socket", sock)
     assert missing.returncode == 1 and 'variable "absent" not found' in missing.stderr
+    invalid = cli("get", "variable", "a/../b", "--socket", sock)
+    assert invalid.returncode == 65
+    assert invalid.stderr.startswith("secrets-agent: the agent answered 400: invalid_id: ")
 
     (config_path.parent / "variables.json").write_text('{"greeting": "rotated"}')
     assert cli("get", "variable", "greeting", "--socket", sock).stdout.strip() == "hello"

@@ -1,4 +1,7 @@
-"""``secrets-agent`` command line. Imports only the standard library until a command needs more."""
+"""``secrets-agent`` command line."""
+
+# Imports only the standard library (and the stdlib-only client) until a command needs more:
+# `get` and `probe` run in exec probes and scripts, where start-up time counts.
 
 from __future__ import annotations
 
@@ -7,24 +10,63 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from secrets_agent import __version__
+from secrets_agent.exits import (
+    CLOSED_STDOUT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_UNAVAILABLE,
+    NOT_FOUND,
+    for_answer,
+)
 
 if TYPE_CHECKING:
     from secrets_agent.config.schema import AgentConfig
 
-EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 64, 69, 78
 _AGENT_MODULES = ("aiohttp", "cachetools", "cryptography", "prometheus_client", "yaml")
+_DESCRIPTION = (
+    "airflow-secrets-agent: a local agent that fetches Apache Airflow's connections, variables "
+    "and config from your secrets managers once per node, caches them encrypted, and serves "
+    "them to Airflow's processes over a Unix socket."
+)
+_SEGMENTS = {"connection": "connections", "variable": "variables", "config": "config"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        try:
+            args = _parser().parse_args(argv)
+            code: int = args.func(args)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        # `secrets-agent status | head -5`: stop quietly, as a process killed by SIGPIPE does.
+        # Whatever is still buffered goes nowhere, so the interpreter's own flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_STDOUT
     return code
 
 
+def _timeout(text: str) -> float:
+    """``--timeout``: the client's own check, as a usage error rather than a traceback later."""
+    from secrets_agent_client.wire import seconds
+
+    try:
+        return seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secrets-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="secrets-agent", description=_DESCRIPTION)
+    parser.add_argument(
+        "--version", action="version", version=f"airflow-secrets-agent {__version__}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the agent")
@@ -41,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument(
         "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
     )
-    get.add_argument("--timeout", type=float, default=5.0)
+    get.add_argument("--timeout", type=_timeout, default=5.0, help="seconds (default: 5)")
     get.add_argument(
         "--refresh",
         action="store_true",
@@ -54,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
     )
-    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.add_argument("--timeout", type=_timeout, default=5.0, help="seconds (default: 5)")
     probe.set_defaults(func=_probe)
 
     migrate = sub.add_parser(
@@ -73,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--socket", help="agent socket (default: $SECRETS_AGENT_SOCKET or system path)"
     )
-    status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--timeout", type=_timeout, default=5.0, help="seconds (default: 5)")
     status.add_argument("--json", action="store_true", help="the agent's JSON, for scripts")
     status.set_defaults(
         func=lambda a: importlib.import_module("secrets_agent.report").run(
@@ -198,37 +240,54 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from secrets_agent_client.backend import AgentSecretsBackend, AgentUnavailableError
+    """Print the value; otherwise say what the agent answered, each case its own exit status."""
+    from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+    from secrets_agent_client.wire import error_detail, lookup_path
 
-    backend = AgentSecretsBackend(
-        socket_path=args.socket, timeout=args.timeout, on_unavailable="raise"
-    )
-    lookups: dict[str, Callable[..., str | None]] = {
-        "connection": backend.get_conn_value,
-        "variable": backend.get_variable,
-        "config": backend.get_config,
-    }
-    lookup = lookups[args.kind]
+    path = lookup_path(_SEGMENTS[args.kind], args.id, None, args.refresh)
+    if path is None:  # not text UTF-8 can carry (a lone surrogate): what the agent's 400 says
+        print(f"secrets-agent: {args.kind} id is not valid UTF-8 text", file=sys.stderr)
+        return EX_DATAERR
     try:
-        value = lookup(args.id, refresh=args.refresh)
-    except (AgentUnavailableError, PermissionError) as exc:
+        response = UnixTransport(_socket_path(args), args.timeout).request("GET", path)
+    except AgentUnreachable as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    if value is None:
+    if response.status == 404:
         print(f"secrets-agent: {args.kind} {json.dumps(args.id)} not found", file=sys.stderr)
-        return 1
+        return NOT_FOUND
+    value = _value(response.body) if response.status == 200 else None
+    if value is None:
+        print(
+            f"secrets-agent: the agent answered {response.status}: {error_detail(response)}",
+            file=sys.stderr,
+        )
+        return for_answer(response.status)
     print(value)
     return 0
 
 
+def _value(body: bytes) -> str | None:
+    try:
+        value = json.loads(body)["value"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    from secrets_agent_client import DEFAULT_SOCKET_PATH
+
+    path: str = args.socket or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+    return path
+
+
 def _probe(args: argparse.Namespace) -> int:
     """For Kubernetes exec probes and scripts: stdlib only, like the client."""
-    from secrets_agent_client import DEFAULT_SOCKET_PATH
     from secrets_agent_client.transport import AgentUnreachable, UnixTransport
 
-    path = args.socket or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
     try:
-        response = UnixTransport(path, args.timeout).request(
+        response = UnixTransport(_socket_path(args), args.timeout).request(
             "GET", "/healthz" if args.what == "alive" else "/readyz"
         )
     except AgentUnreachable as exc:
@@ -237,7 +296,7 @@ def _probe(args: argparse.Namespace) -> int:
     if response.status != 200:
         detail = response.body.decode(errors="replace")
         print(f"secrets-agent: not {args.what}: {detail}", file=sys.stderr)
-        return 1
+        return NOT_FOUND
     if args.what == "ready":
         print(json.dumps(json.loads(response.body)["backends"]))
     return 0

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-EX_UNAVAILABLE = 69
+from secrets_agent.exits import EX_UNAVAILABLE, for_answer
 
 _COLUMNS = (
     ("BACKEND", "name"),
@@ -42,7 +42,7 @@ def run(socket_path: str | None, timeout: float, as_json: bool) -> int:
     if response.status != 200 or not isinstance(body, dict):
         detail = body.get("detail") if isinstance(body, dict) else None
         print(f"secrets-agent: status refused ({response.status}): {detail}", file=sys.stderr)
-        return EX_UNAVAILABLE if response.status >= 500 else 1
+        return for_answer(response.status)
     print(json.dumps(body, indent=2) if as_json else render(body))
     return 0
 

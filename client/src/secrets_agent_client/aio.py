@@ -36,6 +36,7 @@ from secrets_agent_client.wire import (
     describe,
     parse_response,
     request_bytes,
+    seconds,
 )
 
 TYPE_CHECKING = False
@@ -243,7 +244,7 @@ class AsyncUnixTransport:
         expected_uid: int | None = None,
     ) -> None:
         self.socket_path = socket_path
-        self.timeout = timeout
+        self.timeout = seconds(timeout)
         self.expected_uid = expected_uid
         self._clock, self._sleep = clock, sleep
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection]]

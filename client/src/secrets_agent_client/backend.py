@@ -10,7 +10,9 @@ from secrets_agent_client.wire import (
     AgentIdentityError,
     AgentUnreachable,
     Response,
+    error_detail,
     lookup_path,
+    seconds,
 )
 
 # Kept off the import path (typing, json and logging cost more to import than the rest of the
@@ -78,7 +80,8 @@ class AgentSecretsBackend(_Base):
     connections kept per event loop, so a slow agent never blocks the loop.
 
     :param socket_path: the agent's socket (default ``$SECRETS_AGENT_SOCKET`` or the system path)
-    :param timeout: seconds to wait for the agent on connect and per request
+    :param timeout: seconds to wait for the agent on connect and per request (> 0, at most a
+        day; anything else is refused here, not at the first lookup)
     :param on_unavailable: ``fallthrough`` (log once, return None) or ``raise`` when the agent
         is down or cannot answer
     :param expected_agent_uid: when set, the process serving the socket must run as this uid
@@ -106,7 +109,7 @@ class AgentSecretsBackend(_Base):
         path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
         # Airflow's per-kwarg environment form passes every value as a string.
         uid = None if expected_agent_uid in (None, "") else int(expected_agent_uid)
-        self._transport = UnixTransport(path, float(timeout), expected_uid=uid)
+        self._transport = UnixTransport(path, seconds(timeout), expected_uid=uid)
         self._async: AsyncUnixTransport | None = None  # built (and asyncio imported) when awaited
         self.on_unavailable = on_unavailable
 
@@ -215,7 +218,7 @@ class AgentSecretsBackend(_Base):
             return None
         if response.status == 400:
             return None  # an id no backend can hold: let Airflow try its other sources
-        detail = _detail(response)
+        detail = error_detail(response)
         if response.status == 403:
             raise _access_denied(f"secrets agent denied {segment} lookup: {detail}")
         self._unavailable(f"agent answered {response.status}: {detail}")
@@ -233,13 +236,3 @@ class AgentSecretsBackend(_Base):
             logging.getLogger(__name__).warning(
                 "secrets agent unavailable, falling through to other sources: %s", reason
             )
-
-
-def _detail(response: Response) -> str:
-    import json
-
-    try:
-        body = json.loads(response.body)
-        return f"{body['error']}: {body['detail']}"
-    except (ValueError, KeyError, TypeError):
-        return "no detail"

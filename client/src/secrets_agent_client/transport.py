@@ -28,6 +28,7 @@ from secrets_agent_client.wire import (
     describe,
     parse_response,
     request_bytes,
+    seconds,
 )
 
 TYPE_CHECKING = False
@@ -73,7 +74,7 @@ class UnixTransport:
         expected_uid: int | None = None,
     ) -> None:
         self.socket_path = socket_path
-        self.timeout = timeout
+        self.timeout = seconds(timeout)
         self.expected_uid = expected_uid
         self._clock, self._sleep = clock, sleep
         self._lock = _thread.allocate_lock()

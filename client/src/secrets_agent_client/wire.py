@@ -23,6 +23,7 @@ MAX_BODY = 16 * 1024 * 1024
 BUSY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.002, 0.1
 LAST_TRY = 0.05  # time kept for the last attempt after "busy" answers; no point in less
+MAX_TIMEOUT = 86_400.0  # a day: anything longer is a typo (and sockets refuse ~10**10 s)
 # RFC 3986 unreserved characters: everything else in an id is percent-encoded.
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -52,6 +53,31 @@ class Response:
     def busy(self) -> bool:
         """The agent is at its connection cap (not an upstream 503): worth asking again."""
         return self.status == 503 and "x-agent-busy" in self.headers
+
+
+def seconds(timeout: float | str) -> float:
+    """``timeout`` as seconds to wait, checked once where it is given, not on first use: a
+    number (or numeric text, as Airflow passes kwargs) > 0 and at most ``MAX_TIMEOUT``."""
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
+        raise ValueError(
+            f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT:g}, not {timeout!r}"
+        )
+    return value
+
+
+def error_detail(response: Response) -> str:
+    """The agent's ``{"error", "detail"}`` as ``error: detail`` (it never holds a value)."""
+    import json
+
+    try:
+        body = json.loads(response.body)
+        return f"{body['error']}: {body['detail']}"
+    except (ValueError, KeyError, TypeError):
+        return "no detail"
 
 
 def lookup_path(segment: str, secret_id: str, team: str | None, refresh: bool) -> str | None:

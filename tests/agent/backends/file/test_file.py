@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -87,20 +88,36 @@ async def test_edits_are_picked_up_without_restart(tmp_path: Path) -> None:
     assert await backend.fetch(V, "new") == "x"
 
 
+def alias_bomb(levels: int, width: int = 9) -> str:
+    """``levels`` anchors, each a list of ``width`` aliases to the one before: width**levels
+    values written out, from a file of a few hundred bytes."""
+    lines = ["a0: &a0 [" + ", ".join(['"s3cret"'] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("k: [unclosed s3cret-value\n", "invalid YAML at line"),
+        (alias_bomb(9), "aliases repeat more than 1,000,000 values"),
+    ],
+)
 async def test_a_broken_edit_keeps_the_last_good_contents(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str, message: str
 ) -> None:
     path = tmp_path / "vars.yaml"
     path.write_text("k: good\n")
     backend = file_backend(variables_file=path)
     await backend.start()
-    path.write_text("k: [unclosed s3cret-value\n")
+    path.write_text(content)
     with caplog.at_level(logging.ERROR):
         assert await backend.fetch(V, "k") == "good"
-    assert "invalid YAML at line" in caplog.text
+        assert await backend.fetch(V, "a8") is None
+    assert caplog.text.count(message) == 1  # read once, not once per lookup
     assert "s3cret" not in caplog.text
     assert backend.health().ready
-    assert "invalid YAML" in backend.health().detail
+    assert message in backend.health().detail
 
 
 async def test_a_deleted_file_serves_nothing(tmp_path: Path) -> None:
@@ -303,3 +320,60 @@ async def test_a_file_nested_too_deeply_is_refused_not_a_crash(tmp_path: Path) -
     backend = file_backend(variables_file=tmp_path / "vars.json")
     with pytest.raises(BackendError, match="nested too deeply"):
         await backend.start()
+
+
+async def test_a_yaml_alias_bomb_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vars.yaml"
+    path.write_text(alias_bomb(9))  # 9**9 values written out: minutes and gigabytes
+    backend = file_backend(variables_file=path)
+    with pytest.raises(BackendError, match="aliases repeat more than 1,000,000 values") as info:
+        await backend.start()
+    assert str(path) in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+async def test_an_alias_to_its_own_container_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "vars.yaml").write_text("loop: &loop [s3cret, *loop]\n")
+    backend = file_backend(variables_file=tmp_path / "vars.yaml")
+    with pytest.raises(BackendError, match="refers to a value that contains it") as info:
+        await backend.start()
+    assert "s3cret" not in str(info.value)
+
+
+SHARED_DEFAULTS = """\
+defaults: &defaults {retries: 3, hosts: &hosts [a, b]}
+job: {<<: *defaults, name: job}
+mirror: *hosts
+"""
+
+
+async def test_anchors_and_aliases_in_ordinary_use_still_load(tmp_path: Path) -> None:
+    # Repeats well under the bound load as before: a shared block referenced by many entries,
+    # and a 5-level bomb's ~670,000 repeated values.
+    many = "".join(f"v{i}: *defaults\n" for i in range(1000))
+    (tmp_path / "vars.yaml").write_text(SHARED_DEFAULTS + many + alias_bomb(5).replace("a", "b"))
+    backend = file_backend(variables_file=tmp_path / "vars.yaml")
+    await backend.start()
+    defaults = {"retries": 3, "hosts": ["a", "b"]}
+    assert json.loads(await backend.fetch(V, "job") or "") == {**defaults, "name": "job"}
+    assert json.loads(await backend.fetch(V, "mirror") or "") == ["a", "b"]
+    assert json.loads(await backend.fetch(V, "v999") or "") == defaults
+    assert len(json.loads(await backend.fetch(V, "b4") or "")) == 9
+
+
+async def test_lookups_during_a_reread_wait_for_it_instead_of_reading_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "conns.yaml"
+    path.write_text("good: mysql://h\n")
+    backend = file_backend(connections_file=path)
+    await backend.start()
+    # Long enough to parse (~0.1 s) that every lookup below arrives while it is being read.
+    path.write_text(
+        "good: mysql://h2\nbad: 5\n" + "".join(f"c{i}: mysql://h\n" for i in range(3000))
+    )
+    touch_later(path)
+    with caplog.at_level(logging.ERROR):
+        answers = await asyncio.gather(*(backend.fetch(C, "good") for _ in range(20)))
+    assert answers == ["mysql://h2"] * 20
+    assert caplog.text.count("'bad'") == 1  # the bad entry is logged by the one re-read

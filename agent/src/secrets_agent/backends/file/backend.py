@@ -53,6 +53,15 @@ class _Source:
         # One bad entry fails only its own lookups: id → why (never the value).
         self.bad: dict[str, str] = {}
         self.error: str | None = None
+        # One re-read at a time: lookups arriving during a re-read wait for it, not start more.
+        self.reading = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Re-read the file, on a thread, if it changed since the last read."""
+        async with self.reading:
+            stamp = self.current_stamp()
+            if stamp != self.stamp:
+                await asyncio.to_thread(self.load, stamp)
 
     def current_stamp(self) -> Stamp | None:
         try:
@@ -169,9 +178,8 @@ class FileBackend(Backend):
         source = self._sources.get(kind)
         if source is None:
             return None
-        stamp = source.current_stamp()
-        if stamp != source.stamp:
-            await asyncio.to_thread(source.load, stamp)
+        if source.current_stamp() != source.stamp:
+            await source.refresh()
         why = source.bad.get(secret_id)
         if why is not None:
             raise BackendError(self.name, f"{source.path}: {kind} {secret_id!r} {why}")
