@@ -117,7 +117,7 @@ def test_get_without_an_agent_is_unavailable(
     assert "no agent socket at" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("status", "code"), [(403, 77), (500, 75)])
+@pytest.mark.parametrize(("status", "code"), [(403, 1), (500, 75)])  # refused: 1, as documented
 def test_status_errors_use_the_same_exit_statuses(
     agent: ScriptedAgent, capsys: pytest.CaptureFixture[str], status: int, code: int
 ) -> None:

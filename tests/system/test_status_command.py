@@ -88,5 +88,5 @@ def test_status_for_someone_not_allowed_says_so(short_tmp: Path) -> None:
     )
     with agent_process(config):
         result = cli("status", "--socket", str(short_tmp / "agent.sock"))
-    assert result.returncode == 77 and result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""
     assert "status refused (403): only admin uids and listener.status_uids" in result.stderr

@@ -8,7 +8,9 @@ import os
 import sys
 from typing import Any
 
-from secrets_agent.exits import EX_UNAVAILABLE, for_answer
+from secrets_agent.exits import EX_UNAVAILABLE, NOT_FOUND, for_answer
+
+REFUSED = NOT_FOUND
 
 _COLUMNS = (
     ("BACKEND", "name"),
@@ -42,7 +44,8 @@ def run(socket_path: str | None, timeout: float, as_json: bool) -> int:
     if response.status != 200 or not isinstance(body, dict):
         detail = body.get("detail") if isinstance(body, dict) else None
         print(f"secrets-agent: status refused ({response.status}): {detail}", file=sys.stderr)
-        return for_answer(response.status)
+        # A refusal has exited 1 since the first release: scripts test for it.
+        return REFUSED if response.status == 403 else for_answer(response.status)
     print(json.dumps(body, indent=2) if as_json else render(body))
     return 0
 
