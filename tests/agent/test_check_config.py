@@ -14,6 +14,14 @@ from secrets_agent.lookup.cipher import generate_key
 from support.helpers import write_config
 
 SECRET = "s3cret-client-secret"
+AZURE = """
+[[backends]]
+name = "az"
+type = "azure_key_vault"
+vault_url = "https://v.vault.azure.net"
+tenant_id = "t"
+client_id = "c"
+"""
 
 
 def check(tmp_path: Path, body: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -36,14 +44,9 @@ def test_what_run_refuses_at_start_is_refused_each_on_its_line(
         socket_group = "no-such-group-here"
         [cache]
         snapshot_file = "snapshot.bin"
-        [[backends]]
-        name = "az"
-        type = "azure_key_vault"
-        vault_url = "https://v.vault.azure.net"
-        tenant_id = "t"
-        client_id = "c"
-        client_secret_file = "absent-secret"
-        """,
+        """
+        + AZURE
+        + 'client_secret_file = "absent-secret"\n',
         capsys,
     )
     assert code == 78
@@ -83,14 +86,9 @@ def test_the_same_config_made_right_passes(
         key_file = "fernet.key"
         [cache]
         snapshot_file = "snapshot.bin"
-        [[backends]]
-        name = "az"
-        type = "azure_key_vault"
-        vault_url = "https://v.vault.azure.net"
-        tenant_id = "t"
-        client_id = "c"
-        client_secret_file = "secret"
-        """,
+        """
+        + AZURE
+        + 'client_secret_file = "secret"\n',
         capsys,
     )
     assert code == 0, err
@@ -103,15 +101,7 @@ def test_an_empty_client_secret_file_is_refused_without_its_content(
     (tmp_path / "secret").write_bytes(b"\xff" + SECRET.encode())
     code, err = check(
         tmp_path,
-        """
-        [[backends]]
-        name = "az"
-        type = "azure_key_vault"
-        vault_url = "https://v.vault.azure.net"
-        tenant_id = "t"
-        client_id = "c"
-        client_secret_file = "secret"
-        """,
+        AZURE + 'client_secret_file = "secret"\n',
         capsys,
     )
     assert code == 78 and "client_secret_file" in err and "not UTF-8" in err
