@@ -170,8 +170,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _check_local_sources(config: AgentConfig) -> list[str]:
-    """What ``run`` reads from this machine at start (keys, files), with the errors it reports."""
+    """What ``run`` reads from this machine at start (keys, files, the socket's group), with
+    the errors it reports; each check on its own, so one problem does not hide the next."""
     import asyncio
+    import functools
 
     from secrets_agent.backends.base import BackendContext
     from secrets_agent.backends.registry import create_backend
@@ -179,23 +181,32 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     from secrets_agent.eventloop import loop_factory
     from secrets_agent.lookup.cipher import load_keys
     from secrets_agent.lookup.shared.build import require_fleet_keys
+    from secrets_agent.lookup.snapshot import require_snapshot_keys
+    from secrets_agent.server.listener import check_socket
+
+    def keys() -> None:
+        loaded = load_keys(config.encryption)
+        require_fleet_keys(config, loaded)
+        require_snapshot_keys(config.cache, loaded)
 
     problems: list[str] = []
-    try:
-        require_fleet_keys(config, load_keys(config.encryption))
-        loop_factory(config.listener.event_loop)
-        if config.shared_cache.enabled:
-            from secrets_agent.lookup.shared.clients import check_files
 
-            check_files(config.shared_cache)
-    except AgentError as exc:
-        problems.append(f"cannot start: {exc}")
-    for backend_config in config.backends:
-        backend = create_backend(backend_config, BackendContext())
+    def attempt(check: Callable[[], object]) -> None:
         try:
-            asyncio.run(backend.check_local())
+            check()
         except AgentError as exc:
             problems.append(f"cannot start: {exc}")
+
+    attempt(keys)
+    attempt(lambda: loop_factory(config.listener.event_loop))
+    attempt(lambda: check_socket(config.listener))  # as binding does (socket activation skips it)
+    if config.shared_cache.enabled:
+        from secrets_agent.lookup.shared.clients import check_files
+
+        attempt(lambda: check_files(config.shared_cache))
+    for backend_config in config.backends:
+        backend = create_backend(backend_config, BackendContext())
+        attempt(functools.partial(asyncio.run, backend.check_local()))
     return problems
 
 

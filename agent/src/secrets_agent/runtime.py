@@ -26,6 +26,7 @@ from secrets_agent.lookup.feeds import ChangeFeeds, FeedRunner
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
 from secrets_agent.lookup.shared.tier import SharedTier
+from secrets_agent.lookup.snapshot import require_snapshot_keys
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.access import AccessRules
 from secrets_agent.server.peers import AccessPolicy
@@ -233,12 +234,7 @@ def _cache_for(
 ) -> SecretCache:
     """The running cache if its settings and keys are unchanged; re-sealed if only the keys
     changed (compared by content: a key file rewritten in place counts); else a new one."""
-    if config.cache.snapshot_file and not keys:
-        # A random key dies with the process: the snapshot it wrote could never be read back.
-        raise StartupError(
-            "cache.snapshot_file needs a configured encryption key "
-            "(encryption.key_file, key_env or credential), not a random one"
-        )
+    require_snapshot_keys(config.cache, keys)
     if previous is not None and config.cache == previous.config.cache:
         running = previous.service.cache
         if running.cipher.keys_id == keys_id(keys):

@@ -352,9 +352,7 @@ def test_gcp_backend_options_are_validated(tmp_path: Path) -> None:
         version = "newest"
     """,
     )
-    assert "backends[0].variables_prefix: prefix and sep may only use letters, digits, - and _" in (
-        found
-    )
+    assert "backends[0].variables_prefix: may only use letters, digits, - and _" in found
     assert 'backends[0].version: must be "latest" or a version number' in found
 
 

@@ -176,3 +176,15 @@ def test_no_file_is_not_a_warning_and_an_unwritable_place_is_one(
         "secrets_agent_snapshot_writes_total", {"result": "failure"}
     )
     assert failures == 1
+
+
+def test_a_snapshot_needs_configured_keys() -> None:
+    """``run`` (the runtime's cache) and ``check-config`` refuse it with the same message."""
+    from secrets_agent.config.schema import CacheConfig
+    from secrets_agent.errors import StartupError
+    from secrets_agent.lookup.snapshot import require_snapshot_keys
+
+    with pytest.raises(StartupError, match=r"cache\.snapshot_file needs a configured encryption"):
+        require_snapshot_keys(CacheConfig(snapshot_file="/var/lib/agent/snapshot"), [])
+    require_snapshot_keys(CacheConfig(snapshot_file="/var/lib/agent/snapshot"), [b"k"])
+    require_snapshot_keys(CacheConfig(), [])

@@ -27,3 +27,19 @@ def test_a_parent_that_is_another_users_symlink_is_refused(short_tmp: Path) -> N
     with pytest.raises(StartupError, match=f"{link} is a symlink owned by uid {OTHER}"):
         check_directories(link / "run")
     check_directories(real / "run")  # where it points is fine on its own
+
+
+def test_a_path_too_long_or_an_unknown_group_is_refused_before_binding(short_tmp: Path) -> None:
+    """The checks ``check-config`` makes too (``check_socket``), with the same messages."""
+    from secrets_agent.config.schema import ListenerConfig
+    from secrets_agent.server.listener import bind_unix_socket, check_socket
+
+    long_path = str(short_tmp / ("s" * 110))
+    with pytest.raises(StartupError, match=r"listener\.socket_path is longer than the 107 bytes"):
+        bind_unix_socket(ListenerConfig(socket_path=long_path))
+    unknown = ListenerConfig(socket_path=str(short_tmp / "a.sock"), socket_group="no-such-grp")
+    with pytest.raises(StartupError, match=r"listener\.socket_group: no such group"):
+        bind_unix_socket(unknown)
+    assert not (short_tmp / "a.sock").exists()
+    assert check_socket(ListenerConfig(socket_group=str(os.getgid()))) == os.getgid()
+    assert check_socket(ListenerConfig()) == -1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -216,6 +217,10 @@ class _Loader:
 def _rule_violation(meta: Any, value: Any) -> str | None:
     low, high = meta.get("min"), meta.get("max")
     choices, check = meta.get("choices"), meta.get("check")
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML has nan and inf; nan passes every comparison with a bound, and neither is a
+        # duration, a price or a share anything could use.
+        return f"must be a finite number, got {value}"
     if low is not None and value < low:
         return f"must be >= {low}, got {value}"
     if high is not None and value > high:

@@ -9,6 +9,7 @@ import pwd
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 Check = Callable[[Any], str | None]
 
@@ -82,11 +83,74 @@ def check_session_name(value: str) -> str | None:
     return None
 
 
+# A host name as resolvers and the SDKs' URL parsers take it: labels of letters (IDN too),
+# digits, _ and -, dot-separated. No space, no empty label, nothing a URL would split on.
+_HOST_NAME = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+
+
+def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """Why ``value`` is not a usable ``scheme://host[:port][/path]`` URL (None: it is).
+
+    Every SDK would take such a URL and fail only at its first call, some with a traceback,
+    some retrying forever; refused here, it is a config error naming the key instead.
+    """
+    wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+    if not value.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+        return f"must start with {wanted}"
+    if re.search(r"[\x00-\x20\x7f]", value):  # urlsplit would drop a tab or newline silently
+        return "must not hold spaces or control characters"
+    try:
+        url = urlsplit(value)
+    except ValueError:
+        return "is not a valid URL (an IPv6 address goes in [ ], and only it)"
+    host = url.hostname or ""
+    if not host:
+        return f"must name a host: {wanted}<host>[:<port>]"
+    if not _valid_host(host, bracketed=url.netloc.rpartition("@")[2].startswith("[")):
+        return "has an invalid host (a name of letters, digits, -, _ and dots; no spaces)"
+    try:
+        port = url.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "must have a port in 1-65535 (or none, for the scheme's default)"
+    return None
+
+
+def _valid_host(host: str, *, bracketed: bool) -> bool:
+    if bracketed:
+        try:
+            return ipaddress.ip_address(host.partition("%")[0]).version == 6
+        except ValueError:
+            return False
+    return bool(_HOST_NAME.fullmatch(host))
+
+
 def check_http_url(value: str) -> str | None:
     """An endpoint's URL ("" = the SDK's default)."""
-    if value and not value.startswith(("http://", "https://")):
-        return "must start with http:// or https://"
-    return None
+    return url_problem(value) if value else None
+
+
+def check_https_url(value: str) -> str | None:
+    """A URL that must use TLS (required: "" is refused)."""
+    return url_problem(value, ("https",))
+
+
+def check_host_port(value: str) -> str | None:
+    """A gRPC endpoint, ``host[:port]`` ("" = the SDK's default)."""
+    if not value:
+        return None
+    if "/" in value or "@" in value or "?" in value or "#" in value:
+        return "must be host[:port], not a URL"
+    reason = url_problem(f"https://{value}", ("https",))
+    return reason and reason.replace("https://", "")
+
+
+def check_authority(value: str) -> str | None:
+    """An Entra ID authority: a host, or an https:// URL ("" = the SDK's default)."""
+    if not value:
+        return None
+    return url_problem(value if "://" in value else f"https://{value}", ("https",))
 
 
 def check_header_value(value: str) -> str | None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from secrets_agent.config.schema import CacheConfig
+from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import Persisted, SecretCache
 from secrets_agent.lookup.cipher import Cipher
@@ -27,6 +29,16 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"airflow-secrets-agent snapshot v1\n"
 _MAX_SIZE = 256 * 1024 * 1024  # far above max_entries' worth; refuse anything bigger unread
+
+
+def require_snapshot_keys(cache: CacheConfig, keys: list[bytes]) -> None:
+    """A snapshot needs configured keys (``check-config`` asks this too, as ``run`` does)."""
+    if cache.snapshot_file and not keys:
+        # A random key dies with the process: the snapshot it wrote could never be read back.
+        raise StartupError(
+            "cache.snapshot_file needs a configured encryption key "
+            "(encryption.key_file, key_env or credential), not a random one"
+        )
 
 
 class Snapshot:

@@ -21,9 +21,7 @@ MIN_BACKLOG = 1024
 def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     """Create the listening socket, replacing a stale file but never a live agent's socket."""
     path = Path(config.socket_path)
-    if len(os.fsencode(path)) >= 108:
-        raise StartupError("listener.socket_path is longer than the 107 bytes a socket path allows")
-    gid = _resolve_group(config.socket_group) if config.socket_group else -1
+    gid = check_socket(config)
     if not path.parent.exists():
         path.parent.mkdir(mode=0o750, parents=True)
     check_directories(path.parent)
@@ -49,6 +47,14 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
             path.unlink(missing_ok=True)  # ours, half set up: never leave a dead socket behind
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     return sock
+
+
+def check_socket(config: ListenerConfig) -> int:
+    """What binding needs of this machine (``check-config`` asks too): the socket group's gid
+    (-1: none set); a path the kernel can bind."""
+    if len(os.fsencode(config.socket_path)) >= 108:  # sun_path, its terminating NUL included
+        raise StartupError("listener.socket_path is longer than the 107 bytes a socket path allows")
+    return _resolve_group(config.socket_group) if config.socket_group else -1
 
 
 def check_directories(directory: Path) -> None:

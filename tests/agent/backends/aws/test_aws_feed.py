@@ -226,6 +226,7 @@ def test_feed_table_is_validated_at_load(tmp_path: Path) -> None:
         parse_config(raw, tmp_path)
     assert caught.value.problems == [
         "backends[0].feed.bogus: unknown key",
+        "backends[0].feed.queue_url: must start with http:// or https://",
         "backends[0].feed.wait_time: must be <= 20, got 30",
     ]
     raw["backends"][0]["feed"] = {"queue_url": "sqs.example"}

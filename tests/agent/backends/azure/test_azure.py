@@ -182,14 +182,30 @@ async def test_rejected_client_secret_is_not_ready(
     with pytest.raises(TransientError, match="Azure token"):
         await backend.fetch(V, "x")
     assert azure.store.grants == 0
-    missing = await started(client_secret_file=str(tmp_path / "absent"))
-    assert not missing.health().ready
-    with pytest.raises(BackendError):
-        await missing.fetch(V, "x")
     assert "not-the-secret" not in caplog.text
     failures = {"backend": "az", "result": "failure"}
     auth = started.metrics.registry.get_sample_value("secrets_agent_auth_attempts_total", failures)
-    assert auth is not None and auth >= 2
+    assert auth is not None and auth >= 1
+
+
+async def test_unreadable_client_secret_file_stops_the_start(
+    started: Started, tmp_path: Path
+) -> None:
+    """As the AWS and GCP backends' credential files: ``run`` exits 78, check-config says so."""
+    absent = str(tmp_path / "absent")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path in (absent, str(empty)):
+        with pytest.raises(BackendError, match="client_secret_file") as info:
+            await started(client_secret_file=path)
+        assert path in str(info.value)
+        backend = started.backends[-1]
+        assert not backend.health().ready
+        with pytest.raises(BackendError, match="client_secret_file"):
+            await backend.check_local()  # check-config
+    failures = {"backend": "az", "result": "failure"}
+    auth = started.metrics.registry.get_sample_value("secrets_agent_auth_attempts_total", failures)
+    assert auth == 2
 
 
 async def test_untrusted_certificate_is_transient(

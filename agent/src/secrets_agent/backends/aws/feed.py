@@ -25,7 +25,7 @@ from secrets_agent.backends.feeds import (
     ids_for,
     named_by,
 )
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_http_url, setting, url_problem
 from secrets_agent.kinds import Kind
 
 if TYPE_CHECKING:
@@ -43,18 +43,12 @@ _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")  # Secrets Manager's random end of
 class SqsFeedOptions(FeedOptions):
     """``[backends.feed]`` of an AWS backend: the SQS queue its EventBridge rule targets."""
 
-    queue_url: str = setting()
-    endpoint_url: str = ""  # SQS's, e.g. a VPC endpoint; default: the region's
+    queue_url: str = setting(check=url_problem)
+    endpoint_url: str = setting(
+        "", check=check_http_url
+    )  # SQS's, e.g. a VPC endpoint; default: the region's
     wait_time: int = setting(20, min=0, max=20)  # ReceiveMessage's long poll, in seconds
     max_messages: int = setting(10, min=1, max=10)
-
-    def validate(self) -> list[tuple[str, str]]:
-        problems = super().validate()
-        for key in ("queue_url", "endpoint_url"):
-            value = getattr(self, key)
-            if value and not value.startswith(("http://", "https://")):
-                problems.append((key, "must start with http:// or https://"))
-        return problems
 
 
 @dataclass(frozen=True)

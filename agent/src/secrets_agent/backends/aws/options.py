@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from secrets_agent.backends.aws.feed import SqsFeedOptions
 from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
 from secrets_agent.backends.names import NameRules
-from secrets_agent.config.validators import check_session_name, setting
+from secrets_agent.config.validators import check_http_url, check_session_name, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 # The provider's extra_conn_words keys are connection fields; "user"/"pass" are its aliases.
@@ -95,9 +95,9 @@ class AwsOptions:
     def validate(self) -> list[tuple[str, str]]:
         problems = []
         for key in ("endpoint_url", "sts_endpoint_url"):
-            value = getattr(self, key)
-            if value and not value.startswith(("http://", "https://")):
-                problems.append((key, "must start with http:// or https://"))
+            reason = check_http_url(getattr(self, key))
+            if reason:
+                problems.append((key, reason))
         return problems
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from secrets_agent.backends.azure.credentials import (
     WatchedCredential,
     build_credential,
+    read_client_secret,
     transport_kwargs,
 )
 from secrets_agent.backends.azure.errors import is_disabled, is_not_found, translate
@@ -58,7 +59,9 @@ class AzureKeyVaultBackend(Backend):
         return is_not_found(exc)
 
     async def start(self) -> None:
-        """Build the credential and client, then get a first token; no token: not ready."""
+        """Build the credential and client, then get a first token; no token: not ready.
+        An unreadable client_secret_file stops the start (``BackendError``), as a bad
+        credentials file does for the AWS and GCP backends."""
         from azure.keyvault.secrets.aio import SecretClient
 
         for name in SDK_LOGGERS:
@@ -72,14 +75,19 @@ class AzureKeyVaultBackend(Backend):
         )
         o = self.options
         try:
-            inner = build_credential(o)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self._error = BackendError(
-                self.name, f"cannot read client_secret_file ({type(exc).__name__})"
+            inner = build_credential(self.name, o)
+        except (BackendError, ValueError) as exc:
+            # azure-identity's ValueError: settings it refuses; its text is not ours to echo.
+            self._error = (
+                exc
+                if isinstance(exc, BackendError)
+                else BackendError(
+                    self.name,
+                    f"azure-identity refused the credential's settings ({type(exc).__name__})",
+                )
             )
             metrics.auth_attempts.labels(self.name, "failure").inc()
-            log.warning("%s", self._error)
-            return
+            raise self._error from None
         self._credential = WatchedCredential(self.name, inner, metrics)
         kwargs = transport_kwargs(o) | {"verify_challenge_resource": o.verify_challenge_resource}
         if o.api_version:
@@ -93,6 +101,10 @@ class AzureKeyVaultBackend(Backend):
             await self._credential.get_token_info(
                 vault_scope(o.vault_url), options={"enable_cae": True}
             )
+
+    async def check_local(self) -> None:
+        if self.options.client_secret_file:
+            read_client_secret(self.name, self.options)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.azure.errors import translate_token_error
 from secrets_agent.backends.azure.options import AzureOptions
+from secrets_agent.backends.files import read_local
 from secrets_agent.errors import BackendError
 from secrets_agent.ops.metrics import Metrics
 
@@ -30,7 +30,21 @@ def transport_kwargs(options: AzureOptions) -> dict[str, Any]:
     return kwargs
 
 
-def build_credential(options: AzureOptions) -> Any:
+def read_client_secret(backend: str, options: AzureOptions) -> str:
+    """The service principal's secret, or ``BackendError`` naming the file (never its text):
+    an unusable one stops the start, as the AWS and GCP backends' credential files do."""
+    data = read_local(backend, options.client_secret_file, "client_secret_file")
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        secret = None
+    if not secret:
+        path = options.client_secret_file
+        raise BackendError(backend, f"the client_secret_file {path} is empty or not UTF-8 text")
+    return secret
+
+
+def build_credential(backend: str, options: AzureOptions) -> Any:
     """A service principal when configured, else DefaultAzureCredential, as the provider does."""
     from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential
 
@@ -40,7 +54,7 @@ def build_credential(options: AzureOptions) -> Any:
     if options.disable_instance_discovery:
         kwargs["disable_instance_discovery"] = True
     if options.client_secret_file:
-        secret = Path(options.client_secret_file).read_text(encoding="utf-8").strip()
+        secret = read_client_secret(backend, options)
         return ClientSecretCredential(options.tenant_id, options.client_id, secret, **kwargs)
     if options.managed_identity_client_id:
         kwargs["managed_identity_client_id"] = options.managed_identity_client_id

@@ -29,7 +29,7 @@ from secrets_agent.backends.feeds import (
     ids_for,
     named_by,
 )
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import setting, url_problem
 from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import Kind
 
@@ -46,7 +46,7 @@ ROLE = 'role "Storage Queue Data Message Processor" on the queue'  # receive and
 class StorageQueueFeedOptions(FeedOptions):
     """``[backends.feed]`` of an Azure backend: the Storage queue its Event Grid fills."""
 
-    queue_url: str = setting()  # https://<account>.queue.core.windows.net/<queue>
+    queue_url: str = setting(check=url_problem)  # https://<account>.queue.core.windows.net/<queue>
     # Default: the backend's Azure credential (role "Storage Queue Data Message Processor").
     # Or a file holding the storage account's key, for accounts without Entra ID access.
     account_key_file: str = setting("", path=True)

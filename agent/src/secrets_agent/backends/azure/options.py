@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from secrets_agent.backends.azure.feed import StorageQueueFeedOptions
 from secrets_agent.backends.azure.names import SECRET_NAMES
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_authority, check_https_url, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 TEAM_SEP = "--"  # the provider's separator between a team and the id (key_vault.py)
@@ -18,7 +18,7 @@ KINDS = tuple(KIND_BY_SEGMENT)  # a provider's ``*_prefix = None`` is the kind l
 
 @dataclass(frozen=True)
 class AzureOptions:
-    vault_url: str = setting()
+    vault_url: str = setting(check=check_https_url)
     # Same names, defaults and meaning as Airflow's AzureKeyVaultBackend: trailing separators
     # are dropped, "" means the id alone; a kind left out of ``kinds`` is the prefix None.
     connections_prefix: str = "airflow-connections"
@@ -36,7 +36,9 @@ class AzureOptions:
     managed_identity_client_id: str = ""
     workload_identity_tenant_id: str = ""
     # Reaching a sovereign cloud, a private endpoint or (in tests) loopback.
-    authority_host: str = ""  # default: AZURE_AUTHORITY_HOST, else login.microsoftonline.com
+    authority_host: str = setting(
+        "", check=check_authority
+    )  # default: AZURE_AUTHORITY_HOST, else login.microsoftonline.com
     disable_instance_discovery: bool = False
     ca_file: str = setting("", path=True)  # extra root CA for the vault and the authority
     verify_challenge_resource: bool = True
@@ -99,6 +101,9 @@ class AzureOptions:
             prefix = self.prefix(kind).replace("_", self.sep)
             if self.serves(kind) and prefix and not SECRET_NAMES.holds(prefix):
                 problems.append((f"{kind.plural}_prefix", "may only use letters, digits, - and _"))
+        for key in ("tenant_id", "workload_identity_tenant_id"):
+            if not re.fullmatch(r"[A-Za-z0-9.-]*", getattr(self, key)):
+                problems.append((key, "may only use letters, digits, - and . (a tenant id)"))
         principal = (self.tenant_id, self.client_id, self.client_secret_file)
         if any(principal) and not all(principal):
             problems.append(

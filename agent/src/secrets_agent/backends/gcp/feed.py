@@ -26,7 +26,7 @@ from secrets_agent.backends.feeds import (
 )
 from secrets_agent.backends.gcp.channel import secure_channel
 from secrets_agent.backends.gcp.errors import translate
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_host_port, setting
 from secrets_agent.kinds import Kind
 
 if TYPE_CHECKING:
@@ -52,7 +52,9 @@ class PubSubFeedOptions(FeedOptions):
     """``[backends.feed]`` of a GCP backend: the node's Pub/Sub subscription."""
 
     subscription: str = setting()  # "projects/P/subscriptions/S", or S in the backend's project
-    api_endpoint: str = ""  # host[:port]; default pubsub.googleapis.com (ca_file: the backend's)
+    api_endpoint: str = setting(
+        "", check=check_host_port
+    )  # host[:port]; default pubsub.googleapis.com (ca_file: the backend's)
     wait_time: float = setting(20.0, min=0.1, max=60.0)  # how long one pull may wait
     max_messages: int = setting(100, min=1, max=1000)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from secrets_agent.backends.gcp.feed import PubSubFeedOptions
 from secrets_agent.backends.gcp.names import SECRET_NAMES
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
-from secrets_agent.config.validators import setting
+from secrets_agent.config.validators import check_host_port, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
 TEAM_SEP = "--"  # the provider's separator between a team and the id (secret_manager.py)
@@ -33,7 +33,7 @@ class GcpOptions:
     # Credentials: Application Default Credentials unless a file is named.
     credentials_file: str = setting("", path=True)
     impersonation_chain: tuple[str, ...] = ()
-    api_endpoint: str = ""  # host[:port], e.g. a regional endpoint
+    api_endpoint: str = setting("", check=check_host_port)  # host[:port], e.g. a regional endpoint
     ca_file: str = setting("", path=True)  # extra root CA for api_endpoint (private endpoints)
     timeout: float = setting(10.0, min=0.1, max=300.0)
     backoff_initial: float = setting(0.1, min=0.01, max=60.0)
@@ -71,10 +71,13 @@ class GcpOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
+        # Checked apart (the name is prefix + sep + id, which the provider checks whole), so
+        # the error names the key that holds the character, not the three prefixes.
+        if not PREFIX_CHARS.fullmatch(self.sep):
+            problems.append(("sep", "may only use letters, digits, - and _"))
         for kind in Kind:
-            if self.serves(kind) and not PREFIX_CHARS.fullmatch(self.prefix(kind) + self.sep):
-                reason = "prefix and sep may only use letters, digits, - and _"
-                problems.append((f"{kind.plural}_prefix", reason))
+            if self.serves(kind) and not PREFIX_CHARS.fullmatch(self.prefix(kind)):
+                problems.append((f"{kind.plural}_prefix", "may only use letters, digits, - and _"))
         if not re.fullmatch(r"latest|[1-9][0-9]*", self.version):
             problems.append(("version", 'must be "latest" or a version number'))
         if self.backoff_initial > self.backoff_max:

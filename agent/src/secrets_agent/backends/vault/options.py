@@ -10,6 +10,7 @@ from secrets_agent.config.validators import (
     check_http_url,
     check_session_name,
     setting,
+    url_problem,
 )
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
@@ -143,9 +144,22 @@ class VaultOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
-        if not self.url.startswith(("http://", "https://")):
-            problems.append(("url", "must start with http:// or https://"))
+        # Here, not as the field's check: a bad url is reported beside the other problems.
+        reason = url_problem(self.url)
+        if reason:
+            problems.append(("url", reason))
         method = self.auth_method
+        # One method logs in (auth_method, "token" by default); a table for another would be
+        # ignored, and the login would fail for a reason that hides the typo.
+        for other in AUTH_METHODS:
+            if other != method and getattr(self, other) is not None:
+                problems.append(
+                    (
+                        other,
+                        f'[backends.{other}] is for auth_method = "{other}", but this backend\'s '
+                        f'auth_method is "{method}": set auth_method = "{other}" or drop the table',
+                    )
+                )
         if method in ("approle", "jwt", "userpass", "ldap") and getattr(self, method) is None:
             problems.append((method, f'auth_method = "{method}" needs a [backends.{method}] table'))
         if method == "kubernetes" and self.kubernetes is None:

@@ -1,0 +1,108 @@
+"""``check-config`` refuses what ``run`` would refuse at start: the machine checks (groups,
+files, keys, the socket path) are the ones the start makes, each reported on its own line."""
+
+from __future__ import annotations
+
+import grp
+import os
+from pathlib import Path
+
+import pytest
+
+from secrets_agent import cli
+from secrets_agent.lookup.cipher import generate_key
+from support.helpers import write_config
+
+SECRET = "s3cret-client-secret"
+AZURE = """
+[[backends]]
+name = "az"
+type = "azure_key_vault"
+vault_url = "https://v.vault.azure.net"
+tenant_id = "t"
+client_id = "c"
+"""
+
+
+def check(tmp_path: Path, body: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(["check-config", str(write_config(tmp_path, body))])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+def test_what_run_refuses_at_start_is_refused_each_on_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "secret").write_text(SECRET)  # exists, but not where the config points
+    long_path = tmp_path / ("s" * 120) / "agent.sock"
+    code, err = check(
+        tmp_path,
+        f"""
+        [listener]
+        socket_path = "{long_path}"
+        socket_group = "no-such-group-here"
+        [cache]
+        snapshot_file = "snapshot.bin"
+        """
+        + AZURE
+        + 'client_secret_file = "absent-secret"\n',
+        capsys,
+    )
+    assert code == 78
+    lines = err.splitlines()
+    assert any("listener.socket_path is longer than the 107 bytes" in line for line in lines)
+    assert any("cache.snapshot_file needs a configured encryption key" in line for line in lines)
+    assert any(
+        "backend 'az'" in line and "client_secret_file" in line and "absent-secret" in line
+        for line in lines
+    ), lines
+
+
+def test_an_unknown_socket_group_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = check(
+        tmp_path,
+        f'[listener]\nsocket_path = "{tmp_path}/a.sock"\nsocket_group = "no-such-group-here"\n',
+        capsys,
+    )
+    assert code == 78 and "listener.socket_group: no such group" in err
+
+
+def test_the_same_config_made_right_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fernet.key").write_text(generate_key())
+    (tmp_path / "secret").write_text(SECRET)
+    group = grp.getgrgid(os.getgid()).gr_name
+    code, err = check(
+        tmp_path,
+        f"""
+        [listener]
+        socket_path = "{tmp_path}/agent.sock"
+        socket_group = "{group}"
+        [encryption]
+        key_file = "fernet.key"
+        [cache]
+        snapshot_file = "snapshot.bin"
+        """
+        + AZURE
+        + 'client_secret_file = "secret"\n',
+        capsys,
+    )
+    assert code == 0, err
+    assert SECRET not in err
+
+
+def test_an_empty_client_secret_file_is_refused_without_its_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "secret").write_bytes(b"\xff" + SECRET.encode())
+    code, err = check(
+        tmp_path,
+        AZURE + 'client_secret_file = "secret"\n',
+        capsys,
+    )
+    assert code == 78 and "client_secret_file" in err and "not UTF-8" in err
+    assert SECRET not in err
