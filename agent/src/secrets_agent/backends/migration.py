@@ -40,6 +40,9 @@ class Translation:
     options: dict[str, Any] = field(default_factory=dict)
     credentials: dict[tuple[str, ...], Credential] = field(default_factory=dict)
     todo: list[tuple[str, str]] = field(default_factory=list)  # (kwarg, what to do)
+    # Option → the kwarg it came from, where the names differ: an option the agent's config
+    # loader refuses is reported under the Airflow setting the user wrote.
+    origins: dict[str, str] = field(default_factory=dict)
 
 
 class Kwargs:

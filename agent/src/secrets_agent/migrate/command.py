@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from secrets_agent.backends.migration import MigrationError, Translation, translate
 from secrets_agent.config.schema import DEFAULT_SOCKET_PATH
 from secrets_agent.migrate.airflow_settings import AirflowSettings, FoundBackend
+from secrets_agent.migrate.check import check
 from secrets_agent.migrate.files import make_dir, write_new
 from secrets_agent.migrate.render import table
 
@@ -105,34 +106,44 @@ def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend
 
 
 def write(request: Request, found: FoundBackend, translation: Translation) -> list[Path]:
-    """The three outputs; credentials first, so the config only names files that exist."""
+    """The three outputs, once the agent's loader takes the config; credentials first, so the
+    config only names files that exist."""
     output = request.output.absolute()
-    make_dir(output, 0o700)
+    credentials = output / "credentials"
     options = dict(translation.options)
+    for option_path, credential in translation.credentials.items():
+        if not option_path[0].startswith("@"):  # "@...": a file the to-do list names
+            _place(options, option_path, str(credentials / credential.file_name))
+    config = agent_config(request, found, translation.type, options)
+    check(config, output, found, translation.origins)
+    make_dir(output, 0o700)
     written = []
     if translation.credentials:
-        credentials = output / "credentials"
         make_dir(credentials, 0o700)
-        for option_path, credential in translation.credentials.items():
+        for credential in translation.credentials.values():
             path = credentials / credential.file_name
             write_new(path, credential.value, 0o600)
             written.append(path)
-            if not option_path[0].startswith("@"):  # "@...": a file the to-do list names
-                _place(options, option_path, str(path))
-    name = request.name or translation.type.replace("_", "-")
-    backend = {"name": name, "type": translation.type} | options
-    config = (
+    write_new(output / "agent.toml", config, 0o640)
+    written.append(output / "agent.toml")
+    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
+    written.append(output / "airflow.env")
+    return written
+
+
+def agent_config(
+    request: Request, found: FoundBackend, backend_type: str, options: dict[str, Any]
+) -> str:
+    """``agent.toml``: the listener and the one ``[[backends]]`` table."""
+    name = request.name or backend_type.replace("_", "-")
+    backend = {"name": name, "type": backend_type} | options
+    return (
         f"# Written by `secrets-agent migrate` from {found.provider_class}\n"
         f"# ([{found.section}] of Airflow). Credentials are in ./credentials, mode 0600.\n\n"
         + table("[listener]", {"socket_path": request.socket_path})
         + "\n"
         + table("[[backends]]", backend)
     )
-    write_new(output / "agent.toml", config, 0o640)
-    written.append(output / "agent.toml")
-    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
-    written.append(output / "airflow.env")
-    return written
 
 
 def _place(options: dict[str, Any], path: tuple[str, ...], item: str) -> None:

@@ -17,10 +17,25 @@ METHODS = ("token", "approle", "kubernetes", "userpass", "ldap", "jwt", "aws_iam
 AWS_PROFILE = "airflow-secrets-agent"  # the credentials file's section for inline keys
 # The provider passes assume_role_kwargs to STS AssumeRole; the agent sets these two.
 ASSUME_ROLE = {"RoleArn": "role_arn", "RoleSessionName": "role_session_name"}
+# Options (dotted: in a method's table) whose kwarg has another name.
+ORIGINS = {
+    "auth_method": "auth_type",
+    "client_cert": "cert",
+    "client_key": "cert",
+    "ca_file": "verify",
+    "token.token_file": "token_path",
+    "kubernetes.role": "kubernetes_role",
+    "kubernetes.token_path": "kubernetes_jwt_path",
+    "jwt.role": "jwt_role",
+    "jwt.jwt_file": "jwt_token_path",
+    "aws_iam.role": "role_id",
+    **{f"{method}.mount_point": "auth_mount_point" for method in METHODS},
+    **{f"aws_iam.{ours}": "assume_role_kwargs" for ours in ASSUME_ROLE.values()},
+}
 
 
 def translate(kwargs: Kwargs) -> Translation:
-    t = Translation("vault")
+    t = Translation("vault", origins=dict(ORIGINS))
     url = kwargs.text("url")
     if not url:
         raise MigrationError("url: VaultBackend needs the Vault address")
