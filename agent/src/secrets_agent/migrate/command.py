@@ -39,12 +39,12 @@ class Request:
 
 def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     try:
+        _require_absolute_socket(request.socket_path)
         settings = AirflowSettings(env, request.airflow_config)
         found = find_backend(settings, request.section)
         translation = translate(found.provider_class, found.kwargs)
-        if translation.type in TEAM_LAYOUTS and _true(settings.get("core", "multi_team")):
-            # The providers read [core] multi_team, not a kwarg: team names first, then global.
-            translation.options["team_layout"] = True
+        if translation.type in TEAM_LAYOUTS:
+            _team_layout(translation, _true(settings.get("core", "multi_team")))
         written = write(request, found, translation)
     except MigrationError as exc:
         print(f"secrets-agent migrate: {exc}", file=err)
@@ -69,6 +69,31 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
     return 0
 
 
+def _require_absolute_socket(socket_path: str) -> None:
+    """Both sides must name one socket; a relative path would be read from two directories."""
+    if not Path(socket_path).is_absolute():
+        raise MigrationError(
+            f"--socket: {socket_path!r} is relative: the agent would read it from its config's "
+            "directory, Airflow from whatever directory each of its processes starts in; "
+            "give the absolute path"
+        )
+
+
+def _team_layout(translation: Translation, multi_team: bool) -> None:
+    """Team names first, then global, where the provider reads them: with ``[core]
+    multi_team`` on and the provider's own switch (Vault's ``use_team_secrets_path``) on."""
+    if multi_team and translation.team_paths is not False:
+        translation.options["team_layout"] = True
+    elif translation.team_paths:
+        translation.todo.append(
+            (
+                "use_team_secrets_path",
+                "ignored by the provider while [core] multi_team is off: team_layout stays "
+                "off (turn it on with multi_team)",
+            )
+        )
+
+
 def _true(raw: str | None) -> bool:
     """Airflow's getboolean."""
     return (raw or "").strip().lower() in ("t", "true", "1")
@@ -83,8 +108,9 @@ def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend
         return found
     main, workers = settings.backend("secrets"), settings.backend("workers")
     if main is None and workers is None:
+        where = settings.cfg_path if settings.cfg_exists else f"{settings.cfg_path} (no such file)"
         raise MigrationError(
-            f"no [secrets] backend or [workers] secrets_backend in {settings.cfg_path} or in "
+            f"no [secrets] backend or [workers] secrets_backend in {where} or in "
             "AIRFLOW__SECRETS__* / AIRFLOW__WORKERS__* variables"
         )
     if (

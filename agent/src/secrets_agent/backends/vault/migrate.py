@@ -42,7 +42,16 @@ def translate(kwargs: Kwargs) -> Translation:
     t.options["url"] = url
     mount = kwargs.take("mount_point", "secret")
     t.options["mount_point"] = "" if mount is None else str(mount)  # None: mount from the id
-    take_prefixes(kwargs, t, "{}_path", PATHS)
+    take_prefixes(kwargs, t, "{}_path", PATHS, lists=True)
+    if kwargs.take("global_secrets_path", None) is not None:
+        # The provider appends it to every kind's paths: a fallback path, as a list would be.
+        raise MigrationError(
+            "global_secrets_path: a fallback path has no single equivalent; use one "
+            "[[backends]] table per path, in the same order (the global one last)"
+        )
+    # Team paths are read when this is true and [core] multi_team is on (the command's part).
+    if kwargs.has("use_team_secrets_path"):
+        t.team_paths = kwargs.truth("use_team_secrets_path", True)
     t.options["kv_engine_version"] = kwargs.number("kv_engine_version", 2)
     if kwargs.has("namespace"):
         t.options["namespace"] = kwargs.text("namespace")
