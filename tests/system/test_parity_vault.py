@@ -54,6 +54,7 @@ class Setup:
     team_layout: bool = False
     differs_for: dict[tuple[str, str | None], str] = field(default_factory=dict)  # (id, team)
     auth: dict[str, object] | None = None  # the login kwargs; None: the root token
+    extra: dict[str, object] = field(default_factory=dict)  # more kwargs, as they are
 
     def provider_kwargs(self, bao: BaoServer) -> dict[str, object]:
         kwargs: dict[str, object] = {
@@ -63,7 +64,7 @@ class Setup:
         }
         kwargs |= {"token": bao.root_token} if self.auth is None else self.auth
         kwargs.update({PATHS[kind]: path for kind, path in self.paths.items()})
-        return kwargs
+        return kwargs | self.extra
 
     def allowed(self) -> dict[int, str]:
         listed = {i: self.differs[q[1]] for i, q in enumerate(self.queries) if q[1] in self.differs}
@@ -148,6 +149,12 @@ TEAM_SETUPS = [
         mount_point=None,
         team_layout=True,
         differs_for={("airflow/shared", "team_b"): GLOBAL_FALLBACK},
+    ),
+    Setup(
+        "two teams, use_team_secrets_path false: global paths only, team_a/shared readable",
+        tq(V, "shared", *TEAMS) + tq(C, "db", *TEAMS) + tq(V, "team_a/shared", None),
+        team_layout=True,  # [core] multi_team on for both sides; the kwarg turns team paths off
+        extra={"use_team_secrets_path": False},
     ),
 ]
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from secrets_agent.config.loader import load_config
 from secrets_agent.kinds import Kind
+from support.migrate import migrate_here
 
 VAULT = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
 SM = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
@@ -394,3 +395,82 @@ def test_nothing_is_overwritten_or_written_through_a_symlink(tmp_path: Path) -> 
     (tmp_path / "out2" / "credentials" / "vault-token").symlink_to(target)
     planted = cli(tmp_path, "migrate", "-o", str(tmp_path / "out2"), **env)
     assert planted.returncode == 78 and target.read_text() == "untouched"
+
+
+@pytest.mark.parametrize(
+    ("switch", "multi_team", "team_layout"),
+    [
+        ({}, "True", True),  # the provider's default: team paths, with multi_team
+        ({"use_team_secrets_path": True}, "True", True),
+        ({"use_team_secrets_path": False}, "True", False),
+        ({"use_team_secrets_path": True}, "False", False),  # the provider reads none then
+        ({}, "False", False),
+    ],
+)
+def test_vault_team_paths_as_the_provider_reads_them(
+    tmp_path: Path, switch: dict[str, bool], multi_team: str, team_layout: bool
+) -> None:
+    """hashicorp 4.8.4 reads ``{path}/{team}/{key}`` when multi_team and the kwarg are on."""
+    kwargs = {"url": "http://v", "token_path": "/run/t"} | switch
+    env = {"AIRFLOW__CORE__MULTI_TEAM": multi_team}
+    code, out, err = migrate_here(tmp_path, VAULT, kwargs, env=env)
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.team_layout is (
+        team_layout
+    )
+    assert "passes it to hvac" not in out  # translated, not left to review
+    ignored = "use_team_secrets_path: ignored by the provider while [core] multi_team is off"
+    assert (ignored in out) is (switch == {"use_team_secrets_path": True} and not team_layout)
+
+
+def test_vault_team_paths_switched_by_a_string(tmp_path: Path) -> None:
+    """A per-key variable gives a string, which the provider tests for truth: "false" is on."""
+    env = {"AIRFLOW__SECRETS__BACKEND_KWARG__USE_TEAM_SECRETS_PATH": "false"}
+    code, _, err = migrate_here(tmp_path, VAULT, {"url": "http://v"}, env=env)
+    assert code == 78 and "use_team_secrets_path: the provider reads any non-empty string" in err
+    env["AIRFLOW__SECRETS__BACKEND_KWARG__USE_TEAM_SECRETS_PATH"] = "true"
+    code, _, err = migrate_here(
+        tmp_path, VAULT, {"url": "http://v"}, env=env | {"AIRFLOW__CORE__MULTI_TEAM": "true"}
+    )
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.team_layout
+
+
+def test_relative_socket_is_refused(tmp_path: Path) -> None:
+    """The agent would resolve it against its config's directory, Airflow against its own."""
+    code, _, err = migrate_here(tmp_path, SM, {}, socket_path="rel.sock")
+    assert code == 78, err
+    assert "--socket: 'rel.sock' is relative" in err and "give the absolute path" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_airflow_config_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.cfg"
+    code, _, err = migrate_here(tmp_path, airflow_config=missing)
+    assert code == 78 and f"--airflow-config: {missing} does not exist" in err, err
+    code, _, err = migrate_here(tmp_path, airflow_config=tmp_path)
+    assert code == 78 and f"{tmp_path}: cannot read (Is a directory)" in err, err
+    # $AIRFLOW_HOME/airflow.cfg may be missing (Airflow runs on variables): said, not refused.
+    code, _, err = migrate_here(tmp_path)
+    assert code == 78 and f"{tmp_path / 'airflow' / 'airflow.cfg'} (no such file)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("provider", "kwargs", "message"),
+    [
+        (SM, {"connections_prefix": 5}, "connections_prefix: expected a string, or null"),
+        (AZURE, {"vault_url": "https://v", "variables_prefix": True}, "got a boolean"),
+        (GCP, {"config_prefix": ["a", "b"]}, "config_prefix: expected a string, or null"),
+        (VAULT, {"url": "http://v", "variables_path": {"a": 1}}, "got an object"),
+        (VAULT, {"url": "http://v", "global_secrets_path": "common"}, "one [[backends]] table"),
+    ],
+)
+def test_a_prefix_of_another_type_is_named_as_such(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """Only Vault's paths take lists (fallbacks, one table each); the rest want a string."""
+    code, _, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78 and message in err, err
+    assert "a int" not in err and ("[[backends]]" in err) is (
+        provider == VAULT and "global" in str(kwargs)
+    )

@@ -40,6 +40,12 @@ class Translation:
     options: dict[str, Any] = field(default_factory=dict)
     credentials: dict[tuple[str, ...], Credential] = field(default_factory=dict)
     todo: list[tuple[str, str]] = field(default_factory=list)  # (kwarg, what to do)
+    # Option → the kwarg it came from, where the names differ: an option the agent's config
+    # loader refuses is reported under the Airflow setting the user wrote.
+    origins: dict[str, str] = field(default_factory=dict)
+    # The provider's own switch for team-scoped names, where the kwargs set it (Vault's
+    # use_team_secrets_path; None: not set, on by default). [core] multi_team gates it.
+    team_paths: bool | None = None
 
 
 class Kwargs:
@@ -71,6 +77,22 @@ class Kwargs:
             return value.strip().lower() == "true"
         raise MigrationError(f"{key}: expected true or false")
 
+    def truth(self, key: str, default: bool) -> bool:
+        """A switch the provider tests for truth (``if self.flag``), not parses.
+
+        Per-key variables give strings, and to the provider any non-empty string is true,
+        ``"false"`` too: a string is taken only where both readings agree.
+        """
+        value = self._raw.pop(key, default)
+        if not isinstance(value, str):
+            return bool(value)
+        if value.strip().lower() in ("", "true", "t", "1", "yes", "on"):
+            return bool(value)
+        raise MigrationError(
+            f"{key}: the provider reads any non-empty string as true, this one too; "
+            "give JSON true or false in the backend kwargs"
+        )
+
     def number(self, key: str, default: int) -> int:
         value = self._raw.pop(key, default)
         try:
@@ -89,18 +111,27 @@ def take_prefixes(
     translation: Translation,
     name: str,
     defaults: dict[Kind, str],
+    lists: bool = False,
 ) -> None:
-    """Per-kind prefixes (or paths): ``None`` turns the kind off, other values carry over."""
+    """Per-kind prefixes (or paths): ``None`` turns the kind off, other values carry over.
+
+    ``lists``: the provider also takes a list (fallbacks tried in order, Vault's paths).
+    """
     kinds = []
     for kind in Kind:
         key = name.format(kind.plural)
         value = kwargs.take(key, defaults[kind])
         if value is None:
             continue
+        if lists and isinstance(value, list | tuple):
+            raise MigrationError(
+                f"{key}: a list has no single equivalent; use one "
+                "[[backends]] table per value, in the same order"
+            )
         if not isinstance(value, str):
             raise MigrationError(
-                f"{key}: a {type(value).__name__} has no single equivalent; use one "
-                "[[backends]] table per value, in the same order"
+                f"{key}: expected a string, or null to leave {kind.plural} out; "
+                f"got {_json_type(value)}"
             )
         kinds.append(kind.plural)
         if value != defaults[kind]:
@@ -109,6 +140,12 @@ def take_prefixes(
     # provider does (check-config warns about "" without ``kinds``, the old meaning).
     if len(kinds) < len(Kind) or "" in translation.options.values():
         translation.options["kinds"] = kinds
+
+
+def _json_type(value: Any) -> str:
+    """A kwarg's type as the user wrote it (JSON), not as Python names it."""
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    return names.get(type(value), "an object")
 
 
 def leftovers(kwargs: Kwargs, translation: Translation, why: str) -> None:

@@ -67,13 +67,21 @@ class AirflowSettings:
         self.env = dict(env)
         self.cfg_path = cfg or config_path(self.env)
         self._parser = configparser.ConfigParser(interpolation=None)
-        if self.cfg_path.exists():
-            try:
-                self._parser.read(self.cfg_path, encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError) as exc:
-                raise MigrationError(
-                    f"{self.cfg_path}: cannot be parsed ({type(exc).__name__})"
-                ) from None
+        self.cfg_exists = True
+        try:
+            # Opened here: ConfigParser.read skips a file it cannot open, without a word.
+            with open(self.cfg_path, encoding="utf-8") as file:
+                self._parser.read_file(file)
+        except FileNotFoundError:
+            if cfg is not None:  # named on the command line: a typo, not a file-less Airflow
+                raise MigrationError(f"--airflow-config: {self.cfg_path} does not exist") from None
+            self.cfg_exists = False  # Airflow runs on its defaults and variables then
+        except OSError as exc:
+            raise MigrationError(f"{self.cfg_path}: cannot read ({exc.strerror})") from None
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise MigrationError(
+                f"{self.cfg_path}: cannot be parsed ({type(exc).__name__})"
+            ) from None
 
     def get(self, section: str, key: str, sensitive: bool = False) -> str | None:
         name = f"AIRFLOW__{section.upper()}__{key.upper()}"

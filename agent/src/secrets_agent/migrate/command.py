@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from secrets_agent.backends.migration import MigrationError, Translation, translate
 from secrets_agent.config.schema import DEFAULT_SOCKET_PATH
 from secrets_agent.migrate.airflow_settings import AirflowSettings, FoundBackend
+from secrets_agent.migrate.check import check
 from secrets_agent.migrate.files import make_dir, write_new
 from secrets_agent.migrate.render import table
 
@@ -38,12 +39,12 @@ class Request:
 
 def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     try:
+        _require_absolute_socket(request.socket_path)
         settings = AirflowSettings(env, request.airflow_config)
         found = find_backend(settings, request.section)
         translation = translate(found.provider_class, found.kwargs)
-        if translation.type in TEAM_LAYOUTS and _true(settings.get("core", "multi_team")):
-            # The providers read [core] multi_team, not a kwarg: team names first, then global.
-            translation.options["team_layout"] = True
+        if translation.type in TEAM_LAYOUTS:
+            _team_layout(translation, _true(settings.get("core", "multi_team")))
         written = write(request, found, translation)
     except MigrationError as exc:
         print(f"secrets-agent migrate: {exc}", file=err)
@@ -68,6 +69,31 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
     return 0
 
 
+def _require_absolute_socket(socket_path: str) -> None:
+    """Both sides must name one socket; a relative path would be read from two directories."""
+    if not Path(socket_path).is_absolute():
+        raise MigrationError(
+            f"--socket: {socket_path!r} is relative: the agent would read it from its config's "
+            "directory, Airflow from whatever directory each of its processes starts in; "
+            "give the absolute path"
+        )
+
+
+def _team_layout(translation: Translation, multi_team: bool) -> None:
+    """Team names first, then global, where the provider reads them: with ``[core]
+    multi_team`` on and the provider's own switch (Vault's ``use_team_secrets_path``) on."""
+    if multi_team and translation.team_paths is not False:
+        translation.options["team_layout"] = True
+    elif translation.team_paths:
+        translation.todo.append(
+            (
+                "use_team_secrets_path",
+                "ignored by the provider while [core] multi_team is off: team_layout stays "
+                "off (turn it on with multi_team)",
+            )
+        )
+
+
 def _true(raw: str | None) -> bool:
     """Airflow's getboolean."""
     return (raw or "").strip().lower() in ("t", "true", "1")
@@ -82,8 +108,9 @@ def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend
         return found
     main, workers = settings.backend("secrets"), settings.backend("workers")
     if main is None and workers is None:
+        where = settings.cfg_path if settings.cfg_exists else f"{settings.cfg_path} (no such file)"
         raise MigrationError(
-            f"no [secrets] backend or [workers] secrets_backend in {settings.cfg_path} or in "
+            f"no [secrets] backend or [workers] secrets_backend in {where} or in "
             "AIRFLOW__SECRETS__* / AIRFLOW__WORKERS__* variables"
         )
     if (
@@ -105,34 +132,44 @@ def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend
 
 
 def write(request: Request, found: FoundBackend, translation: Translation) -> list[Path]:
-    """The three outputs; credentials first, so the config only names files that exist."""
+    """The three outputs, once the agent's loader takes the config; credentials first, so the
+    config only names files that exist."""
     output = request.output.absolute()
-    make_dir(output, 0o700)
+    credentials = output / "credentials"
     options = dict(translation.options)
+    for option_path, credential in translation.credentials.items():
+        if not option_path[0].startswith("@"):  # "@...": a file the to-do list names
+            _place(options, option_path, str(credentials / credential.file_name))
+    config = agent_config(request, found, translation.type, options)
+    check(config, output, found, translation.origins)
+    make_dir(output, 0o700)
     written = []
     if translation.credentials:
-        credentials = output / "credentials"
         make_dir(credentials, 0o700)
-        for option_path, credential in translation.credentials.items():
+        for credential in translation.credentials.values():
             path = credentials / credential.file_name
             write_new(path, credential.value, 0o600)
             written.append(path)
-            if not option_path[0].startswith("@"):  # "@...": a file the to-do list names
-                _place(options, option_path, str(path))
-    name = request.name or translation.type.replace("_", "-")
-    backend = {"name": name, "type": translation.type} | options
-    config = (
+    write_new(output / "agent.toml", config, 0o640)
+    written.append(output / "agent.toml")
+    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
+    written.append(output / "airflow.env")
+    return written
+
+
+def agent_config(
+    request: Request, found: FoundBackend, backend_type: str, options: dict[str, Any]
+) -> str:
+    """``agent.toml``: the listener and the one ``[[backends]]`` table."""
+    name = request.name or backend_type.replace("_", "-")
+    backend = {"name": name, "type": backend_type} | options
+    return (
         f"# Written by `secrets-agent migrate` from {found.provider_class}\n"
         f"# ([{found.section}] of Airflow). Credentials are in ./credentials, mode 0600.\n\n"
         + table("[listener]", {"socket_path": request.socket_path})
         + "\n"
         + table("[[backends]]", backend)
     )
-    write_new(output / "agent.toml", config, 0o640)
-    written.append(output / "agent.toml")
-    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
-    written.append(output / "airflow.env")
-    return written
 
 
 def _place(options: dict[str, Any], path: tuple[str, ...], item: str) -> None:

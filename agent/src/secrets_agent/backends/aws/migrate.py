@@ -44,7 +44,7 @@ def translate_ssm(kwargs: Kwargs) -> Translation:
 
 
 def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
-    t = Translation(type_name)
+    t = Translation(type_name, origins={ours: theirs for theirs, ours in RENAMED.items()})
     defaults = {kind: default.format(kind.plural) for kind in Kind}
     take_prefixes(kwargs, t, "{}_prefix", defaults)
     for theirs, ours in RENAMED.items():

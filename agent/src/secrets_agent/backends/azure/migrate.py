@@ -18,7 +18,7 @@ KEPT = ("sep", "managed_identity_client_id", "workload_identity_tenant_id", "api
 
 
 def translate(kwargs: Kwargs) -> Translation:
-    t = Translation("azure_key_vault")
+    t = Translation("azure_key_vault", origins={"ca_file": "connection_verify"})
     vault_url = kwargs.text("vault_url")
     if not vault_url:
         raise MigrationError("vault_url: AzureKeyVaultBackend needs the vault's URL")

@@ -14,7 +14,7 @@ KEYS = {
 
 
 def translate(kwargs: Kwargs) -> Translation:
-    t = Translation("file")
+    t = Translation("file", origins={ours: theirs for theirs, ours in KEYS.items()})
     for theirs, ours in KEYS.items():
         path = kwargs.text(theirs)
         if not path:

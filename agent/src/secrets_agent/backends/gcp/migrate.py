@@ -18,7 +18,7 @@ DEFAULTS = {kind: f"airflow-{kind.plural}" for kind in Kind}
 
 
 def translate(kwargs: Kwargs) -> Translation:
-    t = Translation("gcp_secret_manager")
+    t = Translation("gcp_secret_manager", origins={"credentials_file": "gcp_key_path"})
     take_prefixes(kwargs, t, "{}_prefix", DEFAULTS)
     for key in ("sep", "project_id"):
         if kwargs.has(key):

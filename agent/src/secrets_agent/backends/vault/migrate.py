@@ -17,17 +17,41 @@ METHODS = ("token", "approle", "kubernetes", "userpass", "ldap", "jwt", "aws_iam
 AWS_PROFILE = "airflow-secrets-agent"  # the credentials file's section for inline keys
 # The provider passes assume_role_kwargs to STS AssumeRole; the agent sets these two.
 ASSUME_ROLE = {"RoleArn": "role_arn", "RoleSessionName": "role_session_name"}
+# Options (dotted: in a method's table) whose kwarg has another name.
+ORIGINS = {
+    "auth_method": "auth_type",
+    "client_cert": "cert",
+    "client_key": "cert",
+    "ca_file": "verify",
+    "token.token_file": "token_path",
+    "kubernetes.role": "kubernetes_role",
+    "kubernetes.token_path": "kubernetes_jwt_path",
+    "jwt.role": "jwt_role",
+    "jwt.jwt_file": "jwt_token_path",
+    "aws_iam.role": "role_id",
+    **{f"{method}.mount_point": "auth_mount_point" for method in METHODS},
+    **{f"aws_iam.{ours}": "assume_role_kwargs" for ours in ASSUME_ROLE.values()},
+}
 
 
 def translate(kwargs: Kwargs) -> Translation:
-    t = Translation("vault")
+    t = Translation("vault", origins=dict(ORIGINS))
     url = kwargs.text("url")
     if not url:
         raise MigrationError("url: VaultBackend needs the Vault address")
     t.options["url"] = url
     mount = kwargs.take("mount_point", "secret")
     t.options["mount_point"] = "" if mount is None else str(mount)  # None: mount from the id
-    take_prefixes(kwargs, t, "{}_path", PATHS)
+    take_prefixes(kwargs, t, "{}_path", PATHS, lists=True)
+    if kwargs.take("global_secrets_path", None) is not None:
+        # The provider appends it to every kind's paths: a fallback path, as a list would be.
+        raise MigrationError(
+            "global_secrets_path: a fallback path has no single equivalent; use one "
+            "[[backends]] table per path, in the same order (the global one last)"
+        )
+    # Team paths are read when this is true and [core] multi_team is on (the command's part).
+    if kwargs.has("use_team_secrets_path"):
+        t.team_paths = kwargs.truth("use_team_secrets_path", True)
     t.options["kv_engine_version"] = kwargs.number("kv_engine_version", 2)
     if kwargs.has("namespace"):
         t.options["namespace"] = kwargs.text("namespace")
