@@ -376,14 +376,8 @@ def test_busy_retries_stop_at_the_timeout(server: RawServer, make_transport: Mak
     assert server.connections > 5
 
 
-class Interrupted(Exception):
-    """What a signal handler raises mid-lookup (Airflow's execution_timeout: SIGALRM)."""
-
-
-def test_a_lookup_interrupted_mid_answer_never_hands_that_answer_to_the_next(
-    short_tmp: Path,
-) -> None:
-    first_asked, answer_late = threading.Event(), threading.Event()
+def answering(answer: Callable[[bytes], bytes]) -> Callable[[socket.socket, int], None]:
+    """A connection handler that answers each request with ``answer(last path segment)``."""
 
     def handle(conn: socket.socket, index: int) -> None:
         data = b""
@@ -394,13 +388,27 @@ def test_a_lookup_interrupted_mid_answer_never_hands_that_answer_to_the_next(
                     return
                 data += chunk
             head, _, data = data.partition(b"\r\n\r\n")
-            name = head.split(b" ")[1].rsplit(b"/", 1)[-1]
-            if name == b"first":
-                first_asked.set()
-                answer_late.wait(30)  # answered only once its caller has given up
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+            conn.sendall(answer(head.split(b" ")[1].rsplit(b"/", 1)[-1]))
 
-    server = ThreadedUnixServer(str(short_tmp / "late.sock"), handle)
+    return handle
+
+
+class Interrupted(Exception):
+    """What a signal handler raises mid-lookup (Airflow's execution_timeout: SIGALRM)."""
+
+
+def test_a_lookup_interrupted_mid_answer_never_hands_that_answer_to_the_next(
+    short_tmp: Path,
+) -> None:
+    first_asked, answer_late = threading.Event(), threading.Event()
+
+    def answer(name: bytes) -> bytes:  # each variable's value is its own name
+        if name == b"first":
+            first_asked.set()
+            answer_late.wait(30)  # answered only once its caller has given up
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name)
+
+    server = ThreadedUnixServer(str(short_tmp / "late.sock"), answering(answer))
     transport = UnixTransport(server.path, timeout=30)
 
     def interrupt(signum: int, frame: object) -> None:
@@ -429,21 +437,13 @@ def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_
 ) -> None:
     asked, release = threading.Event(), threading.Event()
 
-    def handle(conn: socket.socket, index: int) -> None:
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, data = data.partition(b"\r\n\r\n")
-            if b"/slow" in head:
-                asked.set()
-                release.wait(30)
-            conn.sendall(OK)
+    def answer(name: bytes) -> bytes:
+        if name == b"slow":
+            asked.set()
+            release.wait(30)
+        return OK
 
-    server = ThreadedUnixServer(str(short_tmp / "fork.sock"), handle)
+    server = ThreadedUnixServer(str(short_tmp / "fork.sock"), answering(answer))
     transport = UnixTransport(server.path, timeout=10)
     waiting = threading.Thread(target=transport.request, args=("GET", "/v1/variables/slow"))
     waiting.start()
