@@ -12,7 +12,6 @@ from __future__ import annotations
 # selectors and collections, which triple the client's import time for nothing it uses.
 import _socket
 import _thread
-import _weakref
 import os
 import time
 
@@ -36,6 +35,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["AgentIdentityError", "AgentUnreachable", "ProtocolError", "Response", "UnixTransport"]
+
+# Held only while a forked child renews a transport's lock: renewed itself in every child (one
+# hook for the module, not one per transport: hooks can never be removed).
+_FORKS = _thread.allocate_lock()
+
+
+def _renew_forks_lock() -> None:
+    global _FORKS
+    _FORKS = _thread.allocate_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_forks_lock)
 
 
 class _Connection:
@@ -80,10 +92,6 @@ class UnixTransport:
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
         self._pid = os.getpid()
-        if hasattr(os, "register_at_fork"):
-            # A fork copies the lock as it is: held, if another thread was mid-request, and then
-            # held for good in the child (whose copy of that thread never runs).
-            os.register_at_fork(after_in_child=_forked(_weakref.ref(self)))
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
         """One request; an agent at its connection cap (503 ``X-Agent-Busy``) is asked again
@@ -100,9 +108,9 @@ class UnixTransport:
     def _request_once(
         self, method: str, path: str, body: bytes | None, deadline: float
     ) -> Response:
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
-            if self._pid != os.getpid():
-                self._conn, self._pid = None, os.getpid()  # the parent's: never touch it
             reused = self._conn is not None
             try:
                 return self._send(method, path, body, deadline)
@@ -157,9 +165,14 @@ class UnixTransport:
             self.close()
         return response
 
-    def _after_fork(self) -> None:
-        self._lock = _thread.allocate_lock()
-        self._conn, self._pid = None, os.getpid()  # the parent's connection: never touch it
+    def _forked(self) -> None:
+        """First use in a forked child. A fork copies the lock as it is: held, if another thread
+        was mid-request, and then for good (the child has no copy of that thread). So the child
+        gets a lock of its own, and never touches its parent's connection."""
+        with _FORKS:  # the child's first lookups may race here from several threads
+            if self._pid != os.getpid():
+                self._lock = _thread.allocate_lock()
+                self._conn, self._pid = None, os.getpid()
 
     def _connect(self, deadline: float) -> _socket.socket:
         backoff = Backoff(self._clock, deadline)
@@ -183,14 +196,3 @@ class UnixTransport:
                     sock.close()
                     raise
             return sock
-
-
-def _forked(ref: _weakref.ReferenceType[UnixTransport]) -> Callable[[], None]:
-    """The child's reset for one transport (a weak reference: a fork hook lives forever)."""
-
-    def reset() -> None:
-        transport = ref()
-        if transport is not None:
-            transport._after_fork()
-
-    return reset
