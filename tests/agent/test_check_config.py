@@ -35,12 +35,11 @@ def test_what_run_refuses_at_start_is_refused_each_on_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "secret").write_text(SECRET)  # exists, but not where the config points
-    long_path = tmp_path / ("s" * 120) / "agent.sock"
     code, err = check(
         tmp_path,
         f"""
         [listener]
-        socket_path = "{long_path}"
+        socket_path = "{tmp_path / "agent.sock"}"
         socket_group = "no-such-group-here"
         [cache]
         snapshot_file = "snapshot.bin"
@@ -51,7 +50,7 @@ def test_what_run_refuses_at_start_is_refused_each_on_its_line(
     )
     assert code == 78
     lines = err.splitlines()
-    assert any("listener.socket_path is longer than the 107 bytes" in line for line in lines)
+    assert any("listener.socket_group: no such group" in line for line in lines), lines
     assert any("cache.snapshot_file needs a configured encryption key" in line for line in lines)
     assert any(
         "backend 'az'" in line and "client_secret_file" in line and "absent-secret" in line
@@ -106,3 +105,13 @@ def test_an_empty_client_secret_file_is_refused_without_its_content(
     )
     assert code == 78 and "client_secret_file" in err and "not UTF-8" in err
     assert SECRET not in err
+
+
+def test_a_socket_path_no_kernel_can_bind_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Measured once resolved (a relative path grows by the config's directory): what binds.
+    relative = "s" * (108 - len(str(tmp_path)))
+    code, err = check(tmp_path, f'[listener]\nsocket_path = "{relative}"\n', capsys)
+    assert code == 78
+    assert "listener.socket_path: is longer than the 107 bytes a socket path allows" in err

@@ -35,6 +35,7 @@ AZURE_PRINCIPAL = {
             "secrets",
         ),
         (SM, {}, {"name": "Bad Name"}, "--name", "secrets"),
+        (SM, {}, {"socket_path": "/run/" + "a" * 120 + ".sock"}, "--socket", "secrets"),
         (
             FILES,  # the option is named variables_file: the message names the kwarg
             {"variables_file_path": "/etc/airflow/variables.txt"},

@@ -22,6 +22,7 @@ from secrets_agent.config.validators import (
     resolve_group,
     resolve_user,
     setting,
+    socket_path_problem,
 )
 from secrets_agent.kinds import Kind, per_kind
 
@@ -67,6 +68,8 @@ class ListenerConfig:
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
+        if reason := socket_path_problem(self.socket_path):  # resolved: the path bound
+            problems.append(("socket_path", reason))
         for key in ("team_uids", "team_gids"):
             for peer, teams in getattr(self, key).items():
                 if not peer.isdigit():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import ipaddress
+import os
 import pwd
 import re
 from collections.abc import Callable
@@ -26,6 +27,13 @@ def setting(
     """A dataclass field with rules for the loader; ``path`` resolves against the config dir."""
     meta = {"min": min, "max": max, "choices": choices, "check": check, "path": path}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def socket_path_problem(path: str) -> str | None:
+    """A Unix socket path the kernel cannot bind: sun_path holds 108 bytes, its NUL included."""
+    if len(os.fsencode(path)) >= 108:
+        return "is longer than the 107 bytes a socket path allows"
+    return None
 
 
 def check_octal_mode(value: str) -> str | None:

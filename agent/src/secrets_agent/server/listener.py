@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from secrets_agent.config.schema import ListenerConfig
+from secrets_agent.config.validators import socket_path_problem
 from secrets_agent.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
 def check_socket(config: ListenerConfig) -> int:
     """What binding needs of this machine (``check-config`` asks too): the socket group's gid
     (-1: none set); a path the kernel can bind."""
-    if len(os.fsencode(config.socket_path)) >= 108:  # sun_path, its terminating NUL included
-        raise StartupError("listener.socket_path is longer than the 107 bytes a socket path allows")
+    if reason := socket_path_problem(config.socket_path):  # a config built in code, unchecked
+        raise StartupError(f"listener.socket_path {reason}")
     return _resolve_group(config.socket_group) if config.socket_group else -1
 
 
