@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -426,12 +427,16 @@ def test_vault_team_paths_as_the_provider_reads_them(
 def test_vault_team_paths_switched_by_a_string(tmp_path: Path) -> None:
     """A per-key variable gives a string, which the provider tests for truth: "false" is on."""
     env = {"AIRFLOW__SECRETS__BACKEND_KWARG__USE_TEAM_SECRETS_PATH": "false"}
-    code, _, err = migrate_here(tmp_path, VAULT, {"url": "http://v"}, env=env)
+    multi_team = {"AIRFLOW__CORE__MULTI_TEAM": "true"}
+    code, _, err = migrate_here(tmp_path, VAULT, {"url": "http://v"}, env=env | multi_team)
     assert code == 78 and "use_team_secrets_path: the provider reads any non-empty string" in err
+    # Without multi_team the provider never reads the switch: nothing to refuse, no team layout.
+    code, _, err = migrate_here(tmp_path, VAULT, {"url": "http://v"}, env=env)
+    assert code == 0, err
+    assert not load_config(tmp_path / "out" / "agent.toml").backends[0].options.team_layout
+    shutil.rmtree(tmp_path / "out")
     env["AIRFLOW__SECRETS__BACKEND_KWARG__USE_TEAM_SECRETS_PATH"] = "true"
-    code, _, err = migrate_here(
-        tmp_path, VAULT, {"url": "http://v"}, env=env | {"AIRFLOW__CORE__MULTI_TEAM": "true"}
-    )
+    code, _, err = migrate_here(tmp_path, VAULT, {"url": "http://v"}, env=env | multi_team)
     assert code == 0, err
     assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.team_layout
 

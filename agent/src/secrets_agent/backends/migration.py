@@ -46,6 +46,9 @@ class Translation:
     # The provider's own switch for team-scoped names, where the kwargs set it (Vault's
     # use_team_secrets_path; None: not set, on by default). [core] multi_team gates it.
     team_paths: bool | None = None
+    # Why that switch could not be read (a string the provider reads as true whatever it
+    # says): refused only where it matters, with [core] multi_team on.
+    team_paths_unclear: str = ""
 
 
 class Kwargs:

@@ -82,6 +82,8 @@ def _require_absolute_socket(socket_path: str) -> None:
 def _team_layout(translation: Translation, multi_team: bool) -> None:
     """Team names first, then global, where the provider reads them: with ``[core]
     multi_team`` on and the provider's own switch (Vault's ``use_team_secrets_path``) on."""
+    if multi_team and translation.team_paths_unclear:
+        raise MigrationError(translation.team_paths_unclear)
     if multi_team and translation.team_paths is not False:
         translation.options["team_layout"] = True
     elif translation.team_paths:

@@ -51,7 +51,10 @@ def translate(kwargs: Kwargs) -> Translation:
         )
     # Team paths are read when this is true and [core] multi_team is on (the command's part).
     if kwargs.has("use_team_secrets_path"):
-        t.team_paths = kwargs.truth("use_team_secrets_path", True)
+        try:
+            t.team_paths = kwargs.truth("use_team_secrets_path", True)
+        except MigrationError as exc:
+            t.team_paths_unclear = str(exc)
     t.options["kv_engine_version"] = kwargs.number("kv_engine_version", 2)
     if kwargs.has("namespace"):
         t.options["namespace"] = kwargs.text("namespace")
