@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the agent's JSON, for scripts")
     status.set_defaults(
         func=lambda a: importlib.import_module("secrets_agent.report").run(
-            a.socket, a.timeout, a.json
+            _socket_path(a), a.timeout, a.json
         )
     )
 

@@ -4,7 +4,6 @@ table) or scripts (``--json``). Standard library and the client's transport only
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -27,11 +26,10 @@ _COLUMNS = (
 )
 
 
-def run(socket_path: str | None, timeout: float, as_json: bool) -> int:
-    from secrets_agent_client import DEFAULT_SOCKET_PATH
+def run(path: str, timeout: float, as_json: bool) -> int:
+    """``secrets-agent status`` against the agent on ``path``."""
     from secrets_agent_client.transport import AgentUnreachable, UnixTransport
 
-    path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
     try:
         response = UnixTransport(path, timeout).request("GET", "/v1/status")
     except AgentUnreachable as exc:
