@@ -283,12 +283,15 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
     for _ in range(sizes.mix):
         warm()
         warm_absent()
-    ours, mix_p50, a_p50, b_p50 = measure.interleaved_p50_us(
+    ours, mix_p50, a_p50, b_p50, u_p50 = measure.interleaved_p50_us(
         [
             agent_client(agent),
             agent_mix_client(agent, mix),
             floors.floor_a_client(servers.floor_a),
             floors.floor_b_client(servers.floor_b),
+            # The agent's own client against Floor U: the least p50 that loop and that client
+            # allow (Floor U answers any path with a variable's JSON).
+            agent_client(servers.floor_u),
         ],
         sizes.lookups,
         sizes.rounds,
@@ -327,6 +330,12 @@ def lookups(sizes: Sizes, servers: Servers, pids: Pids) -> list[Row]:
             f"{p50_ratio:.2f}x",
             "≤ 0.7x",
             p50_ratio <= 0.7,
+        ),
+        Row(
+            "Floor U read by the agent's client: p50 ÷ Floor A p50 (the least on the agent's loop)",
+            f"{u_p50 / a_p50:.2f}x ({u_p50:.0f} µs; agent ÷ it {ours / u_p50:.2f}x)",
+            "report",
+            None,
         ),
         Row(
             "agent CPU per cached lookup ÷ Floor A server's",

@@ -28,6 +28,7 @@ def test_bench_prints_every_figure_with_its_target() -> None:
         "agent CPU per cached lookup ÷ Floor A",
         "agent CPU per cached lookup ÷ Floor U",
         "the stretch target",
+        "Floor U read by the agent's client",
         "Zipf mix: agent CPU",
         "Zipf mix: p50",
         "client CPU per cached lookup",
