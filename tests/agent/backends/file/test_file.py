@@ -115,6 +115,7 @@ async def test_a_broken_edit_keeps_the_last_good_contents(
         assert await backend.fetch(V, "k") == "good"
         assert await backend.fetch(V, "a8") is None
     assert caplog.text.count(message) == 1  # read once, not once per lookup
+    assert "keeping previous contents" in caplog.text
     assert "s3cret" not in caplog.text
     assert backend.health().ready
     assert message in backend.health().detail
@@ -127,6 +128,22 @@ async def test_a_deleted_file_serves_nothing(tmp_path: Path) -> None:
     await backend.start()
     path.unlink()
     assert await backend.fetch(V, "k") is None
+
+
+async def test_a_broken_file_after_a_deleted_one_says_it_serves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "vars.json"
+    path.write_text(json.dumps({"k": "v"}))
+    backend = file_backend(variables_file=path)
+    await backend.start()
+    path.unlink()
+    assert await backend.fetch(V, "k") is None
+    path.write_text('{"k": ')
+    with caplog.at_level(logging.ERROR):
+        assert await backend.fetch(V, "k") is None
+    assert "serving nothing from it" in caplog.text  # nothing was kept: none to claim
+    assert "keeping previous contents" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ class _Source:
         # One bad entry fails only its own lookups: id → why (never the value).
         self.bad: dict[str, str] = {}
         self.error: str | None = None
+        self.loaded = False  # ``values`` come from a good parse (not only the empty start)
         # One re-read at a time: lookups arriving during a re-read wait for it, not start more.
         self.reading = asyncio.Lock()
 
@@ -74,19 +75,19 @@ class _Source:
         """Re-parse the file; on error keep the previous values and remember why."""
         if stamp is None:
             log.warning("backend %r: %s is gone; serving nothing from it", self.backend, self.path)
-            self.values, self.bad = {}, {}
+            self.values, self.bad, self.loaded = {}, {}, False
             self.stamp, self.error = None, f"{self.path} does not exist"
             return
         try:
             raw = parse_secrets_file(self.path, self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, FileFormatError) as exc:
             self.error = f"{self.path}: {_describe(exc)}"
-            log.error(
-                "backend %r: cannot load %s; keeping previous contents", self.backend, self.error
-            )
+            # Before a good parse (or after the file went) there is nothing to keep: say so.
+            kept = "keeping previous contents" if self.loaded else "serving nothing from it"
+            log.error("backend %r: cannot load %s; %s", self.backend, self.error, kept)
         else:
             self.values, self.bad = _entries(self.kind, raw)
-            self.error = None
+            self.error, self.loaded = None, True
             for key, why in self.bad.items():
                 log.error("backend %r: %s: %s %r %s", self.backend, self.path, self.kind, key, why)
         self.stamp = stamp
