@@ -128,8 +128,12 @@ class SecretService:
             return None
         if result.refresh_due:
             self._refresh_ahead(key, result.source)
-        self._avoided(key, result.source)
-        self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])  # a frame less
+        source = result.source
+        if source is not None:  # a value: the lookup and the one call it spared, in one call
+            self._metrics.served(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state], source)
+        else:
+            self._avoided(key, None)
+            self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])
         return result
 
     def carry_limits(self, previous: SecretService) -> None:

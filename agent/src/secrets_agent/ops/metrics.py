@@ -291,6 +291,13 @@ class Metrics:
         pending[child] = pending.get(child, 0) + 1
         self._api_seconds(backend, operation).observe(seconds)
 
+    def served(self, kind: str, result: str, backend: str) -> None:
+        """``looked_up`` and ``avoided`` together: a cached value from ``backend`` (every hit)."""
+        pending, child = self._tally.pending, self._cache_result(kind, result)
+        pending[child] = pending.get(child, 0) + 1
+        spared = self._avoided(backend)
+        pending[spared] = pending.get(spared, 0) + 1
+
     def avoided(self, backend: str) -> None:
         """One upstream call a lookup did not need to make to ``backend`` (on every hit)."""
         pending, child = self._tally.pending, self._avoided(backend)

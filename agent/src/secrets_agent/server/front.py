@@ -26,7 +26,7 @@ from secrets_agent.server.forward import Forward, close_or_abort, slow_head
 from secrets_agent.server.gate import BUSY, Gate
 from secrets_agent.server.lean import HeadParser, LeanRead, Renderer, could_be_lean
 from secrets_agent.server.peers import peer_credentials, peer_groups
-from secrets_agent.server.reads import Caller, Reads
+from secrets_agent.server.reads import HEADERS, Caller, Reads
 
 _MAX_BUFFERED = 256 * 1024  # unanswered bytes held while a request waits; then reading pauses
 
@@ -242,7 +242,18 @@ class Front(asyncio.Protocol):
         """Answer now if the answer is at hand, else once the lookup has waited for it."""
         started = time.perf_counter()
         assert self._caller is not None
-        answer = self._s.reads.now(self._caller, head.read)
+        s, read = self._s, head.read
+        result = s.reads.plain(self._caller, read)
+        if result is not None:  # the usual read: answered without an Answer, in fewer frames
+            status, body = s.reads.body(read, result)
+            s.metrics.answered(head.kind_label, status, time.perf_counter() - started)
+            headers, keep_alive = HEADERS[result.state], head.keep_alive
+            rendered = s.renderer.parts(status, headers, int(result.age), body, keep_alive)
+            self._transport.write(rendered)  # type: ignore[union-attr]
+            if not keep_alive:
+                self._close()
+            return
+        answer = s.reads.settle(self._caller, read)
         if answer is None:
             self._busy, self._waiting_head, self._deadline = True, False, math.inf
             task = self._loop.create_task(self._s.reads.fetch(self._caller, head.read))

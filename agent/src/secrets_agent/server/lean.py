@@ -167,14 +167,19 @@ class Renderer:
         self._heads: Generations[tuple[int, Headers], bytes] = Generations(8192)
 
     def render(self, answer: Answer, keep_alive: bool) -> bytes:
-        key = (answer.status, answer.headers)
+        return self.parts(answer.status, answer.headers, answer.age, answer.body, keep_alive)
+
+    def parts(
+        self, status: int, headers: Headers, age: int | None, body: bytes, keep_alive: bool
+    ) -> bytes:
+        """``render`` from an answer's parts: a cached read is answered without an ``Answer``."""
+        key = (status, headers)
         heads = self._heads
         head = heads.young.get(key) or heads.get(key) or self._head(key)
         second = int(self._wall())
         if second != self._second:
             self._date, self._second = _http_date(second), second
         close = b"" if keep_alive else b"Connection: close\r\n"
-        body, age = answer.body, answer.age
         if age is None:
             return _ANSWER % (head, len(body), self._date, close, body)
         return _AGED % (head, age, len(body), self._date, close, body)

@@ -37,7 +37,7 @@ _OUTCOME = {state: state.lower() for state in CacheState}
 _KIND = {kind: kind.value for kind in Kind}
 # A cached answer's headers but ``Age``, which the answer carries on its own: one shared tuple
 # per state, whatever the ages (a memo by age filled up once TTLs ran to hours).
-_HEADERS = {state: (("X-Cache", state.value), _NO_STORE) for state in CacheState}
+HEADERS = {state: (("X-Cache", state.value), _NO_STORE) for state in CacheState}
 # A 404's body names only the kind: built once, not per answer.
 _NOT_FOUND = {
     kind: error_answer(404, "not_found", f"no backend has this {kind.value}").body for kind in Kind
@@ -126,8 +126,40 @@ class Reads:
         prefix = f'{{"kind": "{_KIND[kind]}", "id": {_quote(query.raw_id)}, "value": '
         return Prepared(query, kind, invalid, forced, prefix, (kind, query.raw_id, query.team))
 
+    def plain(self, caller: Caller, read: Prepared) -> Result | None:
+        """The cache's fresh answer for a read with nothing else to it (almost every read): a
+        valid read, not refresh-now, that the peer may make with no check left to run and no
+        line to audit. None otherwise, or if not fresh in the cache (``settle`` says more)."""
+        runtime = self.context.current()
+        if (
+            caller.allowed_by is not runtime.policy  # a first request, or a reload since
+            or read.invalid is not None
+            or read.forced
+            or read.key[2] is not None  # a team: the policy's bindings to check
+        ):
+            return None
+        access, audit = runtime.access, self.context.audit
+        if (access is not None and not caller.may_read(access, read)) or (
+            audit is not None and audit.enabled
+        ):
+            return None
+        return runtime.service.cached(read.key)
+
+    def body(self, read: Prepared, result: Result) -> tuple[int, bytes]:
+        """The status and JSON body of a cached read's answer (a value, or a negative's 404)."""
+        if result.value is None:  # a negative: as common as a hit where Airflow asks first
+            return 404, _NOT_FOUND[read.kind]
+        return 200, f"{read.prefix}{_quote(result.value)}}}".encode("ascii")
+
     def now(self, caller: Caller, read: Prepared) -> Answer | None:
         """The answer if it needs no waiting (cached, refused, malformed), else None."""
+        if (result := self.plain(caller, read)) is not None:
+            return self._found(caller.peer, read, result)
+        return self.settle(caller, read)
+
+    def settle(self, caller: Caller, read: Prepared) -> Answer | None:
+        """``now`` for a read ``plain`` did not answer: refused, malformed, audited, team-bound
+        or not cached (None)."""
         runtime = self.context.current()
         if caller.allowed_by is not runtime.policy and not caller.allowed(runtime.policy):
             query = read.query
@@ -207,11 +239,8 @@ class Reads:
             outcome = "negative" if result.value is None else _OUTCOME[result.state]
             query = read.query
             self._audit(peer, read.kind, query.raw_id, query.team, outcome, result.source)
-        headers, age = _HEADERS[result.state], int(result.age)
-        if result.value is None:  # a negative: as common as a hit where Airflow asks first
-            return Answer(404, _NOT_FOUND[read.kind], headers, age)
-        body = f"{read.prefix}{_quote(result.value)}}}".encode("ascii")
-        return Answer(200, body, headers, age)
+        status, body = self.body(read, result)
+        return Answer(status, body, HEADERS[result.state], int(result.age))
 
     def _audit(
         self,
