@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,6 +257,23 @@ def test_idle_and_slow_connections_are_closed(
         fresh.close()
     slow_lines = [r for r in caplog.records if "no complete request head" in r.getMessage()]
     assert 1 <= len(slow_lines) <= 2  # rate-limited, and the idle close is not logged
+
+
+def test_a_head_handed_to_aiohttp_midway_keeps_its_deadline(
+    short_tmp: Path, script: Script
+) -> None:
+    """The time a head has runs from its start, whichever layer reads its end: a hand-off to
+    aiohttp does not give a slow client a second ``header_timeout``."""
+    with start(short_tmp, "header_timeout = 2.0") as agent:
+        slow = Conn(agent.socket_path)
+        slow.send(b"GET /")  # could still be a lean read: the lean path's deadline runs
+        time.sleep(1.5)  # the slow client under test (its deadline is 0.5 s away)
+        slow.send(b"status HTTP/1.1\r\n")  # not a read: aiohttp's from here, head unfinished
+        sent = time.monotonic()
+        assert slow.closed()
+        # Due 0.5 s after that send; a restarted clock would have given it 2 s more.
+        assert time.monotonic() - sent < 1.5
+        slow.close()
 
 
 def test_shutdown_answers_a_waiting_read_then_closes(short_tmp: Path, script: Script) -> None:

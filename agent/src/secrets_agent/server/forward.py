@@ -72,10 +72,18 @@ class Forward:
         self._body_left = 0
         self._tracking = True
 
-    def start(self, transport: asyncio.Transport, buffered: bytes, write_paused: bool) -> None:
-        """Take over a connection: ``buffered`` is what was read but not answered yet."""
+    def start(
+        self,
+        transport: asyncio.Transport,
+        buffered: bytes,
+        write_paused: bool,
+        head_due: float | None = None,
+    ) -> None:
+        """Take over a connection: ``buffered`` is what was read but not answered yet, and
+        ``head_due`` the loop time by which the head begun before the hand-off must be whole
+        (the lean path's deadline carries over: a hand-off must not restart the clock)."""
         self._transport = transport
-        self._arm()  # a client that connects and sends nothing is cut too
+        self._arm(head_due)  # a client that connects and sends nothing is cut too
         # aiohttp closes with ``transport.close()``, which waits for a flush a client that
         # stopped reading never allows: its closes abort what is left after write_timeout.
         reaping = Reaping(transport, self._loop, self._write_timeout)
@@ -135,8 +143,10 @@ class Forward:
         self._head.clear()
         self._disarm()
 
-    def _arm(self) -> None:
-        self._timer = self._loop.call_later(self._head_timeout, self._expire)
+    def _arm(self, due: float | None = None) -> None:
+        if due is None:
+            due = self._loop.time() + self._head_timeout
+        self._timer = self._loop.call_at(due, self._expire)
 
     def _disarm(self) -> None:
         if self._timer is not None:

@@ -307,7 +307,8 @@ class Front(asyncio.Protocol):
         self._s.fronts.discard(self)  # aiohttp tracks it from here (and closes it on shutdown)
         buffered = bytes(self._buffer)
         self._buffer.clear()
-        self._forward.start(self._transport, buffered, self._write_paused)
+        due = self._deadline if self._waiting_head else None  # time.monotonic, the loop's clock
+        self._forward.start(self._transport, buffered, self._write_paused, due)
         if self._eof:
             self._forward.eof_received()
 
