@@ -82,6 +82,53 @@ def test_everyone_and_deny_wins_over_allow_whatever_the_order() -> None:
         assert allows(access, ALICE, V, "shared_x")
 
 
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "SHARED_ADMIN_KEY",  # env: AIRFLOW_VAR_ + id.upper(); Key Vault: names ignore case
+        "shared_ADMIN_key",
+        "shared-admin-key",  # Key Vault: every _ becomes -
+        "Shared-Admin_Key",
+        "shared_adm\u0131n_key",  # dotless i: "\u0131".upper() is "I"
+        "\u017fhared_admin_key",  # long s: upper() is "S"
+    ],
+)
+def test_a_deny_also_refuses_ids_that_name_the_same_secret_upstream(alias: str) -> None:
+    """The env backend reads ``id.upper()`` and Key Vault reads ``_`` as ``-`` and ignores case:
+    a deny that only matched the id as written would let these read the denied secret."""
+    access = rules(
+        {"everyone": True, "variables": ["shared_*", "*"]},
+        {"everyone": True, "effect": "deny", "variables": ["shared_admin_*"]},
+    )
+    assert not allows(access, ALICE, V, "shared_admin_key")
+    assert not allows(access, ALICE, V, alias)
+    assert allows(access, ALICE, V, "shared_x")
+    assert not access.for_peer(ALICE, frozenset()).may_touch(V, alias)
+
+
+def test_a_deny_folds_separators_in_sets_and_in_team_names() -> None:
+    access = rules(
+        {"everyone": True, "variables": ["*"]},
+        {"everyone": True, "effect": "deny", "variables": ["a[-]b", "c[_x]d", "e[!-]f"]},
+        {"everyone": True, "effect": "deny", "variables": ["*"], "teams": ["team_b"]},
+    )
+    for secret_id in ("a-b", "a_b", "A_B", "c-d", "c_d", "cXd"):
+        assert not allows(access, ALICE, V, secret_id), secret_id
+    assert allows(access, ALICE, V, "c-x-d") and allows(access, ALICE, V, "cyd")
+    for secret_id in ("e_f", "e-f", "eaf"):  # e_f matches exactly, so e-f names it too
+        assert not allows(access, ALICE, V, secret_id), secret_id
+    for team in ("team_b", "team-b", "TEAM_B", "Team-B"):
+        assert not allows(access, ALICE, V, "k", team=team), team
+    assert allows(access, ALICE, V, "k", team="team_a")
+
+
+def test_allows_stay_exact_whatever_a_deny_folds() -> None:
+    access = rules({"everyone": True, "variables": ["team_a_*"], "teams": ["team_a"]})
+    for secret_id, team in (("TEAM_A_x", "team_a"), ("team-a-x", "team_a"), ("team_a_x", "TEAM_A")):
+        assert not allows(access, ALICE, V, secret_id, team=team)
+    assert allows(access, ALICE, V, "team_a_x", team="team_a")
+
+
 def test_team_limited_rules_match_only_reads_for_their_teams() -> None:
     access = rules({"uid": 1001, "variables": ["*"], "teams": ["team_a"]})
     assert allows(access, ALICE, V, "k", team="team_a")
@@ -182,7 +229,8 @@ globs = st.text(st.sampled_from("ab_-./Z9*?"), min_size=1, max_size=8)
 @settings(max_examples=300, deadline=None, database=None)
 @given(allow=st.lists(globs, max_size=3), deny=st.lists(globs, max_size=3), secret_id=ids)
 def test_decision_is_allow_unless_denied(allow: list[str], deny: list[str], secret_id: str) -> None:
-    """Against fnmatchcase itself: allowed iff some allow pattern matches and no deny does."""
+    """Against fnmatchcase itself: allowed iff some allow pattern matches the id and no deny
+    pattern matches it blind to case and to - versus _ (no sets here: folding both is exact)."""
     tables: list[dict[str, Any]] = [{"everyone": True, "variables": ["__none__"]}]
     if allow:
         tables.append({"uid": 1001, "variables": allow})
@@ -190,11 +238,15 @@ def test_decision_is_allow_unless_denied(allow: list[str], deny: list[str], secr
         tables.append({"gid": 1001, "effect": "deny", "variables": deny})
     access = rules(*tables)
     expected = any(fnmatch.fnmatchcase(secret_id, p) for p in allow) and not any(
-        fnmatch.fnmatchcase(secret_id, p) for p in deny
+        fnmatch.fnmatchcase(fold(secret_id), fold(p)) for p in deny
     )
     assert allows(access, ALICE, V, secret_id) is expected
     assert allows(access, ALICE, V, secret_id) is expected  # and the remembered decision too
     assert not allows(access, ALICE, C, secret_id)
+
+
+def fold(text: str) -> str:
+    return text.lower().replace("-", "_")
 
 
 def test_check_config_refuses_bad_rules_by_position(

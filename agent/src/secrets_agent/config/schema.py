@@ -324,7 +324,8 @@ class AccessRule:
     everyone: bool = False  # every peer the socket admits (allowed_uids / allowed_gids)
     effect: str = setting("allow", choices=("allow", "deny"))
     # Shell-style patterns, case-sensitive: * any run of characters (/ included), ? one,
-    # [abc] / [!abc] one of a set. Absent: no id of that kind.
+    # [abc] / [!abc] one of a set. Absent: no id of that kind. A deny's patterns (and teams)
+    # also match other spellings of the same upstream name (case, - vs _): server.access.
     connections: tuple[str, ...] = setting((), check=check_glob)
     variables: tuple[str, ...] = setting((), check=check_glob)
     config: tuple[str, ...] = setting((), check=check_glob)

@@ -7,6 +7,10 @@ every admitted peer reads everything, as before rules existed. Decisions are rem
 peer and read: the lean path asks for the same few keys again and again. Both memos are
 two-generation memos (``server.memo``): bounded, and a fleet's hot keys stay remembered however
 many others pass through; a reload builds new rules with empty memos, swapped whole.
+
+Allows match the id as written. A deny also matches every spelling an upstream reads as the
+same name: the env backend looks up ``id.upper()`` and Key Vault turns ``_`` into ``-`` and
+ignores case, so a deny of ``shared_admin_*`` must refuse ``SHARED-ADMIN-KEY`` too.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ class Rule:
     @classmethod
     def compile(cls, rule: AccessRule, position: int) -> Rule:
         who, ident = _who(rule, position)
-        ids = {kind: _matcher(rule.patterns(kind)) for kind in Kind}
+        allow = rule.effect == "allow"
+        ids = {kind: _matcher(rule.patterns(kind), fold=not allow) for kind in Kind}
         everything = frozenset(kind for kind in Kind if "*" in rule.patterns(kind))
-        return cls(who, ident, rule.effect == "allow", ids, frozenset(rule.teams), everything)
+        teams = frozenset(rule.teams if allow else map(_fold_team, rule.teams))
+        return cls(who, ident, allow, ids, teams, everything)
 
     def applies_to(self, peer: Peer, groups: frozenset[int]) -> bool:
         if self.who == "uid":
@@ -53,10 +59,21 @@ class Rule:
         return True
 
     def matches(self, kind: Kind, secret_id: str, team: str | None) -> bool:
-        if self.teams and team not in self.teams:
+        if self.teams and (team if self.allow or team is None else _fold_team(team)) not in (
+            self.teams
+        ):
             return False
+        return self.names(kind, secret_id)
+
+    def names(self, kind: Kind, secret_id: str) -> bool:
+        """Whether the id is one of this rule's (for a deny: in any spelling of the same name)."""
         matcher = self.ids[kind]
-        return matcher is not None and matcher.fullmatch(secret_id) is not None
+        if matcher is None:
+            return False
+        if matcher.fullmatch(secret_id) is not None:
+            return True
+        # IGNORECASE folds one character at a time; upper() also turns "ß" into "SS".
+        return not self.allow and matcher.fullmatch(secret_id.upper()) is not None
 
 
 class PeerRules:
@@ -92,8 +109,7 @@ class PeerRules:
         of an invalidation."""
         allowed = False
         for rule in self._rules:
-            matcher = rule.ids[kind]
-            if matcher is None or matcher.fullmatch(secret_id) is None:
+            if not rule.names(kind, secret_id):
                 continue
             if not rule.allow and not rule.teams:
                 return False  # denied for every team: nothing of it may be touched
@@ -152,8 +168,38 @@ def _who(rule: AccessRule, position: int) -> tuple[str, int]:
     return EVERYONE, -1
 
 
-def _matcher(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One anchored regex for a kind's patterns (fnmatch's translation, case-sensitive)."""
+def _matcher(patterns: Sequence[str], fold: bool = False) -> re.Pattern[str] | None:
+    """One anchored regex for a kind's patterns: fnmatch's translation, case-sensitive, or with
+    ``fold`` (a deny) blind to case and to ``-`` versus ``_``."""
     if not patterns:
         return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    if not fold:
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return re.compile("|".join(f"(?:{_folded(p)})" for p in patterns), re.IGNORECASE)
+
+
+_SEPARATOR, _SET = "\x01", "\x02"  # placeholders: check_glob refuses control characters
+# A set as fnmatch reads it: a ] first (after any !) is a member; "[!]" alone is no set.
+_BRACKET = re.compile(r"\[!?+\]?+[^\]]*\]")
+
+
+def _folded(pattern: str) -> str:
+    """fnmatch's translation of ``pattern`` (its star handling kept), where ``-`` and ``_`` are
+    one character: outside a set either matches both, and a set holding either holds both."""
+    sets: list[str] = []
+    parts: list[str] = []
+    for index, piece in enumerate(_BRACKET.split(pattern)):
+        if index:
+            parts.append(_SET)
+        parts.append(piece.replace("-", _SEPARATOR).replace("_", _SEPARATOR))
+    for found in _BRACKET.findall(pattern):
+        regex = fnmatch.translate(found)[len("(?s:") : -len(")\\Z")]
+        either = re.fullmatch(regex, "-") or re.fullmatch(regex, "_")
+        sets.append(f"(?:[-_]|{regex})" if either else regex)
+    translated = fnmatch.translate("".join(parts)).replace(_SEPARATOR, "[-_]")
+    pieces = translated.split(_SET)
+    return pieces[0] + "".join(s + rest for s, rest in zip(sets, pieces[1:], strict=True))
+
+
+def _fold_team(team: str) -> str:
+    return team.lower().replace("-", "_")
