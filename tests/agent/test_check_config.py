@@ -67,6 +67,13 @@ def test_an_unknown_socket_group_is_refused(
         capsys,
     )
     assert code == 78 and "listener.socket_group: no such group" in err
+    for digits in ("\u00b2", "\u0663"):  # digits to str.isdigit, no gid ("٣" is 3 to int)
+        code, err = check(
+            tmp_path,
+            f'[listener]\nsocket_path = "{tmp_path}/a.sock"\nsocket_group = "{digits}"\n',
+            capsys,
+        )
+        assert code == 78 and "listener.socket_group: no such group" in err, err
 
 
 def test_the_same_config_made_right_passes(

@@ -203,6 +203,13 @@ def test_a_busy_peer_keeps_its_rules_while_many_others_come_and_go() -> None:
         ({"uid": 1}, "access[0]: names no ids"),
         ({"user": "no-such-user-here", "variables": ["x"]}, "access[0].user: no such user"),
         ({"group": "no-such-group-here", "variables": ["x"]}, "access[0].group: no such group"),
+        # Digits to str.isdigit, but no uid: "²" is no number to int(), "٣" is 3 to it.
+        ({"user": "\u00b2", "variables": ["x"]}, "access[0].user: no such user"),
+        ({"user": "\u0663", "variables": ["x"]}, "access[0].user: no such user"),
+        ({"group": "\u00b2", "variables": ["x"]}, "access[0].group: no such group"),
+        ({"group": "\u0663", "variables": ["x"]}, "access[0].group: no such group"),
+        ({"user": "a\x00b", "variables": ["x"]}, "access[0].user: no such user"),  # not a crash
+        ({"group": "a\x00b", "variables": ["x"]}, "access[0].group: no such group"),
         ({"uid": 1, "variables": ["a[b"]}, "access[0].variables: pattern has a [ without"),
         ({"uid": 1, "variables": [""]}, "access[0].variables: patterns must be 1-500"),
         ({"uid": 1, "variables": ["a b"]}, "access[0].variables: patterns must not hold"),

@@ -78,11 +78,16 @@ def test_binding_keys_and_teams_are_validated(short_tmp: Path) -> None:
     from secrets_agent.config.loader import parse_config
     from secrets_agent.errors import ConfigError
 
-    listener = {"team_uids": {"alice": ["team_a"]}, "team_gids": {"4100": ["no spaces"]}}
+    listener = {
+        "team_uids": {"alice": ["team_a"], "\u00b2": ["team_a"], "\u0663": ["team_a"]},
+        "team_gids": {"4100": ["no spaces"]},
+    }
     with pytest.raises(ConfigError) as info:
         parse_config({"listener": listener}, short_tmp)
     assert info.value.problems == [
         "listener.team_uids.alice: keys must be numeric ids",
+        "listener.team_uids.\u00b2: keys must be numeric ids",  # not int(): no traceback
+        "listener.team_uids.\u0663: keys must be numeric ids",  # not uid 3
         "listener.team_gids.4100: teams must be 1-64 letters, digits, - or _",
     ]
 

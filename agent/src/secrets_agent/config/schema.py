@@ -19,6 +19,7 @@ from secrets_agent.config.validators import (
     check_session_name,
     check_store_url,
     check_team,
+    numeric_id,
     resolve_group,
     resolve_user,
     setting,
@@ -72,7 +73,7 @@ class ListenerConfig:
             problems.append(("socket_path", reason))
         for key in ("team_uids", "team_gids"):
             for peer, teams in getattr(self, key).items():
-                if not peer.isdigit():
+                if not numeric_id(peer):
                     problems.append((f"{key}.{peer}", "keys must be numeric ids"))
                 if any(check_team(team) for team in teams):
                     problems.append((f"{key}.{peer}", "teams must be 1-64 letters, digits, - or _"))

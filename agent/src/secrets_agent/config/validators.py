@@ -237,20 +237,27 @@ def check_glob(value: str) -> str | None:
     return None
 
 
+def numeric_id(text: str) -> bool:
+    """Whether ``text`` is a uid or gid written in ASCII digits: ``str.isdigit`` also takes
+    "²" (which ``int`` refuses) and "٣" (which ``int`` reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_user(name: str) -> int | None:
     """A user name (or a numeric string) as a uid, or None when this machine has no such user."""
-    if name.isdigit():
+    if numeric_id(name):
         return int(name)
     try:
         return pwd.getpwnam(name).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         return None
 
 
 def resolve_group(name: str) -> int | None:
-    if name.isdigit():
+    """A group name (or a numeric string) as a gid, or None when this machine has no such group."""
+    if numeric_id(name):
         return int(name)
     try:
         return grp.getgrnam(name).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import grp
 import logging
 import os
 import socket
@@ -11,7 +10,7 @@ import stat
 from pathlib import Path
 
 from secrets_agent.config.schema import ListenerConfig
-from secrets_agent.config.validators import socket_path_problem
+from secrets_agent.config.validators import resolve_group, socket_path_problem
 from secrets_agent.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -133,9 +132,7 @@ def _clear_stale(path: Path) -> None:
 
 
 def _resolve_group(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StartupError("listener.socket_group: no such group") from None
+    gid = resolve_group(group)
+    if gid is None:
+        raise StartupError("listener.socket_group: no such group")
+    return gid
