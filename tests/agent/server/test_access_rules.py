@@ -56,6 +56,13 @@ def test_a_uid_rule_allows_its_patterns_and_nothing_else() -> None:
     assert not allows(access, BOB, V, "team_a_db")  # no rule for bob: denied by default
 
 
+def test_sets_are_read_as_fnmatch_reads_them() -> None:
+    access = rules({"uid": 1001, "variables": ["a[[]", "b[]x]", "c[!]]", "d[a[b]"]})
+    for secret_id in ("a[", "b]", "bx", "cy", "d[", "da"):
+        assert allows(access, ALICE, V, secret_id), secret_id
+    assert not allows(access, ALICE, V, "c]") and not allows(access, ALICE, V, "dc")
+
+
 def test_patterns_are_case_sensitive_and_star_spans_slashes() -> None:
     access = rules({"uid": 1001, "variables": ["Team_A/*", "x?[0-9]"]})
     assert allows(access, ALICE, V, "Team_A/deep/key")
@@ -211,6 +218,10 @@ def test_a_busy_peer_keeps_its_rules_while_many_others_come_and_go() -> None:
         ({"user": "a\x00b", "variables": ["x"]}, "access[0].user: no such user"),  # not a crash
         ({"group": "a\x00b", "variables": ["x"]}, "access[0].group: no such group"),
         ({"uid": 1, "variables": ["a[b"]}, "access[0].variables: pattern has a [ without"),
+        # fnmatch reads a ] right after [ or [! as a member: these close nothing.
+        ({"uid": 1, "variables": ["a[]"]}, "access[0].variables: pattern has a [ without"),
+        ({"uid": 1, "variables": ["a[!]"]}, "access[0].variables: pattern has a [ without"),
+        ({"uid": 1, "variables": ["[a]b[c"]}, "access[0].variables: pattern has a [ without"),
         ({"uid": 1, "variables": [""]}, "access[0].variables: patterns must be 1-500"),
         ({"uid": 1, "variables": ["a b"]}, "access[0].variables: patterns must not hold"),
         ({"uid": 1, "connections": ["x"], "effect": "maybe"}, "access[0].effect: must be one"),

@@ -217,6 +217,9 @@ def check_store_url(value: str) -> str | None:
     return None
 
 
+# A set as fnmatch reads it: a ] first (after any !) is a member, so "[]" and "[!]" close
+# nothing, while "[[]" is a set of one "[".
+GLOB_SET = re.compile(r"\[!?+\]?+[^\]]*\]")
 _GLOB_CHARS = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+")  # no space, no control character
 
 
@@ -226,13 +229,7 @@ def check_glob(value: str) -> str | None:
         return "patterns must be 1-500 characters"
     if not _GLOB_CHARS.fullmatch(value):
         return "patterns must not hold spaces or control characters"
-    depth = 0
-    for char in value:  # fnmatch would read an unclosed [ literally: a typo, refused
-        if char == "[":
-            depth += 1
-        elif char == "]" and depth:
-            depth -= 1
-    if depth:
+    if "[" in GLOB_SET.sub("", value):  # fnmatch would read it literally: a typo, refused
         return "pattern has a [ without its ]"
     return None
 

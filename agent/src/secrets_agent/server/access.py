@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from secrets_agent.config.schema import AccessRule
-from secrets_agent.config.validators import resolve_group, resolve_user
+from secrets_agent.config.validators import GLOB_SET, resolve_group, resolve_user
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.server.memo import Generations, sized_for
@@ -179,8 +179,6 @@ def _matcher(patterns: Sequence[str], fold: bool = False) -> re.Pattern[str] | N
 
 
 _SEPARATOR, _SET = "\x01", "\x02"  # placeholders: check_glob refuses control characters
-# A set as fnmatch reads it: a ] first (after any !) is a member; "[!]" alone is no set.
-_BRACKET = re.compile(r"\[!?+\]?+[^\]]*\]")
 
 
 def _folded(pattern: str) -> str:
@@ -188,11 +186,11 @@ def _folded(pattern: str) -> str:
     one character: outside a set either matches both, and a set holding either holds both."""
     sets: list[str] = []
     parts: list[str] = []
-    for index, piece in enumerate(_BRACKET.split(pattern)):
+    for index, piece in enumerate(GLOB_SET.split(pattern)):
         if index:
             parts.append(_SET)
         parts.append(piece.replace("-", _SEPARATOR).replace("_", _SEPARATOR))
-    for found in _BRACKET.findall(pattern):
+    for found in GLOB_SET.findall(pattern):
         regex = fnmatch.translate(found)[len("(?s:") : -len(")\\Z")]
         either = re.fullmatch(regex, "-") or re.fullmatch(regex, "_")
         sets.append(f"(?:[-_]|{regex})" if either else regex)
