@@ -77,6 +77,7 @@ def test_a_peer_refused_at_the_socket_is_audited_as_denied(short_tmp: Path) -> N
     extra = f"""
         allowed_uids = []
         allowed_gids = []
+        admin_uids = []
         [audit]
         output = "file"
         file = "{log}"

@@ -66,3 +66,28 @@ def test_invalidate_needs_an_admin_uid(short_tmp: Path) -> None:
 
         assert as_other_user(NOBODY, NOBODY, [], invalidate) == "403"
         assert invalidate() == "200"
+
+
+def test_status_uids_and_admins_see_the_operator_views_without_reading_secrets(
+    short_tmp: Path,
+) -> None:
+    """A monitoring user in ``status_uids`` (or an admin) need not be admitted as a reader:
+    listing it in ``allowed_uids`` would let it read every secret."""
+    listener = "allowed_uids = [4000]\nadmin_uids = [4001]\nstatus_uids = [4002]\n"
+    with running_agent(config_for(short_tmp, listener)) as agent:
+
+        def views() -> str:
+            transport = UnixTransport(agent.socket_path, 5)
+            paths = ("/v1/status", "/metrics", "/healthz", "/readyz", "/v1/variables/greeting")
+            return " ".join(str(transport.request("GET", path).status) for path in paths)
+
+        def invalidate() -> str:
+            transport = UnixTransport(agent.socket_path, 5)
+            return str(transport.request("POST", "/v1/cache/invalidate", b"{}").status)
+
+        for viewer in (4001, 4002):
+            assert as_other_user(viewer, viewer, [], views) == "200 200 200 200 403", viewer
+            assert ask_as(agent.socket_path, viewer, viewer).startswith("DENIED")
+        assert as_other_user(4001, 4001, [], invalidate) == "403"  # a reader's right, not a view
+        assert as_other_user(4003, 4003, [], views) == "403 403 403 403 403"  # neither
+        assert as_other_user(4000, 4000, [], views) == "403 200 200 200 200"  # a reader only

@@ -23,6 +23,9 @@ CONTEXT = web.AppKey("context", ApiContext)
 READS = web.AppKey("reads", Reads)
 MAX_BODY = web.AppKey("max_body", int)  # bytes a request body may hold (listener.max_body_size)
 CALLER_KEY = web.RequestKey("caller", Caller)
+# What admin uids and listener.status_uids may read without being admitted as readers of
+# secrets (allowed_uids / allowed_gids): counts and health, never an id or a value.
+_VIEWS = frozenset({"/v1/status", "/metrics", "/healthz", "/readyz"})
 
 
 def create_app(reads: Reads, max_body_size: int) -> web.Application:
@@ -60,7 +63,12 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     if sock is None:
         return error_response(403, "peer_denied", "peer credentials are unavailable")
     caller = Caller(peer_credentials(sock), peer_groups(sock))
-    if not context.current().policy.allows(caller.peer, caller.groups):
+    policy = context.current().policy
+    if not policy.allows(caller.peer, caller.groups) and not (
+        request.path in _VIEWS
+        and request.method in ("GET", "HEAD")
+        and policy.may_view_status(caller.peer)
+    ):
         segment = request.match_info.get("kind")
         secret_id = request.match_info.get("id", "")[:MAX_ID_LENGTH]
         kind = KIND_BY_SEGMENT.get(segment) if segment else None
