@@ -178,6 +178,8 @@ def test_daemonset_node_agent() -> None:
     assert config.listener.allowed_uids == (50000,) and agent_uid not in (50000, 0)
     assert config.listener.allowed_gids == ()
     assert config.listener.admin_uids == ()
+    # Its exec probes (`secrets-agent probe`) run as the agent's uid: a status uid, no reader.
+    assert config.listener.status_uids == (agent_uid,)
     # The init container only hands the hostPath directory to the agent's uid.
     (prepare,) = spec["initContainers"]
     assert f"os.chown(d, {agent_uid}, 0)" in prepare["command"][-1]
@@ -210,16 +212,18 @@ import os, socket, sys
 os.setgroups([]); os.setgid(0); os.setuid(int(sys.argv[2]))
 with socket.socket(socket.AF_UNIX) as s:
     s.connect(sys.argv[1])
-    s.sendall(b"GET /v1/variables/greeting HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    s.sendall(b"GET %s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" % sys.argv[3].encode())
     print(s.recv(4096).split(b"\\r\\n", 1)[0].decode())
 """
 
 
-def _ask_through_read_only_mount(host_dir: Path, pod_dir: Path, uid: int) -> str:
+def _ask_through_read_only_mount(
+    host_dir: Path, pod_dir: Path, uid: int, path: str = "/v1/variables/greeting"
+) -> str:
     """A task pod's view: the hostPath directory bind-mounted read-only, then a request as uid."""
     script = (
         f"mount --bind {host_dir} {pod_dir} && mount -o remount,ro,bind {pod_dir} && "
-        f'exec {sys.executable} -c "$0" {pod_dir}/agent.sock {uid}'
+        f'exec {sys.executable} -c "$0" {pod_dir}/agent.sock {uid} {path}'
     )
     result = subprocess.run(
         ["unshare", "--mount", "sh", "-c", script, _ASK],
@@ -254,6 +258,7 @@ def test_node_agent_socket_through_a_read_only_host_path(short_tmp: Path) -> Non
         allowed_uids = [{allowed}]
         allowed_gids = []
         admin_uids = []
+        status_uids = {listener["status_uids"]}
         [[backends]]
         name = "local"
         type = "file"
@@ -265,3 +270,9 @@ def test_node_agent_socket_through_a_read_only_host_path(short_tmp: Path) -> Non
         # peer check is what tells them apart.
         assert _ask_through_read_only_mount(host_dir, pod_dir, 50000) == "HTTP/1.1 200 OK"
         assert _ask_through_read_only_mount(host_dir, pod_dir, 50001) == "HTTP/1.1 403 Forbidden"
+        # The agent's own exec probes (its uid, 10001): health and readiness, and no secret.
+        for path, answer in (("/healthz", "200 OK"), ("/readyz", "200 OK")):
+            assert _ask_through_read_only_mount(host_dir, pod_dir, 10001, path) == (
+                f"HTTP/1.1 {answer}"
+            )
+        assert _ask_through_read_only_mount(host_dir, pod_dir, 10001) == "HTTP/1.1 403 Forbidden"
