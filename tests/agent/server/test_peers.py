@@ -10,7 +10,7 @@ import pytest
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent_client import AgentSecretsBackend
 from secrets_agent_client.transport import UnixTransport
-from support.helpers import agent_config, running_agent
+from support.helpers import DEMO_BACKEND, agent_config, running_agent
 from support.users import as_other_user
 
 pytestmark = [
@@ -91,3 +91,23 @@ def test_status_uids_and_admins_see_the_operator_views_without_reading_secrets(
         assert as_other_user(4001, 4001, [], invalidate) == "403"  # a reader's right, not a view
         assert as_other_user(4003, 4003, [], views) == "403 403 403 403 403"  # neither
         assert as_other_user(4000, 4000, [], views) == "403 200 200 200 200"  # a reader only
+
+
+def test_a_peer_in_more_groups_than_one_kilobyte_holds_is_seen_in_all_of_them(
+    short_tmp: Path,
+) -> None:
+    """Python's getsockopt reads at most 1 KiB (256 groups); a peer in more must neither lose
+    the group that admits it nor escape a deny rule on one of the others."""
+    many = list(range(5000, 5300))  # the kernel sorts them: 5299 comes last, past 256
+    listener = "allowed_uids = []\nallowed_gids = [5299]\n"
+    with running_agent(config_for(short_tmp, listener)) as agent:
+        assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many) == "VALUE hello"
+        assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many[:-1]).startswith("DENIED")
+    rules = (
+        '[[access]]\neveryone = true\nvariables = ["*"]\n'
+        '[[access]]\ngid = 5299\neffect = "deny"\nvariables = ["greeting"]\n'
+    )
+    listener = 'socket_mode = "0666"\nallowed_uids = [4000]\n'
+    with running_agent(agent_config(short_tmp, listener, DEMO_BACKEND + rules)) as agent:
+        assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many[:-1]) == "VALUE hello"
+        assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many).startswith("DENIED")

@@ -62,7 +62,10 @@ async def _peer_middleware(request: web.Request, handler: Handler) -> web.Stream
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
         return error_response(403, "peer_denied", "peer credentials are unavailable")
-    caller = Caller(peer_credentials(sock), peer_groups(sock))
+    try:
+        caller = Caller(peer_credentials(sock), peer_groups(sock))
+    except OSError:  # a peer seen in fewer groups than it has could escape a deny by group
+        return error_response(403, "peer_denied", "peer credentials are unavailable")
     policy = context.current().policy
     if not policy.allows(caller.peer, caller.groups) and not (
         request.path in _VIEWS

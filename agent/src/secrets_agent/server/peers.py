@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import socket
 import struct
@@ -11,7 +13,8 @@ from secrets_agent.config.schema import ListenerConfig
 
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python lacks the name
-_MAX_GROUPS = 256
+_MAX_GROUPS = 256  # what 1 KiB holds: the most Python's getsockopt reads
+_NGROUPS_MAX = 65536  # Linux's limit on a process's supplementary groups
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,25 @@ def _ids(configured: tuple[int, ...] | None, default: int) -> frozenset[int]:
 
 
 def peer_groups(sock: socket.socket) -> frozenset[int]:
-    """Supplementary groups of the peer, so ``SupplementaryGroups=`` on a worker unit works."""
+    """Supplementary groups of the peer, so ``SupplementaryGroups=`` on a worker unit works.
+
+    All of them, or an ``OSError``: a peer seen in fewer groups than it is in would escape a
+    deny rule on the others."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * _MAX_GROUPS)
-    except OSError:
-        return frozenset()
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            return frozenset()  # no SO_PEERGROUPS (Linux < 4.13): primary gids only
+        raw = _many_groups(sock.fileno())  # Python's getsockopt reads 1 KiB at most
     return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+
+
+def _many_groups(fd: int) -> bytes:
+    """A peer in more than 256 groups: libc's getsockopt, with room for Linux's most."""
+    size = ctypes.c_uint32(4 * _NGROUPS_MAX)
+    buffer = ctypes.create_string_buffer(size.value)
+    libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's getsockopt
+    if libc.getsockopt(fd, socket.SOL_SOCKET, _SO_PEERGROUPS, buffer, ctypes.byref(size)):
+        code = ctypes.get_errno()
+        raise OSError(code, f"SO_PEERGROUPS: {os.strerror(code)}")
+    return buffer.raw[: size.value]
