@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from secrets_agent.backends import registry
 from secrets_agent.errors import DeniedError
+from secrets_agent_client.transport import UnixTransport
 from support.helpers import (
     FakeClock,
     RunningAgent,
@@ -20,6 +22,7 @@ from support.helpers import (
     running_agent,
     status_of,
 )
+from support.users import as_other_user
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +95,47 @@ def test_a_peer_refused_at_the_socket_is_audited_as_denied(short_tmp: Path) -> N
         "greeting",
         "denied",
     )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+def test_invalidations_are_audited_and_logged_with_who_asked(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An invalidation sends reads back to the upstream: an admin's is on record, and so is a
+    refused one; the log line names the kind, never the id."""
+    caplog.set_level(logging.INFO)
+    log = short_tmp / "audit.log"
+    extra = f"""
+        socket_mode = "0666"
+        allowed_uids = [0, 4000]
+        admin_uids = [0]
+        [audit]
+        output = "file"
+        file = "{log}"
+    """
+    with running_agent(agent_config(short_tmp, extra=extra), FakeClock()) as agent:
+
+        def invalidate(body: bytes) -> str:
+            transport = UnixTransport(agent.socket_path, 5)
+            return str(transport.request("POST", "/v1/cache/invalidate", body).status)
+
+        get(agent, "/v1/variables/greeting")
+        assert invalidate(b'{"kind": "variable", "id": "greeting"}') == "200"
+        assert invalidate(b'{"kind": "connection"}') == "200"
+        assert invalidate(b"{}") == "200"
+        assert as_other_user(4000, 4000, [], lambda: invalidate(b"{}")) == "403"
+    events = [e for e in audited(log) if e["event"] == "invalidate"]
+    assert [(e["uid"], e["kind"], e["id"], e["result"], e["count"]) for e in events] == [
+        (0, "variable", "greeting", "invalidated", 1),
+        (0, "connection", None, "invalidated", 0),
+        (0, None, None, "invalidated", 0),
+        (4000, None, None, "denied", None),
+    ]
+    assert all(e["pid"] and e["gid"] in (0, 4000) for e in events)
+    lines = [r.getMessage() for r in caplog.records if "cache invalidated" in r.getMessage()]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "one variable, 1 entries",
+        "every connection, 0 entries",
+        "everything, 0 entries",
+    ]
+    assert not any("greeting" in line for line in lines)

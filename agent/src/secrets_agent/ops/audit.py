@@ -50,6 +50,20 @@ class Read:
     backend: str | None
 
 
+@dataclass(frozen=True)
+class Invalidation:
+    """One ``POST /v1/cache/invalidate``: result is invalidated or denied (not an admin, or its
+    access rules do not cover what it named); kind and id as named (None: all)."""
+
+    uid: int
+    gid: int
+    pid: int
+    kind: str | None
+    id: str | None
+    result: str
+    count: int | None  # entries dropped here; None when refused
+
+
 @dataclass
 class _Share:
     """One uid's part of the budget: its tokens, and what it lost since its last line."""
@@ -87,8 +101,9 @@ class AuditLog:
         self.enabled = settings.output != "off"
         self._open()
 
-    def record(self, read: Read) -> None:
-        """Write one read's line, within its peer's share of ``rate`` (summaries included).
+    def record(self, read: Read | Invalidation) -> None:
+        """Write one read's line (or an invalidation's), within its peer's share of ``rate``
+        (summaries included).
 
         Each uid seen in the last second has an equal share (bursts of one second's worth):
         one peer hammering the socket drops its own lines, never another peer's. What a peer
@@ -111,18 +126,19 @@ class AuditLog:
         if share.dropped:
             self._summarise(read.uid, share, when)
         share.tokens -= 1.0
-        event = {
+        event: dict[str, object] = {
             "time": when,
-            "event": "read",
+            "event": "read" if isinstance(read, Read) else "invalidate",
             "uid": read.uid,
             "gid": read.gid,
             "pid": read.pid,
             "kind": read.kind,
             "id": read.id,
-            "team": read.team,
-            "result": read.result,
-            "backend": read.backend,
         }
+        if isinstance(read, Read):
+            event.update(team=read.team, result=read.result, backend=read.backend)
+        else:
+            event.update(result=read.result, count=read.count)
         if self._write(event):
             self._metrics.audit_events.labels(read.result).inc()
 

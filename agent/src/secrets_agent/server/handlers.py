@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from secrets_agent.errors import AccessDeniedError
 from secrets_agent.kinds import Kind, validate_id
+from secrets_agent.ops.audit import Invalidation
 from secrets_agent.server.app import CONTEXT, MAX_BODY, READS, request_caller
 from secrets_agent.server.errors import error_response, response_for, to_response
 from secrets_agent.server.reads import ROUTE, ReadQuery
 from secrets_agent.server.status import status_report
 
 _KINDS = frozenset(kind.value for kind in Kind)
+log = logging.getLogger(__name__)
 
 
 def add_routes(app: web.Application) -> None:
@@ -41,6 +44,7 @@ async def get_secret(request: web.Request) -> web.Response:
 async def invalidate(request: web.Request) -> web.Response:
     runtime = request.app[CONTEXT].current()
     if not runtime.policy.is_admin(request_caller(request).peer):
+        _audit_invalidation(request, None, None, None)
         return error_response(403, "not_admin", "only admin uids may invalidate the cache")
     body = await _json_body(request, runtime.config.listener.header_timeout)
     if isinstance(body, web.Response):
@@ -66,10 +70,32 @@ async def invalidate(request: web.Request) -> web.Response:
         else:
             allowed = all(rules.covers(k) for k in ([kind] if kind is not None else Kind))
         if not allowed:
+            _audit_invalidation(request, kind, secret_id, None)
             detail = "access rules let this peer invalidate only what it may read"
             return response_for(AccessDeniedError(detail))
     count = runtime.service.invalidate(kind, secret_id)
+    _audit_invalidation(request, kind, secret_id, count)
     return web.json_response({"invalidated": count})
+
+
+def _audit_invalidation(
+    request: web.Request, kind: Kind | None, secret_id: str | None, count: int | None
+) -> None:
+    """An invalidation sends what it drops back to the upstream: who asked is on record, and a
+    log line says what was dropped (the kind, never the id)."""
+    peer = request_caller(request).peer
+    if count is not None:
+        which = "every" if secret_id is None else "one"
+        scope = "everything" if kind is None else f"{which} {kind.value}"
+        message = "cache invalidated by uid %d (pid %d): %s, %d entries"
+        log.info(message, peer.uid, peer.pid, scope, count)
+    audit = request.app[CONTEXT].audit
+    if audit is not None and audit.enabled:
+        result = "denied" if count is None else "invalidated"
+        kind_name = None if kind is None else kind.value
+        audit.record(
+            Invalidation(peer.uid, peer.gid, peer.pid, kind_name, secret_id, result, count)
+        )
 
 
 async def _json_body(request: web.Request, deadline: float) -> object:
