@@ -86,6 +86,14 @@ def render(status: dict[str, Any]) -> str:
         f"{upstream['calls_avoided']:,} avoided ({_usd(upstream['saved_usd'])} saved), "
         f"at list prices taken {upstream['prices_taken']}"
     )
+    access = status.get("access")  # an agent older than this command has none
+    if access is not None:
+        rules = access["rules"]
+        held = f"{rules:,} rules" if rules else "no rules (every admitted peer reads every id)"
+        lines.append(
+            f"access: {held}; {access['reads_refused']:,} reads refused by them, "
+            f"{access['peers_refused']:,} requests from peers not allowed"
+        )
     for feed in status.get("feeds", []):
         lines.append(f"feed: {json.dumps(feed, sort_keys=True)}")
     return "\n".join(lines)

@@ -223,3 +223,19 @@ def exchange(conn: socket.socket, request: bytes) -> bytes:
     while len(body) < length:
         body += conn.recv(65536)
     return data
+
+
+def test_status_shows_the_rules_and_what_they_kept_out(agent: RunningAgent) -> None:
+    from secrets_agent.report import render
+
+    for _ in range(2):
+        assert read_as(agent, ALICE, "team_b_token").startswith("PermissionError")
+    assert read_as(agent, 4999, "team_a_token").startswith("PermissionError")  # not admitted
+    (answer,) = raw_answers(agent.socket_path, [get("/v1/status")])
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["access"] == {"rules": 3, "reads_refused": 2, "peers_refused": 1}
+    assert "access: 3 rules; 2 reads refused by them, 1 requests from peers not allowed" in (
+        render(body)
+    )
+    body["access"]["rules"] = 0
+    assert "access: no rules (every admitted peer reads every id);" in render(body)

@@ -139,6 +139,9 @@ class AccessRules:
             return None
         return cls([Rule.compile(rule, index) for index, rule in enumerate(rules)], keys)
 
+    def __len__(self) -> int:
+        return len(self._rules)
+
     def for_peer(self, peer: Peer, groups: frozenset[int]) -> PeerRules:
         key = (peer.uid, peer.gid, groups)
         found = self._peers.get(key)

@@ -41,8 +41,20 @@ def status_report(serving: Serving, metrics: Metrics) -> dict[str, Any]:
             "saved_usd": _usd(sum(b["saved_usd"] for b in backends)),
             "prices_taken": serving.config.pricing.taken,
         },
+        "access": _access(serving, metrics),
         # Change feeds (one per backend that has one) report here: name, state, last event.
         "feeds": [],
+    }
+
+
+def _access(serving: Serving, metrics: Metrics) -> dict[str, Any]:
+    """Who is kept out: the [[access]] rules in force (0: every admitted peer reads every id),
+    the reads they refused, and the requests of peers the allow-lists refused."""
+    refused = metrics.totals(metrics.access_denied, "kind")
+    return {
+        "rules": 0 if serving.access is None else len(serving.access),
+        "reads_refused": int(sum(refused.values())),
+        "peers_refused": int(metrics.sample("secrets_agent_denied_peers_total") or 0),
     }
 
 
