@@ -59,7 +59,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def metric_names(text: str) -> set[str]:
