@@ -60,6 +60,15 @@ def test_unknown_keys_and_sections_are_rejected(tmp_path: Path) -> None:
         ("[cache]\nnegative_ttl = -1", "cache.negative_ttl: must be >= 0.0, got -1.0"),
         ('[listener]\nsocket_mode = "999"', "listener.socket_mode: must be an octal file mode"),
         ("[listener]\nallowed_uids = [-1]", "listener.allowed_uids: must be >= 0, got -1"),
+        # No uid_t holds it ((uid_t)-1 means "no uid"): a typo that could never match a peer.
+        (
+            "[listener]\nstatus_uids = [4294967295]",
+            "listener.status_uids: must be <= 4294967294, got 4294967295",
+        ),
+        (
+            "[listener]\nallowed_gids = [99999999999999999999]",
+            "listener.allowed_gids: must be <= 4294967294",
+        ),
         ("[listener]\nallowed_uids = 5", "listener.allowed_uids: must be an array, not an integer"),
         (
             '[log]\nlevel = "loud"',

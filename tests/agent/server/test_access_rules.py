@@ -216,6 +216,10 @@ def test_a_busy_peer_keeps_its_rules_while_many_others_come_and_go() -> None:
         ({"group": "\u00b2", "variables": ["x"]}, "access[0].group: no such group"),
         ({"group": "\u0663", "variables": ["x"]}, "access[0].group: no such group"),
         ({"user": "a\x00b", "variables": ["x"]}, "access[0].user: no such user"),  # not a crash
+        # Past what uid_t holds ((uid_t)-1 is "no uid"): a typo that could never match.
+        ({"uid": 2**32 - 1, "variables": ["x"]}, "access[0].uid: must be <= 4294967294"),
+        ({"gid": 10**30, "variables": ["x"]}, "access[0].gid: must be <= 4294967294"),
+        ({"user": "4294967295", "variables": ["x"]}, "access[0].user: no such user"),
         ({"group": "a\x00b", "variables": ["x"]}, "access[0].group: no such group"),
         ({"uid": 1, "variables": ["a[b"]}, "access[0].variables: pattern has a [ without"),
         # fnmatch reads a ] right after [ or [! as a member: these close nothing.

@@ -80,7 +80,7 @@ def test_binding_keys_and_teams_are_validated(short_tmp: Path) -> None:
 
     listener = {
         "team_uids": {"alice": ["team_a"], "\u00b2": ["team_a"], "\u0663": ["team_a"]},
-        "team_gids": {"4100": ["no spaces"]},
+        "team_gids": {"4100": ["no spaces"], "4294967295": ["team_a"]},
     }
     with pytest.raises(ConfigError) as info:
         parse_config({"listener": listener}, short_tmp)
@@ -89,6 +89,7 @@ def test_binding_keys_and_teams_are_validated(short_tmp: Path) -> None:
         "listener.team_uids.\u00b2: keys must be numeric ids",  # not int(): no traceback
         "listener.team_uids.\u0663: keys must be numeric ids",  # not uid 3
         "listener.team_gids.4100: teams must be 1-64 letters, digits, - or _",
+        "listener.team_gids.4294967295: keys must be numeric ids",  # past what gid_t holds
     ]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from secrets_agent.config.validators import (
+    MAX_ID,
     TLS_SCHEMES,
     check_date,
     check_glob,
@@ -37,12 +38,12 @@ class ListenerConfig:
     socket_mode: str = setting("0660", check=check_octal_mode)
     socket_group: str = ""
     # None means "the agent's own uid / primary gid"; an explicit empty list allows nobody by it.
-    allowed_uids: tuple[int, ...] | None = setting(None, min=0)
-    allowed_gids: tuple[int, ...] | None = setting(None, min=0)
-    admin_uids: tuple[int, ...] | None = setting(None, min=0)
+    allowed_uids: tuple[int, ...] | None = setting(None, min=0, max=MAX_ID)
+    allowed_gids: tuple[int, ...] | None = setting(None, min=0, max=MAX_ID)
+    admin_uids: tuple[int, ...] | None = setting(None, min=0, max=MAX_ID)
     # Who else may read ``GET /v1/status`` (``secrets-agent status``: counts and health, never
     # an id or a value), e.g. a monitoring user; admin uids always may.
-    status_uids: tuple[int, ...] = setting((), min=0)
+    status_uids: tuple[int, ...] = setting((), min=0, max=MAX_ID)
     max_request_line: int = setting(8190, min=256, max=65536)
     max_header_size: int = setting(8190, min=256, max=65536)
     max_body_size: int = setting(65536, min=1024, max=1048576)
@@ -318,9 +319,9 @@ class AccessRule:
     """One ``[[access]]`` rule: who (one of uid, user, gid, group, everyone), which ids of which
     kinds (glob patterns), optionally only for some teams; ``deny`` rules win over allows."""
 
-    uid: int | None = setting(None, min=0)
+    uid: int | None = setting(None, min=0, max=MAX_ID)
     user: str = ""
-    gid: int | None = setting(None, min=0)  # primary or supplementary
+    gid: int | None = setting(None, min=0, max=MAX_ID)  # primary or supplementary
     group: str = ""
     everyone: bool = False  # every peer the socket admits (allowed_uids / allowed_gids)
     effect: str = setting("allow", choices=("allow", "deny"))

@@ -234,10 +234,13 @@ def check_glob(value: str) -> str | None:
     return None
 
 
+MAX_ID = 2**32 - 2  # the largest uid or gid: uid_t is 32 bits and (uid_t)-1 means "none"
+
+
 def numeric_id(text: str) -> bool:
     """Whether ``text`` is a uid or gid written in ASCII digits: ``str.isdigit`` also takes
     "²" (which ``int`` refuses) and "٣" (which ``int`` reads as 3)."""
-    return text.isascii() and text.isdigit()
+    return text.isascii() and text.isdigit() and int(text) <= MAX_ID
 
 
 def resolve_user(name: str) -> int | None:
