@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import itertools
 import pwd
 import random
 from pathlib import Path
@@ -124,6 +125,15 @@ def test_a_deny_folds_separators_in_sets_and_in_team_names() -> None:
     assert allows(access, ALICE, V, "c-x-d") and allows(access, ALICE, V, "cyd")
     for secret_id in ("e_f", "e-f", "eaf"):  # e_f matches exactly, so e-f names it too
         assert not allows(access, ALICE, V, secret_id), secret_id
+    # Never less than the exact pattern: a case-blind [!x] would let X through.
+    access2 = rules(
+        {"everyone": True, "variables": ["*"]},
+        {"everyone": True, "effect": "deny", "variables": ["s_[!x]*"]},
+    )
+    # (s_xyz too: the env backend reads it as S_XYZ, which is s_Xyz's name.)
+    for secret_id in ("s_Xyz", "s_ayz", "S-AYZ", "s_xyz"):
+        assert not allows(access2, ALICE, V, secret_id), secret_id
+    assert allows(access2, ALICE, V, "t_xyz")
     for team in ("team_b", "team-b", "TEAM_B", "Team-B"):
         assert not allows(access, ALICE, V, "k", team=team), team
     assert allows(access, ALICE, V, "k", team="team_a")
@@ -265,6 +275,40 @@ def test_decision_is_allow_unless_denied(allow: list[str], deny: list[str], secr
     assert allows(access, ALICE, V, secret_id) is expected
     assert allows(access, ALICE, V, secret_id) is expected  # and the remembered decision too
     assert not allows(access, ALICE, C, secret_id)
+
+
+def spellings(secret_id: str) -> set[str]:
+    """Every id an upstream may read as the same name as ``secret_id`` (ASCII): any case of
+    each letter (env, Key Vault), - or _ for each separator (Key Vault)."""
+    options = [
+        {ch.lower(), ch.upper()} if ch.isalpha() else {"-", "_"} if ch in "-_" else {ch}
+        for ch in secret_id
+    ]
+    return {"".join(p) for p in itertools.product(*options)}
+
+
+deny_globs = st.lists(
+    st.sampled_from(["a", "B", "_", "-", "*", "?", "[a_]", "[!b]", "[A-]", "[!-]", "[b-d]"]),
+    min_size=1,
+    max_size=4,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(deny=deny_globs, secret_id=st.text(st.sampled_from("aAbBc_-"), min_size=1, max_size=5))
+def test_a_deny_refuses_every_spelling_and_never_less_than_its_pattern(
+    deny: str, secret_id: str
+) -> None:
+    access = rules(
+        {"everyone": True, "variables": ["*"]},
+        {"everyone": True, "effect": "deny", "variables": [deny]},
+    )
+    denied = not allows(access, ALICE, V, secret_id)
+    named = any(fnmatch.fnmatchcase(other, deny) for other in spellings(secret_id))
+    if fnmatch.fnmatchcase(secret_id, deny):
+        assert denied  # never less than the pattern as written
+    if "[!" not in deny:  # a negated set is matched as written (case-sensitive)
+        assert denied is named
 
 
 def fold(text: str) -> str:

@@ -195,6 +195,9 @@ def _folded(pattern: str) -> str:
         parts.append(piece.replace("-", _SEPARATOR).replace("_", _SEPARATOR))
     for found in GLOB_SET.findall(pattern):
         regex = fnmatch.translate(found)[len("(?s:") : -len(")\\Z")]
+        if found.startswith("[!"):
+            # Case-blind, [!x] would refuse X as well: never match less than the set itself.
+            regex = f"(?-i:{regex})"
         either = re.fullmatch(regex, "-") or re.fullmatch(regex, "_")
         sets.append(f"(?:[-_]|{regex})" if either else regex)
     translated = fnmatch.translate("".join(parts)).replace(_SEPARATOR, "[-_]")
