@@ -165,7 +165,13 @@ def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"secrets-agent: warning: {warning}", file=sys.stderr)
     names = ", ".join(f"{b.common.name} ({b.common.type})" for b in config.backends)
-    print(f"{args.path}: OK; socket {config.listener.socket_path}; backends: {names}")
+    rules = len(config.access)
+    access = (
+        f"{rules} [[access]] rules"
+        if rules
+        else "no [[access]] rules (every admitted peer reads every id)"
+    )
+    print(f"{args.path}: OK; socket {config.listener.socket_path}; backends: {names}; {access}")
     return 0
 
 

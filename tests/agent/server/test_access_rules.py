@@ -334,3 +334,7 @@ def test_check_config_refuses_bad_rules_by_position(
         '[[backends]]\nname = "env"\ntype = "env"\n[[access]]\nuid = 0\nconfig = ["*"]\n'
     )
     assert main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("; 1 [[access]] rules")  # rules are on
+    path.write_text('[[backends]]\nname = "env"\ntype = "env"\n')
+    assert main(["check-config", str(path)]) == 0
+    assert "; no [[access]] rules (every admitted peer reads every id)" in capsys.readouterr().out
