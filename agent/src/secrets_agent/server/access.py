@@ -59,10 +59,11 @@ class Rule:
         return True
 
     def matches(self, kind: Kind, secret_id: str, team: str | None) -> bool:
-        if self.teams and (team if self.allow or team is None else _fold_team(team)) not in (
-            self.teams
-        ):
-            return False
+        if self.teams:
+            if team is None:
+                return False
+            if (team if self.allow else _fold_team(team)) not in self.teams:
+                return False
         return self.names(kind, secret_id)
 
     def names(self, kind: Kind, secret_id: str) -> bool:
