@@ -239,3 +239,46 @@ def test_status_shows_the_rules_and_what_they_kept_out(agent: RunningAgent) -> N
     )
     body["access"]["rules"] = 0
     assert "access: no rules (every admitted peer reads every id);" in render(body)
+
+
+@pytest.mark.parametrize("via_aiohttp", [False, True], ids=["lean", "aiohttp"])
+def test_a_read_in_flight_at_a_reload_is_answered_under_the_new_rules(
+    short_tmp: Path, script: Script, via_aiohttp: bool
+) -> None:
+    """The upstream call began under rules that allowed it; a reload that revokes the id before
+    it returns must not hand the value over."""
+    import asyncio
+    import time
+
+    from secrets_agent.config.loader import load_config
+
+    audit = short_tmp / "audit.log"
+    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
+    config_path = write_config(short_tmp, head + sections(audit, '"team_a_*"'))
+    gate = script.gate = asyncio.Event()
+    with running_agent(load_config(config_path), config_path=config_path) as agent:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(agent.socket_path)
+        try:
+            if via_aiohttp:
+                assert exchange(conn, HEALTHZ).startswith(b"HTTP/1.1 200")
+            conn.sendall(get("/v1/variables/team_a_cold"))  # root's read, held upstream
+            deadline = time.monotonic() + 10
+            while not script.calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert script.calls == [(V, "team_a_cold")]
+            config_path.write_text(config_path.read_text().replace('"team_a_*"', '"team_b_*"'))
+            assert agent.call(agent.agent.reload())
+
+            async def release() -> None:
+                gate.set()
+
+            agent.call(release())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 403"), answer
+            assert b"s3cret" not in answer
+        finally:
+            conn.close()

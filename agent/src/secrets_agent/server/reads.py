@@ -192,8 +192,9 @@ class Reads:
     async def fetch(self, caller: Caller, read: Prepared) -> Answer:
         """The rest of ``answer`` once ``now`` returned None (the query is valid and allowed)."""
         kind, secret_id, team = read.kind, read.query.raw_id, read.query.team
+        runtime = self.context.current()
         try:
-            result = await self.context.current().service.lookup(
+            result = await runtime.service.lookup(
                 kind, secret_id, team, refresh=read.forced, peer=caller.peer.uid
             )
         except Exception as exc:
@@ -201,6 +202,10 @@ class Reads:
             failure = "denied" if isinstance(exc, DeniedError) else "error"
             self._audit(caller.peer, kind, secret_id, team, failure, backend)
             return answer_for(exc)
+        # Reloaded while the upstream answered: the rules now in force decide (a refusal, or
+        # the new cache's copy), not those the read began under.
+        if self.context.current() is not runtime and (now := self.now(caller, read)) is not None:
+            return now
         return self._found(caller.peer, read, result)
 
     def denied_peer(
