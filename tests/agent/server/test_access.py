@@ -3,11 +3,14 @@ refused the rest before the cache and the upstream, and a reload applies to open
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,35 +184,46 @@ def test_invalidation_is_limited_to_what_the_admin_may_read(agent: RunningAgent)
     assert invalidate({"kind": "variable", "id": "team_b_token"}) == "200 "
 
 
+@contextlib.contextmanager
+def open_connection_to_reloadable_agent(
+    short_tmp: Path, via_aiohttp: bool
+) -> Iterator[tuple[RunningAgent, socket.socket, Path]]:
+    """An agent whose config file root's rules allow team_a_*, and one connection to it (first
+    handed to aiohttp when ``via_aiohttp``)."""
+    from secrets_agent.config.loader import load_config
+
+    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
+    config_path = write_config(short_tmp, head + sections(short_tmp / "audit.log", '"team_a_*"'))
+    with (
+        running_agent(load_config(config_path), config_path=config_path) as agent,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn,
+    ):
+        conn.settimeout(10)
+        conn.connect(agent.socket_path)
+        if via_aiohttp:
+            assert exchange(conn, HEALTHZ).startswith(b"HTTP/1.1 200")
+        yield agent, conn, config_path
+
+
+def swap_rules(agent: RunningAgent, config_path: Path, old: str, new: str) -> bool:
+    config_path.write_text(config_path.read_text().replace(old, new))
+    return agent.call(agent.agent.reload())
+
+
 @pytest.mark.parametrize("via_aiohttp", [False, True], ids=["lean", "aiohttp"])
 def test_a_reload_swaps_the_rules_for_connections_already_open(
     short_tmp: Path, script: Script, via_aiohttp: bool
 ) -> None:
-    audit = short_tmp / "audit.log"
-    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
-    config_path = write_config(short_tmp, head + sections(audit, '"team_a_*"'))
-    from secrets_agent.config.loader import load_config
-
-    with running_agent(load_config(config_path), config_path=config_path) as agent:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(10)
-        conn.connect(agent.socket_path)
-        try:
-            if via_aiohttp:
-                assert exchange(conn, HEALTHZ).startswith(b"HTTP/1.1 200")
-            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 200")
-            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 403")
-            config_path.write_text(config_path.read_text().replace('"team_a_*"', '"team_b_*"'))
-            assert agent.call(agent.agent.reload())
-            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
-            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
-            # A rule check-config would refuse: the reload fails, the running rules stay.
-            config_path.write_text(config_path.read_text().replace('"team_b_*"', '"team_[a"'))
-            assert not agent.call(agent.agent.reload())
-            assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
-            assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
-        finally:
-            conn.close()
+    with open_connection_to_reloadable_agent(short_tmp, via_aiohttp) as (agent, conn, path):
+        assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 200")
+        assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 403")
+        assert swap_rules(agent, path, '"team_a_*"', '"team_b_*"')
+        assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
+        assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
+        # A rule check-config would refuse: the reload fails, the running rules stay.
+        assert not swap_rules(agent, path, '"team_b_*"', '"team_[a"')
+        assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 403")
+        assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
 
 
 def exchange(conn: socket.socket, request: bytes) -> bytes:
@@ -247,38 +261,21 @@ def test_a_read_in_flight_at_a_reload_is_answered_under_the_new_rules(
 ) -> None:
     """The upstream call began under rules that allowed it; a reload that revokes the id before
     it returns must not hand the value over."""
-    import asyncio
-    import time
-
-    from secrets_agent.config.loader import load_config
-
-    audit = short_tmp / "audit.log"
-    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
-    config_path = write_config(short_tmp, head + sections(audit, '"team_a_*"'))
     gate = script.gate = asyncio.Event()
-    with running_agent(load_config(config_path), config_path=config_path) as agent:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(10)
-        conn.connect(agent.socket_path)
-        try:
-            if via_aiohttp:
-                assert exchange(conn, HEALTHZ).startswith(b"HTTP/1.1 200")
-            conn.sendall(get("/v1/variables/team_a_cold"))  # root's read, held upstream
-            deadline = time.monotonic() + 10
-            while not script.calls and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert script.calls == [(V, "team_a_cold")]
-            config_path.write_text(config_path.read_text().replace('"team_a_*"', '"team_b_*"'))
-            assert agent.call(agent.agent.reload())
+    with open_connection_to_reloadable_agent(short_tmp, via_aiohttp) as (agent, conn, path):
+        conn.sendall(get("/v1/variables/team_a_cold"))  # root's read, held upstream
+        deadline = time.monotonic() + 10
+        while not script.calls and time.monotonic() < deadline:
+            time.sleep(0.01)  # the agent's thread records the call: poll for it
+        assert script.calls == [(V, "team_a_cold")]
+        assert swap_rules(agent, path, '"team_a_*"', '"team_b_*"')
 
-            async def release() -> None:
-                gate.set()
+        async def release() -> None:
+            gate.set()
 
-            agent.call(release())
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                answer += conn.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 403"), answer
-            assert b"s3cret" not in answer
-        finally:
-            conn.close()
+        agent.call(release())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert b"s3cret" not in answer
