@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def config_text(bound: bool) -> str:
     return listener
 
 
-def test_a_peer_reads_only_the_teams_bound_to_it(short_tmp: Path) -> None:
+def test_a_peer_reads_only_the_teams_bound_to_it(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     config = agent_config(short_tmp, extra=config_text(True), backends=team_backends(short_tmp))
     with running_agent(config) as agent:
         sock = agent.socket_path
@@ -66,6 +70,12 @@ def test_a_peer_reads_only_the_teams_bound_to_it(short_tmp: Path) -> None:
         assert ask(sock, BOB, "team_a", gid=TEAM_B_GID).startswith("DENIED")
         assert ask(sock, CAROL, "team_a").startswith("DENIED")  # bound to nothing
         assert ask(sock, CAROL, None) == "VALUE None"  # no team: team backends stay out of reach
+        # An operator sees the refusals: counted by kind, one log line a minute per peer.
+        assert agent.metric("secrets_agent_team_denied_total", kind="variable") == 3
+    lines = [r.getMessage() for r in caplog.records if "team not bound" in r.getMessage()]
+    assert len(lines) == 3  # ALICE, BOB and CAROL: one each
+    assert f"uid {ALICE} " in lines[0] and "variable of team_b" in lines[0]
+    assert "s3cret" not in caplog.text and "token" not in "".join(lines)  # never the id
 
 
 def test_without_a_binding_team_only_selects_backends(short_tmp: Path) -> None:

@@ -131,6 +131,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.team_denied = Counter(
+            p + "team_denied",
+            "Reads refused because the peer is not bound to the team it names, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.auth_attempts = Counter(
             p + "auth_attempts",
             "Backend logins and renewals by result.",

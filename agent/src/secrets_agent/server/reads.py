@@ -106,6 +106,9 @@ class Reads:
             )
             for kind in Kind
         }
+        self._team_refusal = error_answer(
+            403, "team_denied", "this peer is not bound to the team it names"
+        )
 
     def prepare(self, query: ReadQuery) -> Prepared:
         """Validate a query and precompute its answer's frame; nothing here depends on who asks."""
@@ -172,8 +175,7 @@ class Reads:
         # (among thousands of keys, each costs a trip to memory).
         team = read.key[2]
         if team is not None and not runtime.policy.may_ask_for(caller.peer, caller.groups, team):
-            self._audit(caller.peer, read.kind, read.query.raw_id, team, "denied", None)
-            return error_answer(403, "team_denied", "this peer is not bound to the team it names")
+            return self.team_refused(caller.peer, read.kind, read.query.raw_id, team)
         access = runtime.access
         if access is not None and not caller.may_read(access, read):
             return self.refused(caller.peer, read)
@@ -220,6 +222,23 @@ class Reads:
         )
         detail = f"uid {peer.uid} gid {peer.gid} may not use this agent"
         return error_answer(403, "peer_denied", detail)
+
+    def team_refused(self, peer: Peer, kind: Kind, secret_id: str, team: str) -> Answer:
+        """A read naming a team not bound to the peer: counted, audited, logged once a minute
+        per peer (a worker misconfigured, or one trying another team's secrets)."""
+        self.context.metrics.team_denied.labels(_KIND[kind]).inc()
+        self._audit(peer, kind, secret_id, team, "denied", None)
+        self._denials.log(
+            f"team-{peer.uid}",
+            logging.WARNING,
+            "refused a read for a team not bound to the peer: uid %d gid %d pid %d, %s of %s",
+            peer.uid,
+            peer.gid,
+            peer.pid,
+            _KIND[kind],
+            team,  # a valid team name (``prepare`` refused any other): config, not a secret
+        )
+        return self._team_refusal
 
     def refused(self, peer: Peer, read: Prepared) -> Answer:
         """A read the access rules refuse: counted, audited, logged once a minute per peer;
