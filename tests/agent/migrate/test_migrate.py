@@ -479,3 +479,39 @@ def test_a_prefix_of_another_type_is_named_as_such(
     assert "a int" not in err and ("[[backends]]" in err) is (
         provider == VAULT and "global" in str(kwargs)
     )
+
+
+def test_airflow_cfg_values_read_with_airflow_interpolation_and_variables(tmp_path: Path) -> None:
+    """Airflow's parser reads ``%%`` as ``%`` and expands ``$VAR`` in the file's values (not
+    in its ``_cmd`` commands); a continuation line belongs to the value."""
+    airflow_cfg(
+        tmp_path,
+        f"[secrets]\nbackend = {SM}\n"
+        'backend_kwargs = {"connections_prefix": "a%%b/$PREFIX_PART",\n'
+        '    "variables_prefix": "${PREFIX_PART}/vars", "config_prefix": "$UNSET_PART"}\n',
+    )
+    code, _, err = migrate_here(tmp_path, env={"PREFIX_PART": "team"})
+    assert code == 0, err
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert (options.connections_prefix, options.variables_prefix, options.config_prefix) == (
+        "a%b/team",
+        "team/vars",
+        "$UNSET_PART",  # as os.path.expandvars leaves an unknown variable
+    )
+
+
+def test_a_lone_percent_in_airflow_cfg_is_refused_as_airflow_refuses_it(tmp_path: Path) -> None:
+    airflow_cfg(tmp_path, f'[secrets]\nbackend = {SM}\nbackend_kwargs = {{"sep": "50%"}}\n')
+    code, _, err = migrate_here(tmp_path)
+    assert code == 78, err
+    assert "[secrets] backend_kwargs" in err and "%%" in err and "50%" not in err, err
+
+
+@pytest.mark.parametrize("raw", ["null", "", "  ", "{}", "[]", "false", "0", '""'])
+def test_empty_kwargs_json_is_no_kwargs_as_in_airflow(tmp_path: Path, raw: str) -> None:
+    """Airflow builds the backend with no kwargs for any empty JSON value (``if not kwargs``)."""
+    env = {"AIRFLOW__SECRETS__BACKEND": SM, "AIRFLOW__SECRETS__BACKEND_KWARGS": raw}
+    code, _, err = migrate_here(tmp_path, env=env)
+    assert code == 0, err
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert options.connections_prefix == "airflow/connections"

@@ -2,7 +2,9 @@
 
 ``airflow.cfg`` is ``$AIRFLOW_CONFIG``, else ``$AIRFLOW_HOME/airflow.cfg`` (``~/airflow``). An
 option is, first found: ``AIRFLOW__{SECTION}__{KEY}``, its ``_CMD`` variant (for the kwargs,
-which Airflow marks sensitive), the file's ``key``, its ``key_cmd``. The ``_SECRET`` variants
+which Airflow marks sensitive), the file's ``key``, its ``key_cmd``. The file is read as Airflow's
+parser reads it: ``%%`` is ``%`` (configparser's interpolation) and a value's ``$VAR`` / ``~``
+are expanded (a ``_cmd`` command's are not). The ``_SECRET`` variants
 read the secrets backend itself, which is what is being migrated: they stop the command. Per-key
 ``AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>`` (``AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__<KEY>``)
 variables override the JSON's keys with raw strings (apache-airflow-core 3.3's parser).
@@ -66,7 +68,7 @@ class AirflowSettings:
     def __init__(self, env: Mapping[str, str], cfg: Path | None = None) -> None:
         self.env = dict(env)
         self.cfg_path = cfg or config_path(self.env)
-        self._parser = configparser.ConfigParser(interpolation=None)
+        self._parser = configparser.ConfigParser()  # Airflow's: BasicInterpolation
         self.cfg_exists = True
         try:
             # Opened here: ConfigParser.read skips a file it cannot open, without a word.
@@ -92,12 +94,22 @@ class AirflowSettings:
         if sensitive and f"{name}_SECRET" in self.env:
             raise _secret_variant(f"{name}_SECRET")
         if self._parser.has_option(section, key):
-            return self._parser.get(section, key)
+            return _expand(self._from_file(section, key), self.env)
         if sensitive and self._parser.has_option(section, f"{key}_cmd"):
-            return _run(self._parser.get(section, f"{key}_cmd"), f"[{section}] {key}_cmd")
+            return _run(self._from_file(section, f"{key}_cmd"), f"[{section}] {key}_cmd")
         if sensitive and self._parser.has_option(section, f"{key}_secret"):
             raise _secret_variant(f"[{section}] {key}_secret")
         return None
+
+    def _from_file(self, section: str, key: str) -> str:
+        try:
+            return self._parser.get(section, key)
+        except configparser.InterpolationError:
+            # Airflow fails on it too (at its first read of the option); the value may be secret.
+            raise MigrationError(
+                f"{self.cfg_path}: [{section}] {key} cannot be read as Airflow reads it: a "
+                "'%' must be written '%%' in airflow.cfg"
+            ) from None
 
     def backend(self, which: str) -> FoundBackend | None:
         """The backend Airflow builds for ``which`` ("secrets" or "workers"), or None."""
@@ -109,7 +121,8 @@ class AirflowSettings:
             return None
         raw = self.get(section, kwargs_key, sensitive=True) or ""
         try:
-            kwargs = json.loads(raw) if raw.strip() else {}
+            # Airflow builds the backend with no kwargs for any empty value (``null``, ``[]``).
+            kwargs = (json.loads(raw) if raw.strip() else {}) or {}
         except ValueError:
             # Airflow logs a warning and builds the backend with no kwargs: surely not meant.
             raise MigrationError(
