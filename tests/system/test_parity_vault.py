@@ -78,13 +78,14 @@ SETUPS = [
     Setup(
         "kv2 defaults",
         q(C, "uri_conn", "field_conn", "extra_conn", "bad_fields", "absent")
+        + q(C, "empty_conn_uri", "number_conn_uri")
         + q(V, "hello", "structured", "no_value", "soft_deleted", "destroyed", "absent")
         + q(CFG, "sql_alchemy_conn", "absent"),
     ),
     Setup(
         "fields Airflow's Connection rejects",
-        q(C, "dejson_conn", "id_conn"),
-        differs={"dejson_conn": MAPPED_FIELDS, "id_conn": MAPPED_FIELDS},
+        q(C, "dejson_conn", "id_conn", "null_conn_uri"),
+        differs={k: MAPPED_FIELDS for k in ("dejson_conn", "id_conn", "null_conn_uri")},
     ),
     Setup(
         "kv1 mount",
@@ -182,6 +183,10 @@ def seed(bao: BaoServer) -> None:
     kv("connections/bad_fields", {"conn_type": "http", "colour": "blue"})
     kv("connections/dejson_conn", {"conn_type": "http", "host": "h", "extra_dejson": {"a": 1}})
     kv("connections/id_conn", {"conn_id": "id_conn", "conn_type": "http", "host": "h"})
+    # The provider's ``if uri``: an empty conn_uri is none, and then Connection(**secret) fails.
+    kv("connections/empty_conn_uri", {"conn_uri": "", "conn_type": "http", "host": "h"})
+    kv("connections/number_conn_uri", {"conn_uri": 5})
+    kv("connections/null_conn_uri", {"conn_uri": None, "conn_type": "http", "host": "h"})
     kv("variables/hello", {"value": "world"})
     kv("variables/structured", {"value": {"retries": 3, "tags": ["a"]}})
     kv("variables/no_value", {"other": "x"})

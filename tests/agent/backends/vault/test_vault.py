@@ -624,3 +624,16 @@ async def test_without_proxy_or_netrc_the_reads_do_not_consult_the_environment(
     # Set after start: a session that still read the environment per request would use it.
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a closed port
     assert await backend.fetch(V, "greeting") == "hello"
+
+
+async def test_a_conn_uri_is_a_uri_only_when_it_is_non_empty_text(
+    vault: Vault, started: Started
+) -> None:
+    """hashicorp's ``if uri``: an empty or null ``conn_uri`` is not the connection's URI."""
+    backend = await started(options(vault))
+    assert backend._value(C, "c", {"conn_uri": "mysql://h", "extra": {"a": 1}}) == "mysql://h"
+    fields = json.loads(backend._value(C, "c", {"conn_uri": None, "conn_type": "http"}) or "")
+    assert fields == {"conn_type": "http"}
+    for data in ({"conn_uri": "", "conn_type": "http", "host": "h"}, {"conn_uri": 5}):
+        with pytest.raises(BackendError, match="URI"):
+            backend._value(C, "c", data)

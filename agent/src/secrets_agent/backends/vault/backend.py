@@ -249,9 +249,12 @@ class VaultBackend(Backend):
             shape = type(data).__name__
             raise BackendError(self.name, f"{kind} {secret_id!r} is not a key/value map ({shape})")
         if kind is Kind.CONNECTION:
-            if "conn_uri" in data:
-                return str(data["conn_uri"])
+            uri = data.get("conn_uri")
+            if uri and isinstance(uri, str):
+                return uri  # as the provider: a non-empty conn_uri wins over every field
             try:
+                # An empty or null conn_uri is none (the provider's ``if uri``); one that is
+                # not text is refused, never turned into the URI "None" or "5".
                 return connection_value(data)
             except ConnectionFormatError as exc:
                 raise BackendError(self.name, f"connection {secret_id!r} {exc}") from None
