@@ -515,3 +515,52 @@ def test_empty_kwargs_json_is_no_kwargs_as_in_airflow(tmp_path: Path, raw: str) 
     assert code == 0, err
     options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
     assert options.connections_prefix == "airflow/connections"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"role_arn": "arn:aws:iam::1:role/r", "assume_role_kwargs": {"ExternalId": "x"}},
+            "takes RoleSessionName, not ['ExternalId']",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::1:role/r", "assume_role_kwargs": '{"ExternalId": "x"}'},
+            "assume_role_kwargs: expected a map",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::1:role/r", "assume_role_method": "assume_role_with_saml"},
+            "assume_role_method 'assume_role_with_saml'",
+        ),
+        (
+            {"session_kwargs": {"aws_access_key_id": "AKIA", "aws_secret_access_key": SECRET}},
+            "session_kwargs",
+        ),
+    ],
+)
+@pytest.mark.parametrize("provider", [SM, SSM])
+def test_aws_role_settings_the_agent_cannot_follow_stop(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """The provider would assume the role another way, or log in as another identity."""
+    code, out, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78 and message in err, err
+    assert SECRET not in out + err
+
+
+def test_aws_role_session_name_from_assume_role_kwargs(tmp_path: Path) -> None:
+    kwargs = {
+        "role_arn": "arn:aws:iam::1:role/r",
+        "assume_role_method": "assume_role",
+        "assume_role_kwargs": {"RoleSessionName": "from-airflow", "RoleArn": "ignored"},
+    }
+    code, out, err = migrate_here(tmp_path, SM, kwargs)
+    assert code == 0, err
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert options.role_arn == "arn:aws:iam::1:role/r"
+    assert options.role_session_name == "from-airflow"
+    assert "assume_role" not in out  # all taken, nothing left to review
+    # Without role_arn the provider never reads them: dropped, and said so.
+    shutil.rmtree(tmp_path / "out")
+    code, out, err = migrate_here(tmp_path, SSM, {"assume_role_kwargs": {"ExternalId": "x"}})
+    assert code == 0 and "assume_role_kwargs: ignored by the provider without role_arn" in out

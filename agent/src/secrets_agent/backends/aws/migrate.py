@@ -19,6 +19,10 @@ RENAMED = {"region_name": "region", "profile_name": "profile"}
 KEPT = ("endpoint_url", "role_arn", "sep")
 KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 PROFILE = "airflow-secrets-agent"
+# The provider's AssumeRole call: RoleSessionName from assume_role_kwargs (the agent's
+# role_session_name), RoleArn always role_arn's (the kwargs' is overridden); any other
+# argument the agent cannot send.
+ASSUME_ROLE_KEYS = ("RoleSessionName", "RoleArn")
 
 
 def translate_secrets_manager(kwargs: Kwargs) -> Translation:
@@ -44,7 +48,8 @@ def translate_ssm(kwargs: Kwargs) -> Translation:
 
 
 def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
-    t = Translation(type_name, origins={ours: theirs for theirs, ours in RENAMED.items()})
+    origins = {ours: theirs for theirs, ours in RENAMED.items()}
+    t = Translation(type_name, origins=origins | {"role_session_name": "assume_role_kwargs"})
     defaults = {kind: default.format(kind.plural) for kind in Kind}
     take_prefixes(kwargs, t, "{}_prefix", defaults)
     for theirs, ours in RENAMED.items():
@@ -56,6 +61,14 @@ def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
     if kwargs.has("full_url_mode"):
         kwargs.take("full_url_mode")
         t.todo.append(("full_url_mode", "not needed: URI or JSON is told apart per value"))
+    _assume_role(kwargs, t)
+    if kwargs.take("session_kwargs", None):
+        # The provider's deprecated place for keys and a profile: another identity than the
+        # agent's default chain, so not left to a review.
+        raise MigrationError(
+            "session_kwargs: give its aws_access_key_id / aws_secret_access_key / "
+            "aws_session_token or profile_name as backend kwargs of their own"
+        )
     keys = {key: kwargs.text(key) for key in KEYS if kwargs.has(key)}
     if keys:
         if "profile" in t.options:
@@ -66,6 +79,32 @@ def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
         t.credentials[("credentials_file",)] = Credential("aws-credentials", "\n".join(lines))
         t.options["profile"] = PROFILE
     return t
+
+
+def _assume_role(kwargs: Kwargs, t: Translation) -> None:
+    """role_arn's AssumeRole as the provider calls it; another method or argument stops."""
+    method = kwargs.take("assume_role_method", None)
+    assume = kwargs.take("assume_role_kwargs", None)
+    if not t.options.get("role_arn"):
+        for key, value in (("assume_role_method", method), ("assume_role_kwargs", assume)):
+            if value is not None:
+                t.todo.append((key, "ignored by the provider without role_arn: dropped"))
+        return
+    if method not in (None, "assume_role"):
+        raise MigrationError(
+            f"assume_role_method {method!r}: the agent assumes role_arn with AssumeRole only"
+        )
+    if assume is None:
+        return
+    if not isinstance(assume, dict):
+        raise MigrationError("assume_role_kwargs: expected a map of AssumeRole arguments")
+    unknown = sorted(set(assume) - set(ASSUME_ROLE_KEYS))
+    if unknown:
+        raise MigrationError(
+            f"assume_role_kwargs: the agent's AssumeRole takes RoleSessionName, not {unknown}"
+        )
+    if "RoleSessionName" in assume:
+        t.options["role_session_name"] = str(assume["RoleSessionName"])
 
 
 def _rest(kwargs: Kwargs, t: Translation) -> Translation:
