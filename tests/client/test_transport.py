@@ -474,3 +474,21 @@ def test_a_bad_timeout_is_refused_when_the_transport_is_built(
 ) -> None:
     with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
         make(str(short_tmp / "agent.sock"), timeout)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 16777217\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000001\r\n",
+    ],
+)
+def test_an_answer_over_the_limit_is_named_as_too_large_not_broken(
+    server: RawServer, head: bytes, make_transport: MakeTransport
+) -> None:
+    """A value of many megabytes (text the agent escapes to 6 bytes a character) is not broken
+    HTTP: the error says what the operator can act on."""
+    server.answers = [[head + b"x" * 65536]]
+    with pytest.raises(AgentUnreachable, match="more than the client takes \\(16 MiB\\)") as got:
+        make_transport(server.path, 5).request("GET", "/x")
+    assert "broken" not in str(got.value)

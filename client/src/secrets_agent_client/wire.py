@@ -36,6 +36,10 @@ class ProtocolError(Exception):
     """The peer's answer is not the HTTP/1.1 the agent speaks."""
 
 
+class TooLarge(ProtocolError):
+    """An answer bigger than the client takes (a value of many megabytes, not broken HTTP)."""
+
+
 class AgentIdentityError(Exception):
     """The process behind the socket is not run by the uid the client was told to expect."""
 
@@ -135,13 +139,15 @@ def parse_response(buffer: bytearray, *, head_only: bool, eof: bool) -> Parsed |
         length = headers.get("content-length")
         if length is None:  # delimited by the close: read it all, then the connection is done
             if len(buffer) - start > MAX_BODY:
-                raise ProtocolError("response body too large")
+                raise TooLarge()
             if not eof:
                 return None
             body, stop, keep_alive = bytes(buffer[start:]), len(buffer), False
         else:
-            if not length.isdigit() or int(length) > MAX_BODY:
+            if not length.isdigit():
                 raise ProtocolError("bad Content-Length")
+            if int(length) > MAX_BODY:
+                raise TooLarge()
             stop = start + int(length)
             if len(buffer) < stop:
                 return _incomplete(eof)
@@ -197,7 +203,7 @@ def _chunked_body(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
                     return b"".join(parts), at
         total += size
         if total > MAX_BODY:
-            raise ProtocolError("response body too large")
+            raise TooLarge()
         if len(buffer) < at + size + 2:
             return None
         parts.append(bytes(buffer[at : at + size]))
@@ -251,6 +257,12 @@ def describe(exc: BaseException, socket_path: str) -> str:
         return f"no agent is listening on {socket_path}"
     if isinstance(exc, BlockingIOError):
         return f"the agent at {socket_path} is too busy to accept connections"
+    if isinstance(exc, TooLarge):
+        # The agent sends text as ASCII JSON (\uXXXX escapes): up to 6 bytes a character.
+        return (
+            f"the agent at {socket_path} answered with more than the client takes "
+            f"({MAX_BODY >> 20} MiB): the value is too large to pass through the agent"
+        )
     if isinstance(exc, ProtocolError):
         return f"the agent at {socket_path} answered with broken HTTP ({exc})"
     return f"cannot talk to the agent at {socket_path} ({type(exc).__name__})"
