@@ -564,3 +564,13 @@ def test_aws_role_session_name_from_assume_role_kwargs(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "out")
     code, out, err = migrate_here(tmp_path, SSM, {"assume_role_kwargs": {"ExternalId": "x"}})
     assert code == 0 and "assume_role_kwargs: ignored by the provider without role_arn" in out
+
+
+def test_azure_connection_verify_true_is_the_default_and_false_stops(tmp_path: Path) -> None:
+    base = {"vault_url": "https://v.vault.azure.net", "connection_verify": True}
+    code, out, err = migrate_here(tmp_path, AZURE, base)
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.ca_file == ""
+    assert "kwargs to review" not in out
+    code, _, err = migrate_here(tmp_path, AZURE, base | {"connection_verify": False})
+    assert code == 78 and "connection_verify: only a CA bundle path" in err, err

@@ -49,7 +49,7 @@ def translate(kwargs: Kwargs) -> Translation:
         verify = kwargs.take("connection_verify")
         if isinstance(verify, str) and verify.lower() not in ("true", "false"):
             t.options["ca_file"] = verify
-        else:
+        elif verify is not True:  # true is the SDK's default and the agent's: nothing to carry
             raise MigrationError("connection_verify: only a CA bundle path has an equivalent")
     leftovers(kwargs, t, "no equivalent in the agent (the provider passes it to SecretClient)")
     return t
