@@ -84,13 +84,16 @@ class Group:
 
 
 @functools.cache
-def _venv() -> Path:
-    return ensure_venv(AIRFLOW)  # once per test session: it reinstalls the client each time
+def _venv(version: str = AIRFLOW) -> Path:
+    return ensure_venv(version)  # once per test session: it reinstalls the client each time
 
 
-def ask_both(groups: list[Group], env: dict[str, str] | None = None) -> None:
-    """Fill each group's ``answers``: (provider's, agent's) per query, in order."""
-    venv = _venv()
+def ask_both(
+    groups: list[Group], env: dict[str, str] | None = None, airflow: str = AIRFLOW
+) -> None:
+    """Fill each group's ``answers``: (provider's, agent's) per query, in order, asked in the
+    ``airflow`` version's venv."""
+    venv = _venv(airflow)
     with tempfile.TemporaryDirectory(prefix="af-") as home:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
         base.update(

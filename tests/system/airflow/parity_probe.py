@@ -145,10 +145,13 @@ def main() -> None:
     logging.disable(logging.CRITICAL)  # the providers log secret ids and paths at debug/warning
     results = []
     for group in json.load(sys.stdin):
-        from airflow.providers.common.compat.sdk import conf  # the one the providers read
-
-        # The providers read [core] multi_team at lookup time, so each group sets its own.
-        conf.set("core", "multi_team", str(group.get("multi_team", False)))
+        try:
+            from airflow.providers.common.compat.sdk import conf  # the one the providers read
+        except ImportError:  # Airflow 2.10: no such module, and no multi-team to set
+            pass
+        else:
+            # The providers read [core] multi_team at lookup time, so each group sets its own.
+            conf.set("core", "multi_team", str(group.get("multi_team", False)))
         provider, agent = build(group.get("provider"), group.get("socket"))
         answers = []
         for kind, secret_id, team in group["queries"]:
