@@ -2,10 +2,10 @@
 SystemsManagerParameterStoreBackend, on the same moto server.
 
 Cases: the layouts of the provider's ``test_secrets_manager.py`` / ``test_systems_manager.py``
-(default, custom, empty, ``None`` and trailing-separator prefixes, a custom ``sep``, every alias
-word of a JSON connection and ``extra_conn_words``, lookup patterns in mixed case), plus binary
-secrets and secrets pending deletion, and access keys in the kwargs (moto checking them, with
-no credentials in the environment).
+(default, custom, empty, ``None`` and trailing-separator prefixes, a custom ``sep`` (which
+SSM's backend ignores), every alias word of a JSON connection and ``extra_conn_words``, lookup
+patterns in mixed case), plus binary secrets and secrets pending deletion, and access keys in
+the kwargs (moto checking them, with no credentials in the environment).
 The agent runs on what ``secrets-agent migrate`` writes from the provider's kwargs.
 """
 
@@ -128,6 +128,13 @@ SETUPS = [
         SSM,
         q(V, "x", "hello") + q(C, "rooted") + q(CFG, "sql_alchemy_conn"),
         prefixes={V: "team/vars/", C: "", CFG: None},
+    ),
+    Setup(
+        "ssm ignores sep (not one of its options)",
+        SSM,
+        q(V, "x"),
+        prefixes={V: "/team/vars"},
+        options={"sep": "_"},
     ),
     Setup(
         "ssm lookup patterns in mixed case",

@@ -574,3 +574,15 @@ def test_azure_connection_verify_true_is_the_default_and_false_stops(tmp_path: P
     assert "kwargs to review" not in out
     code, _, err = migrate_here(tmp_path, AZURE, base | {"connection_verify": False})
     assert code == 78 and "connection_verify: only a CA bundle path" in err, err
+
+
+def test_sep_is_a_secrets_manager_option_only(tmp_path: Path) -> None:
+    """SystemsManagerParameterStoreBackend has no ``sep``: the provider ignores it."""
+    code, out, err = migrate_here(tmp_path, SSM, {"sep": "_", "variables_prefix": "/vars"})
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.sep == "/"
+    assert "sep: ignored by the provider" in out
+    shutil.rmtree(tmp_path / "out")
+    code, out, err = migrate_here(tmp_path, SM, {"sep": "_"})
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.sep == "_"

@@ -16,7 +16,7 @@ from secrets_agent.kinds import Kind
 
 PATTERNS = ("connections_lookup_pattern", "variables_lookup_pattern", "config_lookup_pattern")
 RENAMED = {"region_name": "region", "profile_name": "profile"}
-KEPT = ("endpoint_url", "role_arn", "sep")
+KEPT = ("endpoint_url", "role_arn")
 KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 PROFILE = "airflow-secrets-agent"
 # The provider's AssumeRole call: RoleSessionName from assume_role_kwargs (the agent's
@@ -27,6 +27,8 @@ ASSUME_ROLE_KEYS = ("RoleSessionName", "RoleArn")
 
 def translate_secrets_manager(kwargs: Kwargs) -> Translation:
     t = _common(kwargs, "aws_secrets_manager", "airflow/{}")
+    if kwargs.has("sep"):
+        t.options["sep"] = kwargs.text("sep")
     words = kwargs.take("extra_conn_words", None)
     if words:
         if not isinstance(words, dict) or not all(isinstance(v, list) for v in words.values()):
@@ -44,7 +46,13 @@ def translate_secrets_manager(kwargs: Kwargs) -> Translation:
 
 
 def translate_ssm(kwargs: Kwargs) -> Translation:
-    return _rest(kwargs, _common(kwargs, "aws_ssm", "/airflow/{}"))
+    t = _common(kwargs, "aws_ssm", "/airflow/{}")
+    if kwargs.has("sep"):
+        # Not a SystemsManagerParameterStoreBackend option: it lands in the boto3 connection's
+        # extra, and names are always joined with "/". The agent's aws_ssm sep would be read.
+        kwargs.take("sep")
+        t.todo.append(("sep", "ignored by the provider (names are joined with /): dropped"))
+    return _rest(kwargs, t)
 
 
 def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
