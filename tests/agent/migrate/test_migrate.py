@@ -500,6 +500,17 @@ def test_airflow_cfg_values_read_with_airflow_interpolation_and_variables(tmp_pa
     )
 
 
+def test_multi_team_read_as_airflow_getboolean_reads_it(tmp_path: Path) -> None:
+    """airflow.cfg keeps an inline comment in the value; Airflow's getboolean drops it."""
+    airflow_cfg(
+        tmp_path,
+        f"[core]\nmulti_team = True  # teams on\n[secrets]\nbackend = {SM}\n",
+    )
+    code, _, err = migrate_here(tmp_path)
+    assert code == 0, err
+    assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.team_layout
+
+
 def test_a_lone_percent_in_airflow_cfg_is_refused_as_airflow_refuses_it(tmp_path: Path) -> None:
     airflow_cfg(tmp_path, f'[secrets]\nbackend = {SM}\nbackend_kwargs = {{"sep": "50%"}}\n')
     code, _, err = migrate_here(tmp_path)

@@ -97,8 +97,8 @@ def _team_layout(translation: Translation, multi_team: bool) -> None:
 
 
 def _true(raw: str | None) -> bool:
-    """Airflow's getboolean."""
-    return (raw or "").strip().lower() in ("t", "true", "1")
+    """Airflow's getboolean (an inline ``# comment`` is not part of the value)."""
+    return (raw or "").lower().split("#")[0].strip() in ("t", "true", "1")
 
 
 def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend:
