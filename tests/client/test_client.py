@@ -144,6 +144,24 @@ def test_agent_down_falls_through_and_logs_once(
         strict.get_variable("a")
 
 
+def test_a_config_option_never_falls_through_to_its_default(stub: StubAgent) -> None:
+    """Airflow reads ``*_secret`` options through ``get_config`` and has no other source left
+    but the option's default (for ``sql_alchemy_conn``: a new SQLite file): as with the
+    providers' own errors, the lookup fails ("Cannot retrieve config from alternative secrets
+    backend"), whatever ``on_unavailable`` says. A missing option is still None."""
+    stub.answers["/v1/config/down"] = (503, {"error": "upstream_unavailable", "detail": "down"})
+    client = AgentSecretsBackend(socket_path=stub.server_address)  # type: ignore[arg-type]
+    with pytest.raises(AgentUnavailableError, match=r"config option .* 503"):
+        client.get_config("down")
+    assert client.get_config("absent") is None
+    with pytest.raises(AgentUnavailableError, match=r"config option .* 503"):
+        asyncio.run(client.aget_config("down"))
+    gone = AgentSecretsBackend(socket_path=stub.server_address + ".gone")  # type: ignore[operator]
+    with pytest.raises(AgentUnavailableError, match="no agent socket"):
+        gone.get_config("sql_alchemy_conn")
+    assert gone.get_variable("v") is None  # variables and connections still fall through
+
+
 def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="on_unavailable"):
         AgentSecretsBackend(on_unavailable="ignore")

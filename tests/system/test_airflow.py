@@ -164,15 +164,22 @@ def test_airflow3_cli_and_config_secret(airflow3: Airflow, agent: RunningAgent) 
         if k != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
     }
     code = "from airflow.configuration import conf; print(conf.get('database', 'sql_alchemy_conn'))"
-    value = subprocess.run(
-        [str(airflow3.venv / "bin" / "python"), "-c", code],
-        env=secret_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def sql_alchemy_conn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        python = str(airflow3.venv / "bin" / "python")
+        return subprocess.run(
+            [python, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    value = sql_alchemy_conn(secret_env)
     assert value.stdout.strip().splitlines()[-1] == "sqlite:////nonexistent/from-agent.db"
     assert lookups(agent, "config", "found") == 1
+    # The agent down: Airflow stops, as with a provider that cannot be reached, instead of
+    # taking the option's default (a new SQLite database next to AIRFLOW_HOME).
+    failed = sql_alchemy_conn(secret_env | server_backend(agent.socket_path + ".gone"))
+    assert failed.returncode != 0 and "sqlite" not in failed.stdout, failed.stdout
+    assert "Cannot retrieve config from alternative secrets backend" in failed.stderr
+    assert "secrets agent unavailable for a config option" in failed.stderr
 
 
 # -- Airflow 3.3: failure policies ------------------------------------------------------------

@@ -83,7 +83,8 @@ class AgentSecretsBackend(_Base):
     :param timeout: seconds to wait for the agent on connect and per request (> 0, at most a
         day; anything else is refused here, not at the first lookup)
     :param on_unavailable: ``fallthrough`` (log once, return None) or ``raise`` when the agent
-        is down or cannot answer
+        is down or cannot answer a connection or variable lookup (a config option always
+        raises: Airflow would take the option's default)
     :param expected_agent_uid: when set, the process serving the socket must run as this uid
         (checked with SO_PEERCRED on each new connection); anyone else is refused with an
         access-denied error, never fallen through
@@ -177,7 +178,7 @@ class AgentSecretsBackend(_Base):
         try:
             response = self._transport.request("GET", path)
         except (AgentUnreachable, AgentIdentityError) as exc:
-            self._failed(exc)
+            self._failed(segment, exc)
             return None
         return self._answer(segment, response)
 
@@ -198,14 +199,14 @@ class AgentSecretsBackend(_Base):
         try:
             response = await transport.request("GET", path)
         except (AgentUnreachable, AgentIdentityError) as exc:
-            self._failed(exc)
+            self._failed(segment, exc)
             return None
         return self._answer(segment, response)
 
-    def _failed(self, exc: AgentUnreachable | AgentIdentityError) -> None:
+    def _failed(self, segment: str, exc: AgentUnreachable | AgentIdentityError) -> None:
         if isinstance(exc, AgentIdentityError):
             raise _access_denied(f"secrets agent refused: {exc}") from None
-        self._unavailable(str(exc))
+        self._unavailable(segment, str(exc))
 
     def _answer(self, segment: str, response: Response) -> str | None:
         """What an agent's answer means to Airflow, for both the blocking and async lookups."""
@@ -221,10 +222,19 @@ class AgentSecretsBackend(_Base):
         detail = error_detail(response)
         if response.status == 403:
             raise _access_denied(f"secrets agent denied {segment} lookup: {detail}")
-        self._unavailable(f"agent answered {response.status}: {detail}")
+        self._unavailable(segment, f"agent answered {response.status}: {detail}")
         return None
 
-    def _unavailable(self, reason: str) -> None:
+    def _unavailable(self, segment: str, reason: str) -> None:
+        if segment == "config":
+            # Airflow asks for config only for ``*_secret`` options, and after the backend has
+            # nothing but the option's default (sql_alchemy_conn: a new SQLite file). The
+            # providers' errors stop it there ("Cannot retrieve config from alternative
+            # secrets backend"), so this one does too, whatever the policy.
+            raise _strict_unavailable()(
+                f"secrets agent unavailable for a config option (never falls through to the "
+                f"option's default): {reason}"
+            )
         if self.on_unavailable == "raise":
             raise _strict_unavailable()(
                 f"secrets agent unavailable (on_unavailable=raise): {reason}"
