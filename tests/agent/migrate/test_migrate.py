@@ -597,3 +597,26 @@ def test_sep_is_a_secrets_manager_option_only(tmp_path: Path) -> None:
     code, out, err = migrate_here(tmp_path, SM, {"sep": "_"})
     assert code == 0, err
     assert load_config(tmp_path / "out" / "agent.toml").backends[0].options.sep == "_"
+
+
+@pytest.mark.parametrize(
+    ("provider", "kwargs", "kwarg"),
+    [
+        (GCP, {"gcp_key_path": "keys/sa.json", "project_id": "p"}, "gcp_key_path"),
+        (VAULT, {"url": "https://v", "token_path": "tok"}, "token_path"),
+        (VAULT, {"url": "https://v", "token": SECRET, "verify": "ca.pem"}, "verify"),
+        (VAULT, {"url": "https://v", "token": SECRET, "cert": ["c.pem", "/k.pem"]}, "cert"),
+        (AZURE, {"vault_url": "https://v.vault.azure.net", "connection_verify": "ca.pem"}, ""),
+        (FILES, {"variables_file_path": "v.json"}, "variables_file_path"),
+    ],
+)
+def test_a_relative_file_path_is_refused_for_every_backend(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any], kwarg: str
+) -> None:
+    """Airflow opens it from each process's working directory, the agent would from its
+    config's: two different files, so the command asks for the absolute path."""
+    code, out, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78, out
+    assert f"[secrets] backend_kwargs '{kwarg or 'connection_verify'}'" in err, err
+    assert "is relative" in err and "give the absolute path" in err and SECRET not in err
+    assert not (tmp_path / "out").exists()

@@ -7,10 +7,12 @@ problem is reported under the Airflow setting (or command-line option) it came f
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from secrets_agent.backends.migration import MigrationError
 from secrets_agent.config.loader import parse_config
@@ -24,13 +26,36 @@ _COMMAND_LINE = {"listener.socket_path": "--socket", f"{_BACKEND}name": "--name"
 
 def check(text: str, base_dir: Path, found: FoundBackend, origins: Mapping[str, str]) -> None:
     """``MigrationError`` naming each setting the agent would refuse; None when it loads."""
+    raw = tomllib.loads(text)
     try:
-        parse_config(tomllib.loads(text), base_dir=base_dir)
+        here = parse_config(raw, base_dir=base_dir)
+        # Read again from another directory: what changes is a relative file path, which the
+        # agent resolves against its config's directory and Airflow against each process's.
+        elsewhere = parse_config(raw, base_dir=base_dir / "elsewhere")
     except ConfigError as exc:
         lines = "\n".join(f"  {_explain(problem, found, origins)}" for problem in exc.problems)
         raise MigrationError(
             f"the agent would refuse the config this translates to; nothing written:\n{lines}"
         ) from None
+    moved = _moved(here.backends[0].options, elsewhere.backends[0].options, _BACKEND)
+    if moved:
+        lines = "\n".join(
+            f"  {_setting(path, found, origins)}: is relative to whatever directory each "
+            "Airflow process starts in; give the absolute path"
+            for path in moved
+        )
+        raise MigrationError(f"a file path cannot be translated; nothing written:\n{lines}")
+
+
+def _moved(ours: Any, other: Any, where: str) -> list[str]:
+    """The option paths (``backends[0].token.token_file``) whose values differ."""
+    if dataclasses.is_dataclass(ours) and not isinstance(ours, type):
+        return [
+            path
+            for f in dataclasses.fields(ours)
+            for path in _moved(getattr(ours, f.name), getattr(other, f.name), f"{where}{f.name}.")
+        ]
+    return [] if ours == other else [where.rstrip(".")]
 
 
 def _explain(problem: str, found: FoundBackend, origins: Mapping[str, str]) -> str:
