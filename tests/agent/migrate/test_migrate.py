@@ -620,3 +620,17 @@ def test_a_relative_file_path_is_refused_for_every_backend(
     assert f"[secrets] backend_kwargs '{kwarg or 'connection_verify'}'" in err, err
     assert "is relative" in err and "give the absolute path" in err and SECRET not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_per_key_variables_left_in_the_environment_are_named_for_removal(tmp_path: Path) -> None:
+    """Airflow adds them to the client's kwargs too, and the client refuses kwargs it does not
+    know: every lookup would fail once Airflow points at the agent."""
+    env = {
+        "AIRFLOW__SECRETS__BACKEND_KWARG__REGION_NAME": "eu-west-1",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__ROLE_ARN": SECRET,
+    }
+    code, out, err = migrate_here(tmp_path, SM, {}, env=env)
+    assert code == 0, err
+    assert "remove AIRFLOW__SECRETS__BACKEND_KWARG__REGION_NAME" in out
+    assert "remove AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__ROLE_ARN" in out
+    assert SECRET not in out + err

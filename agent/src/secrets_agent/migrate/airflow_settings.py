@@ -111,6 +111,18 @@ class AirflowSettings:
                 "'%' must be written '%%' in airflow.cfg"
             ) from None
 
+    def per_key_variables(self) -> list[str]:
+        """Every per-key kwargs variable set, both sections': Airflow would add them to the
+        client's kwargs as well, which the client refuses."""
+        prefixes = tuple(
+            _per_key_prefix(section, kwargs) for section, _, kwargs in SECTIONS.values()
+        )
+        return sorted(
+            name
+            for name in self.env
+            if any(name.startswith(p) and name[len(p) :] for p in prefixes)  # Airflow's rule
+        )
+
     def backend(self, which: str) -> FoundBackend | None:
         """The backend Airflow builds for ``which`` ("secrets" or "workers"), or None."""
         section, class_key, kwargs_key = SECTIONS[which]
@@ -130,11 +142,16 @@ class AirflowSettings:
             ) from None
         if not isinstance(kwargs, dict):
             raise MigrationError(f"[{section}] {kwargs_key} is not a JSON object")
-        prefix = f"AIRFLOW__{section.upper()}__{kwargs_key.upper().replace('_KWARGS', '_KWARG')}__"
+        prefix = _per_key_prefix(section, kwargs_key)
         for name, value in self.env.items():
             if name.startswith(prefix) and name[len(prefix) :]:
                 kwargs[name[len(prefix) :].lower()] = value
         return FoundBackend(section, provider_class, kwargs)
+
+
+def _per_key_prefix(section: str, kwargs_key: str) -> str:
+    """``AIRFLOW__SECRETS__BACKEND_KWARG__`` / ``AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__``."""
+    return f"AIRFLOW__{section.upper()}__{kwargs_key.upper().replace('_KWARGS', '_KWARG')}__"
 
 
 def _run(command: str, where: str) -> str:

@@ -61,6 +61,13 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
         print("kwargs to review:", file=out)
         for kwarg, what in translation.todo:
             print(f"  {kwarg}: {what}", file=out)
+    leftover = settings.per_key_variables()
+    if leftover:
+        print(
+            "before Airflow reads airflow.env (Airflow would pass these to the client):", file=out
+        )
+        for name in leftover:
+            print(f"  remove {name}", file=out)
     print(
         f"next: secrets-agent check-config {request.output / 'agent.toml'}; start the agent; "
         f"then give Airflow the settings in {request.output / 'airflow.env'}",
