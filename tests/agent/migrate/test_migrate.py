@@ -634,3 +634,9 @@ def test_per_key_variables_left_in_the_environment_are_named_for_removal(tmp_pat
     assert "remove AIRFLOW__SECRETS__BACKEND_KWARG__REGION_NAME" in out
     assert "remove AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__ROLE_ARN" in out
     assert SECRET not in out + err
+
+
+def test_airflow_already_on_the_agent_is_said_so(tmp_path: Path) -> None:
+    client = "secrets_agent_client.AgentSecretsBackend"
+    code, _, err = migrate_here(tmp_path, client, {"socket_path": "/run/a.sock"})
+    assert code == 78 and f"[secrets] already names {client}" in err, err

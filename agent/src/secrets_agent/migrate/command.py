@@ -42,6 +42,11 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
         _require_absolute_socket(request.socket_path)
         settings = AirflowSettings(env, request.airflow_config)
         found = find_backend(settings, request.section)
+        if found.provider_class.strip() == CLIENT_CLASS:
+            raise MigrationError(
+                f"[{found.section}] already names {CLIENT_CLASS}: Airflow reads through the "
+                "agent; run migrate with the provider's backend settings to translate them"
+            )
         translation = translate(found.provider_class, found.kwargs)
         if translation.type in TEAM_LAYOUTS:
             _team_layout(translation, _true(settings.get("core", "multi_team")))
