@@ -144,6 +144,21 @@ def test_agent_down_falls_through_and_logs_once(
         strict.get_variable("a")
 
 
+def test_the_reasons_logged_once_stay_bounded(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that meets thousands of distinct failures (their reasons can name ids) keeps a
+    bounded memory of what it logged, however long it lives."""
+    monkeypatch.setattr(AgentSecretsBackend, "_warned", set())
+    client = AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"))
+    with caplog.at_level(logging.WARNING):
+        for n in range(1000):
+            client._unavailable("variables", f"agent answered 502: upstream failed for id_{n}")
+        client._unavailable("variables", "agent answered 502: upstream failed for id_999")
+    assert len(AgentSecretsBackend._warned) <= 256
+    assert caplog.text.count("id_999") == 1  # still logged once while remembered
+
+
 def test_a_config_option_never_falls_through_to_its_default(stub: StubAgent) -> None:
     """Airflow reads ``*_secret`` options through ``get_config`` and has no other source left
     but the option's default (for ``sql_alchemy_conn``: a new SQLite file): as with the

@@ -72,6 +72,9 @@ def _strict_unavailable() -> type[AgentUnavailableError]:
     return _STRICT[0]
 
 
+_MAX_WARNED = 256  # distinct "unavailable" reasons remembered per process (each logged once)
+
+
 class AgentSecretsBackend(_Base):
     """Ask the local agent; a 404 returns None so Airflow falls through to env vars / metastore.
 
@@ -242,6 +245,8 @@ class AgentSecretsBackend(_Base):
         if reason not in self._warned:
             import logging
 
+            if len(self._warned) >= _MAX_WARNED:  # reasons can name ids: bounded, not a leak
+                self._warned.clear()
             self._warned.add(reason)
             logging.getLogger(__name__).warning(
                 "secrets agent unavailable, falling through to other sources: %s", reason
