@@ -176,3 +176,30 @@ async def test_a_kind_wide_invalidation_refuses_every_older_copy_of_the_kind(sto
     assert (await a.service.lookup(V, "k")).value == "v2"
     assert b.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
     await close(a, b)
+
+
+async def test_a_name_holding_another_type_costs_only_that_key(store: Store) -> None:
+    script = Script(values={(V, f"k{i}"): f"v{i}" for i in range(5)})
+    planter, node = Node(store, script), Node(store, script)
+    name = entry_of(store, "namespace", "k0")
+    store.command("HSET", name, "field", "planted")  # a hash where an entry belongs
+    lease = node.tier.lease("feed", 10.0)
+    store.command("RPUSH", Sealer([KEY], "namespace", "test:").lease("feed"), "planted")
+    for _ in range(4):  # past the breaker's two failures, were each a store failure
+        node.cache.invalidate()
+        assert (await node.service.lookup(V, "k0")).value == "v0"
+    for _ in range(3):
+        assert not await lease.acquire()  # taken, by a writer: not ours, not a failure
+    for i in range(1, 5):
+        assert (await node.service.lookup(V, f"k{i}")).value == f"v{i}"
+    assert node.tier.health().available
+    assert node.sample("secrets_agent_shared_cache_errors_total", operation="read") == 0
+    assert node.sample("secrets_agent_shared_cache_errors_total", operation="lease") == 0
+    assert node.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 1
+    assert len([k for k in store.scan_all() if b":e:" in k]) == 5  # every key shared
+    # The agent's write put an entry back at the name: the next node is served from it.
+    assert store.command("TYPE", name) == b"string"
+    assert (await planter.service.lookup(V, "k0")).value == "v0"
+    assert planter.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+    assert len(script.calls) == 5
+    await close(planter, node)

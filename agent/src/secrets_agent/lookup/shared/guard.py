@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from secrets_agent.lookup.shared.breaker import Breaker, ThrottledLog
 from secrets_agent.lookup.shared.tier import TierHealth
@@ -25,6 +25,11 @@ STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 class StoreDown(Exception):
     """The store did not answer usefully; the caller goes to the upstream."""
+
+
+class Squatted(StoreDown):
+    """A name of ours holds another type than agents write (planted by a store writer, or
+    another application's key): that name's problem, not a sign that the store is down."""
 
 
 class StoreGuard:
@@ -51,13 +56,19 @@ class StoreGuard:
             async with asyncio.timeout(bound or self.timeout):
                 result = await call
         except STORE_ERRORS as exc:
+            if squatted(exc):  # the store answered: one name is unusable, not the store
+                self._answered()
+                raise Squatted from None
             self.failed(operation, exc)
             self.breaker.failure()
             raise StoreDown from None
+        self._answered()
+        return result
+
+    def _answered(self) -> None:
         if self.breaker.success():
             self._warn.reset()
             log.info("shared cache: reachable again")
-        return result
 
     async def quietly(self, call: Awaitable[None], operation: str) -> None:
         with contextlib.suppress(StoreDown):
@@ -74,6 +85,11 @@ class StoreGuard:
         if self.breaker.closed:
             return TierHealth(True, "in use")
         return TierHealth(False, f"unreachable, lookups go to the upstream: {self._last_error}")
+
+
+def squatted(exc: BaseException) -> bool:
+    """A command met a name holding another type (a list where an entry belongs)."""
+    return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
 
 
 def describe(exc: BaseException) -> str:
