@@ -92,7 +92,7 @@ async def close(*nodes: Node) -> None:
 
 
 def client_for(store: Store) -> Redis | RedisCluster:
-    """A client as the agent makes one (plain, no TLS or ACL: the build tests cover those)."""
+    """A client as the agent makes one (plain, no TLS: the build tests cover it)."""
     if isinstance(store, ClusterServers):
         seeds = [ClusterNode("127.0.0.1", n.port) for n in store.nodes]
         return RedisCluster(
@@ -101,7 +101,14 @@ def client_for(store: Store) -> Redis | RedisCluster:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
         )
-    return Redis.from_url(store.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    username, password = store.user or (None, None)  # a server with an ACL user: as that user
+    return Redis.from_url(
+        store.url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        username=username,
+        password=password,
+    )
 
 
 def subscribers(store: Store) -> int:

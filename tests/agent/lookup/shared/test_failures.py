@@ -12,9 +12,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent.lookup.shared.sealing import Sealer
+from support.fleet_stores import ACL, AGENT_USER, PREFIX
 from support.helpers import FakeClock, Script
 from support.redis_server import RedisServer, Store
-from support.shared_nodes import KEY, Node, V
+from support.shared_nodes import KEY, Node, V, close, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,38 @@ async def test_a_full_store_leaves_lookups_working(tmp_path: Path) -> None:
         await node.tier.close()
     finally:
         full.stop()
+
+
+async def test_a_store_that_refuses_pub_sub_still_shares_entries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A service or ACL without pub/sub: invalidations reach other nodes only through the TTL,
+    # and the entries are shared as before (docs/fleet.md).
+    acl = ACL.replace(PREFIX, "test:")  # the nodes' prefix
+    for command in ("publish", "spublish", "subscribe", "ssubscribe"):
+        acl = acl.replace(f" +{command}", "")
+    server = RedisServer(tmp_path, user=AGENT_USER, acl=acl)
+    server.start()
+    script = Script(values={(V, f"k{i}"): "v" for i in range(5)})
+    a, b = Node(server, script), Node(server, script)
+    try:
+        with caplog.at_level(logging.INFO, logger="secrets_agent.lookup.shared"):
+            await a.tier.start()
+            await wait_for(
+                lambda: a.sample("secrets_agent_shared_cache_errors_total", operation="subscribe")
+            )
+            for i in range(5):  # a burst of invalidations, each refused its publish
+                a.service.invalidate(V, f"k{i}")
+            await a.tier._channel.settled()
+            assert a.tier.health().available
+            for i in range(5):
+                assert (await a.service.lookup(V, f"k{i}")).value == "v"
+            assert (await b.service.lookup(V, "k4")).value == "v"
+        assert b.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+        assert a.sample("secrets_agent_shared_cache_errors_total", operation="publish") == 5
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "subscribe refused" in lines[0], lines
+        assert "using the upstream" not in lines[0]
+    finally:
+        await close(a, b)
+        server.stop()

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError, ResponseError
 
 from secrets_agent.lookup.shared.breaker import Breaker, ThrottledLog
 from secrets_agent.lookup.shared.tier import TierHealth
@@ -21,6 +21,13 @@ T = TypeVar("T")
 # What a store call may raise when the store (or a cluster's slot) is unavailable; a cluster's
 # "slot not covered" is not a RedisError.
 STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+# What the tier does without, when the store refuses it (an ACL, a service without pub/sub):
+# entries are still shared, so a refusal is logged and counted, and opens no breaker.
+_WITHOUT = {
+    "publish": "other nodes hear of this node's invalidations only through their TTL",
+    "subscribe": "this node hears of other nodes' invalidations only through the TTL",
+}
 
 
 class StoreDown(Exception):
@@ -60,7 +67,8 @@ class StoreGuard:
                 self._answered()
                 raise Squatted from None
             self.failed(operation, exc)
-            self.breaker.failure()
+            if not (operation in _WITHOUT and refused(exc)):
+                self.breaker.failure()
             raise StoreDown from None
         self._answered()
         return result
@@ -76,6 +84,11 @@ class StoreGuard:
 
     def failed(self, operation: str, exc: BaseException) -> None:
         self._metrics.shared_errors.labels(operation).inc()
+        if operation in _WITHOUT and refused(exc):
+            self._warn.warning(
+                f"shared cache: {operation} refused ({describe(exc)}); {_WITHOUT[operation]}"
+            )
+            return
         self._last_error = describe(exc)
         self._warn.warning(
             f"shared cache: {operation} failed ({self._last_error}); using the upstream"
@@ -85,6 +98,13 @@ class StoreGuard:
         if self.breaker.closed:
             return TierHealth(True, "in use")
         return TierHealth(False, f"unreachable, lookups go to the upstream: {self._last_error}")
+
+
+def refused(exc: BaseException) -> bool:
+    """The store answered that this user may not, or that it has no such command."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    return isinstance(exc, ResponseError) and "unknown command" in str(exc).lower()
 
 
 def squatted(exc: BaseException) -> bool:
