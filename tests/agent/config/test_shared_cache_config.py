@@ -79,6 +79,15 @@ def test_a_cluster_from_seed_nodes_with_tls(tmp_path: Path) -> None:
         ('url = "redis+cluster://h1"', "shared_cache.url: must look like redis+cluster"),
         ('url = "redis+cluster://h1:7000/2"', "shared_cache.url: a cluster has only database 0"),
         ('url = "redis+cluster://h1:7000/x"', "shared_cache.url: must look like redis+cluster"),
+        ('url = "redis://h:notaport/0"', "shared_cache.url: must have a port in 1-65535"),
+        ('url = "redis://h:99999/0"', "shared_cache.url: must have a port in 1-65535"),
+        ('url = "redis://:6379/0"', "shared_cache.url: must name a host"),
+        ('url = "redis://h:6379/0;password=pw-in-url"', "shared_cache.url: must end in the"),
+        ('url = "redis://h:6379/pw-in-url"', "shared_cache.url: must end in the database"),
+        ('url = "redis://h:6379/0/1"', "shared_cache.url: must end in the database"),
+        ('url = "unix://run/redis.sock"', "shared_cache.url: must name an absolute socket"),
+        ('url = "rediss+cluster://h1:6379,h2:99999"', "shared_cache.url: h2:99999 must have"),
+        ('url = "redis+sentinel://h1:0/m/0"', "shared_cache.url: h1:0 must have a port"),
         ('password = "x"\npassword_file = "f"', "shared_cache.password: set password or"),
         ("hosts = []", "shared_cache.hosts: unknown key"),
     ],
@@ -87,6 +96,21 @@ def test_bad_values_name_the_key(tmp_path: Path, body: str, expected: str) -> No
     [problem] = problems(tmp_path, f"[shared_cache]\n{body}\n")
     assert problem.startswith(expected)
     assert "pw-in-url" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://valkey.example",
+        "redis://valkey.example/",
+        "rediss://10.0.0.3:6380/15",
+        "redis://[::1]:6379/0",
+        "redis+cluster://h1:7000,h2.example:7001",
+    ],
+)
+def test_server_urls(tmp_path: Path, url: str) -> None:
+    body = f'[shared_cache]\nurl = "{url}"\n'
+    assert load_config(write_config(tmp_path, body)).shared_cache.url == url
 
 
 def test_a_unix_socket_url_may_name_its_database(tmp_path: Path) -> None:

@@ -206,14 +206,35 @@ def check_store_url(value: str) -> str | None:
             "credentials go in username and password_file, TLS in ca_file, timeouts in "
             "timeout and connect_timeout"
         )
-    if value.startswith(SENTINEL_SCHEMES) and not SENTINEL_URL.fullmatch(value):
-        return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
+    # What redis-py would read otherwise: a bad port as a traceback at start, a path it does
+    # not understand as database 0 or a SELECT every connection fails, "unix://a/b" as /b.
+    if value.startswith(("redis://", "rediss://")):
+        problem = url_problem(value, ("redis", "rediss"))
+        if problem is None and not re.fullmatch(r"/?|/\d{1,9}", urlsplit(value).path):
+            problem = "must end in the database number (/N) or in the host[:port] (database 0)"
+        return problem
+    if value.startswith("unix://") and not value.startswith("unix:///"):
+        return "must name an absolute socket path: unix:///path/to/redis.sock[?db=N]"
+    if value.startswith(SENTINEL_SCHEMES):
+        match = SENTINEL_URL.fullmatch(value)
+        if match is None:
+            return "must look like redis+sentinel://host:port[,host:port...]/master-name[/db]"
+        return _hosts_problem(match["hosts"])
     if value.startswith(CLUSTER_SCHEMES):
         match = CLUSTER_URL.fullmatch(value)
         if match is None:
             return "must look like redis+cluster://host:port[,host:port...] (seed nodes)"
         if match["db"] not in (None, "0"):
             return "a cluster has only database 0 (it refuses SELECT): drop the /N"
+        return _hosts_problem(match["hosts"])
+    return None
+
+
+def _hosts_problem(hosts: str) -> str | None:
+    for host in hosts.split(","):
+        problem = url_problem(f"redis://{host}", ("redis",))
+        if problem is not None:
+            return f"{host} {problem}"
     return None
 
 
