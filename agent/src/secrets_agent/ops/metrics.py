@@ -196,6 +196,12 @@ class Metrics:
             "Invalidations other nodes published that dropped entries here.",
             registry=r,
         )
+        self.shared_messages_refused = Counter(
+            p + "shared_cache_messages_refused",
+            "Messages on the invalidation channel this node could not open: sealed without the "
+            "fleet's keys, replayed, or sent by a node whose clock is far from this one's.",
+            registry=r,
+        )
         self.shared_available = Gauge(
             p + "shared_cache_available",
             "1 while the shared cache is in use (0: its breaker is open, lookups skip it).",

@@ -4,18 +4,20 @@ never another namespace's or an older value."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from cryptography.fernet import Fernet
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import CacheState
 from secrets_agent.lookup.service import RefreshPolicy
-from secrets_agent.lookup.shared.sealing import Sealer
+from secrets_agent.lookup.shared.sealing import Invalidation, Sealer
 from support.helpers import Script
-from support.redis_server import Store
-from support.shared_nodes import KEY, Node, V, close, subscribed_pair, wait_for
+from support.redis_server import ClusterServers, Store
+from support.shared_nodes import KEY, Node, V, close, subscribed_pair, subscribers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +205,37 @@ async def test_a_name_holding_another_type_costs_only_that_key(store: Store) -> 
     assert planter.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
     assert len(script.calls) == 5
     await close(planter, node)
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ("skewed", "s ahead of this node's clock (the clocks differ)"),
+        ("replayed", "s ago (a replay, or the sender's clock is behind"),
+        ("forged", "not sealed under this node's keys"),
+    ],
+)
+async def test_a_message_the_node_cannot_open_is_counted_and_said(
+    store: Store, caplog: pytest.LogCaptureFixture, message: str, said: str
+) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    node = Node(store, script)
+    await node.tier.start()
+    await wait_for(lambda: subscribers(store) == 1)
+    await node.service.lookup(V, "k")
+    channel = Sealer([KEY], "namespace", "test:").channels[0]
+    offset = {"skewed": 120.0, "replayed": -400.0}.get(message, 0.0)
+    sender = Sealer([KEY], "namespace", "test:", wall=lambda: time.time() + offset)
+    data = sender.seal_messages(Invalidation(V, "k", sender.wall(), "another-node"))[0][1]
+    if message == "forged":  # a store writer: no key
+        data = Fernet(Fernet.generate_key()).encrypt(b'{"k": null}')
+    command = "SPUBLISH" if isinstance(store, ClusterServers) else "PUBLISH"
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
+        store.command(command, channel, data)
+        refused = "secrets_agent_shared_cache_messages_refused_total"
+        await wait_for(lambda: node.sample(refused) == 1)
+    assert node.cache.get(V, "k") is not None  # nothing dropped
+    assert node.sample("secrets_agent_shared_cache_invalidations_received_total") == 0
+    [line] = [r.getMessage() for r in caplog.records]
+    assert said in line, line
+    await close(node)

@@ -14,7 +14,14 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.shared.bus import Bus
 from secrets_agent.lookup.shared.floors import Floors
 from secrets_agent.lookup.shared.guard import STORE_ERRORS, StoreDown, StoreGuard
-from secrets_agent.lookup.shared.sealing import Hint, Invalidation, Message, Sealer
+from secrets_agent.lookup.shared.sealing import (
+    MESSAGE_MAX_AGE,
+    MESSAGE_MAX_AHEAD,
+    Hint,
+    Invalidation,
+    Message,
+    Sealer,
+)
 from secrets_agent.lookup.shared.tier import HintHandler, Invalidated
 from secrets_agent.ops.metrics import Metrics
 
@@ -46,6 +53,8 @@ class Invalidations:
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
         self._handlers: dict[str, HintHandler] = {}
+        # Its own throttle: a flood of forged messages must not hide the store's own warnings.
+        self._refused_log = guard.throttled(log)
 
     def on_hint(self, topic: str, handler: HintHandler) -> None:
         self._handlers[topic] = handler
@@ -120,8 +129,11 @@ class Invalidations:
 
     def _received(self, data: bytes) -> None:
         message = self._sealer.open_message(data)
-        if message is None or message.sender == self.node:
-            return  # another namespace's or key set's message, not a message, or our own
+        if message is None:
+            self._refused(data)
+            return
+        if message.sender == self.node:
+            return  # our own
         if isinstance(message, Hint):
             handler = self._handlers.get(message.topic)
             if handler is not None:
@@ -133,6 +145,21 @@ class Invalidations:
         self._floors.invalidated(message.kind, message.secret_id, message.at)
         self._metrics.shared_invalidations.inc()
         self._local(message.kind, message.secret_id)
+
+    def _refused(self, data: bytes) -> None:
+        """Our channel carries only what our fleet seals (a namespace and key have channels of
+        their own): a message we cannot open is someone's doing, or a clock gone wrong."""
+        self._metrics.shared_messages_refused.inc()
+        age = self._sealer.message_age(data)
+        if age is None:
+            why = "not sealed under this node's keys (written by someone without them)"
+        elif age > MESSAGE_MAX_AGE:
+            why = f"sealed {age:.0f} s ago (a replay, or the sender's clock is behind this one's)"
+        elif -age > MESSAGE_MAX_AHEAD:
+            why = f"sealed {-age:.0f} s ahead of this node's clock (the clocks differ)"
+        else:
+            why = "not a message this agent reads (another version's?)"
+        self._refused_log.warning(f"shared cache: a message on the invalidation channel: {why}")
 
     async def close(self) -> None:
         self._closed = True

@@ -50,8 +50,8 @@ class StoreGuard:
         clock: Callable[[], float],
     ) -> None:
         self.breaker, self.timeout = breaker, timeout
-        self._metrics = metrics
-        self._warn = ThrottledLog(log, log_interval, clock)
+        self._metrics, self._log_interval, self._clock = metrics, log_interval, clock
+        self._warn = self.throttled(log)
         self._last_error = ""
 
     async def call(self, operation: str, call: Awaitable[T], bound: float | None = None) -> T:
@@ -77,6 +77,10 @@ class StoreGuard:
         if self.breaker.success():
             self._warn.reset()
             log.info("shared cache: reachable again")
+
+    def throttled(self, logger: logging.Logger) -> ThrottledLog:
+        """A log of its own, one line per ``log_interval`` as the store's warnings."""
+        return ThrottledLog(logger, self._log_interval, self._clock)
 
     async def quietly(self, call: Awaitable[None], operation: str) -> None:
         with contextlib.suppress(StoreDown):

@@ -30,7 +30,8 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.chain import Found
 
 _LABEL = b"airflow-secrets-agent shared-cache v2 "
-_MESSAGE_MAX_AGE = 300  # seconds: a replayed old invalidation is refused after this
+MESSAGE_MAX_AGE = 300  # seconds: a replayed old invalidation is refused after this
+MESSAGE_MAX_AHEAD = 60  # seconds: Fernet's bound on a token from the future (a clock ahead)
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,15 @@ class Sealer:
             kind = None if message.kind is None else message.kind.value
             body = {"k": kind, "i": message.secret_id, "a": message.at, "n": message.sender}
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        return [(f"{s.prefix}invalidate", s.messages.encrypt(data)) for s in self._spaces]
+        now = int(self.wall())
+        return [
+            (f"{s.prefix}invalidate", s.messages.encrypt_at_time(data, now)) for s in self._spaces
+        ]
 
     def open_message(self, token: bytes) -> Message | None:
         try:
-            body = json.loads(self._messages.decrypt(token, ttl=_MESSAGE_MAX_AGE))
+            plain = self._messages.decrypt_at_time(token, MESSAGE_MAX_AGE, int(self.wall()))
+            body = json.loads(plain)
             if "h" in body:
                 return _hint(body)
             kind = None if body["k"] is None else Kind(body["k"])
@@ -198,6 +203,14 @@ class Sealer:
         if kind is None and secret_id is not None:
             return None
         return Invalidation(kind, secret_id, at, sender)
+
+    def message_age(self, token: bytes) -> float | None:
+        """How long ago, by our clock, ``token`` was sealed (negative: in our future); None when
+        our keys do not open it."""
+        try:
+            return self.wall() - self._messages.extract_timestamp(token)
+        except InvalidToken:
+            return None
 
 
 def _hint(body: dict[str, object]) -> Hint | None:
