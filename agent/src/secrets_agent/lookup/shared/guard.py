@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 # What the tier does without, when the store refuses it (an ACL, a service without pub/sub):
 # entries are still shared, so a refusal is logged and counted, and opens no breaker.
+_PUB_SUB = re.compile(r"'s?(publish|subscribe)'|channels")  # in NOPERM's and ERR's words
 _WITHOUT = {
     "publish": "other nodes hear of this node's invalidations only through their TTL",
     "subscribe": "this node hears of other nodes' invalidations only through the TTL",
@@ -63,6 +65,8 @@ class StoreGuard:
             async with asyncio.timeout(bound or self.timeout):
                 result = await call
         except STORE_ERRORS as exc:
+            if type(exc) is TimeoutError and not str(exc):  # ours: asyncio.timeout's
+                exc = TimeoutError(f"no answer within {bound or self.timeout:g} s")
             if squatted(exc):  # the store answered: one name is unusable, not the store
                 self._answered()
                 raise Squatted from None
@@ -105,10 +109,12 @@ class StoreGuard:
 
 
 def refused(exc: BaseException) -> bool:
-    """The store answered that this user may not, or that it has no such command."""
-    if isinstance(exc, NoPermissionError):
-        return True
-    return isinstance(exc, ResponseError) and "unknown command" in str(exc).lower()
+    """The store answered that this user may not use pub/sub, or that it has none."""
+    if not isinstance(exc, ResponseError):
+        return False
+    text = str(exc).lower()
+    denied = isinstance(exc, NoPermissionError) or "unknown command" in text
+    return denied and _PUB_SUB.search(text) is not None
 
 
 def squatted(exc: BaseException) -> bool:
