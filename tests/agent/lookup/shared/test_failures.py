@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.fleet_stores import ACL, AGENT_USER, PREFIX
 from support.helpers import FakeClock, Script
-from support.redis_server import RedisServer, Store
+from support.redis_server import ClusterServers, RedisServer, Store
 from support.shared_nodes import KEY, Node, V, close, wait_for
 
 pytestmark = pytest.mark.integration
@@ -145,3 +145,16 @@ async def test_a_store_that_refuses_pub_sub_still_shares_entries(
     finally:
         await close(a, b)
         server.stop()
+
+
+async def test_a_cluster_named_by_a_plain_url_says_which_url_to_use(
+    session_cluster: ClusterServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    session_cluster.start()
+    script = Script(values={(V, f"k{i}"): "v" for i in range(8)})
+    node = Node(session_cluster.nodes[0], script)  # redis://, as if it were one server
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
+        for i in range(8):  # some keys live on another node: MOVED
+            assert (await node.service.lookup(V, f"k{i}")).value == "v"
+    assert "the store is a cluster: use a redis+cluster:// URL" in caplog.text
+    await node.tier.close()

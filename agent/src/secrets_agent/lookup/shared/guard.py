@@ -9,7 +9,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import NoPermissionError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from secrets_agent.lookup.shared.breaker import Breaker, ThrottledLog
 from secrets_agent.lookup.shared.tier import TierHealth
@@ -125,4 +131,7 @@ def squatted(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     # Store errors name hosts and commands, never values; still keep them short.
     text = str(exc).strip() or "no detail"
-    return f"{type(exc).__name__}: {text[:200]}"
+    described = f"{type(exc).__name__}: {text[:200]}"
+    if isinstance(exc, AskError):  # MOVED or ASK reach us only from a client for one server
+        described += " - the store is a cluster: use a redis+cluster:// URL"
+    return described
