@@ -15,6 +15,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import CacheState
 from secrets_agent.lookup.service import RefreshPolicy
 from secrets_agent.lookup.shared.sealing import Invalidation, Sealer
+from secrets_agent.lookup.shared.store import MAX_ENTRY
 from support.helpers import Script
 from support.redis_server import ClusterServers, Store
 from support.shared_nodes import KEY, Node, V, close, subscribed_pair, subscribers, wait_for
@@ -239,3 +240,41 @@ async def test_a_message_the_node_cannot_open_is_counted_and_said(
     [line] = [r.getMessage() for r in caplog.records]
     assert said in line, line
     await close(node)
+
+
+def sent(store: Store) -> int:
+    """Bytes the store (every node of a cluster) has sent its clients so far."""
+    total = 0
+    for node in getattr(store, "nodes", [store]):
+        stats = node.command("INFO", "stats")
+        assert isinstance(stats, bytes)
+        line = next(x for x in stats.decode().splitlines() if x.startswith("total_net_output"))
+        total += int(line.split(":")[1])
+    return total
+
+
+async def test_a_huge_value_at_a_name_is_never_downloaded(store: Store) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    # A bound for a busy machine: the store copies the value once per read, to measure it.
+    planter, node = Node(store, script, timeout=5.0), Node(store, script, timeout=5.0)
+    name = entry_of(store, "namespace", "k")
+    store.command("SETRANGE", name, str(16 << 20), "x")  # 16 MiB, built by the store itself
+    before = sent(store)
+    assert (await node.service.lookup(V, "k")).value == "v1"
+    assert sent(store) - before < MAX_ENTRY
+    assert node.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 1
+    assert node.tier.health().available
+    assert (await planter.service.lookup(V, "k")).value == "v1"  # our entry replaced it
+    assert planter.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+    await close(planter, node)
+
+
+async def test_a_value_too_large_to_share_is_fetched_by_each_node(store: Store) -> None:
+    script = Script(values={(V, "big"): "x" * MAX_ENTRY, (V, "small"): "s"})
+    a, b = Node(store, script), Node(store, script)
+    for node in (a, b):
+        assert (await node.service.lookup(V, "big")).value == "x" * MAX_ENTRY
+        assert (await node.service.lookup(V, "small")).value == "s"
+    assert len([k for k in store.scan_all() if b":e:" in k]) == 1  # small's alone
+    assert len(script.calls) == 3
+    await close(a, b)

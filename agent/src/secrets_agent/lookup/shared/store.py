@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -36,6 +37,17 @@ from secrets_agent.ops.metrics import Metrics
 
 Clock = Callable[[], float]
 Store = Redis | RedisCluster
+
+# A sealed entry larger than this is not shared (a value of roughly 750 KB, ten times what a
+# cloud manager holds), and a larger value at our name is not downloaded: a store writer's huge
+# value must not cost every node that misses it the memory and time to read it.
+MAX_ENTRY = 1 << 20  # bytes
+# GET, but an empty (unreadable) string for a value larger than ARGV[1]. Lua on one key: the
+# ACL's +eval and +get, the key's slot.
+_READ = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if v and string.len(v) > tonumber(ARGV[1]) then return '' end return v"
+)
 
 # Delete the lock only if we still hold it (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
@@ -131,14 +143,14 @@ class RedisTier:
         pipe = self._client.pipeline(transaction=False)
         pipe.set(names.primary.lock, token, nx=True, px=_ms(self._lock_ttl))
         for place in names.places:
-            pipe.get(place.entry)
+            _read(pipe, place.entry)
         locked, *tokens = await self._guard.call("lock", pipe.execute())
         return bool(locked), self._first_readable(tokens, name, again=True)
 
     async def _read(self, names: Names, name: Name) -> Shared | None:
         pipe = self._client.pipeline(transaction=False)
         for place in names.places:
-            pipe.get(place.entry)
+            _read(pipe, place.entry)
         tokens = await self._guard.call("read", pipe.execute())
         if not any(isinstance(t, bytes) for t in tokens):
             self._metrics.shared_results.labels("miss").inc()
@@ -187,7 +199,7 @@ class RedisTier:
             pipe = self._client.pipeline(transaction=False)
             pipe.exists(names.primary.lock)
             for place in names.places:
-                pipe.get(place.entry)
+                _read(pipe, place.entry)
             held, *tokens = await self._guard.call("wait", pipe.execute())
             got = self._first_readable(tokens, name, again=True)
             if got is not None:
@@ -202,7 +214,7 @@ class RedisTier:
 
     async def _write(self, place: Place, entry: bytes, ttl: float, lock_token: str | None) -> None:
         pipe = self._client.pipeline(transaction=False)  # one slot: the entry and its lock
-        if ttl > 0:
+        if ttl > 0 and len(entry) <= MAX_ENTRY:
             pipe.set(place.entry, entry, px=_ms(ttl))
         if lock_token is not None:
             pipe.eval(_UNLOCK, 1, place.lock, lock_token)
@@ -251,6 +263,11 @@ class RedisTier:
 
 
 Name = tuple[Kind, str, str | None]
+
+
+def _read(pipe: Any, entry: str) -> None:
+    """Stack an entry's read: its token, or b"" when it is too large to be one of ours."""
+    pipe.eval(_READ, 1, entry, MAX_ENTRY)
 
 
 def _ms(seconds: float) -> int:
