@@ -170,7 +170,8 @@ class Metrics:
         self.shared_results = Counter(
             p + "shared_cache_results",
             "Shared-cache reads by result (hit, miss, unreadable: other keys or another name's; "
-            "refused: older than a copy seen or an invalidation, e.g. put back).",
+            "refused: older than a copy seen or an invalidation, e.g. put back, or sealed ahead of "
+            "this node's clock).",
             ["result"],
             registry=r,
         )

@@ -278,3 +278,24 @@ async def test_a_value_too_large_to_share_is_fetched_by_each_node(store: Store) 
     assert len([k for k in store.scan_all() if b":e:" in k]) == 1  # small's alone
     assert len(script.calls) == 3
     await close(a, b)
+
+
+async def test_a_copy_from_a_clock_ahead_cannot_pass_an_invalidation(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    ahead, node = Node(store, script, wall=lambda: time.time() + 100), Node(store, script)
+    await ahead.service.lookup(V, "k")  # sealed as fetched 100 s from now
+    name = entry_of(store, "namespace", "k")
+    old = store.command("GET", name)
+    assert isinstance(old, bytes)
+    script.values[(V, "k")] = "v2"
+    node.service.invalidate(V, "k")
+    await node.tier._channel.settled()
+    store.command("SET", name, old, "PX", "60000")  # a writer puts v1 back
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
+        assert (await node.service.lookup(V, "k")).value == "v2"
+    assert node.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "s ahead of this node's clock" in line, line
+    await close(ahead, node)

@@ -9,6 +9,7 @@ may carry several single-slot commands), so the same code serves one server and 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +36,8 @@ from secrets_agent.lookup.shared.tier import (
 )
 from secrets_agent.ops.metrics import Metrics
 
+log = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
 Store = Redis | RedisCluster
 
@@ -42,6 +45,10 @@ Store = Redis | RedisCluster
 # cloud manager holds), and a larger value at our name is not downloaded: a store writer's huge
 # value must not cost every node that misses it the memory and time to read it.
 MAX_ENTRY = 1 << 20  # bytes
+# An entry sealed as fetched later than this past our clock is refused: its writer's clock is
+# ahead, and its copies would pass an invalidation made after they were fetched. Clocks kept by
+# NTP are well within it; a node further ahead only costs the others an upstream read.
+CLOCK_AHEAD = 1.0  # seconds
 # GET, but an empty (unreadable) string for a value larger than ARGV[1]. Lua on one key: the
 # ACL's +eval and +get, the key's slot.
 _READ = (
@@ -84,6 +91,7 @@ class RedisTier:
         self._guard = StoreGuard(
             breaker, metrics, timeout=timeout, log_interval=log_interval, clock=clock
         )
+        self._skew = self._guard.throttled(log)
         # An entry lives at most its TTL: what refuses older copies needs to remember no longer.
         horizon = max(negative_ttl, *(ttl(kind) for kind in Kind))
         self.floors = Floors(horizon, clock=clock)
@@ -173,6 +181,15 @@ class RedisTier:
         if opened is None:  # other keys, another name's entry, or expired: never an error
             if not again:
                 self._metrics.shared_results.labels("unreadable").inc()
+            return None
+        ahead = opened.fetched - self._sealer.wall()
+        if ahead > CLOCK_AHEAD:
+            if not again:
+                self._metrics.shared_results.labels("refused").inc()
+                self._skew.warning(
+                    f"shared cache: an entry sealed {ahead:.0f} s ahead of this node's clock "
+                    "was refused (its writer's clock is ahead: keep the fleet's clocks in sync)"
+                )
             return None
         if not self.floors.admits(name, opened.fetched):
             # Older than a copy we saw or an invalidation: put back, or not yet replaced.
