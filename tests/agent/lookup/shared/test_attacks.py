@@ -299,3 +299,24 @@ async def test_a_copy_from_a_clock_ahead_cannot_pass_an_invalidation(
     [line] = [r.getMessage() for r in caplog.records]
     assert "s ahead of this node's clock" in line, line
     await close(ahead, node)
+
+
+async def test_an_invalidation_from_a_clock_behind_still_refuses_older_copies(
+    store: Store,
+) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    earlier = time.time() - 5
+    writer = Node(store, script, wall=lambda: earlier)  # fetched "5 s ago", by any clock
+    node, behind = await subscribed_pair(store, script)
+    behind.tier._sealer.wall = lambda: time.time() - 100  # its invalidations say "100 s ago"
+    await writer.service.lookup(V, "k")
+    name = entry_of(store, "namespace", "k")
+    old = store.command("GET", name)
+    assert isinstance(old, bytes)
+    script.values[(V, "k")] = "v2"
+    behind.service.invalidate(V, "k")
+    await wait_for(lambda: node.sample("secrets_agent_shared_cache_invalidations_received_total"))
+    store.command("SET", name, old, "PX", "60000")  # a writer puts v1 back
+    assert (await node.service.lookup(V, "k")).value == "v2"
+    assert node.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
+    await close(writer, node, behind)

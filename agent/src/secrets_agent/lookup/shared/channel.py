@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # Invalidations sent at a time; past this, the waiting ones become one namespace-wide message:
 # a flood of them costs the store a bounded number of calls, and still drops every copy named.
 MAX_PENDING = 32
+# How long a message may take to arrive: an invalidation counts from no earlier than this before
+# it arrived, whatever the sender's clock said (one behind would let older copies pass it).
+IN_TRANSIT = 1.0  # seconds
 
 Delete = Callable[[Kind, str], Awaitable[None]]
 
@@ -142,7 +145,8 @@ class Invalidations:
                 except Exception as exc:  # one handler's bug must not end the listener
                     log.error("shared cache: hint %r failed: %s", message.topic, type(exc).__name__)
             return
-        self._floors.invalidated(message.kind, message.secret_id, message.at)
+        at = max(message.at, self._sealer.wall() - IN_TRANSIT)
+        self._floors.invalidated(message.kind, message.secret_id, at)
         self._metrics.shared_invalidations.inc()
         self._local(message.kind, message.secret_id)
 
