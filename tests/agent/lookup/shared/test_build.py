@@ -142,6 +142,15 @@ def test_an_unreadable_password_file_is_a_startup_error(tmp_path: Path) -> None:
         tier_for(tmp_path, shared, Metrics())
 
 
+@pytest.mark.parametrize("text", ["", "\n", "  \n"])
+def test_an_empty_password_file_is_a_startup_error(tmp_path: Path, text: str) -> None:
+    # A secret mounted before it was filled in: not "no password" (NOAUTH at every call).
+    (tmp_path / "empty.pw").write_text(text)
+    shared = {"url": "redis://127.0.0.1:1/0", "password_file": "empty.pw"}
+    with pytest.raises(StartupError, match=r"shared_cache\.password_file \(.*empty.pw\): empty"):
+        tier_for(tmp_path, shared, Metrics())
+
+
 def test_the_namespace_follows_the_backends(tmp_path: Path) -> None:
     def identity(prefix: str) -> str:
         backend = {"name": "env", "type": "env", "variables_prefix": prefix}

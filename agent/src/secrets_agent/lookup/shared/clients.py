@@ -121,7 +121,9 @@ def _auth(shared: SharedCacheConfig) -> dict[str, Any]:
 def _password(shared: SharedCacheConfig) -> str | None:
     if shared.password_file:
         text = _read("shared_cache.password_file", shared.password_file).strip()
-        return text or None
+        if not text:  # a secret mounted before it was filled in: not "no password"
+            raise StartupError(f"shared_cache.password_file ({shared.password_file}): empty")
+        return text
     return shared.password or None
 
 
