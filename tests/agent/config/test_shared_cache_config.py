@@ -104,6 +104,7 @@ def test_bad_values_name_the_key(tmp_path: Path, body: str, expected: str) -> No
         "redis://valkey.example",
         "redis://valkey.example/",
         "rediss://10.0.0.3:6380/15",
+        "redis://valkey.example:6379/0/",
         "redis://[::1]:6379/0",
         "redis+cluster://h1:7000,h2.example:7001",
     ],

@@ -210,7 +210,7 @@ def check_store_url(value: str) -> str | None:
     # not understand as database 0 or a SELECT every connection fails, "unix://a/b" as /b.
     if value.startswith(("redis://", "rediss://")):
         problem = url_problem(value, ("redis", "rediss"))
-        if problem is None and not re.fullmatch(r"/?|/\d{1,9}", urlsplit(value).path):
+        if problem is None and not re.fullmatch(r"/?|/\d{1,9}/?", urlsplit(value).path):
             problem = "must end in the database number (/N) or in the host[:port] (database 0)"
         return problem
     if value.startswith("unix://") and not value.startswith("unix:///"):
