@@ -15,6 +15,7 @@ from secrets_agent.errors import StartupError
 from support.bao import BaoServer, vault_backend_toml
 from support.helpers import (
     AGENT_SCRIPT,
+    DEMO_BACKEND,
     FakeClock,
     RunningAgent,
     agent_config,
@@ -153,3 +154,27 @@ def test_the_snapshot_is_also_written_periodically_while_serving(short_tmp: Path
             time.sleep(0.05)  # waiting for the write to happen, not timing it
         assert (short_tmp / "cache.snapshot").stat().st_size > 0
     assert agent.metric("secrets_agent_snapshot_writes_total", result="success") >= 2  # + stop
+
+
+def test_a_restart_with_a_backend_configured_differently_restores_none_of_its_values(
+    short_tmp: Path,
+) -> None:
+    """The agent writes each backend's configuration into the snapshot and restores a value
+    only for the backend configured as it was: ``local`` now reading other files is not the
+    ``local`` that fetched it."""
+    (short_tmp / "fernet.key").write_text(Fernet.generate_key().decode())
+    extra = f"""
+        [cache]
+        snapshot_file = "{short_tmp}/cache.snapshot"
+        [encryption]
+        key_file = "fernet.key"
+    """
+    with running_agent(agent_config(short_tmp, extra=extra)) as agent:
+        assert status_of(get(agent, "/v1/variables/greeting")) == 200
+    with running_agent(agent_config(short_tmp, extra=extra)) as agent:
+        assert len(agent.agent.service.cache) == 1  # the same configuration: restored
+    (short_tmp / "other.json").write_text('{"greeting": "elsewhere"}')
+    moved = DEMO_BACKEND.replace("variables.json", "other.json")
+    with running_agent(agent_config(short_tmp, extra=extra, backends=moved)) as agent:
+        assert len(agent.agent.service.cache) == 0
+        assert agent.metric("secrets_agent_snapshot_loads_total", result="loaded") == 1

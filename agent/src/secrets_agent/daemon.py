@@ -24,7 +24,7 @@ from secrets_agent.config.loader import load_config
 from secrets_agent.config.schema import AgentConfig, AuditConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
 from secrets_agent.lookup.service import SecretService
-from secrets_agent.lookup.snapshot import Snapshot
+from secrets_agent.lookup.snapshot import Snapshot, backend_identities
 from secrets_agent.ops.audit import AuditLog, AuditSettings
 from secrets_agent.ops.logs import set_level
 from secrets_agent.ops.metrics import Metrics
@@ -120,7 +120,10 @@ class Agent:
         cfg = self._initial
         self._swap(await Runtime.build(cfg, self._pool, self.metrics, self._clock))
         if cfg.cache.snapshot_file:
-            Snapshot(cfg.cache.snapshot_file, self.metrics).load(self.service.cache)
+            backends = backend_identities(cfg.backends)
+            Snapshot(cfg.cache.snapshot_file, self.metrics, backends=backends).load(
+                self.service.cache
+            )
         self.metrics.track_cache_size(lambda: len(self.service.cache))
         context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
         reads = Reads(context)
@@ -222,7 +225,8 @@ class Agent:
         """Write the cache to ``cache.snapshot_file`` (if set); encryption and I/O off the loop."""
         if not self.config.cache.snapshot_file:
             return False
-        snapshot = Snapshot(self.config.cache.snapshot_file, self.metrics)
+        backends = backend_identities(self.config.backends)
+        snapshot = Snapshot(self.config.cache.snapshot_file, self.metrics, backends=backends)
         cipher, document = snapshot.collect(self.service.cache)
         return await asyncio.to_thread(snapshot.write, cipher, document)
 

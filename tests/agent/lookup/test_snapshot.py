@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from pathlib import Path
@@ -23,7 +24,13 @@ KEY_A, KEY_B = Fernet.generate_key(), Fernet.generate_key()
 class Node:
     """One agent's cache and snapshot; ``wall`` is the real-time clock a reboot keeps."""
 
-    def __init__(self, path: Path, keys: list[bytes], wall: FakeClock) -> None:
+    def __init__(
+        self,
+        path: Path,
+        keys: list[bytes],
+        wall: FakeClock,
+        backends: dict[str, str] | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.metrics = Metrics()
         self.cache = SecretCache(
@@ -34,7 +41,8 @@ class Node:
             cipher=Cipher(keys),
             clock=self.clock,
         )
-        self.snapshot = Snapshot(path, self.metrics, wall=wall)
+        backends = {"vault": "vault-config-1"} if backends is None else backends
+        self.snapshot = Snapshot(path, self.metrics, backends=backends, wall=wall)
 
     def loads(self, result: str) -> float:
         labels = {"result": result}
@@ -113,6 +121,43 @@ def test_staleness_is_bounded_by_max_stale_from_when_the_value_was_stored(
     assert late.snapshot.load(late.cache) == 0
 
 
+def test_values_of_a_backend_configured_differently_or_removed_are_left_out(
+    path: Path, wall: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that now points at another Vault (mount, account...) must not serve the old
+    one's values, even stale; a backend added since changes nothing for the others'."""
+    node = Node(path, [KEY_A], wall, {"vault": "config-1", "aws": "config-2"})
+    node.cache.put(V, "greeting", "s3cret-hello", "vault")
+    node.cache.put(V, "other", "s3cret-other", "aws")
+    assert node.snapshot.save(node.cache)
+    moved = Node(path, [KEY_A], wall, {"vault": "config-1b", "aws": "config-2", "gcp": "c3"})
+    with caplog.at_level(logging.INFO):
+        assert moved.snapshot.load(moved.cache) == 1
+    assert moved.cache.get(V, "greeting") is None
+    other = moved.cache.get(V, "other")
+    assert other is not None and other.value == "s3cret-other"
+    assert caplog.records[-1].getMessage() == (
+        "cache snapshot: 1 values restored as stale until refreshed; 1 left out, their backend "
+        "removed or configured differently"
+    )
+    removed = Node(path, [KEY_A], wall, {"vault": "config-1"})
+    assert removed.snapshot.load(removed.cache) == 1  # only the vault's
+    assert removed.cache.get(V, "other") is None
+
+
+def test_a_file_without_backend_configurations_restores_nothing(
+    path: Path, wall: FakeClock
+) -> None:
+    cipher = Cipher([KEY_A])
+    token = Cipher.token(cipher.seal("s3cret")).decode()
+    entry = ["variable", "k", None, token, 1.0, "vault", None]
+    document = f'{{"written_at": {wall()}, "entries": [{json.dumps(entry)}]}}'
+    path.write_bytes(MAGIC + cipher.encrypt(document))
+    node = Node(path, [KEY_A], wall)
+    assert node.snapshot.load(node.cache) == 0
+    assert node.loads("loaded") == 1 and len(node.cache) == 0
+
+
 def test_a_rotated_key_still_reads_it_but_a_replaced_key_ignores_it(
     path: Path, wall: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -168,7 +213,7 @@ def test_no_file_is_not_a_warning_and_an_unwritable_place_is_one(
         assert node.snapshot.load(node.cache) == 0
         assert caplog.records == []
         node.cache.put(V, "k", "s3cret")
-        broken = Snapshot(tmp_path / "no-such-dir" / "snap", node.metrics, wall=wall)
+        broken = Snapshot(tmp_path / "no-such-dir" / "snap", node.metrics, backends={}, wall=wall)
         assert not broken.save(node.cache)
     assert node.loads("absent") == 1
     assert len(caplog.records) == 1 and "s3cret" not in caplog.text

@@ -43,7 +43,7 @@ def test_a_precreated_temporary_file_is_never_written_through(tmp_path: Path, ho
     else:
         placed.write_bytes(b"theirs")
         placed.chmod(0o666)
-    assert Snapshot(path, Metrics()).save(cache())
+    assert Snapshot(path, Metrics(), backends={}).save(cache())
     assert victim.read_bytes() == b"keep"
     assert path.read_bytes().startswith(MAGIC) and (path.stat().st_mode & 0o777) == 0o600
     leftovers = {p.name for p in tmp_path.iterdir()} - {"cache.snapshot", "victim", placed.name}

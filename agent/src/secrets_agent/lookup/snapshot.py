@@ -1,24 +1,28 @@
 """Encrypted warm start: the cache's values, still Fernet tokens, in one file across restarts.
 
 The file is ``MAGIC`` followed by one Fernet token (under the cache's key) of a JSON document
-holding each value's token, age, backend and version. Ids are inside the encryption too, and
-the token's HMAC means a corrupt, truncated or foreign file is refused as a whole. Misses are
-never written: "not found" must be asked again after a restart.
+holding each value's token, age, backend and version, and each backend's configuration as a
+digest. Ids are inside the encryption too, and the token's HMAC means a corrupt, truncated or
+foreign file is refused as a whole. Misses are never written: "not found" must be asked again
+after a restart. A value is restored only if its backend's configuration is the same as when it
+was written: a backend whose name now points elsewhere (another Vault, mount, account, vault)
+must never serve, even stale, what the old one held.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from secrets_agent.config.schema import CacheConfig
+from secrets_agent.config.schema import BackendConfig, CacheConfig
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import Persisted, SecretCache
@@ -41,14 +45,30 @@ def require_snapshot_keys(cache: CacheConfig, keys: list[bytes]) -> None:
         )
 
 
+def backend_identities(backends: Iterable[BackendConfig]) -> dict[str, str]:
+    """Each backend's name and a digest of its whole configuration (credentials included:
+    agents that may read different secrets must not share values, as for the fleet tier)."""
+    return {
+        b.common.name: hashlib.sha256(repr((b.common, b.options)).encode("utf-8")).hexdigest()
+        for b in backends
+    }
+
+
 class Snapshot:
-    """One snapshot file; ``wall`` is real time, since ages must survive a reboot."""
+    """One snapshot file for a chain of ``backends`` (``backend_identities``); ``wall`` is
+    real time, since ages must survive a reboot."""
 
     def __init__(
-        self, path: str | Path, metrics: Metrics, wall: Callable[[], float] = time.time
+        self,
+        path: str | Path,
+        metrics: Metrics,
+        *,
+        backends: Mapping[str, str],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self._metrics, self._wall = metrics, wall
+        self._backends = dict(backends)
 
     def collect(self, cache: SecretCache) -> tuple[Cipher, bytes]:
         """What to write, taken from the cache on the event loop (the cache is not thread-safe)."""
@@ -56,7 +76,7 @@ class Snapshot:
             [*_key(item), item.token.decode("ascii"), item.age, item.source, item.version]
             for item in cache.persisted()
         ]
-        document = {"written_at": self._wall(), "entries": entries}
+        document = {"written_at": self._wall(), "backends": self._backends, "entries": entries}
         return cache.cipher, json.dumps(document, separators=(",", ":")).encode()
 
     def write(self, cipher: Cipher, document: bytes) -> bool:
@@ -106,13 +126,27 @@ class Snapshot:
                 "cannot be decrypted: written under a key no longer configured, or corrupt"
             )
         try:
-            items = self._parse(json.loads(text))
+            document = json.loads(text)
+            items = self._parse(document)
+            written = document.get("backends") or {}  # none in a file from before they were
+            if not isinstance(written, dict):
+                raise TypeError("bad backends")
         except (ValueError, TypeError, KeyError, AttributeError):
             return self._ignore("is corrupt")
-        count = cache.restore(items)
+        kept = [i for i in items if self._same_backend(i.source, written)]
+        count = cache.restore(kept)
         self._metrics.snapshot_loads.labels("loaded").inc()
-        log.info("cache snapshot: %d values restored as stale until refreshed", count)
+        left = len(items) - len(kept)
+        log.info(
+            "cache snapshot: %d values restored as stale until refreshed%s",
+            count,
+            f"; {left} left out, their backend removed or configured differently" if left else "",
+        )
         return count
+
+    def _same_backend(self, source: str | None, written: dict[str, Any]) -> bool:
+        """The value's backend is configured now as it was when the value was written."""
+        return source is not None and self._backends.get(source, "") == written.get(source)
 
     def _parse(self, document: Any) -> list[Persisted]:
         # Time spent down counts against max_stale; a wall clock that went back counts as none.
