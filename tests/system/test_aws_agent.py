@@ -138,8 +138,11 @@ def test_stopped_upstream_serves_stale_then_recovers(aws: MotoServer, short_tmp:
             restarted.client("secretsmanager").put_secret_value(
                 SecretId="airflow/variables/greeting", SecretString="after"
             )
+            clock.advance(1)  # past the failure's backoff: this lookup retries in the background
+            assert b"X-Cache: STALE" in get(agent, "/v1/variables/greeting")
+            agent.call(agent.agent.service.idle())
             fresh = get(agent, "/v1/variables/greeting")
-            assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "after"
+            assert b"X-Cache: HIT" in fresh and body_of(fresh)["value"] == "after"
             assert body_of(get(agent, "/readyz"))["ready"] is True
         finally:
             restarted.stop()

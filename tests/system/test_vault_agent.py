@@ -54,8 +54,12 @@ def test_stopped_server_serves_stale_then_fresh_after_restart(
 
         persistent.start()  # same storage, unsealed again: the agent's token is still valid
         persistent.kv_put("variables/greeting", {"value": "v2"})
+        assert b"X-Cache: STALE" in get(agent, "/v1/variables/greeting")  # not retried yet
+        clock.advance(1)  # past the failure's backoff: the next lookup retries in the background
+        assert b"X-Cache: STALE" in get(agent, "/v1/variables/greeting")
+        agent.call(agent.agent.service.idle())
         fresh = get(agent, "/v1/variables/greeting")
-        assert b"X-Cache: MISS" in fresh and body_of(fresh)["value"] == "v2"
+        assert b"X-Cache: HIT" in fresh and body_of(fresh)["value"] == "v2"
         assert (
             agent.metric(
                 "secrets_agent_upstream_requests_total",

@@ -162,3 +162,29 @@ def test_refresh_ahead_is_due_only_for_read_values_past_their_point() -> None:
     assert due is not None and due.refresh_due
     clock.advance(20)  # expired: no longer a refresh-ahead, the lookup's own path takes over
     assert cache.due_for_refresh() == []
+
+
+def test_a_failed_refresh_marks_only_a_stale_value_failing_until_it_is_stored_again() -> None:
+    clock = FakeClock()
+    cache = make_cache(clock, max_stale=1e9)
+    key = (V, "k", None)
+    cache.put(V, "k", "v1")
+    cache.failed(key)  # fresh (a refresh-ahead failed): nothing changes
+    fresh = cache.get(V, "k")
+    assert fresh is not None and fresh.fresh and not fresh.failing
+    clock.advance(31)
+    for _ in range(2000):  # the backoff doubles, capped, and never overflows
+        cache.failed(key)
+    clock.advance(9.9)
+    held = cache.get(V, "k")
+    assert held is not None and held.failing and not held.retry_due
+    clock.advance(0.1)
+    due = cache.get(V, "k")
+    assert due is not None and due.failing and due.retry_due
+    cache.retry_now(key)
+    assert not cache.get(V, "k").failing  # type: ignore[union-attr]
+    cache.failed(key)
+    assert cache.expire(key) and not cache.get(V, "k").failing  # type: ignore[union-attr]
+    cache.failed(key)
+    cache.put(V, "k", "v2")
+    assert not cache.get(V, "k").failing  # type: ignore[union-attr]

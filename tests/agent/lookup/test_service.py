@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import pytest
@@ -21,7 +22,9 @@ V = Kind.VARIABLE
 
 
 class Fixture:
-    def __init__(self, *scripts: tuple[str, Script, str], deadline: float = 120.0) -> None:
+    def __init__(
+        self, *scripts: tuple[str, Script, str], deadline: float = 120.0, max_stale: float = 120.0
+    ) -> None:
         self.clock = FakeClock()
         self.metrics = Metrics()
         ScriptedBackend.scripts = {name: script for name, script, _ in scripts}
@@ -33,7 +36,7 @@ class Fixture:
             max_entries=100,
             ttl=lambda k: 60.0,
             negative_ttl=10.0,
-            max_stale=120.0,
+            max_stale=max_stale,
             cipher=Cipher([]),
             clock=self.clock,
         )
@@ -214,3 +217,91 @@ async def test_revalidation_failure_serves_stale() -> None:
     script.error = TransientError("a", "throttled")
     f.clock.advance(61)
     assert (await f.service.lookup(V, "k")).state is CacheState.STALE
+
+
+async def test_once_a_refresh_failed_the_value_is_served_stale_at_once_and_retried_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upstream that hangs (or throttles) must not make every lookup of a stale value wait
+    on it, nor get one more call per lookup: after the first failure the value is answered
+    stale at once, and one retry at a time goes out in the background, with backoff."""
+    script = Script(values={(V, "k"): "v1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)
+    script.error = TransientError("a", "timed out")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(50):
+            stale = await f.service.lookup(V, "k")
+            assert (stale.state, stale.value) == (CacheState.STALE, "v1")
+    assert len(script.calls) == 2  # the first fetch, and the refresh that failed: no more
+    assert caplog.text.count("serving cached values stale while their backend fails") == 1
+    assert "timed out" in caplog.text
+
+    script.gate = asyncio.Event()  # the upstream hangs now: lookups still answer at once
+    for wait, calls in ((1.0, 3), (2.0, 4), (4.0, 5)):  # each failure doubles the backoff
+        f.clock.advance(wait - 0.5)
+        assert (await f.service.lookup(V, "k")).state is CacheState.STALE
+        await f.service.idle()
+        assert len(script.calls) == calls - 1  # not due yet
+        f.clock.advance(0.5)
+        async with asyncio.timeout(60):
+            assert (await f.service.lookup(V, "k")).state is CacheState.STALE
+            await script.called.wait()
+            script.called.clear()
+            assert (await f.service.lookup(V, "k")).state is CacheState.STALE  # no waiting
+            script.gate.set()
+            await f.service.idle()
+            script.gate.clear()
+        assert len(script.calls) == calls
+    retries = {"kind": "variable", "trigger": "stale", "result": "error"}
+    assert f.sample("secrets_agent_refreshes_total", **retries) == 3
+
+    script.error, script.gate = None, None  # back: the next retry brings the value back fresh
+    script.values[(V, "k")] = "v2"
+    f.clock.advance(8)
+    assert (await f.service.lookup(V, "k")).state is CacheState.STALE
+    await f.service.idle()
+    fresh = await f.service.lookup(V, "k")
+    assert (fresh.state, fresh.value) == (CacheState.HIT, "v2")
+    assert f.sample("secrets_agent_refreshes_total", **{**retries, "result": "fetched"}) == 1
+    assert f.sample("secrets_agent_cache_results_total", kind="variable", result="stale") == 60
+
+
+async def test_the_backoff_is_capped_and_refresh_now_still_asks_the_upstream() -> None:
+    script = Script(values={(V, "k"): "v1"})
+    f = Fixture(("a", script, ""), max_stale=3600)
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)
+    script.error = TransientError("a", "throttled")
+    for _ in range(8):  # backoffs of 1, 2, 4, 8, then 10 s at most
+        f.clock.advance(10)
+        await f.service.lookup(V, "k")
+        await f.service.idle()
+    calls = len(script.calls)
+    assert calls == 9
+    f.clock.advance(9.9)
+    await f.service.lookup(V, "k")
+    await f.service.idle()
+    assert len(script.calls) == calls
+    f.clock.advance(0.1)
+    await f.service.lookup(V, "k")
+    await f.service.idle()
+    assert len(script.calls) == calls + 1
+    forced = await f.service.lookup(V, "k", refresh=True)  # the peer asks: in the foreground
+    assert (forced.state, len(script.calls)) == (CacheState.STALE, calls + 2)
+
+
+async def test_a_retry_that_is_denied_stops_serving_the_value_stale() -> None:
+    script = Script(values={(V, "k"): "v1"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)
+    script.error = TransientError("a", "down")
+    assert (await f.service.lookup(V, "k")).state is CacheState.STALE
+    script.error = DeniedError("a", "permission denied")
+    f.clock.advance(1)
+    assert (await f.service.lookup(V, "k")).state is CacheState.STALE  # the retry goes out
+    await f.service.idle()
+    with pytest.raises(DeniedError):  # and the next lookup asks itself
+        await f.service.lookup(V, "k")

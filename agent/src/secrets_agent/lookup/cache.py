@@ -14,6 +14,9 @@ from secrets_agent.lookup.cipher import Cipher
 
 Clock = Callable[[], float]
 Key = tuple[Kind, str, str | None]  # kind, id, team (None: no team scope)
+# After a stale value's refresh fails transiently, the upstream is asked again for it only in
+# the background, this long after the failure, doubling with each failure up to the cap.
+RETRY_FIRST, RETRY_MAX = 1.0, 10.0
 
 
 @dataclass(slots=True)
@@ -25,6 +28,8 @@ class _Entry:
     version: str | None = None  # its validator, for revalidation without a full fetch
     refresh_at: float = math.inf  # when a read entry is refreshed ahead of its expiry
     read: bool = False  # read while fresh since it was stored: worth refreshing ahead
+    failures: int = 0  # refreshes of this stale value that failed transiently in a row
+    retry_at: float = 0.0  # when the upstream may be asked for it again (after a failure)
 
 
 class CacheState(enum.StrEnum):
@@ -53,6 +58,8 @@ class Cached:
     source: str | None = None
     version: str | None = None
     refresh_due: bool = False  # fresh, but past its refresh-ahead point
+    failing: bool = False  # stale, and its last refresh failed transiently (``failed``)
+    retry_due: bool = False  # failing, and its backoff is over: time for one more try
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +145,10 @@ class SecretCache:
             return None
         value = self._cipher.unseal(entry.token)
         self._entries.move_to_end(key)
-        return Cached(value, max(0.0, now - entry.stored_at), False, entry.source, entry.version)
+        age = max(0.0, now - entry.stored_at)
+        failing = entry.failures > 0
+        retry_due = failing and now >= entry.retry_at
+        return Cached(value, age, False, entry.source, entry.version, False, failing, retry_due)
 
     def fresh(self, key: Key) -> Result | None:
         """A fresh entry's answer (a hit or a negative), marked used; None if absent or expired
@@ -203,6 +213,22 @@ class SecretCache:
                 ),
             )
 
+    def failed(self, key: Key) -> None:
+        """Refreshing an expired value failed transiently: it is ``failing`` (served stale at
+        once) until a refresh succeeds, and due for another try after a growing backoff."""
+        entry = self._entries.get(key)
+        now = self._clock()
+        if entry is None or entry.token is None or now < entry.expires_at:
+            return  # a fresh value (a refresh-ahead, a refresh-now) stays as it is
+        entry.failures += 1
+        entry.retry_at = now + min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(entry.failures - 1, 32))
+
+    def retry_now(self, key: Key) -> None:
+        """Forget ``failed``: the next lookup asks the upstream itself (and hears its error)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.failures, entry.retry_at = 0, 0.0
+
     def postpone_refresh(self, kind: Kind, secret_id: str, team: str | None = None) -> None:
         """A refresh-ahead failed: try again halfway to expiry, not at every scan."""
         entry = self._entries.get((kind, secret_id, team))
@@ -244,6 +270,7 @@ class SecretCache:
             return True
         entry.expires_at = min(entry.expires_at, self._clock())
         entry.refresh_at = math.inf
+        entry.failures, entry.retry_at = 0, 0.0  # the next lookup asks for the new value itself
         return True
 
     def drop(self, key: Key) -> bool:

@@ -1,7 +1,8 @@
 """Lookup service: cache first, one upstream call per key at a time, stale on transient errors.
 
 Every upstream call goes through ``_load`` under the per-key single-flight, whatever asked for
-it: a lookup that missed, a refresh-ahead in the background, or a peer's refresh-now.
+it: a lookup that missed, a refresh-ahead in the background, a retry of a value served stale,
+or a peer's refresh-now.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from secrets_agent.lookup.chain import BackendChain, Found
 from secrets_agent.lookup.refresh import Refresher
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.lookup.singleflight import SingleFlight
+from secrets_agent.ops.logs import RateLimited
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class SecretService:
             maxsize=policy.now_keys, ttl=policy.now_interval, timer=cache.clock
         )
         self._budget = Budget(policy.now_per_peer, policy.now_total, cache.clock)
+        # An upstream down fails every lookup of every key it held: a line a minute for each.
+        self._stale_log = RateLimited(log)
         # Change feeds: the load count when each key last changed upstream, so a load that
         # began before the change cannot store the old value as fresh (``_load``).
         self._loads = 0
@@ -94,6 +98,8 @@ class SecretService:
         if not forced and (result := self.cached(key)) is not None:
             return result
         cached = self.cache.get(kind, secret_id, team)
+        if cached is not None and cached.failing and not forced:
+            return self._stale_while_failing(key, cached)
         joins = key in self._flight  # then the call's owner counts the refresh, not us
         try:
             if forced and not joins:
@@ -107,7 +113,7 @@ class SecretService:
                 self._metrics.refreshes.labels(kind.value, "now", "error").inc()
             if cached is None or cached.value is None:
                 raise
-            log.warning("serving a stale %s: %s", kind, exc)
+            self._serving_stale(exc)
             return self._count(
                 kind, Result(cached.value, CacheState.STALE, cached.age, cached.source)
             )
@@ -214,11 +220,50 @@ class SecretService:
                 age=age,
             )
             return Loaded(found.value, found.source, age=age)
+        except TransientError:
+            self.cache.failed(key)  # if it is stale: served so until a retry succeeds
+            raise
         finally:
             if self._changed.get((kind, secret_id), -1) >= started:
                 # The upstream changed while this load was out: what it stored may be the old
                 # value, so it is not fresh (the change's own renew follows this load).
                 self.cache.expire(key)
+
+    def _stale_while_failing(self, key: Key, cached: Cached) -> Result:
+        """The upstream failed for this value lately: serve it stale at once rather than make
+        every lookup wait on (and add to) a failing upstream; it is asked again in the
+        background, with backoff (``SecretCache.failed``)."""
+        if cached.retry_due:
+            self._refresher.submit(key, cached.source, lambda: self._retry_stale(key))
+        return self._count(
+            key[0], Result(cached.value, CacheState.STALE, cached.age, cached.source)
+        )
+
+    async def _retry_stale(self, key: Key) -> None:
+        cached = self.cache.get(*key)
+        if cached is None or not cached.failing:
+            return  # refreshed, invalidated or past its stale window meanwhile
+        try:
+            loaded, _ = await self._flight.do(key, lambda: self._load(key, cached))
+            result = loaded.outcome
+        except TransientError as exc:
+            self._serving_stale(exc)
+            result = "error"
+        except AgentError as exc:
+            # Not a passing failure (denied, a bad answer): stop serving it stale, so the next
+            # lookup asks the upstream itself and gets the error.
+            log.debug("retry of a stale %s failed: %s", key[0], exc)
+            self.cache.retry_now(key)
+            result = "error"
+        self._metrics.refreshes.labels(key[0].value, "stale", result).inc()
+
+    def _serving_stale(self, exc: TransientError) -> None:
+        self._stale_log.log(
+            exc.backend,
+            logging.WARNING,
+            "serving cached values stale while their backend fails: %s",
+            exc,
+        )
 
     def _may_refresh_now(self, key: Key, peer: int | None) -> bool:
         """Join a call in flight, or start one unless this key had one within the interval or

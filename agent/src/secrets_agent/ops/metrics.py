@@ -61,7 +61,8 @@ class Metrics:
         )
         self.refreshes = Counter(
             p + "refreshes",
-            "Refreshes by kind, trigger (ahead: background; now: a peer asked) and result "
+            "Refreshes by kind, trigger (ahead: background; now: a peer asked; stale: a retry "
+            "of a value served stale) and result "
             "(fetched, unchanged, gone, error, limited).",
             ["kind", "trigger", "result"],
             registry=r,
