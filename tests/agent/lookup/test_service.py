@@ -305,3 +305,19 @@ async def test_a_retry_that_is_denied_stops_serving_the_value_stale() -> None:
     await f.service.idle()
     with pytest.raises(DeniedError):  # and the next lookup asks itself
         await f.service.lookup(V, "k")
+
+
+async def test_an_invalidation_during_a_load_keeps_that_load_from_storing_a_fresh_value() -> None:
+    """An operator invalidates after a rotation: a read that left before it may bring the old
+    value back, which must not then be served as fresh for a whole TTL."""
+    script = Script(values={(V, "k"): "old"}, gate=asyncio.Event())
+    f = Fixture(("a", script, ""))
+    async with asyncio.timeout(60):
+        first = asyncio.create_task(f.service.lookup(V, "k"))
+        await script.called.wait()
+        assert f.service.invalidate(V, "k") == 0  # nothing cached yet, but a load is out
+        script.gate.set()  # type: ignore[union-attr]
+        assert (await first).value == "old"  # its callers asked before the invalidation
+        script.values[(V, "k")] = "new"
+        again = await f.service.lookup(V, "k")
+    assert (again.state, again.value, len(script.calls)) == (CacheState.MISS, "new", 2)

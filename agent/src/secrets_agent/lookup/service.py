@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import cast
 
 from cachetools import TTLCache
 
@@ -150,6 +151,12 @@ class SecretService:
 
     def invalidate(self, kind: Kind | None = None, secret_id: str | None = None) -> int:
         self.shared.invalidate(kind, secret_id)  # the fleet's copies, in the background
+        for key in self._flight.pending():
+            kind_, id_, _ = cast(Key, key)
+            if (kind is None or kind_ is kind) and (secret_id is None or id_ == secret_id):
+                # A load out now may bring back what the invalidation is meant to forget: what
+                # it stores is not fresh (``_load``), so the next lookup asks again.
+                self.note_change(kind_, id_)
         return self.cache.invalidate(kind, secret_id)
 
     def note_change(self, kind: Kind, secret_id: str) -> None:

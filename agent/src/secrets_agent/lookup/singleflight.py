@@ -19,6 +19,10 @@ class SingleFlight(Generic[T]):
     def __contains__(self, key: Hashable) -> bool:
         return key in self._inflight
 
+    def pending(self) -> list[Hashable]:
+        """The keys with a call in flight."""
+        return list(self._inflight)
+
     async def do(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run ``call`` unless one is already running for ``key``; return (result, shared)."""
         task = self._inflight.get(key)
