@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from secrets_agent.backends.base import Backend
+from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import CacheState, SecretCache
@@ -16,7 +18,7 @@ from secrets_agent.lookup.cipher import Cipher
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
-from support.helpers import FakeClock, Script, ScriptedBackend
+from support.helpers import FakeClock, Script, ScriptedBackend, ScriptOptions
 
 V = Kind.VARIABLE
 
@@ -321,3 +323,36 @@ async def test_an_invalidation_during_a_load_keeps_that_load_from_storing_a_fres
         script.values[(V, "k")] = "new"
         again = await f.service.lookup(V, "k")
     assert (again.state, again.value, len(script.calls)) == (CacheState.MISS, "new", 2)
+
+
+class Hanging(Backend):
+    """A backend whose upstream calls (through ``ApiCalls``, as every real one) never end."""
+
+    type_name = "hanging"
+    Options = ScriptOptions
+
+    def __init__(self, name: str, metrics: Metrics) -> None:
+        super().__init__(name, None)
+        self.calls = ApiCalls(name, metrics, lambda b, e, o: BackendError(b, o))
+
+    async def fetch(self, kind: Kind, secret_id: str) -> str | None:
+        await self.calls("read", asyncio.Event().wait)
+        return None
+
+
+async def test_a_call_past_the_deadline_counts_as_cancelled_and_makes_the_backend_unready() -> None:
+    metrics = Metrics()
+    backend = Hanging("slow", metrics)
+    chain = BackendChain([Link(backend, {V: None}, deadline=0.05)], metrics)
+    cache = Fixture(("a", Script(), "")).service.cache
+    service = SecretService(chain, cache, metrics)
+    assert backend.upstream_failure() is None
+    async with asyncio.timeout(60):
+        with pytest.raises(TransientError):
+            await service.lookup(V, "k")
+    assert backend.upstream_failure() == "backend 'slow': no answer within 0.05s (deadline)"
+
+    labels = {"backend": "slow", "operation": "read"}
+    calls = "secrets_agent_upstream_api_calls_total"
+    assert metrics.registry.get_sample_value(calls, {**labels, "result": "cancelled"}) == 1
+    assert metrics.registry.get_sample_value(calls, {**labels, "result": "ok"}) is None

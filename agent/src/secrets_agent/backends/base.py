@@ -80,6 +80,15 @@ class Backend(abc.ABC):
         calls = getattr(self, "calls", None)
         return calls.last_failure if isinstance(calls, ApiCalls) else None
 
+    def upstream_gave_no_answer(self, reason: str) -> None:
+        """A call ran past the chain's ``deadline``: ``upstream_failure`` says so until the
+        next call that gets an answer."""
+        from secrets_agent.backends.calls import ApiCalls
+
+        calls = getattr(self, "calls", None)
+        if isinstance(calls, ApiCalls):
+            calls.gave_no_answer(reason)
+
     def supports(self, kind: Kind) -> bool:
         """Whether this backend is configured to hold ``kind`` at all."""
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -41,6 +42,11 @@ class ApiCalls:
             answer = await call()
             self.last_failure = None
             return answer
+        except asyncio.CancelledError:
+            # No answer: the chain's deadline gave up on it (``upstream_gave_no_answer``), or
+            # the agent is stopping. Not an "ok".
+            result = "cancelled"
+            raise
         except Exception as exc:  # the backend edge: no SDK exception gets past here
             if self._is_missing(exc):
                 result = "not_found"
@@ -63,6 +69,10 @@ class ApiCalls:
             raise error from None
         finally:
             self._metrics.called(self.backend, operation, result, time.perf_counter() - started)
+
+    def gave_no_answer(self, reason: str) -> None:
+        """The chain's deadline ended a call: the upstream is failing, as for readiness."""
+        self.last_failure = reason
 
     async def required(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """As ``__call__``, for calls where "missing" cannot happen."""

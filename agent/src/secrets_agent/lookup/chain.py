@@ -142,8 +142,11 @@ class BackendChain:
                     backend.name,
                     link.deadline,
                 )
-                reason = f"no answer within {link.deadline:g}s (deadline)"
-                raise TransientError(backend.name, reason) from None
+                error = TransientError(
+                    backend.name, f"no answer within {link.deadline:g}s (deadline)"
+                )
+                backend.upstream_gave_no_answer(str(error))
+                raise error from None
             # A backend bug must not leak SDK text (it may quote a value): keep the type only.
             log.error("backend %r raised %s on a %s", backend.name, type(exc).__name__, kind)
             raise BackendError(backend.name, f"unexpected {type(exc).__name__}") from None
