@@ -269,6 +269,35 @@ async def test_credentials_file_holds_the_keys_used(
     assert key[1] not in caplog.text
 
 
+async def test_keys_rotated_in_the_credentials_file_are_read_again_after_a_failure(
+    aws: MotoServer, backends: Backends, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore reads the file once: without reading it again, a key rotated by whoever
+    manages it would fail every call until a restart (a reload keeps the unchanged backend)."""
+    aws.put_secret("airflow/variables/greeting", "hello")
+    key = aws.access_key("agent", ["secretsmanager:GetSecretValue"])
+    path = tmp_path / "credentials"
+    credentials_file(path, "p", key)
+    with aws.enforcing_auth():
+        sm = await backends.secrets_manager(credentials_file=str(path), profile="p")
+        assert await sm.fetch(V, "greeting") == "hello"
+    iam = aws.client("iam")
+    iam.delete_access_key(UserName="agent", AccessKeyId=key[0])
+    with aws.enforcing_auth(), pytest.raises(BackendError):  # the file unchanged: no retry
+        await sm.fetch(V, "greeting")
+    assert backends.calls("sm", "GetSecretValue", "error") == 1
+    fresh = iam.create_access_key(UserName="agent")["AccessKey"]
+    credentials_file(path, "p", (fresh["AccessKeyId"], fresh["SecretAccessKey"]))
+    caplog.set_level(logging.INFO)
+    with aws.enforcing_auth():
+        assert await sm.fetch(V, "greeting") == "hello"  # failed once, then read the file
+        assert await sm.fetch(V, "greeting") == "hello"
+    assert backends.calls("sm", "GetSecretValue", "error") == 2
+    assert backends.calls("sm", "GetSecretValue") == 3
+    assert caplog.text.count("the AWS credentials file changed: read it again") == 1
+    assert fresh["SecretAccessKey"] not in caplog.text and key[1] not in caplog.text
+
+
 async def test_credentials_file_missing_or_without_the_profile(
     aws: MotoServer, backends: Backends, tmp_path: Any
 ) -> None:

@@ -1,13 +1,18 @@
 """One aioboto3 client per backend, on the default credential chain (optionally AssumeRole).
 
 The backend's API client and its change feed's SQS client are both made here, so both read
-credentials the same way.
+credentials the same way. botocore reads a shared credentials or config file once; keys
+rotated in the file (by an operator, a sidecar, ``aws configure``) are read again when a call
+fails after the file changed, and the call is made once more with them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
+import os
 from typing import Any
 
 from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
@@ -16,6 +21,9 @@ from secrets_agent.backends.base import BackendContext
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.files import read_local
 from secrets_agent.errors import BackendError
+
+log = logging.getLogger(__name__)
+Stamp = tuple[tuple[int, int, int] | None, ...]  # the credential files as last read
 
 
 class AwsClient:
@@ -37,6 +45,10 @@ class AwsClient:
         )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._files: tuple[str, ...] = ()  # the shared credentials and config files
+        self._stamp: Stamp = ()
+        self._reopening = asyncio.Lock()
+        self._retired: contextlib.AsyncExitStack | None = None  # the client before a reopen
         self.credentials_error: str | None = "not started"
         self.authenticated = False
         if track_auth:
@@ -45,12 +57,16 @@ class AwsClient:
             )
 
     async def start(self) -> None:
+        check_credentials_file(self.backend, self.options)
+        await self._open(self._stack)
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """A session and client on ``stack``, reading the credential chain afresh."""
         import aioboto3
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
 
         o = self.options
-        check_credentials_file(self.backend, o)
         try:
             base = AioSession(profile=o.profile or None)
             if o.credentials_file:
@@ -58,6 +74,8 @@ class AwsClient:
                 base.set_config_variable("credentials_file", o.credentials_file)
             if o.region:
                 base.set_config_variable("region", o.region)
+            files = _credential_files(base)
+            stamp = _stamp(files)  # before reading them: a change from here on is seen
             if o.role_arn:
                 await self._assume_role(base)
             config = AioConfig(
@@ -66,16 +84,41 @@ class AwsClient:
                 retries={"mode": "standard", "max_attempts": o.max_attempts},
             )
             session = aioboto3.Session(botocore_session=base)
-            self._client = await self._stack.enter_async_context(
+            client = await stack.enter_async_context(
                 session.client(self.service, endpoint_url=o.endpoint_url or None, config=config)
             )
             credentials = await base.get_credentials()
         except Exception as exc:  # the backend edge: a region or profile problem stops startup
             raise translate(self.backend, exc, "creating the AWS client") from None
+        self._client, self._files, self._stamp = client, files, stamp
         self.credentials_error = (
             None if credentials is not None else ("no AWS credentials found in the default chain")
         )
         self.authenticated = credentials is not None
+
+    async def _reopened(self) -> bool:
+        """After a failed call: if a credential file changed since it was read, a new client
+        reads it (the old one closes); True when the call is worth making again."""
+        async with self._reopening:
+            if not self._files or _stamp(self._files) == self._stamp:
+                return False
+            old, self._stack = self._stack, contextlib.AsyncExitStack()
+            try:
+                await self._open(self._stack)
+            except BackendError as exc:
+                await self._stack.aclose()
+                self._stack = old
+                log.warning(
+                    "backend %r: cannot read the changed AWS credentials: %s", self.backend, exc
+                )
+                return False
+            log.info("backend %r: the AWS credentials file changed: read it again", self.backend)
+            # Calls still out on the old client finish on it; it closes at the next reopen
+            # (the previous one's calls are long over by then) or with the backend.
+            if self._retired is not None:
+                await self._retired.aclose()
+            self._retired = old
+            return True
 
     async def _assume_role(self, base: Any) -> None:
         from aiobotocore.credentials import (
@@ -112,12 +155,23 @@ class AwsClient:
         base._credentials = AioDeferredRefreshableCredentials(refresh, method="assume-role")
 
     async def close(self) -> None:
+        if self._retired is not None:
+            await self._retired.aclose()
+            self._retired = None
         await self._stack.aclose()
         self._client = None
         self.authenticated = False
 
     async def api(self, operation: str, **kwargs: Any) -> dict[str, Any] | None:
         """Call ``operation`` (e.g. "GetSecretValue"); None when the name does not exist."""
+        try:
+            return await self._api(operation, kwargs)
+        except BackendError:
+            if not await self._reopened():  # a stat or two, only after a failure
+                raise
+        return await self._api(operation, kwargs)
+
+    async def _api(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         method = getattr(self._client, _snake(operation))
         response: dict[str, Any] | None = await self.calls(operation, lambda: method(**kwargs))
         return response
@@ -127,6 +181,27 @@ def check_credentials_file(backend: str, options: AwsOptions) -> None:
     """botocore skips a shared-credentials file it cannot read; the agent refuses it."""
     if options.credentials_file:
         read_local(backend, options.credentials_file, "credentials")
+
+
+def _credential_files(session: Any) -> tuple[str, ...]:
+    """The shared credentials and config files ``session`` reads (absent ones too)."""
+    return tuple(
+        os.path.expanduser(str(session.get_config_variable(name) or ""))
+        for name in ("credentials_file", "config_file")
+    )
+
+
+def _stamp(files: tuple[str, ...]) -> Stamp:
+    """Each file's inode, size and modification time (None: absent or unreadable)."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            stamps.append(None)
+            continue
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
 
 
 @functools.cache
