@@ -59,6 +59,8 @@ class Store:
     scopes: Counter[str] = field(default_factory=Counter)  # scope → tokens granted for it
     audiences: dict[str, str] = field(default_factory=dict)  # scope → a wrong "aud" to issue
     refused: set[str] = field(default_factory=set)  # scopes Entra will not issue tokens for
+    client_secret: str = CLIENT_SECRET  # the service principal's secret Entra accepts now
+    lifetime: int = 3600  # of the tokens issued (0: a client asks at each request)
     _ids: Any = field(default_factory=itertools.count)
 
     def put(self, name: str, value: str) -> str:
@@ -214,7 +216,7 @@ class _TokenHandler(_Handler):
         if (
             form.get("grant_type") != "client_credentials"
             or form.get("client_id") != CLIENT_ID
-            or form.get("client_secret") != CLIENT_SECRET
+            or form.get("client_secret") != store.client_secret
         ):
             self.reply(401, {"error": "invalid_client", "error_description": "AADSTS7000215"})
             return
@@ -226,9 +228,10 @@ class _TokenHandler(_Handler):
         store.grants += 1
         store.scopes[scope] += 1
         audience = store.audiences.get(scope, scope.removesuffix("/.default"))
-        token = _jwt(audience, 3600)
+        token = _jwt(audience, store.lifetime)
         store.issued.add(token)
-        self.reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": token})
+        answer = {"token_type": "Bearer", "expires_in": store.lifetime, "access_token": token}
+        self.reply(200, answer)
 
 
 def _jwt(audience: str, lifetime: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -397,3 +398,30 @@ def test_config_rejects_bad_values() -> None:
         ).validate()
     )
     assert set(problems) == {"vault_url", "sep", "client_secret_file", "backoff_initial"}
+
+
+async def test_a_client_secret_rotated_in_its_file_is_read_again(
+    azure: Azure, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The secret file was read once: after a rotation every token request failed until a
+    restart (a reload keeps the unchanged backend). Now a changed file is read again."""
+    azure.store.lifetime = 0  # tokens that are stale at once: asked for at every request
+    azure.store.put("airflow-variables-greeting", "hello")
+    backend = await started()
+    assert await backend.fetch(V, "greeting") == "hello"
+    azure.store.client_secret = "rotated-s3cret"  # Entra now takes only the new secret
+    with pytest.raises(TransientError, match="AADSTS7000215"):
+        await backend.fetch(V, "greeting")
+    caplog.set_level(logging.INFO)
+    azure.secret_file.write_text("not-it\n")  # a wrong one: refused, as before
+    with pytest.raises(TransientError):
+        await backend.fetch(V, "greeting")
+    azure.secret_file.write_text("")  # unusable: the one read before stays
+    with pytest.raises(TransientError):
+        await backend.fetch(V, "greeting")
+    assert "the changed client_secret_file is unusable" in caplog.text
+    azure.secret_file.write_text("rotated-s3cret\n")
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert backend.health().ready
+    assert caplog.text.count("the client_secret_file changed: read it again") == 2
+    assert "s3cret" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from secrets_agent.backends.azure.errors import translate_token_error
@@ -54,13 +55,69 @@ def build_credential(backend: str, options: AzureOptions) -> Any:
     if options.disable_instance_discovery:
         kwargs["disable_instance_discovery"] = True
     if options.client_secret_file:
-        secret = read_client_secret(backend, options)
-        return ClientSecretCredential(options.tenant_id, options.client_id, secret, **kwargs)
+
+        def principal() -> Any:
+            secret = read_client_secret(backend, options)
+            return ClientSecretCredential(options.tenant_id, options.client_id, secret, **kwargs)
+
+        return RotatingSecret(backend, options.client_secret_file, principal)
     if options.managed_identity_client_id:
         kwargs["managed_identity_client_id"] = options.managed_identity_client_id
     if options.workload_identity_tenant_id:
         kwargs["workload_identity_tenant_id"] = options.workload_identity_tenant_id
     return DefaultAzureCredential(**kwargs)
+
+
+class RotatingSecret:
+    """The service principal's credential, built again when its ``client_secret_file``
+    changes (a rotated secret: the old one soon stops working), checked at each token
+    request (about one an hour: a stat each)."""
+
+    def __init__(self, backend: str, path: str, build: Any) -> None:
+        self._backend, self._path, self._build = backend, path, build
+        self._stamp = _stamp(path)  # before reading it: a change from here on is seen
+        self._inner = build()
+        self._retired: Any = None  # the previous one, closed at the next change or close
+
+    async def _current(self) -> Any:
+        stamp = _stamp(self._path)
+        if stamp != self._stamp:
+            self._stamp = stamp  # one attempt (and one log line) per change
+            try:
+                fresh = self._build()
+            except (BackendError, ValueError) as exc:  # ValueError: azure-identity's refusal
+                why = exc if isinstance(exc, BackendError) else type(exc).__name__
+                log.warning(
+                    "backend %r: the changed client_secret_file is unusable (%s); still using "
+                    "the secret read before",
+                    self._backend,
+                    why,
+                )
+                return self._inner
+            if self._retired is not None:
+                await self._retired.close()
+            self._retired, self._inner = self._inner, fresh
+            log.info("backend %r: the client_secret_file changed: read it again", self._backend)
+        return self._inner
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return await (await self._current()).get_token(*scopes, **kwargs)
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return await (await self._current()).get_token_info(*scopes, options=options)
+
+    async def close(self) -> None:
+        if self._retired is not None:
+            await self._retired.close()
+        await self._inner.close()
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class WatchedCredential:
