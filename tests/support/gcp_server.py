@@ -8,6 +8,7 @@ the OAuth token endpoint a service-account key file points at, so credentials re
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -248,6 +250,8 @@ class TokenEndpoint(ThreadingHTTPServer):
     def __init__(self) -> None:
         self.grants = 0
         self.access_token = ACCESS_TOKEN  # what the next grant hands out
+        self.keys = {"k1"}  # the key ids the service account has (a deleted key: refused)
+        self.lifetime = 3600  # of the tokens granted (under 225 s: refreshed at every call)
         super().__init__(("127.0.0.1", 0), _TokenHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -255,7 +259,7 @@ class TokenEndpoint(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/token"
 
-    def key_file(self, directory: Path, project: str = PROJECT) -> Path:
+    def key_file(self, directory: Path, project: str = PROJECT, key_id: str = "k1") -> Path:
         """A service-account key whose token exchange happens here, on loopback."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
@@ -269,7 +273,7 @@ class TokenEndpoint(ThreadingHTTPServer):
                 {
                     "type": "service_account",
                     "project_id": project,
-                    "private_key_id": "k1",
+                    "private_key_id": key_id,
                     "private_key": pem,
                     "client_email": f"agent@{project}.iam.gserviceaccount.com",
                     "client_id": "1",
@@ -284,17 +288,24 @@ class _TokenHandler(BaseHTTPRequestHandler):
     server: TokenEndpoint
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        assertion = form.get("assertion", [""])[0].split(".")[0]
+        header = json.loads(base64.urlsafe_b64decode(assertion + "=" * (-len(assertion) % 4)))
+        if header.get("kid") not in self.server.keys:
+            self._reply(400, {"error": "invalid_grant", "error_description": "Invalid JWT"})
+            return
         self.server.grants += 1
-        body = json.dumps(
-            {
-                "access_token": self.server.access_token,
-                "expires_in": 3600,
-                "token_type": "Bearer",
-                "issued_at": int(time.time()),
-            }
-        ).encode()
-        self.send_response(200)
+        body = {
+            "access_token": self.server.access_token,
+            "expires_in": self.server.lifetime,
+            "token_type": "Bearer",
+            "issued_at": int(time.time()),
+        }
+        self._reply(200, body)
+
+    def _reply(self, status: int, answer: dict[str, object]) -> None:
+        body = json.dumps(answer).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -285,3 +285,24 @@ def test_error_translation(name: str, kind: type[BackendError]) -> None:
     error = translate("gcp", getattr(gx, name)("echoes s3cret input"), "AccessSecretVersion")
     assert type(error) is kind
     assert "s3cret" not in str(error)
+
+
+async def test_a_key_rotated_in_the_credentials_file_is_read_again(
+    gcp: Gcp, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    """google-auth reads the key file once: after a rotation (the old key deleted) every call
+    failed until a restart (a reload keeps the unchanged backend). Now a call that fails after
+    the file changed reads it again and is made once more."""
+    gcp.put("airflow-variables-greeting", "hello")
+    gcp.tokens.lifetime = 60  # google-auth refreshes such a token before every call
+    backend = await started(gcp.options())
+    assert await backend.fetch(V, "greeting") == "hello"
+    gcp.tokens.keys = {"k2"}  # the old key deleted
+    with pytest.raises(TransientError):  # the file unchanged: not read again
+        await backend.fetch(V, "greeting")
+    caplog.set_level(logging.INFO)
+    gcp.tokens.key_file(gcp.workdir, key_id="k2")  # the new key, where the old one was
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert caplog.text.count("the credentials file changed: read it again") == 1
+    assert started.calls("transient") == 2 and started.calls("ok") == 3

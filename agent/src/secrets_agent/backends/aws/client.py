@@ -19,11 +19,10 @@ from secrets_agent.backends.aws.errors import NOT_FOUND, error_code, translate
 from secrets_agent.backends.aws.options import AwsOptions
 from secrets_agent.backends.base import BackendContext
 from secrets_agent.backends.calls import ApiCalls
-from secrets_agent.backends.files import read_local
+from secrets_agent.backends.files import Stamp, read_local, stamp
 from secrets_agent.errors import BackendError
 
 log = logging.getLogger(__name__)
-Stamp = tuple[tuple[int, int, int] | None, ...]  # the credential files as last read
 
 
 class AwsClient:
@@ -46,7 +45,7 @@ class AwsClient:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._files: tuple[str, ...] = ()  # the shared credentials and config files
-        self._stamp: Stamp = ()
+        self._stamp: tuple[Stamp, ...] = ()  # the files as last read
         self._reopening = asyncio.Lock()
         self._retired: contextlib.AsyncExitStack | None = None  # the client before a reopen
         self.credentials_error: str | None = "not started"
@@ -75,7 +74,7 @@ class AwsClient:
             if o.region:
                 base.set_config_variable("region", o.region)
             files = _credential_files(base)
-            stamp = _stamp(files)  # before reading them: a change from here on is seen
+            stamps = tuple(map(stamp, files))  # before reading them: a change after is seen
             if o.role_arn:
                 await self._assume_role(base)
             config = AioConfig(
@@ -90,7 +89,7 @@ class AwsClient:
             credentials = await base.get_credentials()
         except Exception as exc:  # the backend edge: a region or profile problem stops startup
             raise translate(self.backend, exc, "creating the AWS client") from None
-        self._client, self._files, self._stamp = client, files, stamp
+        self._client, self._files, self._stamp = client, files, stamps
         self.credentials_error = (
             None if credentials is not None else ("no AWS credentials found in the default chain")
         )
@@ -100,7 +99,7 @@ class AwsClient:
         """After a failed call: if a credential file changed since it was read, a new client
         reads it (the old one closes); True when the call is worth making again."""
         async with self._reopening:
-            if not self._files or _stamp(self._files) == self._stamp:
+            if not self._files or tuple(map(stamp, self._files)) == self._stamp:
                 return False
             old, self._stack = self._stack, contextlib.AsyncExitStack()
             try:
@@ -189,19 +188,6 @@ def _credential_files(session: Any) -> tuple[str, ...]:
         os.path.expanduser(str(session.get_config_variable(name) or ""))
         for name in ("credentials_file", "config_file")
     )
-
-
-def _stamp(files: tuple[str, ...]) -> Stamp:
-    """Each file's inode, size and modification time (None: absent or unreadable)."""
-    stamps: list[tuple[int, int, int] | None] = []
-    for path in files:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            stamps.append(None)
-            continue
-        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(stamps)
 
 
 @functools.cache

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from secrets_agent.backends.azure.errors import translate_token_error
 from secrets_agent.backends.azure.options import AzureOptions
-from secrets_agent.backends.files import read_local
+from secrets_agent.backends.files import read_local, stamp
 from secrets_agent.errors import BackendError
 from secrets_agent.ops.metrics import Metrics
 
@@ -75,14 +74,14 @@ class RotatingSecret:
 
     def __init__(self, backend: str, path: str, build: Any) -> None:
         self._backend, self._path, self._build = backend, path, build
-        self._stamp = _stamp(path)  # before reading it: a change from here on is seen
+        self._stamp = stamp(path)  # before reading it: a change from here on is seen
         self._inner = build()
         self._retired: Any = None  # the previous one, closed at the next change or close
 
     async def _current(self) -> Any:
-        stamp = _stamp(self._path)
-        if stamp != self._stamp:
-            self._stamp = stamp  # one attempt (and one log line) per change
+        now = stamp(self._path)
+        if now != self._stamp:
+            self._stamp = now  # one attempt (and one log line) per change
             try:
                 fresh = self._build()
             except (BackendError, ValueError) as exc:  # ValueError: azure-identity's refusal
@@ -110,14 +109,6 @@ class RotatingSecret:
         if self._retired is not None:
             await self._retired.close()
         await self._inner.close()
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class WatchedCredential:

@@ -9,6 +9,7 @@ from typing import Any
 from secrets_agent.backends.base import Backend, BackendContext, Health, Versioned
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.backends.feeds import Feed
+from secrets_agent.backends.files import stamp
 from secrets_agent.backends.gcp.channel import SCOPES, secure_channel
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.backends.gcp.options import GcpOptions
@@ -40,6 +41,9 @@ class GcpSecretManagerBackend(Backend):
         self._project = ""
         self._retry: Any = None
         self._error: BackendError | None = BackendError(name, "not started")
+        self._stamp: Any = None  # the credentials file as read (``files.stamp``)
+        self._reloading = asyncio.Lock()
+        self._retired: Any = None  # the client before the key file changed
 
     async def start(self) -> None:
         """Load credentials (ADC or a file) and build one client; no credentials: not ready."""
@@ -51,6 +55,7 @@ class GcpSecretManagerBackend(Backend):
             lambda: float(self._error is None and self._client is not None)
         )
         try:
+            self._stamp = self._key_stamp()  # before reading it: a change after is seen
             credentials, project = await asyncio.to_thread(self._credentials)
         except Exception as exc:  # the backend edge: google.auth errors stop here
             self._error = translate(self.name, exc, "loading credentials")
@@ -150,9 +155,37 @@ class GcpSecretManagerBackend(Backend):
         return SecretManagerServiceAsyncClient(transport=transport)
 
     async def close(self) -> None:
+        if self._retired is not None:
+            await self._retired.transport.close()
+            self._retired = None
         if self._client is not None:
             await self._client.transport.close()
             self._client = None
+
+    def _key_stamp(self) -> Any:
+        path = self.options.credentials_file
+        return stamp(path) if path else None
+
+    async def _reloaded(self) -> bool:
+        """After a failed call: a ``credentials_file`` rewritten since it was read (a rotated
+        key: the old one is soon deleted) is loaded again into a new client; True when the
+        call is worth making again. google-auth reads the file once."""
+        async with self._reloading:
+            now = self._key_stamp()
+            if self._client is None or now == self._stamp:
+                return False
+            self._stamp = now  # one attempt (and one log line) per change
+            try:
+                credentials, _ = await asyncio.to_thread(self._credentials)
+            except BackendError as exc:
+                log.warning("%s; still using the key read before", exc)
+                return False
+            if self._retired is not None:  # calls on it ended a change ago
+                await self._retired.transport.close()
+            # Calls still out on the old client finish on it; it closes at the next change.
+            self._retired, self._client = self._client, self._make_client(credentials)
+            log.info("backend %r: the credentials file changed: read it again", self.name)
+            return True
 
     def health(self) -> Health:
         return Health(ready=self._error is None, detail=str(self._error or "ok"))
@@ -182,15 +215,26 @@ class GcpSecretManagerBackend(Backend):
         if self._client is None:
             raise self._error or BackendError(self.name, "not started")
         path = f"projects/{self._project}/secrets/{name}/versions/{self.options.version}"
-        response = await self.calls(
+        try:
+            response = await self._access_once(path)
+        except BackendError:
+            if not await self._reloaded():  # a stat, only after a failure
+                raise
+            response = await self._access_once(path)
+        if response is None:
+            return None
+        data: bytes = response.payload.data
+        return self._text(kind, secret_id, data)
+
+    async def _access_once(self, path: str) -> Any:
+        return await self.calls(
             "AccessSecretVersion",
             lambda: self._client.access_secret_version(
                 name=path, retry=self._retry, timeout=self.options.timeout
             ),
         )
-        if response is None:
-            return None
-        data: bytes = response.payload.data
+
+    def _text(self, kind: Kind, secret_id: str, data: bytes) -> Versioned | None:
         try:
             return Versioned(data.decode("utf-8"))
         except UnicodeDecodeError:
