@@ -100,6 +100,24 @@ def test_cache_settings_change_starts_a_new_cache_and_socket_changes_wait(
         assert not (setup.parent / "moved.sock").exists()
 
 
+def test_cache_settings_that_shape_no_entry_keep_the_cached_values(setup: Path) -> None:
+    """A new refresh-now budget, sweep or snapshot interval does not change what an entry
+    means: dropping every value for it (stale-on-error's too) would cost a miss storm."""
+    with running_agent(load_config(setup), FakeClock(), config_path=setup) as agent:
+        get(agent, "/v1/variables/greeting")
+        cache = agent.agent.service.cache
+        settings = (
+            "[cache]\nrefresh_now_per_peer = 5\nsweep_interval = 30\nrefresh_concurrency = 2\n"
+        )
+        setup.write_text(body(setup.parent) + settings)
+        assert agent.call(agent.agent.reload()) is True
+        assert agent.agent.service.cache is cache
+        assert b"X-Cache: HIT" in get(agent, "/v1/variables/greeting")
+        setup.write_text(body(setup.parent) + settings + "max_stale = 60\n")
+        assert agent.call(agent.agent.reload()) is True
+        assert agent.agent.service.cache is not cache  # one that does: a new cache
+
+
 def test_sighup_reloads_a_running_process(setup: Path) -> None:
     with agent_process(setup) as process:
         sock = str(setup.parent / "agent.sock")

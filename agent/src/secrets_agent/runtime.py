@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.registry import create_backend
-from secrets_agent.config.schema import AgentConfig, BackendConfig, PricingConfig
+from secrets_agent.config.schema import AgentConfig, BackendConfig, CacheConfig, PricingConfig
 from secrets_agent.errors import AgentError, BackendError, StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import RefreshAhead, SecretCache
@@ -232,10 +232,13 @@ def _check_ready(started: Sequence[Backend]) -> None:
 def _cache_for(
     config: AgentConfig, keys: list[bytes], clock: Clock, previous: Runtime | None
 ) -> SecretCache:
-    """The running cache if its settings and keys are unchanged; re-sealed if only the keys
-    changed (compared by content: a key file rewritten in place counts); else a new one."""
+    """The running cache if the settings its entries are made with and its keys are unchanged;
+    re-sealed if only the keys changed (compared by content: a key file rewritten in place
+    counts); else a new one."""
     require_snapshot_keys(config.cache, keys)
-    if previous is not None and config.cache == previous.config.cache:
+    if previous is not None and _entry_settings(config.cache) == _entry_settings(
+        previous.config.cache
+    ):
         running = previous.service.cache
         if running.cipher.keys_id == keys_id(keys):
             return running
@@ -248,6 +251,22 @@ def _cache_for(
         cipher=Cipher(keys),
         clock=clock,
         refresh=RefreshAhead(config.cache.refresh_ahead, config.cache.refresh_jitter),
+    )
+
+
+def _entry_settings(cache: CacheConfig) -> tuple[float, ...]:
+    """What the cache makes its entries with: the rest (refresh-now limits, refresh
+    concurrency, sweep and snapshot) changes nothing in what it holds, so changing only that
+    keeps every value (and what stale-on-error would serve)."""
+    return (
+        cache.max_entries,
+        cache.connection_ttl,
+        cache.variable_ttl,
+        cache.config_ttl,
+        cache.negative_ttl,
+        cache.max_stale,
+        cache.refresh_ahead,
+        cache.refresh_jitter,
     )
 
 
