@@ -183,6 +183,10 @@ async def test_rejected_client_secret_is_not_ready(
     with pytest.raises(TransientError, match="Azure token"):
         await backend.fetch(V, "x")
     assert azure.store.grants == 0
+    for _ in range(3):  # every lookup asks for a token: the log hears once a minute
+        with pytest.raises(TransientError):
+            await backend.fetch(V, "x")
+    assert caplog.text.count("cannot get an Azure token") == 1
     assert "not-the-secret" not in caplog.text
     failures = {"backend": "az", "result": "failure"}
     auth = started.metrics.registry.get_sample_value("secrets_agent_auth_attempts_total", failures)

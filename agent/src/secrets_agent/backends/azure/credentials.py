@@ -9,6 +9,7 @@ from secrets_agent.backends.azure.errors import translate_token_error
 from secrets_agent.backends.azure.options import AzureOptions
 from secrets_agent.backends.files import read_local, stamp
 from secrets_agent.errors import BackendError
+from secrets_agent.ops.logs import RateLimited
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class WatchedCredential:
         self.backend, self._inner, self._metrics = backend, inner, metrics
         self._scope, self._owner = scope, owner
         self.error: BackendError | None = None
+        # Each lookup without a token asks for one: an Entra outage would be a line a lookup.
+        self._failures = RateLimited(log)
 
     def sharing(self, scope: str) -> WatchedCredential:
         """The same credential for another service's scope (the feed's Storage queue): one
@@ -142,7 +145,7 @@ class WatchedCredential:
             self.error = translate_token_error(self.backend, exc, self._scope)
             self._metrics.auth_attempts.labels(self.backend, "failure").inc()
             if self._owner:
-                log.warning("%s", self.error)
+                self._failures.log("token", logging.WARNING, "%s", self.error)
             raise self.error from None
         if self.error is not None and self._owner:
             log.info("backend %r: got an Azure token again", self.backend)
