@@ -112,9 +112,9 @@ class SecretService:
         except TransientError as exc:
             if forced and not joins:
                 self._metrics.refreshes.labels(kind.value, "now", "error").inc()
+            self._failing(exc)
             if cached is None or cached.value is None:
                 raise
-            self._serving_stale(exc)
             return self._count(
                 kind, Result(cached.value, CacheState.STALE, cached.age, cached.source)
             )
@@ -254,7 +254,7 @@ class SecretService:
             loaded, _ = await self._flight.do(key, lambda: self._load(key, cached))
             result = loaded.outcome
         except TransientError as exc:
-            self._serving_stale(exc)
+            self._failing(exc)
             result = "error"
         except AgentError as exc:
             # Not a passing failure (denied, a bad answer): stop serving it stale, so the next
@@ -264,11 +264,11 @@ class SecretService:
             result = "error"
         self._metrics.refreshes.labels(key[0].value, "stale", result).inc()
 
-    def _serving_stale(self, exc: TransientError) -> None:
+    def _failing(self, exc: TransientError) -> None:
         self._stale_log.log(
             exc.backend,
             logging.WARNING,
-            "serving cached values stale while their backend fails: %s",
+            "%s: lookups get cached values stale while it fails, and 503 without one",
             exc,
         )
 
