@@ -306,3 +306,23 @@ async def test_a_key_rotated_in_the_credentials_file_is_read_again(
     assert await backend.fetch(V, "greeting") == "hello"
     assert caplog.text.count("the credentials file changed: read it again") == 1
     assert started.calls("transient") == 2 and started.calls("ok") == 3
+
+
+async def test_credentials_missing_at_start_are_loaded_by_a_later_lookup(
+    gcp: Gcp, started: Started, tmp_path: Path
+) -> None:
+    """At a node's boot the metadata server (or a key file a sidecar writes) may not be there
+    yet: the backend started not ready used to stay so until a restart."""
+    gcp.put("airflow-variables-greeting", "hello")
+    late = tmp_path / "late.json"
+    backend = await started(gcp.options(credentials_file=str(late)))
+    assert not backend.health().ready
+    late.write_bytes(gcp.key_file.read_bytes())
+    clock = backend.context.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(9)
+    with pytest.raises(BackendError, match="cannot read the credentials file"):
+        await backend.fetch(V, "greeting")  # not tried again yet: at most every 10 s
+    clock.advance(1)
+    assert await backend.fetch(V, "greeting") == "hello"
+    assert backend.health().ready

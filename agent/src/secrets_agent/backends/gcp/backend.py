@@ -17,6 +17,9 @@ from secrets_agent.errors import BackendError
 from secrets_agent.kinds import Kind
 
 log = logging.getLogger(__name__)
+# Credentials that could not be loaded (the metadata server not up yet at boot, a key file not
+# yet written) are tried again by a lookup, at most this often.
+LOAD_RETRY = 10.0
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -44,24 +47,32 @@ class GcpSecretManagerBackend(Backend):
         self._stamp: Any = None  # the credentials file as read (``files.stamp``)
         self._reloading = asyncio.Lock()
         self._retired: Any = None  # the client before the key file changed
+        self._load_at = 0.0  # when credentials that failed to load may be tried again
 
     async def start(self) -> None:
         """Load credentials (ADC or a file) and build one client; no credentials: not ready."""
-        from google.api_core import exceptions as gx
-        from google.api_core.retry import AsyncRetry, if_exception_type
-
         metrics = self.context.metrics
         metrics.authenticated.labels(self.name).set_function(
             lambda: float(self._error is None and self._client is not None)
         )
+        await self._load()
+
+    async def _load(self) -> bool:
+        """Credentials and the client (True once made); on failure the backend is not ready,
+        and a lookup ``LOAD_RETRY`` later tries again (``_loaded``)."""
+        from google.api_core import exceptions as gx
+        from google.api_core.retry import AsyncRetry, if_exception_type
+
+        metrics = self.context.metrics
         try:
             self._stamp = self._key_stamp()  # before reading it: a change after is seen
             credentials, project = await asyncio.to_thread(self._credentials)
         except Exception as exc:  # the backend edge: google.auth errors stop here
             self._error = translate(self.name, exc, "loading credentials")
+            self._load_at = self.context.clock() + LOAD_RETRY
             metrics.auth_attempts.labels(self.name, "failure").inc()
-            log.warning("%s", self._error)
-            return
+            log.warning("%s; trying again in %.0f s at the earliest", self._error, LOAD_RETRY)
+            return False
         self._project = self.options.project_id or project or ""
         if not self._project:
             raise BackendError(
@@ -79,6 +90,7 @@ class GcpSecretManagerBackend(Backend):
         )
         self._error = None
         metrics.auth_attempts.labels(self.name, "success").inc()
+        return True
 
     async def check_local(self) -> None:
         """Load ``credentials_file`` as ``start`` would (ADC is left alone: it may ask the
@@ -166,6 +178,16 @@ class GcpSecretManagerBackend(Backend):
         path = self.options.credentials_file
         return stamp(path) if path else None
 
+    async def _loaded(self) -> None:
+        """Credentials that failed to load at start (or since) are tried again, then raise
+        why they are still missing."""
+        async with self._reloading:
+            due = self._client is None and self.context.clock() >= self._load_at
+            if due and await self._load():
+                log.info("backend %r: credentials loaded", self.name)
+        if self._client is None:
+            raise self._error or BackendError(self.name, "not started")
+
     async def _reloaded(self) -> bool:
         """After a failed call: a ``credentials_file`` rewritten since it was read (a rotated
         key: the old one is soon deleted) is loaded again into a new client; True when the
@@ -213,7 +235,7 @@ class GcpSecretManagerBackend(Backend):
 
     async def _access(self, kind: Kind, secret_id: str, name: str) -> Versioned | None:
         if self._client is None:
-            raise self._error or BackendError(self.name, "not started")
+            await self._loaded()
         path = f"projects/{self._project}/secrets/{name}/versions/{self.options.version}"
         try:
             response = await self._access_once(path)
