@@ -421,3 +421,28 @@ def test_kinds_accepts_only_the_three_kinds(tmp_path: Any) -> None:
         match=r"backends\[0\]\.kinds: must be one of connections, variables, config$",
     ):
         load_config(str(path))
+
+
+async def test_a_chain_without_credentials_at_start_is_looked_at_again(
+    aws: MotoServer, backends: Backends, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a node's boot the instance role or web identity may not be there yet: botocore's
+    client never looks again, so the backend failed every call until a restart."""
+    aws.put_secret("airflow/variables/greeting", "hello")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none-either"))
+    sm = await backends.secrets_manager()
+    assert not sm.health().ready
+    with pytest.raises(BackendError, match="no usable AWS credentials"):
+        await sm.fetch(V, "greeting")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # the chain has credentials now
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with pytest.raises(BackendError):  # looked at once: the next look is 10 s later
+        await sm.fetch(V, "greeting")
+    clock = sm.context.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(10)
+    assert await sm.fetch(V, "greeting") == "hello"
+    assert sm.health().ready

@@ -23,6 +23,9 @@ from secrets_agent.backends.files import Stamp, read_local, stamp
 from secrets_agent.errors import BackendError
 
 log = logging.getLogger(__name__)
+# No credentials in the chain at start (instance metadata or a web identity not there yet at
+# boot): a failing call looks again, at most this often (botocore's client never does).
+LOOK_AGAIN = 10.0
 
 
 class AwsClient:
@@ -46,6 +49,8 @@ class AwsClient:
         self._client: Any = None
         self._files: tuple[str, ...] = ()  # the shared credentials and config files
         self._stamp: tuple[Stamp, ...] = ()  # the files as last read
+        self._clock = context.clock
+        self._look_at = 0.0  # when a chain that had no credentials is looked at again
         self._reopening = asyncio.Lock()
         self._retired: contextlib.AsyncExitStack | None = None  # the client before a reopen
         self.credentials_error: str | None = "not started"
@@ -96,11 +101,15 @@ class AwsClient:
         self.authenticated = credentials is not None
 
     async def _reopened(self) -> bool:
-        """After a failed call: if a credential file changed since it was read, a new client
-        reads it (the old one closes); True when the call is worth making again."""
+        """After a failed call: if a credential file changed since it was read, or the chain
+        had no credentials (looked at again every ``LOOK_AGAIN``), a new client reads them (the
+        old one closes later); True when the call is worth making again."""
         async with self._reopening:
-            if not self._files or tuple(map(stamp, self._files)) == self._stamp:
+            changed = bool(self._files) and tuple(map(stamp, self._files)) != self._stamp
+            empty = self.credentials_error is not None and self._clock() >= self._look_at
+            if not changed and not empty:
                 return False
+            self._look_at = self._clock() + LOOK_AGAIN
             old, self._stack = self._stack, contextlib.AsyncExitStack()
             try:
                 await self._open(self._stack)
@@ -111,13 +120,18 @@ class AwsClient:
                     "backend %r: cannot read the changed AWS credentials: %s", self.backend, exc
                 )
                 return False
-            log.info("backend %r: the AWS credentials file changed: read it again", self.backend)
+            if changed:
+                log.info(
+                    "backend %r: the AWS credentials file changed: read it again", self.backend
+                )
+            elif self.credentials_error is None:
+                log.info("backend %r: AWS credentials found in the default chain", self.backend)
             # Calls still out on the old client finish on it; it closes at the next reopen
             # (the previous one's calls are long over by then) or with the backend.
             if self._retired is not None:
                 await self._retired.aclose()
             self._retired = old
-            return True
+            return self.credentials_error is None
 
     async def _assume_role(self, base: Any) -> None:
         from aiobotocore.credentials import (
