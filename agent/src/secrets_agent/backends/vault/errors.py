@@ -40,7 +40,9 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         exc, requests.exceptions.SSLError | aiohttp.ClientSSLError | ssl.SSLError
     ) or isinstance(exc.__cause__, ssl.SSLError):
         # (aiohttp words a refusal after the handshake, no client certificate, as an OSError)
-        return BackendError(backend, f"TLS handshake with Vault failed ({operation})")
+        # Transient, as the other backends' TLS failures and this backend's failed logins: a
+        # certificate rotated on Vault's side must not cost the cached values (stale-on-error).
+        return TransientError(backend, f"TLS handshake with Vault failed ({operation})")
     if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
         return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(
