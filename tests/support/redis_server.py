@@ -280,7 +280,8 @@ class SentinelServer(RedisServer):
     def start(self) -> None:
         config = self.workdir / "sentinel.conf"  # sentinel rewrites its config: a file of ours
         config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            # ::1 too where the host has it ("-": not a failure where it does not)
+            f"port {self.port}\nbind 127.0.0.1 -::1\ndir {self.workdir}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
         )
         with (self.workdir / "sentinel.log").open("ab") as log:

@@ -4,6 +4,7 @@ wrong password or an untrusted certificate only sends lookups upstream, and is l
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from secrets_agent.config.loader import parse_config
+from secrets_agent.config.schema import SharedCacheConfig
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.cache import SecretCache
@@ -19,6 +21,7 @@ from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.shared.build import build_tier, chain_identity
+from secrets_agent.lookup.shared.clients import store_client
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
 from secrets_agent.ops.metrics import Metrics
 from support.fleet_stores import ACL
@@ -200,6 +203,51 @@ async def test_the_master_a_sentinel_names(tmp_path: Path) -> None:
     finally:
         sentinel.stop()
         master.stop()
+
+
+def test_seeds_named_by_ipv6_address_lose_their_brackets() -> None:
+    """``[::1]:26379`` in a Sentinel or cluster URL is the address ``::1`` (a resolver knows
+    no name ``[::1]``)."""
+    sentinel = config_of("redis+sentinel://[::1]:26379,127.0.0.1:26380/mymaster/0")
+    _, sentinels = store_client(sentinel)
+    hosts = [s.connection_pool.connection_kwargs["host"] for s in sentinels]
+    assert hosts == ["::1", "127.0.0.1"]
+    cluster, _ = store_client(config_of("redis+cluster://[::1]:7000,[::1]:7001"))
+    seeds = cluster.nodes_manager.startup_nodes.values()  # type: ignore[union-attr]
+    assert sorted(node.host for node in seeds) == ["::1", "::1"]
+
+
+async def test_a_sentinel_named_by_its_ipv6_address(tmp_path: Path) -> None:
+    if not socket.has_ipv6 or not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this host")
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    sentinel = SentinelServer(tmp_path / "sentinel", master)
+    try:
+        sentinel.start()
+        metrics = Metrics()
+        url = sentinel.url.replace("127.0.0.1", "[::1]")
+        tier = tier_for(tmp_path, {"url": url}, metrics)
+        assert await lookup_through(tier, metrics) == "v1"
+        assert len(master.scan_all()) == 1 and store_errors(metrics) == 0
+    finally:
+        sentinel.stop()
+        master.stop()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def config_of(url: str) -> SharedCacheConfig:
+    shared = parse_config({"shared_cache": {"url": url}}, base_dir=Path("/")).shared_cache
+    assert shared is not None
+    return shared
 
 
 async def test_a_cluster_with_tls_and_an_acl_user(tmp_path: Path) -> None:

@@ -88,7 +88,10 @@ def _cluster(
 
 
 def _hosts(text: str) -> list[tuple[str, str]]:
-    return [(host, port) for host, _, port in (h.rpartition(":") for h in text.split(","))]
+    """``host:port,...`` as (host, port); an IPv6 address loses the URL's brackets (``[::1]``
+    is no name a resolver knows, and the clients take the bare address)."""
+    pairs = (h.rpartition(":") for h in text.split(","))
+    return [(host.removeprefix("[").removesuffix("]"), port) for host, _, port in pairs]
 
 
 def check_files(shared: SharedCacheConfig) -> None:
