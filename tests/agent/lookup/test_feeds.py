@@ -271,3 +271,39 @@ async def test_closing_stops_a_feed_whose_round_swallowed_the_cancellation() -> 
     done, _ = await asyncio.wait({closing}, timeout=60)
     assert closing in done, "the feed ran on after close"
     f.runner.stop()  # (when the assertion failed: let the runaway loop end with the test)
+
+
+def gauge(f: Fixture, name: str) -> float | None:
+    return f.metrics.registry.get_sample_value(name, {"feed": "a"})
+
+
+async def test_a_node_that_lost_the_lease_while_failing_stands_by_healthy() -> None:
+    # A holder whose queue failed backs off; its lease lapses and another node takes the feed
+    # over. This node is then a healthy standby: not "failing" in /readyz, up and alive in the
+    # metrics (else the failing and silent alerts fire on every node but the consumer).
+    f = Fixture(QueueFeed(FeedOptions(backoff_initial=0.01, backoff_max=0.02)))
+    lease = Lease()
+    lease.ours = True
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, consumers=lease)
+    f.feed.rounds.append(TransientError("a", "queue unreachable"))
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: "failing" in runner.health().detail)
+        lease.ours = False
+        await until(lambda: runner.health().detail.startswith("standby"))
+        assert gauge(f, "secrets_agent_feed_up") == 1
+        assert (gauge(f, "secrets_agent_feed_last_receive_timestamp_seconds") or 0) > 0
+    finally:
+        runner.stop()
+        task.cancel()
+        await runner.close()
+
+
+async def test_a_standby_node_reports_its_loop_alive() -> None:
+    f = Fixture(QueueFeed(FeedOptions(backoff_initial=0.01)))
+    clocks = Clocks(wall=lambda: 7000.0, pace=f.pace, rng=lambda: 0.0)
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, clocks, Lease())
+    await runner.round()
+    assert runner.health().detail.startswith("standby")
+    assert gauge(f, "secrets_agent_feed_up") == 1  # nothing is failing here
+    assert gauge(f, "secrets_agent_feed_last_receive_timestamp_seconds") == 7000.0

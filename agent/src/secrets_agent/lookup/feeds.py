@@ -175,7 +175,7 @@ class FeedRunner:
             self._consumers.listen(self.name, self.apply_relayed)
             self._started = True
         if not await self._consumers.turn(self.name, self.lease_ttl):
-            self._standby = True
+            self._standing_by()
             await asyncio.sleep(self.feed.options.backoff_initial)
             return
         if self._standby:  # taking the feed over: what the last consumer missed is not trusted
@@ -201,6 +201,14 @@ class FeedRunner:
         self._failing, self._gap = reason, True
         self._metrics.feed_up.labels(self.name).set(0)
         self._failure_log("feed %r failing, serving on TTLs: %s", self.name, reason)
+
+    def _standing_by(self) -> None:
+        """Another node consumes the feed: this node's part is done, so it is neither failing
+        nor silent (the alerts fire on the consumer, not on every node of the fleet)."""
+        self._standby = True
+        self._failing = None  # a failure while it held the lease is the new holder's to see
+        self._metrics.feed_up.labels(self.name).set(1)
+        self._metrics.feed_last_receive.labels(self.name).set(self._clocks.wall())
 
     def _received(self) -> None:
         self._metrics.feed_up.labels(self.name).set(1)
