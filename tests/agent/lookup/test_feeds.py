@@ -307,3 +307,25 @@ async def test_a_standby_node_reports_its_loop_alive() -> None:
     assert runner.health().detail.startswith("standby")
     assert gauge(f, "secrets_agent_feed_up") == 1  # nothing is failing here
     assert gauge(f, "secrets_agent_feed_last_receive_timestamp_seconds") == 7000.0
+
+
+async def test_a_duplicate_at_the_consumer_is_still_relayed_to_the_fleet() -> None:
+    # The consumer already holds the version the event names (it read the rotated value
+    # itself); another node may still hold the old one and must hear of the change.
+    f = Fixture()
+    lease = Lease()
+    lease.ours = True
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, consumers=lease)
+    await f.service.lookup(V, "k")  # version "1"
+    f.feed.rounds.append([hint(version="1")])
+    await runner.round()
+    await runner.idle()
+    assert f.events("duplicate") == 1 and len(f.script.calls) == 1  # no read here
+    assert [(h.secret_id, h.version) for h in lease.relayed] == [("k", "1")]
+    other = Fixture()
+    other.script.versions[(V, "k")] = "0"
+    await other.service.lookup(V, "k")  # the old version
+    other.script.versions[(V, "k")] = "1"
+    other.runner.apply_relayed(lease.relayed)
+    assert other.service.cache.fresh((V, "k", None)) is None  # the next read fetches
+    await runner.close()

@@ -224,7 +224,7 @@ class FeedRunner:
 
     def apply(self, messages: Sequence[Message], *, relayed: bool = False) -> list[Hint]:
         """Apply each message's hints; count what was ignored or unparseable; return the
-        hints that applied (for the other nodes of a fleet)."""
+        hints about ids the backend serves (for the other nodes of a fleet)."""
         events = self._metrics.feed_events
         held: Index | None = None  # built once per batch, on its first hint
         out: list[Hint] = []
@@ -242,7 +242,8 @@ class FeedRunner:
                 if held is not None
             ]
             applied = [outcome for _, outcome in outcomes if outcome is not None]
-            out += [hint for hint, outcome in outcomes if outcome]
+            # Duplicates too: this node held the version, another node may hold an older one.
+            out += [hint for hint, outcome in outcomes if outcome is not None]
             if not applied:
                 events.labels(self.name, "ignored").inc()
             else:
