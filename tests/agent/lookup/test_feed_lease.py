@@ -153,3 +153,38 @@ def test_relayed_hints_round_trip() -> None:
     assert from_data(to_data(hint)) == hint
     assert from_data({"kind": "nonsense", "id": "x"}) is None
     assert from_data({"kind": "variable"}) is None
+
+
+async def test_a_store_outage_is_a_failing_feed_on_every_node_not_a_standby(
+    fleet: Fleet, store: RedisServer
+) -> None:
+    # With the store down no node can tell who holds the lease, so none consumes the queue
+    # (its events wait there): every node must say so, not "another node consumes this feed".
+    await fleet.start(2)
+
+    async def one_holder() -> bool:
+        return len(fleet.holders()) == 1
+
+    await until(one_holder)
+    store.stop()
+
+    def details() -> list[str]:
+        return [runtime.readiness()["[feed:aws]"].detail for runtime, _ in fleet.nodes]
+
+    async def all_failing() -> bool:
+        return all(d.startswith("failing") for d in details())
+
+    await until(all_failing)
+    assert all("shared cache" in d for d in details())
+    up = [
+        m.registry.get_sample_value("secrets_agent_feed_up", {"feed": "aws"})
+        for _, m in fleet.nodes
+    ]
+    assert up == [0, 0] and fleet.holders() == []
+    store.start()
+    await until(one_holder)
+
+    async def healthy() -> bool:
+        return sorted(d.split(":")[0] for d in details()) == ["ok", "standby"]
+
+    await until(healthy)

@@ -14,14 +14,16 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from secrets_agent.backends.feeds import Hint
+from secrets_agent.errors import TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.feeds import Relayed
-from secrets_agent.lookup.shared.tier import Lease, SharedTier
+from secrets_agent.lookup.shared.tier import Lease, LeaseUnknown, SharedTier
 from secrets_agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 TOPIC = "feed:"  # + the feed's (backend's) name
+UNREACHABLE = "the shared cache is unreachable, so no node can take this feed's lease"
 
 
 class FleetConsumers:
@@ -36,7 +38,14 @@ class FleetConsumers:
         lease = self._leases.get(feed)
         if lease is None:
             lease = self._leases[feed] = self._tier.lease(TOPIC + feed, ttl)
-        held = await (lease.renew() if self._holding.get(feed) else lease.acquire())
+        try:
+            held = await (lease.renew() if self._holding.get(feed) else lease.acquire())
+        except LeaseUnknown:
+            # Nobody can tell who holds it, so nobody consumes (the events wait in the queue,
+            # and the hints could not be relayed anyway): a failing feed, not a standby.
+            self._holding[feed] = False
+            self._metrics.feed_lease.labels(feed).set(0)
+            raise TransientError(feed, UNREACHABLE) from None
         if held != self._holding.get(feed, False):
             log.info("feed %r: %s", feed, "this node consumes it" if held else "another node does")
         self._holding[feed] = held

@@ -1,7 +1,7 @@
 """A lease in the store: one node of the fleet does a job at a time (e.g. follows a change feed).
 
 ``SET name token NX PX ttl`` takes it; renewing and releasing compare the token first, in one
-script on one key (one slot). A node that cannot reach the store does not hold the lease: it
+script on one key (one slot). A node that cannot reach the store gets ``LeaseUnknown``: it
 stops the job until it can renew. (Without a shared tier, ``tier.SoloLease``: always held.)
 """
 
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
+from secrets_agent.lookup.shared.tier import LeaseUnknown
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -36,7 +37,7 @@ class StoreLease:
                 "lease", self._client.set(self._name, self._token, nx=True, px=_ms(self.ttl))
             )
         except StoreDown:
-            return False
+            raise LeaseUnknown from None
         return bool(taken) or await self.renew()
 
     async def renew(self) -> bool:
@@ -44,7 +45,7 @@ class StoreLease:
         try:
             return bool(await self._guard.call("lease", call))
         except StoreDown:
-            return False
+            raise LeaseUnknown from None
 
     async def release(self) -> None:
         call = self._client.eval(_RELEASE, 1, self._name, self._token)

@@ -30,8 +30,16 @@ class TierHealth:
     detail: str
 
 
+class LeaseUnknown(Exception):
+    """The store did not answer: whether this node holds the lease cannot be told."""
+
+
 class Lease(Protocol):
-    """One node of the fleet at a time: ``acquire``, then ``renew`` within ``ttl``, ``release``."""
+    """One node of the fleet at a time: ``acquire``, then ``renew`` within ``ttl``, ``release``.
+
+    ``acquire`` and ``renew`` raise ``LeaseUnknown`` when the store does not answer: then no
+    node can know who holds it, which is not the same as another node holding it.
+    """
 
     ttl: float
 
