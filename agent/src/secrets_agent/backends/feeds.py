@@ -19,7 +19,8 @@ from secrets_agent.kinds import Kind, validate_id
 
 TEAM_SEP = "--"  # the providers' separator between a team and an id, in every cloud's names
 Named = Callable[[Kind, str, str | None], str | None]  # (kind, id, team) -> upstream name
-Held = Callable[[], Sequence[tuple[Kind, str]]]  # the (kind, id)s the node holds from a backend
+# The (kind, id, team)s the node holds from a backend (team None: the global name's copy).
+Held = Callable[[], Sequence[tuple[Kind, str, str | None]]]
 
 
 @dataclass(frozen=True)

@@ -291,15 +291,10 @@ class FeedRunner:
                 index.setdefault((key[0], fold(key[1])), []).append((key, version))
         return index
 
-    def _held(self) -> list[tuple[Kind, str]]:
-        """The (kind, id)s this node holds values for from this feed's backend."""
-        return sorted(
-            {
-                (key[0], key[1])
-                for key, source, _ in self.service.cache.holding()
-                if source == self.name
-            }
-        )
+    def _held(self) -> list[Key]:
+        """The keys (every team's) this node holds values for from this feed's backend."""
+        keys = {key for key, source, _ in self.service.cache.holding() if source == self.name}
+        return sorted(keys, key=lambda k: (k[0], k[1], k[2] or ""))
 
     # -- refetching ------------------------------------------------------------------------
 

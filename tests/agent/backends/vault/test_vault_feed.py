@@ -78,6 +78,26 @@ def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
         assert agent.metric("secrets_agent_feed_lag_seconds_count", feed="vault") >= 2
 
 
+def test_scan_tells_apart_teams_that_share_an_id(bao: BaoServer, short_tmp: Path) -> None:
+    # Three paths end in the same id: a rotation of any one of them is a change.
+    for path in ("variables/shared", "variables/team_a/shared", "variables/team_b/shared"):
+        bao.kv_put(path, {"value": path})
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "scan", True))
+    with running_agent(config) as agent:
+        for team in ("team_a", "team_b"):
+            found = agent.call(agent.agent.service.lookup(V, "shared", team))
+            assert found.value == f"variables/{team}/shared"
+        eventually(lambda: scans(agent) >= 2 * len(Kind))  # whole polls: the baseline is taken
+        for team in ("team_a", "team_b"):
+            bao.kv_put(f"variables/{team}/shared", {"value": "rotated"})
+
+            async def team_value(team: str = team) -> str | None:
+                result = agent.agent.service.cache.fresh((V, "shared", team))
+                return None if result is None else result.value
+
+            eventually(lambda: agent.call(team_value()) == "rotated")
+
+
 def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:
     bao.kv_put("variables/meta_v", {"value": "a"})
     config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "metadata"))
@@ -91,6 +111,27 @@ def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:
         eventually(lambda: fresh(agent, V, "meta_v") == "b")
         bao.api("DELETE", "/v1/secret/metadata/variables/meta_v")
         eventually(lambda: negative(agent, V, "meta_v"))
+
+
+def test_metadata_polls_the_path_a_team_key_was_read_from(bao: BaoServer, short_tmp: Path) -> None:
+    bao.kv_put("connections/team_b/meta_c", {"conn_uri": "postgres://u:p@old/db"})
+    bao.kv_put("connections/meta_c", {"conn_uri": "postgres://u:p@global/db"})
+    config = agent_config(
+        short_tmp, "[cache]\nconnection_ttl = 3600\n", feed_toml(bao, "metadata", True)
+    )
+    with running_agent(config) as agent:
+        team = agent.call(agent.agent.service.lookup(C, "meta_c", "team_b"))
+        assert team.value == "postgres://u:p@old/db"
+        calls = "secrets_agent_upstream_api_calls_total"
+        ok = {"backend": "vault", "operation": "metadata", "result": "ok"}
+        eventually(lambda: agent.metric(calls, **ok) >= 4)  # two polls: the baseline is taken
+        bao.kv_put("connections/team_b/meta_c", {"conn_uri": "postgres://u:p@new/db"})
+
+        async def team_value() -> str | None:
+            result = agent.agent.service.cache.fresh((C, "meta_c", "team_b"))
+            return None if result is None else result.value
+
+        eventually(lambda: agent.call(team_value()) == "postgres://u:p@new/db")
 
 
 def test_a_server_without_detailed_metadata_is_a_failing_feed_not_an_outage(

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from secrets_agent.backends.vault.backend import VaultBackend
 
 State = tuple[int, bool]  # current version, and whether that version is deleted or destroyed
+# What a poll looks at: the (kind, id) a change of it is about, and the path it reads there.
+Spot = tuple[Kind, str, str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +42,7 @@ class VaultPollFeed(Feed):
     def __init__(self, backend: VaultBackend, options: VaultFeedOptions) -> None:
         super().__init__(backend.name, options)
         self._backend = backend
-        self._seen: dict[tuple[Kind, str], State] | None = None  # None: no baseline yet
+        self._seen: dict[Spot, State] | None = None  # None: no baseline yet
         self._polled = False
 
     @property
@@ -53,9 +55,9 @@ class VaultPollFeed(Feed):
         self._polled = True
         if self.options.method == "scan":
             now = await self._scan()
-            asked: set[tuple[Kind, str]] | None = None  # a scan sees every key there is
+            asked: set[Spot] | None = None  # a scan sees every key there is
         else:
-            asked = set(held())
+            asked = self._spots(held())
             now = await self._metadata(asked)
         seen, self._seen = self._seen, {key: state for key, (state, _) in now.items()}
         if seen is None:
@@ -69,8 +71,8 @@ class VaultPollFeed(Feed):
         hints += [Hint(k[0], k[1], gone=True) for k in sorted(vanished)]
         return [Message((hint,)) for hint in hints]
 
-    async def _scan(self) -> dict[tuple[Kind, str], tuple[State, float | None]]:
-        found: dict[tuple[Kind, str], tuple[State, float | None]] = {}
+    async def _scan(self) -> dict[Spot, tuple[State, float | None]]:
+        found: dict[Spot, tuple[State, float | None]] = {}
         for kind in Kind:
             where = self._backend.location(kind, "x")
             if where is None:
@@ -81,20 +83,27 @@ class VaultPollFeed(Feed):
             for relative, info in listing.items():
                 name = f"{mount}/{base}/{relative}" if base else f"{mount}/{relative}"
                 for key in self._ids(kind, name):
-                    found[key] = _state(info)
+                    found[(*key, name)] = _state(info)
         return found
 
-    async def _metadata(
-        self, held: Iterable[tuple[Kind, str]]
-    ) -> dict[tuple[Kind, str], tuple[State, float | None]]:
-        found: dict[tuple[Kind, str], tuple[State, float | None]] = {}
-        for kind, secret_id in held:
-            where = self._backend.location(kind, secret_id)
-            if where is None:
-                continue
-            info = await self._backend.metadata(*where)
+    def _spots(self, held: Iterable[tuple[Kind, str, str | None]]) -> set[Spot]:
+        """The paths the held keys were read from: a team's copy, from its team's path or
+        (without one) the global path, so both."""
+        spots = set()
+        for kind, secret_id, team in held:
+            for scope in {team, None}:
+                where = self._backend.location(kind, secret_id, scope)
+                if where is not None:
+                    spots.add((kind, secret_id, "/".join(where)))
+        return spots
+
+    async def _metadata(self, spots: Iterable[Spot]) -> dict[Spot, tuple[State, float | None]]:
+        found: dict[Spot, tuple[State, float | None]] = {}
+        for spot in sorted(spots):
+            mount, _, path = spot[2].partition("/")
+            info = await self._backend.metadata(mount, path)
             if info is not None:
-                found[(kind, secret_id)] = _state(info)
+                found[spot] = _state(info)
         return found
 
     def _ids(self, kind: Kind, name: str) -> list[tuple[Kind, str]]:
