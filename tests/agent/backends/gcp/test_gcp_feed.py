@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from secrets_agent.backends.gcp.feed import parse
+from secrets_agent.config.loader import parse_config
+from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
 from support.feeds import eventually, feed_health, fresh, negative, value
 from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint, tls_material
@@ -113,3 +115,30 @@ def test_parse_reads_the_attributes() -> None:
     assert parse({"eventType": "TOPIC_CONFIGURED", "secretId": "projects/1/secrets/s"}) is None
     with pytest.raises(ValueError, match="not a Secret Manager"):
         parse({"eventType": "SECRET_UPDATE"})
+
+
+@pytest.mark.parametrize(
+    ("subscription", "problem"),
+    [
+        ("", "is required"),
+        ("projects/p/topics/t", "projects/<project>/subscriptions/<name>"),
+        ("projects//subscriptions/s", "projects/<project>/subscriptions/<name>"),
+        ("a b", "projects/<project>/subscriptions/<name>"),
+        ("9starts-with-a-digit", "projects/<project>/subscriptions/<name>"),
+    ],
+)
+def test_a_subscription_pubsub_cannot_have_is_a_config_error(
+    subscription: str, problem: str, tmp_path: Path
+) -> None:
+    raw = {
+        "backends": [
+            {"name": "g", "type": "gcp_secret_manager", "feed": {"subscription": subscription}}
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, tmp_path)
+    [line] = caught.value.problems
+    assert line.startswith("backends[0].feed.subscription: ") and problem in line
+    for fine in ("agent-node-1", "projects/my-proj/subscriptions/agent.node_1~x"):
+        raw["backends"][0]["feed"] = {"subscription": fine}  # type: ignore[index]
+        parse_config(raw, tmp_path)

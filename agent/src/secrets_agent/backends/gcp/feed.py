@@ -9,6 +9,7 @@ and acknowledges what it has handled.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,26 @@ _GONE = frozenset({"SECRET_DELETE"})
 # SECRET_VERSION_DESTROY_SCHEDULED change nothing a read answers yet.
 
 
+# Pub/Sub's rule for a subscription's name (a letter, then 2-254 of these), and its full form.
+_NAME = r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}"
+_SUBSCRIPTION = re.compile(rf"(?:projects/[^/\s]+/subscriptions/)?{_NAME}")
+
+
+def _subscription_problem(value: str) -> str | None:
+    """Refused at load: a name Pub/Sub cannot have would fail every pull, later."""
+    if not value:
+        return "is required"
+    if not _SUBSCRIPTION.fullmatch(value) or value.rpartition("/")[2].startswith("goog"):
+        return "must be projects/<project>/subscriptions/<name>, or a subscription's name"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class PubSubFeedOptions(FeedOptions):
     """``[backends.feed]`` of a GCP backend: the node's Pub/Sub subscription."""
 
-    subscription: str = setting()  # "projects/P/subscriptions/S", or S in the backend's project
+    # "projects/P/subscriptions/S", or S in the backend's project
+    subscription: str = setting(check=_subscription_problem)
     api_endpoint: str = setting(
         "", check=check_host_port
     )  # host[:port]; default pubsub.googleapis.com (ca_file: the backend's)
