@@ -140,5 +140,5 @@ def test_a_subscription_pubsub_cannot_have_is_a_config_error(
     [line] = caught.value.problems
     assert line.startswith("backends[0].feed.subscription: ") and problem in line
     for fine in ("agent-node-1", "projects/my-proj/subscriptions/agent.node_1~x"):
-        raw["backends"][0]["feed"] = {"subscription": fine}  # type: ignore[index]
+        raw["backends"][0]["feed"] = {"subscription": fine}
         parse_config(raw, tmp_path)
