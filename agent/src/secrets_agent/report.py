@@ -94,9 +94,19 @@ def render(status: dict[str, Any]) -> str:
             f"access: {held}; {access['reads_refused']:,} reads refused by them, "
             f"{access['peers_refused']:,} requests from peers not allowed"
         )
-    for feed in status.get("feeds", []):
-        lines.append(f"feed: {json.dumps(feed, sort_keys=True)}")
+    lines += [_feed(feed) for feed in status.get("feeds", [])]
     return "\n".join(lines)
+
+
+def _feed(feed: dict[str, Any]) -> str:
+    consumer = feed["consumer"]
+    role = "" if consumer is None else ", consumes it" if consumer else ", standby"
+    counts = ", ".join(f"{n:,} {result}" for result, n in feed["events"].items())
+    return (
+        f"feed {feed['name']}: {feed['detail']} ({'up' if feed['up'] else 'DOWN'}{role}); "
+        f"last received {feed['last_received_at'] or 'never'}; {feed['received']:,} events: "
+        f"{counts}"
+    )
 
 
 def _cell(key: str, value: Any) -> str:

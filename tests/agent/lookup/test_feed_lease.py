@@ -23,6 +23,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.feed_lease import from_data, to_data
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.runtime import BackendPool, Runtime
+from secrets_agent.server.status import status_report
 from support.moto_aws import REGION, MotoServer
 from support.redis_server import RedisServer
 
@@ -117,6 +118,15 @@ async def test_one_consumer_every_node_fresh_and_a_takeover(fleet: Fleet) -> Non
     others = [i for i in everyone if i != holder]
     detail = fleet.nodes[others[0]][0].readiness()["[feed:aws]"].detail
     assert detail.startswith("standby")
+    [standby] = status_report(*fleet.nodes[others[0]])["feeds"]
+    assert (standby["consumer"], standby["up"]) == (False, True)  # not failing: standing by
+
+    async def received() -> bool:
+        return bool(fleet.nodes[holder][0].readiness()["[feed:aws]"].detail == "ok")
+
+    await until(received)  # "ok" only once a long poll went through, then it is up
+    [consumer] = status_report(*fleet.nodes[holder])["feeds"]
+    assert (consumer["consumer"], consumer["up"], consumer["detail"]) == (True, True, "ok")
 
     await asyncio.to_thread(fleet.rotate, "new")
 

@@ -100,7 +100,7 @@ def test_calls_made_and_avoided_are_counted_and_priced(aws: MotoServer, short_tm
         assert (cache["hits"], cache["negative_hits"], cache["misses"]) == (9, 2, 2)
         assert cache["hit_ratio"] == pytest.approx(11 / 13, abs=1e-4)
         assert (cache["entries"], cache["negative_entries"]) == (2, 1)
-        assert body["shared_cache"] is None and body["feeds"] == []
+        assert body["shared_cache"] is None and body["feeds"] == []  # no backend has one
         assert body["ready"] is True and body["version"]
         # The same figures on /metrics.
         saved = agent.metric(

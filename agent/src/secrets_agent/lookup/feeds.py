@@ -121,6 +121,7 @@ class FeedRunner:
         self._malformed_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._failure_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._started = False
+        self._live = False  # a round went through: "ok" means it received (or stands by)
         self._failing: str | None = None
         self._gap = False  # failed since the last good round: events may have been missed
         self._standby = False  # another node consumes this feed (a fleet's lease)
@@ -135,7 +136,7 @@ class FeedRunner:
         """Always ready (a feed is a freshness aid, lookups never need it); the detail says."""
         if self._failing is not None:
             return Health(True, f"failing, serving on TTLs: {self._failing}")
-        if not self._started:
+        if not self._live:
             return Health(True, "starting")
         if self._standby:
             return Health(True, "standby: another node consumes this feed")
@@ -205,12 +206,13 @@ class FeedRunner:
     def _standing_by(self) -> None:
         """Another node consumes the feed: this node's part is done, so it is neither failing
         nor silent (the alerts fire on the consumer, not on every node of the fleet)."""
-        self._standby = True
+        self._standby = self._live = True
         self._failing = None  # a failure while it held the lease is the new holder's to see
         self._metrics.feed_up.labels(self.name).set(1)
         self._metrics.feed_last_receive.labels(self.name).set(self._clocks.wall())
 
     def _received(self) -> None:
+        self._live = True
         self._metrics.feed_up.labels(self.name).set(1)
         self._metrics.feed_last_receive.labels(self.name).set(self._clocks.wall())
         if self._failing is not None:

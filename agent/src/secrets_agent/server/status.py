@@ -11,11 +11,16 @@ from typing import Any
 
 from secrets_agent.backends.base import Backend, Health
 from secrets_agent.config.schema import AgentConfig, BackendConfig
+from secrets_agent.lookup.feeds import READINESS_PREFIX
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.context import Serving
 
 # Lookups answered from the node cache without the upstream.
 _ANSWERED_HERE = ("hit", "negative")
+# What the feed metrics' labels take (docs/change-feeds.md).
+_EVENTS = ("applied", "ignored", "duplicate", "malformed")
+_TRIGGERS = ("event", "gap")
+_REFETCHES = ("fetched", "unchanged", "gone", "error", "limited")
 
 
 def status_report(serving: Serving, metrics: Metrics) -> dict[str, Any]:
@@ -28,7 +33,7 @@ def status_report(serving: Serving, metrics: Metrics) -> dict[str, Any]:
     avoided = sum(b["calls_avoided"] for b in backends)
     return {
         "version": metrics.version,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "started_at": _iso(started),
         "uptime_seconds": round(max(0.0, time.time() - started), 1),
         "ready": bool(backends) and all(h.ready for h in readiness.values()),
         "backends": backends,
@@ -42,8 +47,11 @@ def status_report(serving: Serving, metrics: Metrics) -> dict[str, Any]:
             "prices_taken": serving.config.pricing.taken,
         },
         "access": _access(serving, metrics),
-        # Change feeds (one per backend that has one) report here: name, state, last event.
-        "feeds": [],
+        "feeds": [
+            _feed(name[len(READINESS_PREFIX) : -1], health, metrics)
+            for name, health in readiness.items()
+            if name.startswith(READINESS_PREFIX)
+        ],
     }
 
 
@@ -56,6 +64,38 @@ def _access(serving: Serving, metrics: Metrics) -> dict[str, Any]:
         "reads_refused": int(sum(refused.values())),
         "peers_refused": int(metrics.sample("secrets_agent_denied_peers_total") or 0),
     }
+
+
+def _feed(name: str, health: Health, metrics: Metrics) -> dict[str, Any]:
+    """One change feed: its state as ``/readyz`` says it, and its counters."""
+    up = metrics.sample("secrets_agent_feed_up", feed=name)
+    lease = metrics.sample("secrets_agent_feed_lease_held", feed=name)
+    last = metrics.sample("secrets_agent_feed_last_receive_timestamp_seconds", feed=name)
+
+    def events(result: str) -> int:
+        return int(metrics.sample("secrets_agent_feed_events_total", feed=name, result=result) or 0)
+
+    def refetches(result: str) -> int:
+        total = "secrets_agent_feed_refetches_total"
+        return int(
+            sum(metrics.sample(total, feed=name, trigger=t, result=result) or 0 for t in _TRIGGERS)
+        )
+
+    return {
+        "name": name,
+        "detail": health.detail,
+        "up": up is not None and up >= 1,
+        # Whether this node consumes the feed (always, without [shared_cache]), or stands by.
+        "consumer": None if lease is None else lease >= 1,
+        "last_received_at": None if not last else _iso(last),
+        "received": int(metrics.sample("secrets_agent_feed_events_received_total", feed=name) or 0),
+        "events": {result: events(result) for result in _EVENTS},
+        "refetches": {result: refetches(result) for result in _REFETCHES},
+    }
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _backend(

@@ -12,6 +12,7 @@ from secrets_agent.backends.aws.feed import parse_body, secrets_manager_changes,
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
+from secrets_agent.report import render
 from support.feeds import eventually, feed_health, fresh, negative, value
 from support.helpers import (
     RunningAgent,
@@ -115,6 +116,19 @@ def test_rotation_event_makes_the_agent_serve_the_new_value(
         assert lag >= 1
         ready = agent.agent.runtime.readiness()["[feed:aws]"]
         assert ready.ready and ready.detail == "ok"
+        # What `secrets-agent status` says about the feed: the same state and counters.
+        answer = raw_request(agent.socket_path, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        [feed] = body_of(answer)["feeds"]
+        assert feed["events"] == {"applied": 1, "ignored": 2, "duplicate": 0, "malformed": 1}
+        assert (feed["name"], feed["detail"], feed["up"], feed["consumer"]) == (
+            "aws",
+            "ok",
+            True,
+            True,  # without [shared_cache] every node consumes its own queue
+        )
+        assert feed["received"] == 4 and feed["refetches"]["fetched"] == 1
+        assert feed["last_received_at"].startswith("20")
+        assert "feed aws: ok (up, consumes it); last received 20" in render(body_of(answer))
 
 
 def test_cloudtrail_delete_becomes_a_miss(moto: MotoServer, short_tmp: Path) -> None:
