@@ -218,6 +218,24 @@ def test_event_shapes_map_to_names() -> None:
     assert secrets_manager_changes(trail)[0].names == ("x/y",)
     trail["detail"]["eventName"] = "GetSecretValue"  # type: ignore[index]
     assert secrets_manager_changes(trail) == []
+    # A rotation's first step puts the new value as AWSPENDING: reads still answer AWSCURRENT
+    # (re-reading would find the old version, and ask again thrice for the one named).
+    pending: dict[str, Any] = {
+        "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail",
+        "detail": {
+            "eventName": "PutSecretValue",
+            "requestParameters": {"secretId": "x/y", "versionStages": ["AWSPENDING"]},
+            "responseElements": {"versionId": "v3", "versionStages": ["AWSPENDING"]},
+        },
+    }
+    assert secrets_manager_changes(pending) == []
+    pending["detail"]["requestParameters"]["versionStages"] = ["AWSCURRENT", "mine"]
+    pending["detail"]["responseElements"]["versionStages"] = ["AWSCURRENT", "mine"]
+    assert secrets_manager_changes(pending)[0].version == "v3"
+    del pending["detail"]["requestParameters"]["versionStages"]
+    del pending["detail"]["responseElements"]["versionStages"]
+    assert secrets_manager_changes(pending)[0].version == "v3"  # the default: AWSCURRENT
     ssm = {"source": "aws.ssm", "detail-type": "Parameter Store Change", "detail": {"name": "n"}}
     assert ssm_changes(ssm)[0].names == ("n", "/n")
     wrapped = json.dumps({"Type": "Notification", "Message": json.dumps(ssm)})

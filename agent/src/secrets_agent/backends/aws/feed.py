@@ -92,6 +92,8 @@ def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
     if not isinstance(request, dict) or not isinstance(response, dict):
         raise ValueError("unexpected CloudTrail shape")
     version = response.get("versionId")
+    if detail["eventName"] == "PutSecretValue" and not _makes_current(request, response):
+        return []  # a rotation's AWSPENDING (or another label): reads answer AWSCURRENT still
     if detail["eventName"] == "UpdateSecretVersionStage":
         if request.get("versionStage") != "AWSCURRENT":
             return []
@@ -112,6 +114,12 @@ def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
     gone = detail["eventName"] == "DeleteSecret"
     version = version if isinstance(version, str) else None
     return [Change(tuple(dict.fromkeys(names)), version, gone)]
+
+
+def _makes_current(request: dict[str, Any], response: dict[str, Any]) -> bool:
+    """Whether a PutSecretValue labelled its version AWSCURRENT (what it does by default)."""
+    stages = request.get("versionStages") or response.get("versionStages")
+    return not isinstance(stages, list) or not stages or "AWSCURRENT" in stages
 
 
 def _arn_name(arn: object, full: bool) -> str | None:
