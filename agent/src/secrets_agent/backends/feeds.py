@@ -91,6 +91,12 @@ class Feed(abc.ABC):
         """The longest one ``receive`` waits (a long poll, or a poll interval)."""
         return 20.0
 
+    @property
+    def lease_ttl(self) -> float:
+        """How long a fleet's lease on this feed lasts unrenewed: rounds renew it, so a few
+        rounds' time (a dead holder's feed is taken over within it)."""
+        return self.options.lease_ttl or max(30.0, 3 * self.round_time)
+
     async def ack(self, messages: Sequence[Message]) -> None:
         """Remove handled messages (applied, ignored and malformed alike: never a poison loop)."""
         return None

@@ -189,9 +189,7 @@ class FeedRunner:
 
     @property
     def lease_ttl(self) -> float:
-        """How long a fleet's lease on this feed lasts unrenewed: rounds renew it, so a few
-        rounds' time (a dead holder's feed is taken over within it)."""
-        return self.feed.options.lease_ttl or max(30.0, 3 * self.feed.round_time)
+        return self.feed.lease_ttl
 
     def apply_relayed(self, hints: Sequence[Hint]) -> None:
         """Apply what the node consuming this feed applied (and relayed) there; that node

@@ -60,7 +60,10 @@ def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
         assert agent.call(agent.agent.service.lookup(C, "scan_c", "team_a")).value == (
             "postgres://u:p@old/db"
         )
-        eventually(lambda: scans(agent) >= len(Kind))  # a whole poll: the baseline is taken
+        # Two whole polls: the first (the baseline) has been applied.
+        eventually(lambda: scans(agent) >= 2 * len(Kind))
+        applied = "secrets_agent_feed_events_total"
+        before = agent.metric(applied, feed="vault", result="applied")
         bao.kv_put("variables/scan_v", {"value": "2"})
         eventually(lambda: fresh(agent, V, "scan_v") == "2")
         bao.kv_put("connections/team_a/scan_c", {"conn_uri": "postgres://u:p@new/db"})
@@ -73,8 +76,7 @@ def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
         bao.api("DELETE", "/v1/secret/metadata/variables/scan_v")
         eventually(lambda: negative(agent, V, "scan_v"))
         # Polls of an unchanged mount say nothing.
-        applied = agent.metric("secrets_agent_feed_events_total", feed="vault", result="applied")
-        assert applied == 3
+        assert agent.metric(applied, feed="vault", result="applied") - before == 3
         assert agent.metric("secrets_agent_feed_lag_seconds_count", feed="vault") >= 2
 
 
@@ -96,6 +98,19 @@ def test_scan_tells_apart_teams_that_share_an_id(bao: BaoServer, short_tmp: Path
                 return None if result is None else result.value
 
             eventually(lambda: agent.call(team_value()) == "rotated")
+
+
+def test_a_first_poll_reports_what_changed_while_no_node_polled(
+    bao: BaoServer, short_tmp: Path
+) -> None:
+    # A feed's first poll has nothing to compare with. When a node takes a fleet's feed over,
+    # writes since the last holder's last poll are in that gap: what was written within it
+    # (the lease's time and a poll) is reported, so the other nodes hear of it too.
+    bao.kv_put("variables/gap_v", {"value": "1"})
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", feed_toml(bao, "scan"))
+    with running_agent(config) as agent:
+        received = "secrets_agent_feed_events_received_total"
+        eventually(lambda: agent.metric(received, feed="vault") >= 1)  # gap_v, written just now
 
 
 def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:

@@ -10,7 +10,8 @@ current version was deleted or destroyed, or that disappeared, is gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ from secrets_agent.kinds import Kind
 if TYPE_CHECKING:
     from secrets_agent.backends.vault.backend import VaultBackend
 
+CLOCK_SLACK = 60.0  # seconds the node's clock and the server's may disagree
 State = tuple[int, bool]  # current version, and whether that version is deleted or destroyed
+Clock = Callable[[], float]
 # What a poll looks at: the (kind, id) a change of it is about, and the path it reads there.
 Spot = tuple[Kind, str, str]
 
@@ -39,9 +42,12 @@ class VaultPollFeed(Feed):
 
     options: VaultFeedOptions
 
-    def __init__(self, backend: VaultBackend, options: VaultFeedOptions) -> None:
+    def __init__(
+        self, backend: VaultBackend, options: VaultFeedOptions, clock: Clock = time.time
+    ) -> None:
         super().__init__(backend.name, options)
         self._backend = backend
+        self._clock = clock
         self._seen: dict[Spot, State] | None = None  # None: no baseline yet
         self._polled = False
 
@@ -61,7 +67,7 @@ class VaultPollFeed(Feed):
             now = await self._metadata(asked)
         seen, self._seen = self._seen, {key: state for key, (state, _) in now.items()}
         if seen is None:
-            return []  # the first round is the baseline: nothing to compare with yet
+            return self._recent(now)  # the baseline: nothing to compare with yet
         hints = []
         for key, (state, at) in now.items():
             # A key new to a scan was created; one newly held (metadata) was just read.
@@ -70,6 +76,18 @@ class VaultPollFeed(Feed):
         vanished = {k for k in seen if k not in now and (asked is None or k in asked)}
         hints += [Hint(k[0], k[1], gone=True) for k in sorted(vanished)]
         return [Message((hint,)) for hint in hints]
+
+    def _recent(self, now: dict[Spot, tuple[State, float | None]]) -> list[Message]:
+        """What the first poll reports: keys written within the time nobody may have polled
+        (a fleet's feed taken over from a holder that died: the lease's time and one poll,
+        with a minute for the clocks), so the change reaches every node, not only the new
+        holder's own copies (which it revalidates)."""
+        since = self._clock() - self.lease_ttl - self.options.poll_interval - CLOCK_SLACK
+        return [
+            Message((Hint(key[0], key[1], str(state[0]), at, gone=state[1]),))
+            for key, (state, at) in now.items()
+            if at is not None and at >= since
+        ]
 
     async def _scan(self) -> dict[Spot, tuple[State, float | None]]:
         found: dict[Spot, tuple[State, float | None]] = {}
