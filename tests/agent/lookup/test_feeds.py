@@ -192,7 +192,7 @@ class Lease:
     def __init__(self) -> None:
         self.ours = False
         self.relayed: list[Hint] = []
-
+        self.listener: Relayed | None = None
         self.released = 0
 
     async def turn(self, feed: str, ttl: float) -> bool:
@@ -202,7 +202,7 @@ class Lease:
         self.relayed.extend(hints)
 
     def listen(self, feed: str, relayed: Relayed) -> None:
-        return None
+        self.listener = relayed
 
     async def release(self, feed: str) -> None:
         self.released += 1
@@ -329,3 +329,27 @@ async def test_a_duplicate_at_the_consumer_is_still_relayed_to_the_fleet() -> No
     other.runner.apply_relayed(lease.relayed)
     assert other.service.cache.fresh((V, "k", None)) is None  # the next read fetches
     await runner.close()
+
+
+class UnstartableFeed(QueueFeed):
+    async def start(self) -> None:
+        raise TransientError("a", "no credentials for the queue here")
+
+
+async def test_a_node_whose_feed_cannot_start_still_hears_the_fleet() -> None:
+    # Its own client cannot start (another node consumes the feed anyway): what the consumer
+    # relays must still reach this node's cache.
+    f = Fixture(UnstartableFeed())
+    lease = Lease()
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, consumers=lease)
+    await f.service.lookup(V, "k")
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: "failing" in runner.health().detail)
+        assert lease.listener is not None
+        lease.listener([Hint(V, "k", "2")])
+        assert f.service.cache.fresh((V, "k", None)) is None  # the next read fetches
+    finally:
+        runner.stop()
+        task.cancel()
+        await runner.close()

@@ -172,8 +172,9 @@ class FeedRunner:
     async def round(self) -> None:
         """Start the feed if needed, receive once, apply, then remove what was received."""
         if not self._started:
-            await self.feed.start()
+            # Listening first: a node whose own client cannot start still hears the consumer.
             self._consumers.listen(self.name, self.apply_relayed)
+            await self.feed.start()
             self._started = True
         if not await self._consumers.turn(self.name, self.lease_ttl):
             self._standing_by()
