@@ -15,6 +15,7 @@ from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
 from secrets_agent.lookup.feeds import Clocks, FeedRunner, Relayed
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.shared.tier import NoSharedTier
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend
 
@@ -353,3 +354,39 @@ async def test_a_node_whose_feed_cannot_start_still_hears_the_fleet() -> None:
         runner.stop()
         task.cancel()
         await runner.close()
+
+
+class FoldingFeed(QueueFeed):
+    """Names in which "_" and "-" are one character (Key Vault's): hints name the "-" form."""
+
+    def fold(self, secret_id: str) -> str:
+        return secret_id.replace("_", "-")
+
+
+class RecordingTier(NoSharedTier):
+    """The fleet tier's invalidations, recorded (the tier faked behind its interface)."""
+
+    def __init__(self) -> None:
+        self.invalidated: list[tuple[Kind | None, str | None]] = []
+
+    def invalidate(self, kind: Kind | None, secret_id: str | None) -> None:
+        self.invalidated.append((kind, secret_id))
+
+
+async def test_the_fleets_copy_is_dropped_under_the_id_it_was_read_as() -> None:
+    # The fleet tier keeps "my_var" under that id; a Key Vault event names "my-var". Dropping
+    # only "my-var" left the fleet's old copy for the refetch (and every node) to read again.
+    f = Fixture(FoldingFeed())
+    tier = RecordingTier()
+    f.service.shared = tier
+    f.script.values[(V, "my_var")], f.script.versions[(V, "my_var")] = "old", "1"
+    await f.service.lookup(V, "my_var")
+    await f.deliver(Message((Hint(V, "my-var", "2"),)))
+    assert (V, "my_var") in tier.invalidated
+    relayed = Fixture(FoldingFeed())
+    relayed.service.shared = other = RecordingTier()
+    relayed.script.values[(V, "my_var")], relayed.script.versions[(V, "my_var")] = "old", "1"
+    await relayed.service.lookup(V, "my_var")
+    relayed.runner.apply_relayed([Hint(V, "my-var", "2")])
+    # Another node holds an id the consumer may not (the consumer names the fold only).
+    assert other.invalidated == [(V, "my_var")]

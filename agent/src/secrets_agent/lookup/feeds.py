@@ -269,8 +269,12 @@ class FeedRunner:
             and all(version == hint.version for _, version in keys)
         ):
             return False  # a duplicate or late event: versions decide
-        if not relayed:
-            self.service.shared.invalidate(hint.kind, hint.secret_id)  # the fleet's copies
+        # The fleet's copies, under every id this node read the name as ("my_var" for a Key
+        # Vault event's "my-var"): the consumer drops them all; another node, the ones the
+        # consumer could not know of.
+        ids = {key[1] for key, _ in keys} | {hint.secret_id}
+        for secret_id in sorted(ids - {hint.secret_id} if relayed else ids):
+            self.service.shared.invalidate(hint.kind, secret_id)
         self.service.note_change(hint.kind, hint.secret_id)  # a load out now is already old
         for key, _ in keys:
             self.service.changed(key, gone=hint.gone)
