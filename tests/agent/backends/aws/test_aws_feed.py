@@ -261,6 +261,10 @@ def test_feed_table_is_validated_at_load(tmp_path: Path) -> None:
         "backends[0].feed.queue_url: must start with http:// or https://",
         "backends[0].feed.wait_time: must be <= 20, got 30",
     ]
+    # No short polling: an empty queue would answer at once, round after round, without end.
+    raw["backends"][0]["feed"] = {"queue_url": "https://sqs.example/1/q", "wait_time": 0}
+    with pytest.raises(ConfigError, match=r"feed\.wait_time: must be >= 1, got 0"):
+        parse_config(raw, tmp_path)
     raw["backends"][0]["feed"] = {"queue_url": "sqs.example"}
     with pytest.raises(ConfigError, match="queue_url: must start with http"):
         parse_config(raw, tmp_path)

@@ -47,7 +47,9 @@ class SqsFeedOptions(FeedOptions):
     endpoint_url: str = setting(
         "", check=check_http_url
     )  # SQS's, e.g. a VPC endpoint; default: the region's
-    wait_time: int = setting(20, min=0, max=20)  # ReceiveMessage's long poll, in seconds
+    # ReceiveMessage's long poll, in seconds; not 0 (short polls of an empty queue answer at
+    # once: the feed would ask SQS without pause, billed per call).
+    wait_time: int = setting(20, min=1, max=20)
     max_messages: int = setting(10, min=1, max=10)
 
 
