@@ -18,8 +18,8 @@ def eventually(condition: Callable[[], bool], seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-async def _fresh(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
-    result = agent.agent.service.cache.fresh((kind, secret_id, None))
+async def _fresh(agent: RunningAgent, kind: Kind, secret_id: str, team: str | None) -> str | None:
+    result = agent.agent.service.cache.fresh((kind, secret_id, team))
     return None if result is None else result.value
 
 
@@ -28,9 +28,9 @@ async def _negative(agent: RunningAgent, kind: Kind, secret_id: str) -> bool:
     return result is not None and result.state is CacheState.NEGATIVE
 
 
-def fresh(agent: RunningAgent, kind: Kind, secret_id: str) -> str | None:
+def fresh(agent: RunningAgent, kind: Kind, secret_id: str, team: str | None = None) -> str | None:
     """The value the node serves as fresh right now (None: none, or a fresh miss)."""
-    return agent.call(_fresh(agent, kind, secret_id))
+    return agent.call(_fresh(agent, kind, secret_id, team))
 
 
 def negative(agent: RunningAgent, kind: Kind, secret_id: str) -> bool:

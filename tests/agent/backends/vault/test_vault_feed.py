@@ -67,12 +67,7 @@ def test_scan_sees_a_new_version_a_delete_and_a_team_secret(
         bao.kv_put("variables/scan_v", {"value": "2"})
         eventually(lambda: fresh(agent, V, "scan_v") == "2")
         bao.kv_put("connections/team_a/scan_c", {"conn_uri": "postgres://u:p@new/db"})
-
-        async def team_value() -> str | None:
-            result = agent.agent.service.cache.fresh((C, "scan_c", "team_a"))
-            return None if result is None else result.value
-
-        eventually(lambda: agent.call(team_value()) == "postgres://u:p@new/db")
+        eventually(lambda: fresh(agent, C, "scan_c", "team_a") == "postgres://u:p@new/db")
         bao.api("DELETE", "/v1/secret/metadata/variables/scan_v")
         eventually(lambda: negative(agent, V, "scan_v"))
         # Polls of an unchanged mount say nothing.
@@ -92,12 +87,7 @@ def test_scan_tells_apart_teams_that_share_an_id(bao: BaoServer, short_tmp: Path
         eventually(lambda: scans(agent) >= 2 * len(Kind))  # whole polls: the baseline is taken
         for team in ("team_a", "team_b"):
             bao.kv_put(f"variables/{team}/shared", {"value": "rotated"})
-
-            async def team_value(team: str = team) -> str | None:
-                result = agent.agent.service.cache.fresh((V, "shared", team))
-                return None if result is None else result.value
-
-            eventually(lambda: agent.call(team_value()) == "rotated")
+            eventually(lambda: fresh(agent, V, "shared", team) == "rotated")  # noqa: B023
 
 
 def test_a_first_poll_reports_what_changed_while_no_node_polled(
@@ -141,12 +131,7 @@ def test_metadata_polls_the_path_a_team_key_was_read_from(bao: BaoServer, short_
         ok = {"backend": "vault", "operation": "metadata", "result": "ok"}
         eventually(lambda: agent.metric(calls, **ok) >= 4)  # two polls: the baseline is taken
         bao.kv_put("connections/team_b/meta_c", {"conn_uri": "postgres://u:p@new/db"})
-
-        async def team_value() -> str | None:
-            result = agent.agent.service.cache.fresh((C, "meta_c", "team_b"))
-            return None if result is None else result.value
-
-        eventually(lambda: agent.call(team_value()) == "postgres://u:p@new/db")
+        eventually(lambda: fresh(agent, C, "meta_c", "team_b") == "postgres://u:p@new/db")
 
 
 def test_a_server_without_detailed_metadata_is_a_failing_feed_not_an_outage(
