@@ -101,6 +101,8 @@ def test_a_first_poll_reports_what_changed_while_no_node_polled(
     with running_agent(config) as agent:
         received = "secrets_agent_feed_events_received_total"
         eventually(lambda: agent.metric(received, feed="vault") >= 1)  # gap_v, written just now
+        # Not a late event: written maybe minutes ago, it must not mark the feed as lagging.
+        assert agent.metric("secrets_agent_feed_lag_seconds_count", feed="vault") == 0
 
 
 def test_metadata_polls_the_keys_held(bao: BaoServer, short_tmp: Path) -> None:

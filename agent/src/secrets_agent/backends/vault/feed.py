@@ -83,8 +83,8 @@ class VaultPollFeed(Feed):
         with a minute for the clocks), so the change reaches every node, not only the new
         holder's own copies (which it revalidates)."""
         since = self._clock() - self.lease_ttl - self.options.poll_interval - CLOCK_SLACK
-        return [
-            Message((Hint(key[0], key[1], str(state[0]), at, gone=state[1]),))
+        return [  # no time: seen a while after the write, not late (the lag metric)
+            Message((Hint(key[0], key[1], str(state[0]), gone=state[1]),))
             for key, (state, at) in now.items()
             if at is not None and at >= since
         ]
