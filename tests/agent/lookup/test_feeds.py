@@ -390,3 +390,20 @@ async def test_the_fleets_copy_is_dropped_under_the_id_it_was_read_as() -> None:
     relayed.runner.apply_relayed([Hint(V, "my-var", "2")])
     # Another node holds an id the consumer may not (the consumer names the fold only).
     assert other.invalidated == [(V, "my_var")]
+
+
+class PollFeed(QueueFeed):
+    """A feed that looks for changes every 30 s: a change waits up to that to be seen."""
+
+    @property
+    def poll_delay(self) -> float:
+        return 30.0
+
+
+async def test_a_poll_feed_is_not_lagging_for_its_own_poll_interval() -> None:
+    f = Fixture(PollFeed(FeedOptions(key_interval=0.0, lag_warning=10.0)))
+    await f.service.lookup(V, "k")
+    await f.deliver(Message((Hint(V, "k", "2", at=5000.0 - 27),)))  # seen within one poll
+    assert f.runner.health().detail == "ok"
+    await f.deliver(Message((Hint(V, "k", "3", at=5000.0 - 102),)))  # a poll and the warning
+    assert f.runner.health().detail.startswith("lagging")

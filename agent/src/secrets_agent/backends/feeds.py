@@ -92,6 +92,11 @@ class Feed(abc.ABC):
         return 20.0
 
     @property
+    def poll_delay(self) -> float:
+        """How long a change may wait to be seen by design (a poll's interval; 0: pushed)."""
+        return 0.0
+
+    @property
     def lease_ttl(self) -> float:
         """How long a fleet's lease on this feed lasts unrenewed: rounds renew it, so a few
         rounds' time (a dead holder's feed is taken over within it)."""

@@ -143,7 +143,7 @@ class FeedRunner:
         if self._lag is not None:
             lag, seen = self._lag
             recent = self._clocks.pace() - seen < LAG_MEMORY
-            if recent and lag > self.feed.options.lag_warning:
+            if recent and lag > self.feed.options.lag_warning + self.feed.poll_delay:
                 return Health(True, f"lagging: the last event arrived {lag:.0f}s after it")
         return Health(True, "ok")
 

@@ -147,6 +147,10 @@ class StorageQueueFeed(Feed):
     def round_time(self) -> float:
         return self.options.poll_interval
 
+    @property
+    def poll_delay(self) -> float:
+        return self.options.poll_interval
+
     async def receive(self, held: Held) -> list[Message]:
         queue, o = self._queue, self.options
 

@@ -55,6 +55,10 @@ class VaultPollFeed(Feed):
     def round_time(self) -> float:
         return self.options.poll_interval
 
+    @property
+    def poll_delay(self) -> float:
+        return self.options.poll_interval
+
     async def receive(self, held: Held) -> list[Message]:
         if self._polled:
             await asyncio.sleep(self.options.poll_interval)
