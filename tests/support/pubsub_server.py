@@ -33,6 +33,8 @@ class PubSubServer(ThreadedGrpcServer):
         self.outstanding: dict[str, types.ReceivedMessage] = {}  # pulled, not yet acked
         self.acked: list[str] = []
         self._arrived: asyncio.Event | None = None
+        # The subscription that exists (any, when None): others are NOT_FOUND, as the service.
+        self.subscription: str | None = None
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         self._arrived = asyncio.Event()
@@ -65,13 +67,15 @@ class PubSubServer(ThreadedGrpcServer):
 
         self._loop.call_soon_threadsafe(add)
 
-    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+    async def _check(self, context: grpc.aio.ServicerContext, subscription: str) -> None:
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get("authorization") != f"Bearer {ACCESS_TOKEN}":
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid token")
+        if self.subscription is not None and subscription != self.subscription:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "Resource not found")
 
     async def _pull(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._check(context)
+        await self._check(context, request.subscription)
         assert self._arrived is not None
         if not self.waiting:
             remaining = context.time_remaining() or 10.0
@@ -85,7 +89,7 @@ class PubSubServer(ThreadedGrpcServer):
         return types.PullResponse(received_messages=taken)
 
     async def _acknowledge(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._check(context)
+        await self._check(context, request.subscription)
         for ack_id in request.ack_ids:
             if self.outstanding.pop(ack_id, None) is not None:
                 self.acked.append(ack_id)

@@ -106,6 +106,19 @@ def test_notifications_rotate_delete_and_survive_an_outage(google: Google, short
         assert feed_health(agent, "gcp") == "ok"
 
 
+def test_a_subscription_that_does_not_exist_says_so(google: Google, short_tmp: Path) -> None:
+    google.pubsub.subscription = f"projects/{PROJECT}/subscriptions/agent-node-2"
+    google.secrets.put("airflow-variables-token", "old")
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", google.toml())
+    with running_agent(config) as agent:
+        eventually(lambda: "failing" in feed_health(agent, "gcp"))
+        detail = feed_health(agent, "gcp")
+        # Pub/Sub's, not Secret Manager's, and which subscription: what to go and fix.
+        assert "Pub/Sub" in detail and "Secret Manager" not in detail, detail
+        assert f"projects/{PROJECT}/subscriptions/agent-node-1 does not exist" in detail, detail
+        assert value(agent, V, "token") == "old"  # the backend itself is fine
+
+
 def test_parse_reads_the_attributes() -> None:
     assert parse({"eventType": "SECRET_UPDATE", "secretId": "projects/1/secrets/s"}) == (
         "s",

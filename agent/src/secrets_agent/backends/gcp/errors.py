@@ -5,7 +5,9 @@ from __future__ import annotations
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 
 
-def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
+def translate(
+    backend: str, exc: BaseException, operation: str, service: str = "Secret Manager"
+) -> BackendError:
     """Map an upstream exception; messages are ours, never Google's text."""
     from google.api_core import exceptions as gx
     from google.auth import exceptions as ax
@@ -13,7 +15,7 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, gx.PermissionDenied):
-        return DeniedError(backend, f"Secret Manager denied {operation}")
+        return DeniedError(backend, f"{service} denied {operation}")
     if isinstance(
         exc,
         gx.ServiceUnavailable
@@ -24,14 +26,14 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         | gx.RetryError,
     ):
         return TransientError(
-            backend, f"Secret Manager {operation} failed transiently ({type(exc).__name__})"
+            backend, f"{service} {operation} failed transiently ({type(exc).__name__})"
         )
     if isinstance(exc, ax.TransportError | ax.RefreshError):
         return TransientError(backend, f"cannot refresh Google credentials for {operation}")
     if isinstance(exc, gx.Unauthenticated):
-        return BackendError(backend, f"Secret Manager rejected the credentials for {operation}")
+        return BackendError(backend, f"{service} rejected the credentials for {operation}")
     if isinstance(exc, gx.GoogleAPICallError):
-        return BackendError(backend, f"Secret Manager {operation} failed ({type(exc).__name__})")
+        return BackendError(backend, f"{service} {operation} failed ({type(exc).__name__})")
     if isinstance(exc, ax.DefaultCredentialsError):
         return BackendError(backend, "no Google credentials (set credentials_file or ADC)")
     if isinstance(exc, OSError | ValueError):  # an unreadable or malformed key file

@@ -28,6 +28,7 @@ from secrets_agent.backends.feeds import (
 from secrets_agent.backends.gcp.channel import secure_channel
 from secrets_agent.backends.gcp.errors import translate
 from secrets_agent.config.validators import check_host_port, setting
+from secrets_agent.errors import BackendError, DeniedError
 from secrets_agent.kinds import Kind
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ _CHANGES = frozenset(
     }
 )
 _GONE = frozenset({"SECRET_DELETE"})
+ROLE = 'role "Pub/Sub Subscriber"'  # pull and acknowledge
 # SECRET_ROTATE is a reminder to rotate, not a change; TOPIC_CONFIGURED and
 # SECRET_VERSION_DESTROY_SCHEDULED change nothing a read answers yet.
 
@@ -92,7 +94,7 @@ class PubSubFeed(Feed):
     def __init__(self, backend: GcpSecretManagerBackend, options: PubSubFeedOptions) -> None:
         super().__init__(backend.name, options)
         self._backend = backend
-        self.calls = ApiCalls(backend.name, backend.context.metrics, translate)
+        self.calls = ApiCalls(backend.name, backend.context.metrics, self._translate)
         self._client: Any = None
         self._subscription = ""
 
@@ -169,6 +171,18 @@ class PubSubFeed(Feed):
         )
         hints = tuple(Hint(kind, secret_id, None, at, gone) for kind, secret_id in ids)
         return Message(hints, receipt=item.ack_id)
+
+    def _translate(self, backend: str, exc: BaseException, operation: str) -> BackendError:
+        """Worded for Pub/Sub, naming the subscription where that is what to fix."""
+        from google.api_core import exceptions as gx
+
+        where = self._subscription
+        if isinstance(exc, gx.NotFound):
+            return BackendError(backend, f"Pub/Sub {operation}: {where} does not exist")
+        if isinstance(exc, gx.PermissionDenied):
+            reason = f"Pub/Sub denied {operation} (the identity needs {ROLE} on {where})"
+            return DeniedError(backend, reason)
+        return translate(backend, exc, operation, "Pub/Sub")
 
     async def ack(self, messages: Sequence[Message]) -> None:
         client = self._client
