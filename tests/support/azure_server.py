@@ -169,7 +169,9 @@ class _VaultHandler(_Handler):
         if name in store.denied:
             self.reply(403, _error("Forbidden", "Caller is not authorized.", "ForbiddenByRbac"))
             return
-        versions = store.secrets.get(name, [])
+        # Key Vault's names ignore case: "DB-PASSWORD" reads the secret created as "db-password".
+        same = [stored for stored in store.secrets if stored.lower() == name.lower()]
+        versions = store.secrets[same[0]] if same else []
         version = next((v for v in reversed(versions) if v.version == wanted or not wanted), None)
         if version is None:
             self.reply(

@@ -90,6 +90,29 @@ def test_event_grid_messages_rotate_and_are_removed(
         queue.close()
 
 
+def test_an_event_reaches_an_id_whose_case_differs_from_the_vaults_name(
+    azurite: Azurite, azure: Azure, short_tmp: Path
+) -> None:
+    # Key Vault's names ignore case: Airflow's "DB_PASSWORD" reads the secret an operator
+    # created as "airflow-variables-db-password", and its events name it so.
+    queue = QueueClient.from_connection_string(azurite.connection_string, "kv-case")
+    queue.create_queue()
+    key_file = short_tmp / "account-key"
+    key_file.write_text(ACCOUNT_KEY)
+    azure.store.put("airflow-variables-db-password", "old")
+    url = f"{azurite.account_url}/kv-case"
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, url, key_file))
+    try:
+        with running_agent(config) as agent:
+            assert value(agent, V, "DB_PASSWORD") == "old"
+            version = azure.store.put("airflow-variables-db-password", "new")
+            queue.send_message(json.dumps(event("airflow-variables-db-password", version)))
+            eventually(lambda: fresh(agent, V, "DB_PASSWORD") == "new")
+    finally:
+        queue.delete_queue()
+        queue.close()
+
+
 def test_a_queue_that_does_not_exist_is_a_detail_then_a_gap_to_revalidate(
     azurite: Azurite, azure: Azure, short_tmp: Path
 ) -> None:

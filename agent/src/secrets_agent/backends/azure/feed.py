@@ -178,17 +178,22 @@ class StorageQueueFeed(Feed):
         if change is None or (self._vault and change.vault != self._vault):
             return Message(receipt=item)
         o = self._backend.options
-        ids = ids_for(
-            change.name,
-            [k for k in Kind if o.supports(k)],
-            named_by(o.secret_name, o.team_secret_name),
-        )
+        named = named_by(o.secret_name, o.team_secret_name)
+
+        def lower(kind: Kind, secret_id: str, team: str | None) -> str | None:
+            name = named(kind, secret_id, team)
+            return None if name is None else name.lower()
+
+        # Names compared as Key Vault does, without case: hints name ids in fold's form.
+        kinds = [k for k in Kind if o.supports(k)]
+        ids = ids_for(change.name.lower(), kinds, lower)
         hints = tuple(Hint(kind, sid, change.version, change.at) for kind, sid in ids)
         return Message(hints, receipt=item)
 
     def fold(self, secret_id: str) -> str:
-        # Key Vault names allow no "_": the backend reads "a_b" and "a-b" from the same name.
-        return secret_id.replace("_", self._backend.options.sep)
+        # Key Vault names allow no "_" and ignore case: the backend reads "A_b", "a-b" and
+        # "A-B" from the same name.
+        return secret_id.replace("_", self._backend.options.sep).lower()
 
     def _translate(self, backend: str, exc: BaseException, operation: str) -> BackendError:
         """Key Vault's translation, worded for the queue, with Storage's error code and what
