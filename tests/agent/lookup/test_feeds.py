@@ -407,3 +407,32 @@ async def test_a_poll_feed_is_not_lagging_for_its_own_poll_interval() -> None:
     assert f.runner.health().detail == "ok"
     await f.deliver(Message((Hint(V, "k", "3", at=5000.0 - 102),)))  # a poll and the warning
     assert f.runner.health().detail.startswith("lagging")
+
+
+async def test_a_failing_consumer_keeps_its_lease_while_it_backs_off() -> None:
+    # Its retries renew the lease; a backoff longer than the lease handed the failing feed
+    # from node to node, each failing a while then standing by, so no node stayed failing
+    # long enough for the alert.
+    waits: list[float] = []
+    options = FeedOptions(backoff_initial=1.0, backoff_max=600.0, lease_ttl=30.0)
+    f = Fixture(QueueFeed(options))
+    failures = 8
+    f.feed.rounds.extend(TransientError("a", "queue unreachable") for _ in range(failures))
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    clocks = Clocks(wall=lambda: 5000.0, pace=f.pace, rng=lambda: 1.0, sleep=sleep)
+    lease = Lease()
+    lease.ours = True
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, clocks, lease)
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: len(waits) >= failures)
+        assert max(waits) <= 30.0 / 2  # a retry (and its renewal) within half the lease
+        assert waits[:3] == [1.5, 3.0, 6.0]  # still doubling below that, jitter at its top
+    finally:
+        runner.stop()
+        task.cancel()
+        await runner.close()

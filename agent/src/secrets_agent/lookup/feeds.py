@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +50,7 @@ class Clocks:
     wall: Clock = time.time
     pace: Clock = time.monotonic
     rng: Callable[[], float] = random.random
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 Relayed = Callable[[Sequence[Hint]], None]
@@ -166,7 +167,9 @@ class FeedRunner:
                 self._failed(f"unexpected {type(exc).__name__}")
             else:
                 continue
-            await asyncio.sleep(delay * (0.5 + self._clocks.rng()))
+            # At most half the lease: a consumer's retries renew it, so a failing feed stays
+            # with one node (failing, and alerting) instead of passing round the fleet.
+            await self._clocks.sleep(min(delay * (0.5 + self._clocks.rng()), self.lease_ttl / 2))
             delay = min(delay * 2, self.feed.options.backoff_max)
 
     async def round(self) -> None:
