@@ -381,6 +381,7 @@ async def test_the_fleets_copy_is_dropped_under_the_id_it_was_read_as() -> None:
     f.service.shared = tier
     f.script.values[(V, "my_var")], f.script.versions[(V, "my_var")] = "old", "1"
     await f.service.lookup(V, "my_var")
+    f.script.versions[(V, "my_var")] = "2"
     await f.deliver(Message((Hint(V, "my-var", "2"),)))
     assert (V, "my_var") in tier.invalidated
     relayed = Fixture(FoldingFeed())
@@ -403,8 +404,10 @@ class PollFeed(QueueFeed):
 async def test_a_poll_feed_is_not_lagging_for_its_own_poll_interval() -> None:
     f = Fixture(PollFeed(FeedOptions(key_interval=0.0, lag_warning=10.0)))
     await f.service.lookup(V, "k")
+    f.script.versions[(V, "k")] = "2"
     await f.deliver(Message((Hint(V, "k", "2", at=5000.0 - 27),)))  # seen within one poll
     assert f.runner.health().detail == "ok"
+    f.script.versions[(V, "k")] = "3"
     await f.deliver(Message((Hint(V, "k", "3", at=5000.0 - 102),)))  # a poll and the warning
     assert f.runner.health().detail.startswith("lagging")
 
@@ -436,3 +439,18 @@ async def test_a_failing_consumer_keeps_its_lease_while_it_backs_off() -> None:
         runner.stop()
         task.cancel()
         await runner.close()
+
+
+async def test_a_hint_finds_the_held_copy_in_whatever_spelling_the_names_share() -> None:
+    # A node of another version (a rolling upgrade) may relay "MY-VAR" where this one folds
+    # to "my-var": both name the held "my_var".
+    f = Fixture(LowerFoldingFeed())
+    f.script.values[(V, "my_var")], f.script.versions[(V, "my_var")] = "old", "1"
+    await f.service.lookup(V, "my_var")
+    f.runner.apply_relayed([Hint(V, "MY-VAR", "2")])
+    assert f.service.cache.fresh((V, "my_var", None)) is None
+
+
+class LowerFoldingFeed(QueueFeed):
+    def fold(self, secret_id: str) -> str:
+        return secret_id.replace("_", "-").lower()

@@ -240,8 +240,9 @@ class FeedRunner:
                 continue
             if message.hints and held is None:
                 held = self._index()
+            fold = self.feed.fold  # hints in any spelling that names the same upstream secret
             outcomes = [
-                (hint, self._apply(hint, held.get((hint.kind, hint.secret_id), []), relayed))
+                (hint, self._apply(hint, held.get((hint.kind, fold(hint.secret_id)), []), relayed))
                 for hint in message.hints
                 if held is not None
             ]
