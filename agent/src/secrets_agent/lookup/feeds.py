@@ -41,6 +41,9 @@ READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a ba
 LAG_MEMORY = 300.0  # seconds a late event keeps the feed "lagging" in /readyz
 RETRIES = 3  # re-reads after one that answered another version than the event named
 RETRY_DELAY = 0.5  # seconds before the first of them, doubling
+# An event older than this when its re-read answers another version is late or superseded,
+# not ahead of a lagging replica (those catch up within seconds): no retries.
+REPLICA_LAG = 10.0
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,7 @@ class FeedRunner:
         if (
             want is not None
             and attempt < RETRIES
+            and (at is None or self._clocks.wall() - at < REPLICA_LAG)
             and held is not None
             and held.version is not None
             and held.version != want
