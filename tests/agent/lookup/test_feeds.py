@@ -464,3 +464,14 @@ async def test_a_late_event_is_read_once_not_taken_for_a_lagging_replica() -> No
     await f.deliver(Message((Hint(V, "k", "0", at=5000.0 - 60),)))
     assert len(f.script.calls) + f.script.revalidations == 2
     assert f.service.cache.fresh((V, "k", None)) is not None
+
+
+async def test_two_versions_in_flight_for_one_key_cost_one_read() -> None:
+    # Two rotations in quick succession: the pending re-read must not keep asking for the
+    # first version once the second is announced.
+    f = Fixture()
+    await f.service.lookup(V, "k")
+    f.script.values[(V, "k")], f.script.versions[(V, "k")] = "v3", "3"
+    await f.deliver(hint(version="2"), hint(version="3"))
+    assert (len(f.script.calls), f.script.revalidations) == (2, 1)  # one re-read: ask, fetch
+    assert f.service.cache.fresh((V, "k", None)) is not None

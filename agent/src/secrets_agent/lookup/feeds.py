@@ -122,6 +122,7 @@ class FeedRunner:
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._last_refetch: dict[Key, float] = {}
         self._pending: dict[Key, asyncio.Task[None]] = {}
+        self._wants: dict[Key, str | None] = {}  # the version a pending refetch should find
         self._malformed_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._failure_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._started = False
@@ -315,7 +316,12 @@ class FeedRunner:
     ) -> None:
         """Fetch ``key`` again in the background: at most once per key_interval, jittered."""
         if key in self._pending:
-            return  # one pending refetch per key; it runs after this change was noted
+            # One pending refetch per key; it runs after this change was noted. Events that
+            # name different versions (unordered): none of them is the one to insist on.
+            if self._wants.get(key) != want:
+                self._wants[key] = None
+            return
+        self._wants[key] = want
         now = self._clocks.pace()
         wait = self._last_refetch.get(key, -1e18) + self.feed.options.key_interval - now
         wait = max(wait, RETRY_DELAY * 2 ** (attempt - 1) if attempt else 0.0)
@@ -340,6 +346,7 @@ class FeedRunner:
         if delay > 0:
             await asyncio.sleep(delay)
         self._pending.pop(key, None)  # from here on a new change schedules another refetch
+        want = self._wants.pop(key, want)
         if not self._bucket.take():
             # Over the feed's rate: the entry is already not fresh, so the next read fetches.
             self._metrics.feed_refetches.labels(self.name, trigger, "limited").inc()
