@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from secrets_agent.backends.azure.feed import decode, secret_change
+from secrets_agent.config.schema import AgentConfig
 from secrets_agent.kinds import Kind
 from support.azure_server import Azure
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_path
@@ -55,62 +57,54 @@ def toml(azure: Azure, queue_url: str, key_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def event_queue(azurite: Azurite, name: str) -> Iterator[QueueClient]:
+    """A Storage queue an Event Grid subscription fills, deleted after the test."""
+    queue = QueueClient.from_connection_string(azurite.connection_string, name)
+    queue.create_queue()
+    try:
+        yield queue
+    finally:
+        queue.delete_queue()
+        queue.close()
+
+
+def feed_config(azurite: Azurite, azure: Azure, short_tmp: Path, queue: str) -> AgentConfig:
+    """The agent reading ``queue`` with the account's key."""
+    key_file = short_tmp / "account-key"
+    key_file.write_text(ACCOUNT_KEY)
+    url = f"{azurite.account_url}/{queue}"
+    return agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, url, key_file))
+
+
 def test_event_grid_messages_rotate_and_are_removed(
     azurite: Azurite, azure: Azure, short_tmp: Path
 ) -> None:
-    queue = QueueClient.from_connection_string(azurite.connection_string, "kv-events")
-    queue.create_queue()
-    key_file = short_tmp / "account-key"
-    key_file.write_text(ACCOUNT_KEY)
     azure.store.put("airflow-variables-my-var", "old")
-    config = agent_config(
-        short_tmp,
-        "[cache]\nvariable_ttl = 3600\n",
-        toml(azure, f"{azurite.account_url}/kv-events", key_file),
-    )
-    try:
-        with running_agent(config) as agent:
-            assert value(agent, V, "my_var") == "old"  # "_" reads the "-" name
-            version = azure.store.put("airflow-variables-my-var", "new")
-            body = json.dumps(event("airflow-variables-my-var", version))
-            queue.send_message(base64.b64encode(body.encode()).decode())  # Event Grid's way
-            eventually(lambda: fresh(agent, V, "my_var") == "new")
-            queue.send_message(json.dumps(event("airflow-variables-my-var", version)))  # again
-            queue.send_message(json.dumps(event("x", "1", "SecretNearExpiry")))
-            queue.send_message("%%% not an event")
-            metric = "secrets_agent_feed_events_total"
-            eventually(lambda: agent.metric(metric, feed="az", result="malformed") == 1)
-            eventually(lambda: agent.metric(metric, feed="az", result="duplicate") == 1)
-            assert agent.metric(metric, feed="az", result="ignored") == 1
-            eventually(lambda: queue.get_queue_properties().approximate_message_count == 0)
-            assert azure.store.calls["airflow-variables-my-var"] == 2  # the duplicate read nothing
-            assert feed_health(agent, "az") == "ok"
-    finally:
-        queue.delete_queue()
-        queue.close()
-
-
-def test_an_event_reaches_an_id_whose_case_differs_from_the_vaults_name(
-    azurite: Azurite, azure: Azure, short_tmp: Path
-) -> None:
-    # Key Vault's names ignore case: Airflow's "DB_PASSWORD" reads the secret an operator
-    # created as "airflow-variables-db-password", and its events name it so.
-    queue = QueueClient.from_connection_string(azurite.connection_string, "kv-case")
-    queue.create_queue()
-    key_file = short_tmp / "account-key"
-    key_file.write_text(ACCOUNT_KEY)
     azure.store.put("airflow-variables-db-password", "old")
-    url = f"{azurite.account_url}/kv-case"
-    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", toml(azure, url, key_file))
-    try:
-        with running_agent(config) as agent:
-            assert value(agent, V, "DB_PASSWORD") == "old"
-            version = azure.store.put("airflow-variables-db-password", "new")
-            queue.send_message(json.dumps(event("airflow-variables-db-password", version)))
-            eventually(lambda: fresh(agent, V, "DB_PASSWORD") == "new")
-    finally:
-        queue.delete_queue()
-        queue.close()
+    config = feed_config(azurite, azure, short_tmp, "kv-events")
+    with event_queue(azurite, "kv-events") as queue, running_agent(config) as agent:
+        assert value(agent, V, "my_var") == "old"  # "_" reads the "-" name
+        version = azure.store.put("airflow-variables-my-var", "new")
+        body = json.dumps(event("airflow-variables-my-var", version))
+        queue.send_message(base64.b64encode(body.encode()).decode())  # Event Grid's way
+        eventually(lambda: fresh(agent, V, "my_var") == "new")
+        # Key Vault's names ignore case: Airflow's "DB_PASSWORD" reads the secret an operator
+        # created as "airflow-variables-db-password", and its events name it so.
+        assert value(agent, V, "DB_PASSWORD") == "old"
+        other = azure.store.put("airflow-variables-db-password", "new")
+        queue.send_message(json.dumps(event("airflow-variables-db-password", other)))
+        eventually(lambda: fresh(agent, V, "DB_PASSWORD") == "new")
+        queue.send_message(json.dumps(event("airflow-variables-my-var", version)))  # again
+        queue.send_message(json.dumps(event("x", "1", "SecretNearExpiry")))
+        queue.send_message("%%% not an event")
+        metric = "secrets_agent_feed_events_total"
+        eventually(lambda: agent.metric(metric, feed="az", result="malformed") == 1)
+        eventually(lambda: agent.metric(metric, feed="az", result="duplicate") == 1)
+        assert agent.metric(metric, feed="az", result="ignored") == 1
+        eventually(lambda: queue.get_queue_properties().approximate_message_count == 0)
+        assert azure.store.calls["airflow-variables-my-var"] == 2  # the duplicate read nothing
+        assert feed_health(agent, "az") == "ok"
 
 
 def test_a_queue_that_does_not_exist_is_a_detail_then_a_gap_to_revalidate(
