@@ -2,7 +2,8 @@
 
 ``SET name token NX PX ttl`` takes it; renewing and releasing compare the token first, in one
 script on one key (one slot). A node that cannot reach the store gets ``LeaseUnknown``: it
-stops the job until it can renew. (Without a shared tier, ``tier.SoloLease``: always held.)
+stops the job until it can renew. A name holding another type (a store writer's) is a lease
+held by someone else, not a store down. (Without a shared tier, ``tier.SoloLease``: always held.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import secrets
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
+from secrets_agent.lookup.shared.guard import Squatted, StoreDown, StoreGuard
 from secrets_agent.lookup.shared.tier import LeaseUnknown
 
 _RENEW = (
@@ -36,6 +37,8 @@ class StoreLease:
             taken = await self._guard.call(
                 "lease", self._client.set(self._name, self._token, nx=True, px=_ms(self.ttl))
             )
+        except Squatted:  # another type at the name (a store writer's): held, not by us
+            return False
         except StoreDown:
             raise LeaseUnknown from None
         return bool(taken) or await self.renew()
@@ -44,6 +47,8 @@ class StoreLease:
         call = self._client.eval(_RENEW, 1, self._name, self._token, str(_ms(self.ttl)))
         try:
             return bool(await self._guard.call("lease", call))
+        except Squatted:
+            return False
         except StoreDown:
             raise LeaseUnknown from None
 
