@@ -23,6 +23,7 @@ from aiohttp import web
 from secrets_agent.config.loader import load_config
 from secrets_agent.config.schema import AgentConfig, AuditConfig
 from secrets_agent.errors import AgentError, ConfigError, StartupError
+from secrets_agent.lookup.fence import scrub
 from secrets_agent.lookup.service import SecretService
 from secrets_agent.lookup.snapshot import Snapshot, backend_identities
 from secrets_agent.ops.audit import AuditLog, AuditSettings
@@ -124,6 +125,7 @@ class Agent:
             Snapshot(cfg.cache.snapshot_file, self.metrics, backends=backends).load(
                 self.service.cache
             )
+            scrub(self.service.cache, self.service.chain.links)  # saved before rules came in
         self.metrics.track_cache_size(lambda: len(self.service.cache))
         context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
         reads = Reads(context)

@@ -23,6 +23,7 @@ from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher, keys_id, load_keys
 from secrets_agent.lookup.feed_lease import FleetConsumers
 from secrets_agent.lookup.feeds import ChangeFeeds, FeedRunner
+from secrets_agent.lookup.fence import fence, fenced_off, fences, scrub
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.build import build_tier
 from secrets_agent.lookup.shared.tier import SharedTier
@@ -158,9 +159,9 @@ class Runtime:
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
                 cache = cache.carried_over(kept)
-            service = SecretService(
-                _chain(backends, metrics), cache, metrics, _refresh_policy(config), shared
-            )
+            chain = _chain(backends, metrics, rules=bool(config.access))
+            scrub(cache, chain.links)  # values read before the fence (a reload brought rules)
+            service = SecretService(chain, cache, metrics, _refresh_policy(config), shared)
             if previous is not None:
                 service.carry_limits(previous.service)
             policy = AccessPolicy.from_config(config.listener)
@@ -204,7 +205,10 @@ class Runtime:
         except AgentError as exc:  # a warm-up failure only costs the first lookups a round trip
             log.warning("backend %r: prefetch failed: %s", backend.name, exc)
             return
+        links = self.service.chain.links
         for item in items:
+            if fenced_off(links, backend.name, (item.kind, item.secret_id, None)):
+                continue
             self.service.cache.put(
                 item.kind, item.secret_id, item.found.value, backend.name, item.found.version
             )
@@ -300,7 +304,7 @@ async def _close_if_new(shared: SharedTier, previous: Runtime | None) -> None:
 
 
 def _tier_inputs(config: AgentConfig) -> tuple[object, ...]:
-    return (config.shared_cache, config.encryption, config.cache, config.backends)
+    return (config.shared_cache, config.encryption, config.cache, config.backends, fences(config))
 
 
 def _feeds(service: SecretService, metrics: Metrics) -> ChangeFeeds:
@@ -315,13 +319,16 @@ def _feeds(service: SecretService, metrics: Metrics) -> ChangeFeeds:
     return ChangeFeeds(runners)
 
 
-def _chain(backends: Running, metrics: Metrics) -> BackendChain:
+def _chain(backends: Running, metrics: Metrics, *, rules: bool) -> BackendChain:
     links = [
-        Link(
-            backend,
-            {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind},
-            frozenset(config.common.teams),
-            config.common.deadline,
+        fence(
+            Link(
+                backend,
+                {kind: _compile(config.common.lookup_pattern(kind)) for kind in Kind},
+                frozenset(config.common.teams),
+                config.common.deadline,
+            ),
+            rules,
         )
         for config, backend in backends
     ]

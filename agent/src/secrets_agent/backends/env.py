@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from secrets_agent.backends.base import Backend
+from secrets_agent.backends.namespaces import Naming
 from secrets_agent.kinds import Kind, per_kind
 
 
@@ -20,6 +21,17 @@ class EnvOptions:
         value: str = per_kind(self, kind, "{}_prefix")
         return value
 
+    def name_for(self, kind: Kind, secret_id: str) -> str | None:
+        """The variable read for ``secret_id``: Airflow upper-cases the id; None: kind off."""
+        prefix = self.prefix(kind)
+        return prefix + secret_id.upper() if prefix else None
+
+    def naming(self) -> Naming:
+        return Naming(
+            lambda kind, secret_id, team: None if team else self.name_for(kind, secret_id),
+            remedy='give each kind a prefix that does not start another\'s, or set one to ""',
+        )
+
 
 class EnvBackend(Backend):
     type_name = "env"
@@ -30,8 +42,6 @@ class EnvBackend(Backend):
         return bool(self.options.prefix(kind))
 
     async def fetch(self, kind: Kind, secret_id: str) -> str | None:
-        prefix = self.options.prefix(kind)
-        if not prefix:
-            return None
-        # Airflow upper-cases the id; environment reads are in-memory, so no thread is needed.
-        return os.environ.get(prefix + secret_id.upper())
+        name = self.options.name_for(kind, secret_id)
+        # Environment reads are in-memory, so no thread is needed.
+        return None if name is None else os.environ.get(name)

@@ -66,6 +66,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
         kwargs[name] = loader.build(hints[name], table, name)
     kwargs["backends"] = loader.backends(raw.get("backends", [{"name": "env", "type": "env"}]))
     kwargs["access"] = loader.rules(raw.get("access", []))
+    loader.kinds_apart(rules=bool(kwargs["access"]))
     pricing = kwargs.get("pricing")
     if pricing is not None:
         names = {b.common.name for b in kwargs["backends"]}
@@ -81,6 +82,7 @@ class _Loader:
         self.base_dir = base_dir
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self._placed: list[tuple[str, str, Any]] = []  # (where, name, options) of each backend
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -120,7 +122,22 @@ class _Loader:
                     frozenset(rest)
                 )
                 self.warnings += [f"{where}.{key}: {reason}" for key, reason in notices]
+                self._placed.append((where, common.name, options))
         return tuple(result)
+
+    def kinds_apart(self, rules: bool) -> None:
+        """Backends where one kind's names reach into another's (``backends/namespaces.py``):
+        a warning, or a problem when ``[[access]]`` rules could not tell the kinds apart."""
+        from secrets_agent.backends.namespaces import naming_of, notices
+
+        for where, name, options in self._placed:
+            naming = naming_of(options)
+            if naming is None:
+                continue
+            warnings, problems = notices(naming, rules)
+            self.warnings += [f"{where}.{key} (backend {name!r}): {why}" for key, why in warnings]
+            for key, why in problems:
+                self.problem(f"{where}.{key} (backend {name!r})", why)
 
     def rules(self, raw: Any) -> tuple[AccessRule, ...]:
         """``[[access]]``: each rule named by its position (``access[2]``) in any problem."""

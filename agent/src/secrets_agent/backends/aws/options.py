@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from secrets_agent.backends.aws.feed import SqsFeedOptions
 from secrets_agent.backends.aws.names import PARAMETER_NAMES, SECRET_NAMES
+from secrets_agent.backends.feeds import named_by
 from secrets_agent.backends.names import NameRules
+from secrets_agent.backends.namespaces import Naming
 from secrets_agent.config.validators import check_http_url, check_session_name, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 
@@ -77,6 +79,9 @@ class AwsOptions:
         return self._held(
             self._join(self.prefix(kind), f"{team}{TEAM_SEP}{secret_id}", team_scoped=True)
         )
+
+    def naming(self) -> Naming:
+        return Naming(named_by(self.name_for, self.team_name_for))
 
     def _held(self, name: str | None) -> str | None:
         return name if name is not None and self.names().holds(name) else None

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from secrets_agent.backends.azure.feed import StorageQueueFeedOptions
 from secrets_agent.backends.azure.names import SECRET_NAMES
+from secrets_agent.backends.feeds import named_by
+from secrets_agent.backends.namespaces import Naming
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import check_authority, check_https_url, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
@@ -85,6 +87,10 @@ class AzureOptions:
 
     def supports(self, kind: Kind) -> bool:
         return self.serves(kind)
+
+    def naming(self) -> Naming:
+        # Key Vault names ignore case ("_" already became sep in the name).
+        return Naming(named_by(self.secret_name, self.team_secret_name), fold=str.lower)
 
     def notices(self, explicit: frozenset[str]) -> list[tuple[str, str]]:
         """Keys a config written before ``kinds`` existed may rely on the old meaning of."""

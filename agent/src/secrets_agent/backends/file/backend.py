@@ -13,6 +13,7 @@ from typing import Any
 from secrets_agent.backends.base import Backend, BackendContext, Health
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value, to_json
 from secrets_agent.backends.file.formats import SUFFIXES, FileFormatError, parse_secrets_file
+from secrets_agent.backends.namespaces import Naming
 from secrets_agent.config.validators import setting
 from secrets_agent.errors import BackendError
 from secrets_agent.kinds import Kind, per_kind
@@ -31,6 +32,16 @@ class FileOptions:
     def path(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_file")
         return value
+
+    def naming(self) -> Naming:
+        """Each kind's ids are keys of its own file: kinds meet only when they share one."""
+
+        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
+            path = self.path(kind)
+            return f"{os.path.realpath(path)}\0{secret_id}" if path and team is None else None
+
+        remedy = 'give each kind a file of its own, or set one to ""'
+        return Naming(named, key="{}_file", remedy=remedy)
 
     def validate(self) -> list[tuple[str, str]]:
         paths = {f"{kind.plural}_file": self.path(kind) for kind in Kind}

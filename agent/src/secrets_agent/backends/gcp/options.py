@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from secrets_agent.backends.feeds import named_by
 from secrets_agent.backends.gcp.feed import PubSubFeedOptions
 from secrets_agent.backends.gcp.names import SECRET_NAMES
+from secrets_agent.backends.namespaces import Naming
 from secrets_agent.backends.prefixes import legacy_empty_prefixes
 from secrets_agent.config.validators import check_host_port, setting
 from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
@@ -64,6 +66,9 @@ class GcpOptions:
             return None
         name = f"{self.prefix(kind)}{self.sep}{team}{TEAM_SEP}{secret_id}"
         return name if SECRET_NAMES.holds(name) else None
+
+    def naming(self) -> Naming:
+        return Naming(named_by(self.secret_name, self.team_secret_name))
 
     def notices(self, explicit: frozenset[str]) -> list[tuple[str, str]]:
         """Keys a config written before ``kinds`` existed may rely on the old meaning of."""

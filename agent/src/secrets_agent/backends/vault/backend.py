@@ -18,7 +18,6 @@ from secrets_agent.backends.vault.auth import AuthMethod, Lease, auth_method, ch
 from secrets_agent.backends.vault.environment import ca_bundle, direct, inert
 from secrets_agent.backends.vault.errors import TokenRejected, translate
 from secrets_agent.backends.vault.kv import KvReader, tls_context
-from secrets_agent.backends.vault.names import SECRET_PATHS
 from secrets_agent.backends.vault.options import VaultOptions
 from secrets_agent.backends.vault.session import VaultSession
 from secrets_agent.errors import BackendError, DeniedError, TransientError
@@ -222,27 +221,7 @@ class VaultBackend(Backend):
     def _location(
         self, kind: Kind, secret_id: str, team: str | None = None
     ) -> tuple[str, str] | None:
-        """(mount, path) as the provider's ``_get_secret_with_base``; None when it reads nothing."""
-        if not self.options.serves(kind):
-            return None
-        base = self.options.path(kind).strip("/")
-        mount = self.options.mount_point.strip("/")
-        if not mount:
-            # The provider's mount_point=None: the mount is the secret id's first segment
-            # (Variable.get("airflow/hello") reads mount "airflow"); an id without one is a miss.
-            mount, _, secret_id = secret_id.partition("/")
-            if not secret_id:
-                return None
-        if self.options.team_layout and kind is not Kind.CONFIG:
-            if team is None and "/" in secret_id:
-                return None  # "team_a/x" read with no team would reach into team_a's secrets
-            if team is not None:
-                base = f"{base}/{team}" if base else team
-        elif team is not None:
-            return None  # no team layout: only the global path
-        path = f"{base}/{secret_id}" if base else secret_id
-        # A path Vault cannot hold is a miss with no call, not its 400 turned into a 502.
-        return (mount, path) if SECRET_PATHS.holds(f"{mount}/{path}") else None
+        return self.options.location(kind, secret_id, team)
 
     def _value(self, kind: Kind, secret_id: str, data: object) -> str | None:
         if not isinstance(data, dict):  # written through the raw API: a list, a string...

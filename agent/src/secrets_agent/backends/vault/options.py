@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from secrets_agent.backends.namespaces import PROBE, Naming
 from secrets_agent.backends.vault.feed import VaultFeedOptions
+from secrets_agent.backends.vault.names import SECRET_PATHS
 from secrets_agent.config.validators import (
     check_header_value,
     check_http_url,
@@ -17,6 +19,11 @@ from secrets_agent.kinds import KIND_BY_SEGMENT, Kind, per_kind
 K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 AUTH_METHODS = ("token", "approle", "jwt", "kubernetes", "userpass", "ldap", "aws_iam", "cert")
 KINDS = tuple(KIND_BY_SEGMENT)  # "connections", "variables", "config"
+
+
+def _mounted_probe(secret_id: str) -> str:
+    """Without a mount_point the id's first segment is the mount: probe within that one."""
+    return f"{secret_id.partition('/')[0]}/{PROBE}"
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,43 @@ class VaultOptions:
     def path(self, kind: Kind) -> str:
         value: str = per_kind(self, kind, "{}_path")
         return value
+
+    def location(
+        self, kind: Kind, secret_id: str, team: str | None = None
+    ) -> tuple[str, str] | None:
+        """(mount, path) as the provider's ``_get_secret_with_base``; None when it reads nothing."""
+        if not self.serves(kind):
+            return None
+        base = self.path(kind).strip("/")
+        mount = self.mount_point.strip("/")
+        if not mount:
+            # The provider's mount_point=None: the mount is the secret id's first segment
+            # (Variable.get("airflow/hello") reads mount "airflow"); an id without one is a miss.
+            mount, _, secret_id = secret_id.partition("/")
+            if not secret_id:
+                return None
+        if self.team_layout and kind is not Kind.CONFIG:
+            if team is None and "/" in secret_id:
+                return None  # "team_a/x" read with no team would reach into team_a's secrets
+            if team is not None:
+                base = f"{base}/{team}" if base else team
+        elif team is not None:
+            return None  # no team layout: only the global path
+        path = f"{base}/{secret_id}" if base else secret_id
+        # A path Vault cannot hold is a miss with no call, not its 400 turned into a 502.
+        return (mount, path) if SECRET_PATHS.holds(f"{mount}/{path}") else None
+
+    def naming(self) -> Naming:
+        def named(kind: Kind, secret_id: str, team: str | None) -> str | None:
+            where = self.location(kind, secret_id, team)
+            return None if where is None else "/".join(where)
+
+        return Naming(
+            named,
+            key="{}_path",
+            remedy="give each kind a path outside the others', or leave one out of kinds",
+            probe=None if self.mount_point.strip("/") else _mounted_probe,
+        )
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

@@ -8,6 +8,7 @@ import time
 
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.errors import StartupError
+from secrets_agent.lookup.fence import fences
 from secrets_agent.lookup.shared.breaker import Breaker
 from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.tier import NoSharedTier, SharedTier
@@ -68,7 +69,10 @@ def chain_identity(config: AgentConfig) -> str:
     """Agents with the same backends, in the same order, with the same options share entries.
 
     Credentials are part of the options on purpose: agents that may read different secrets
-    must not read each other's entries.
+    must not read each other's entries. So are fenced kinds (``lookup/fence.py``): an agent
+    without rules may hold, under a connection's id, the variable's secret it reads.
     """
     text = repr([(b.common, b.options) for b in config.backends])
+    if fences(config):
+        text += " kinds fenced"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
