@@ -160,7 +160,8 @@ class Runtime:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
                 cache = cache.carried_over(kept)
             chain = _chain(backends, metrics, rules=bool(config.access))
-            scrub(cache, chain.links)  # values read before the fence (a reload brought rules)
+            # Values read before a fence (a reload brought rules), misses a lifted one answered.
+            scrub(cache, chain.links, previous.service.chain.links if previous else ())
             service = SecretService(chain, cache, metrics, _refresh_policy(config), shared)
             if previous is not None:
                 service.carry_limits(previous.service)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from secrets_agent.backends.namespaces import Naming, naming_of
 from secrets_agent.config.schema import AgentConfig
@@ -24,7 +24,6 @@ from secrets_agent.lookup.chain import Link
 from secrets_agent.ops.logs import RateLimited
 
 log = logging.getLogger(__name__)
-_fenced = RateLimited(log)  # peers choose the ids: a line a minute per backend
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,8 @@ class FencedLink(Link):
     accepted."""
 
     naming: Naming | None = None
+    # Peers choose the ids: a line a minute for the backend.
+    said: RateLimited = field(default_factory=lambda: RateLimited(log), compare=False, repr=False)
 
     def accepts(self, kind: Kind, secret_id: str, team: str | None = None) -> bool:
         if not super().accepts(kind, secret_id, team):
@@ -40,7 +41,7 @@ class FencedLink(Link):
         other = self.fences(kind, secret_id, team)
         if other is None:
             return True
-        _fenced.log(
+        self.said.log(
             self.backend.name,
             logging.WARNING,
             "backend %r: a %s id that names a %s's secret is answered not found there "
@@ -82,15 +83,22 @@ def fenced_off(links: Iterable[Link], source: str | None, key: Key) -> bool:
     )
 
 
-def scrub(cache: SecretCache, links: Iterable[Link]) -> int:
+def scrub(cache: SecretCache, links: Iterable[Link], before: Iterable[Link] = ()) -> int:
     """Drop the values a fenced link would no longer read (cached before rules came in, carried
-    over a reload, restored from a snapshot); return how many went."""
+    over a reload, restored from a snapshot), and the misses the ``before`` chain's fence
+    answered (a reload may lift it); return how many entries went."""
     links = tuple(links)
-    if not any(isinstance(link, FencedLink) for link in links):
+    lifted = [link for link in before if isinstance(link, FencedLink)]
+    if not lifted and not any(isinstance(link, FencedLink) for link in links):
         return 0
-    doomed = [key for key, source, _ in cache.holding() if fenced_off(links, source, key)]
+    doomed = [
+        key
+        for key, source, _ in cache.holding()
+        if fenced_off(links, source, key)
+        or (source is None and any(link.fences(*key) is not None for link in lifted))
+    ]
     for key in doomed:
         cache.drop(key)
     if doomed:
-        log.info("dropped %d cached values that read another kind's names", len(doomed))
+        log.info("dropped %d cached entries the fence on nested kinds decided", len(doomed))
     return len(doomed)
