@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_default_layouts_say_nothing() -> None:
 
 
 def test_one_namespace_for_two_kinds_is_a_config_error_with_rules_only() -> None:
-    same = {"name": "v", "type": "vault", "url": "http://127.0.0.1:8200"}
+    same: dict[str, Any] = {"name": "v", "type": "vault", "url": "http://127.0.0.1:8200"}
     same |= {"connections_path": "", "variables_path": "", "kinds": ["connections", "variables"]}
     config = parse_config({"backends": [same]}, Path("/"))
     assert [w.split(":")[0] for w in config.warnings] == [
