@@ -162,6 +162,21 @@ def test_the_namespace_follows_the_backends(tmp_path: Path) -> None:
     assert identity("AIRFLOW_VAR_") == identity("AIRFLOW_VAR_") != identity("OTHER_")
 
 
+def test_agents_that_fence_nested_kinds_share_no_entries_with_those_that_do_not(
+    tmp_path: Path,
+) -> None:
+    """Without rules a connection id may cache a variable's secret (lookup/fence.py): agents
+    with rules must not read it from the fleet."""
+
+    def identity(connections: str, rules: bool) -> str:
+        backend = {"name": "env", "type": "env", "connections_prefix": connections}
+        access = [{"everyone": True, "connections": ["*"]}] if rules else []
+        return chain_identity(parse_config({"backends": [backend], "access": access}, tmp_path))
+
+    assert identity("AIRFLOW_", rules=True) != identity("AIRFLOW_", rules=False)
+    assert identity("AIRFLOW_CONN_", rules=True) == identity("AIRFLOW_CONN_", rules=False)
+
+
 async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
     plain = RedisServer(tmp_path / "redis")
     plain.start()
