@@ -265,6 +265,8 @@ class Agent:
                 log.exception("reload failed unexpectedly")
                 return self._reload_failed("unexpected error")
             self._swap(new)
+            for warning in new.config.warnings:  # as at the start (a reload may bring rules)
+                log.warning("config: %s", warning)
             self.audit.reconfigure(_audit_settings(new.config.audit))
             set_level(new.config.log.level)
             await self._retire_bounded(old, new)

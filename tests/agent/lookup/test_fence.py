@@ -89,7 +89,7 @@ def test_with_rules_a_connection_id_cannot_read_a_variables_secret(
 
 
 def test_without_rules_the_agent_reads_as_airflow_does_and_a_reload_with_rules_drops_it(
-    short_tmp: Path,
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = config_file(short_tmp, rules=False)
     config = load_config(path)
@@ -98,7 +98,14 @@ def test_without_rules_the_agent_reads_as_airflow_does_and_a_reload_with_rules_d
         assert get(agent, "/v1/connections/var_admin_token")[1]["value"] == SECRET  # parity
         assert get(agent, "/v1/variables/admin_token")[1]["value"] == SECRET
         config_file(short_tmp, rules=True)
+        caplog.set_level(logging.WARNING)
         assert agent.call(agent.agent.reload())
+        said = [
+            r.getMessage()
+            for r in caplog.records
+            if "lies inside connections_prefix" in r.getMessage()
+        ]
+        assert len(said) == 1 and "answers such connection ids as not found" in said[0]
         # The value read before the rules came in is gone from the cache, not served as a hit.
         assert get(agent, "/v1/connections/var_admin_token")[0] == 404
         assert get(agent, "/v1/variables/admin_token")[0] == 403
