@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from secrets_agent.kinds import Kind
 from support.helpers import RunningAgent, agent_config, body_of, raw_request, running_agent
 from support.helpers import status_of as status
 from support.moto_aws import REGION, MotoServer
@@ -37,7 +38,7 @@ def aws() -> Iterator[MotoServer]:
     server.stop()
 
 
-def backend(aws: MotoServer) -> str:
+def backend(aws: MotoServer, extra: str = "") -> str:
     # The connections prefix holds the variables' (airflow/variables): the layout at issue.
     return f"""
         [[backends]]
@@ -48,6 +49,7 @@ def backend(aws: MotoServer) -> str:
         max_attempts = 1
         connections_prefix = "airflow"
         kinds = ["connections", "variables"]
+        {extra}
     """
 
 
@@ -69,9 +71,13 @@ def upstream_calls(agent: RunningAgent) -> float:
 def test_with_rules_the_connection_route_to_a_variable_is_closed(
     aws: MotoServer, short_tmp: Path
 ) -> None:
-    config = agent_config(short_tmp, backends=backend(aws) + RULES)
+    prefetch = 'prefetch_connections = ["variables/admin_token", "db"]'
+    config = agent_config(short_tmp, backends=backend(aws, prefetch) + RULES)
     assert any("answers such connection ids as not found" in w for w in config.warnings)
     with running_agent(config) as agent:
+        cache = agent.agent.service.cache
+        assert cache.get(Kind.CONNECTION, "db") is not None  # prefetched
+        assert cache.get(Kind.CONNECTION, "variables/admin_token") is None  # not kept
         assert status(get(agent, "/v1/variables/admin_token")) == 403
         before = upstream_calls(agent)
         for version in ("1.1", "1.0"):

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from secrets_agent.config.loader import load_config
+from secrets_agent.kinds import Kind
 from secrets_agent.lookup.fence import FencedLink
 from support.helpers import RunningAgent, body_of, raw_request, running_agent, status_of
 from support.helpers import write_config as write
@@ -45,9 +47,9 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_FENCE_DB", "postgres://u:p@h/db")
 
 
-def config_file(directory: Path, rules: bool) -> Path:
+def config_file(directory: Path, rules: bool, extra: str = "") -> Path:
     (directory / "connections.json").write_text('{"var_other": "mysql://u:p@files/db"}')
-    head = f'[listener]\nsocket_path = "{directory}/agent.sock"\n'
+    head = f'[listener]\nsocket_path = "{directory}/agent.sock"\n{extra}'
     return write(directory, head + BACKENDS + (RULES if rules else ""))
 
 
@@ -70,7 +72,7 @@ def get(agent: RunningAgent, path: str, version: str = "1.1") -> tuple[int, dict
 def test_with_rules_a_connection_id_cannot_read_a_variables_secret(
     agent: RunningAgent, version: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     links = agent.agent.service.chain.links
     assert [type(link) for link in links] == [FencedLink, type(links[1])]
     assert not isinstance(links[1], FencedLink)  # the file backend keeps kinds apart
@@ -83,7 +85,7 @@ def test_with_rules_a_connection_id_cannot_read_a_variables_secret(
     assert get(agent, "/v1/connections/db", version)[1]["value"] == "postgres://u:p@h/db"
     assert get(agent, "/v1/connections/var_other", version)[1]["value"] == "mysql://u:p@files/db"
     assert get(agent, "/v1/variables/public_name", version)[1]["value"] == "public"
-    fenced = [r for r in caplog.records if "names a variable's secret" in r.getMessage()]
+    fenced = [r for r in caplog.records if "name variables' secrets" in r.getMessage()]
     assert len(fenced) == 1 and SECRET not in fenced[0].getMessage()
     assert "var_admin_token" not in fenced[0].getMessage()
 
@@ -112,3 +114,21 @@ def test_without_rules_the_agent_reads_as_airflow_does_and_a_reload_with_rules_d
         config_file(short_tmp, rules=False)
         assert agent.call(agent.agent.reload())
         assert get(agent, "/v1/connections/var_admin_token")[1]["value"] == SECRET
+
+
+def test_a_snapshot_saved_without_rules_brings_nothing_fenced_into_an_agent_with_rules(
+    short_tmp: Path,
+) -> None:
+    (short_tmp / "fernet.key").write_text(Fernet.generate_key().decode())
+    warm = f'[cache]\nsnapshot_file = "{short_tmp}/cache.snapshot"\n'
+    warm += '[encryption]\nkey_file = "fernet.key"\n'
+    path = config_file(short_tmp, rules=False, extra=warm)
+    with running_agent(load_config(path)) as agent:
+        assert get(agent, "/v1/connections/var_admin_token")[1]["value"] == SECRET
+        assert get(agent, "/v1/connections/db")[1]["value"] == "postgres://u:p@h/db"
+        assert agent.call(agent.agent.save_snapshot())
+    path = config_file(short_tmp, rules=True, extra=warm)
+    with running_agent(load_config(path)) as agent:
+        cache = agent.agent.service.cache
+        assert cache.get(Kind.CONNECTION, "var_admin_token") is None
+        assert cache.get(Kind.CONNECTION, "db") is not None  # the rest warms the start

@@ -41,11 +41,12 @@ class FencedLink(Link):
         other = self.fences(kind, secret_id, team)
         if other is None:
             return True
+        # Said where ``accepts`` is asked: a read, a negative answered, a feed's hint.
         self.said.log(
             self.backend.name,
-            logging.WARNING,
-            "backend %r: a %s id that names a %s's secret is answered not found there "
-            "([[access]] rules are in force and its kinds nest; see check-config)",
+            logging.INFO,
+            "backend %r: %s ids that name %ss' secrets are not read there ([[access]] rules "
+            "are in force and its prefixes nest; check-config says more)",
             self.backend.name,
             kind.value,
             other.value,
