@@ -35,6 +35,18 @@ class MotoServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def secrets_manager_toml(self, extra: str = "") -> str:
+        """A ``[[backends]]`` table named "sm" reading this server, one attempt per call."""
+        return f"""
+            [[backends]]
+            name = "sm"
+            type = "aws_secrets_manager"
+            endpoint_url = "{self.url}"
+            region = "{REGION}"
+            max_attempts = 1
+            {extra}
+        """
+
     def reset(self) -> None:
         self._post("/moto-api/reset", b"")
 

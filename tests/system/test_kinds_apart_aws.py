@@ -13,7 +13,7 @@ import pytest
 from secrets_agent.kinds import Kind
 from support.helpers import RunningAgent, agent_config, body_of, raw_request, running_agent
 from support.helpers import status_of as status
-from support.moto_aws import REGION, MotoServer
+from support.moto_aws import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,12 @@ RULES = f"""
 [[access]]
 uid = {os.getuid()}
 connections = ["*"]
-variables = ["public_*"]
+variables = ["*"]
+
+[[access]]
+everyone = true
+effect = "deny"
+variables = ["admin_*"]
 """
 
 
@@ -40,17 +45,8 @@ def aws() -> Iterator[MotoServer]:
 
 def backend(aws: MotoServer, extra: str = "") -> str:
     # The connections prefix holds the variables' (airflow/variables): the layout at issue.
-    return f"""
-        [[backends]]
-        name = "sm"
-        type = "aws_secrets_manager"
-        endpoint_url = "{aws.url}"
-        region = "{REGION}"
-        max_attempts = 1
-        connections_prefix = "airflow"
-        kinds = ["connections", "variables"]
-        {extra}
-    """
+    nested = 'connections_prefix = "airflow"\nkinds = ["connections", "variables"]\n'
+    return aws.secrets_manager_toml(nested + extra)  # TOML minds no indentation
 
 
 def get(agent: RunningAgent, path: str, version: str = "1.1") -> bytes:

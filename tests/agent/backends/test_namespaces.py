@@ -138,14 +138,6 @@ def test_kinds_kept_apart_are_not_reported_nor_fenced(
     assert notices(named, rules=True) == ([], [])
 
 
-def _valid(raw: str) -> bool:
-    try:
-        validate_id(raw)
-    except InvalidIdError:
-        return False
-    return True
-
-
 ids = st.text(st.sampled_from("aAxX_-/.vV0"), min_size=1, max_size=24)
 heads = st.sampled_from(["", "variables/", "variables-", "VAR_", "airflow/connections/", "v-"])
 teams = st.sampled_from([None, "t", "variables", "variables-t", "connections"])
@@ -186,8 +178,10 @@ def test_no_two_kinds_both_read_one_upstream_name(
     """For any read, and any read of another kind that names one of the same upstream secrets,
     at most one of the two gets past the fence (the narrower namespace's own kind)."""
     secret_id = head + tail
-    if not _valid(secret_id):
-        return
+    try:
+        validate_id(secret_id)
+    except InvalidIdError:
+        return  # answered 400 before any backend
     named = naming(type_name, table)
     assert named.nestings(), (type_name, table)
     mount = None if named.probe is None else secret_id.partition("/")[0]
