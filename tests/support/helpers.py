@@ -212,6 +212,11 @@ def _complete(data: bytes) -> bool:
     return False
 
 
+def read_over(socket_path: str, path: str, http: str = "1.1") -> bytes:
+    """A GET on the lean path (HTTP/1.1), or one the lean path hands to aiohttp (HTTP/1.0)."""
+    return raw_request(socket_path, f"GET {path} HTTP/{http}\r\nHost: x\r\n\r\n".encode())
+
+
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 

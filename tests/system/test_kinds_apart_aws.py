@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from secrets_agent.kinds import Kind
-from support.helpers import RunningAgent, agent_config, body_of, raw_request, running_agent
+from support.helpers import RunningAgent, agent_config, body_of, read_over, running_agent
 from support.helpers import status_of as status
 from support.moto_aws import MotoServer
 
@@ -50,8 +50,7 @@ def backend(aws: MotoServer, extra: str = "") -> str:
 
 
 def get(agent: RunningAgent, path: str, version: str = "1.1") -> bytes:
-    request = f"GET {path} HTTP/{version}\r\nHost: x\r\n\r\n"  # 1.0: aiohttp answers it
-    return raw_request(agent.socket_path, request.encode())
+    return read_over(agent.socket_path, path, version)
 
 
 def upstream_calls(agent: RunningAgent) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from support.bao import BaoServer, audit_device, audited_reads, vault_backend_toml
-from support.helpers import agent_config, body_of, raw_request, running_agent, status_of
+from support.helpers import agent_config, body_of, read_over, running_agent, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,6 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
         server.stop()
 
 
-def get(socket_path: str, path: str, version: str = "1.1") -> bytes:
-    request = f"GET {path} HTTP/{version}\r\nHost: x\r\n\r\n"  # 1.0: aiohttp answers it
-    return raw_request(socket_path, request.encode())
-
-
 def reads_of_the_dsn(bao: BaoServer) -> int:
     log = bao.workdir.parent / "audit.log"
     return audited_reads(log, "secret/data/airflow/config/sql_alchemy_conn")
@@ -53,13 +48,13 @@ def test_a_variable_cannot_read_a_config_value_around_the_rules(
 ) -> None:
     backends = vault_backend_toml(bao, extra=NESTED) + RULES
     with running_agent(agent_config(short_tmp, backends=backends)) as agent:
-        assert status_of(get(agent.socket_path, "/v1/config/core/sql_alchemy_conn")) == 403
+        assert status_of(read_over(agent.socket_path, "/v1/config/core/sql_alchemy_conn")) == 403
         before = reads_of_the_dsn(bao)
         for version in ("1.1", "1.0"):
-            answer = get(agent.socket_path, "/v1/variables/config/sql_alchemy_conn", version)
+            answer = read_over(agent.socket_path, "/v1/variables/config/sql_alchemy_conn", version)
             assert status_of(answer) == 404 and b"s3cret" not in answer
         assert reads_of_the_dsn(bao) == before  # OpenBao was never asked for it
-        assert body_of(get(agent.socket_path, "/v1/variables/greeting"))["value"] == "hello"
+        assert body_of(read_over(agent.socket_path, "/v1/variables/greeting"))["value"] == "hello"
 
 
 def test_without_rules_the_variable_reads_it_as_vaultbackend_does(
@@ -67,5 +62,5 @@ def test_without_rules_the_variable_reads_it_as_vaultbackend_does(
 ) -> None:
     backends = vault_backend_toml(bao, extra=NESTED)
     with running_agent(agent_config(short_tmp, backends=backends)) as agent:
-        answer = get(agent.socket_path, "/v1/variables/config/sql_alchemy_conn")
+        answer = read_over(agent.socket_path, "/v1/variables/config/sql_alchemy_conn")
         assert body_of(answer)["value"] == DSN

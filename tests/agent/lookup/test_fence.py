@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet
 from secrets_agent.config.loader import load_config
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.fence import FencedLink
-from support.helpers import RunningAgent, body_of, raw_request, running_agent, status_of
+from support.helpers import RunningAgent, body_of, read_over, running_agent, status_of
 from support.helpers import write_config as write
 
 SECRET = "s3cret-of-a-variable"
@@ -61,10 +61,7 @@ def agent(short_tmp: Path) -> Iterator[RunningAgent]:
 
 
 def get(agent: RunningAgent, path: str, version: str = "1.1") -> tuple[int, dict[str, str]]:
-    """A read on the lean path (HTTP/1.1), or handed to aiohttp (HTTP/1.0)."""
-    answer = raw_request(
-        agent.socket_path, f"GET {path} HTTP/{version}\r\nHost: x\r\n\r\n".encode()
-    )
+    answer = read_over(agent.socket_path, path, version)
     return status_of(answer), body_of(answer)
 
 
