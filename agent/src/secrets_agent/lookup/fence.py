@@ -96,10 +96,15 @@ def scrub(cache: SecretCache, links: Iterable[Link], before: Iterable[Link] = ()
         key
         for key, source, _ in cache.holding()
         if fenced_off(links, source, key)
-        or (source is None and any(link.fences(*key) is not None for link in lifted))
+        or (source is None and any(_lifted(link, links, key) for link in lifted))
     ]
     for key in doomed:
         cache.drop(key)
     if doomed:
         log.info("dropped %d cached entries the fence on nested kinds decided", len(doomed))
     return len(doomed)
+
+
+def _lifted(before: FencedLink, links: tuple[Link, ...], key: Key) -> bool:
+    """Whether ``before`` fenced ``key`` off its backend and the new chain no longer does."""
+    return before.fences(*key) is not None and not fenced_off(links, before.backend.name, key)
