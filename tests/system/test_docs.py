@@ -33,7 +33,9 @@ from secrets_agent.config.schema import AccessRule, AgentConfig, BackendCommon
 from secrets_agent.errors import ConfigError
 from support import ROOT
 
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# The distributions' READMEs too: their blocks are what an index page shows.
+PACKAGE_READMES = [ROOT / "agent" / "README.md", ROOT / "client" / "README.md"]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *PACKAGE_READMES]
 # Every field of AgentConfig but backends and access (arrays of tables, checked on their own)
 # and warnings (not a section) is a section.
 SECTIONS = [

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import tarfile
+import tomllib
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -20,21 +23,34 @@ UV = str(Path(sys.executable).parent / "uv")
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("wheels")
-    for folder in ("client", "agent"):
+DISTRIBUTIONS = {"client": "airflow_secrets_agent_client", "agent": "airflow_secrets_agent"}
+
+
+def build(out: Path, *constraints: str) -> dict[str, Path]:
+    """Each distribution's sdist, and its wheel built from that sdist (as pip builds one)."""
+    options = []
+    if constraints:
+        (out / "constraints.txt").write_text("\n".join(constraints) + "\n")
+        options = ["--build-constraint", str(out / "constraints.txt")]
+    for folder in DISTRIBUTIONS:
         subprocess.run(
-            [UV, "build", "-q", "--wheel", "--out-dir", str(out), str(ROOT / folder)],
+            [UV, "build", "-q", *options, "--out-dir", str(out), str(ROOT / folder)],
             check=True,
             env=registry_env(),
             timeout=600,
         )
-    found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
-    return {
-        "client": found["airflow_secrets_agent_client"],
-        "agent": found["airflow_secrets_agent"],
-    }
+    return {p.name: p for p in out.iterdir() if p.name.endswith((".whl", ".tar.gz"))}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def wheels(built: dict[str, Path]) -> dict[str, Path]:
+    found = {p.name.split("-")[0]: p for p in built.values() if p.suffix == ".whl"}
+    return {folder: found[name] for folder, name in DISTRIBUTIONS.items()}
 
 
 def metadata(wheel: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -77,6 +93,69 @@ def test_the_agent_wheel_depends_on_the_client_and_has_the_script(
     with zipfile.ZipFile(wheels["agent"]) as archive:
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "secrets-agent = secrets_agent.cli:main" in archive.read(entry_points).decode()
+
+
+@pytest.mark.parametrize("folder", DISTRIBUTIONS)
+def test_the_sdist_holds_the_package_its_readme_and_no_tests(
+    built: dict[str, Path], folder: str
+) -> None:
+    (sdist,) = [
+        p for n, p in built.items() if n.startswith(f"{DISTRIBUTIONS[folder]}-") and ".tar" in n
+    ]
+    with tarfile.open(sdist) as archive:
+        names = [n.split("/", 1)[1] for n in archive.getnames() if "/" in n]
+    package = "secrets_agent_client" if folder == "client" else "secrets_agent"
+    assert f"src/{package}/py.typed" in names
+    assert {n.split("/")[0] for n in names} == {
+        "PKG-INFO",
+        "README.md",
+        "pyproject.toml",
+        "setup.cfg",
+        "src",
+    }
+    assert not [n for n in names if re.search(r"(^|/)(tests?|conftest\.py|__pycache__)(/|$)", n)]
+
+
+@pytest.mark.parametrize("folder", DISTRIBUTIONS)
+def test_the_wheel_holds_only_sources_py_typed_and_metadata(
+    wheels: dict[str, Path], folder: str
+) -> None:
+    names, _ = metadata(wheels[folder])
+    stray = [n for n in names if ".dist-info/" not in n and not n.endswith((".py", "/py.typed"))]
+    assert stray == []
+    assert not [n for n in names if re.search(r"(^|/)(tests?|conftest\.py)(/|$)", n)]
+
+
+@pytest.mark.parametrize("folder", DISTRIBUTIONS)
+def test_the_readme_index_pages_show_has_no_relative_links(
+    wheels: dict[str, Path], folder: str
+) -> None:
+    """PyPI shows the README as the project page, where a link to ../README.md is a 404."""
+    _, fields = metadata(wheels[folder])
+    assert fields["Description-Content-Type"] == ["text/markdown"]
+    with zipfile.ZipFile(wheels[folder]) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        description = archive.read(meta).decode().split("\n\n", 1)[1]
+    assert "pip install" in description
+    links = re.findall(r"\]\(([^)\s]+)", description)
+    assert [link for link in links if not link.startswith("https://")] == []
+
+
+def test_both_build_with_the_oldest_setuptools_they_declare(tmp_path: Path) -> None:
+    """A pinned or distribution setuptools at the declared minimum must still build them."""
+    oldest = set()
+    for folder in DISTRIBUTIONS:
+        requires = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["build-system"]
+        (bound,) = [r for r in requires["requires"] if r.startswith("setuptools")]
+        declared = re.fullmatch(r"setuptools>=(\d+)", bound)
+        assert declared, bound
+        oldest.add(declared.group(1))
+    (major,) = oldest
+    found = build(tmp_path, f"setuptools=={major}.*")
+    assert len(found) == 4
+    with zipfile.ZipFile(next(p for p in found.values() if p.suffix == ".whl")) as archive:
+        wheel = next(n for n in archive.namelist() if n.endswith(".dist-info/WHEEL"))
+        assert f"setuptools ({major}." in archive.read(wheel).decode()
 
 
 def test_pip_install_of_the_client_on_python_39_installs_nothing_else(
