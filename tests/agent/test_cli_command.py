@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,34 @@ def test_get_without_an_agent_is_unavailable(
 ) -> None:
     assert main(["get", "variable", "k", "--socket", str(short_tmp / "none.sock")]) == 69
     assert "no agent socket at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["get", "variable", "k"],
+        ["probe", "ready", "--timeout", "2"],
+        ["status"],
+        ["migrate", "-o", "x"],
+    ],
+)
+def test_without_the_client_installed_it_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    short_tmp: Path,
+    command: list[str],
+) -> None:
+    """An install with --no-deps lacks the client too: the same advice and status, no traceback."""
+    for name in [n for n in sys.modules if n.split(".")[0] == "secrets_agent_client"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "secrets_agent_client", None)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # migrate's, reported as the others are
+    monkeypatch.setenv("SECRETS_AGENT_SOCKET", str(short_tmp / "none.sock"))
+    assert main(command) == 69
+    err = capsys.readouterr().err
+    assert "Install them with:  pip install airflow-secrets-agent\n" in err
+    assert ("missing: secrets_agent_client" in err) != (command[0] == "migrate")
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(("status", "code"), [(403, 1), (500, 75)])  # refused: 1, as documented

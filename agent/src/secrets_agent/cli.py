@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from secrets_agent.config.schema import AgentConfig
 
 _AGENT_MODULES = ("aiohttp", "cachetools", "cryptography", "prometheus_client", "yaml")
+_CLIENT_MODULE = "secrets_agent_client"
 _DESCRIPTION = (
     "airflow-secrets-agent: a local agent that fetches Apache Airflow's connections, variables "
     "and config from your secrets managers once per node, caches them encrypted, and serves "
@@ -40,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = _parser().parse_args(argv)
             code: int = args.func(args)
+        except ModuleNotFoundError as exc:
+            # `get`, `probe`, `status` and --timeout need only the client, which an install with
+            # --no-deps leaves out too: the same advice as for the agent's own dependencies.
+            if (exc.name or "").split(".")[0] != _CLIENT_MODULE:
+                raise
+            _say_missing([_CLIENT_MODULE])
+            return EX_UNAVAILABLE
         finally:
             sys.stdout.flush()  # a reader that went away shows here, not at the interpreter's exit
     except BrokenPipeError:
@@ -136,14 +144,18 @@ def _require_agent_dependencies() -> bool:
         except ImportError:
             missing.append(module)
     if missing:
-        print(
-            "secrets-agent: the agent's dependencies are not installed "
-            f"(missing: {', '.join(missing)}).\n"
-            "Install them with:  pip install airflow-secrets-agent",
-            file=sys.stderr,
-        )
+        _say_missing(missing)
         return False
     return True
+
+
+def _say_missing(modules: list[str]) -> None:
+    print(
+        "secrets-agent: the agent's dependencies are not installed "
+        f"(missing: {', '.join(modules)}).\n"
+        "Install them with:  pip install airflow-secrets-agent",
+        file=sys.stderr,
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -320,6 +332,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    if not _require_agent_dependencies():
+        return EX_UNAVAILABLE
     from secrets_agent.migrate.command import main as migrate
 
     return migrate(args)
