@@ -1,4 +1,4 @@
-"""The README and docs/ stay true to the code: set-up commands, config keys, blocks and links.
+"""The README and docs/ stay true to the code: set-up commands, config keys, blocks, links, metrics.
 
 Code blocks in README.md and docs/**/*.md:
 
@@ -13,6 +13,9 @@ Code blocks in README.md and docs/**/*.md:
 
 Links: every relative link resolves to a file or folder in the repository, and a ``#anchor``
 into a Markdown file names one of its headings (GitHub's anchor for it).
+
+Metrics: every ``secrets_agent_*`` name in the docs is a series the agent exports, and the
+Metrics section of docs/operations.md names every family and every label.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from secrets_agent.backends.registry import BACKEND_TYPES
 from secrets_agent.config.loader import parse_config
 from secrets_agent.config.schema import AccessRule, AgentConfig, BackendCommon
 from secrets_agent.errors import ConfigError
+from secrets_agent.ops.metrics import Metrics
 from support import ROOT
 
 # The distributions' READMEs too: their blocks are what an index page shows.
@@ -295,3 +299,55 @@ def test_link_check_catches_mistakes(tmp_path: Path) -> None:
         "```md\n[fenced](missing.md)\n```\n# Top\n"
     )
     assert _broken_links(page, root=tmp_path) == ["missing.md", "b.md#nowhere", "#nowhere"]
+
+
+# --- metric names
+
+
+def _metrics() -> dict[str, tuple[str, set[str]]]:
+    """Each metric family the agent declares: its type and its label names."""
+    metrics = Metrics()
+    labels: dict[str, set[str]] = {}
+    for metric in vars(metrics).values():
+        name = getattr(metric, "_name", None)
+        if isinstance(name, str):  # a prometheus_client metric, or the agent's LatencyHistogram
+            found = getattr(metric, "_labelnames", None) or (getattr(metric, "_label", None),)
+            labels[name.removesuffix("_total")] = {label for label in found if label}
+    return {f.name: (f.type, labels.get(f.name, set())) for f in metrics.registry.collect()}
+
+
+def _series(family: str, kind: str) -> set[str]:
+    suffixes = {"counter": ["_total"], "histogram": ["", "_bucket", "_sum", "_count"]}
+    return {family + suffix for suffix in suffixes.get(kind, [""])}
+
+
+METRIC_MENTION = re.compile(r"\bsecrets_agent_(?!client\b)[a-z_]*[a-z]\b")
+
+
+def test_metrics_named_in_the_docs_exist() -> None:
+    series = {s for family, (kind, _) in _metrics().items() for s in _series(family, kind)}
+    named = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in DOC_FILES
+        for name in METRIC_MENTION.findall(path.read_text())
+        if name not in series
+    }
+    assert named == set()
+
+
+def test_operations_lists_every_metric_and_label() -> None:
+    """docs/operations.md's Metrics section names each family (unprefixed) and each label."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    spans = set(re.findall(r"`([a-z_]+)`", section))
+    metrics = _metrics()
+    assert len(metrics) >= 30
+    listed = {
+        family
+        for family, (kind, _) in metrics.items()
+        if spans & {s.removeprefix("secrets_agent_") for s in _series(family, kind)}
+    }
+    assert set(metrics) - listed == set()
+    labels = set().union(*(found for _, found in metrics.values()))
+    assert {"kind", "backend", "feed"} <= labels
+    assert labels - spans == set()
