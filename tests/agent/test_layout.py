@@ -1,4 +1,5 @@
-"""The source tree as an architecture: every module imports on its own, and layers point down."""
+"""The source tree as an architecture: modules import on their own, layers point down, the client
+imports only the standard library."""
 
 from __future__ import annotations
 
@@ -80,3 +81,28 @@ def test_layers_import_only_downwards(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module == "secrets_agent":
             used.add("__init__")
     assert used <= ALLOWED[layer], f"{module} imports {sorted(used - ALLOWED[layer])}"
+
+
+def _imported_tops(path: Path) -> set[str]:
+    """The top-level packages a file imports anywhere (function-level and TYPE_CHECKING too)."""
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            tops |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            tops.add(node.module.split(".")[0])
+    return tops
+
+
+def test_the_client_imports_only_the_standard_library() -> None:
+    """It goes into every Airflow environment with no dependencies: anything else breaks there.
+
+    Airflow's own modules, imported inside functions where Airflow runs, are the exception.
+    """
+    imports = {p: _imported_tops(p) for p in sorted(CLIENT_SRC.rglob("*.py"))}
+    assert {"socket", "json", "airflow"} <= set().union(*imports.values())
+    allowed = sys.stdlib_module_names | {"secrets_agent_client", "airflow"}
+    found = {
+        f"{p.relative_to(CLIENT_SRC)}: {t}" for p, tops in imports.items() for t in tops - allowed
+    }
+    assert found == set()
