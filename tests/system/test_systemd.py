@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from support.helpers import (
     wait_for_socket,
     write_config,
 )
+from support.users import as_other_user
 
 UNITS = ROOT / "systemd"
 
@@ -113,6 +115,51 @@ def test_socket_unit_matches_the_documented_socket() -> None:
         "UMask=0077",
     ):
         assert setting in service
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((UNITS / name).read_text())
+    return parser
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to own the directory and drop to a worker"
+)
+def test_a_worker_reaches_the_socket_before_the_agent_first_starts(short_tmp: Path) -> None:
+    """Before the service runs, the socket's directory is as systemd made it: root:root with
+    DirectoryMode=. Only the service's RuntimeDirectory= hands it over, when the agent starts;
+    until then a worker (neither root nor in root's group) must still reach the 0660 socket."""
+    sock_unit = unit("airflow-secrets-agent.socket")["Socket"]
+    service = unit("airflow-secrets-agent.service")["Service"]
+    listen = Path(sock_unit["ListenStream"])
+    assert service["RuntimeDirectory"] == listen.parent.name
+    assert service["RuntimeDirectoryPreserve"] == "yes"  # a restart keeps systemd's socket
+    agent_uid, group, worker_uid = 50101, 50102, 50103
+
+    directory = short_tmp / "run" / listen.parent.name
+    directory.parent.mkdir()
+    directory.mkdir()
+    directory.chmod(int(sock_unit["DirectoryMode"], 8))  # as systemd: root:root, not the umask
+    listener = socket.socket(socket.AF_UNIX)
+    path = directory / listen.name
+    listener.bind(str(path))
+    listener.listen()
+    os.chown(path, agent_uid, group)  # SocketUser=, SocketGroup=
+    path.chmod(int(sock_unit["SocketMode"], 8))
+
+    def connect() -> str:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+        return "connected"
+
+    try:
+        assert as_other_user(worker_uid, worker_uid, [group], connect) == "connected"
+        # ... and the socket's own mode still keeps out anyone outside the group.
+        assert "PermissionError" in as_other_user(worker_uid, worker_uid, [], connect)
+    finally:
+        listener.close()
 
 
 class NotifyListener:
