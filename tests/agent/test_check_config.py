@@ -122,3 +122,54 @@ def test_a_socket_path_no_kernel_can_bind_is_a_config_error(
     code, err = check(tmp_path, f'[listener]\nsocket_path = "{relative}"\n', capsys)
     assert code == 78
     assert "listener.socket_path: is longer than the 107 bytes a socket path allows" in err
+
+
+SYSTEMD_CONFIG = """
+[listener]
+socket_path = "{tmp}/agent.sock"
+[encryption]
+credential = "fernet"
+[cache]
+snapshot_file = "snapshot.bin"
+[[backends]]
+name = "vault"
+type = "vault"
+url = "https://vault.example:8200"
+auth_method = "approle"
+[backends.approle]
+role_id = "r"
+secret_id_file = "/run/credentials/airflow-secrets-agent.service/approle-secret-id"
+"""
+
+
+def test_systemd_credentials_are_named_not_refused_outside_the_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md's set-up runs check-config from a shell: LoadCredential= files exist
+    only while the service runs, so check-config says it could not read them, and passes."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    code, err = check(tmp_path, SYSTEMD_CONFIG.format(tmp=tmp_path), capsys)
+    assert code == 0, err
+    assert 'not checked here: encryption.credential "fernet"' in err
+    assert (
+        "not checked here: /run/credentials/airflow-secrets-agent.service/approle-secret-id" in err
+    )
+    # What is readable from here is still read.
+    local = '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "absent.json"\n'
+    code, err = check(tmp_path, SYSTEMD_CONFIG.format(tmp=tmp_path) + local, capsys)
+    assert code == 78 and "absent.json" in err
+
+
+def test_inside_the_service_the_credential_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "fernet").write_text("not a key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    body = f'[listener]\nsocket_path = "{tmp_path}/a.sock"\n[encryption]\ncredential = "fernet"\n'
+    code, err = check(tmp_path, body, capsys)
+    assert code == 78 and "encryption.credential (fernet): key #1 is not a valid Fernet key" in err
+    (credentials / "fernet").write_text(generate_key())
+    code, err = check(tmp_path, body, capsys)
+    assert (code, "not checked" in err) == (0, False)

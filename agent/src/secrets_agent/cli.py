@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -169,11 +170,17 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
-    problems = _check_local_sources(config)
+    problems, unchecked = _check_local_sources(config)
     if problems:
         for problem in problems:
             print(f"secrets-agent: {problem}", file=sys.stderr)
         return EX_CONFIG
+    for what in unchecked:
+        print(
+            f"secrets-agent: not checked here: {what} (systemd gives it only to the running "
+            "service, with LoadCredential=)",
+            file=sys.stderr,
+        )
     for warning in config.warnings:
         print(f"secrets-agent: warning: {warning}", file=sys.stderr)
     names = ", ".join(f"{b.common.name} ({b.common.type})" for b in config.backends)
@@ -187,9 +194,10 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_local_sources(config: AgentConfig) -> list[str]:
+def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str]]:
     """What ``run`` reads from this machine at start (keys, files, the socket's group), with
-    the errors it reports; each check on its own, so one problem does not hide the next."""
+    the errors it reports; each check on its own, so one problem does not hide the next.
+    Also what cannot be read from here: systemd credentials, outside the service."""
     import asyncio
     import functools
 
@@ -202,8 +210,20 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     from secrets_agent.lookup.snapshot import require_snapshot_keys
     from secrets_agent.server.listener import check_socket
 
+    # LoadCredential= files (in $CREDENTIALS_DIRECTORY, /run/credentials/<unit>/) exist only
+    # while the service runs: from a shell, not being able to read them is no fault of the config.
+    in_service = "CREDENTIALS_DIRECTORY" in os.environ
+    service_files = [] if in_service else _service_credential_files(config)
+    unchecked: list[str] = []
+
     def keys() -> None:
-        loaded = load_keys(config.encryption)
+        encryption = config.encryption
+        if encryption.credential and not in_service:
+            unchecked.append(f'encryption.credential "{encryption.credential}"')
+            encryption = dataclasses.replace(encryption, credential="")
+        loaded = load_keys(encryption)
+        if not loaded and config.encryption.credential:
+            loaded = [b""]  # the credential's keys, read at run time: configured, not random
         require_fleet_keys(config, loaded)
         require_snapshot_keys(config.cache, loaded)
 
@@ -213,7 +233,11 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
         try:
             check()
         except AgentError as exc:
-            problems.append(f"cannot start: {exc}")
+            held = [path for path in service_files if path in str(exc)]
+            if held:
+                unchecked.append(held[0])
+            else:
+                problems.append(f"cannot start: {exc}")
 
     attempt(keys)
     attempt(lambda: loop_factory(config.listener.event_loop))
@@ -225,7 +249,19 @@ def _check_local_sources(config: AgentConfig) -> list[str]:
     for backend_config in config.backends:
         backend = create_backend(backend_config, BackendContext())
         attempt(functools.partial(asyncio.run, backend.check_local()))
-    return problems
+    return problems, unchecked
+
+
+def _service_credential_files(value: object) -> list[str]:
+    """Every path in the config under systemd's credentials directory."""
+    if isinstance(value, str):
+        return [value] if value.startswith("/run/credentials/") else []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return [p for f in fields for p in _service_credential_files(getattr(value, f.name))]
+    if isinstance(value, tuple | list):
+        return [p for item in value for p in _service_credential_files(item)]
+    return []
 
 
 def _run(args: argparse.Namespace) -> int:
