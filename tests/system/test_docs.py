@@ -290,6 +290,27 @@ def test_relative_links_resolve(path: Path) -> None:
     assert _broken_links(path) == []
 
 
+# Files that name a docs page in plain text (comments, messages): the pages move as docs/ grows.
+PLAIN_REFERENCES = [
+    ROOT / "config.example.toml",
+    *(p for p in (ROOT / "systemd").iterdir()),
+    *(p for p in (ROOT / "deploy").rglob("*") if p.is_file()),
+    *(ROOT / "agent" / "src").rglob("*.py"),
+    *(ROOT / "client" / "src").rglob("*.py"),
+]
+
+
+def test_docs_pages_named_in_config_units_deploy_files_and_sources_exist() -> None:
+    named = {
+        f"{path.relative_to(ROOT)}: {page}"
+        for path in PLAIN_REFERENCES
+        for page in re.findall(r"\bdocs/[\w./-]*\.md\b", path.read_text())
+        if not (ROOT / page).is_file()
+    }
+    assert named == set()
+    assert any("docs/" in p.read_text() for p in PLAIN_REFERENCES)
+
+
 def test_link_check_catches_mistakes(tmp_path: Path) -> None:
     (tmp_path / "b.md").write_text("# The `vault` backend: keys\n\n## Keys\n\n## Keys\n")
     page = tmp_path / "a.md"
