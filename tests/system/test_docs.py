@@ -290,6 +290,20 @@ def test_relative_links_resolve(path: Path) -> None:
     assert _broken_links(path) == []
 
 
+def _linked(text: str, base: str) -> set[str]:
+    return {base + link.split("#")[0] for link in re.findall(r"\]\(([^)#\s]+\.md)", text)}
+
+
+def test_every_docs_page_is_in_the_index_and_in_the_readmes_where_to_read_on() -> None:
+    """docs/README.md asks every new page to be linked from both: a reader finds it there."""
+    pages = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")} - {"docs/README.md"}
+    index = _linked((ROOT / "docs" / "README.md").read_text(), "docs/")
+    readme = (ROOT / "README.md").read_text()
+    read_on = _linked(readme.split("\n## Where to read on", 1)[1].split("\n## ", 1)[0], "")
+    assert sorted(pages - index) == [], "not in docs/README.md"
+    assert sorted(pages - read_on) == [], "not in the README's Where to read on"
+
+
 # Files that name a docs page in plain text (comments, messages): the pages move as docs/ grows.
 PLAIN_REFERENCES = [
     ROOT / "config.example.toml",
