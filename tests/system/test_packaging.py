@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from secrets_agent_client import AgentSecretsBackend
 from support import ROOT
+from support.helpers import DEMO_BACKEND, demo_files, stop_process, wait_for_socket, write_config
 from support.loopback import registry_env
 from support.pythons import interpreter
 
@@ -218,3 +220,54 @@ def test_installing_the_agent_gives_the_console_script(
     )
     assert result.returncode == 0, result.stderr
     assert "check-config" in result.stdout
+
+
+IMPORT_EVERY_MODULE = """
+import importlib, pkgutil, secrets_agent
+for found in pkgutil.walk_packages(secrets_agent.__path__, "secrets_agent."):
+    if not found.name.endswith("__main__"):
+        importlib.import_module(found.name)
+"""
+
+
+def test_the_oldest_dependencies_the_agent_declares_import_and_serve(
+    wheels: dict[str, Path], tmp_path: Path, short_tmp: Path
+) -> None:
+    """A constraints file (Airflow's, a platform's) may hold each dependency at its floor: the
+    agent must import, and serve, with every one of them at the oldest version it accepts."""
+    venv = tmp_path / "oldest"
+    env = {**registry_env(), "VIRTUAL_ENV": str(venv), "UV_COMPILE_BYTECODE": "1"}
+    subprocess.run(
+        [UV, "venv", "-q", "--python", interpreter("3.11"), str(venv)], check=True, timeout=300
+    )
+    project = tomllib.loads((ROOT / "agent" / "pyproject.toml").read_text())["project"]
+    floors = [d for d in project["dependencies"] if not d.startswith("airflow-secrets-agent")]
+    assert all(">=" in d for d in floors)
+    packages = [*floors, str(wheels["agent"]), str(wheels["client"])]
+    subprocess.run(
+        [UV, "pip", "install", "-q", "--resolution", "lowest-direct", *packages],
+        check=True,
+        env=env,
+        timeout=900,
+    )
+    python = str(venv / "bin" / "python")
+    result = subprocess.run([python, "-c", IMPORT_EVERY_MODULE], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    demo_files(short_tmp)
+    config = write_config(
+        short_tmp, f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n' + DEMO_BACKEND
+    )
+    process = subprocess.Popen(
+        [str(venv / "bin" / "secrets-agent"), "run", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for_socket(short_tmp / "agent.sock", process)
+        client = AgentSecretsBackend(socket_path=str(short_tmp / "agent.sock"))
+        assert client.get_variable("greeting") == "hello"
+    finally:
+        log = stop_process(process)
+    assert process.returncode == 0, log
