@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 DISTRIBUTIONS = {"client": "airflow_secrets_agent_client", "agent": "airflow_secrets_agent"}
+TESTS_OR_BYTECODE = re.compile(r"(^|/)(tests?|conftest\.py|__pycache__)(/|$)")
 
 
 def build(out: Path, *constraints: str) -> dict[str, Path]:
@@ -115,7 +116,7 @@ def test_the_sdist_holds_the_package_its_readme_and_no_tests(
         "setup.cfg",
         "src",
     }
-    assert not [n for n in names if re.search(r"(^|/)(tests?|conftest\.py|__pycache__)(/|$)", n)]
+    assert [n for n in names if TESTS_OR_BYTECODE.search(n)] == []
 
 
 @pytest.mark.parametrize("folder", DISTRIBUTIONS)
@@ -125,7 +126,7 @@ def test_the_wheel_holds_only_sources_py_typed_and_metadata(
     names, _ = metadata(wheels[folder])
     stray = [n for n in names if ".dist-info/" not in n and not n.endswith((".py", "/py.typed"))]
     assert stray == []
-    assert not [n for n in names if re.search(r"(^|/)(tests?|conftest\.py)(/|$)", n)]
+    assert [n for n in names if TESTS_OR_BYTECODE.search(n)] == []
 
 
 @pytest.mark.parametrize("folder", DISTRIBUTIONS)
