@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import resource
 
@@ -18,10 +17,8 @@ def forbid_core_dumps() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except OSError:  # e.g. a seccomp filter without @resources: the unit's LimitCORE=0 holds
         log.debug("setrlimit(RLIMIT_CORE) refused; relying on the service manager's limit")
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        log.warning("cannot find libc: the process stays dumpable")
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
+    # The process's own symbols (libc's prctl among them), as peers.py reads getsockopt:
+    # ctypes.util.find_library would run /sbin/ldconfig at every start to find the same libc.
+    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
