@@ -110,6 +110,7 @@ def test_the_sdist_holds_the_package_its_readme_and_no_tests(
     package = "secrets_agent_client" if folder == "client" else "secrets_agent"
     assert f"src/{package}/py.typed" in names
     assert {n.split("/")[0] for n in names} == {
+        "LICENSE",
         "PKG-INFO",
         "README.md",
         "pyproject.toml",
@@ -123,9 +124,15 @@ def test_the_sdist_holds_the_package_its_readme_and_no_tests(
 def test_the_wheel_holds_only_sources_py_typed_and_metadata(
     wheels: dict[str, Path], folder: str
 ) -> None:
-    names, _ = metadata(wheels[folder])
+    names, fields = metadata(wheels[folder])
     stray = [n for n in names if ".dist-info/" not in n and not n.endswith((".py", "/py.typed"))]
     assert stray == []
+    # The license the metadata names, its text beside it (Apache-2.0 asks for a copy).
+    assert fields["License-Expression"] == ["Apache-2.0"]
+    assert fields["License-File"] == ["LICENSE"]
+    (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(wheels[folder]) as archive:
+        assert b"Apache License" in archive.read(license_file)
     assert [n for n in names if TESTS_OR_BYTECODE.search(n)] == []
 
 
