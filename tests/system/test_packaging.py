@@ -90,7 +90,8 @@ def test_the_agent_wheel_depends_on_the_client_and_has_the_script(
     names, fields = metadata(wheels["agent"])
     assert fields["Name"] == ["airflow-secrets-agent"]
     assert fields["Requires-Python"] == [">=3.11"]
-    assert "airflow-secrets-agent-client" in fields["Requires-Dist"]
+    # Bounded to the same minor version: the agent's CLI uses the client's wire module.
+    assert "airflow-secrets-agent-client<0.2,>=0.1.0" in fields["Requires-Dist"]
     packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert packages == {"secrets_agent"}
     with zipfile.ZipFile(wheels["agent"]) as archive:
