@@ -31,6 +31,29 @@ def test_toml_errors_give_the_place_not_the_text(tmp_path: Path, text: str, wher
     assert SECRET not in message and "s3cret" not in message
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[log]\nlevel "info"\n', "(expected '=' after a key in a key/value pair)"),
+        ("[log]\nlevel = \n", "(invalid value)"),
+        ("x = [1, 2\ny = 3\n", "(unclosed array)"),
+        ("[log\n", "(expected ']' at the end of a table declaration)"),
+        (f'[log]\nlevel = "{SECRET}\n', ""),  # tomllib quotes the character: left out
+    ],
+)
+def test_toml_errors_say_why_when_that_quotes_nothing(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.endswith(reason) and "s3cret" not in problem
+    if not reason:
+        assert problem.endswith(tuple("0123456789"))  # the place alone
+
+
 def test_invalid_utf8_and_bad_choices_do_not_echo_content(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_bytes(b'[log]\nlevel = "' + SECRET.encode() + b'\xff"\n')

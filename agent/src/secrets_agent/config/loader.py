@@ -36,7 +36,7 @@ def load_config(path: str | Path) -> AgentConfig:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML {_place(exc)}"]) from None
+        raise ConfigError([f"{path}: not valid TOML {_place(exc)}{_reason(exc)}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(raw, base_dir=path.resolve().parent)
@@ -48,6 +48,16 @@ def _place(exc: tomllib.TOMLDecodeError) -> str:
     if found:
         return f"at line {found[1]}, column {found[2]}"
     return "at the end of the file" if "end of document" in str(exc) else "(position unknown)"
+
+
+def _reason(exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's reason when it quotes nothing from the file ("Invalid value", "Unclosed
+    array"); one that quotes (an illegal character, a key) is left out: it could be a secret."""
+    reason = str(exc).split(" (at ", 1)[0].strip()
+    syntax = re.sub(r"'[=\[\]{},.]'", "", reason)  # TOML's own punctuation, quoted: fine
+    if not reason or any(mark in syntax for mark in "'\"("):
+        return ""
+    return f" ({reason[0].lower()}{reason[1:]})"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
