@@ -23,3 +23,25 @@ def test_calls_made_leave_logins_out() -> None:
         )
         == 1
     )
+
+
+def test_calls_made_are_the_managers_own_calls_not_sts_or_the_feeds_queues() -> None:
+    metrics = Metrics()
+    metrics.called("sm", "GetSecretValue", "ok", 0.01)
+    metrics.called("sm", "DescribeSecret", "ok", 0.01)
+    metrics.called("sm", "BatchGetSecretValue", "ok", 0.01)
+    metrics.called("sm", "AssumeRole", "ok", 0.01)  # STS: free
+    # A change feed's queue or subscription: SQS, Pub/Sub, a Storage queue bill these.
+    for operation in ("ReceiveMessage", "DeleteMessageBatch", "Pull", "Acknowledge"):
+        metrics.called("sm", operation, "ok", 0.01)
+    metrics.called("kv", "GetSecret", "ok", 0.01)
+    metrics.called("kv", "ReceiveMessages", "ok", 0.01)
+    metrics.called("kv", "DeleteMessage", "ok", 0.01)
+    metrics.price("sm", 0.05 / 10_000)
+    metrics.price("kv", 0.03 / 10_000)
+    assert (metrics.calls_made("sm"), metrics.calls_made("kv")) == (3, 1)
+    cost = "secrets_agent_upstream_api_cost_dollars"
+    assert metrics.sample(cost, backend="sm", calls="made") == 3 * 0.05 / 10_000
+    assert metrics.sample(cost, backend="kv", calls="made") == 0.03 / 10_000
+    total = "secrets_agent_upstream_api_calls_total"
+    assert metrics.sample(total, backend="sm", operation="ReceiveMessage", result="ok") == 1

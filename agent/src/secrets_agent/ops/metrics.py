@@ -19,6 +19,22 @@ from prometheus_client import (
 from secrets_agent import __version__
 from secrets_agent.ops.tally import LatencyHistogram, Tally
 
+# Operations counted in ``upstream_api_calls_total`` that are not calls to the secrets manager
+# the backend's price is for, so neither "calls made" nor their cost include them: logins (no
+# manager bills them per call), STS's AssumeRole (free), and the change feeds' queue and
+# subscription calls (SQS, Pub/Sub, Storage queues: billed by those services at their own rates).
+UNPRICED = frozenset(
+    {
+        "login",
+        "AssumeRole",
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "Pull",
+        "Acknowledge",
+        "ReceiveMessages",
+        "DeleteMessage",
+    }
+)
 _LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -318,23 +334,25 @@ class Metrics:
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined
 
     def calls_made(self, backend: str) -> float:
-        """Upstream API calls made to ``backend`` since start, whatever their result; logins
-        aside (no manager bills them per call, and a failing one retries on its own pace)."""
-        return self.totals(self.api_calls, "backend", skip=("operation", "login")).get(backend, 0.0)
+        """Upstream API calls made to ``backend``'s manager since start, whatever their result,
+        ``UNPRICED`` operations aside."""
+        return self.totals(self.api_calls, "backend", skip=("operation", UNPRICED)).get(
+            backend, 0.0
+        )
 
     def calls_avoided(self, backend: str) -> float:
         return self.totals(self.api_calls_avoided, "backend").get(backend, 0.0)
 
     def totals(
-        self, counter: Counter, label: str, skip: tuple[str, str] | None = None
+        self, counter: Counter, label: str, skip: tuple[str, frozenset[str]] | None = None
     ) -> dict[str, float]:
         """A counter's counts since start, summed by one of its labels (``skip``: leaving out
-        the samples with that label's value)."""
+        the samples with one of that label's values)."""
         self._tally.fold()
         sums: dict[str, float] = {}
         for metric in counter.collect():
             for sample in metric.samples:
-                if skip is not None and sample.labels.get(skip[0]) == skip[1]:
+                if skip is not None and sample.labels.get(skip[0]) in skip[1]:
                     continue
                 if sample.name.endswith("_total"):
                     key = sample.labels.get(label, "")

@@ -130,6 +130,18 @@ def test_rotation_event_makes_the_agent_serve_the_new_value(
         assert feed["last_received_at"].startswith("20")
         assert "feed aws: ok (up, consumes it); last received 20" in render(body_of(answer))
 
+        # The queue's calls are SQS's to bill: not Secrets Manager calls made, nor priced so.
+        def calls(operation: str) -> float:
+            total = "secrets_agent_upstream_api_calls_total"
+            return sum(
+                agent.metric(total, backend="aws", operation=operation, result=result)
+                for result in ("ok", "not_found")
+            )
+
+        assert calls("ReceiveMessage") >= 1 and calls("DeleteMessageBatch") >= 1
+        [backend] = body_of(answer)["backends"]
+        assert backend["upstream_calls"] == calls("GetSecretValue") + calls("DescribeSecret")
+
 
 def test_cloudtrail_delete_becomes_a_miss(moto: MotoServer, short_tmp: Path) -> None:
     moto.reset()
