@@ -12,10 +12,11 @@ from secrets_agent.backends.base import Backend
 from secrets_agent.backends.calls import ApiCalls
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import CacheState, SecretCache
-from secrets_agent.lookup.chain import BackendChain, Link
+from secrets_agent.lookup.cache import CacheState, RefreshAhead, SecretCache
+from secrets_agent.lookup.chain import BackendChain, Found, Link
 from secrets_agent.lookup.cipher import Cipher
 from secrets_agent.lookup.service import SecretService
+from secrets_agent.lookup.shared.tier import NoSharedTier, Shared, Upstream
 from secrets_agent.lookup.singleflight import SingleFlight
 from secrets_agent.ops.metrics import Metrics
 from support.helpers import FakeClock, Script, ScriptedBackend, ScriptOptions
@@ -25,7 +26,11 @@ V = Kind.VARIABLE
 
 class Fixture:
     def __init__(
-        self, *scripts: tuple[str, Script, str], deadline: float = 120.0, max_stale: float = 120.0
+        self,
+        *scripts: tuple[str, Script, str],
+        deadline: float = 120.0,
+        max_stale: float = 120.0,
+        refresh: RefreshAhead | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.metrics = Metrics()
@@ -41,6 +46,7 @@ class Fixture:
             max_stale=max_stale,
             cipher=Cipher([]),
             clock=self.clock,
+            refresh=refresh,
         )
         self.service = SecretService(BackendChain(links, self.metrics), cache, self.metrics)
 
@@ -361,3 +367,31 @@ async def test_a_call_past_the_deadline_counts_as_cancelled_and_makes_the_backen
     calls = "secrets_agent_upstream_api_calls_total"
     assert metrics.registry.get_sample_value(calls, {**labels, "result": "cancelled"}) == 1
     assert metrics.registry.get_sample_value(calls, {**labels, "result": "ok"}) is None
+
+
+class FleetCopy(NoSharedTier):
+    """A shared tier that always holds a copy: the upstream is never asked."""
+
+    shares_refreshes = True
+
+    async def fetch(
+        self, kind: Kind, secret_id: str, team: str | None, upstream: Upstream
+    ) -> Shared:
+        return Shared(Found("v", "a"))
+
+
+async def test_only_lookups_the_fleet_copy_answered_count_as_calls_avoided() -> None:
+    script = Script(values={(V, "k"): "v"})
+    f = Fixture(("a", script, ""), refresh=RefreshAhead(share=0.5, jitter=0.0))
+    f.service.shared = FleetCopy()
+    avoided = "secrets_agent_upstream_api_calls_avoided_total"
+    await f.service.lookup(V, "k")  # a miss the fleet's copy answered: one call avoided
+    await f.service.lookup(V, "k")  # a hit: another
+    assert f.sample(avoided, backend="a") == 2
+    # Refreshes ahead, stale retries and a feed's renewals are the agent's own calls, not
+    # Airflow's: one the fleet's copy answered spared Airflow nothing.
+    f.clock.advance(59)
+    assert f.service.refresh_due() == 1
+    await f.service.idle()
+    await f.service.renew((V, "k", None))
+    assert f.sample(avoided, backend="a") == 2 and script.calls == []

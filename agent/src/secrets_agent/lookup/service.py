@@ -108,7 +108,9 @@ class SecretService:
                 # tier refuses copies older than now at once, so the load below reaches the
                 # upstream (or a newer copy) even before the delete is done.
                 self.shared.invalidate(kind, secret_id)
-            loaded, shared = await self._flight.do(key, lambda: self._load(key, cached))
+            loaded, shared = await self._flight.do(
+                key, lambda: self._load(key, cached, lookup=True)
+            )
         except TransientError as exc:
             if forced and not joins:
                 self._metrics.refreshes.labels(kind.value, "now", "error").inc()
@@ -190,8 +192,9 @@ class SecretService:
     async def close(self) -> None:
         await self._refresher.close()
 
-    async def _load(self, key: Key, cached: Cached | None) -> Loaded:
-        """The one place the upstream is asked: revalidate the value held, else fetch."""
+    async def _load(self, key: Key, cached: Cached | None, *, lookup: bool = False) -> Loaded:
+        """The one place the upstream is asked: revalidate the value held, else fetch
+        (``lookup``: for a lookup that missed, not the agent's own refresh)."""
         kind, secret_id, team = key
         self._loads += 1
         started = self._loads
@@ -211,7 +214,10 @@ class SecretService:
 
             shared = await self.shared.fetch(kind, secret_id, team, upstream)
             found, ttl, age = shared.found, shared.ttl, shared.age
-            if not asked:  # the fleet's copy answered
+            if not asked and lookup:
+                # The fleet's copy answered a lookup: the call Airflow would have made. One that
+                # answered the agent's own refresh (ahead, stale retry, a feed's renewal) spared
+                # Airflow nothing: the lookups it serves count as hits.
                 self._avoided(key, None if found is None else found.source)
             if found is None:
                 self.cache.put(kind, secret_id, None, team=team, ttl=ttl, age=age)
