@@ -44,7 +44,8 @@ class SecretsManagerBackend(AwsBackend):
         return Versioned(response["SecretString"], response.get("VersionId"))
 
     async def revalidate(self, kind: Kind, secret_id: str, version: str) -> bool:
-        """DescribeSecret is cheaper than GetSecretValue: refetch only if AWSCURRENT moved."""
+        """DescribeSecret, then a refetch only if AWSCURRENT moved: billed as one call like
+        GetSecretValue, but no value crosses the wire and no KMS key decrypts it."""
         name = self.options.name_for(kind, secret_id)
         if not self.options.revalidate or name is None:
             return False
