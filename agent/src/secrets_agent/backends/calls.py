@@ -70,6 +70,12 @@ class ApiCalls:
         finally:
             self._metrics.called(self.backend, operation, result, time.perf_counter() - started)
 
+    def retried(self, operation: str, attempts: int) -> None:
+        """The SDK sent ``operation`` ``attempts`` more times (throttled, a 5xx) before its
+        answer: requests the manager saw, and may bill, beyond the call counted."""
+        if attempts > 0:
+            self._metrics.called_again(self.backend, operation, attempts)
+
     def gave_no_answer(self, reason: str) -> None:
         """The chain's deadline ended a call: the upstream is failing, as for readiness."""
         self.last_failure = reason

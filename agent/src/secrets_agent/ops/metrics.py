@@ -123,7 +123,8 @@ class Metrics:
         )
         self.api_calls = Counter(
             p + "upstream_api_calls",
-            "Upstream API calls by backend, operation and result.",
+            "Upstream API calls by backend, operation and result (retried: an attempt the SDK "
+            "sent again, throttled or failing, before the call's own result).",
             ["backend", "operation", "result"],
             registry=r,
         )
@@ -320,6 +321,10 @@ class Metrics:
         pending, child = self._tally.pending, self._api_call(backend, operation, result)
         pending[child] = pending.get(child, 0) + 1
         self._api_seconds(backend, operation).observe(seconds)
+
+    def called_again(self, backend: str, operation: str, attempts: int) -> None:
+        """Attempts the SDK retried within one call: ``upstream_api_calls{result="retried"}``."""
+        self._api_call(backend, operation, "retried").inc(attempts)
 
     def served(self, kind: str, result: str, backend: str) -> None:
         """``looked_up`` and ``avoided`` together: a cached value from ``backend`` (every hit)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -446,3 +450,76 @@ async def test_a_chain_without_credentials_at_start_is_looked_at_again(
     clock.advance(10)
     assert await sm.fetch(V, "greeting") == "hello"
     assert sm.health().ready
+
+
+class Throttling(ThreadingHTTPServer):
+    """In front of moto: answers the next ``throttle`` GetSecretValue requests with AWS's
+    ThrottlingException, forwards every other request; counts the GetSecretValue requests."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ThrottlingHandler)
+        self.upstream, self.throttle, self.seen = upstream, 0, 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _ThrottlingHandler(BaseHTTPRequestHandler):
+    server: Throttling
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("X-Amz-Target", "").endswith(".GetSecretValue"):
+            self.server.seen += 1
+            if self.server.throttle > 0:
+                self.server.throttle -= 1
+                error = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+                self._reply(400, error, "application/x-amz-json-1.1")
+                return
+        forward = urllib.request.Request(
+            self.server.upstream + self.path, data=body, method="POST", headers=dict(self.headers)
+        )
+        try:
+            with urllib.request.urlopen(forward, timeout=10) as answer:
+                status, data, kind = answer.status, answer.read(), answer.headers["Content-Type"]
+        except urllib.error.HTTPError as exc:
+            status, data, kind = exc.code, exc.read(), exc.headers["Content-Type"]
+        self._reply(status, data, kind)
+
+    def _reply(self, status: int, data: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+async def test_botocore_retries_count_as_calls_the_manager_saw(
+    aws: MotoServer, backends: Backends
+) -> None:
+    aws.put_secret("airflow/variables/greeting", "hello")
+    proxy = Throttling(aws.url)
+    try:
+        backends.aws = proxy  # type: ignore[assignment]  # the backends' endpoint_url
+        sm = await backends.secrets_manager(max_attempts=2)
+        proxy.throttle = 1  # throttled once, then answered: two requests, two calls
+        assert await sm.fetch(V, "greeting") == "hello"
+        assert backends.calls("sm", "GetSecretValue") == 1
+        assert backends.calls("sm", "GetSecretValue", "retried") == 1
+        proxy.throttle = 5  # throttled at both attempts: the call fails transiently
+        with pytest.raises(TransientError):
+            await sm.fetch(V, "greeting")
+        assert backends.calls("sm", "GetSecretValue", "transient") == 1
+        assert backends.calls("sm", "GetSecretValue", "retried") == 2
+        assert backends.metrics.calls_made("sm") == proxy.seen == 4
+    finally:
+        proxy.close()

@@ -85,7 +85,8 @@ class AwsClient:
             config = AioConfig(
                 connect_timeout=o.connect_timeout,
                 read_timeout=o.read_timeout,
-                retries={"mode": "standard", "max_attempts": o.max_attempts},
+                # Tries in all: botocore's own "max_attempts" counts the retries alone.
+                retries={"mode": "standard", "total_max_attempts": o.max_attempts},
             )
             session = aioboto3.Session(botocore_session=base)
             client = await stack.enter_async_context(
@@ -186,8 +187,18 @@ class AwsClient:
 
     async def _api(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         method = getattr(self._client, _snake(operation))
-        response: dict[str, Any] | None = await self.calls(operation, lambda: method(**kwargs))
-        return response
+
+        async def call() -> dict[str, Any]:
+            # botocore's retries are requests AWS saw: each answer says how many it made.
+            try:
+                answer: dict[str, Any] = await method(**kwargs)
+            except Exception as exc:
+                self.calls.retried(operation, _retries(getattr(exc, "response", None)))
+                raise
+            self.calls.retried(operation, _retries(answer))
+            return answer
+
+        return await self.calls(operation, call)
 
 
 def check_credentials_file(backend: str, options: AwsOptions) -> None:
@@ -202,6 +213,13 @@ def _credential_files(session: Any) -> tuple[str, ...]:
         os.path.expanduser(str(session.get_config_variable(name) or ""))
         for name in ("credentials_file", "config_file")
     )
+
+
+def _retries(answer: object) -> int:
+    """``ResponseMetadata.RetryAttempts`` of a botocore answer or error response (0: none)."""
+    meta = answer.get("ResponseMetadata") if isinstance(answer, dict) else None
+    attempts = meta.get("RetryAttempts") if isinstance(meta, dict) else None
+    return attempts if isinstance(attempts, int) else 0
 
 
 @functools.cache
