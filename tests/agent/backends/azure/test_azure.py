@@ -171,6 +171,11 @@ async def test_throttling_is_retried_then_transient(azure: Azure, started: Start
     with pytest.raises(TransientError, match="HTTP 429"):
         await backend.fetch(V, "busy")
     assert azure.store.calls["airflow-variables-busy"] == 3 + 3
+    # Each request azure-core sent is a transaction: the retries count as calls made.
+    metrics = started.metrics
+    assert metrics.calls_made("az") == 3 + 3
+    retried = {"backend": "az", "operation": "GetSecret", "result": "retried"}
+    assert metrics.registry.get_sample_value("secrets_agent_upstream_api_calls_total", retried) == 4
 
 
 async def test_rejected_client_secret_is_not_ready(

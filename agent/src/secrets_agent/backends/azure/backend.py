@@ -160,7 +160,18 @@ class AzureKeyVaultBackend(Backend):
     async def _get(self, name: str) -> Versioned | None:
         if self._client is None:
             raise self._error or BackendError(self.name, "not started")
-        secret = await self.calls("GetSecret", lambda: self._client.get_secret(name))
+        answers: list[int] = []  # one per request azure-core sent: its retries are transactions
+
+        def answered(response: Any) -> None:
+            if response.http_response.status_code != 401:  # the challenge: no token, no bill
+                answers.append(1)
+
+        try:
+            secret = await self.calls(
+                "GetSecret", lambda: self._client.get_secret(name, raw_response_hook=answered)
+            )
+        finally:
+            self.calls.retried("GetSecret", len(answers) - 1)
         if secret is None or secret.value is None:
             return None
         return Versioned(secret.value, secret.properties.version)
