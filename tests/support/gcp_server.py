@@ -58,6 +58,7 @@ class Store:
 
     secrets: dict[str, list[_Version]] = field(default_factory=dict)  # by secret id
     denied: set[str] = field(default_factory=set)  # secret ids this caller may not read
+    unavailable: int = 0  # answer this many of the next accesses with UNAVAILABLE
     calls: Counter[str] = field(default_factory=Counter)
     tokens_seen: set[str] = field(default_factory=set)
 
@@ -101,6 +102,9 @@ class SecretManagerServicer:
 
     async def access_secret_version(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._check("AccessSecretVersion", context)
+        if self.store.unavailable > 0:
+            self.store.unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         if self._secret_id(request.name) in self.store.denied:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission denied")
         versions = await self._versions(request.name, context)

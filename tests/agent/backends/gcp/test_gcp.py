@@ -326,3 +326,18 @@ async def test_credentials_missing_at_start_are_loaded_by_a_later_lookup(
     clock.advance(1)
     assert await backend.fetch(V, "greeting") == "hello"
     assert backend.health().ready
+
+
+async def test_retried_accesses_count_as_calls_made(gcp: Gcp, started: Started) -> None:
+    gcp.put("airflow-variables-busy", "finally")
+    backend = await started(gcp.options(retry_deadline=30.0))
+    gcp.store.unavailable = 2  # the retry policy tries again: three accesses, three calls
+    assert await backend.fetch(V, "busy") == "finally"
+    assert (started.calls("ok"), started.calls("retried")) == (1, 2)
+    backend = await started(gcp.options(retry_deadline=0.05))
+    gcp.store.unavailable = 1000  # until the deadline ends the retries: the last is the call
+    with pytest.raises(TransientError):
+        await backend.fetch(V, "busy")
+    # Every access the server saw is a call made, once: the retries and the call itself.
+    assert started.metrics.calls_made("gcp") == gcp.store.calls["AccessSecretVersion"] > 3
+    assert started.calls("transient") == 1

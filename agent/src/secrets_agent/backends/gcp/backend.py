@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -79,7 +80,9 @@ class GcpSecretManagerBackend(Backend):
                 self.name, "no project_id: set it, or use credentials that carry one"
             )
         self._client = self._make_client(credentials)
-        self._retry = AsyncRetry(
+        # One per call, with the call's own ``on_error`` (``_access_once``).
+        self._retry = functools.partial(
+            AsyncRetry,
             predicate=if_exception_type(
                 gx.ServiceUnavailable, gx.DeadlineExceeded, gx.ResourceExhausted
             ),
@@ -249,12 +252,27 @@ class GcpSecretManagerBackend(Backend):
         return self._text(kind, secret_id, data)
 
     async def _access_once(self, path: str) -> Any:
-        return await self.calls(
-            "AccessSecretVersion",
-            lambda: self._client.access_secret_version(
-                name=path, retry=self._retry, timeout=self.options.timeout
-            ),
-        )
+        from google.api_core.exceptions import RetryError
+
+        failed: list[Exception] = []  # every attempt the retry policy saw fail (retryable)
+        retry = None if self._retry is None else self._retry(on_error=failed.append)
+
+        async def access() -> Any:
+            try:
+                return await self._client.access_secret_version(
+                    name=path, retry=retry, timeout=self.options.timeout
+                )
+            except RetryError:
+                # The deadline ended the retries: the last failed attempt is the call itself.
+                if failed:
+                    failed.pop()
+                raise
+
+        try:
+            return await self.calls("AccessSecretVersion", access)
+        finally:
+            # Access operations Google saw (and bills) before the call's own answer.
+            self.calls.retried("AccessSecretVersion", len(failed))
 
     def _text(self, kind: Kind, secret_id: str, data: bytes) -> Versioned | None:
         try:
