@@ -207,7 +207,8 @@ class Metrics:
         )
         self.shared_avoided = Counter(
             p + "shared_cache_upstream_avoided",
-            "Node-cache misses the shared cache answered instead of the upstream.",
+            "Upstream fetches the shared cache answered instead: lookups' misses and the "
+            "agent's own refreshes, one each (upstream_api_calls_avoided counts lookups only).",
             registry=r,
         )
         self.shared_invalidations = Counter(
