@@ -222,3 +222,25 @@ def test_the_shared_tier_shows_and_its_answers_count_as_avoided(
     [local] = body["backends"]
     assert local["calls_avoided"] == 1  # b's miss was answered by the store, not the files
     assert local["saved_usd"] == pytest.approx(0.03 / 10_000)
+
+
+def test_a_reload_keeps_the_counts_and_prices_them_as_the_new_table_says(
+    aws: MotoServer, short_tmp: Path
+) -> None:
+    aws.put_secret("airflow/variables/greeting", "hello")
+    config = agent_config(short_tmp, backends=sm_backend(aws))
+    path = short_tmp / "agent.toml"
+    with running_agent(config, config_path=path) as agent:
+        client = AgentSecretsBackend(socket_path=agent.socket_path)
+        for _ in range(3):
+            assert client.get_variable("greeting") == "hello"  # 1 call, then 2 hits
+        path.write_text(path.read_text() + "\n[pricing]\naws_secrets_manager = 0.5\n")
+        assert agent.call(agent.agent.reload())
+        [sm] = status(agent)[1]["backends"]
+        assert (sm["upstream_calls"], sm["calls_avoided"]) == (1, 2)
+        assert (sm["cost_usd"], sm["saved_usd"]) == (0.00005, 0.0001)
+        for calls, usd in (("made", sm["cost_usd"]), ("avoided", sm["saved_usd"])):
+            cost = agent.metric(
+                "secrets_agent_upstream_api_cost_dollars", backend="sm", calls=calls
+            )
+            assert cost == pytest.approx(usd)
