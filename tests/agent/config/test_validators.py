@@ -48,6 +48,21 @@ def test_a_credential_in_a_refused_url_is_not_echoed(value: str) -> None:
 @pytest.mark.parametrize(
     "value",
     [
+        "http://u:s3cret@vault:8200",
+        "https://s3cret@v.vault.azure.net",
+        "http://:s3cret@127.0.0.1:1",
+    ],
+)
+def test_a_url_holding_credentials_is_refused(value: str) -> None:
+    """They would sit in the config file and in whatever names the endpoint."""
+    found = url_problem(value)
+    assert found is not None and found.startswith("must not hold credentials"), found
+    assert "s3cret" not in found
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
         "http://127.0.0.1:8200",
         "https://vault.example.internal:8200/",
         "https://[::1]:8200",

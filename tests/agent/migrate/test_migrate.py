@@ -382,6 +382,25 @@ def test_unsafe_or_ambiguous_stops(tmp_path: Path, env: dict[str, str], message:
     assert not (tmp_path / "out" / "agent.toml").exists()
 
 
+@pytest.mark.parametrize(
+    ("provider", "kwargs", "setting"),
+    [
+        (VAULT, {"url": f"https://airflow:{SECRET}@vault.example:8200", "token": "t"}, "url"),
+        (SM, {"endpoint_url": f"http://key:{SECRET}@127.0.0.1:4566"}, "endpoint_url"),
+        (AZURE, {"vault_url": f"https://{SECRET}@v.vault.azure.net"}, "vault_url"),
+    ],
+)
+def test_a_url_holding_a_password_stops_rather_than_land_in_agent_toml(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any], setting: str
+) -> None:
+    """agent.toml is 0640 and not a credential file: a user:password@ in a URL kwarg is refused
+    (naming the setting, never echoing it), not copied there."""
+    code, out, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78 and setting in err and "must not hold credentials" in err, err
+    assert SECRET not in out + err
+    assert not (tmp_path / "out").exists()
+
+
 def test_nothing_is_overwritten_or_written_through_a_symlink(tmp_path: Path) -> None:
     env = backend_env(VAULT, {"url": "http://v", "token": SECRET})
     assert migrate(tmp_path, **env).returncode == 0

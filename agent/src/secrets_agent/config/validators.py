@@ -111,6 +111,10 @@ def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str
         url = urlsplit(value)
     except ValueError:
         return "is not a valid URL (an IPv6 address goes in [ ], and only it)"
+    if "@" in url.netloc:
+        # A user:password@ would sit in the config file (migrate writes it 0640), and in every
+        # SDK message, repr or proxy log line naming the endpoint.
+        return "must not hold credentials (user:password@): the agent's auth options take them"
     host = url.hostname or ""
     if not host:
         return f"must name a host: {wanted}<host>[:<port>]"
