@@ -6,8 +6,11 @@ WARNING. Each test runs the agent as a real process, fetches a canary value, and
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +94,64 @@ def test_aws_ssm_at_debug(moto: MotoServer, short_tmp: Path) -> None:
     moto.put_parameter("/airflow/variables/canary", CANARY, secure=True)
     log = lookups_then_log(debug_config(short_tmp, aws_toml(moto, "aws_ssm")), ["canary"])
     assert CANARY not in log
+
+
+def _feed_metric(sock: str, result: str) -> float:
+    text = raw_request(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").decode()
+    pattern = rf'^secrets_agent_feed_events_total{{[^}}]*result="{result}"[^}}]*}} (\S+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_aws_feed_events_carrying_the_value_at_debug(moto: MotoServer, short_tmp: Path) -> None:
+    """CloudTrail's PutSecretValue can hold the SecretString in requestParameters, and a
+    hostile or broken message can hold anything: neither reaches the log, /metrics or status."""
+    moto.put_secret("airflow/variables/canary", CANARY)
+    sqs = moto.client("sqs")
+    queue = sqs.create_queue(QueueName="debug-feed")["QueueUrl"]
+    feed = f"""
+        [backends.feed]
+        queue_url = "{queue}"
+        endpoint_url = "{moto.url}"
+        wait_time = 1
+        key_interval = 0
+    """
+    config = debug_config(short_tmp, aws_toml(moto, "aws_secrets_manager") + feed)
+    detail = {
+        "eventName": "PutSecretValue",
+        "requestParameters": {"secretId": "airflow/variables/canary", "secretString": CANARY},
+        "responseElements": {"versionId": "v2"},
+    }
+    cloudtrail = {
+        "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail",
+        "time": "2026-01-01T00:00:00Z",
+        "detail": detail,
+    }
+    hostile = [
+        "{not json " + CANARY,
+        json.dumps({"Type": "Notification", "Message": "[" + CANARY}),
+        json.dumps({"source": "aws.secretsmanager", "detail": CANARY}),
+        json.dumps({**cloudtrail, "detail": {**detail, "responseElements": CANARY}}),
+    ]
+    with agent_process(config) as process:
+        sock = str(short_tmp / "agent.sock")
+        get = b"GET /v1/variables/canary HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert body_of(raw_request(sock, get))["value"] == CANARY
+        for body in [json.dumps(cloudtrail), *hostile]:
+            sqs.send_message(QueueUrl=queue, MessageBody=body)
+        deadline = time.monotonic() + 60  # a hang guard, not a timing claim
+        while _feed_metric(sock, "malformed") < len(hostile) or _feed_metric(sock, "applied") < 1:
+            assert time.monotonic() < deadline, "the feed never took the messages"
+            time.sleep(0.05)
+        assert body_of(raw_request(sock, get))["value"] == CANARY  # refetched after the event
+        metrics = raw_request(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").decode()
+        status = raw_request(sock, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").decode()
+        log = stop_process(process)
+    assert DEBUG_MARKER in log
+    assert CANARY not in log
+    assert CANARY not in metrics
+    assert CANARY not in status
 
 
 def test_vault_at_debug(tmp_path: Path, short_tmp: Path) -> None:
