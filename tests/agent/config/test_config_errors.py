@@ -64,3 +64,18 @@ def test_invalid_utf8_and_bad_choices_do_not_echo_content(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == ["log.level: must be one of debug, info, warning, error"]
+
+
+def test_a_fernet_key_pasted_as_key_env_is_refused_unechoed(tmp_path: Path) -> None:
+    """key_env names a variable; a key written there instead (an easy slip) must not reach
+    the journal in the "variable ... is unset" error."""
+    key = "gR1pK8cXw0Yq5Xz4aV3bN7mT2sL9dF6hJ0kP3qR8uE4="  # a Fernet key's shape
+    path = tmp_path / "agent.toml"
+    for name in (key, "AIRFLOW-KEY", "9KEY"):
+        path.write_text(f'[encryption]\nkey_env = "{name}"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert "encryption.key_env: must be an environment variable's name" in str(info.value)
+        assert name not in str(info.value)
+    path.write_text('[encryption]\nkey_env = "AIRFLOW_SECRETS_AGENT_KEY_2"\n')
+    assert load_config(path).encryption.key_env == "AIRFLOW_SECRETS_AGENT_KEY_2"

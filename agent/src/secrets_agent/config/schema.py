@@ -10,6 +10,7 @@ from secrets_agent.config.validators import (
     MAX_ID,
     TLS_SCHEMES,
     check_date,
+    check_env_name,
     check_glob,
     check_http_url,
     check_key_prefix,
@@ -135,7 +136,7 @@ class AuditConfig:
 @dataclass(frozen=True)
 class EncryptionConfig:
     key_file: str = setting("", path=True)
-    key_env: str = ""
+    key_env: str = setting("", check=check_env_name)
     credential: str = ""
 
 

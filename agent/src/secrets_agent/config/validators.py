@@ -84,6 +84,14 @@ def check_name(value: str) -> str | None:
     return None
 
 
+def check_env_name(value: str) -> str | None:
+    """The name of an environment variable ("" = none); never echoed: a key pasted here
+    instead of the variable's name would otherwise be quoted back in the error."""
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return "must be an environment variable's name (letters, digits, _), not the key itself"
+    return None
+
+
 def check_session_name(value: str) -> str | None:
     """An STS AssumeRole RoleSessionName (what AWS accepts, checked before AWS is asked)."""
     if not re.fullmatch(r"[\w+=,.@-]{2,64}", value, flags=re.ASCII):
