@@ -128,3 +128,11 @@ def test_sentinel_urls(tmp_path: Path) -> None:
 def test_credentials_never_appear_in_problems(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, '[shared_cache]\nurl = "redis://u:hunter2-secret@h"\n')
     assert "hunter2" not in problem
+
+
+def test_an_inline_password_stays_out_of_the_repr(tmp_path: Path) -> None:
+    """A printout of the config (a traceback, a failed assertion) shows no password."""
+    body = '[shared_cache]\nurl = "redis://127.0.0.1:6379/0"\npassword = "pw-canary-51d0"\n'
+    config = load_config(write_config(tmp_path, body))
+    assert config.shared_cache.password == "pw-canary-51d0"
+    assert "pw-canary-51d0" not in repr(config)

@@ -208,7 +208,9 @@ class SharedCacheConfig:
     url: str = setting("", check=check_store_url)  # empty: the tier is off
     ca_file: str = setting("", path=True)
     username: str = ""
-    password: str = ""  # prefer password_file: a config file is often world-readable
+    # Prefer password_file: a config file is often world-readable. Not in the repr (a
+    # traceback's or a failed assertion's printout of the config), as Vault's inline secrets.
+    password: str = field(default="", repr=False)
     password_file: str = setting("", path=True)
     key_prefix: str = setting("airflow-secrets-agent:", check=check_key_prefix)
     # Which agents share entries: the same namespace and keys means the same chain of backends.
