@@ -23,7 +23,7 @@ class BackendError(AgentError):
     """An upstream lookup failed; the message names the backend, never a value."""
 
     def __init__(self, backend: str, message: str) -> None:
-        self.backend = backend
+        self.backend, self.reason = backend, message  # ``reason``: without the backend's name
         super().__init__(f"backend {backend!r}: {message}")
 
 

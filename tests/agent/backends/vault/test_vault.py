@@ -456,6 +456,10 @@ async def test_a_wrong_password_is_a_clean_login_failure(
         with pytest.raises(BackendError) as info:
             await backend.fetch(V, "greeting")
         assert wrong not in str(info.value) and wrong not in repr(table)
+        # The backend named once, not again inside the reason it quotes.
+        assert str(info.value) == (
+            "backend 'vault': not authenticated to Vault (Vault error (InvalidRequest, login))"
+        )
     assert started.sample("secrets_agent_auth_attempts_total", result="failure") >= 2
     assert "login failed" in caplog.text
     assert wrong not in caplog.text and PASSWORD not in caplog.text

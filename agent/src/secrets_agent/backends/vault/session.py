@@ -47,6 +47,7 @@ class VaultSession:
         self._retry_at = 0.0
         self._failures = 0
         self.last_error = "not logged in yet"
+        self._last_reason = self.last_error  # the same, without the backend's name (for errors)
         self._lock = asyncio.Lock()
         self._step_lock = asyncio.Lock()
         self._metrics.authenticated.labels(backend).set_function(
@@ -64,14 +65,14 @@ class VaultSession:
             return
         await self.login()
         if self._lease is None:
-            raise TransientError(self.backend, f"not authenticated to Vault ({self.last_error})")
+            raise TransientError(self.backend, f"not authenticated to Vault ({self._last_reason})")
 
     async def token_rejected(self) -> None:
         """Vault refused our token mid-read (e.g. revoked): drop it and log in at once."""
         self._drop()
         await self.login(force=True)
         if self._lease is None:
-            raise TransientError(self.backend, f"cannot log in again ({self.last_error})")
+            raise TransientError(self.backend, f"cannot log in again ({self._last_reason})")
 
     async def step(self) -> float:
         """Do whatever is due now; return the seconds until something is due again."""
@@ -146,7 +147,7 @@ class VaultSession:
     def _failed(self, action: str, exc: BackendError) -> None:
         self._failures += 1
         delay = self._backoff()
-        self.last_error = str(exc)
+        self.last_error, self._last_reason = str(exc), exc.reason
         self._metrics.auth_attempts.labels(self.backend, "failure").inc()
         log.warning(
             "backend %r: %s failed (%s); retrying in %.2fs", self.backend, action, exc, delay
