@@ -465,6 +465,19 @@ async def test_a_wrong_password_is_a_clean_login_failure(
     assert wrong not in caplog.text and PASSWORD not in caplog.text
 
 
+async def test_a_token_with_a_line_break_is_named_as_such(
+    vault: Vault, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = "s.line1\nline2-never-logged"  # two lines pasted where one token belongs
+    caplog.set_level(logging.DEBUG)
+    # A local credential problem, as an unreadable token file: the start says what it is.
+    with pytest.raises(BackendError) as info:
+        await started(options(vault, token=TokenAuth(token=broken)))
+    assert "a credential holds a character no HTTP header can carry" in str(info.value)
+    assert "unexpected" not in str(info.value)
+    assert "line2-never-logged" not in caplog.text + str(info.value)
+
+
 async def test_bad_credentials_keep_the_backend_unready_without_stopping_it(
     vault: Vault, started: Started, tmp_path: Path
 ) -> None:

@@ -43,6 +43,13 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         # Transient, as the other backends' TLS failures and this backend's failed logins: a
         # certificate rotated on Vault's side must not cost the cached values (stale-on-error).
         return TransientError(backend, f"TLS handshake with Vault failed ({operation})")
+    if isinstance(exc, requests.exceptions.InvalidHeader) or (
+        type(exc) is ValueError and "header" in str(exc)  # aiohttp's own check, on reads
+    ):
+        # A token (or a file holding one) with a line break or another control character.
+        return CredentialSourceError(
+            backend, f"a credential holds a character no HTTP header can carry ({operation})"
+        )
     if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
         return TransientError(backend, f"Vault timed out ({operation})")
     if isinstance(
