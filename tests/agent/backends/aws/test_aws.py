@@ -242,6 +242,23 @@ def credentials_file(path: Any, profile: str, key: tuple[str, str]) -> str:
     return str(path)
 
 
+async def test_a_credentials_file_that_does_not_parse_is_named(
+    backends: Backends, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "credentials"
+    path.write_text("[migrated\naws_secret_access_key = s3cret-canary-key\n")
+    caplog.set_level(logging.DEBUG)
+
+    async def read() -> None:  # at start or at the first read: either way, named
+        sm = await backends.secrets_manager(credentials_file=str(path), profile="migrated")
+        await sm.fetch(V, "greeting")
+
+    with pytest.raises(BackendError) as info:
+        await read()
+    assert f"cannot parse {path}" in str(info.value) and "unexpected" not in str(info.value)
+    assert "s3cret-canary" not in caplog.text + str(info.value)
+
+
 async def test_credentials_file_holds_the_keys_used(
     aws: MotoServer, backends: Backends, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

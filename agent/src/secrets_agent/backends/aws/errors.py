@@ -74,6 +74,9 @@ def translate(backend: str, exc: BaseException, operation: str) -> BackendError:
         return BackendError(
             backend, f"AWS profile {profile!r} is in no credentials or config file ({operation})"
         )
+    if isinstance(exc, bx.ConfigParseError):  # its path, never its contents
+        path = exc.kwargs.get("path", "an AWS credentials or config file")
+        return BackendError(backend, f"cannot parse {path} ({operation})")
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return BackendError(backend, f"no usable AWS credentials for {operation}")
     if isinstance(exc, bx.HTTPClientError | bx.ConnectionError):
