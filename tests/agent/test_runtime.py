@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from secrets_agent.backends import registry
+from secrets_agent.backends.base import Prefetched
 from secrets_agent.config.schema import BackendCommon, BackendConfig
 from secrets_agent.ops.metrics import Metrics
-from secrets_agent.runtime import BackendPool
-from support.helpers import FakeClock, ScriptedBackend, ScriptOptions
+from secrets_agent.runtime import BackendPool, Runtime
+from support.helpers import FakeClock, Script, ScriptedBackend, ScriptOptions, agent_config
 
 
 class SlowToStart(ScriptedBackend):
@@ -40,4 +42,44 @@ async def test_a_cancelled_start_closes_the_backend(monkeypatch: pytest.MonkeyPa
     with pytest.raises(asyncio.CancelledError):
         await starting
     assert SlowToStart.closed == 1
+    assert len(pool) == 0
+
+
+class SlowToPrefetch(ScriptedBackend):
+    """A backend that starts, then never finishes its warm-up reads (an upstream that hangs)."""
+
+    prefetching = asyncio.Event()
+    closed = 0
+
+    async def prefetch(self) -> list[Prefetched]:
+        SlowToPrefetch.prefetching.set()
+        await asyncio.Event().wait()
+        return []
+
+    async def close(self) -> None:
+        SlowToPrefetch.closed += 1
+
+
+@pytest.fixture
+def slow_prefetch(monkeypatch: pytest.MonkeyPatch) -> type[SlowToPrefetch]:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", SlowToPrefetch)
+    monkeypatch.setattr(SlowToPrefetch, "prefetching", asyncio.Event())
+    monkeypatch.setattr(SlowToPrefetch, "closed", 0)
+    SlowToPrefetch.scripts = {"slow": Script()}
+    return SlowToPrefetch
+
+
+async def test_a_build_cancelled_after_the_starts_closes_what_it_started(
+    short_tmp: Path, slow_prefetch: type[SlowToPrefetch]
+) -> None:
+    # Past the starts (warm-up reads, the shared tier's start), a shutdown cancelling a reload
+    # used to leave the new backends started and owned by no runtime: never closed.
+    config = agent_config(short_tmp, backends='[[backends]]\nname = "slow"\ntype = "scripted"\n')
+    pool = BackendPool(Metrics(), FakeClock())
+    building = asyncio.create_task(Runtime.build(config, pool, Metrics(), FakeClock()))
+    await slow_prefetch.prefetching.wait()
+    building.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await building
+    assert slow_prefetch.closed == 1
     assert len(pool) == 0

@@ -152,9 +152,10 @@ class Runtime:
         except BaseException:
             await _close_if_new(shared, previous)
             raise
+        new = [b for _, b in backends if not any(b is r for _, r in running)]
         try:
             if require_ready:
-                _check_ready([b for _, b in backends if not any(b is r for _, r in running)])
+                _check_ready(new)
             chain_changed = [c for c, _ in backends] != [c for c, _ in running]
             if previous is not None and cache is previous.service.cache and chain_changed:
                 kept = {b.name for _, b in backends if any(b is r for _, r in running)}
@@ -169,15 +170,16 @@ class Runtime:
             access = AccessRules.from_config(config.access, config.cache.max_entries)
             feeds = _feeds(service, metrics)
             runtime = cls(config, backends, service, policy, pool, access, feeds)
+            shared.attach(service.cache.invalidate)  # other nodes' invalidations land here
+            await shared.start()
+            for backend in new:
+                await runtime._prefetch(backend)
         except BaseException:
-            await pool.close([b for _, b in backends if not any(b is r for _, r in running)])
+            # Failed, or cancelled (a shutdown during a reload, up to the warm-up reads): what
+            # was started for it belongs to no runtime, so nothing else would close it.
+            await pool.close(new)
             await _close_if_new(shared, previous)
             raise
-        shared.attach(service.cache.invalidate)  # other nodes' invalidations land here
-        await shared.start()
-        for _, backend in backends:
-            if not any(backend is r for _, r in running):
-                await runtime._prefetch(backend)
         feeds.start()  # each connects in its own task: a feed that cannot is only a detail
         return runtime
 
