@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 
 from secrets_agent.backends import registry
-from secrets_agent.backends.base import Prefetched
 from secrets_agent.config.schema import BackendCommon, BackendConfig
 from secrets_agent.ops.metrics import Metrics
 from secrets_agent.runtime import BackendPool, Runtime
-from support.helpers import FakeClock, Script, ScriptedBackend, ScriptOptions, agent_config
+from support.helpers import (
+    FakeClock,
+    ScriptedBackend,
+    ScriptOptions,
+    SlowToPrefetch,
+    agent_config,
+)
 
 
 class SlowToStart(ScriptedBackend):
@@ -45,28 +50,9 @@ async def test_a_cancelled_start_closes_the_backend(monkeypatch: pytest.MonkeyPa
     assert len(pool) == 0
 
 
-class SlowToPrefetch(ScriptedBackend):
-    """A backend that starts, then never finishes its warm-up reads (an upstream that hangs)."""
-
-    prefetching = asyncio.Event()
-    closed = 0
-
-    async def prefetch(self) -> list[Prefetched]:
-        SlowToPrefetch.prefetching.set()
-        await asyncio.Event().wait()
-        return []
-
-    async def close(self) -> None:
-        SlowToPrefetch.closed += 1
-
-
 @pytest.fixture
 def slow_prefetch(monkeypatch: pytest.MonkeyPatch) -> type[SlowToPrefetch]:
-    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", SlowToPrefetch)
-    monkeypatch.setattr(SlowToPrefetch, "prefetching", asyncio.Event())
-    monkeypatch.setattr(SlowToPrefetch, "closed", 0)
-    SlowToPrefetch.scripts = {"slow": Script()}
-    return SlowToPrefetch
+    return SlowToPrefetch.installed(monkeypatch)
 
 
 async def test_a_build_cancelled_after_the_starts_closes_what_it_started(

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from secrets_agent.backends.base import Backend, Versioned
+import pytest
+
+from secrets_agent.backends import registry
+from secrets_agent.backends.base import Backend, Prefetched, Versioned
 from secrets_agent.config.loader import load_config
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.daemon import Agent
@@ -84,6 +87,30 @@ class ScriptedBackend(Backend):
         if script.error is not None:
             raise script.error
         return script.versions.get((kind, secret_id)) == version
+
+
+class SlowToPrefetch(ScriptedBackend):
+    """A backend that starts, then never finishes its warm-up reads (an upstream that hangs)."""
+
+    prefetching = asyncio.Event()
+    closed = 0
+
+    @classmethod
+    def installed(cls, monkeypatch: pytest.MonkeyPatch) -> type[SlowToPrefetch]:
+        """Registered as type "scripted" (named "slow") for one test, with fresh counters."""
+        monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", cls)
+        monkeypatch.setattr(cls, "prefetching", asyncio.Event())
+        monkeypatch.setattr(cls, "closed", 0)
+        monkeypatch.setattr(cls, "scripts", {"slow": Script()})
+        return cls
+
+    async def prefetch(self) -> list[Prefetched]:
+        SlowToPrefetch.prefetching.set()
+        await asyncio.Event().wait()
+        return []
+
+    async def close(self) -> None:
+        SlowToPrefetch.closed += 1
 
 
 def write_config(directory: Path, body: str, name: str = "agent.toml") -> Path:

@@ -14,7 +14,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -85,6 +85,7 @@ class Agent:
         self._runners: list[web.AppRunner] = []
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[bool]] = set()  # SIGHUPs being applied
         self._reload_lock = asyncio.Lock()
         self._serving = False  # startup completed: the cache is ours to snapshot
         self.audit = AuditLog(_audit_settings(config.audit), self.metrics)
@@ -241,6 +242,12 @@ class Agent:
 
     # -- reload ----------------------------------------------------------------------------
 
+    def request_reload(self) -> None:
+        """Reload in the background (SIGHUP); a shutdown cancels a reload still building."""
+        task = asyncio.create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     async def reload(self) -> bool:
         """Re-read the config file: apply it whole, or keep serving exactly as before."""
         if self.config_path is None:
@@ -265,17 +272,22 @@ class Agent:
                 log.exception("reload failed unexpectedly")
                 return self._reload_failed("unexpected error")
             self._swap(new)
-            for warning in new.config.warnings:  # as at the start (a reload may bring rules)
-                log.warning("config: %s", warning)
-            self.audit.reconfigure(_audit_settings(new.config.audit))
-            set_level(new.config.log.level)
-            await self._retire_bounded(old, new)
-            if new.service.cache.cipher.keys_id != old.service.cache.cipher.keys_id:
-                await self._keys_changed()
-            self.metrics.reloads.labels("success").inc()
-            log.info("configuration reloaded from %s", self.config_path)
-            self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
+            # From here the new runtime serves: the old one is retired even if a shutdown
+            # cancels this reload, or its backends would stay open, owned by no runtime.
+            await _finish(self._commit(old, new))
             return True
+
+    async def _commit(self, old: Runtime, new: Runtime) -> None:
+        for warning in new.config.warnings:  # as at the start (a reload may bring rules)
+            log.warning("config: %s", warning)
+        self.audit.reconfigure(_audit_settings(new.config.audit))
+        set_level(new.config.log.level)
+        await self._retire_bounded(old, new)
+        if new.service.cache.cipher.keys_id != old.service.cache.cipher.keys_id:
+            await self._keys_changed()
+        self.metrics.reloads.labels("success").inc()
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.ready(f"serving on {self.socket_path}; configuration reloaded")
 
     async def _keys_changed(self) -> None:
         """Nothing stays under a removed key: the node cache was re-sealed, the shared tier
@@ -299,7 +311,7 @@ class Agent:
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), remove the socket, close."""
         self.notifier.stopping()
-        for task in self._tasks:
+        for task in [*self._reloads, *self._tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -343,14 +355,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task[bool]] = set()
-
-        def on_hup() -> None:
-            task = asyncio.create_task(self.reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         loop.set_exception_handler(accept_error_handler(loop.default_exception_handler))
         await self.startup()
         try:
@@ -358,6 +363,16 @@ class Agent:
             log.info("shutting down")
         finally:
             await self.shutdown()
+
+
+async def _finish(work: Awaitable[None]) -> None:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _audit_settings(config: AuditConfig) -> AuditSettings:

@@ -1,0 +1,99 @@
+"""The daemon's lifecycle: a shutdown during a reload leaves nothing started, open or pending."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from secrets_agent.backends import registry
+from secrets_agent.config.loader import load_config
+from support.helpers import (
+    DEMO_BACKEND,
+    FakeClock,
+    Script,
+    ScriptedBackend,
+    SlowToPrefetch,
+    agent_config,
+    running_agent,
+    write_config,
+)
+
+
+@pytest.fixture
+def slow_prefetch(monkeypatch: pytest.MonkeyPatch) -> type[SlowToPrefetch]:
+    return SlowToPrefetch.installed(monkeypatch)
+
+
+SLOW = '[[backends]]\nname = "slow"\ntype = "scripted"\n'
+
+
+def listening_on(directory: Path, backends: str) -> Path:
+    agent_config(directory)  # the demo files
+    return write_config(
+        directory, f'[listener]\nsocket_path = "{directory}/agent.sock"\n' + backends
+    )
+
+
+async def _others() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+def test_a_shutdown_during_a_reload_closes_what_the_reload_started(
+    short_tmp: Path, slow_prefetch: type[SlowToPrefetch]
+) -> None:
+    path = listening_on(short_tmp, DEMO_BACKEND)
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+        agent = running.agent
+        path.write_text(path.read_text() + SLOW)
+
+        async def hup_then_stop() -> list[asyncio.Task[object]]:
+            agent.request_reload()  # as SIGHUP does
+            await slow_prefetch.prefetching.wait()  # the new backend is started, warming up
+            await agent.shutdown()
+            return await _others()
+
+        pending = running.call(hup_then_stop())
+        assert pending == []  # the reload did not outlive the shutdown
+        assert slow_prefetch.closed == 1
+        assert len(agent._pool) == 0
+
+
+class SlowToClose(ScriptedBackend):
+    """A backend whose close waits until the test lets it end."""
+
+    closing = asyncio.Event()
+    may_close = asyncio.Event()
+    closed = 0
+
+    async def close(self) -> None:
+        SlowToClose.closing.set()
+        await SlowToClose.may_close.wait()
+        SlowToClose.closed += 1
+
+
+def test_a_shutdown_while_a_reload_retires_the_old_backends_lets_them_close(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", SlowToClose)
+    monkeypatch.setattr(SlowToClose, "scripts", {"slow": Script()})
+    monkeypatch.setattr(SlowToClose, "closed", 0)
+    path = listening_on(short_tmp, SLOW)
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+        agent = running.agent
+        path.write_text(path.read_text().replace(SLOW, DEMO_BACKEND))
+
+        async def hup_then_stop() -> list[asyncio.Task[object]]:
+            SlowToClose.closing, SlowToClose.may_close = asyncio.Event(), asyncio.Event()
+            agent.request_reload()
+            await SlowToClose.closing.wait()  # swapped: the dropped backend is closing
+            stopping = asyncio.create_task(agent.shutdown())
+            await asyncio.sleep(0)  # the shutdown has cancelled the reload
+            SlowToClose.may_close.set()
+            await stopping
+            return await _others()
+
+        assert running.call(hup_then_stop()) == []
+        assert SlowToClose.closed == 1  # its close was not cut short by the cancellation
+        assert len(agent._pool) == 0
