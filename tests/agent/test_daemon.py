@@ -97,3 +97,42 @@ def test_a_shutdown_while_a_reload_retires_the_old_backends_lets_them_close(
         assert running.call(hup_then_stop()) == []
         assert SlowToClose.closed == 1  # its close was not cut short by the cancellation
         assert len(agent._pool) == 0
+
+
+class NeverCloses(ScriptedBackend):
+    """A backend whose client library never returns from its close."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+class Closes(ScriptedBackend):
+    closed = 0
+
+    async def close(self) -> None:
+        Closes.closed += 1
+
+
+def test_what_a_bounded_reload_left_open_is_closed_at_shutdown(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "never", NeverCloses)
+    monkeypatch.setitem(registry.BACKEND_TYPES, "closes", Closes)
+    monkeypatch.setattr(ScriptedBackend, "scripts", {"hung": Script(), "later": Script()})
+    monkeypatch.setattr(Closes, "closed", 0)
+    dropped = (
+        '[[backends]]\nname = "hung"\ntype = "never"\n'
+        '[[backends]]\nname = "later"\ntype = "closes"\n'
+    )
+    path = listening_on(short_tmp, dropped)
+    path.write_text(
+        path.read_text().replace("[listener]\n", "[listener]\nshutdown_timeout = 0.1\n")
+    )
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+        agent = running.agent
+        path.write_text(path.read_text().replace(dropped, DEMO_BACKEND))
+        assert running.call(agent.reload()) is True  # "hung" kept it from closing "later"
+        assert Closes.closed == 0 and len(agent._pool) == 2  # "later", and the file backend
+        running.call(agent.shutdown())
+        assert Closes.closed == 1
+        assert len(agent._pool) == 0

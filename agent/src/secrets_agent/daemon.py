@@ -339,6 +339,8 @@ class Agent:
         try:
             async with asyncio.timeout(bound):
                 await runtime.retire(successor)
+                if successor is None:  # and what a reload's bounded close had to leave open
+                    await self._pool.close_all()
         except TimeoutError:
             if successor is None:
                 message = "shutdown: closing the backends took over %.0f s; exiting anyway"

@@ -102,6 +102,10 @@ class BackendPool:
             self.is_live(backend) and (not health or _readiness(backend, live=True).ready)
         )
 
+    async def close_all(self) -> None:
+        """Close every backend still open, whichever runtime started it."""
+        await self.close(list(self._live))
+
     async def close(self, backends: Sequence[Backend]) -> None:
         for backend in backends:
             if backend not in self._live:
