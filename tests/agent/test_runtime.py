@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,15 @@ class SlowToStart(ScriptedBackend):
         SlowToStart.closed += 1
 
 
+async def cancelled_once(reached: asyncio.Event, work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work`` until ``reached`` is set, then cancel it and let it end."""
+    task = asyncio.create_task(work)
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_a_cancelled_start_closes_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     # A reload bounded by shutdown_timeout, or a shutdown, cancels a start under way.
     monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", SlowToStart)
@@ -41,11 +52,7 @@ async def test_a_cancelled_start_closes_the_backend(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(SlowToStart, "closed", 0)
     pool = BackendPool(Metrics(), FakeClock())
     config = BackendConfig(BackendCommon(name="slow", type="scripted"), ScriptOptions())
-    starting = asyncio.create_task(pool.start([config], ()))
-    await SlowToStart.started.wait()
-    starting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await starting
+    await cancelled_once(SlowToStart.started, pool.start([config], ()))
     assert SlowToStart.closed == 1
     assert len(pool) == 0
 
@@ -62,10 +69,8 @@ async def test_a_build_cancelled_after_the_starts_closes_what_it_started(
     # used to leave the new backends started and owned by no runtime: never closed.
     config = agent_config(short_tmp, backends='[[backends]]\nname = "slow"\ntype = "scripted"\n')
     pool = BackendPool(Metrics(), FakeClock())
-    building = asyncio.create_task(Runtime.build(config, pool, Metrics(), FakeClock()))
-    await slow_prefetch.prefetching.wait()
-    building.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await building
+    await cancelled_once(
+        slow_prefetch.prefetching, Runtime.build(config, pool, Metrics(), FakeClock())
+    )
     assert slow_prefetch.closed == 1
     assert len(pool) == 0
