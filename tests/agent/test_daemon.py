@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,42 @@ def test_what_a_bounded_reload_left_open_is_closed_at_shutdown(
         running.call(agent.shutdown())
         assert Closes.closed == 1
         assert len(agent._pool) == 0
+
+
+def test_a_shutdown_ends_the_lookups_still_waiting_on_the_upstream(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKEND_TYPES, "scripted", ScriptedBackend)
+    monkeypatch.setattr(ScriptedBackend, "scripts", {})
+    path = listening_on(short_tmp, '[[backends]]\nname = "hanging"\ntype = "scripted"\n')
+    path.write_text(
+        path.read_text().replace("[listener]\n", "[listener]\nshutdown_timeout = 0.1\n")
+    )
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+
+        async def hanging() -> Script:
+            script = ScriptedBackend.scripts["hanging"] = Script(gate=asyncio.Event())  # shut
+            return script
+
+        script = running.call(hanging())
+
+        async def asked() -> None:
+            await script.called.wait()
+            script.called.clear()
+
+        clients = []
+        # The lean path (HTTP/1.1) and aiohttp's (HTTP/1.0); the first client goes away.
+        for request in (b"GET /v1/variables/a HTTP/1.1", b"GET /v1/variables/b HTTP/1.0"):
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(running.socket_path)
+            client.sendall(request + b"\r\nHost: x\r\n\r\n")
+            clients.append(client)
+            running.call(asked())
+        clients[0].close()
+
+        async def stop() -> list[asyncio.Task[object]]:
+            await running.agent.shutdown()
+            return await _others()
+
+        assert running.call(stop()) == []  # nothing left waiting on a closed backend
+        clients[1].close()

@@ -199,7 +199,9 @@ class Runtime:
     async def retire(self, successor: Runtime | None) -> None:
         """Close the backends ``successor`` does not use (all of them when there is none)."""
         await self.feeds.close()  # the successor runs feeds of its own
-        await self.service.close()  # its background refreshes would call closing backends
+        # Its background refreshes would call closing backends; without a successor, so would
+        # the lookups still out (a reload lets them finish on the backends they began with).
+        await self.service.close(final=successor is None)
         keep = [b for _, b in successor.backends] if successor is not None else []
         await self.pool.close([b for _, b in self.backends if not any(b is k for k in keep)])
         if successor is None or successor.service.shared is not self.service.shared:

@@ -189,8 +189,12 @@ class SecretService:
         """Wait for the background refreshes in progress."""
         await self._refresher.drain()
 
-    async def close(self) -> None:
+    async def close(self, *, final: bool = False) -> None:
+        """Stop the background refreshes; ``final`` (the agent stops) also cancels the loads
+        still waiting on an upstream, whose callers had ``shutdown_timeout`` to get answers."""
         await self._refresher.close()
+        if final:
+            await self._flight.cancel()
 
     async def _load(self, key: Key, cached: Cached | None, *, lookup: bool = False) -> Loaded:
         """The one place the upstream is asked: revalidate the value held, else fetch

@@ -40,6 +40,13 @@ class SingleFlight(Generic[T]):
         if task is not None:
             await asyncio.wait([task])
 
+    async def cancel(self) -> None:
+        """Cancel every call in flight and wait for them to end (the agent is stopping)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
