@@ -205,14 +205,19 @@ async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
         plain.stop()
 
 
-async def test_the_master_a_sentinel_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+async def test_the_master_a_sentinel_names(tmp_path: Path, host: str) -> None:
+    """Named by its IPv4 or its IPv6 address (brackets in the URL, none for the client)."""
+    if host == "[::1]" and not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this host")
     master = RedisServer(tmp_path / "master")
     master.start()
     sentinel = SentinelServer(tmp_path / "sentinel", master)
     try:
         sentinel.start()
         metrics = Metrics()
-        tier = tier_for(tmp_path, {"url": sentinel.url}, metrics)
+        url = sentinel.url.replace("127.0.0.1", host)
+        tier = tier_for(tmp_path, {"url": url}, metrics)
         assert await lookup_through(tier, metrics) == "v1"
         assert len(master.scan_all()) == 1 and store_errors(metrics) == 0
     finally:
@@ -232,25 +237,9 @@ def test_seeds_named_by_ipv6_address_lose_their_brackets() -> None:
     assert sorted(node.host for node in seeds) == ["::1", "::1"]
 
 
-async def test_a_sentinel_named_by_its_ipv6_address(tmp_path: Path) -> None:
-    if not socket.has_ipv6 or not _ipv6_loopback():
-        pytest.skip("no IPv6 loopback on this host")
-    master = RedisServer(tmp_path / "master")
-    master.start()
-    sentinel = SentinelServer(tmp_path / "sentinel", master)
-    try:
-        sentinel.start()
-        metrics = Metrics()
-        url = sentinel.url.replace("127.0.0.1", "[::1]")
-        tier = tier_for(tmp_path, {"url": url}, metrics)
-        assert await lookup_through(tier, metrics) == "v1"
-        assert len(master.scan_all()) == 1 and store_errors(metrics) == 0
-    finally:
-        sentinel.stop()
-        master.stop()
-
-
 def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
