@@ -173,3 +173,17 @@ def test_inside_the_service_the_credential_is_read(
     (credentials / "fernet").write_text(generate_key())
     code, err = check(tmp_path, body, capsys)
     assert (code, "not checked" in err) == (0, False)
+
+
+def test_the_path_is_taken_as_run_takes_it_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write_config(tmp_path, f'[listener]\nsocket_path = "{tmp_path}/agent.sock"\n'))
+    for args in ([path], ["--config", path], ["-c", path]):
+        assert cli.main(["check-config", *args]) == 0
+        assert capsys.readouterr().out.startswith(f"{path}: OK")
+    for args in ([], [path, "-c", path]):  # neither, or both: argparse's usage error
+        with pytest.raises(SystemExit) as info:
+            cli.main(["check-config", *args])
+        assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

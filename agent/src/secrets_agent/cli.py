@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("path")
+    # The path as ``run`` takes it (--config / -c) or plainly, as it always could be given.
+    given = check.add_mutually_exclusive_group(required=True)
+    given.add_argument("path", nargs="?", help="path to the TOML config")
+    given.add_argument("--config", "-c", metavar="PATH", help="the same, as run takes it")
     check.set_defaults(func=_check_config)
 
     get = sub.add_parser("get", help="ask a running agent for one value and print it")
@@ -165,6 +168,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from secrets_agent.config.loader import load_config
     from secrets_agent.errors import ConfigError
 
+    args.path = args.path or args.config  # positional or --config: one of them, argparse says
     try:
         config = load_config(args.path)
     except ConfigError as exc:
