@@ -38,14 +38,11 @@ class RawServer:
         return self.server.connections
 
     def _handle(self, conn: socket.socket, index: int) -> None:
-        data = b""
+        heads = request_heads(conn)
         while self.answers:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, data = data.partition(b"\r\n\r\n")
+            head = next(heads, None)
+            if head is None:
+                return
             self.requests.append(head)
             answer = self.answers.pop(0)
             if answer is None:
@@ -380,17 +377,23 @@ def answering(answer: Callable[[bytes], bytes]) -> Callable[[socket.socket, int]
     """A connection handler that answers each request with ``answer(last path segment)``."""
 
     def handle(conn: socket.socket, index: int) -> None:
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, data = data.partition(b"\r\n\r\n")
+        for head in request_heads(conn):
             conn.sendall(answer(head.split(b" ")[1].rsplit(b"/", 1)[-1]))
 
     return handle
+
+
+def request_heads(conn: socket.socket) -> Iterator[bytes]:
+    """Each request head the connection sends (without its blank line), until it closes."""
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        yield head
 
 
 class Interrupted(Exception):
