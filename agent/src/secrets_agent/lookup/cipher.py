@@ -36,6 +36,9 @@ class Cipher:
         self._sealer = FernetSealer(keys[0])
         # The read path's one call: straight to the first key's opener, a frame less.
         self.unseal = self._openers[0].unseal
+        # The compiled read path's own context (``server.hit``): used on the event loop's
+        # thread alone, so it needs no lock (see ``FernetOpener.__init__`` on sharing one).
+        self.loop_decryptor = self._openers[0].decryptor()
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode("utf-8"))

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _VERSION = 0x80
@@ -39,8 +39,14 @@ class FernetOpener:
         # block before it, so feeding it a token's IV and then its ciphertext yields one block
         # of garbage (the IV "decrypted" against the previous token's last block) and then
         # exactly this token's plaintext.
-        self._cbc = Cipher(algorithms.AES(encryption), modes.CBC(bytes(16))).decryptor()
+        self._cipher = Cipher(algorithms.AES(encryption), modes.CBC(bytes(16)))
+        self._cbc = self._cipher.decryptor()
         self._lock = threading.Lock()
+
+    def decryptor(self) -> CipherContext:
+        """Another long-lived CBC context for this key, for one thread's own use (``unseal``'s
+        way: a token's IV, then its ciphertext; the first block out is dropped)."""
+        return self._cipher.decryptor()
 
     def open(self, token: bytes) -> str | None:
         """The plaintext (UTF-8), or None if the token is malformed or not made with this key."""

@@ -141,9 +141,19 @@ class SecretService:
         if source is not None:  # a value: the lookup and the one call it spared, in one call
             self._metrics.served(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state], source)
         else:
-            self._avoided(key, None)
-            self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[result.state])
+            self.spared(key, result.state)
         return result
+
+    def spared_at(self, key: Key) -> tuple[str, ...]:
+        """The backends a known miss of ``key`` spares a call to: every one that would be asked
+        (fixed for this service: its chain never changes)."""
+        return tuple(self.chain.accepting(*key))
+
+    def spared(self, key: Key, state: CacheState) -> None:
+        """A cached answer no backend is named for (a known miss): its cache result, and one
+        call spared at every backend that would have been asked."""
+        self._avoided(key, None)
+        self._metrics.looked_up(_KIND_LABEL[key[0]], _RESULT_LABEL[state])
 
     def carry_limits(self, previous: SecretService) -> None:
         """Keep ``previous``'s refresh-now memory (keys refreshed lately, peers' budgets) when

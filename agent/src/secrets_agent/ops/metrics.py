@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 
 from secrets_agent import __version__
-from secrets_agent.ops.tally import LatencyHistogram, Tally
+from secrets_agent.ops.tally import Incrementable, LatencyHistogram, Tally
 
 # Operations counted in ``upstream_api_calls_total`` that are not calls to the secrets manager
 # the backend's price is for, so neither "calls made" nor their cost include them: logins (no
@@ -305,6 +305,25 @@ class Metrics:
         pending, child = self._tally.pending, self._request_count(kind, str(status))
         pending[child] = pending.get(child, 0) + 1  # Tally.add, inlined: every request
         self.request_latency.observe(kind, seconds)
+
+    @property
+    def tally(self) -> Tally:
+        """Where every request's counts wait for the next scrape (the compiled read adds there)."""
+        return self._tally
+
+    def read_counters(self, kind: str) -> tuple[Incrementable, ...]:
+        """A kind's children a cached read counts with: its requests answered 200 and 404,
+        and its cache results ``hit`` and ``negative`` (for ``server.hit``'s compiled read)."""
+        return (
+            self._request_count(kind, "200"),
+            self._request_count(kind, "404"),
+            self._cache_result(kind, "hit"),
+            self._cache_result(kind, "negative"),
+        )
+
+    def avoided_counter(self, backend: str) -> Incrementable:
+        """The child ``avoided`` counts ``backend``'s spared calls with."""
+        return self._avoided(backend)
 
     def looked_up(self, kind: str, result: str) -> None:
         """One lookup's cache result: ``cache_results``."""

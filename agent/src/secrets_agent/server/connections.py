@@ -15,6 +15,7 @@ from secrets_agent.server.accept import Acceptor
 from secrets_agent.server.forward import Forward, JsonErrorHandler
 from secrets_agent.server.front import Front, Fronts, FrontSettings
 from secrets_agent.server.gate import Gate
+from secrets_agent.server.hit import make_hit
 from secrets_agent.server.lean import HeadParser, Renderer
 from secrets_agent.server.reads import Reads
 
@@ -59,6 +60,10 @@ class GuardedSockSite(web.SockSite):
             handler = JsonErrorHandler(manager, loop=loop, errors=gate.log, **args)
             return Forward(handler, gate.log, head_timeout, write_timeout, loop)
 
+        heads = HeadParser(
+            args["max_line_size"], args["max_field_size"], self._reads.prepare, self._memo
+        )
+        renderer = Renderer()
         settings = FrontSettings(
             gate=gate,
             reads=self._reads,
@@ -68,10 +73,11 @@ class GuardedSockSite(web.SockSite):
             write_timeout=write_timeout,
             max_line=args["max_line_size"],
             max_field=args["max_field_size"],
-            heads=HeadParser(
-                args["max_line_size"], args["max_field_size"], self._reads.prepare, self._memo
+            heads=heads,
+            renderer=renderer,
+            hit=make_hit(
+                heads.memo, self._reads, renderer, self._reads.context.metrics, self._memo
             ),
-            renderer=Renderer(),
             fronts=self._fronts,
             metrics=self._reads.context.metrics,
         )

@@ -24,9 +24,10 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.errors import Answer
 from secrets_agent.server.forward import Forward, close_or_abort, slow_head
 from secrets_agent.server.gate import BUSY, Gate
+from secrets_agent.server.hit import KEEP, Answering
 from secrets_agent.server.lean import HeadParser, LeanRead, Renderer, could_be_lean
 from secrets_agent.server.peers import peer_credentials, peer_groups
-from secrets_agent.server.reads import HEADERS, Caller, Reads
+from secrets_agent.server.reads import Caller, Reads
 
 _MAX_BUFFERED = 256 * 1024  # unanswered bytes held while a request waits; then reading pauses
 
@@ -72,6 +73,7 @@ class FrontSettings:
     max_field: int
     heads: HeadParser
     renderer: Renderer
+    hit: Answering  # the usual read, answered in one call (``server.hit``)
     fronts: Fronts
     metrics: Metrics
 
@@ -114,13 +116,23 @@ class Front(asyncio.Protocol):
         self._set_deadline(time.monotonic() + self._s.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._forward is None and not (
-            self._buffer or self._busy or self._closing or self._write_paused
+        if (
+            self._forward is None
+            and self._admitted
+            and not (self._buffer or self._busy or self._closing or self._write_paused)
         ):
             # The usual read: one whole request, seen before (the memo is keyed by requests
-            # with their blank line, so a partial or pipelined read never matches here).
+            # with their blank line, so a partial or pipelined read never matches here), for
+            # a plain read of a fresh value: answered and written in one call.
+            done = self._s.hit(self._caller, data, self._transport)  # type: ignore[arg-type]
+            if done:
+                if done == KEEP:
+                    self._idle()
+                else:
+                    self._close()
+                return
             head = self._s.heads.memo.young.get(data)
-            if head is not None and self._admitted:
+            if head is not None:
                 self._respond(head)
                 if not (self._busy or self._closing):
                     self._idle()
@@ -243,14 +255,9 @@ class Front(asyncio.Protocol):
         started = time.perf_counter()
         assert self._caller is not None
         s, read = self._s, head.read
-        result = s.reads.plain(self._caller, read)
-        if result is not None:  # the usual read: answered without an Answer, in fewer frames
-            status, body = s.reads.body(read, result)
-            s.metrics.answered(head.kind_label, status, time.perf_counter() - started)
-            headers, keep_alive = HEADERS[result.state], head.keep_alive
-            rendered = s.renderer.parts(status, headers, int(result.age), body, keep_alive)
-            self._transport.write(rendered)  # type: ignore[union-attr]
-            if not keep_alive:
+        done = s.hit.answer(self._caller, head, self._transport)  # type: ignore[arg-type]
+        if done:  # the usual read: answered and written
+            if done != KEEP:
                 self._close()
             return
         answer = s.reads.settle(self._caller, read)

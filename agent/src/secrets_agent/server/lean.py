@@ -160,7 +160,7 @@ class Renderer:
     set (``reads`` hands out the same few tuples); ``Date`` once a second."""
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
-        self._wall = wall
+        self.wall = wall
         self._second = -1
         self._date = b""
         # Bounded (ages make new tuples); the ones still in use stay.
@@ -176,13 +176,18 @@ class Renderer:
         key = (status, headers)
         heads = self._heads
         head = heads.young.get(key) or heads.get(key) or self._head(key)
-        second = int(self._wall())
+        second = int(self.wall())
         if second != self._second:
-            self._date, self._second = _http_date(second), second
+            self._date, self._second = http_date(second), second
         close = b"" if keep_alive else b"Connection: close\r\n"
         if age is None:
             return _ANSWER % (head, len(body), self._date, close, body)
         return _AGED % (head, age, len(body), self._date, close, body)
+
+    def head(self, status: int, headers: Headers) -> bytes:
+        """An answer's bytes up to ``Age`` for a status and its headers (``parts`` writes them)."""
+        key = (status, headers)
+        return self._heads.get(key) or self._head(key)
 
     def _head(self, key: tuple[int, Headers]) -> bytes:
         status, headers = key
@@ -195,7 +200,7 @@ class Renderer:
         return head
 
 
-def _http_date(second: int) -> bytes:
+def http_date(second: int) -> bytes:
     t = time.gmtime(second)
     return (
         f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "

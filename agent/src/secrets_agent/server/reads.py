@@ -39,7 +39,7 @@ _KIND = {kind: kind.value for kind in Kind}
 # per state, whatever the ages (a memo by age filled up once TTLs ran to hours).
 HEADERS = {state: (("X-Cache", state.value), _NO_STORE) for state in CacheState}
 # A 404's body names only the kind: built once, not per answer.
-_NOT_FOUND = {
+NOT_FOUND = {
     kind: error_answer(404, "not_found", f"no backend has this {kind.value}").body for kind in Kind
 }
 
@@ -151,7 +151,7 @@ class Reads:
     def body(self, read: Prepared, result: Result) -> tuple[int, bytes]:
         """The status and JSON body of a cached read's answer (a value, or a negative's 404)."""
         if result.value is None:  # a negative: as common as a hit where Airflow asks first
-            return 404, _NOT_FOUND[read.kind]
+            return 404, NOT_FOUND[read.kind]
         return 200, f"{read.prefix}{_quote(result.value)}}}".encode("ascii")
 
     def now(self, caller: Caller, read: Prepared) -> Answer | None:
