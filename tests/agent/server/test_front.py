@@ -52,6 +52,13 @@ def each_loop(request: pytest.FixtureRequest) -> Iterator[None]:
     LOOP[0] = "asyncio"
 
 
+@pytest.fixture(autouse=True, params=["compiled", "reference"])
+def each_read(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And with either read path: the compiled one (``server/_hit.c``) and its reference."""
+    if request.param == "reference":
+        monkeypatch.setenv("SECRETS_AGENT_NO_EXTENSIONS", "1")
+
+
 def start(directory: Path, listener: str = "") -> contextlib.AbstractContextManager[RunningAgent]:
     """The agent on ``directory``, with extra ``[listener]`` settings."""
     config = agent_config(directory, extra=listener, backends=BACKENDS)

@@ -1,0 +1,822 @@
+/* The compiled twin of secrets_agent.server.hit.Hit: the same reads answered with the same
+ * bytes, counts and cache effects, without the interpreter's frames (see hit.py). It declines
+ * (0) whatever it is not sure of before it has any effect; hit.py's code then answers.
+ *
+ * It reads the objects hit.Hit names at construction, and per request the attributes
+ * Reads.plain, SecretService.cached, SecretCache.fresh, Metrics.served / answered and
+ * Renderer.parts read: tests/agent/server/test_hit.py runs both on every case.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+enum { PASS = 0, KEEP = 1, CLOSE = 2 };
+
+#define FERNET_HEAD 9 /* version (1) + timestamp (8); the IV follows */
+#define FERNET_MAC 32
+#define BLOCK 16
+
+static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_access,
+    *s_service, *s_allowed_by, *s_rules, *s_rules_of, *s_memo, *s_rules_memo, *s_invalid, *s_forced, *s_key,
+    *s_prefix, *s_kind, *s_enabled, *s_cache, *s_entries, *s_clock, *s_cipher,
+    *s_loop_decryptor, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
+    *s_move_to_end, *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds, *s_observe,
+    *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
+    *s_not_found, *s_read_counters, *s_avoided_counter;
+static PyObject *one; /* the int 1 */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall; /* calls skip argument tuples */
+    PyObject *reference; /* the hit.Hit this twins */
+    PyObject *memo, *current, *audit, *tally, *histogram, *wall;
+    PyObject *hit_head, *negative_head, *not_found;
+    PyObject *read_counters, *avoided_counter;
+    PyObject *bounds;  /* the histogram's bucket bounds: a tuple of floats */
+    PyObject *kinds;   /* kind label -> hit.Metrics.read_counters(kind) */
+    PyObject *sources; /* backend -> its avoided counter */
+    /* The cache last read from, and its parts (a reload may bring another). */
+    PyObject *cache, *entries, *clock, *decryptor;
+    /* The backends each known miss spares (SecretService.spared_at), per service: two
+     * generations of ``half`` entries each, as server/memo.py's Generations. */
+    PyObject *names_of, *names_young, *names_old;
+    Py_ssize_t half;
+    long long second;
+    char date[64];
+    Py_ssize_t date_size;
+} HitObject;
+
+static PyObject *Hit_vectorcall(PyObject *, PyObject *const *, size_t, PyObject *);
+
+static const char *DAYS[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char *MONTHS[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                               "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+static const char HEX[] = "0123456789abcdef";
+
+static int
+Hit_traverse(HitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->reference);
+    Py_VISIT(self->memo);
+    Py_VISIT(self->current);
+    Py_VISIT(self->audit);
+    Py_VISIT(self->tally);
+    Py_VISIT(self->histogram);
+    Py_VISIT(self->wall);
+    Py_VISIT(self->not_found);
+    Py_VISIT(self->read_counters);
+    Py_VISIT(self->avoided_counter);
+    Py_VISIT(self->kinds);
+    Py_VISIT(self->sources);
+    Py_VISIT(self->cache);
+    Py_VISIT(self->entries);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->decryptor);
+    Py_VISIT(self->names_of);
+    Py_VISIT(self->names_young);
+    Py_VISIT(self->names_old);
+    return 0;
+}
+
+static int
+Hit_clear(HitObject *self)
+{
+    Py_CLEAR(self->reference);
+    Py_CLEAR(self->memo);
+    Py_CLEAR(self->current);
+    Py_CLEAR(self->audit);
+    Py_CLEAR(self->tally);
+    Py_CLEAR(self->histogram);
+    Py_CLEAR(self->wall);
+    Py_CLEAR(self->hit_head);
+    Py_CLEAR(self->negative_head);
+    Py_CLEAR(self->not_found);
+    Py_CLEAR(self->read_counters);
+    Py_CLEAR(self->avoided_counter);
+    Py_CLEAR(self->bounds);
+    Py_CLEAR(self->kinds);
+    Py_CLEAR(self->sources);
+    Py_CLEAR(self->cache);
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->decryptor);
+    Py_CLEAR(self->names_of);
+    Py_CLEAR(self->names_young);
+    Py_CLEAR(self->names_old);
+    return 0;
+}
+
+static void
+Hit_dealloc(HitObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Hit_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *reference, *heads = NULL;
+    if (!PyArg_ParseTuple(args, "O:Hit", &reference))
+        return -1;
+    Hit_clear(self);
+    self->reference = Py_NewRef(reference);
+#define TAKE(field, name)                                                  \
+    if ((self->field = PyObject_GetAttr(reference, name)) == NULL) goto fail;
+    TAKE(memo, s_memo)
+    TAKE(current, s_current)
+    TAKE(audit, s_audit)
+    TAKE(tally, s_tally)
+    TAKE(histogram, s_histogram)
+    TAKE(wall, s_wall)
+    TAKE(not_found, s_not_found)
+    TAKE(read_counters, s_read_counters)
+    TAKE(avoided_counter, s_avoided_counter)
+#undef TAKE
+    if ((self->bounds = PyObject_GetAttr(self->histogram, s_bounds)) == NULL)
+        goto fail;
+    if (!PyTuple_Check(self->bounds) || !PyDict_Check(self->not_found)) {
+        PyErr_SetString(PyExc_TypeError, "Hit: unexpected bounds or 404 bodies");
+        goto fail;
+    }
+    if ((heads = PyObject_GetAttr(reference, s_heads)) == NULL)
+        goto fail;
+    if (!PyTuple_Check(heads) ||
+        PyTuple_GET_SIZE(heads) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(heads, 0)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(heads, 1))) {
+        PyErr_SetString(PyExc_TypeError, "Hit: unexpected heads");
+        goto fail;
+    }
+    self->hit_head = Py_NewRef(PyTuple_GET_ITEM(heads, 0));
+    self->negative_head = Py_NewRef(PyTuple_GET_ITEM(heads, 1));
+    if ((self->kinds = PyDict_New()) == NULL || (self->sources = PyDict_New()) == NULL)
+        goto fail;
+    {
+        PyObject *size = PyObject_GetAttr(reference, s_size);
+        if (size == NULL) goto fail;
+        self->half = PyLong_AsSsize_t(size) / 2;
+        Py_DECREF(size);
+        if (self->half == -1 && PyErr_Occurred()) goto fail;
+        if (self->half < 1) self->half = 1;
+    }
+    self->second = -1;
+    self->vectorcall = Hit_vectorcall;
+    Py_DECREF(heads);
+    return 0;
+fail:
+    Py_XDECREF(heads);
+    Hit_clear(self);
+    return -1;
+}
+
+/* pending[child] += 1, as Tally.add does. */
+static int
+bump(PyObject *pending, PyObject *child)
+{
+    PyObject *count = PyDict_GetItemWithError(pending, child);
+    PyObject *next;
+    int failed;
+    if (count == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return PyDict_SetItem(pending, child, one);
+    }
+    if ((next = PyNumber_Add(count, one)) == NULL)
+        return -1;
+    failed = PyDict_SetItem(pending, child, next);
+    Py_DECREF(next);
+    return failed;
+}
+
+/* LatencyHistogram.observe(kind, seconds). */
+static int
+observe(HitObject *self, PyObject *kind, double seconds)
+{
+    PyObject *counts_by_kind, *sums, *counts, *sum, *count, *next;
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(self->bounds), mid;
+    int failed = -1;
+    if ((counts_by_kind = PyObject_GetAttr(self->histogram, s_counts)) == NULL)
+        return -1;
+    counts = PyDict_GetItemWithError(counts_by_kind, kind);
+    Py_DECREF(counts_by_kind);
+    if (counts == NULL || !PyList_Check(counts) || PyList_GET_SIZE(counts) != hi + 1) {
+        /* a first answer for this kind (or a shape this code does not know): the reference */
+        PyObject *result;
+        if (PyErr_Occurred())
+            return -1;
+        result = PyObject_CallMethod(self->histogram, "observe", "Od", kind, seconds);
+        Py_XDECREF(result);
+        return result == NULL ? -1 : 0;
+    }
+    Py_INCREF(counts);
+    while (lo < hi) { /* bisect.bisect_left */
+        mid = (lo + hi) / 2;
+        if (PyFloat_AsDouble(PyTuple_GET_ITEM(self->bounds, mid)) < seconds)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    count = PyList_GET_ITEM(counts, lo);
+    if ((next = PyNumber_Add(count, one)) == NULL)
+        goto done;
+    PyList_SetItem(counts, lo, next); /* steals next */
+    if ((sums = PyObject_GetAttr(self->histogram, s_sums)) == NULL)
+        goto done;
+    sum = PyDict_GetItemWithError(sums, kind);
+    if (sum != NULL) {
+        PyObject *total = PyFloat_FromDouble(PyFloat_AsDouble(sum) + seconds);
+        if (total != NULL) {
+            failed = PyDict_SetItem(sums, kind, total);
+            Py_DECREF(total);
+        }
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_KeyError, "Hit: a histogram count without its sum");
+    }
+    Py_DECREF(sums);
+done:
+    Py_DECREF(counts);
+    return failed;
+}
+
+/* The JSON string of UTF-8 ``text`` as json's encode_basestring_ascii writes it (quotes
+ * included) into ``out``, or its size when ``out`` is NULL; -1 if ``text`` is not UTF-8. */
+static Py_ssize_t
+quote(const unsigned char *text, Py_ssize_t size, char *out)
+{
+    Py_ssize_t i = 0, n = 2;
+    char *o = out;
+    if (o) *o++ = '"';
+    while (i < size) {
+        unsigned int c = text[i], cp, extra;
+        if (c < 0x80) {
+            i++;
+            if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+                n += 1;
+                if (o) *o++ = (char)c;
+                continue;
+            }
+            char short_form = 0;
+            switch (c) {
+            case '"': short_form = '"'; break;
+            case '\\': short_form = '\\'; break;
+            case '\n': short_form = 'n'; break;
+            case '\r': short_form = 'r'; break;
+            case '\t': short_form = 't'; break;
+            case '\b': short_form = 'b'; break;
+            case '\f': short_form = 'f'; break;
+            }
+            if (short_form) {
+                n += 2;
+                if (o) { *o++ = '\\'; *o++ = short_form; }
+                continue;
+            }
+            cp = c;
+        } else {
+            if (c >= 0xf0 && c <= 0xf4) { cp = c & 0x07; extra = 3; }
+            else if (c >= 0xe0) { cp = c & 0x0f; extra = 2; }
+            else if (c >= 0xc2 && c < 0xe0) { cp = c & 0x1f; extra = 1; }
+            else return -1;
+            if (i + (Py_ssize_t)extra >= size)
+                return -1; /* cut short */
+            for (unsigned int k = 1; k <= extra; k++) {
+                unsigned int b = text[i + k];
+                if ((b & 0xc0) != 0x80) return -1;
+                cp = (cp << 6) | (b & 0x3f);
+            }
+            if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+                (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+                return -1;
+            i += extra + 1;
+        }
+        if (cp >= 0x10000) {
+            unsigned int v = cp - 0x10000;
+            unsigned int high = 0xd800 | (v >> 10), low = 0xdc00 | (v & 0x3ff);
+            n += 12;
+            if (o) {
+                *o++ = '\\'; *o++ = 'u';
+                *o++ = HEX[(high >> 12) & 0xf]; *o++ = HEX[(high >> 8) & 0xf];
+                *o++ = HEX[(high >> 4) & 0xf]; *o++ = HEX[high & 0xf];
+                *o++ = '\\'; *o++ = 'u';
+                *o++ = HEX[(low >> 12) & 0xf]; *o++ = HEX[(low >> 8) & 0xf];
+                *o++ = HEX[(low >> 4) & 0xf]; *o++ = HEX[low & 0xf];
+            }
+        } else {
+            n += 6;
+            if (o) {
+                *o++ = '\\'; *o++ = 'u';
+                *o++ = HEX[(cp >> 12) & 0xf]; *o++ = HEX[(cp >> 8) & 0xf];
+                *o++ = HEX[(cp >> 4) & 0xf]; *o++ = HEX[cp & 0xf];
+            }
+        }
+    }
+    if (o) *o++ = '"';
+    return n;
+}
+
+/* The attribute as a C double (the cache's times), or -1 with an exception set. */
+static int
+get_double(PyObject *obj, PyObject *name, double *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Renderer's Date: formatted once a second from its wall clock. */
+static int
+refresh_date(HitObject *self)
+{
+    PyObject *now = PyObject_CallNoArgs(self->wall);
+    double wall;
+    long long second;
+    if (now == NULL)
+        return -1;
+    wall = PyFloat_AsDouble(now);
+    Py_DECREF(now);
+    if (wall == -1.0 && PyErr_Occurred())
+        return -1;
+    second = (long long)wall; /* int(): towards zero */
+    if (second != self->second) {
+        struct tm t;
+        time_t at = (time_t)second;
+        int size;
+        if (gmtime_r(&at, &t) == NULL) {
+            PyErr_SetString(PyExc_OverflowError, "Hit: the wall clock is out of range");
+            return -1;
+        }
+        size = snprintf(self->date, sizeof self->date, "%s, %02d %s %d %02d:%02d:%02d GMT",
+                        DAYS[t.tm_wday], t.tm_mday, MONTHS[t.tm_mon], t.tm_year + 1900,
+                        t.tm_hour, t.tm_min, t.tm_sec);
+        if (size <= 0 || size >= (int)sizeof self->date) {
+            PyErr_SetString(PyExc_OverflowError, "Hit: the wall clock is out of range");
+            return -1;
+        }
+        self->date_size = size;
+        self->second = second;
+    }
+    return 0;
+}
+
+static double
+perf_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* what time.perf_counter reads on Linux */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The cache's parts, read again when a reload brought another cache. */
+static int
+use_cache(HitObject *self, PyObject *cache)
+{
+    PyObject *entries = NULL, *clock = NULL, *cipher = NULL, *decryptor = NULL;
+    if ((entries = PyObject_GetAttr(cache, s_entries)) == NULL ||
+        (clock = PyObject_GetAttr(cache, s_clock)) == NULL ||
+        (cipher = PyObject_GetAttr(cache, s_cipher)) == NULL ||
+        (decryptor = PyObject_GetAttr(cipher, s_loop_decryptor)) == NULL)
+        goto fail;
+    if (!PyDict_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "Hit: the cache's entries are not a dict");
+        goto fail;
+    }
+    Py_DECREF(cipher);
+    Py_XSETREF(self->entries, entries);
+    Py_XSETREF(self->clock, clock);
+    Py_XSETREF(self->decryptor, decryptor);
+    Py_XSETREF(self->cache, Py_NewRef(cache));
+    return 0;
+fail:
+    Py_XDECREF(entries);
+    Py_XDECREF(clock);
+    Py_XDECREF(cipher);
+    Py_XDECREF(decryptor);
+    return -1;
+}
+
+/* ``service.spared_at(key)``, remembered (a new reference to a tuple of backend names). */
+static PyObject *
+spared_names(HitObject *self, PyObject *service, PyObject *key)
+{
+    PyObject *names;
+    if (service != self->names_of) {
+        PyObject *young = PyDict_New(), *old = PyDict_New();
+        if (young == NULL || old == NULL) {
+            Py_XDECREF(young);
+            Py_XDECREF(old);
+            return NULL;
+        }
+        Py_XSETREF(self->names_young, young);
+        Py_XSETREF(self->names_old, old);
+        Py_XSETREF(self->names_of, Py_NewRef(service));
+    }
+    names = PyDict_GetItemWithError(self->names_young, key);
+    if (names != NULL)
+        return Py_NewRef(names);
+    if (PyErr_Occurred())
+        return NULL;
+    names = PyDict_GetItemWithError(self->names_old, key);
+    if (names != NULL) {
+        Py_INCREF(names);
+    } else {
+        if (PyErr_Occurred())
+            return NULL;
+        names = PyObject_CallMethodOneArg(service, s_spared_at, key);
+        if (names == NULL)
+            return NULL;
+        if (!PyTuple_Check(names)) {
+            Py_DECREF(names);
+            PyErr_SetString(PyExc_TypeError, "Hit: spared_at gave no tuple");
+            return NULL;
+        }
+    }
+    if (PyDict_GET_SIZE(self->names_young) >= self->half) { /* the old generation goes */
+        PyObject *young = PyDict_New();
+        if (young == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_SETREF(self->names_old, self->names_young);
+        self->names_young = young;
+    }
+    if (PyDict_SetItem(self->names_young, key, names) < 0) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    return names;
+}
+
+/* The avoided counter of a backend, remembered. A borrowed reference. */
+static PyObject *
+avoided_of(HitObject *self, PyObject *source)
+{
+    PyObject *avoided = PyDict_GetItemWithError(self->sources, source);
+    if (avoided != NULL || PyErr_Occurred())
+        return avoided;
+    if ((avoided = PyObject_CallOneArg(self->avoided_counter, source)) == NULL)
+        return NULL;
+    if (PyDict_SetItem(self->sources, source, avoided) < 0) {
+        Py_DECREF(avoided);
+        return NULL;
+    }
+    Py_DECREF(avoided); /* the dict holds it */
+    return avoided;
+}
+
+/* Whether ``obj.name`` is ``expected`` (-1: an error). */
+static int
+attr_is(PyObject *obj, PyObject *name, PyObject *expected)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    Py_DECREF(value);
+    return value == expected;
+}
+
+static PyObject *
+answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transport)
+{
+    double started = perf_now(), now, expires_at, refresh_at, stored_at, age;
+    PyObject *read = NULL, *runtime = NULL, *policy = NULL, *key = NULL, *access = NULL;
+    PyObject *service = NULL, *cache = NULL, *entry = NULL, *token = NULL, *source = NULL;
+    PyObject *plain = NULL, *prefix = NULL, *kind_label = NULL, *counters = NULL;
+    PyObject *answer = NULL, *written, *pending = NULL, *now_obj, *body_bytes = NULL;
+    PyObject *result = NULL;
+    const char *prefix_text = NULL;
+    Py_ssize_t prefix_size = 0, quoted_size = 0, plain_size = 0, body_size;
+    const unsigned char *plain_text = NULL;
+    int keep_alive, is = 0, status;
+    long long age_seconds;
+
+    if ((read = PyObject_GetAttr(head, s_read)) == NULL ||
+        (runtime = PyObject_CallNoArgs(self->current)) == NULL ||
+        (policy = PyObject_GetAttr(runtime, s_policy)) == NULL)
+        goto error;
+    /* Reads.plain: a peer allowed under the policy in force, a valid read, not refresh-now,
+     * no team, an access decision already made and allowing, no audit. */
+    if ((is = attr_is(caller, s_allowed_by, policy)) != 1) goto decline_or_error;
+    if ((is = attr_is(read, s_invalid, Py_None)) != 1) goto decline_or_error;
+    if ((is = attr_is(read, s_forced, Py_False)) != 1) goto decline_or_error;
+    if ((key = PyObject_GetAttr(read, s_key)) == NULL) goto error;
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 3 || PyTuple_GET_ITEM(key, 2) != Py_None)
+        goto decline;
+    if ((access = PyObject_GetAttr(runtime, s_access)) == NULL) goto error;
+    if (access != Py_None) {
+        PyObject *rules, *memo, *young, *decision;
+        if ((is = attr_is(caller, s_rules_of, access)) != 1) goto decline_or_error;
+        if ((rules = PyObject_GetAttr(caller, s_rules)) == NULL) goto error;
+        memo = rules == Py_None ? NULL : PyObject_GetAttr(rules, s_rules_memo);
+        Py_DECREF(rules);
+        if (memo == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
+        young = PyObject_GetAttr(memo, s_young);
+        Py_DECREF(memo);
+        if (young == NULL) goto error;
+        decision = PyDict_Check(young) ? PyDict_GetItemWithError(young, key) : NULL;
+        Py_DECREF(young);
+        if (decision != Py_True) { if (PyErr_Occurred()) goto error; goto decline; }
+    }
+    if (self->audit != Py_None) {
+        PyObject *enabled = PyObject_GetAttr(self->audit, s_enabled);
+        if (enabled == NULL) goto error;
+        is = PyObject_IsTrue(enabled);
+        Py_DECREF(enabled);
+        if (is != 0) goto decline_or_error;
+    }
+    /* SecretCache.fresh */
+    if ((service = PyObject_GetAttr(runtime, s_service)) == NULL ||
+        (cache = PyObject_GetAttr(service, s_cache)) == NULL)
+        goto error;
+    if (cache != self->cache && use_cache(self, cache) < 0) goto error;
+    entry = PyDict_GetItemWithError(self->entries, key);
+    if (entry == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
+    Py_INCREF(entry);
+    if ((now_obj = PyObject_CallNoArgs(self->clock)) == NULL) { goto error; }
+    now = PyFloat_AsDouble(now_obj);
+    Py_DECREF(now_obj);
+    if ((now == -1.0 && PyErr_Occurred()) || get_double(entry, s_expires_at, &expires_at) < 0 ||
+        get_double(entry, s_stored_at, &stored_at) < 0 ||
+        (token = PyObject_GetAttr(entry, s_token)) == NULL ||
+        (source = PyObject_GetAttr(entry, s_source)) == NULL) {
+        goto error;
+    }
+    if (!(now < expires_at)) { goto decline; }
+    if (token != Py_None) {
+        Py_ssize_t size, pad;
+        PyObject *view;
+        const unsigned char *padded;
+        if (get_double(entry, s_refresh_at, &refresh_at) < 0) { goto error; }
+        if (!(now < refresh_at) || !PyBytes_Check(token)) { /* refresh-ahead: the reference's */
+            goto decline;
+        }
+        size = PyBytes_GET_SIZE(token) - FERNET_HEAD - FERNET_MAC;
+        if (size < 2 * BLOCK || size % BLOCK) { goto decline; }
+        /* FernetOpener.unseal: the IV and the ciphertext through the loop's own context */
+        view = PyMemoryView_FromMemory(PyBytes_AS_STRING(token) + FERNET_HEAD, size, PyBUF_READ);
+        if (view == NULL) { goto error; }
+        plain = PyObject_CallMethodOneArg(self->decryptor, s_update, view);
+        Py_DECREF(view);
+        if (plain == NULL) { goto error; }
+        if (!PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != size) {
+            goto decline;
+        }
+        padded = (const unsigned char *)PyBytes_AS_STRING(plain);
+        pad = padded[size - 1];
+        if (pad < 1 || pad > BLOCK) { goto decline; }
+        plain_text = padded + BLOCK;
+        plain_size = size - BLOCK - pad;
+        if ((quoted_size = quote(plain_text, plain_size, NULL)) < 0) {
+            goto decline;
+        }
+        if ((prefix = PyObject_GetAttr(read, s_prefix)) == NULL) { goto error; }
+        prefix_text = PyUnicode_Check(prefix) ? PyUnicode_AsUTF8AndSize(prefix, &prefix_size)
+                                              : NULL;
+        if (prefix_text == NULL) { goto error_or_decline; }
+        status = 200;
+        body_size = prefix_size + quoted_size + 1;
+    } else {
+        PyObject *kind = PyObject_GetAttr(read, s_kind);
+        if (kind == NULL) { goto error; }
+        body_bytes = PyDict_GetItemWithError(self->not_found, kind);
+        Py_DECREF(kind);
+        if (body_bytes == NULL || !PyBytes_Check(body_bytes)) {
+            body_bytes = NULL; /* borrowed */
+            goto error_or_decline;
+        }
+        Py_INCREF(body_bytes);
+        status = 404;
+        body_size = PyBytes_GET_SIZE(body_bytes);
+    }
+    if ((kind_label = PyObject_GetAttr(head, s_kind_label)) == NULL) { goto error; }
+    keep_alive = attr_is(head, s_keep_alive, Py_True);
+    if (keep_alive < 0) { goto error; }
+
+    /* From here the read is answered: the cache's, the metrics' and the answer's effects. */
+    written = PyObject_CallMethodOneArg(self->entries, s_move_to_end, key);
+    if (written == NULL || PyObject_SetAttr(entry, s_read, Py_True) < 0) {
+        Py_XDECREF(written);
+        goto error;
+    }
+    Py_DECREF(written);
+    age = now - stored_at;
+    age = age > 0.0 ? age : 0.0;
+    age_seconds = (long long)age;
+    /* SecretService.cached's counts (Metrics.served), then Metrics.answered's */
+    counters = PyDict_GetItemWithError(self->kinds, kind_label);
+    if (counters == NULL) {
+        if (PyErr_Occurred()) goto error;
+        counters = PyObject_CallOneArg(self->read_counters, kind_label);
+        if (counters == NULL) goto error;
+        if (!PyTuple_Check(counters) || PyTuple_GET_SIZE(counters) != 4) {
+            Py_DECREF(counters);
+            PyErr_SetString(PyExc_TypeError, "Hit: read_counters gave no 4-tuple");
+            goto error;
+        }
+        if (PyDict_SetItem(self->kinds, kind_label, counters) < 0) { Py_DECREF(counters); goto error; }
+    } else {
+        Py_INCREF(counters);
+    }
+    if ((pending = PyObject_GetAttr(self->tally, s_pending)) == NULL ||
+        bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 2 : 3)) < 0)
+        goto error;
+    if (source != Py_None) {
+        PyObject *avoided = avoided_of(self, source);
+        if (avoided == NULL || bump(pending, avoided) < 0) goto error;
+    } else {
+        PyObject *names = spared_names(self, service, key);
+        Py_ssize_t i;
+        if (names == NULL) goto error;
+        for (i = 0; i < PyTuple_GET_SIZE(names); i++) {
+            PyObject *avoided = avoided_of(self, PyTuple_GET_ITEM(names, i));
+            if (avoided == NULL || bump(pending, avoided) < 0) {
+                Py_DECREF(names);
+                goto error;
+            }
+        }
+        Py_DECREF(names);
+    }
+    Py_CLEAR(pending);
+    if ((pending = PyObject_GetAttr(self->tally, s_pending)) == NULL ||
+        bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0 ||
+        observe(self, kind_label, perf_now() - started) < 0)
+        goto error;
+
+    /* Renderer.parts: the head up to Age, then Age, Content-Length, Date, the framing, body */
+    if (refresh_date(self) < 0) goto error;
+    {
+        PyObject *head_bytes = status == 200 ? self->hit_head : self->negative_head;
+        char numbers[96];
+        int numbers_size = snprintf(numbers, sizeof numbers, "Age: %lld\r\nContent-Length: %zd\r\nDate: ",
+                                    age_seconds, body_size);
+        static const char close_line[] = "Connection: close\r\n";
+        Py_ssize_t close_size = keep_alive ? 0 : (Py_ssize_t)(sizeof close_line - 1);
+        Py_ssize_t head_size = PyBytes_GET_SIZE(head_bytes);
+        Py_ssize_t total = head_size + numbers_size + self->date_size + 2 + close_size + 2 + body_size;
+        char *o;
+        if (numbers_size <= 0 || numbers_size >= (int)sizeof numbers) {
+            PyErr_SetString(PyExc_OverflowError, "Hit: an age out of range");
+            goto error;
+        }
+        if ((answer = PyBytes_FromStringAndSize(NULL, total)) == NULL) goto error;
+        o = PyBytes_AS_STRING(answer);
+        memcpy(o, PyBytes_AS_STRING(head_bytes), head_size); o += head_size;
+        memcpy(o, numbers, numbers_size); o += numbers_size;
+        memcpy(o, self->date, self->date_size); o += self->date_size;
+        *o++ = '\r'; *o++ = '\n';
+        if (close_size) { memcpy(o, close_line, close_size); o += close_size; }
+        *o++ = '\r'; *o++ = '\n';
+        if (status == 200) {
+            memcpy(o, prefix_text, prefix_size); o += prefix_size;
+            quote(plain_text, plain_size, o); o += quoted_size;
+            *o++ = '}';
+        } else {
+            memcpy(o, PyBytes_AS_STRING(body_bytes), body_size); o += body_size;
+        }
+    }
+    written = PyObject_CallMethodOneArg(transport, s_write, answer);
+    if (written == NULL) goto error;
+    Py_DECREF(written);
+    result = PyLong_FromLong(keep_alive ? KEEP : CLOSE);
+    goto done;
+
+error_or_decline:
+    if (PyErr_Occurred()) goto error;
+    goto decline;
+decline_or_error:
+    if (is < 0) goto error;
+decline:
+    result = PyLong_FromLong(PASS);
+    goto done;
+error:
+    result = NULL;
+done:
+    Py_XDECREF(read);
+    Py_XDECREF(runtime);
+    Py_XDECREF(policy);
+    Py_XDECREF(key);
+    Py_XDECREF(access);
+    Py_XDECREF(service);
+    Py_XDECREF(cache);
+    Py_XDECREF(entry);
+    Py_XDECREF(token);
+    Py_XDECREF(source);
+    Py_XDECREF(plain);
+    Py_XDECREF(prefix);
+    Py_XDECREF(kind_label);
+    Py_XDECREF(counters);
+    Py_XDECREF(answer);
+    Py_XDECREF(pending);
+    Py_XDECREF(body_bytes);
+    return result;
+}
+
+static PyObject *
+Hit_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HitObject *self = (HitObject *)callable;
+    PyObject *young, *head, *result;
+    if (PyVectorcall_NARGS(nargsf) != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "Hit(caller, data, transport)");
+        return NULL;
+    }
+    if (self->memo == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Hit: not initialised");
+        return NULL;
+    }
+    if ((young = PyObject_GetAttr(self->memo, s_young)) == NULL)
+        return NULL;
+    head = PyDict_Check(young) ? PyDict_GetItemWithError(young, args[1]) : NULL;
+    Py_XINCREF(head);
+    Py_DECREF(young);
+    if (head == NULL || head == Py_None) {
+        Py_XDECREF(head);
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(PASS);
+    }
+    result = answer_read(self, args[0], head, args[2]);
+    Py_DECREF(head);
+    return result;
+}
+
+static PyObject *
+Hit_answer(HitObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "answer(caller, head, transport)");
+        return NULL;
+    }
+    if (self->memo == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Hit: not initialised");
+        return NULL;
+    }
+    return answer_read(self, args[0], args[1], args[2]);
+}
+
+static PyMethodDef Hit_methods[] = {
+    {"answer", (PyCFunction)(void (*)(void))Hit_answer, METH_FASTCALL,
+     "Answer a parsed read if it is plain and the cache holds it fresh."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "secrets_agent.server._hit.Hit",
+    .tp_doc = "A plain cached read, answered and written; 0 (PASS) for anything else.",
+    .tp_basicsize = sizeof(HitObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(HitObject, vectorcall),
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Hit_init,
+    .tp_dealloc = (destructor)Hit_dealloc,
+    .tp_traverse = (traverseproc)Hit_traverse,
+    .tp_clear = (inquiry)Hit_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_methods = Hit_methods,
+};
+
+static struct PyModuleDef hit_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "secrets_agent.server._hit",
+    .m_doc = "The compiled twin of secrets_agent.server.hit.Hit.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__hit(void)
+{
+    PyObject *module;
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+    INTERN(s_young, "young") INTERN(s_read, "read") INTERN(s_keep_alive, "keep_alive")
+    INTERN(s_kind_label, "kind_label") INTERN(s_policy, "policy") INTERN(s_access, "access")
+    INTERN(s_service, "service") INTERN(s_allowed_by, "allowed_by") INTERN(s_rules, "rules")
+    INTERN(s_rules_of, "rules_of") INTERN(s_memo, "memo") INTERN(s_rules_memo, "_memo") INTERN(s_invalid, "invalid")
+    INTERN(s_forced, "forced") INTERN(s_key, "key") INTERN(s_prefix, "prefix")
+    INTERN(s_kind, "kind") INTERN(s_enabled, "enabled") INTERN(s_cache, "cache")
+    INTERN(s_entries, "_entries") INTERN(s_clock, "_clock") INTERN(s_cipher, "cipher")
+    INTERN(s_loop_decryptor, "loop_decryptor") INTERN(s_token, "token")
+    INTERN(s_stored_at, "stored_at") INTERN(s_expires_at, "expires_at")
+    INTERN(s_source, "source") INTERN(s_refresh_at, "refresh_at")
+    INTERN(s_move_to_end, "move_to_end") INTERN(s_update, "update") INTERN(s_write, "write")
+    INTERN(s_pending, "pending") INTERN(s_counts, "_counts") INTERN(s_sums, "_sums")
+    INTERN(s_bounds, "_bounds") INTERN(s_observe, "observe") INTERN(s_spared_at, "spared_at") INTERN(s_size, "size")
+    INTERN(s_current, "current") INTERN(s_audit, "audit") INTERN(s_tally, "tally")
+    INTERN(s_histogram, "histogram") INTERN(s_wall, "wall")
+    INTERN(s_heads, "heads") INTERN(s_not_found, "not_found")
+    INTERN(s_read_counters, "read_counters") INTERN(s_avoided_counter, "avoided_counter")
+#undef INTERN
+    if ((one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&HitType) < 0)
+        return NULL;
+    if ((module = PyModule_Create(&hit_module)) == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "Hit", (PyObject *)&HitType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

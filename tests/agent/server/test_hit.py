@@ -1,0 +1,286 @@
+"""The compiled read (``server/_hit.c``) against its reference (``server/hit.py``): for every read
+it answers, the same bytes, counts and cache effects; where it declines, no effect at all."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from secrets_agent.kinds import Kind
+from secrets_agent.server.context import ApiContext
+from secrets_agent.server.hit import CLOSE, KEEP, PASS, Hit, make_hit
+from secrets_agent.server.lean import HeadParser, Renderer
+from secrets_agent.server.memo import Generations
+from secrets_agent.server.peers import Peer
+from secrets_agent.server.reads import Caller, Reads
+from support.helpers import DEMO_BACKEND, FakeClock, RunningAgent, agent_config, running_agent
+
+pytestmark = pytest.mark.integration
+
+WALL = 1_800_000_000.25  # the renderer's clock: Date is the same for both twins
+VALUES = {
+    "plain": "s3cret-value",
+    "empty": "",
+    "escapes": 'a "quoted" \\ back\\slash\n\r\t\b\f\x00\x1f\x7f end',
+    "unicode": "mot de passe: çà€ — 日本語",
+    "astral": "emoji 😀 and 𝄞 (two surrogates each)",
+    "long": "x" * 20_000 + "é",
+}
+
+
+class Wire:
+    """A transport that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+@dataclass
+class Twins:
+    running: RunningAgent
+    clock: FakeClock
+    reference: Hit
+    compiled: Any
+    heads: HeadParser
+    caller: Caller = field(
+        default_factory=lambda: Caller(Peer(os.getpid(), os.getuid(), os.getgid()), frozenset())
+    )
+
+    @property
+    def service(self) -> Any:
+        return self.running.agent.runtime_now().service
+
+    def request(self, path: str, extra: str = "") -> bytes:
+        """A request's bytes, parsed once (so both twins find it in the memo)."""
+        data = f"GET /v1/{path} HTTP/1.1\r\nHost: agent\r\n{extra}\r\n".encode()
+        self.heads.parse(data)
+        return data
+
+    def effects(self, twin: Any, data: bytes) -> tuple[int, list[bytes], dict[Any, int], Any]:
+        """What one call of ``twin`` did: its code, the bytes written, the counts it added, and
+        the cache's order and read marks after it."""
+
+        async def call() -> tuple[int, list[bytes], dict[Any, int], Any]:
+            metrics = self.running.agent.metrics
+            metrics.tally.fold()
+            cache = self.service.cache
+            for entry in cache._entries.values():
+                entry.read = False
+            histogram = {k: sum(v) for k, v in metrics.request_latency._counts.items()}
+            wire = Wire()
+            code = twin(self.caller, data, wire)
+            counts: dict[Any, int] = dict(metrics.tally.pending)
+            for kind, buckets in metrics.request_latency._counts.items():
+                counts[("latency", kind)] = sum(buckets) - histogram.get(kind, 0)
+            state = [(key, entry.read) for key, entry in cache._entries.items()]
+            return code, wire.sent, {k: v for k, v in counts.items() if v}, state
+
+        return self.running.call(call())
+
+    def same(self, data: bytes) -> tuple[int, bytes]:
+        """Both twins on ``data``: the same effects; the code and the answer."""
+        reference = self.effects(self.reference, data)
+        compiled = self.effects(self.compiled, data)
+        assert compiled == reference
+        code, sent, _, _ = reference
+        return code, b"".join(sent)
+
+
+@pytest.fixture
+def twins(short_tmp: Path) -> Iterator[Twins]:
+    clock = FakeClock()
+    with running_agent(agent_config(short_tmp), clock=clock) as running:
+        yield build(running, clock)
+
+
+def build(running: RunningAgent, clock: FakeClock) -> Twins:
+    agent = running.agent
+
+    async def make() -> Twins:
+        reads = Reads(ApiContext(agent.runtime_now, agent.metrics, agent.audit))
+        heads = HeadParser(8190, 8190, reads.prepare, 8192)
+        renderer = Renderer(wall=lambda: WALL)
+        memo: Generations[bytes, Any] = heads.memo
+        reference = Hit(memo, reads, renderer, agent.metrics)
+        compiled = make_hit(memo, reads, renderer, agent.metrics)
+        assert type(compiled).__module__ == "secrets_agent.server._hit", "not built"
+        twins = Twins(running, clock, reference, compiled, heads)
+        assert twins.caller.allowed(agent.runtime_now().policy)  # as the first request does
+        return twins
+
+    return running.call(make())
+
+
+def put(twins: Twins, secret_id: str, value: str | None, **options: Any) -> None:
+    async def store() -> None:
+        twins.service.cache.put(Kind.VARIABLE, secret_id, value, **options)
+
+    twins.running.call(store())
+
+
+def test_the_compiled_read_is_built_and_chosen() -> None:
+    """The suite's install builds it (a C compiler is a test dependency)."""
+    from secrets_agent.server import _hit
+
+    assert callable(_hit.Hit)
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_a_hit_is_answered_alike(twins: Twins, name: str) -> None:
+    put(twins, f"v_{name}", VALUES[name], source="local", age=7.25)
+    code, answer = twins.same(twins.request(f"variables/v_{name}"))
+    assert code == KEEP
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"\r\nAge: 7\r\n" in head and b"Date: Fri, 15 Jan 2027 08:00:00 GMT" in head
+    assert body.decode("ascii").endswith("}")
+
+
+def test_a_known_miss_and_connection_close_are_answered_alike(twins: Twins) -> None:
+    put(twins, "absent", None)  # as the service stores a miss: no source
+    code, answer = twins.same(twins.request("variables/absent", "Connection: close\r\n"))
+    assert code == CLOSE
+    assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
+
+
+def test_a_value_without_a_backend_counts_the_backends_it_spares(twins: Twins) -> None:
+    put(twins, "orphan", "value")  # e.g. a warm start's copy: every accepting backend spared
+    code, _ = twins.same(twins.request("variables/orphan"))
+    assert code == KEEP
+
+
+def test_a_cache_hit_moves_the_entry_to_the_lru_end(twins: Twins) -> None:
+    put(twins, "first", "1", source="local")
+    put(twins, "second", "2", source="local")
+    data = twins.request("variables/first")
+    code, _, _, state = twins.effects(twins.compiled, data)
+    assert code == KEEP
+    assert state[-1] == ((Kind.VARIABLE, "first", None), True)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("variables/a%2Fb%20c", ""),  # invalid id: a 400 for the general path
+        ("variables/held?refresh=true", ""),  # refresh-now
+        ("variables/held", "Cache-Control: no-cache\r\n"),
+        ("variables/held?team=team_a", ""),  # a team to check against the policy
+        ("variables/never-stored", ""),  # not cached: the upstream
+    ],
+)
+def test_reads_neither_answers_are_declined_without_effect(
+    twins: Twins, path: str, extra: str
+) -> None:
+    put(twins, "held", "v", source="local")
+    put(twins, "held", "v", source="local", team="team_a")
+    assert twins.same(twins.request(path, extra)) == (PASS, b"")
+
+
+def test_an_unknown_request_is_declined(twins: Twins) -> None:
+    assert twins.same(b"GET /v1/variables/nobody-parsed HTTP/1.1\r\nHost: a\r\n\r\n")[0] == PASS
+
+
+def test_expired_reads_are_declined(twins: Twins) -> None:
+    put(twins, "short", "v", source="local", ttl=5)
+    data = twins.request("variables/short")
+    assert twins.same(data)[0] == KEEP
+    twins.clock.advance(5)
+    assert twins.same(data) == (PASS, b"")
+
+
+def test_the_compiled_read_leaves_refresh_ahead_to_the_reference(twins: Twins) -> None:
+    put(twins, "due", "v", source="local")
+    data = twins.request("variables/due")
+    twins.running.call(_due(twins, (Kind.VARIABLE, "due", None)))
+    assert twins.effects(twins.compiled, data)[:3] == (PASS, [], {})
+
+
+async def _due(twins: Twins, key: Any) -> None:
+    twins.service.cache._entries[key].refresh_at = twins.clock.now
+
+
+def test_audited_reads_and_unknown_peers_are_declined(twins: Twins) -> None:
+    put(twins, "held", "v", source="local")
+    data = twins.request("variables/held")
+    audit = twins.running.agent.audit
+    audit.enabled, enabled = True, audit.enabled
+    try:
+        assert twins.same(data) == (PASS, b"")
+    finally:
+        audit.enabled = enabled
+    twins.caller = Caller(Peer(1, 2, 3), frozenset())  # never allowed by the policy yet
+    assert twins.same(data) == (PASS, b"")
+
+
+def test_a_reloaded_cache_is_read(twins: Twins) -> None:
+    """The twin reads whichever cache serves now (a reload may bring another)."""
+    put(twins, "held", "before", source="local")
+    data = twins.request("variables/held")
+    assert b'"before"' in twins.same(data)[1]
+
+    async def swap() -> None:
+        runtime = twins.running.agent.runtime_now()
+        old = runtime.service.cache
+        new = type(old)(
+            max_entries=100,
+            ttl=lambda kind: 60.0,
+            negative_ttl=60.0,
+            max_stale=0.0,
+            cipher=old.cipher,
+            clock=twins.clock,
+        )
+        new.put(Kind.VARIABLE, "held", "after", source="local")
+        runtime.service.cache = new
+
+    twins.running.call(swap())
+    assert b'"after"' in twins.same(data)[1]
+
+
+@pytest.fixture
+def ruled(short_tmp: Path) -> Iterator[Twins]:
+    rules = f'[[access]]\nuid = {os.getuid()}\nvariables = ["open_*"]\n'
+    clock = FakeClock()
+    config = agent_config(short_tmp, backends=DEMO_BACKEND + rules)
+    with running_agent(config, clock=clock) as running:
+        twins = build(running, clock)
+        twins.caller = Caller(Peer(os.getpid(), os.getuid(), os.getgid()), frozenset())
+        assert running.call(_allowed(twins))
+        yield twins
+
+
+async def _allowed(twins: Twins) -> bool:
+    return twins.caller.allowed(twins.running.agent.runtime_now().policy)
+
+
+def test_access_rules_decided_once_then_answered_alike(ruled: Twins) -> None:
+    put(ruled, "open_1", "v", source="local")
+    put(ruled, "closed_1", "v", source="local")
+    opened, closed = ruled.request("variables/open_1"), ruled.request("variables/closed_1")
+    # Nothing decided yet for this peer: the compiled read leaves the decision to the reference.
+    assert ruled.effects(ruled.compiled, opened)[:3] == (PASS, [], {})
+    assert ruled.effects(ruled.reference, opened)[0] == KEEP  # decides, and answers
+    assert ruled.same(opened)[0] == KEEP
+    assert ruled.same(closed) == (PASS, b"")  # refused: the general path's 403
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=st.text(st.characters(codec="utf-8"), max_size=40))
+def test_any_text_is_answered_alike(twins: Twins, value: str) -> None:
+    """Every character JSON escapes (or not), in UTF-8 of every length."""
+    put(twins, "any", value, source="local")
+    code, answer = twins.same(twins.request("variables/any"))
+    assert code == KEEP
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["value"] == value
