@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Sequence
+
+import pytest
 
 from secrets_agent.backends.feeds import Feed, FeedOptions, Held, Hint, Message, ids_for
 from secrets_agent.errors import TransientError
@@ -111,6 +114,32 @@ async def test_duplicate_and_unrelated_events_cost_no_upstream_read() -> None:
     assert len(f.script.calls) == 1
     assert (f.events("duplicate"), f.events("ignored"), f.events("malformed")) == (1, 1, 1)
     assert len(f.feed.acked) == 3  # malformed ones too: never a poison loop
+
+
+async def test_events_about_another_scopes_secrets_are_counted_logged_once_and_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Fixture()
+    await f.service.lookup(V, "k")
+    # The same name as ours, in another region: not a change of what this node holds.
+    other = Message(hint(version="2").hints, foreign="region (eu-west-1; this backend's: x)")
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.feeds"):
+        await f.deliver(other, other)
+        await f.deliver(other)
+        assert (await f.service.lookup(V, "k")).state is CacheState.HIT  # still fresh
+        assert len(f.script.calls) == 1 and f.events("foreign") == 3
+        assert f.events("applied") == f.events("ignored") == 0
+        assert len(f.feed.acked) == 3  # removed from the queue all the same
+        f.pace.advance(f.feed.options.log_interval)
+        await f.deliver(other)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "feed 'a': removed an event about a secret of another region (eu-west-1; this "
+        "backend's: x)",
+        "feed 'a': removed an event about a secret of another region (eu-west-1; this "
+        "backend's: x) (2 more since the last line)",
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 async def test_deleted_secret_becomes_a_miss() -> None:

@@ -66,6 +66,9 @@ class Message:
     hints: tuple[Hint, ...] = ()
     malformed: bool = False
     receipt: Any = None
+    # About another account's, region's, project's or vault's secret (a shared queue or
+    # topic): which, for the log ("region (eu-west-1; this backend's: us-east-1)"); "": ours.
+    foreign: str = ""
 
 
 class Feed(abc.ABC):
@@ -103,7 +106,8 @@ class Feed(abc.ABC):
         return self.options.lease_ttl or max(30.0, 3 * self.round_time)
 
     async def ack(self, messages: Sequence[Message]) -> None:
-        """Remove handled messages (applied, ignored and malformed alike: never a poison loop)."""
+        """Remove handled messages (applied, ignored, foreign and malformed alike: never a
+        poison loop)."""
         return None
 
     def fold(self, secret_id: str) -> str:

@@ -124,6 +124,7 @@ class FeedRunner:
         self._pending: dict[Key, asyncio.Task[None]] = {}
         self._wants: dict[Key, str | None] = {}  # the version a pending refetch should find
         self._malformed_log = Throttled(o.log_interval, self._clocks.pace, log)
+        self._foreign_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._failure_log = Throttled(o.log_interval, self._clocks.pace, log)
         self._started = False
         self._live = False  # a round went through: "ok" means it received (or stands by)
@@ -241,6 +242,14 @@ class FeedRunner:
             if message.malformed:
                 events.labels(self.name, "malformed").inc()
                 self._malformed_log("feed %r: removed an unparseable message", self.name)
+                continue
+            if message.foreign:
+                events.labels(self.name, "foreign").inc()
+                self._foreign_log(
+                    "feed %r: removed an event about a secret of another %s",
+                    self.name,
+                    message.foreign,
+                )
                 continue
             if message.hints and held is None:
                 held = self._index()

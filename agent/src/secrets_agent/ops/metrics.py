@@ -255,7 +255,8 @@ class Metrics:
         self.feed_events = Counter(
             p + "feed_events",
             "Change-feed events by feed and result (applied; ignored: a name the backend does "
-            "not serve; duplicate: the version held already; malformed: unparseable, removed).",
+            "not serve; foreign: about another account's, region's, project's or vault's secret; "
+            "duplicate: the version held already; malformed: unparseable, removed).",
             ["feed", "result"],
             registry=r,
         )
