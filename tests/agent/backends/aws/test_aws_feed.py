@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from secrets_agent.backends.aws.feed import parse_body, secrets_manager_changes, ssm_changes
+from secrets_agent.backends.aws.feed import (
+    foreign,
+    parse_body,
+    role_account,
+    secrets_manager_changes,
+    ssm_changes,
+)
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
@@ -141,6 +148,117 @@ def test_rotation_event_makes_the_agent_serve_the_new_value(
         assert calls("ReceiveMessage") >= 1 and calls("DeleteMessageBatch") >= 1
         [backend] = body_of(answer)["backends"]
         assert backend["upstream_calls"] == calls("GetSecretValue") + calls("DescribeSecret")
+
+
+def foreign_event(region: str, account: str, name: str) -> str:
+    """A rotation as another region's or account's bus delivers it to a shared queue."""
+    arn = f"arn:aws:secretsmanager:{region}:{account}:secret:{name}-AbC123"
+    event = {
+        "version": "0",
+        "id": "1",
+        "detail-type": "Secret Label Updated",
+        "source": "aws.secretsmanager",
+        "account": account,
+        "time": "2026-12-04T12:00:00Z",
+        "region": region,
+        "resources": [arn],
+        "detail": {"name": name, "labelUpdated": "AWSCURRENT", "versionId": "v-elsewhere"},
+    }
+    return json.dumps(event)
+
+
+def test_events_about_another_regions_or_accounts_secrets_are_removed_unapplied(
+    moto: MotoServer, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    moto.reset()
+    bus = Bus(moto, "aws.secretsmanager")
+    sm = moto.client("secretsmanager")
+    name, ours = "airflow/variables/token", "123456789012"  # moto's account
+    sm.create_secret(Name=name, SecretString="old")
+    # The role names the account the backend reads in; the region is the backend's own.
+    role = f'role_arn = "arn:aws:iam::{ours}:role/agent"\nsts_endpoint_url = "{moto.url}"\n'
+    table = backend_toml(moto, "aws_secrets_manager", bus.url).replace(
+        "[backends.feed]", role + "[backends.feed]"
+    )
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", table)
+    with running_agent(config) as agent:
+        assert value(agent, V, "token") == "old"
+        reads = agent.metric(
+            "secrets_agent_upstream_api_calls_total",
+            backend="aws",
+            operation="GetSecretValue",
+            result="ok",
+        )
+        sm.put_secret_value(SecretId=name, SecretString="new")  # no event of ours says so yet
+        # The same name, rotated in another region, in another account, and (CloudTrail)
+        # by a call of ours on another account's secret, named by its ARN.
+        bus.sqs.send_message(QueueUrl=bus.url, MessageBody=foreign_event("eu-west-1", ours, name))
+        bus.sqs.send_message(
+            QueueUrl=bus.url, MessageBody=foreign_event(REGION, "210987654321", name)
+        )
+        trail = {
+            "source": "aws.secretsmanager",
+            "detail-type": "AWS API Call via CloudTrail",
+            "account": ours,
+            "region": REGION,
+            "detail": {
+                "eventName": "PutSecretValue",
+                "requestParameters": {
+                    "secretId": f"arn:aws:secretsmanager:{REGION}:210987654321:secret:{name}"
+                },
+                "responseElements": {"versionId": "v9"},
+            },
+        }
+        sns = {"Type": "Notification", "Message": json.dumps(trail)}  # through SNS fan-out
+        with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.feeds"):
+            bus.sqs.send_message(QueueUrl=bus.url, MessageBody=json.dumps(sns))
+            eventually(lambda: events(agent, "foreign") == 3)
+            eventually(lambda: bus.waiting() == 0)  # removed, never a poison loop
+        assert events(agent, "applied") == 0
+        assert fresh(agent, V, "token") == "old"  # still fresh: nothing of ours changed
+        after = agent.metric(
+            "secrets_agent_upstream_api_calls_total",
+            backend="aws",
+            operation="GetSecretValue",
+            result="ok",
+        )
+        assert after == reads
+        lines = [r for r in caplog.records if "another" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].exc_info is None  # one line per log_interval
+        assert "another region (eu-west-1; this backend's: us-east-1)" in lines[0].getMessage()
+        # The rule's own events (this region, this account) still apply.
+        bus.put(
+            "aws.secretsmanager",
+            "Secret Label Updated",
+            {"name": name, "labelUpdated": "AWSCURRENT"},
+            Resources=[ARN.format("token")],
+        )
+        eventually(lambda: fresh(agent, V, "token") == "new")
+        assert events(agent, "applied") == 1
+
+
+def test_foreign_compares_only_what_both_sides_know() -> None:
+    change = secrets_manager_changes(
+        {
+            "source": "aws.secretsmanager",
+            "resources": ["arn:aws:secretsmanager:eu-west-1:2:secret:x-AbC123"],
+            "detail": {"labelUpdated": "AWSCURRENT"},
+        }
+    )
+    assert foreign({"region": "us-east-1"}, change, "", "") == ""  # nothing known of ours
+    assert foreign({}, change, "eu-west-1", "2") == ""
+    assert foreign({}, change, "us-east-1", "") == "region (eu-west-1; this backend's: us-east-1)"
+    assert foreign({}, change, "eu-west-1", "1") == "account (2; this backend's: 1)"
+    assert foreign({"account": "3"}, change, "", "2") == "account (3; this backend's: 2)"
+    assert role_account("arn:aws:iam::123456789012:role/a/b") == "123456789012"
+    assert role_account("arn:aws:iam:::role/a") == role_account("nonsense") == ""
+    ssm = {
+        "source": "aws.ssm",
+        "detail-type": "Parameter Store Change",
+        "resources": ["arn:aws:ssm:ap-south-1:1:parameter/p"],
+        "detail": {"name": "p", "operation": "Update"},
+    }
+    assert foreign(ssm, ssm_changes(ssm), "us-east-1", "1").startswith("region (ap-south-1;")
 
 
 def test_cloudtrail_delete_becomes_a_miss(moto: MotoServer, short_tmp: Path) -> None:

@@ -168,6 +168,11 @@ class AwsClient:
         # botocore has no public setter for a session's credentials; this is its own idiom.
         base._credentials = AioDeferredRefreshableCredentials(refresh, method="assume-role")
 
+    @property
+    def region(self) -> str:
+        """The region the client signs for: the backend's, however it was configured."""
+        return str(getattr(getattr(self._client, "meta", None), "region_name", None) or "")
+
     async def close(self) -> None:
         if self._retired is not None:
             await self._retired.aclose()

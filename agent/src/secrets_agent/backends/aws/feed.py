@@ -53,13 +53,18 @@ class SqsFeedOptions(FeedOptions):
     max_messages: int = setting(10, min=1, max=10)
 
 
+Scope = tuple[str, str]  # (region, account) an event or an ARN names; "" where it does not
+
+
 @dataclass(frozen=True)
 class Change:
-    """What one event says: the upstream names it may be about (any of them), and how."""
+    """What one event says: the upstream names it may be about (any of them), and how; and
+    where (the region and account of each ARN it names)."""
 
     names: tuple[str, ...]
     version: str | None = None
     gone: bool = False
+    scopes: tuple[Scope, ...] = ()
 
 
 def secrets_manager_changes(event: dict[str, Any]) -> list[Change]:
@@ -78,12 +83,14 @@ def secrets_manager_changes(event: dict[str, Any]) -> list[Change]:
         return []
     names = [detail["name"]] if isinstance(detail.get("name"), str) else []
     resources = event.get("resources")
-    if isinstance(resources, list):
-        names += [name for arn in resources if (name := _arn_name(arn, full=True))]
+    arns = resources if isinstance(resources, list) else []
+    names += [name for arn in arns if (name := _arn_name(arn, full=True))]
     if not names:
         raise ValueError("no secret name")
     version = detail.get("versionId")
-    return [Change(tuple(names), version if isinstance(version, str) else None)]
+    return [
+        Change(tuple(names), version if isinstance(version, str) else None, False, _scopes(arns))
+    ]
 
 
 def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
@@ -101,7 +108,8 @@ def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
             return []
         version = request.get("moveToVersionId")
     names: list[str] = []
-    for arn in (response.get("arn"), response.get("aRN")):  # "aRN" before February 2024
+    arns = [response.get("arn"), response.get("aRN"), request.get("secretId")]
+    for arn in arns[:2]:  # "aRN" before February 2024
         if isinstance(arn, str) and (name := _arn_name(arn, full=True)):
             names.append(name)
     secret_id = request.get("secretId")
@@ -115,7 +123,7 @@ def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
         raise ValueError("no secret name")
     gone = detail["eventName"] == "DeleteSecret"
     version = version if isinstance(version, str) else None
-    return [Change(tuple(dict.fromkeys(names)), version, gone)]
+    return [Change(tuple(dict.fromkeys(names)), version, gone, _scopes(arns))]
 
 
 def _makes_current(request: dict[str, Any], response: dict[str, Any]) -> bool:
@@ -134,6 +142,43 @@ def _arn_name(arn: object, full: bool) -> str | None:
     return _ARN_SUFFIX.sub("", parts[6]) if full else parts[6]
 
 
+def _scopes(arns: Sequence[object]) -> tuple[Scope, ...]:
+    """The (region, account) of each ARN (a Secrets Manager secret's or an SSM parameter's)."""
+    found = []
+    for arn in arns:
+        parts = arn.split(":", 5) if isinstance(arn, str) else []
+        if len(parts) == 6 and parts[0] == "arn":
+            found.append((parts[3], parts[4]))
+    return tuple(dict.fromkeys(found))
+
+
+def foreign(event: dict[str, Any], changes: Sequence[Change], region: str, account: str) -> str:
+    """What in an event says it is about another region's or account's secret; "" if none.
+
+    The envelope's ``region`` and ``account`` (EventBridge sets both), and those of every ARN
+    it names (a CloudTrail call may name another account's secret by ARN). A side the
+    backend does not know ("") or the event does not say is not compared.
+    """
+    scopes: list[Scope] = [(_text(event.get("region")), _text(event.get("account")))]
+    scopes += [scope for change in changes for scope in change.scopes]
+    for theirs_region, theirs_account in scopes:
+        if region and theirs_region and theirs_region != region:
+            return f"region ({theirs_region}; this backend's: {region})"
+        if account and theirs_account and theirs_account != account:
+            return f"account ({theirs_account}; this backend's: {account})"
+    return ""
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def role_account(role_arn: str) -> str:
+    """The account of ``arn:aws:iam::<account>:role/<name>``: where the role reads secrets."""
+    parts = role_arn.split(":", 5)
+    return parts[4] if len(parts) == 6 and parts[4].isdigit() else ""
+
+
 def ssm_changes(event: dict[str, Any]) -> list[Change]:
     """The change a ``Parameter Store Change`` event announces; [] for anything else."""
     if event.get("source") != "aws.ssm" or event.get("detail-type") != "Parameter Store Change":
@@ -146,7 +191,9 @@ def ssm_changes(event: dict[str, Any]) -> list[Change]:
         return []  # a label moved; the latest value (what a read answers) did not
     name = detail["name"]
     names = (name,) if name.startswith("/") else (name, "/" + name)
-    return [Change(names, gone=operation == "Delete")]
+    resources = event.get("resources")
+    scopes = _scopes(resources) if isinstance(resources, list) else ()
+    return [Change(names, gone=operation == "Delete", scopes=scopes)]
 
 
 _PARSERS = {"secretsmanager": secrets_manager_changes, "ssm": ssm_changes}
@@ -172,6 +219,11 @@ class SqsFeed(Feed):
         self._backend = backend
         self._parse = _PARSERS[backend.service]
         self._client: AwsClient | None = None
+        # Where the backend reads: its region (however configured: option, environment,
+        # profile), known once the client is built; its account only when role_arn names it
+        # (no sts:GetCallerIdentity: one more endpoint a private network may not reach).
+        self._region = ""
+        self._account = role_account(backend.options.role_arn)
 
     async def start(self) -> None:
         from secrets_agent.backends.aws.client import AwsClient
@@ -187,6 +239,7 @@ class SqsFeed(Feed):
         client = AwsClient(self.backend, "sqs", options, self._backend.context, track_auth=False)
         await client.start()
         self._client = client
+        self._region = client.region
 
     async def close(self) -> None:
         if self._client is not None:
@@ -215,6 +268,9 @@ class SqsFeed(Feed):
             changes = self._parse(event)
         except (ValueError, KeyError, TypeError, RecursionError):
             return Message(malformed=True, receipt=receipt)
+        where = foreign(event, changes, self._region, self._account) if changes else ""
+        if where:
+            return Message(receipt=receipt, foreign=where)
         at = event_time(event.get("time"))
         hints = tuple(
             Hint(kind, secret_id, change.version, at, change.gone)
