@@ -35,6 +35,7 @@ from support.tls import self_signed
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
 ACCESS_TOKEN = "test-access-token"
 PROJECT = "test-project"
+PROJECT_NUMBER = "380529160364"  # what Secret Manager's answers name PROJECT by
 
 
 def tls_material(directory: Path) -> tuple[bytes, bytes, Path]:
@@ -125,6 +126,8 @@ class SecretManagerServicer:
                 f"Secret Version [{request.name}] is in DISABLED state.",
             )
         base = request.name.rsplit("/", 1)[0]
+        if base.startswith(f"projects/{PROJECT}/"):  # answers name the project by number
+            base = f"projects/{PROJECT_NUMBER}/" + base.split("/", 2)[2]
         return types.AccessSecretVersionResponse(
             name=f"{base}/{version.number}", payload=types.SecretPayload(data=version.data)
         )

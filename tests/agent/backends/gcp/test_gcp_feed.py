@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from secrets_agent.backends.gcp.feed import parse
+from secrets_agent.backends.gcp.feed import foreign, parse, project_of
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
 from support.feeds import eventually, feed_health, fresh, negative, value
-from support.gcp_server import PROJECT, GrpcSecretManager, Store, TokenEndpoint, tls_material
+from support.gcp_server import (
+    PROJECT,
+    PROJECT_NUMBER,
+    GrpcSecretManager,
+    Store,
+    TokenEndpoint,
+    tls_material,
+)
 from support.helpers import agent_config, running_agent
 from support.pubsub_server import PubSubServer
 
@@ -34,9 +42,9 @@ class Google:
         self.pubsub = PubSubServer(key_pem, cert_pem)
         self.pubsub.start()
 
-    def notify(self, event: str, secret: str) -> None:
+    def notify(self, event: str, secret: str, project: str = PROJECT) -> None:
         self.pubsub.publish(
-            {"eventType": event, "secretId": f"projects/{PROJECT}/secrets/{secret}"}
+            {"eventType": event, "secretId": f"projects/{project}/secrets/{secret}"}
         )
 
     def toml(self) -> str:
@@ -104,6 +112,53 @@ def test_notifications_rotate_delete_and_survive_an_outage(google: Google, short
         google.pubsub.start()
         eventually(lambda: fresh(agent, V, "token") == "newer")
         assert feed_health(agent, "gcp") == "ok"
+
+
+def test_another_projects_notifications_are_removed_unapplied(
+    google: Google, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    google.secrets.put("airflow-variables-token", "old")
+    config = agent_config(short_tmp, "[cache]\nvariable_ttl = 3600\n", google.toml())
+    with running_agent(config) as agent:
+        # Before any answer the backend's number is unknown: another number is not judged.
+        google.notify("SECRET_VERSION_ADD", "airflow-variables-nothing-held", "111111111111")
+        eventually(lambda: len(google.pubsub.acked) == 1)
+        assert value(agent, V, "token") == "old"  # the answer names the project's number
+        reads = google.store.calls["AccessSecretVersion"]
+        google.secrets.put("airflow-variables-token", "new")  # none of ours says so yet
+        with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.feeds"):
+            # A topic several projects publish to: the same name, another project's secret,
+            # by number (as notifications name projects) and by id.
+            google.notify("SECRET_VERSION_ADD", "airflow-variables-token", "111111111111")
+            google.notify("SECRET_VERSION_ADD", "airflow-variables-token", "other-project")
+            eventually(lambda: len(google.pubsub.acked) == 3)
+        events = "secrets_agent_feed_events_total"
+        assert agent.metric(events, feed="gcp", result="foreign") == 2
+        assert fresh(agent, V, "token") == "old"
+        assert google.store.calls["AccessSecretVersion"] == reads  # no read for theirs
+        [line] = [r for r in caplog.records if "another" in r.getMessage()]
+        assert "another project (111111111111; this backend's: 380529160364)" in line.getMessage()
+        assert line.exc_info is None
+        # Ours, by number and by id, apply.
+        google.notify("SECRET_VERSION_ADD", "airflow-variables-token", PROJECT_NUMBER)
+        eventually(lambda: fresh(agent, V, "token") == "new")
+        google.secrets.put("airflow-variables-token", "newer")
+        google.notify("SECRET_VERSION_ADD", "airflow-variables-token")
+        eventually(lambda: fresh(agent, V, "token") == "newer")
+        # These two, and the first (a name the backend serves, nothing held: no read).
+        assert agent.metric(events, feed="gcp", result="applied") == 3
+
+
+def test_foreign_projects_by_id_or_by_number() -> None:
+    assert project_of("projects/p-1/secrets/s") == "p-1"
+    assert project_of("projects/p/locations/l/secrets/s") == "p"
+    assert project_of("folders/1/secrets/s") == ""
+    assert foreign("p", "p", "") == foreign("42", "p", "42") == ""
+    assert foreign("42", "p", "") == ""  # the number not learned yet: not judged
+    assert foreign("q", "p", "42") == "project (q; this backend's: p)"
+    assert foreign("43", "p", "42") == "project (43; this backend's: 42)"
+    assert foreign("43", "42", "") == "project (43; this backend's: 42)"  # configured so
+    assert foreign("q", "42", "") == ""  # an id against a number: cannot tell
 
 
 def test_a_subscription_that_does_not_exist_says_so(google: Google, short_tmp: Path) -> None:

@@ -43,6 +43,9 @@ class GcpSecretManagerBackend(Backend):
         self.calls = ApiCalls(name, self.context.metrics, translate, _is_missing)
         self._client: Any = None
         self._project = ""
+        # Secret Manager's answers name the project by number, as its change notifications
+        # do: the feed tells our notifications from another project's by it.
+        self.project_number = ""
         self._retry: Any = None
         self._error: BackendError | None = BackendError(name, "not started")
         self._stamp: Any = None  # the credentials file as read (``files.stamp``)
@@ -248,6 +251,9 @@ class GcpSecretManagerBackend(Backend):
             response = await self._access_once(path)
         if response is None:
             return None
+        number = str(response.name).split("/")[1:2]
+        if number and number[0].isdigit():
+            self.project_number = number[0]
         data: bytes = response.payload.data
         return self._text(kind, secret_id, data)
 

@@ -88,6 +88,27 @@ def parse(attributes: dict[str, str]) -> tuple[str, bool] | None:
     return secret.rsplit("/secrets/", 1)[1], event in _GONE
 
 
+def project_of(secret_id: str) -> str:
+    """The project in ``projects/<project>/secrets/<id>``: an id, or a number."""
+    head, _, project = secret_id.partition("/")
+    return project.partition("/")[0] if head == "projects" else ""
+
+
+def foreign(theirs: str, project_id: str, project_number: str) -> str:
+    """Why ``theirs`` is not the backend's project; "" when it is, or cannot be told.
+
+    Projects are named by id (letters first) or by number. Notifications name the number,
+    which the backend learns from its first answer without another call (Resource Manager's
+    would need its own role); until then a number is not compared.
+    """
+    ours = project_number if theirs.isdigit() else project_id
+    if project_id.isdigit():  # configured by number
+        ours = project_id if theirs.isdigit() else ""
+    if not theirs or not ours or theirs == ours:
+        return ""
+    return f"project ({theirs}; this backend's: {ours})"
+
+
 class PubSubFeed(Feed):
     options: PubSubFeedOptions
 
@@ -97,6 +118,7 @@ class PubSubFeed(Feed):
         self.calls = ApiCalls(backend.name, backend.context.metrics, self._translate)
         self._client: Any = None
         self._subscription = ""
+        self._project = ""  # the backend's project id (or number, if configured so)
 
     async def start(self) -> None:
         try:
@@ -105,6 +127,7 @@ class PubSubFeed(Feed):
             raise translate(self.backend, exc, "loading credentials") from None
         o = self.options
         project = self._backend.options.project_id or project or ""
+        self._project = project
         self._subscription = (
             o.subscription
             if o.subscription.startswith("projects/")
@@ -161,6 +184,10 @@ class PubSubFeed(Feed):
             return Message(malformed=True, receipt=item.ack_id)
         if change is None:
             return Message(receipt=item.ack_id)
+        theirs = project_of(attributes.get("secretId", ""))
+        where = foreign(theirs, self._project, self._backend.project_number)
+        if where:
+            return Message(receipt=item.ack_id, foreign=where)
         name, gone = change
         at = event_time(attributes.get("timestamp"))
         if at is None and message.publish_time:
