@@ -7,13 +7,24 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.queue import QueueClient
 
-from secrets_agent.backends.azure.feed import decode, secret_change
+from secrets_agent.backends.azure.backend import AzureKeyVaultBackend
+from secrets_agent.backends.azure.feed import (
+    StorageQueueFeed,
+    StorageQueueFeedOptions,
+    decode,
+    secret_change,
+)
+from secrets_agent.backends.azure.options import AzureOptions
+from secrets_agent.backends.base import BackendContext
+from secrets_agent.backends.feeds import Message
 from secrets_agent.config.schema import AgentConfig
 from secrets_agent.kinds import Kind
+from secrets_agent.ops.metrics import Metrics
 from support.azure_server import Azure
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_path
 from support.azurite import key_vault_event as event
@@ -129,6 +140,61 @@ def test_a_queue_that_does_not_exist_is_a_detail_then_a_gap_to_revalidate(
     finally:
         queue.delete_queue()
         queue.close()
+
+
+async def test_another_vaults_events_on_a_shared_queue_are_foreign(
+    azurite: Azurite, azure: Azure, short_tmp: Path
+) -> None:
+    """One Event Grid topic for several vaults: the same names, another vault's secrets."""
+    key_file = short_tmp / "account-key"
+    key_file.write_text(ACCOUNT_KEY)
+    # The feed knows its vault by name only from a vault URL with one (not the loopback one
+    # the end-to-end tests read), and reads nothing from the vault itself.
+    named = azure.options() | FAST | {"vault_url": "https://KV-Ours.vault.azure.net/"}
+    backend = AzureKeyVaultBackend("az", AzureOptions(**named), BackendContext(Metrics()))
+    options = StorageQueueFeedOptions(
+        queue_url=f"{azurite.account_url}/shared-kv-events", account_key_file=str(key_file)
+    )
+    feed = StorageQueueFeed(backend, options)
+    topic = "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/{}"
+
+    def shaped(vault: str, topic_vault: str, id_vault: str) -> dict[str, Any]:
+        made = event("airflow-variables-token", "2")
+        made["topic"] = topic.format(topic_vault)
+        made["data"] |= {
+            "VaultName": vault,
+            "Id": f"https://{id_vault}.vault.azure.net/secrets/airflow-variables-token/2",
+        }
+        return made
+
+    cloud = {
+        "type": "Microsoft.KeyVault.SecretNewVersionCreated",
+        "source": topic.format("kv-theirs"),
+        "data": {"ObjectName": "airflow-variables-token", "VaultName": "kv-theirs"},
+    }
+    cases = [
+        (shaped("kv-ours", "KV-OURS", "kv-ours"), ""),  # names compared without case
+        (shaped("kv-theirs", "kv-theirs", "kv-theirs"), "vault (kv-theirs; this backend's: "),
+        (shaped("kv-ours", "kv-theirs", "kv-ours"), "vault (kv-theirs;"),  # disagreeing: not
+        (shaped("kv-ours", "kv-ours", "kv-theirs"), "vault (kv-theirs;"),  # taken as ours
+        (cloud, "vault (kv-theirs; this backend's: kv-ours)"),
+    ]
+    with event_queue(azurite, "shared-kv-events") as queue:
+        await feed.start()
+        try:
+            for body, expected in cases:
+                queue.send_message(json.dumps(body))
+                messages: list[Message] = []
+                while not messages:  # the queue's own poll; each round waits poll_interval
+                    messages = await feed.receive(lambda: [])
+                [message] = messages
+                assert message.foreign.startswith(expected) if expected else not message.foreign
+                assert bool(message.hints) == (not expected)  # ours maps to the variable
+                await feed.ack(messages)
+            assert queue.get_queue_properties().approximate_message_count == 0
+        finally:
+            await feed.close()
+            await backend.close()
 
 
 def test_decode_reads_json_base64_and_cloudevents() -> None:

@@ -68,6 +68,10 @@ class Change:
     name: str
     version: str | None
     at: float | None
+    # Every vault the event names, lowercased: data.VaultName's, the topic's (Event Grid's
+    # ``topic``, CloudEvents' ``source``: ``…/providers/Microsoft.KeyVault/vaults/<name>``)
+    # and data.Id's host's (``https://<name>.vault.azure.net/secrets/…``).
+    vaults: tuple[str, ...] = ()
 
 
 def decode(body: str) -> dict[str, Any]:
@@ -99,7 +103,25 @@ def secret_change(event: dict[str, Any]) -> Change | None:
         raise ValueError("no secret name")
     version = data.get("Version")
     at = event_time(event.get("eventTime") or event.get("time"))
-    return Change(vault.lower(), name, version if isinstance(version, str) else None, at)
+    vaults = [vault, _topic_vault(event.get("topic") or event.get("source")), _id_vault(data)]
+    named = tuple(dict.fromkeys(v.lower() for v in vaults if v))
+    return Change(vault.lower(), name, version if isinstance(version, str) else None, at, named)
+
+
+def _topic_vault(topic: object) -> str:
+    """The vault in an Event Grid topic: ``/subscriptions/…/vaults/<name>``."""
+    if not isinstance(topic, str) or "/vaults/" not in topic.lower():
+        return ""
+    return topic[topic.lower().rindex("/vaults/") + len("/vaults/") :].split("/")[0]
+
+
+def _id_vault(data: dict[str, Any]) -> str:
+    """The vault in data.Id's host (the first label), unless the host is an address."""
+    secret_url = data.get("Id")
+    if not isinstance(secret_url, str):
+        return ""
+    host = urlsplit(secret_url).hostname or ""  # a malformed one: ValueError, malformed
+    return "" if _is_address(host) else host.split(".")[0]
 
 
 class StorageQueueFeed(Feed):
@@ -175,8 +197,13 @@ class StorageQueueFeed(Feed):
             change = secret_change(decode(str(item.content)))
         except (ValueError, TypeError, RecursionError):
             return Message(malformed=True, receipt=item)
-        if change is None or (self._vault and change.vault != self._vault):
+        if change is None:
             return Message(receipt=item)
+        others = [vault for vault in change.vaults if vault != self._vault]
+        if self._vault and others:
+            return Message(
+                receipt=item, foreign=f"vault ({others[0]}; this backend's: {self._vault})"
+            )
         o = self._backend.options
         named = named_by(o.secret_name, o.team_secret_name)
 
