@@ -15,7 +15,7 @@ PREFIX = "airflow-secrets-agent:"
 # The ACL docs/fleet.md documents: only the commands the tier uses, only its prefix. A cluster
 # client also asks for the slot map and the command table.
 ACL = (
-    f"~{PREFIX}* &{PREFIX}* -@all +get +set +exists +eval +del +unlink +publish +subscribe"
+    f"~{PREFIX}* &{PREFIX}* -@all +get +set +pttl +exists +eval +del +unlink +publish +subscribe"
     " +spublish +ssubscribe +ping +cluster|slots +command"
 )
 AGENT_USER = ("agent", "agent-store-password-3c1e")

@@ -198,3 +198,42 @@ async def test_a_store_outage_is_a_failing_feed_on_every_node_not_a_standby(
         return sorted(d.split(":")[0] for d in details()) == ["ok", "standby"]
 
     await until(healthy)
+
+
+async def test_a_feed_lease_planted_without_an_expiry_is_taken_back(
+    fleet: Fleet, store: RedisServer
+) -> None:
+    # A store writer (or a crashed, buggy peer) sets the feed's lease without an expiry: the
+    # holder loses it at its next renewal, and a node takes it back, rather than no node ever
+    # following the feed again (rotations unseen).
+    await fleet.start(2)
+    assert await fleet.values([0, 1]) == ["old"] * 2  # cached: only the feed brings "new"
+
+    async def one_holder() -> bool:
+        return len(fleet.holders()) == 1
+
+    await until(one_holder)
+    keys = store.command("KEYS", "*:lease")
+    assert isinstance(keys, list)
+    [name] = keys
+    store.command("SET", name, "someone")
+
+    def planted() -> float:
+        labels = {"operation": "lease_planted"}
+        return sum(
+            m.registry.get_sample_value("secrets_agent_shared_cache_errors_total", labels) or 0.0
+            for _, m in fleet.nodes
+        )
+
+    async def taken_back() -> bool:
+        return planted() == 1 and len(fleet.holders()) == 1
+
+    await until(taken_back)
+    assert 0 < int(str(store.command("PTTL", name))) <= 2000
+    await asyncio.to_thread(fleet.rotate, "new")
+
+    async def all_new() -> bool:
+        return await fleet.values([0, 1]) == ["new"] * 2
+
+    await until(all_new)
+    assert planted() == 1  # replaced once: from then on an agent's lease, renewed

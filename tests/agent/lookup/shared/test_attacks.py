@@ -1,6 +1,7 @@
 """What a store writer (no key) can try, against a real store: copy an entry to another
-namespace's name, put an old entry back, flood refresh-now. Each is a miss or a refusal,
-never another namespace's or an older value."""
+namespace's name, put an old entry back, flood refresh-now, plant a refresh lock without an
+expiry. Each is a miss or a refusal, never another namespace's or an older value, nor a
+lock every node waits on."""
 
 from __future__ import annotations
 
@@ -187,7 +188,9 @@ async def test_a_name_holding_another_type_costs_only_that_key(store: Store) -> 
     name = entry_of(store, "namespace", "k0")
     store.command("HSET", name, "field", "planted")  # a hash where an entry belongs
     lease = node.tier.lease("feed", 10.0)
-    store.command("RPUSH", Sealer([KEY], "namespace", "test:").lease("feed"), "planted")
+    lease_name = Sealer([KEY], "namespace", "test:").lease("feed")
+    store.command("RPUSH", lease_name, "planted")
+    store.command("PEXPIRE", lease_name, "20000")  # as an agent's would (without: replaced)
     for _ in range(4):  # past the breaker's two failures, were each a store failure
         node.cache.invalidate()
         assert (await node.service.lookup(V, "k0")).value == "v0"
@@ -206,6 +209,34 @@ async def test_a_name_holding_another_type_costs_only_that_key(store: Store) -> 
     assert planter.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
     assert len(script.calls) == 5
     await close(planter, node)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [("SET", "someone"), ("SET", "someone", "PX", "3600000"), ("HSET", "field", "someone")],
+    ids=["no-expiry", "too-long", "other-type"],
+)
+async def test_a_refresh_lock_planted_without_a_usable_expiry_is_taken_back(
+    store: Store, plant: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Script(values={(V, "k"): "v1"})
+    a, b = Node(store, script), Node(store, script)  # a lock lasts 30 s: an hour is planted
+    lock = Sealer([KEY], "namespace", "test:").names(V, "k", None).lock
+    command, *args = plant
+    store.command(command, lock, *args)
+    with caplog.at_level(logging.INFO, logger="secrets_agent.lookup.shared"):
+        assert (await a.service.lookup(V, "k")).value == "v1"
+    # Taken, the value shared, released: no wait on a lock nobody holds, and none for the next.
+    assert a.sample("secrets_agent_shared_cache_lock_waits_total", outcome="timeout") == 0
+    assert store.command("EXISTS", lock) == 0
+    assert (await b.service.lookup(V, "k")).value == "v1"
+    assert b.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+    assert len(script.calls) == 1
+    assert a.sample("secrets_agent_shared_cache_errors_total", operation="lock_planted") == 1
+    assert a.sample("secrets_agent_shared_cache_errors_total", operation="lock") == 0
+    [line] = [r for r in caplog.records if "was replaced" in r.getMessage()]
+    assert "a lock held without an expiry" in line.getMessage() and line.exc_info is None
+    await close(a, b)
 
 
 @pytest.mark.parametrize(

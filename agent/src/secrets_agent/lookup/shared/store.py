@@ -22,6 +22,7 @@ from secrets_agent.kinds import Kind
 from secrets_agent.lookup.shared.breaker import Breaker
 from secrets_agent.lookup.shared.bus import Bus, ClassicBus, ShardedBus
 from secrets_agent.lookup.shared.channel import Invalidations
+from secrets_agent.lookup.shared.claim import Claims, ms
 from secrets_agent.lookup.shared.floors import Floors
 from secrets_agent.lookup.shared.guard import Squatted, StoreDown, StoreGuard
 from secrets_agent.lookup.shared.lease import StoreLease
@@ -92,6 +93,7 @@ class RedisTier:
             breaker, metrics, timeout=timeout, log_interval=log_interval, clock=clock
         )
         self._skew = self._guard.throttled(log)
+        self._claims = Claims(metrics, self._guard.throttled(log), self._guard.throttled(log))
         # An entry lives at most its TTL: what refuses older copies needs to remember no longer.
         horizon = max(negative_ttl, *(ttl(kind) for kind in Kind))
         self.floors = Floors(horizon, clock=clock)
@@ -149,11 +151,12 @@ class RedisTier:
         """Take the refresh lock and look again in the same round trip: the entry may have
         been written between our read and the lock (by a holder that already released it)."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.set(names.primary.lock, token, nx=True, px=_ms(self._lock_ttl))
+        self._claims.claim(pipe, names.primary.lock, token, self._lock_ttl)  # planted: replaced
         for place in names.places:
             _read(pipe, place.entry)
-        locked, *tokens = await self._guard.call("lock", pipe.execute())
-        return bool(locked), self._first_readable(tokens, name, again=True)
+        claimed, *tokens = await self._guard.call("lock", pipe.execute())
+        locked = self._claims.taken("lock", claimed)
+        return locked, self._first_readable(tokens, name, again=True)
 
     async def _read(self, names: Names, name: Name) -> Shared | None:
         pipe = self._client.pipeline(transaction=False)
@@ -232,7 +235,7 @@ class RedisTier:
     async def _write(self, place: Place, entry: bytes, ttl: float, lock_token: str | None) -> None:
         pipe = self._client.pipeline(transaction=False)  # one slot: the entry and its lock
         if ttl > 0 and len(entry) <= MAX_ENTRY:
-            pipe.set(place.entry, entry, px=_ms(ttl))
+            pipe.set(place.entry, entry, px=ms(ttl))
         if lock_token is not None:
             pipe.eval(_UNLOCK, 1, place.lock, lock_token)
         await pipe.execute()
@@ -259,7 +262,8 @@ class RedisTier:
         self._channel.on_hint(topic, handler)
 
     def lease(self, purpose: str, ttl: float) -> Lease:
-        return StoreLease(self._client, self._sealer.lease(purpose), ttl, self._guard)
+        name = self._sealer.lease(purpose)
+        return StoreLease(self._client, name, ttl, self._guard, self._claims)
 
     def invalidate(self, kind: Kind | None, secret_id: str | None) -> None:
         self._channel.publish(kind, secret_id)
@@ -285,7 +289,3 @@ Name = tuple[Kind, str, str | None]
 def _read(pipe: Any, entry: str) -> None:
     """Stack an entry's read: its token, or b"" when it is too large to be one of ours."""
     pipe.eval(_READ, 1, entry, MAX_ENTRY)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
