@@ -89,7 +89,7 @@ async def test_nobody_waits_on_a_dead_lock_holder(store: RedisServer) -> None:
     script = Script(values={(V, "k"): "v1"})
     node = Node(store, script, lock_wait=0.2)
     lock = Sealer([KEY], "namespace", "test:").names(V, "k", None).lock
-    store.command("SET", lock, "a-node-that-died", "PX", "600000")
+    store.command("SET", lock, "a-node-that-died", "PX", "60000")  # lock_ttl 60 s
     assert (await node.service.lookup(V, "k")).value == "v1"
     assert node.sample("secrets_agent_shared_cache_lock_waits_total", outcome="timeout") == 1
     await node.tier.close()
