@@ -195,7 +195,8 @@ class Metrics:
         )
         self.shared_errors = Counter(
             p + "shared_cache_errors",
-            "Shared-cache store calls that failed or timed out, by operation.",
+            "Shared-cache store calls that failed or timed out, by operation (lease_planted, "
+            "lock_planted: a lease or lock found planted without a sane expiry, taken back).",
             ["operation"],
             registry=r,
         )

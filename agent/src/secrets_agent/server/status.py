@@ -18,7 +18,7 @@ from secrets_agent.server.context import Serving
 # Lookups answered from the node cache without the upstream.
 _ANSWERED_HERE = ("hit", "negative")
 # What the feed metrics' labels take (docs/change-feeds.md).
-_EVENTS = ("applied", "ignored", "duplicate", "malformed")
+_EVENTS = ("applied", "ignored", "duplicate", "malformed", "foreign")
 _TRIGGERS = ("event", "gap")
 _REFETCHES = ("fetched", "unchanged", "gone", "error", "limited")
 
