@@ -85,6 +85,8 @@ def test_image_config_and_content(layout: Path) -> None:
         f"{site}/cryptography/__init__.py",
     ):
         assert expected in names, expected
+    # The compiled read path, built for the image's CPython 3.11 (server/_hit.c).
+    assert f"{site}/secrets_agent/server/_hit.cpython-311-x86_64-linux-gnu.so" in names
     # Compiled at build time for the image's CPython 3.11, so nothing compiles at start.
     assert f"{site}/secrets_agent/__pycache__/daemon.cpython-311.pyc" in names
     # Nothing that only builds or installs: no package lists, no wheels, no compiler.

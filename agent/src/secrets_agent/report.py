@@ -71,7 +71,8 @@ def render(status: dict[str, Any]) -> str:
         f"cache: {cache['entries']:,} of {cache['max_entries']:,} entries "
         f"({cache['negative_entries']:,} negative); {cache['lookups']:,} lookups, hit ratio "
         f"{ratio}; {cache['stale_served']:,} stale served, {cache['negative_hits']:,} negative "
-        f"hits, {cache['coalesced']:,} coalesced",
+        f"hits, {cache['coalesced']:,} coalesced"
+        + (f"; {cache['read_path']} read path" if "read_path" in cache else ""),
     ]
     shared = status.get("shared_cache")
     if shared is not None:

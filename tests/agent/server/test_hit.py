@@ -284,3 +284,20 @@ def test_any_text_is_answered_alike(twins: Twins, value: str) -> None:
     code, answer = twins.same(twins.request("variables/any"))
     assert code == KEEP
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["value"] == value
+
+
+class Broken:
+    def write(self, data: bytes) -> None:
+        raise ConnectionResetError("gone")
+
+
+def test_a_write_that_fails_raises_from_both(twins: Twins) -> None:
+    put(twins, "held", "v", source="local")
+    data = twins.request("variables/held")
+
+    async def call(twin: Any) -> None:
+        twin(twins.caller, data, Broken())
+
+    for twin in (twins.reference, twins.compiled):
+        with pytest.raises(ConnectionResetError, match="gone"):
+            twins.running.call(call(twin))

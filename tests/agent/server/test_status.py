@@ -4,6 +4,7 @@ real agent (AWS Secrets Manager on moto's server, a scripted backend for failure
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +245,20 @@ def test_a_reload_keeps_the_counts_and_prices_them_as_the_new_table_says(
                 "secrets_agent_upstream_api_cost_dollars", backend="sm", calls=calls
             )
             assert cost == pytest.approx(usd)
+
+
+@pytest.mark.parametrize(("turned_off", "path"), [("", "compiled"), ("1", "reference")])
+def test_it_says_which_code_answers_cached_reads(
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    turned_off: str,
+    path: str,
+) -> None:
+    monkeypatch.setenv("SECRETS_AGENT_NO_EXTENSIONS", turned_off)
+    caplog.set_level(logging.INFO, logger="secrets_agent.server.hit")
+    with running_agent(agent_config(short_tmp)) as agent:
+        assert status(agent)[1]["cache"]["read_path"] == path
+    said = [r.getMessage() for r in caplog.records if r.name == "secrets_agent.server.hit"]
+    assert len(said) == (path == "reference")
+    assert all("SECRETS_AGENT_NO_EXTENSIONS is set" in line for line in said)

@@ -298,6 +298,9 @@ class Metrics:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self.version = __version__
+        # Which code answers cached reads (``server.hit``): "compiled", or "reference" where
+        # the extension was not built or is turned off. For ``status``.
+        self.read_path = "reference"
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_entries.set_function(lambda: float(size()))

@@ -12,6 +12,7 @@ test_hit.py`` holds the two to one contract.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Protocol
@@ -21,6 +22,8 @@ from secrets_agent.ops.metrics import Metrics
 from secrets_agent.server.lean import LeanRead, Renderer
 from secrets_agent.server.memo import Generations
 from secrets_agent.server.reads import HEADERS, NOT_FOUND, Caller, Reads
+
+log = logging.getLogger(__name__)
 
 PASS, KEEP, CLOSE = 0, 1, 2  # not answered here; answered; answered, and close the connection
 
@@ -96,9 +99,15 @@ def make_hit(
     """The compiled ``Hit`` where it was built and is not turned off, else ``Hit`` itself."""
     reference = Hit(memo, reads, renderer, metrics, size)
     if os.environ.get("SECRETS_AGENT_NO_EXTENSIONS"):
+        log.info("cached reads on the reference read path: SECRETS_AGENT_NO_EXTENSIONS is set")
         return reference
     try:
         from secrets_agent.server._hit import Hit as Compiled
-    except ImportError:  # built without a C compiler: the reference serves
+    except ImportError:  # installed without a C compiler at hand
+        log.warning(
+            "the compiled read path (secrets_agent.server._hit) is not built in this install: "
+            "cached reads cost about twice the CPU; reinstall where a C compiler is at hand"
+        )
         return reference
+    metrics.read_path = "compiled"
     return Compiled(reference)

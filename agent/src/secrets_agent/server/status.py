@@ -154,6 +154,7 @@ def _cache(serving: Serving, metrics: Metrics) -> dict[str, Any]:
         "stale_served": int(results.get("stale", 0.0)),
         "coalesced": int(sum(metrics.totals(metrics.coalesced, "kind").values())),
         "hit_ratio": round(here / lookups, 4) if lookups else None,
+        "read_path": metrics.read_path,
     }
 
 
