@@ -126,7 +126,13 @@ def test_rotation_event_makes_the_agent_serve_the_new_value(
         # What `secrets-agent status` says about the feed: the same state and counters.
         answer = raw_request(agent.socket_path, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
         [feed] = body_of(answer)["feeds"]
-        assert feed["events"] == {"applied": 1, "ignored": 2, "duplicate": 0, "malformed": 1}
+        assert feed["events"] == {
+            "applied": 1,
+            "ignored": 2,
+            "duplicate": 0,
+            "malformed": 1,
+            "foreign": 0,
+        }
         assert (feed["name"], feed["detail"], feed["up"], feed["consumer"]) == (
             "aws",
             "ok",
