@@ -45,7 +45,7 @@ def test_what_run_refuses_at_start_is_refused_each_on_its_line(
         snapshot_file = "snapshot.bin"
         """
         + AZURE
-        + 'client_secret_file = "absent-secret"\n',
+        + f'client_secret_file = "{tmp_path}/absent-secret"\n',
         capsys,
     )
     assert code == 78
@@ -155,9 +155,9 @@ def test_systemd_credentials_are_named_not_refused_outside_the_service(
         "not checked here: /run/credentials/airflow-secrets-agent.service/approle-secret-id" in err
     )
     # What is readable from here is still read.
-    local = '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "absent.json"\n'
+    local = f'[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "{tmp_path}/a.json"\n'
     code, err = check(tmp_path, SYSTEMD_CONFIG.format(tmp=tmp_path) + local, capsys)
-    assert code == 78 and "absent.json" in err
+    assert code == 78 and f"{tmp_path}/a.json" in err
 
 
 def test_inside_the_service_the_credential_is_read(

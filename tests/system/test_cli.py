@@ -111,12 +111,12 @@ def test_backend_that_cannot_start_exits_78(short_tmp: Path) -> None:
         [[backends]]
         name = "local"
         type = "file"
-        variables_file = "absent.json"
+        variables_file = "{short_tmp}/absent.json"
     """,
     )
     result = cli("run", "--config", str(path))
     assert result.returncode == 78
-    assert "absent.json does not exist" in result.stderr
+    assert f"{short_tmp}/absent.json does not exist" in result.stderr
     assert not (short_tmp / "agent.sock").exists()
 
 
@@ -151,11 +151,11 @@ LOCAL_SOURCE_PROBLEMS = {
         "bad.env: line 2: no value after '='",
     ),
     "missing file": (
-        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "absent.json"\n',
-        "absent.json does not exist",
+        '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "{dir}/absent.json"\n',
+        "/absent.json does not exist",
     ),
     "missing encryption key file": (
-        '[encryption]\nkey_file = "absent.key"\n'
+        '[encryption]\nkey_file = "{dir}/absent.key"\n'
         '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
         "absent.key",
     ),
@@ -166,17 +166,17 @@ LOCAL_SOURCE_PROBLEMS = {
     ),
     "missing vault token file": (
         '[[backends]]\nname = "vault"\ntype = "vault"\nurl = "http://127.0.0.1:9"\n'
-        '[backends.token]\ntoken_file = "absent.token"\n',
+        '[backends.token]\ntoken_file = "{dir}/absent.token"\n',
         "cannot read the token file",
     ),
     "missing vault aws_iam credentials file": (
         '[[backends]]\nname = "vault"\ntype = "vault"\nurl = "http://127.0.0.1:9"\n'
-        'auth_method = "aws_iam"\n[backends.aws_iam]\ncredentials_file = "absent.ini"\n',
+        'auth_method = "aws_iam"\n[backends.aws_iam]\ncredentials_file = "{dir}/absent.ini"\n',
         "cannot read the credentials file",
     ),
     "missing store password file": (
         '[encryption]\nkey_file = "fleet.key"\n'
-        '[shared_cache]\nurl = "redis://127.0.0.1:9"\npassword_file = "absent.pw"\n'
+        '[shared_cache]\nurl = "redis://127.0.0.1:9"\npassword_file = "{dir}/absent.pw"\n'
         '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
         "shared_cache.password_file",
     ),
@@ -184,7 +184,7 @@ LOCAL_SOURCE_PROBLEMS = {
         '[encryption]\nkey_file = "fleet.key"\n'
         '[shared_cache]\nurl = "rediss://127.0.0.1:9"\nusername = "agent"\n'
         '[shared_cache.iam]\nservice = "memorydb"\ncache_name = "c"\n'
-        'credentials_file = "absent.ini"\n'
+        'credentials_file = "{dir}/absent.ini"\n'
         '[[backends]]\nname = "local"\ntype = "file"\nvariables_file = "variables.json"\n',
         "shared_cache.iam.credentials_file",
     ),
@@ -200,6 +200,8 @@ def test_check_config_reads_local_sources_as_run_does(short_tmp: Path, case: str
     (short_tmp / "bad.env").write_text("ok=1\ns3cret=\n")
     (short_tmp / "fleet.key").write_bytes(Fernet.generate_key())
     (short_tmp / "fleet.key").chmod(0o600)
+    # Absolute paths, named in the messages (a relative one naming no file is refused unnamed).
+    body = body.format(dir=short_tmp)
     path = write_config(short_tmp, f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n' + body)
     checked = cli("check-config", str(path))
     ran = cli("run", "--config", str(path))

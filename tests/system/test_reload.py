@@ -78,11 +78,16 @@ def test_invalid_config_keeps_the_old_one_serving(
         setup.write_text("[cache]\nmax_entries = -1\n")
         assert agent.call(agent.agent.reload()) is False
         assert "cache.max_entries: must be >= 1" in caplog.text
-        setup.write_text(body(setup.parent, "missing.json"))
+        missing = setup.parent / "missing.json"  # absolute: named (config.paths)
+        setup.write_text(body(setup.parent, str(missing)))
         assert agent.call(agent.agent.reload()) is False  # a backend that cannot start
-        assert "missing.json does not exist" in caplog.text
+        assert f"{missing} does not exist" in caplog.text
+        setup.write_text(body(setup.parent, "hvs.CAESIpasted-secret-42"))  # not a file's path
+        assert agent.call(agent.agent.reload()) is False
+        assert "backends[1].variables_file: names no file in" in caplog.text
+        assert "pasted-secret-42" not in caplog.text
         assert body_of(get(agent, "/v1/variables/colour"))["value"] == "blue"
-        assert agent.metric("secrets_agent_config_reloads_total", result="failure") == 2
+        assert agent.metric("secrets_agent_config_reloads_total", result="failure") == 3
         assert body_of(get(agent, "/readyz"))["ready"] is True
 
 

@@ -78,7 +78,9 @@ def bad_configs(directory: Path, bao: BaoServer) -> dict[str, str]:
     return {
         "not TOML": good(directory) + "\n[cache\n",
         "invalid value": good(directory) + "\n[cache]\nmax_entries = -1\n",
-        "backend cannot start": replaced_other.format('variables_file = "missing.json"'),
+        "backend cannot start": replaced_other.format(
+            f'variables_file = "{directory}/missing.json"'  # absolute: named in the message
+        ),
         "backend cannot authenticate": good(directory)
         + f"""
         [[backends]]

@@ -119,6 +119,7 @@ def test_backend_problems_are_reported_per_entry(tmp_path: Path) -> None:
 
 
 def test_bad_extension_and_duplicate_names(tmp_path: Path) -> None:
+    (tmp_path / "vars.txt").touch()
     found = problems(
         tmp_path,
         """
@@ -136,6 +137,8 @@ def test_bad_extension_and_duplicate_names(tmp_path: Path) -> None:
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys/fernet.key").touch()  # a file read must be there (config.paths)
     config = load_config(
         write_config(
             tmp_path,
@@ -179,6 +182,8 @@ def test_check_config_accepts_the_example() -> None:
 
 
 def test_vault_backend_section_is_validated(tmp_path: Path) -> None:
+    for name in ("cert.pem", "b"):
+        (tmp_path / name).touch()
     found = problems(
         tmp_path,
         """
@@ -241,6 +246,7 @@ def test_vault_backend_minimal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["userpass", "ldap"])
 def test_vault_password_methods(tmp_path: Path, method: str) -> None:
     secret = "pa55-not-in-errors"
+    (tmp_path / "p").touch()
     base = f"""
         [[backends]]
         name = "vault"
@@ -297,6 +303,8 @@ def test_vault_aws_iam_table_is_optional_and_its_values_are_checked(tmp_path: Pa
 
 def test_vault_cert_login_needs_a_client_certificate_over_https(tmp_path: Path) -> None:
     base = '[[backends]]\nname = "vault"\ntype = "vault"\nauth_method = "cert"\n'
+    for name in ("c.pem", "c.key"):
+        (tmp_path / name).touch()
     message = "backends[0].auth_method: cert logs in with client_cert and client_key over https://"
     assert problems(tmp_path, base + 'url = "https://v:8200"\n') == [message]
     plain = 'url = "http://v:8200"\nclient_cert = "c.pem"\nclient_key = "c.key"\n'

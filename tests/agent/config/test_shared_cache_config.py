@@ -11,6 +11,13 @@ from secrets_agent.errors import ConfigError
 from support.helpers import write_config
 
 
+@pytest.fixture(autouse=True)
+def _files(tmp_path: Path) -> None:
+    """The files the configs below name: a file the agent reads must be there to load."""
+    for name in ("ca.pem", "store.pw", "f"):
+        (tmp_path / name).touch()
+
+
 def problems(tmp_path: Path, body: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path, body))

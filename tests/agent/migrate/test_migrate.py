@@ -295,7 +295,7 @@ def test_vault_aws_iam_on_the_default_chain_with_a_role_to_assume(tmp_path: Path
     ("cert", "expected"),
     [
         ("/etc/vault/client.pem", ("client.pem", "client.pem")),
-        (["/c.pem", "/c.key"], ("c.pem", "c.key")),
+        (["/etc/c.pem", "/etc/c.key"], ("c.pem", "c.key")),
     ],
 )
 def test_vault_client_certificate(tmp_path: Path, cert: Any, expected: tuple[str, str]) -> None:
@@ -638,6 +638,36 @@ def test_a_relative_file_path_is_refused_for_every_backend(
     assert code == 78, out
     assert f"[secrets] backend_kwargs '{kwarg or 'connection_verify'}'" in err, err
     assert "is relative" in err and "give the absolute path" in err and SECRET not in err
+    assert not (tmp_path / "out").exists()
+
+
+PEM = f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    ("provider", "kwargs"),
+    [
+        (VAULT, {"url": "https://v", "token_path": f"hvs.{SECRET}"}),
+        (VAULT, {"url": "https://v", "token": "t", "verify": PEM}),
+        (
+            VAULT,
+            {
+                "url": "https://v",
+                "auth_type": "kubernetes",
+                "kubernetes_role": "r",
+                "kubernetes_jwt_path": f"eyJ.{SECRET}.sig",
+            },
+        ),
+        (GCP, {"gcp_key_path": json.dumps({"private_key": SECRET}), "project_id": "p"}),
+    ],
+)
+def test_a_secret_pasted_as_a_file_path_is_not_echoed(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any]
+) -> None:
+    """The provider's path kwarg holding the secret itself: refused by its name, not its value."""
+    code, out, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78, out
+    assert "[secrets] backend_kwargs" in err and SECRET not in out + err
     assert not (tmp_path / "out").exists()
 
 

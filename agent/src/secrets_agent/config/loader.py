@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from secrets_agent.config.paths import local_problem, text_problem
 from secrets_agent.config.schema import AccessRule, AgentConfig, BackendCommon, BackendConfig
 from secrets_agent.errors import ConfigError
 
@@ -39,7 +40,7 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError([f"{path}: not valid TOML {_place(exc)}{_reason(exc)}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(raw, base_dir=path.resolve().parent)
+    return parse_config(raw, base_dir=path.resolve().parent, local=True)
 
 
 def _place(exc: tomllib.TOMLDecodeError) -> str:
@@ -60,9 +61,10 @@ def _reason(exc: tomllib.TOMLDecodeError) -> str:
     return f" ({reason[0].lower()}{reason[1:]})"
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
-    """Validate an already-parsed TOML document."""
-    loader = _Loader(base_dir)
+def parse_config(raw: dict[str, Any], base_dir: Path, *, local: bool = False) -> AgentConfig:
+    """Validate an already-parsed TOML document; ``local``: for this machine, whose files the
+    values of path keys must then evidently name (``config.paths``)."""
+    loader = _Loader(base_dir, local=local)
     hints = typing.get_type_hints(AgentConfig)
     kwargs: dict[str, Any] = {}
     for key in raw:
@@ -88,8 +90,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> AgentConfig:
 
 
 class _Loader:
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, *, local: bool = False) -> None:
         self.base_dir = base_dir
+        self.local = local
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self._placed: list[tuple[str, str, Any]] = []  # (where, name, options) of each backend
@@ -237,8 +240,20 @@ class _Loader:
                 self.problem(path, reason)
                 return _INVALID
         if meta.get("path") and isinstance(value, str) and value:
-            return str(self.base_dir / Path(value).expanduser())
+            return self.path(value, path, optional=meta.get("optional", False))
         return value
+
+    def path(self, written: str, key: str, *, optional: bool) -> Any:
+        """``written`` resolved against the config's directory; refused, by key only, when not
+        evidently a path (it may be a pasted secret: ``config.paths``)."""
+        resolved = self.base_dir / Path(written).expanduser()
+        reason = text_problem(written)
+        if reason is None and self.local and not optional:
+            reason = local_problem(written, resolved, self.base_dir)
+        if reason is not None:
+            self.problem(key, reason)
+            return _INVALID
+        return str(resolved)
 
 
 def _rule_violation(meta: Any, value: Any) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 from secrets_agent.config.validators import (
     MAX_ID,
     TLS_SCHEMES,
+    check_credential_name,
     check_date,
     check_env_name,
     check_glob,
@@ -35,7 +36,7 @@ DAY = 86400.0
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    socket_path: str = setting(DEFAULT_SOCKET_PATH, path=True)
+    socket_path: str = setting(DEFAULT_SOCKET_PATH, optional=True)
     socket_mode: str = setting("0660", check=check_octal_mode)
     socket_group: str = ""
     # None means "the agent's own uid / primary gid"; an explicit empty list allows nobody by it.
@@ -108,7 +109,7 @@ class CacheConfig:
     refresh_now_per_peer: int = setting(60, min=1, max=1_000_000)
     refresh_now_total: int = setting(600, min=1, max=1_000_000)
     # Encrypted warm start: the cache written here (needs a configured encryption key).
-    snapshot_file: str = setting("", path=True)
+    snapshot_file: str = setting("", optional=True)
     snapshot_interval: float = setting(300.0, min=1.0, max=DAY)
 
     def ttl(self, kind: Kind) -> float:
@@ -121,7 +122,7 @@ class AuditConfig:
     """The read audit: one JSON line per lookup, never a value (off by default)."""
 
     output: str = setting("off", choices=("off", "file", "stderr"))
-    file: str = setting("", path=True)
+    file: str = setting("", optional=True)
     # Rotate the file past this size (0 = never: leave it to logrotate, which sends SIGHUP).
     max_bytes: int = setting(100 * 1024 * 1024, min=0, max=1 << 40)
     backups: int = setting(5, min=1, max=1000)
@@ -137,7 +138,7 @@ class AuditConfig:
 class EncryptionConfig:
     key_file: str = setting("", path=True)
     key_env: str = setting("", check=check_env_name)
-    credential: str = ""
+    credential: str = setting("", check=check_credential_name)
 
 
 @dataclass(frozen=True)

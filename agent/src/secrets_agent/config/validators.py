@@ -23,9 +23,19 @@ def setting(
     choices: tuple[str, ...] | None = None,
     check: Check | None = None,
     path: bool = False,
+    optional: bool = False,
 ) -> Any:
-    """A dataclass field with rules for the loader; ``path`` resolves against the config dir."""
-    meta = {"min": min, "max": max, "choices": choices, "check": check, "path": path}
+    """A dataclass field with rules for the loader; ``path`` resolves against the config dir
+    (a file the agent reads, which must then be evidently a path: ``config.paths``);
+    ``optional``: one that need not exist at load (the agent makes it, or waits for it)."""
+    meta = {
+        "min": min,
+        "max": max,
+        "choices": choices,
+        "check": check,
+        "path": path or optional,
+        "optional": optional,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -89,6 +99,14 @@ def check_env_name(value: str) -> str | None:
     instead of the variable's name would otherwise be quoted back in the error."""
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         return "must be an environment variable's name (letters, digits, _), not the key itself"
+    return None
+
+
+def check_credential_name(value: str) -> str | None:
+    """A systemd credential's name ("" = none); never echoed: no Fernet key is one (its "="),
+    nor a list of keys (",", spaces), so a key pasted here is refused, not quoted back."""
+    if value and not re.fullmatch(r"(?!\.\.?$)[A-Za-z0-9_.@-]{1,255}", value):
+        return "must be a systemd credential's name (letters, digits, _ . @ -), not the key itself"
     return None
 
 
