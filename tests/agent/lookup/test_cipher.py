@@ -44,7 +44,11 @@ def test_invalid_key_is_reported_without_its_content(tmp_path: Path) -> None:
     [
         (EncryptionConfig(key_env="NOPE"), {}, "NOPE is unset"),
         (EncryptionConfig(credential="k"), {}, "CREDENTIALS_DIRECTORY is unset"),
-        (EncryptionConfig(key_file="/nonexistent/key"), {}, "cannot read key file"),
+        (
+            EncryptionConfig(key_file="/nonexistent/key"),
+            {},
+            "encryption.key_file: cannot read key file",
+        ),
         (EncryptionConfig(key_env="EMPTY"), {"EMPTY": " \n"}, "hold no key"),
     ],
 )

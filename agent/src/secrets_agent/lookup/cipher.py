@@ -86,7 +86,8 @@ def load_keys(config: EncryptionConfig, environ: Mapping[str, str] = os.environ)
     """Collect keys from every configured source, in the order file, env var, credential."""
     sources: list[tuple[str, str]] = []
     if config.key_file:
-        sources.append((f"encryption.key_file ({config.key_file})", _read(Path(config.key_file))))
+        where = "encryption.key_file"
+        sources.append((f"{where} ({config.key_file})", _read(Path(config.key_file), where)))
     if config.key_env:
         if config.key_env not in environ:
             raise StartupError(
@@ -101,7 +102,9 @@ def load_keys(config: EncryptionConfig, environ: Mapping[str, str] = os.environ)
                 "(use LoadCredential= in the systemd unit)"
             )
         path = Path(directory) / config.credential
-        sources.append((f"encryption.credential ({config.credential})", _read(path)))
+        sources.append(
+            (f"encryption.credential ({config.credential})", _read(path, "encryption.credential"))
+        )
     keys: list[bytes] = []
     for where, text in sources:
         # One key per line or separated by commas, newest first, as for Airflow's fernet_key.
@@ -116,8 +119,8 @@ def load_keys(config: EncryptionConfig, environ: Mapping[str, str] = os.environ)
     return keys
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, key: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise StartupError(f"cannot read key file {path}: {exc.strerror}") from None
+        raise StartupError(f"{key}: cannot read key file {path}: {exc.strerror}") from None
