@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from secrets_agent.kinds import Kind
 from secrets_agent.server.context import ApiContext
 from secrets_agent.server.hit import CLOSE, KEEP, PASS, Hit, make_hit
-from secrets_agent.server.lean import HeadParser, Renderer
+from secrets_agent.server.lean import HeadParser, Renderer, http_date
 from secrets_agent.server.memo import Generations
 from secrets_agent.server.peers import Peer
 from secrets_agent.server.reads import Caller, Reads
@@ -104,13 +105,15 @@ def twins(short_tmp: Path) -> Iterator[Twins]:
         yield build(running, clock)
 
 
-def build(running: RunningAgent, clock: FakeClock) -> Twins:
+def build(
+    running: RunningAgent, clock: FakeClock, wall: Callable[[], float] = lambda: WALL
+) -> Twins:
     agent = running.agent
 
     async def make() -> Twins:
         reads = Reads(ApiContext(agent.runtime_now, agent.metrics, agent.audit))
         heads = HeadParser(8190, 8190, reads.prepare, 8192)
-        renderer = Renderer(wall=lambda: WALL)
+        renderer = Renderer(wall=wall)
         memo: Generations[bytes, Any] = heads.memo
         reference = Hit(memo, reads, renderer, agent.metrics)
         compiled = make_hit(memo, reads, renderer, agent.metrics)
@@ -301,3 +304,28 @@ def test_a_write_that_fails_raises_from_both(twins: Twins) -> None:
     for twin in (twins.reference, twins.compiled):
         with pytest.raises(ConnectionResetError, match="gone"):
             twins.running.call(call(twin))
+
+
+def test_time_s_own_clocks_are_read_alike(short_tmp: Path) -> None:
+    """The agent's clocks are time.monotonic and time.time, which the twin reads itself."""
+    clock: Any = time.monotonic
+    with running_agent(agent_config(short_tmp), clock=clock) as running:
+        twins = build(running, FakeClock(), wall=time.time)
+        put(twins, "held", "v", source="local", age=7.5, ttl=3600)
+        data = twins.request("variables/held")
+        before = int(time.time())
+        code, sent, _, _ = twins.effects(twins.compiled, data)
+        after = int(time.time())
+        assert code == KEEP and b"\r\nAge: 7\r\n" in sent[0]
+        dates = {b"Date: " + http_date(s) + b"\r\n" for s in range(before, after + 1)}
+        assert any(date in sent[0] for date in dates)
+        put(twins, "short", "v", source="local", ttl=3600)
+        short = twins.request("variables/short")
+        assert twins.effects(twins.compiled, short)[0] == KEEP
+        twins.running.call(_expire(twins, (Kind.VARIABLE, "short", None)))
+        assert twins.effects(twins.compiled, short)[:3] == (PASS, [], {})
+
+
+async def _expire(twins: Twins, key: Any) -> None:
+    """Expired a moment ago on the agent's own clock."""
+    twins.service.cache._entries[key].expires_at = time.monotonic() - 0.001

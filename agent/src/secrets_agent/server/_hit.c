@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
@@ -26,6 +27,7 @@ static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_a
     *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
     *s_not_found, *s_read_counters, *s_avoided_counter;
 static PyObject *one; /* the int 1 */
+static PyObject *monotonic, *wall_time; /* time.monotonic and time.time: read here directly */
 
 typedef struct {
     PyObject_HEAD
@@ -37,6 +39,10 @@ typedef struct {
     PyObject *bounds;  /* the histogram's bucket bounds: a tuple of floats */
     PyObject *kinds;   /* kind label -> hit.Metrics.read_counters(kind) */
     PyObject *sources; /* backend -> its avoided counter */
+    /* The runtime last served by, and its parts (a Runtime is frozen; a reload makes another). */
+    PyObject *runtime, *policy, *access, *service;
+    /* The histogram's dicts (it never replaces them). */
+    PyObject *counts_by_kind, *sums;
     /* The cache last read from, and its parts (a reload may bring another). */
     PyObject *cache, *entries, *clock, *decryptor;
     /* The backends each known miss spares (SecretService.spared_at), per service: two
@@ -49,6 +55,7 @@ typedef struct {
 } HitObject;
 
 static PyObject *Hit_vectorcall(PyObject *, PyObject *const *, size_t, PyObject *);
+static int read_clock(PyObject *, double *);
 
 static const char *DAYS[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 static const char *MONTHS[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -75,6 +82,12 @@ Hit_traverse(HitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->clock);
     Py_VISIT(self->decryptor);
     Py_VISIT(self->names_of);
+    Py_VISIT(self->runtime);
+    Py_VISIT(self->policy);
+    Py_VISIT(self->access);
+    Py_VISIT(self->service);
+    Py_VISIT(self->counts_by_kind);
+    Py_VISIT(self->sums);
     Py_VISIT(self->names_young);
     Py_VISIT(self->names_old);
     return 0;
@@ -103,6 +116,12 @@ Hit_clear(HitObject *self)
     Py_CLEAR(self->clock);
     Py_CLEAR(self->decryptor);
     Py_CLEAR(self->names_of);
+    Py_CLEAR(self->runtime);
+    Py_CLEAR(self->policy);
+    Py_CLEAR(self->access);
+    Py_CLEAR(self->service);
+    Py_CLEAR(self->counts_by_kind);
+    Py_CLEAR(self->sums);
     Py_CLEAR(self->names_young);
     Py_CLEAR(self->names_old);
     return 0;
@@ -136,9 +155,12 @@ Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
     TAKE(read_counters, s_read_counters)
     TAKE(avoided_counter, s_avoided_counter)
 #undef TAKE
-    if ((self->bounds = PyObject_GetAttr(self->histogram, s_bounds)) == NULL)
+    if ((self->bounds = PyObject_GetAttr(self->histogram, s_bounds)) == NULL ||
+        (self->counts_by_kind = PyObject_GetAttr(self->histogram, s_counts)) == NULL ||
+        (self->sums = PyObject_GetAttr(self->histogram, s_sums)) == NULL)
         goto fail;
-    if (!PyTuple_Check(self->bounds) || !PyDict_Check(self->not_found)) {
+    if (!PyTuple_Check(self->bounds) || !PyDict_Check(self->not_found) ||
+        !PyDict_Check(self->counts_by_kind) || !PyDict_Check(self->sums)) {
         PyErr_SetString(PyExc_TypeError, "Hit: unexpected bounds or 404 bodies");
         goto fail;
     }
@@ -195,14 +217,13 @@ bump(PyObject *pending, PyObject *child)
 static int
 observe(HitObject *self, PyObject *kind, double seconds)
 {
-    PyObject *counts_by_kind, *sums, *counts, *sum, *count, *next;
+    PyObject *counts, *sum, *count, *next, *total;
     Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(self->bounds), mid;
-    int failed = -1;
-    if ((counts_by_kind = PyObject_GetAttr(self->histogram, s_counts)) == NULL)
-        return -1;
-    counts = PyDict_GetItemWithError(counts_by_kind, kind);
-    Py_DECREF(counts_by_kind);
-    if (counts == NULL || !PyList_Check(counts) || PyList_GET_SIZE(counts) != hi + 1) {
+    int failed;
+    counts = PyDict_GetItemWithError(self->counts_by_kind, kind);
+    sum = counts == NULL ? NULL : PyDict_GetItemWithError(self->sums, kind);
+    if (sum == NULL || !PyList_Check(counts) || PyList_GET_SIZE(counts) != hi + 1 ||
+        !PyFloat_Check(sum)) {
         /* a first answer for this kind (or a shape this code does not know): the reference */
         PyObject *result;
         if (PyErr_Occurred())
@@ -211,7 +232,6 @@ observe(HitObject *self, PyObject *kind, double seconds)
         Py_XDECREF(result);
         return result == NULL ? -1 : 0;
     }
-    Py_INCREF(counts);
     while (lo < hi) { /* bisect.bisect_left */
         mid = (lo + hi) / 2;
         if (PyFloat_AsDouble(PyTuple_GET_ITEM(self->bounds, mid)) < seconds)
@@ -221,23 +241,12 @@ observe(HitObject *self, PyObject *kind, double seconds)
     }
     count = PyList_GET_ITEM(counts, lo);
     if ((next = PyNumber_Add(count, one)) == NULL)
-        goto done;
+        return -1;
     PyList_SetItem(counts, lo, next); /* steals next */
-    if ((sums = PyObject_GetAttr(self->histogram, s_sums)) == NULL)
-        goto done;
-    sum = PyDict_GetItemWithError(sums, kind);
-    if (sum != NULL) {
-        PyObject *total = PyFloat_FromDouble(PyFloat_AsDouble(sum) + seconds);
-        if (total != NULL) {
-            failed = PyDict_SetItem(sums, kind, total);
-            Py_DECREF(total);
-        }
-    } else if (!PyErr_Occurred()) {
-        PyErr_SetString(PyExc_KeyError, "Hit: a histogram count without its sum");
-    }
-    Py_DECREF(sums);
-done:
-    Py_DECREF(counts);
+    if ((total = PyFloat_FromDouble(PyFloat_AS_DOUBLE(sum) + seconds)) == NULL)
+        return -1;
+    failed = PyDict_SetItem(self->sums, kind, total);
+    Py_DECREF(total);
     return failed;
 }
 
@@ -316,11 +325,78 @@ quote(const unsigned char *text, Py_ssize_t size, char *out)
     return n;
 }
 
+/* An attribute read at one place in this file: straight from its ``__slots__`` slot once the
+ * type there is known (what CPython's own code for the attribute would read, less the lookup);
+ * any other type, or an attribute that is not a slot, goes through PyObject_GetAttr. */
+typedef struct {
+    PyObject **name;    /* the interned name (set at module init) */
+    PyTypeObject *type; /* the first type seen here (NULL: none yet) */
+    Py_ssize_t offset;  /* its slot's offset in the instance, or -1: not a plain slot */
+} Site;
+
+static void
+learn(Site *site, PyTypeObject *type)
+{
+    PyObject *descr = _PyType_Lookup(type, *site->name); /* borrowed */
+    site->offset = -1;
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX)
+            site->offset = member->offset;
+    }
+    site->type = (PyTypeObject *)Py_NewRef(type); /* kept: the offset is only valid for it */
+}
+
+/* ``obj.<name>``: a new reference, or NULL with an exception set. */
+static inline PyObject *
+get(Site *site, PyObject *obj)
+{
+    if (Py_TYPE(obj) != site->type) {
+        if (site->type != NULL)
+            return PyObject_GetAttr(obj, *site->name);
+        learn(site, Py_TYPE(obj));
+    }
+    if (site->offset >= 0) {
+        PyObject *value = *(PyObject **)((char *)obj + site->offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(obj, *site->name); /* raises for an unset slot */
+}
+
+/* Whether ``obj.<name>`` is ``expected`` (-1: an error). */
+static int
+is_at(Site *site, PyObject *obj, PyObject *expected)
+{
+    PyObject *value = get(site, obj);
+    if (value == NULL)
+        return -1;
+    Py_DECREF(value);
+    return value == expected;
+}
+
+/* ``obj.<name> = True`` (a slot written directly where the type sets attributes generically). */
+static int
+set_true(Site *site, PyObject *obj)
+{
+    if (site->type == NULL)
+        learn(site, Py_TYPE(obj));
+    if (Py_TYPE(obj) == site->type && site->offset >= 0 &&
+        Py_TYPE(obj)->tp_setattro == PyObject_GenericSetAttr) {
+        PyObject **slot = (PyObject **)((char *)obj + site->offset);
+        PyObject *old = *slot;
+        *slot = Py_NewRef(Py_True);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, *site->name, Py_True);
+}
+
 /* The attribute as a C double (the cache's times), or -1 with an exception set. */
 static int
-get_double(PyObject *obj, PyObject *name, double *out)
+get_double(Site *site, PyObject *obj, double *out)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = get(site, obj);
     if (value == NULL)
         return -1;
     *out = PyFloat_AsDouble(value);
@@ -332,14 +408,9 @@ get_double(PyObject *obj, PyObject *name, double *out)
 static int
 refresh_date(HitObject *self)
 {
-    PyObject *now = PyObject_CallNoArgs(self->wall);
     double wall;
     long long second;
-    if (now == NULL)
-        return -1;
-    wall = PyFloat_AsDouble(now);
-    Py_DECREF(now);
-    if (wall == -1.0 && PyErr_Occurred())
+    if (read_clock(self->wall, &wall) < 0)
         return -1;
     second = (long long)wall; /* int(): towards zero */
     if (second != self->second) {
@@ -361,6 +432,37 @@ refresh_date(HitObject *self)
         self->second = second;
     }
     return 0;
+}
+
+/* A clock's reading as time.monotonic() / time.time() give it (_PyTime_AsSecondsDouble). */
+static double
+seconds_of(clockid_t clock)
+{
+    struct timespec ts;
+    long long ns;
+    clock_gettime(clock, &ts);
+    ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return ns % 1000000000LL == 0 ? (double)(ns / 1000000000LL) : (double)ns / 1e9;
+}
+
+/* ``clock()``, read directly when it is time's own (the agent's are, tests inject others). */
+static int
+read_clock(PyObject *clock, double *out)
+{
+    PyObject *now;
+    if (clock == monotonic) {
+        *out = seconds_of(CLOCK_MONOTONIC);
+        return 0;
+    }
+    if (clock == wall_time) {
+        *out = seconds_of(CLOCK_REALTIME);
+        return 0;
+    }
+    if ((now = PyObject_CallNoArgs(clock)) == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(now);
+    Py_DECREF(now);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static double
@@ -468,16 +570,48 @@ avoided_of(HitObject *self, PyObject *source)
     return avoided;
 }
 
-/* Whether ``obj.name`` is ``expected`` (-1: an error). */
+/* The runtime's parts, read again when a reload brought another runtime. */
 static int
-attr_is(PyObject *obj, PyObject *name, PyObject *expected)
+use_runtime(HitObject *self, PyObject *runtime)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL)
+    PyObject *policy, *access = NULL, *service = NULL;
+    if ((policy = PyObject_GetAttr(runtime, s_policy)) == NULL ||
+        (access = PyObject_GetAttr(runtime, s_access)) == NULL ||
+        (service = PyObject_GetAttr(runtime, s_service)) == NULL) {
+        Py_XDECREF(policy);
+        Py_XDECREF(access);
         return -1;
-    Py_DECREF(value);
-    return value == expected;
+    }
+    Py_XSETREF(self->policy, policy);
+    Py_XSETREF(self->access, access);
+    Py_XSETREF(self->service, service);
+    Py_XSETREF(self->runtime, Py_NewRef(runtime));
+    return 0;
 }
+
+static Site entry_read = {&s_read, NULL, -1};
+static Site head_read = {&s_read, NULL, -1};
+static Site head_kind_label = {&s_kind_label, NULL, -1};
+static Site head_keep_alive = {&s_keep_alive, NULL, -1};
+static Site caller_allowed_by = {&s_allowed_by, NULL, -1};
+static Site caller_rules_of = {&s_rules_of, NULL, -1};
+static Site caller_rules = {&s_rules, NULL, -1};
+static Site rules_memo = {&s_rules_memo, NULL, -1};
+static Site memo_young = {&s_young, NULL, -1};
+static Site read_invalid = {&s_invalid, NULL, -1};
+static Site read_forced = {&s_forced, NULL, -1};
+static Site read_key = {&s_key, NULL, -1};
+static Site read_prefix = {&s_prefix, NULL, -1};
+static Site read_kind = {&s_kind, NULL, -1};
+static Site audit_enabled = {&s_enabled, NULL, -1};
+static Site service_cache = {&s_cache, NULL, -1};
+static Site entry_expires_at = {&s_expires_at, NULL, -1};
+static Site entry_stored_at = {&s_stored_at, NULL, -1};
+static Site entry_token = {&s_token, NULL, -1};
+static Site entry_source = {&s_source, NULL, -1};
+static Site entry_refresh_at = {&s_refresh_at, NULL, -1};
+static Site tally_pending = {&s_pending, NULL, -1};
+static Site hit_memo_young = {&s_young, NULL, -1};
 
 static PyObject *
 answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transport)
@@ -486,7 +620,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     PyObject *read = NULL, *runtime = NULL, *policy = NULL, *key = NULL, *access = NULL;
     PyObject *service = NULL, *cache = NULL, *entry = NULL, *token = NULL, *source = NULL;
     PyObject *plain = NULL, *prefix = NULL, *kind_label = NULL, *counters = NULL;
-    PyObject *answer = NULL, *written, *pending = NULL, *now_obj, *body_bytes = NULL;
+    PyObject *answer = NULL, *written, *pending = NULL, *body_bytes = NULL;
     PyObject *result = NULL;
     const char *prefix_text = NULL;
     Py_ssize_t prefix_size = 0, quoted_size = 0, plain_size = 0, body_size;
@@ -494,27 +628,29 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     int keep_alive, is = 0, status;
     long long age_seconds;
 
-    if ((read = PyObject_GetAttr(head, s_read)) == NULL ||
+    if ((read = get(&head_read, head)) == NULL ||
         (runtime = PyObject_CallNoArgs(self->current)) == NULL ||
-        (policy = PyObject_GetAttr(runtime, s_policy)) == NULL)
+        (runtime != self->runtime && use_runtime(self, runtime) < 0))
         goto error;
+    policy = Py_NewRef(self->policy);
+    access = Py_NewRef(self->access);
+    service = Py_NewRef(self->service);
     /* Reads.plain: a peer allowed under the policy in force, a valid read, not refresh-now,
      * no team, an access decision already made and allowing, no audit. */
-    if ((is = attr_is(caller, s_allowed_by, policy)) != 1) goto decline_or_error;
-    if ((is = attr_is(read, s_invalid, Py_None)) != 1) goto decline_or_error;
-    if ((is = attr_is(read, s_forced, Py_False)) != 1) goto decline_or_error;
-    if ((key = PyObject_GetAttr(read, s_key)) == NULL) goto error;
+    if ((is = is_at(&caller_allowed_by, caller, policy)) != 1) goto decline_or_error;
+    if ((is = is_at(&read_invalid, read, Py_None)) != 1) goto decline_or_error;
+    if ((is = is_at(&read_forced, read, Py_False)) != 1) goto decline_or_error;
+    if ((key = get(&read_key, read)) == NULL) goto error;
     if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 3 || PyTuple_GET_ITEM(key, 2) != Py_None)
         goto decline;
-    if ((access = PyObject_GetAttr(runtime, s_access)) == NULL) goto error;
     if (access != Py_None) {
         PyObject *rules, *memo, *young, *decision;
-        if ((is = attr_is(caller, s_rules_of, access)) != 1) goto decline_or_error;
-        if ((rules = PyObject_GetAttr(caller, s_rules)) == NULL) goto error;
-        memo = rules == Py_None ? NULL : PyObject_GetAttr(rules, s_rules_memo);
+        if ((is = is_at(&caller_rules_of, caller, access)) != 1) goto decline_or_error;
+        if ((rules = get(&caller_rules, caller)) == NULL) goto error;
+        memo = rules == Py_None ? NULL : get(&rules_memo, rules);
         Py_DECREF(rules);
         if (memo == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
-        young = PyObject_GetAttr(memo, s_young);
+        young = get(&memo_young, memo);
         Py_DECREF(memo);
         if (young == NULL) goto error;
         decision = PyDict_Check(young) ? PyDict_GetItemWithError(young, key) : NULL;
@@ -522,27 +658,23 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         if (decision != Py_True) { if (PyErr_Occurred()) goto error; goto decline; }
     }
     if (self->audit != Py_None) {
-        PyObject *enabled = PyObject_GetAttr(self->audit, s_enabled);
+        PyObject *enabled = get(&audit_enabled, self->audit);
         if (enabled == NULL) goto error;
         is = PyObject_IsTrue(enabled);
         Py_DECREF(enabled);
         if (is != 0) goto decline_or_error;
     }
     /* SecretCache.fresh */
-    if ((service = PyObject_GetAttr(runtime, s_service)) == NULL ||
-        (cache = PyObject_GetAttr(service, s_cache)) == NULL)
+    if ((cache = get(&service_cache, service)) == NULL)
         goto error;
     if (cache != self->cache && use_cache(self, cache) < 0) goto error;
     entry = PyDict_GetItemWithError(self->entries, key);
     if (entry == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
     Py_INCREF(entry);
-    if ((now_obj = PyObject_CallNoArgs(self->clock)) == NULL) { goto error; }
-    now = PyFloat_AsDouble(now_obj);
-    Py_DECREF(now_obj);
-    if ((now == -1.0 && PyErr_Occurred()) || get_double(entry, s_expires_at, &expires_at) < 0 ||
-        get_double(entry, s_stored_at, &stored_at) < 0 ||
-        (token = PyObject_GetAttr(entry, s_token)) == NULL ||
-        (source = PyObject_GetAttr(entry, s_source)) == NULL) {
+    if (read_clock(self->clock, &now) < 0 || get_double(&entry_expires_at, entry, &expires_at) < 0 ||
+        get_double(&entry_stored_at, entry, &stored_at) < 0 ||
+        (token = get(&entry_token, entry)) == NULL ||
+        (source = get(&entry_source, entry)) == NULL) {
         goto error;
     }
     if (!(now < expires_at)) { goto decline; }
@@ -550,7 +682,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         Py_ssize_t size, pad;
         PyObject *view;
         const unsigned char *padded;
-        if (get_double(entry, s_refresh_at, &refresh_at) < 0) { goto error; }
+        if (get_double(&entry_refresh_at, entry, &refresh_at) < 0) { goto error; }
         if (!(now < refresh_at) || !PyBytes_Check(token)) { /* refresh-ahead: the reference's */
             goto decline;
         }
@@ -573,14 +705,14 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         if ((quoted_size = quote(plain_text, plain_size, NULL)) < 0) {
             goto decline;
         }
-        if ((prefix = PyObject_GetAttr(read, s_prefix)) == NULL) { goto error; }
+        if ((prefix = get(&read_prefix, read)) == NULL) { goto error; }
         prefix_text = PyUnicode_Check(prefix) ? PyUnicode_AsUTF8AndSize(prefix, &prefix_size)
                                               : NULL;
         if (prefix_text == NULL) { goto error_or_decline; }
         status = 200;
         body_size = prefix_size + quoted_size + 1;
     } else {
-        PyObject *kind = PyObject_GetAttr(read, s_kind);
+        PyObject *kind = get(&read_kind, read);
         if (kind == NULL) { goto error; }
         body_bytes = PyDict_GetItemWithError(self->not_found, kind);
         Py_DECREF(kind);
@@ -592,13 +724,13 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         status = 404;
         body_size = PyBytes_GET_SIZE(body_bytes);
     }
-    if ((kind_label = PyObject_GetAttr(head, s_kind_label)) == NULL) { goto error; }
-    keep_alive = attr_is(head, s_keep_alive, Py_True);
+    if ((kind_label = get(&head_kind_label, head)) == NULL) { goto error; }
+    keep_alive = is_at(&head_keep_alive, head, Py_True);
     if (keep_alive < 0) { goto error; }
 
     /* From here the read is answered: the cache's, the metrics' and the answer's effects. */
     written = PyObject_CallMethodOneArg(self->entries, s_move_to_end, key);
-    if (written == NULL || PyObject_SetAttr(entry, s_read, Py_True) < 0) {
+    if (written == NULL || set_true(&entry_read, entry) < 0) {
         Py_XDECREF(written);
         goto error;
     }
@@ -621,7 +753,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     } else {
         Py_INCREF(counters);
     }
-    if ((pending = PyObject_GetAttr(self->tally, s_pending)) == NULL ||
+    if ((pending = get(&tally_pending, self->tally)) == NULL ||
         bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 2 : 3)) < 0)
         goto error;
     if (source != Py_None) {
@@ -640,9 +772,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         }
         Py_DECREF(names);
     }
-    Py_CLEAR(pending);
-    if ((pending = PyObject_GetAttr(self->tally, s_pending)) == NULL ||
-        bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0 ||
+    if (bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0 ||
         observe(self, kind_label, perf_now() - started) < 0)
         goto error;
 
@@ -728,7 +858,7 @@ Hit_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
         PyErr_SetString(PyExc_TypeError, "Hit: not initialised");
         return NULL;
     }
-    if ((young = PyObject_GetAttr(self->memo, s_young)) == NULL)
+    if ((young = get(&hit_memo_young, self->memo)) == NULL)
         return NULL;
     head = PyDict_Check(young) ? PyDict_GetItemWithError(young, args[1]) : NULL;
     Py_XINCREF(head);
@@ -810,6 +940,16 @@ PyInit__hit(void)
 #undef INTERN
     if ((one = PyLong_FromLong(1)) == NULL)
         return NULL;
+    {
+        PyObject *time_module = PyImport_ImportModule("time");
+        if (time_module == NULL)
+            return NULL;
+        monotonic = PyObject_GetAttrString(time_module, "monotonic");
+        wall_time = PyObject_GetAttrString(time_module, "time");
+        Py_DECREF(time_module);
+        if (monotonic == NULL || wall_time == NULL)
+            return NULL;
+    }
     if (PyType_Ready(&HitType) < 0)
         return NULL;
     if ((module = PyModule_Create(&hit_module)) == NULL)
