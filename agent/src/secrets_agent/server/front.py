@@ -138,7 +138,7 @@ class Front(asyncio.Protocol):
                 return
             head = self._s.heads.memo.young.get(data)
             if head is not None:
-                self._respond(head)
+                self._respond(head, hit_declined=True)
                 if not (self._busy or self._closing):
                     self._idle()
                 return
@@ -255,16 +255,18 @@ class Front(asyncio.Protocol):
             if self._transport is not None and not self._closing:
                 self._transport.resume_reading()
 
-    def _respond(self, head: LeanRead) -> None:
-        """Answer now if the answer is at hand, else once the lookup has waited for it."""
+    def _respond(self, head: LeanRead, *, hit_declined: bool = False) -> None:
+        """Answer now if the answer is at hand, else once the lookup has waited for it
+        (``hit_declined``: the one-call read was just asked, and said no)."""
         started = time.perf_counter()
         assert self._caller is not None
         s, read = self._s, head.read
-        done = s.hit.answer(self._caller, head, self._transport)  # type: ignore[arg-type]
-        if done:  # the usual read: answered and written
-            if done != KEEP:
-                self._close()
-            return
+        if not hit_declined:
+            done = s.hit.answer(self._caller, head, self._transport)  # type: ignore[arg-type]
+            if done:  # the usual read: answered and written
+                if done != KEEP:
+                    self._close()
+                return
         answer = s.reads.settle(self._caller, read)
         if answer is None:
             self._busy, self._waiting_head, self._deadline = True, False, math.inf
