@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from secrets_agent_client import AgentSecretsBackend, AgentUnavailableError
-from secrets_agent_client.aio import MAX_IDLE
+from secrets_agent_client.aio import MAX_IDLE, AsyncUnixTransport
+from secrets_agent_client.wire import Response, lookup_path
 from support.agent_proc import CONNECTIONS, VARIABLES, real_agent
 from support.unix_server import ThreadedUnixServer
 
@@ -447,3 +448,137 @@ def test_lookups_on_uvloop_too(agent: str) -> None:
         assert loop.run_until_complete(lookups()) == ["hello"] * 20
     finally:
         loop.close()
+
+
+# -- waiting in place: where the loop has nothing else to run, a quick answer is read at once ---
+
+
+def greeting_lookup(transport: AsyncUnixTransport) -> Coroutine[Any, Any, Response]:
+    path = lookup_path("variables", "greeting", None, False)
+    assert path is not None
+    return transport.request("GET", path)
+
+
+def is_greeting(response: Response) -> bool:
+    return response.status == 200 and json.loads(response.body)["value"] == "hello"
+
+
+@on_a_loop
+async def test_on_an_idle_loop_a_quick_answer_is_read_without_suspending(agent: str) -> None:
+    # A wait in place long enough for any machine: the lookup must finish in its first step.
+    transport = AsyncUnixTransport(agent, 10, wait_here=30)
+    for _ in range(3):  # a new connection, then kept-alive ones
+        lookup = greeting_lookup(transport)
+        with pytest.raises(StopIteration) as done:
+            lookup.send(None)
+        assert is_greeting(done.value.value)
+    await transport.aclose()
+
+
+def suspends(lookup: Coroutine[Any, Any, Response]) -> bool:
+    """Whether ``lookup``'s first step ends waiting on its loop (then it is closed), rather than
+    with the answer read in place."""
+    try:
+        lookup.send(None)
+    except StopIteration:
+        return False
+    lookup.close()
+    return True
+
+
+@on_a_loop
+async def test_with_a_callback_ready_the_loop_waits_for_the_answer(agent: str) -> None:
+    transport = AsyncUnixTransport(agent, 10, wait_here=30)
+    assert is_greeting(await greeting_lookup(transport))  # a kept-alive connection from here
+    ran: list[bool] = []
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    assert is_greeting(await greeting_lookup(transport))
+    assert ran == [True]  # ran while the lookup waited, not after a wait in place
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    assert suspends(greeting_lookup(transport))
+    await transport.aclose()
+
+
+@on_a_loop
+async def test_with_a_timer_due_within_the_wait_the_loop_waits_for_the_answer(agent: str) -> None:
+    transport = AsyncUnixTransport(agent, 10, wait_here=30)
+    assert not suspends(greeting_lookup(transport))
+    timer = asyncio.get_running_loop().call_later(20, lambda: None)  # due before 30 s have passed
+    try:
+        assert suspends(greeting_lookup(transport))
+        assert is_greeting(await greeting_lookup(transport))
+    finally:
+        timer.cancel()
+    await transport.aclose()
+
+
+@on_a_loop
+async def test_an_answer_slower_than_the_wait_in_place_is_the_loops(short_tmp: Path) -> None:
+    # Half the answer at once, the rest only once a timer of the loop has fired (200 ms on,
+    # beyond the wait, so the wait in place is tried): a wait that did not end after
+    # ``wait_here`` would never see the rest.
+    go_on = threading.Event()
+
+    def in_two_parts(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        whole = answer("in two parts")
+        conn.sendall(whole[:20])
+        if go_on.wait(timeout=30):
+            conn.sendall(whole[20:])
+        conn.recv(1)
+
+    with scripted(short_tmp, in_two_parts) as path:
+        transport = AsyncUnixTransport(path, 10, wait_here=0.05)
+        asyncio.get_running_loop().call_later(0.2, go_on.set)
+        response = await transport.request("GET", "/v1/variables/x")
+        assert json.loads(response.body)["value"] == "in two parts" and go_on.is_set()
+        await transport.aclose()
+    go_on.set()
+
+
+@on_a_loop
+async def test_a_kept_connection_closed_under_a_wait_in_place_is_retried_once(
+    short_tmp: Path,
+) -> None:
+    def answer_once_and_hang_up(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(answer(f"conn{index}"))
+
+    with scripted(short_tmp, answer_once_and_hang_up) as path:
+        transport = AsyncUnixTransport(path, 10, wait_here=30)
+        first = await transport.request("GET", "/v1/variables/a")
+        # At once, before the loop has had a turn to see the agent close the kept connection.
+        second = await transport.request("GET", "/v1/variables/b")
+        assert [json.loads(r.body)["value"] for r in (first, second)] == ["conn1", "conn2"]
+        await transport.aclose()
+
+
+@on_a_loop
+async def test_an_answer_dribbled_in_is_waited_for_in_place_no_longer_than_the_wait(
+    short_tmp: Path,
+) -> None:
+    # A byte every 5 ms, each within the wait: read in place, the answer would not end for 5 s;
+    # the loop must get it back after ``wait_here`` in all, and its timer then lets the rest come.
+    go_on = threading.Event()
+    cut_short: list[bool] = []
+
+    def dribbled(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        for _ in range(1000):  # 5 s of it at most
+            if go_on.wait(timeout=0.005):
+                break
+            conn.sendall(b"a")
+        cut_short.append(go_on.is_set())
+        body = b'{"value": "dribbled"}'
+        conn.sendall(b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        conn.recv(1)
+
+    with scripted(short_tmp, dribbled) as path:
+        transport = AsyncUnixTransport(path, 30, wait_here=0.05)
+        asyncio.get_running_loop().call_later(0.2, go_on.set)  # beyond the wait: tried in place
+        response = await transport.request("GET", "/v1/variables/x")
+        assert json.loads(response.body)["value"] == "dribbled"
+        assert cut_short == [True]  # the loop ran while the answer was still coming
+        await transport.aclose()
+    go_on.set()

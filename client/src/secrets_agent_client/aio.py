@@ -6,11 +6,13 @@ loop (a triggerer's triggers) never wait for each other; connections never cross
 forked child never touches its parent's.
 
 A connection's reader stays registered with its loop for as long as the connection lives and
-each exchange is one future that the loop's callbacks settle: an answer costs one wake-up and one
-``recv`` (``loop.sock_recv`` adds a failed ``recv``, an ``epoll_ctl`` pair and a future per
-call), and an agent closing an idle connection is seen, and the connection dropped, before a
-lookup picks it. What an awaited lookup still costs beyond a blocking one is asyncio's own: two
-turns of the loop (the reader's callback, then the task's wake-up); see bench/README.md.
+an exchange the loop waits for is one future that the loop's callbacks settle: an answer costs
+one wake-up and one ``recv`` (``loop.sock_recv`` adds a failed ``recv``, an ``epoll_ctl`` pair
+and a future per call), and an agent closing an idle connection is seen, and the connection
+dropped, before a lookup picks it. That still costs two turns of the loop (the reader's callback,
+then the task's wake-up), more than a blocking lookup; so where asyncio's loop has nothing else
+to run, a cached answer (tens of µs) is waited for in place instead, for ``WAIT_HERE`` at most,
+and the lookup returns without suspending. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import time
 import weakref
 
@@ -47,6 +50,10 @@ _READ_SIZE = 65536
 # Idle connections kept per loop: enough for a burst of concurrent triggers to reuse theirs,
 # few enough that an idle triggerer holds only a handful of the agent's connection slots.
 MAX_IDLE = 8
+# How long a lookup waits for its answer in place when its loop has nothing else to do (see
+# ``_Connection.exchange``): a cached answer takes tens of µs, a miss a millisecond or more.
+WAIT_HERE = 0.0005
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class _Connection:
@@ -63,6 +70,7 @@ class _Connection:
         "eof",
         "fd",
         "head_only",
+        "here",
         "idle",
         "loop",
         "pending",
@@ -73,7 +81,11 @@ class _Connection:
     )
 
     def __init__(
-        self, sock: socket.socket, loop: asyncio.AbstractEventLoop, idle: list[_Connection]
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        idle: list[_Connection],
+        wait_here: float,
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -91,16 +103,24 @@ class _Connection:
         self.deadline = 0.0  # loop time by which the exchange must have its answer
         self.armed: float | None = None  # when the deadline timer in charge fires
         self.pid = os.getpid()
+        # How long an exchange may wait in place (0: never), as the socket's receive timeout.
+        self.here = wait_here if wait_here > 0 and _receive_timeout(sock, wait_here) else 0.0
         loop.add_reader(self.fd, self._readable)
 
     def exchange(
         self, loop: asyncio.AbstractEventLoop, data: bytes, head_only: bool, due: float
-    ) -> asyncio.Future[Parsed]:
-        """Send ``data``; the future of its answer and whether the connection may be used again."""
-        waiter: asyncio.Future[Parsed] = loop.create_future()
+    ) -> Parsed | asyncio.Future[Parsed]:
+        """Send ``data``; its answer and whether the connection may be used again, or the
+        future of them.
+
+        Where the loop has no callback ready and no timer due within ``here``, nothing would
+        run while the loop waited: the answer is waited for here instead, up to ``here``. That
+        costs a blocking ``recv`` (as the blocking client's), where the loop costs two turns of
+        Python (the reader's callback, then the task's wake-up); only another socket's events
+        can be late by it, and by ``here`` at most. A slower answer (a miss) is the loop's."""
         self.head_only = head_only
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except (BrokenPipeError, ConnectionResetError):
@@ -110,14 +130,14 @@ class _Connection:
             self.pending = data[sent:]
             loop.add_writer(self.fd, self._writable)
         if self.buffer or self.eof:  # an answer that came early, or the agent has gone
-            try:
-                parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
-            except (ProtocolError, ConnectionError) as exc:
-                waiter.set_exception(exc)
-                return waiter
+            parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
             if parsed is not None:
-                waiter.set_result(self._keep(parsed))
-                return waiter
+                return self._keep(parsed)
+        if self.here and not self.pending and _loop_idle(loop, self.here):
+            parsed = self._answer_here(head_only)
+            if parsed is not None:
+                return self._keep(parsed)
+        waiter: asyncio.Future[Parsed] = loop.create_future()
         self.waiter, self.deadline = waiter, due
         # One timer per connection, not per exchange: a timer that fires for an exchange long
         # answered finds the next one's deadline and waits for it instead.
@@ -126,6 +146,29 @@ class _Connection:
             self.armed = due
             loop.call_at(due, self._expire, due)
         return waiter
+
+    def _answer_here(self, head_only: bool) -> Parsed | None:
+        """The answer, if it comes within ``here`` (each ``recv`` blocks that long at most);
+        None: the loop waits for the rest."""
+        until = 0.0
+        while True:
+            try:
+                n = self.sock.recv_into(self.view)
+            except BlockingIOError:
+                return None
+            if n:
+                self.buffer += self.view[:n]
+            else:
+                self.eof = True
+            parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
+            if parsed is not None:
+                return parsed
+            # A long answer in several reads: waited for here up to ``here`` in all.
+            now = time.monotonic()
+            if not until:
+                until = now + self.here
+            elif now >= until:
+                return None
 
     def _keep(self, parsed: Parsed) -> Parsed:
         if self.broken or self.pending:
@@ -149,7 +192,7 @@ class _Connection:
 
     def _readable(self) -> None:
         try:
-            n = self.sock.recv_into(self.view)
+            n = self.sock.recv_into(self.view, 0, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -176,7 +219,7 @@ class _Connection:
 
     def _writable(self) -> None:
         try:
-            sent = self.sock.send(self.pending)
+            sent = self.sock.send(self.pending, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except (BrokenPipeError, ConnectionResetError):
@@ -242,10 +285,12 @@ class AsyncUnixTransport:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         expected_uid: int | None = None,
+        wait_here: float = WAIT_HERE,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = seconds(timeout)
         self.expected_uid = expected_uid
+        self.wait_here = wait_here
         self._clock, self._sleep = clock, sleep
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection]]
         self._idle = weakref.WeakKeyDictionary()
@@ -278,7 +323,10 @@ class AsyncUnixTransport:
                     if conn is None:
                         conn = await self._connect(loop, idle, deadline)
                         due = loop.time() + max(deadline - self._clock(), 0.001)
-                    response, kept = await conn.exchange(loop, data, head_only, due)
+                    answer = conn.exchange(loop, data, head_only, due)
+                    if not isinstance(answer, tuple):
+                        answer = await answer
+                    response, kept = answer
                 except (ConnectionError, ProtocolError) as exc:
                     if not retry or isinstance(exc, ProtocolError):
                         raise AgentUnreachable(describe(exc, self.socket_path)) from None
@@ -330,7 +378,7 @@ class AsyncUnixTransport:
             try:
                 if self.expected_uid is not None:
                     check_peer(sock, self.expected_uid, self.socket_path)
-                return _Connection(sock, loop, idle)
+                return _Connection(sock, loop, idle, self.wait_here)
             except BaseException:
                 sock.close()
                 raise
@@ -368,6 +416,32 @@ class AsyncUnixTransport:
             self._forget_parents()
         for idle in list(self._idle.values()):
             _close_all(idle)
+
+
+def _receive_timeout(sock: socket.socket, wait: float) -> bool:
+    """Make ``sock`` blocking, a ``recv`` on it waiting ``wait`` seconds at most (the loop's
+    reads and every send pass ``MSG_DONTWAIT``, so never wait); False, and ``sock`` left as it
+    was, where that cannot be done."""
+    if not _DONTWAIT:
+        return False
+    whole = int(wait)
+    try:
+        timeval = struct.pack("ll", whole, round((wait - whole) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    except (OSError, struct.error):
+        return False
+    sock.setblocking(True)
+    return True
+
+
+def _loop_idle(loop: asyncio.AbstractEventLoop, within: float) -> bool:
+    """Whether ``loop`` is asyncio's own (whose queues can be seen) with no callback ready
+    and no timer due ``within`` seconds; any other loop (uvloop's) is never taken as idle."""
+    ready = getattr(loop, "_ready", None)
+    if ready is None or ready:
+        return False
+    scheduled = getattr(loop, "_scheduled", None)
+    return scheduled is not None and (not scheduled or scheduled[0].when() > loop.time() + within)
 
 
 def _close_all(idle: list[_Connection]) -> None:
