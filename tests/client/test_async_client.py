@@ -1,6 +1,7 @@
 """The awaited lookups (what Airflow's task SDK and triggerer call) against the real agent, and
 against servers that are down, slow or silent: the same answers and errors as the blocking ones,
-and the event loop never waits on the agent."""
+and the event loop never waits on the agent (a loop with nothing else to run waits for a quick
+answer in place, and no longer than ``wait_here``)."""
 
 from __future__ import annotations
 
