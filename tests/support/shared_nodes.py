@@ -95,11 +95,14 @@ def client_for(store: Store) -> Redis | RedisCluster:
     """A client as the agent makes one (plain, no TLS: the build tests cover it)."""
     if isinstance(store, ClusterServers):
         seeds = [ClusterNode("127.0.0.1", n.port) for n in store.nodes]
+        username, password = store.nodes[0].user or (None, None)
         return RedisCluster(
             startup_nodes=seeds,
             require_full_coverage=False,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
+            username=username,
+            password=password,
         )
     username, password = store.user or (None, None)  # a server with an ACL user: as that user
     return Redis.from_url(

@@ -16,7 +16,7 @@ from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.tier import NoSharedTier
 from support.fleet_stores import ACL, AGENT_USER, PREFIX
 from support.helpers import Script
-from support.redis_server import RedisServer, Store
+from support.redis_server import ClusterServers, RedisServer, Store
 from support.shared_nodes import KEY, Node, V, close, subscribers, wait_for
 
 pytestmark = pytest.mark.integration
@@ -130,16 +130,22 @@ async def test_a_lease_holder_whose_expiry_was_removed_keeps_it(store: Store) ->
     await close(a, b)
 
 
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 @pytest.mark.parametrize("pttl", [True, False], ids=["documented-acl", "acl-without-pttl"])
 async def test_the_documented_acl_renews_and_takes_back_leases_and_locks(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, pttl: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pttl: bool, kind: str
 ) -> None:
     # The documented ACL: renewing must not need PEXPIRE, and PTTL tells planted names. An ACL
-    # from before the check (no +pttl) still takes free names, and says what it cannot do.
+    # from before the check (no +pttl) still takes free names, and says what it cannot do. On
+    # a cluster too (MemoryDB and ElastiCache Serverless always run with an ACL user).
     acl = ACL.replace(PREFIX, "test:")  # the nodes' prefix
     if not pttl:
         acl = acl.replace(" +pttl", "")
-    server = RedisServer(tmp_path, user=AGENT_USER, acl=acl)
+    server: Store
+    if kind == "cluster":
+        server = ClusterServers(tmp_path / "cluster", user=AGENT_USER, acl=acl)
+    else:
+        server = RedisServer(tmp_path, user=AGENT_USER, acl=acl)
     server.start()
     script = Script(values={(V, "k"): "v"})
     a, b = Node(server, script), Node(server, script)
