@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from secrets_agent.backends.gcp.feed import foreign, parse, project_of
+from secrets_agent.backends.gcp.feed import foreign, location_of, parse, project_of
 from secrets_agent.config.loader import parse_config
 from secrets_agent.errors import ConfigError
 from secrets_agent.kinds import Kind
@@ -42,10 +42,11 @@ class Google:
         self.pubsub = PubSubServer(key_pem, cert_pem)
         self.pubsub.start()
 
-    def notify(self, event: str, secret: str, project: str = PROJECT) -> None:
-        self.pubsub.publish(
-            {"eventType": event, "secretId": f"projects/{project}/secrets/{secret}"}
-        )
+    def notify(
+        self, event: str, secret: str, project: str = PROJECT, location: str | None = None
+    ) -> None:
+        where = f"projects/{project}" + (f"/locations/{location}" if location else "")
+        self.pubsub.publish({"eventType": event, "secretId": f"{where}/secrets/{secret}"})
 
     def toml(self) -> str:
         return f"""
@@ -131,9 +132,13 @@ def test_another_projects_notifications_are_removed_unapplied(
             # by number (as notifications name projects) and by id.
             google.notify("SECRET_VERSION_ADD", "airflow-variables-token", "111111111111")
             google.notify("SECRET_VERSION_ADD", "airflow-variables-token", "other-project")
-            eventually(lambda: len(google.pubsub.acked) == 3)
+            # Our project, but a regional secret of the same name: not the global one we read.
+            google.notify(
+                "SECRET_VERSION_ADD", "airflow-variables-token", PROJECT_NUMBER, "europe-west1"
+            )
+            eventually(lambda: len(google.pubsub.acked) == 4)
         events = "secrets_agent_feed_events_total"
-        assert agent.metric(events, feed="gcp", result="foreign") == 2
+        assert agent.metric(events, feed="gcp", result="foreign") == 3
         assert fresh(agent, V, "token") == "old"
         assert google.store.calls["AccessSecretVersion"] == reads  # no read for theirs
         [line] = [r for r in caplog.records if "another" in r.getMessage()]
@@ -149,10 +154,12 @@ def test_another_projects_notifications_are_removed_unapplied(
         assert agent.metric(events, feed="gcp", result="applied") == 3
 
 
-def test_foreign_projects_by_id_or_by_number() -> None:
+def test_foreign_projects_by_id_or_by_number_and_regional_secrets() -> None:
     assert project_of("projects/p-1/secrets/s") == "p-1"
     assert project_of("projects/p/locations/l/secrets/s") == "p"
     assert project_of("folders/1/secrets/s") == ""
+    assert location_of("projects/p/locations/us-east1/secrets/s") == "us-east1"
+    assert location_of("projects/p/secrets/s") == location_of("projects/p/secrets/locations") == ""
     assert foreign("p", "p", "") == foreign("42", "p", "42") == ""
     assert foreign("42", "p", "") == ""  # the number not learned yet: not judged
     assert foreign("q", "p", "42") == "project (q; this backend's: p)"

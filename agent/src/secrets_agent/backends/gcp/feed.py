@@ -94,6 +94,13 @@ def project_of(secret_id: str) -> str:
     return project.partition("/")[0] if head == "projects" else ""
 
 
+def location_of(secret_id: str) -> str:
+    """The location of a regional secret (``projects/P/locations/L/secrets/S``); "" for a
+    global one, the only kind the backend reads."""
+    parts = secret_id.split("/")
+    return parts[3] if len(parts) > 4 and parts[2] == "locations" else ""
+
+
 def foreign(theirs: str, project_id: str, project_number: str) -> str:
     """Why ``theirs`` is not the backend's project; "" when it is, or cannot be told.
 
@@ -184,8 +191,11 @@ class PubSubFeed(Feed):
             return Message(malformed=True, receipt=item.ack_id)
         if change is None:
             return Message(receipt=item.ack_id)
-        theirs = project_of(attributes.get("secretId", ""))
-        where = foreign(theirs, self._project, self._backend.project_number)
+        secret = attributes.get("secretId", "")
+        where = foreign(project_of(secret), self._project, self._backend.project_number)
+        if not where and (location := location_of(secret)):
+            # A regional secret of the same name is another secret: the backend reads global ones.
+            where = f"location ({location}; this backend reads global secrets)"
         if where:
             return Message(receipt=item.ack_id, foreign=where)
         name, gone = change
