@@ -583,3 +583,27 @@ async def test_an_answer_dribbled_in_is_waited_for_in_place_no_longer_than_the_w
         assert cut_short == [True]  # the loop ran while the answer was still coming
         await transport.aclose()
     go_on.set()
+
+
+@pytest.mark.parametrize("wait", [1e-9, 0.0, -1.0, float("nan"), float("inf")])
+def test_a_wait_in_place_of_any_size_never_blocks_for_good(short_tmp: Path, wait: float) -> None:
+    # A receive timeout that rounds to zero would block until the answer: never set; a wait
+    # that cannot be set at all leaves the loop to wait, as on any other loop.
+    go_on = threading.Event()
+
+    def late(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        go_on.wait(timeout=10)  # then answered anyway: a client blocked for good fails, not hangs
+        conn.sendall(answer("late"))
+        conn.recv(1)
+
+    async def lookup() -> None:
+        transport = AsyncUnixTransport(path, 10, wait_here=wait)
+        asyncio.get_running_loop().call_later(0.2, go_on.set)
+        response = await transport.request("GET", "/v1/variables/x")
+        assert json.loads(response.body)["value"] == "late" and go_on.is_set()
+        await transport.aclose()
+
+    with scripted(short_tmp, late) as path:
+        asyncio.run(lookup())
+    go_on.set()

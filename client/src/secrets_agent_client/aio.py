@@ -424,11 +424,13 @@ def _receive_timeout(sock: socket.socket, wait: float) -> bool:
     was, where that cannot be done."""
     if not _DONTWAIT:
         return False
-    whole = int(wait)
     try:
-        timeval = struct.pack("ll", whole, round((wait - whole) * 1e6))
+        whole = int(wait)
+        # At least 1 µs: a timeout of zero would be no timeout at all.
+        micros = min(max(round((wait - whole) * 1e6), 0 if whole else 1), 999_999)
+        timeval = struct.pack("ll", whole, micros)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    except (OSError, struct.error):
+    except (OSError, OverflowError, struct.error):
         return False
     sock.setblocking(True)
     return True
