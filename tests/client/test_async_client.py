@@ -277,6 +277,12 @@ def answer(value: str) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
+def answer_once_and_hang_up(conn: socket.socket, index: int) -> None:
+    """Each connection: one answer naming it, then closed."""
+    read_head(conn)
+    conn.sendall(answer(f"conn{index}"))
+
+
 @contextlib.contextmanager
 def scripted(directory: Path, handle: Callable[[socket.socket, int], None]) -> Iterator[str]:
     server = ThreadedUnixServer(str(directory / "scripted.sock"), handle)
@@ -299,10 +305,6 @@ async def until(condition: Callable[[], bool]) -> None:
 async def test_an_idle_connection_the_agent_closes_is_dropped_before_the_next_lookup(
     short_tmp: Path,
 ) -> None:
-    def answer_once_and_hang_up(conn: socket.socket, index: int) -> None:
-        read_head(conn)
-        conn.sendall(answer(f"conn{index}"))
-
     with scripted(short_tmp, answer_once_and_hang_up) as path:
         backend = AgentSecretsBackend(socket_path=path, on_unavailable="raise")
         assert await backend.aget_variable("a") == "conn1"
@@ -541,10 +543,6 @@ async def test_an_answer_slower_than_the_wait_in_place_is_the_loops(short_tmp: P
 async def test_a_kept_connection_closed_under_a_wait_in_place_is_retried_once(
     short_tmp: Path,
 ) -> None:
-    def answer_once_and_hang_up(conn: socket.socket, index: int) -> None:
-        read_head(conn)
-        conn.sendall(answer(f"conn{index}"))
-
     with scripted(short_tmp, answer_once_and_hang_up) as path:
         transport = AsyncUnixTransport(path, 10, wait_here=30)
         first = await transport.request("GET", "/v1/variables/a")
