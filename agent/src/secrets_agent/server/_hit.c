@@ -252,21 +252,36 @@ observe(HitObject *self, PyObject *kind, double seconds)
 
 /* The JSON string of UTF-8 ``text`` as json's encode_basestring_ascii writes it (quotes
  * included) into ``out``, or its size when ``out`` is NULL; -1 if ``text`` is not UTF-8. */
+static unsigned char PLAIN[256]; /* 1: a byte JSON's ASCII encoder copies as it is */
+
 static Py_ssize_t
 quote(const unsigned char *text, Py_ssize_t size, char *out)
 {
-    Py_ssize_t i = 0, n = 2;
+    Py_ssize_t i = 0, n = 2, run;
     char *o = out;
     if (o) *o++ = '"';
     while (i < size) {
-        unsigned int c = text[i], cp, extra;
+        unsigned int c, cp, extra;
+        /* A run of bytes copied as they are, eight at a time where it can: most of a value. */
+        run = i;
+        while (i + 8 <= size &&
+               (PLAIN[text[i]] & PLAIN[text[i + 1]] & PLAIN[text[i + 2]] & PLAIN[text[i + 3]] &
+                PLAIN[text[i + 4]] & PLAIN[text[i + 5]] & PLAIN[text[i + 6]] & PLAIN[text[i + 7]]))
+            i += 8;
+        while (i < size && PLAIN[text[i]])
+            i++;
+        if (i > run) {
+            n += i - run;
+            if (o) {
+                memcpy(o, text + run, i - run);
+                o += i - run;
+            }
+            if (i == size)
+                break;
+        }
+        c = text[i]; /* not a plain byte: an escape, or the start of a UTF-8 sequence */
         if (c < 0x80) {
             i++;
-            if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-                n += 1;
-                if (o) *o++ = (char)c;
-                continue;
-            }
             char short_form = 0;
             switch (c) {
             case '"': short_form = '"'; break;
@@ -920,6 +935,8 @@ PyInit__hit(void)
 {
     PyObject *module;
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+    for (int c = 0x20; c < 0x7f; c++)
+        PLAIN[c] = c != '"' && c != '\\';
     INTERN(s_young, "young") INTERN(s_read, "read") INTERN(s_keep_alive, "keep_alive")
     INTERN(s_kind_label, "kind_label") INTERN(s_policy, "policy") INTERN(s_access, "access")
     INTERN(s_service, "service") INTERN(s_allowed_by, "allowed_by") INTERN(s_rules, "rules")
