@@ -419,6 +419,39 @@ get_double(Site *site, PyObject *obj, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The decimal digits of ``value`` (>= 0) written at ``out``; their count. */
+static int
+digits(char *out, long long value)
+{
+    char reversed[20];
+    int n = 0, i;
+    do {
+        reversed[n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value > 0 && n < (int)sizeof reversed);
+    for (i = 0; i < n; i++)
+        out[i] = reversed[n - 1 - i];
+    return n;
+}
+
+/* "Age: <age>\r\nContent-Length: <size>\r\nDate: " at ``out`` (96 bytes), as snprintf would
+ * write it without parsing a format each time; its size, or -1 for a negative number. */
+static int
+age_and_length(char *out, long long age, Py_ssize_t size)
+{
+    static const char age_name[] = "Age: ", length_name[] = "\r\nContent-Length: ",
+                      date_name[] = "\r\nDate: ";
+    char *o = out;
+    if (age < 0 || size < 0)
+        return -1;
+    memcpy(o, age_name, sizeof age_name - 1); o += sizeof age_name - 1;
+    o += digits(o, age);
+    memcpy(o, length_name, sizeof length_name - 1); o += sizeof length_name - 1;
+    o += digits(o, (long long)size);
+    memcpy(o, date_name, sizeof date_name - 1); o += sizeof date_name - 1;
+    return (int)(o - out);
+}
+
 /* Renderer's Date: formatted once a second from its wall clock. */
 static int
 refresh_date(HitObject *self)
@@ -796,8 +829,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     {
         PyObject *head_bytes = status == 200 ? self->hit_head : self->negative_head;
         char numbers[96];
-        int numbers_size = snprintf(numbers, sizeof numbers, "Age: %lld\r\nContent-Length: %zd\r\nDate: ",
-                                    age_seconds, body_size);
+        int numbers_size = age_and_length(numbers, age_seconds, body_size);
         static const char close_line[] = "Connection: close\r\n";
         Py_ssize_t close_size = keep_alive ? 0 : (Py_ssize_t)(sizeof close_line - 1);
         Py_ssize_t head_size = PyBytes_GET_SIZE(head_bytes);
