@@ -289,6 +289,27 @@ def test_any_text_is_answered_alike(twins: Twins, value: str) -> None:
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["value"] == value
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xf8\x80\x80", b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xe2\x82", b"\x80"],
+    ids=["lead-f8", "lead-ff", "overlong", "surrogate", "cut-short", "continuation"],
+)
+def test_a_value_that_is_not_utf8_is_declined(twins: Twins, raw: bytes) -> None:
+    """Never in the cache (``Cipher.admit`` refuses such a token): the compiled read declines
+    it with no effect rather than write text the reference would not."""
+    put(twins, "odd", "placeholder", source="local")
+
+    async def plant() -> None:
+        cache = twins.service.cache
+        cache._entries[(Kind.VARIABLE, "odd", None)].token = cache.cipher._sealer.seal(
+            b"ok " + raw + b" end"
+        )
+
+    twins.running.call(plant())
+    code, sent, counts, _ = twins.effects(twins.compiled, twins.request("variables/odd"))
+    assert (code, sent, counts) == (PASS, [], {})
+
+
 class Broken:
     def write(self, data: bytes) -> None:
         raise ConnectionResetError("gone")

@@ -300,7 +300,7 @@ quote(const unsigned char *text, Py_ssize_t size, char *out)
             cp = c;
         } else {
             if (c >= 0xf0 && c <= 0xf4) { cp = c & 0x07; extra = 3; }
-            else if (c >= 0xe0) { cp = c & 0x0f; extra = 2; }
+            else if (c >= 0xe0 && c <= 0xef) { cp = c & 0x0f; extra = 2; }
             else if (c >= 0xc2 && c < 0xe0) { cp = c & 0x1f; extra = 1; }
             else return -1;
             if (i + (Py_ssize_t)extra >= size)
