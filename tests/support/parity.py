@@ -68,6 +68,9 @@ class Group:
     # Where the probe points a provider that cannot be configured to reach loopback (the
     # google provider): {"secret_manager": {"endpoint": "127.0.0.1:port", "ca_file": path}}.
     loopback: dict[str, Any] = field(default_factory=dict)
+    # Connections built as a task's process builds them (the backend's own get_connection:
+    # the task SDK's Connection on Airflow 3), not by one class for both sides.
+    worker: bool = False
     answers: list[tuple[Answer, Answer]] = field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class Group:
             },
             "socket": self.socket,
             "multi_team": self.multi_team,
+            "worker": self.worker,
             "queries": [list(q) for q in self.queries],
         }
 

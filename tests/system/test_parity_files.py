@@ -50,6 +50,7 @@ class Case:
     # Hot reload: new contents (None deletes the file), asked again with the same ids.
     edit: dict[str, tuple[str, str | bytes] | None] | None = None
     edit_differs: dict[str, str] = field(default_factory=dict)
+    worker: bool = False  # connections as a task's process builds them (support/parity.Group)
 
     def queries(self) -> list[Query]:
         return [(kind, i, None) for kind, ids in self.ids.items() for i in ids]
@@ -263,6 +264,21 @@ CASES = [
         },
         {C: ["described", "teamed", "same_id", "listed_none", "fields"]},
     ),
+    Case(
+        "uri_query_extras_in_a_worker",
+        {
+            C: (
+                "c.yaml",
+                "typed: postgresql://u:p@h:5432/db?verify=false&connect_timeout=10&n=null\n"
+                "nested: 'http://h?opts=%7B%22a%22%3A+%5B1%5D%7D&s=text&e='\n"
+                "listed:\n  - uri: mysql://h?ssl=true\n"
+                "raw: 'mysql://h?__extra__=%7B%22k%22%3A+1%7D'\n"
+                "plain: mysql://u:p@h:3306/db\n",
+            ),
+        },
+        {C: ["typed", "nested", "listed", "raw", "plain"]},
+        worker=True,
+    ),
     # -- the listed differences ---------------------------------------------------------------
     Case("env_spaces", {V: ("v.env", "k = v \n")}, {V: ["k"]}, differs={"k": TRIMMED}),
     Case(
@@ -352,13 +368,16 @@ def allowed(case: Case, differs: dict[str, str]) -> dict[int, str]:
 
 # Airflow 2.10.5's LocalFilesystemBackend beside 3.3.2's (the agent answers as Airflow 3, not
 # knowing the version; docs/backends/file.md): a list value is "several values" there, and a
-# connection may not carry team_name; either fails the whole file. It has no configs file.
+# connection may not carry team_name; either fails the whole file. It has no configs file. Its
+# Connection keeps a URI's query values as text (Airflow 3's reads each as JSON where it parses).
 LIST_VALUE = "a list variable on Airflow 2.10: a one-item list is its item, others fail the file"
+QUERY_TEXT = "a URI's query values on Airflow 2.10: text there, JSON-typed as Airflow 3 reads them"
 DIFFERS_210 = {
     "yaml_typed_scalars": dict.fromkeys(
         [i for c in CASES if c.name == "yaml_typed_scalars" for i in c.ids[V]], LIST_VALUE
     ),
     "json_typed": {"l": LIST_VALUE},
+    "uri_query_extras_in_a_worker": dict.fromkeys(["typed", "nested", "listed"], QUERY_TEXT),
     "json_conn_fields": dict.fromkeys(
         ["described", "teamed", "same_id", "listed_none", "fields"], ONE_BAD_ENTRY
     ),
@@ -390,7 +409,13 @@ def test_file_backend_answers_as_local_filesystem_backend(airflow: str) -> None:
                 socket = stack.enter_context(case_agent(case, directory, clock))
                 clocks.append(clock)
                 groups.append(
-                    Group(PROVIDER, provider_kwargs(case, directory), socket, case.queries())
+                    Group(
+                        PROVIDER,
+                        provider_kwargs(case, directory),
+                        socket,
+                        case.queries(),
+                        worker=case.worker,
+                    )
                 )
             ask_both(groups, airflow=airflow)
             problems = [
@@ -409,7 +434,13 @@ def test_file_backend_answers_as_local_filesystem_backend(airflow: str) -> None:
                         write(root / str(index) / change[0], change[1])
                 clocks[index].advance(100_000)  # past every TTL and max_stale: ask the file
             again = [
-                Group(PROVIDER, groups[i].provider_kwargs, groups[i].socket, c.queries())
+                Group(
+                    PROVIDER,
+                    groups[i].provider_kwargs,
+                    groups[i].socket,
+                    c.queries(),
+                    worker=c.worker,
+                )
                 for i, c in edited
             ]
             ask_both(again, airflow=airflow)

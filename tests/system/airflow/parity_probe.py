@@ -1,8 +1,8 @@
 """Runs inside the Airflow venv: ask a provider's backend and the agent the same questions.
 
 Reads a JSON list of groups on stdin, each ``{"provider": {"class", "kwargs"} | null,
-"socket": path | null, "multi_team": bool, "queries": [[kind, id, team], ...]}``, and
-writes to the file named by its argument one JSON list of ``[provider_answer, agent_answer]``
+"socket": path | null, "multi_team": bool, "worker": bool, "queries": [[kind, id, team], ...]}``,
+and writes to the file named by its argument one JSON list of ``[provider_answer, agent_answer]``
 per group. An answer is ``{"missing": true}``, ``{"error": "<type>"}``, ``{"value": text}``
 for a variable or config value, or ``{"fields": {...}}`` for a connection: the fields of the
 Connection Airflow builds.
@@ -39,10 +39,14 @@ def fields(conn: Any) -> dict[str, Any]:
     return {k: v for k, v in result.items() if v not in (None, "")}
 
 
-def connection(backend: Any, conn_id: str, kwargs: dict[str, str]) -> Any:
-    """The Connection Airflow builds from the backend's answer, by one class for both sides."""
+def connection(backend: Any, conn_id: str, kwargs: dict[str, str], worker: bool = False) -> Any:
+    """The Connection Airflow builds from the backend's answer, by one class for both sides;
+    ``worker``: as a task's process builds it, by the backend's own ``get_connection`` (the
+    task SDK's Connection on Airflow 3, where a provider may build another class itself)."""
     from airflow.models.connection import Connection
 
+    if worker:
+        return backend.get_connection(conn_id, **kwargs)
     try:
         value = backend.get_conn_value(conn_id, **kwargs)
     except NotImplementedError:  # LocalFilesystemBackend builds its Connection itself
@@ -54,10 +58,12 @@ def connection(backend: Any, conn_id: str, kwargs: dict[str, str]) -> Any:
     return Connection(conn_id=conn_id, uri=value)
 
 
-def ask(backend: Any, kind: str, secret_id: str, team: str | None) -> dict[str, Any]:
+def ask(
+    backend: Any, kind: str, secret_id: str, team: str | None, worker: bool = False
+) -> dict[str, Any]:
     try:
         if kind == "connection":
-            conn = connection(backend, secret_id, {"team_name": team} if team else {})
+            conn = connection(backend, secret_id, {"team_name": team} if team else {}, worker)
             return {"missing": True} if conn is None else {"fields": fields(conn)}
         if kind == "variable":
             kwargs = {"team_name": team} if team else {}
@@ -155,8 +161,9 @@ def main() -> None:
         provider, agent = build(group.get("provider"), group.get("socket"))
         answers = []
         for kind, secret_id, team in group["queries"]:
-            theirs = ask(provider, kind, secret_id, team) if provider else {"error": "none"}
-            ours = ask(agent, kind, secret_id, team) if agent else {"error": "not started"}
+            worker = bool(group.get("worker"))
+            theirs = ask(provider, kind, secret_id, team, worker) if provider else {"error": "none"}
+            ours = ask(agent, kind, secret_id, team, worker) if agent else {"error": "not started"}
             answers.append([theirs, ours])
         results.append(answers)
     with open(sys.argv[1], "w") as out:  # stdout carries Airflow's own log lines

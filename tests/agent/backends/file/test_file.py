@@ -386,3 +386,26 @@ async def test_lookups_during_a_reread_wait_for_it_instead_of_reading_again(
         answers = await asyncio.gather(*(backend.fetch(C, "good") for _ in range(20)))
     assert answers == ["mysql://h2"] * 20
     assert caplog.text.count("'bad'") == 1  # the bad entry is logged by the one re-read
+
+
+async def test_a_uri_with_query_values_goes_out_as_typed_fields(tmp_path: Path) -> None:
+    """As Airflow 3's Connection(uri=...) reads the file, not as the task SDK's from_uri."""
+    path = tmp_path / "conns.yaml"
+    path.write_text(
+        "typed: postgresql://u:p@h:5432/db?verify=false&timeout=10\n"
+        "plain: mysql://u:p@h/db\n"
+        "broken: 'mysql://[::1/db?a=1'\n"
+    )
+    backend = file_backend(connections_file=path)
+    await backend.start()
+    assert json.loads(await backend.fetch(C, "typed") or "") == {
+        "conn_type": "postgres",
+        "host": "h",
+        "login": "u",
+        "password": "p",
+        "schema": "db",
+        "port": 5432,
+        "extra": '{"verify": false, "timeout": 10}',
+    }
+    assert await backend.fetch(C, "plain") == "mysql://u:p@h/db"
+    assert await backend.fetch(C, "broken") == "mysql://[::1/db?a=1"  # Airflow refuses it

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from secrets_agent.backends.base import Backend, BackendContext, Health
+from secrets_agent.backends.connection_uri import uri_fields
 from secrets_agent.backends.connections import ConnectionFormatError, connection_value, to_json
 from secrets_agent.backends.file.formats import SUFFIXES, FileFormatError, parse_secrets_file
 from secrets_agent.backends.namespaces import Naming
@@ -130,7 +131,7 @@ def _normalise(kind: Kind, key: str, value: Any) -> str | None:
             raise ConnectionFormatError("is defined more than once (a list of several values)")
         value = value[0]
     if kind is Kind.CONNECTION:
-        return connection_value(value, conn_id=key)
+        return _typed_query(connection_value(value, conn_id=key))
     if value is None:
         return None  # null, ~ or an empty YAML value: absent, so the lookup falls through
     if isinstance(value, str):
@@ -140,6 +141,25 @@ def _normalise(kind: Kind, key: str, value: Any) -> str | None:
     # A structured or typed variable becomes JSON text, so Variable.get(deserialize_json=True)
     # works.
     return to_json(value)
+
+
+def _typed_query(text: str) -> str:
+    """A URI whose query holds extras, as the fields Airflow's own parse of the file gives.
+
+    LocalFilesystemBackend builds ``airflow.models.Connection(uri=...)``, which reads each query
+    value as JSON where it parses (``?verify=false&timeout=10``: False and 10); a worker turns a
+    URI the agent returns into the task SDK's ``Connection.from_uri``, which keeps them as text
+    (``"false"``, which is true). Fields carry the typed values to every Airflow alike.
+    """
+    if "?" not in text or text.lstrip().startswith("{"):
+        return text
+    try:
+        fields = uri_fields(text)
+    except ValueError:  # UriFormatError, or urlsplit's own (an unclosed IPv6 bracket)
+        return text  # Airflow refuses it as it would have
+    if "extra" not in fields:
+        return text
+    return to_json(fields)
 
 
 def _describe(exc: BaseException) -> str:
