@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -176,3 +177,17 @@ def test_a_shutdown_ends_the_lookups_still_waiting_on_the_upstream(
 
         assert running.call(stop()) == []  # nothing left waiting on a closed backend
         clients[1].close()
+
+
+def test_a_rejected_reload_is_one_log_line_naming_every_problem(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = listening_on(short_tmp, DEMO_BACKEND)
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+        path.write_text(path.read_text() + "[cache]\nmax_entries = -1\nbogus = 1\n")
+        with caplog.at_level(logging.ERROR, logger="secrets_agent.daemon"):
+            assert running.call(running.agent.reload()) is False
+    (record,) = [r for r in caplog.records if r.name == "secrets_agent.daemon"]
+    message = record.getMessage()
+    assert "\n" not in message  # a text log (and the journal) keeps a record to one line
+    assert "cache.max_entries: must be >= 1" in message and "cache.bogus: unknown key" in message

@@ -266,7 +266,9 @@ class Agent:
                     previous=old,
                     require_ready=True,
                 )
-            except (ConfigError, AgentError) as exc:
+            except ConfigError as exc:
+                return self._reload_failed(exc.one_line())
+            except AgentError as exc:
                 return self._reload_failed(str(exc))
             except Exception:  # our own bug: worth a traceback, but never worth the service
                 log.exception("reload failed unexpectedly")

@@ -14,6 +14,10 @@ class ConfigError(AgentError):
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
 
+    def one_line(self) -> str:
+        """The problems for a log record, which must stay one line (text logs, the journal)."""
+        return "invalid configuration: " + "; ".join(self.problems)
+
 
 class InvalidIdError(AgentError):
     """A requested id can never be a valid Airflow key."""
