@@ -43,3 +43,16 @@ def test_a_path_too_long_or_an_unknown_group_is_refused_before_binding(short_tmp
     assert not (short_tmp / "a.sock").exists()
     assert check_socket(ListenerConfig(socket_group=str(os.getgid()))) == os.getgid()
     assert check_socket(ListenerConfig()) == -1
+
+
+def test_a_socket_directory_that_cannot_be_made_or_read_is_a_startup_error(
+    short_tmp: Path,
+) -> None:
+    """Not a traceback: e.g. a non-root agent on the default /run path, no RuntimeDirectory=."""
+    from secrets_agent.config.schema import ListenerConfig
+    from secrets_agent.server.listener import bind_unix_socket
+
+    (short_tmp / "file").touch()
+    for path in (short_tmp / "file" / "agent.sock", short_tmp / "file" / "run" / "agent.sock"):
+        with pytest.raises(StartupError, match=f"cannot listen on {path}: Not a directory"):
+            bind_unix_socket(ListenerConfig(socket_path=str(path)))

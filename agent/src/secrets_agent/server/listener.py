@@ -22,10 +22,14 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
     """Create the listening socket, replacing a stale file but never a live agent's socket."""
     path = Path(config.socket_path)
     gid = check_socket(config)
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o750, parents=True)
-    check_directories(path.parent)
-    _clear_stale(path)
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o750, parents=True)
+        check_directories(path.parent)
+        _clear_stale(path)
+    except OSError as exc:  # a directory the agent's user cannot make or read, a file on the way
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}{where}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
     try:
