@@ -124,6 +124,23 @@ def test_a_socket_path_no_kernel_can_bind_is_a_config_error(
     assert "listener.socket_path: is longer than the 107 bytes a socket path allows" in err
 
 
+def test_a_socket_path_held_by_a_file_that_is_not_a_socket_is_refused_as_run_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("x")
+    refusals = {
+        "file": "exists and is not a socket; refusing to replace it",
+        "file/agent.sock": "Not a directory",
+        "file/run/agent.sock": "Not a directory",
+    }
+    for written, reason in refusals.items():
+        code, err = check(tmp_path, f'[listener]\nsocket_path = "{written}"\n', capsys)
+        assert code == 78, written
+        assert "cannot start: " in err and f"{tmp_path / 'file'}" in err and reason in err, err
+    code, err = check(tmp_path, '[listener]\nsocket_path = "run/agent.sock"\n', capsys)
+    assert code == 0, err  # a directory still to make: run makes it
+
+
 SYSTEMD_CONFIG = """
 [listener]
 socket_path = "{tmp}/agent.sock"

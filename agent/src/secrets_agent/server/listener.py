@@ -55,9 +55,10 @@ def bind_unix_socket(config: ListenerConfig) -> socket.socket:
 
 def check_socket(config: ListenerConfig) -> int:
     """What binding needs of this machine (``check-config`` asks too): the socket group's gid
-    (-1: none set); a path the kernel can bind."""
+    (-1: none set); a path the kernel can bind, where no other kind of file stands."""
     if reason := socket_path_problem(config.socket_path):  # a config built in code, unchecked
         raise StartupError(f"listener.socket_path {reason}")
+    _refuse_other_files(Path(config.socket_path))
     return _resolve_group(config.socket_group) if config.socket_group else -1
 
 
@@ -119,7 +120,7 @@ def _clear_stale(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+        raise _not_a_socket(path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -133,6 +134,22 @@ def _clear_stale(path: Path) -> None:
     finally:
         probe.close()
     raise StartupError(f"another agent is already listening on {path}; refusing to start")
+
+
+def _refuse_other_files(path: Path) -> None:
+    """A file at the path, or on the way to it, that binding could never replace or pass."""
+    try:
+        mode = path.lstat().st_mode
+    except NotADirectoryError:
+        raise StartupError(f"cannot listen on {path}: Not a directory") from None
+    except OSError:  # absent (binding makes it), or hidden from this user but not the agent's
+        return
+    if not stat.S_ISSOCK(mode):
+        raise _not_a_socket(path)
+
+
+def _not_a_socket(path: Path) -> StartupError:
+    return StartupError(f"{path} exists and is not a socket; refusing to replace it")
 
 
 def _resolve_group(group: str) -> int:
