@@ -155,6 +155,20 @@ def test_status_errors_use_the_same_exit_statuses(
     assert f"status refused ({status}): why" in capsys.readouterr().err
 
 
+def test_probe_ready_says_when_the_answer_is_not_the_agents(
+    agent: ScriptedAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Something else on the socket (or another version): exit 76 with one line, as get does."""
+    agent.answers["/readyz"] = (200, {"ready": True})
+    assert main(["probe", "ready", "--socket", agent.path]) == 76
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"secrets-agent: the answer from {agent.path} is not an agent's /readyz\n"
+    agent.answers["/readyz"] = (200, {"ready": True, "backends": {"env": {"ready": True}}})
+    assert main(["probe", "ready", "--socket", agent.path]) == 0
+    assert capsys.readouterr().out == '{"env": {"ready": true}}\n'
+
+
 def test_help_is_for_users_and_version_is_the_agents(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])

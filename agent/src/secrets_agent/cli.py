@@ -19,6 +19,7 @@ from secrets_agent.exits import (
     CLOSED_STDOUT,
     EX_CONFIG,
     EX_DATAERR,
+    EX_PROTOCOL,
     EX_UNAVAILABLE,
     NOT_FOUND,
     for_answer,
@@ -337,10 +338,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _value(body: bytes) -> str | None:
-    try:
-        value = json.loads(body)["value"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    value = _field(body, "value")
     return value if isinstance(value, str) else None
 
 
@@ -355,8 +353,9 @@ def _probe(args: argparse.Namespace) -> int:
     """For Kubernetes exec probes and scripts: stdlib only, like the client."""
     from secrets_agent_client.transport import AgentUnreachable, UnixTransport
 
+    path = _socket_path(args)
     try:
-        response = UnixTransport(_socket_path(args), args.timeout).request(
+        response = UnixTransport(path, args.timeout).request(
             "GET", "/healthz" if args.what == "alive" else "/readyz"
         )
     except AgentUnreachable as exc:
@@ -367,8 +366,22 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"secrets-agent: not {args.what}: {detail}", file=sys.stderr)
         return NOT_FOUND
     if args.what == "ready":
-        print(json.dumps(json.loads(response.body)["backends"]))
+        backends = _field(response.body, "backends")
+        if backends is None:  # something else listens there, or an agent this command predates
+            print(
+                f"secrets-agent: the answer from {path} is not an agent's /readyz", file=sys.stderr
+            )
+            return EX_PROTOCOL
+        print(json.dumps(backends))
     return 0
+
+
+def _field(body: bytes, name: str) -> object:
+    try:
+        value: object = json.loads(body)[name]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value
 
 
 def _migrate(args: argparse.Namespace) -> int:
