@@ -155,6 +155,19 @@ def test_status_errors_use_the_same_exit_statuses(
     assert f"status refused ({status}): why" in capsys.readouterr().err
 
 
+def test_status_says_when_the_answer_is_not_the_agents(
+    agent: ScriptedAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Something else on the socket: exit 76 with one line, as get does, not a traceback."""
+    agent.answers["/v1/status"] = (200, {"ready": True})  # JSON, but not a status to show
+    assert main(["status", "--socket", agent.path]) == 76
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"secrets-agent: the answer from {agent.path} is not an agent's /v1/status\n"
+    assert main(["status", "--json", "--socket", agent.path]) == 0  # the agent's JSON, as is
+    assert json.loads(capsys.readouterr().out) == {"ready": True}
+
+
 def test_probe_ready_says_when_the_answer_is_not_the_agents(
     agent: ScriptedAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:

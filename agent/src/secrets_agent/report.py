@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from secrets_agent.exits import EX_UNAVAILABLE, NOT_FOUND, for_answer
+from secrets_agent.exits import EX_PROTOCOL, EX_UNAVAILABLE, NOT_FOUND, for_answer
 
 REFUSED = NOT_FOUND
 
@@ -39,12 +39,24 @@ def run(path: str, timeout: float, as_json: bool) -> int:
         body = json.loads(response.body)
     except ValueError:
         body = None
-    if response.status != 200 or not isinstance(body, dict):
+    if response.status != 200:
         detail = body.get("detail") if isinstance(body, dict) else None
         print(f"secrets-agent: status refused ({response.status}): {detail}", file=sys.stderr)
         # A refusal has exited 1 since the first release: scripts test for it.
         return REFUSED if response.status == 403 else for_answer(response.status)
-    print(json.dumps(body, indent=2) if as_json else render(body))
+    if as_json and isinstance(body, dict):
+        print(json.dumps(body, indent=2))  # as the agent wrote it, whichever version it is
+        return 0
+    try:
+        text = render(body) if isinstance(body, dict) else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        text = None  # fields missing or of other types: not an agent's status
+    if text is None:  # something else listens on the socket
+        print(
+            f"secrets-agent: the answer from {path} is not an agent's /v1/status", file=sys.stderr
+        )
+        return EX_PROTOCOL
+    print(text)
     return 0
 
 
