@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import grp
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,52 @@ def test_the_same_config_made_right_passes(
     )
     assert code == 0, err
     assert SECRET not in err
+
+
+def file_backend(tmp_path: Path, connections: str) -> str:
+    (tmp_path / "conns.yaml").write_text(connections)
+    return f"""
+        [listener]
+        socket_path = "{tmp_path}/agent.sock"
+        [[backends]]
+        name = "f"
+        type = "file"
+        connections_file = "conns.yaml"
+        """
+
+
+def check_in_a_process(tmp_path: Path, body: str) -> tuple[int, str]:
+    """As a shell runs it: no test harness's log handlers, so logging's own fallback would show."""
+    done = subprocess.run(
+        [sys.executable, "-m", "secrets_agent", "check-config", str(write_config(tmp_path, body))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr
+    return done.returncode, done.stderr
+
+
+def test_a_file_that_does_not_load_is_one_line(tmp_path: Path) -> None:
+    """Not the backend's log line and then the same error again."""
+    code, err = check_in_a_process(tmp_path, file_backend(tmp_path, "c1: [broken\n"))
+    assert code == 78
+    assert err.splitlines() == [
+        f"secrets-agent: cannot start: backend 'f': cannot load {tmp_path}/conns.yaml: "
+        "invalid YAML at line 2 column 1"
+    ]
+
+
+def test_a_files_bad_entries_are_warnings_on_its_lines(tmp_path: Path) -> None:
+    """``run`` serves the good entries and refuses the bad ones: the config passes, and says so."""
+    body = file_backend(tmp_path, "good: postgres://u:p@h/db\nbad: [1, 2]\n")
+    code, err = check_in_a_process(tmp_path, body)
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"secrets-agent: warning: backend 'f': {tmp_path}/conns.yaml: connection 'bad' is "
+        "defined more than once (a list of several values)"
+    ]
 
 
 def test_an_empty_client_secret_file_is_refused_without_its_content(

@@ -175,10 +175,12 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
-    problems, unchecked = _check_local_sources(config)
+    problems, unchecked, logged = _check_local_sources(config)
+    for problem in problems:
+        print(f"secrets-agent: {problem}", file=sys.stderr)
+    for line in logged:
+        print(f"secrets-agent: warning: {line}", file=sys.stderr)
     if problems:
-        for problem in problems:
-            print(f"secrets-agent: {problem}", file=sys.stderr)
         return EX_CONFIG
     for what in unchecked:
         print(
@@ -199,12 +201,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str]]:
+def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str], list[str]]:
     """What ``run`` reads from this machine at start (keys, files, the socket's group), with
     the errors it reports; each check on its own, so one problem does not hide the next.
-    Also what cannot be read from here: systemd credentials, outside the service."""
+    Also what cannot be read from here: systemd credentials, outside the service; and what
+    the checks that passed logged (a file's bad entries: ``run`` serves the rest)."""
     import asyncio
     import functools
+    import logging
 
     from secrets_agent.backends.base import BackendContext
     from secrets_agent.backends.registry import create_backend
@@ -233,28 +237,43 @@ def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str]]:
         require_snapshot_keys(config.cache, loaded)
 
     problems: list[str] = []
+    logged: list[logging.LogRecord] = []
+
+    class Collected(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record)
 
     def attempt(check: Callable[[], object]) -> None:
+        seen = len(logged)
         try:
             check()
         except AgentError as exc:
+            del logged[seen:]  # the failing check's own log lines say what its error says
             held = [path for path in service_files if path in str(exc)]
             if held:
                 unchecked.append(held[0])
             else:
                 problems.append(f"cannot start: {exc}")
 
-    attempt(keys)
-    attempt(lambda: loop_factory(config.listener.event_loop))
-    attempt(lambda: check_socket(config.listener))  # as binding does (socket activation skips it)
-    if config.shared_cache.enabled:
-        from secrets_agent.lookup.shared.clients import check_files
+    # Without a handler, logging's last resort would print the checks' records bare, and a
+    # failing check's twice (its log line, then its error): they are this command's lines.
+    collected = Collected(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(collected)
+    try:
+        attempt(keys)
+        attempt(lambda: loop_factory(config.listener.event_loop))
+        attempt(lambda: check_socket(config.listener))  # as binding does (activation skips it)
+        if config.shared_cache.enabled:
+            from secrets_agent.lookup.shared.clients import check_files
 
-        attempt(lambda: check_files(config.shared_cache))
-    for backend_config in config.backends:
-        backend = create_backend(backend_config, BackendContext())
-        attempt(functools.partial(asyncio.run, backend.check_local()))
-    return problems, unchecked
+            attempt(lambda: check_files(config.shared_cache))
+        for backend_config in config.backends:
+            backend = create_backend(backend_config, BackendContext())
+            attempt(functools.partial(asyncio.run, backend.check_local()))
+    finally:
+        root.removeHandler(collected)
+    return problems, unchecked, [record.getMessage() for record in logged]
 
 
 def _service_credential_files(value: object) -> list[str]:
