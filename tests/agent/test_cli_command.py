@@ -182,6 +182,19 @@ def test_probe_ready_says_when_the_answer_is_not_the_agents(
     assert capsys.readouterr().out == '{"env": {"ready": true}}\n'
 
 
+@pytest.mark.parametrize("what", ["alive", "ready"])
+def test_a_probe_the_agent_refuses_says_so_not_that_the_agent_is_down(
+    agent: ScriptedAgent, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    """A caller the agent does not admit learns that, with get's exit status (77)."""
+    denied = (403, {"error": "peer_denied", "detail": "uid 65534 may not use this agent"})
+    agent.answers["/healthz"] = agent.answers["/readyz"] = denied
+    assert main(["probe", what, "--socket", agent.path]) == 77
+    assert capsys.readouterr().err == (
+        "secrets-agent: the agent answered 403: peer_denied: uid 65534 may not use this agent\n"
+    )
+
+
 def test_help_is_for_users_and_version_is_the_agents(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])

@@ -371,6 +371,7 @@ def _socket_path(args: argparse.Namespace) -> str:
 def _probe(args: argparse.Namespace) -> int:
     """For Kubernetes exec probes and scripts: stdlib only, like the client."""
     from secrets_agent_client.transport import AgentUnreachable, UnixTransport
+    from secrets_agent_client.wire import error_detail
 
     path = _socket_path(args)
     try:
@@ -380,6 +381,9 @@ def _probe(args: argparse.Namespace) -> int:
     except AgentUnreachable as exc:
         print(f"secrets-agent: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
+    if response.status == 403:  # this caller may not ask: says nothing of the agent's state
+        print(f"secrets-agent: the agent answered 403: {error_detail(response)}", file=sys.stderr)
+        return for_answer(response.status)
     if response.status != 200:
         detail = response.body.decode(errors="replace")
         print(f"secrets-agent: not {args.what}: {detail}", file=sys.stderr)
