@@ -187,7 +187,7 @@ def test_a_probe_the_agent_refuses_says_so_not_that_the_agent_is_down(
     agent: ScriptedAgent, capsys: pytest.CaptureFixture[str], what: str
 ) -> None:
     """A caller the agent does not admit learns that, with get's exit status (77)."""
-    denied = (403, {"error": "peer_denied", "detail": "uid 65534 may not use this agent"})
+    denied: Answer = (403, {"error": "peer_denied", "detail": "uid 65534 may not use this agent"})
     agent.answers["/healthz"] = agent.answers["/readyz"] = denied
     assert main(["probe", what, "--socket", agent.path]) == 77
     assert capsys.readouterr().err == (
