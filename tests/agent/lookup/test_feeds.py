@@ -504,3 +504,23 @@ async def test_two_versions_in_flight_for_one_key_cost_one_read() -> None:
     await f.deliver(hint(version="2"), hint(version="3"))
     assert (len(f.script.calls), f.script.revalidations) == (2, 1)  # one re-read: ask, fetch
     assert f.service.cache.fresh((V, "k", None)) is not None
+
+
+@pytest.mark.parametrize("pattern", ["", "^my_"])
+async def test_a_load_in_flight_under_another_spelling_does_not_store_the_old_value_as_fresh(
+    pattern: str,
+) -> None:
+    # A first read of "my_var" is on its way when Key Vault's event names "my-var": the note
+    # of the change was kept under "my-var" only, so the old value was stored fresh for a TTL.
+    # (With a lookup pattern "my-var" does not match, the event was even ignored.)
+    f = Fixture(FoldingFeed(), pattern=pattern)
+    f.script.values[(V, "my_var")], f.script.versions[(V, "my_var")] = "old", "1"
+    f.script.gate = asyncio.Event()
+    lookup = asyncio.create_task(f.service.lookup(V, "my_var"))
+    await f.script.called.wait()
+    f.feed.rounds.append([Message((Hint(V, "my-var", "2"),))])
+    await f.runner.round()
+    f.script.gate.set()
+    assert (await lookup).value == "old"  # its caller is answered all the same
+    assert f.service.cache.fresh((V, "my_var", None)) is None
+    assert f.events("applied") == 1

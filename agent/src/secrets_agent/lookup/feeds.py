@@ -277,7 +277,11 @@ class FeedRunner:
     ) -> bool | None:
         """Expire (or forget) every held copy of the id; False when all held it at the version,
         None when the backend does not serve the id."""
-        if not keys and not self._serves(hint):
+        # Loads out now of an id in another spelling of the same name (Key Vault's "my_var"
+        # for an event's "my-var"), held or not yet: what they read may predate the change.
+        named = self.feed.fold(hint.secret_id)
+        loading = {i for i in self.service.loading(hint.kind) if self.feed.fold(i) == named}
+        if not keys and not loading and not self._serves(hint):
             return None
         if (
             keys
@@ -289,10 +293,11 @@ class FeedRunner:
         # The fleet's copies, under every id this node read the name as ("my_var" for a Key
         # Vault event's "my-var"): the consumer drops them all; another node, the ones the
         # consumer could not know of.
-        ids = {key[1] for key, _ in keys} | {hint.secret_id}
+        ids = {key[1] for key, _ in keys} | {hint.secret_id} | loading
         for secret_id in sorted(ids - {hint.secret_id} if relayed else ids):
             self.service.shared.invalidate(hint.kind, secret_id)
-        self.service.note_change(hint.kind, hint.secret_id)  # a load out now is already old
+        for secret_id in ids:
+            self.service.note_change(hint.kind, secret_id)  # a load out now is already old
         for key, _ in keys:
             self.service.changed(key, gone=hint.gone)
             if not relayed:  # relayed: the consumer refilled the fleet's copy; reads find it

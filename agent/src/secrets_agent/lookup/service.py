@@ -177,6 +177,10 @@ class SecretService:
         while len(self._changed) > 4 * len(self.cache) + 1024:  # bounded: oldest notes first
             del self._changed[next(iter(self._changed))]
 
+    def loading(self, kind: Kind) -> list[str]:
+        """The ids of ``kind`` with a load in flight now (any team's)."""
+        return [key[1] for key in cast(list[Key], self._flight.pending()) if key[0] is kind]
+
     def changed(self, key: Key, *, gone: bool = False) -> bool:
         """``key`` changed upstream: its value stops being fresh at once (``gone``: forgotten,
         not even stale). True when the node held it."""
