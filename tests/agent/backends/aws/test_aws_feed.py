@@ -380,6 +380,48 @@ def test_event_shapes_map_to_names() -> None:
         secrets_manager_changes({"source": "aws.secretsmanager", "detail": {}})
 
 
+def test_the_services_own_events_and_a_creation_map_to_names() -> None:
+    # A rule on the source alone ({"source": ["aws.secretsmanager"]}) also sends what Secrets
+    # Manager records itself: a rotation's end is a change, its other steps are nothing to do;
+    # neither is an unparseable message (they were counted and logged as such).
+    service: dict[str, Any] = {
+        "source": "aws.secretsmanager",
+        "detail-type": "AWS Service Event via CloudTrail",
+        "region": "r",
+        "resources": [],
+        "detail": {
+            "eventName": "RotationSucceeded",
+            "eventType": "AwsServiceEvent",
+            "requestParameters": None,
+            "responseElements": None,
+            "additionalEventData": {"SecretId": "arn:aws:secretsmanager:r:1:secret:x/y-Zz9Zz9"},
+        },
+    }
+    [change] = secrets_manager_changes(service)
+    assert change.names[0] == "x/y" and change.scopes == (("r", "1"),) and not change.gone
+    steps = ("RotationStarted", "RotationFailed", "RotationAbandoned", "StartSecretVersionDelete")
+    for step in steps:
+        service["detail"]["eventName"] = step
+        assert secrets_manager_changes(service) == []
+    assert secrets_manager_changes({**service, "detail-type": "Some Future Event"}) == []
+    # A secret created where the node holds a miss (a lookup before it existed).
+    created = {
+        "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail",
+        "detail": {
+            "eventName": "CreateSecret",
+            "requestParameters": {"name": "x/y", "clientRequestToken": "t"},
+            "responseElements": {
+                "arn": "arn:aws:secretsmanager:r:1:secret:x/y-Zz9Zz9",
+                "name": "x/y",
+                "versionId": "v1",
+            },
+        },
+    }
+    [change] = secrets_manager_changes(created)
+    assert change.names == ("x/y",) and change.version == "v1"
+
+
 def test_feed_table_is_validated_at_load(tmp_path: Path) -> None:
     raw = {
         "backends": [

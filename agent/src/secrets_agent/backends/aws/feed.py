@@ -32,10 +32,22 @@ if TYPE_CHECKING:
     from secrets_agent.backends.aws.base import AwsBackend
     from secrets_agent.backends.aws.client import AwsClient
 
-# The calls CloudTrail records that change what GetSecretValue answers.
+# The calls CloudTrail records that change what GetSecretValue answers (CreateSecret: a miss
+# the node holds becomes a value).
 _CHANGING_CALLS = frozenset(
-    {"PutSecretValue", "UpdateSecret", "UpdateSecretVersionStage", "DeleteSecret", "RestoreSecret"}
+    {
+        "CreateSecret",
+        "PutSecretValue",
+        "UpdateSecret",
+        "UpdateSecretVersionStage",
+        "DeleteSecret",
+        "RestoreSecret",
+    }
 )
+# What Secrets Manager itself records ("AWS Service Event via CloudTrail") that does: a
+# rotation's end (a managed rotation's only sign). RotationStarted, RotationFailed,
+# RotationAbandoned and the version-deletion events change nothing a read answers.
+_SERVICE_CHANGES = frozenset({"RotationSucceeded"})
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")  # Secrets Manager's random end of every ARN
 
 
@@ -74,8 +86,13 @@ def secrets_manager_changes(event: dict[str, Any]) -> list[Change]:
     detail = event.get("detail")
     if not isinstance(detail, dict):
         raise ValueError("no detail")
-    if event.get("detail-type") == "AWS API Call via CloudTrail":
+    detail_type = event.get("detail-type")
+    if detail_type == "AWS API Call via CloudTrail":
         return _cloudtrail_change(detail)
+    if detail_type == "AWS Service Event via CloudTrail":
+        return _service_change(detail)
+    if detail_type not in (None, "Secret Label Updated"):
+        return []  # another of the service's events (a rule on the source alone sends all)
     # Secret Label Updated: only the AWSCURRENT label decides what a read answers.
     label = detail.get("labelUpdated")
     labels = label if isinstance(label, list) else [label]
@@ -112,18 +129,35 @@ def _cloudtrail_change(detail: dict[str, Any]) -> list[Change]:
     for arn in arns[:2]:  # "aRN" before February 2024
         if isinstance(arn, str) and (name := _arn_name(arn, full=True)):
             names.append(name)
-    secret_id = request.get("secretId")
-    if isinstance(secret_id, str):
-        if secret_id.startswith("arn:"):
-            # A partial ARN has no random suffix, a full one has: try the name both ways.
-            names += [n for n in (_arn_name(secret_id, True), _arn_name(secret_id, False)) if n]
-        else:
-            names.append(secret_id)
+    names += _id_names(request.get("secretId"))
+    names += _id_names(request.get("name"))  # CreateSecret's
     if not names:
         raise ValueError("no secret name")
     gone = detail["eventName"] == "DeleteSecret"
     version = version if isinstance(version, str) else None
     return [Change(tuple(dict.fromkeys(names)), version, gone, _scopes(arns))]
+
+
+def _service_change(detail: dict[str, Any]) -> list[Change]:
+    """A rotation that ended well: ``additionalEventData.SecretId`` names the secret (an ARN)."""
+    if detail.get("eventName") not in _SERVICE_CHANGES:
+        return []
+    data = detail.get("additionalEventData")
+    secret_id = data.get("SecretId") if isinstance(data, dict) else None
+    names = _id_names(secret_id)
+    if not names:
+        raise ValueError("no secret name")
+    return [Change(tuple(dict.fromkeys(names)), scopes=_scopes([secret_id]))]
+
+
+def _id_names(secret_id: object) -> list[str]:
+    """The names a SecretId may stand for: a name, or a full or partial ARN."""
+    if not isinstance(secret_id, str):
+        return []
+    if secret_id.startswith("arn:"):
+        # A partial ARN has no random suffix, a full one has: try the name both ways.
+        return [n for n in (_arn_name(secret_id, True), _arn_name(secret_id, False)) if n]
+    return [secret_id]
 
 
 def _makes_current(request: dict[str, Any], response: dict[str, Any]) -> bool:
