@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from secrets_agent.backends.vault.feed import version_state
 from secrets_agent.kinds import Kind
 from support.bao import BaoServer, vault_backend_toml
 from support.feeds import eventually, feed_health, fresh, negative, value
@@ -178,3 +180,20 @@ def test_a_reload_replaces_the_feed_and_the_new_one_works(bao: BaoServer, short_
         eventually(lambda: scans(agent) >= baseline)
         bao.kv_put("variables/reload_v", {"value": "2"})
         eventually(lambda: fresh(agent, V, "reload_v") == "2")
+
+
+def test_a_version_with_a_deletion_scheduled_is_not_gone_until_then(bao: BaoServer) -> None:
+    # delete_version_after (on the key or the mount) gives every version a deletion_time an
+    # hour ahead: each rotation was taken for a delete, the value dropped (no stale copy if
+    # its re-read failed) and the version's own state said "gone" before it was.
+    bao.api("POST", "/v1/secret/metadata/variables/later_v", {"delete_version_after": "1h"})
+    bao.kv_put("variables/later_v", {"value": "1"})
+    scan = bao.api("GET", "/v1/secret/detailed-metadata/variables?scan=true")
+    info = scan["data"]["key_info"]["later_v"]
+    assert info["versions"]["1"]["deletion_time"]  # set, an hour ahead
+    now = time.time()
+    assert version_state(info, now)[0] == (1, False)
+    assert version_state(info, now + 2 * 3600)[0] == (1, True)  # past it: gone
+    bao.api("DELETE", "/v1/secret/data/variables/later_v")  # deleted now
+    info = bao.api("GET", "/v1/secret/metadata/variables/later_v")["data"]
+    assert version_state(info, time.time())[0] == (1, True)

@@ -105,7 +105,7 @@ class VaultPollFeed(Feed):
             for relative, info in listing.items():
                 name = f"{mount}/{base}/{relative}" if base else f"{mount}/{relative}"
                 for key in self._ids(kind, name):
-                    found[(*key, name)] = _state(info)
+                    found[(*key, name)] = version_state(info, self._clock())
         return found
 
     def _spots(self, held: Iterable[tuple[Kind, str, str | None]]) -> set[Spot]:
@@ -125,7 +125,7 @@ class VaultPollFeed(Feed):
             mount, _, path = spot[2].partition("/")
             info = await self._backend.metadata(mount, path)
             if info is not None:
-                found[spot] = _state(info)
+                found[spot] = version_state(info, self._clock())
         return found
 
     def _ids(self, kind: Kind, name: str) -> list[tuple[Kind, str]]:
@@ -136,8 +136,13 @@ class VaultPollFeed(Feed):
         return ids_for(name, (kind,), named, team_sep="/")
 
 
-def _state(info: dict[str, Any]) -> tuple[State, float | None]:
+def version_state(info: dict[str, Any], now: float) -> tuple[State, float | None]:
+    """A key's current version and whether it is deleted now, and when it was last written."""
     current = int(info.get("current_version") or 0)
     version = (info.get("versions") or {}).get(str(current)) or {}
-    gone = bool(version.get("destroyed")) or bool(version.get("deletion_time"))
+    # A deletion_time ahead is one scheduled (the mount's or the key's delete_version_after):
+    # the version reads until then, and is gone at the first poll past it. (No slack for the
+    # clocks: seen gone early, its re-read would hold the value on past the deletion.)
+    deleted = event_time(version.get("deletion_time"))
+    gone = bool(version.get("destroyed")) or (deleted is not None and deleted <= now)
     return (current, gone), event_time(info.get("updated_time"))
