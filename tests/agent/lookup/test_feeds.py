@@ -391,6 +391,10 @@ class FoldingFeed(QueueFeed):
     def fold(self, secret_id: str) -> str:
         return secret_id.replace("_", "-")
 
+    @property
+    def folds(self) -> bool:
+        return True
+
 
 class RecordingTier(NoSharedTier):
     """The fleet tier's invalidations, recorded (the tier faked behind its interface)."""
@@ -524,3 +528,24 @@ async def test_a_load_in_flight_under_another_spelling_does_not_store_the_old_va
     assert (await lookup).value == "old"  # its caller is answered all the same
     assert f.service.cache.fresh((V, "my_var", None)) is None
     assert f.events("applied") == 1
+
+
+async def test_a_folded_name_a_pattern_would_refuse_is_still_passed_on_to_the_fleet() -> None:
+    # The consumer holds nothing; another node holds "my_var", read under the pattern "^my_".
+    # Key Vault's event names "my-var", which the pattern refuses: ruled out by it, the change
+    # was counted ignored and never passed on, and the other node served the old value fresh.
+    f = Fixture(FoldingFeed(), pattern="^my_")
+    lease = Lease()
+    lease.ours = True
+    runner = FeedRunner(f.feed, f.runner.link, f.service, f.metrics, consumers=lease)
+    f.feed.rounds.append([Message((Hint(V, "my-var", "2"),))])
+    await runner.round()
+    await runner.idle()
+    assert [h.secret_id for h in lease.relayed] == ["my-var"]
+    assert f.events("ignored") == 0
+    other = Fixture(FoldingFeed(), pattern="^my_")
+    other.script.values[(V, "my_var")], other.script.versions[(V, "my_var")] = "old", "1"
+    await other.service.lookup(V, "my_var")
+    other.runner.apply_relayed(lease.relayed)
+    assert other.service.cache.fresh((V, "my_var", None)) is None
+    await runner.close()

@@ -114,6 +114,12 @@ class Feed(abc.ABC):
         """The form hints use for ``secret_id``: ids naming one upstream secret fold together."""
         return secret_id
 
+    @property
+    def folds(self) -> bool:
+        """Whether ``fold`` joins several ids into one name: a hint's id is then one spelling of
+        them, which a lookup pattern (written for ids) cannot rule out."""
+        return False
+
 
 def named_by(
     single: Callable[[Kind, str], str | None], scoped: Callable[[Kind, str, str], str | None]

@@ -269,6 +269,11 @@ class FeedRunner:
         return out
 
     def _serves(self, hint: Hint) -> bool:
+        if self.feed.folds:
+            # The hint names one of several ids ("my-var" for "my_var" too) and a lookup pattern
+            # sees ids: ruled out by it, this node would neither expire nor pass on a change to
+            # an id the fleet's other nodes read. Only the kind can say no.
+            return self.link.backend.supports(hint.kind)
         teams: tuple[str | None, ...] = (None, *self.link.teams)
         return any(self.link.accepts(hint.kind, hint.secret_id, team) for team in teams)
 

@@ -222,6 +222,10 @@ class StorageQueueFeed(Feed):
         # "A-B" from the same name.
         return secret_id.replace("_", self._backend.options.sep).lower()
 
+    @property
+    def folds(self) -> bool:
+        return True
+
     def _translate(self, backend: str, exc: BaseException, operation: str) -> BackendError:
         """Key Vault's translation, worded for the queue, with Storage's error code and what
         to do about the two a misconfigured identity meets."""
