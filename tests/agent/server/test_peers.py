@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -111,3 +112,32 @@ def test_a_peer_in_more_groups_than_one_kilobyte_holds_is_seen_in_all_of_them(
     with running_agent(agent_config(short_tmp, listener, DEMO_BACKEND + rules)) as agent:
         assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many[:-1]) == "VALUE hello"
         assert ask_as(agent.socket_path, 4000, 4000, extra_groups=many).startswith("DENIED")
+
+
+def test_uids_and_gids_past_two_to_the_31_are_the_ones_the_config_names(short_tmp: Path) -> None:
+    """uid_t and gid_t are unsigned: a peer running as uid 3,000,000,000 (which the config
+    accepts) must match its own allow-list entry, access rules and audit lines, never a
+    negative number that no rule names (a deny by uid or gid would not hold)."""
+    big_uid, big_gid = 3_000_000_000, 3_000_000_002
+    audit = short_tmp / "audit.log"
+    listener = f'socket_mode = "0666"\nallowed_uids = [{big_uid}]\nallowed_gids = [4000]\n'
+    rules = (
+        f'[audit]\noutput = "file"\nfile = "{audit}"\n'
+        '[[access]]\neveryone = true\nvariables = ["*"]\n'
+        f'[[access]]\nuid = {big_uid}\neffect = "deny"\nvariables = ["greeting"]\n'
+        f'[[access]]\ngid = {big_gid}\neffect = "deny"\nvariables = ["greeting"]\n'
+    )
+    with running_agent(agent_config(short_tmp, listener, rules + DEMO_BACKEND)) as agent:
+        assert ask_as(agent.socket_path, 4000, 4000) == "VALUE hello"
+        refused = ask_as(agent.socket_path, 4000, big_gid)  # in no allowed group
+        assert refused.startswith("DENIED") and f"uid 4000 gid {big_gid} may not" in refused
+        by_rules = "access rules do not let this peer read this variable"
+        assert ask_as(agent.socket_path, big_uid, 4000).endswith(by_rules)  # the deny by uid
+        assert ask_as(agent.socket_path, 4001, big_gid, [4000]).endswith(by_rules)  # by gid
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["uid"], e["gid"], e["result"]) for e in lines] == [
+        (4000, 4000, "miss"),
+        (4000, big_gid, "denied"),
+        (big_uid, 4000, "denied"),
+        (4001, big_gid, "denied"),
+    ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from secrets_agent.config.schema import ListenerConfig
 
-_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+_UCRED = struct.Struct("i2I")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }: ids unsigned
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python lacks the name
 _MAX_GROUPS = 256  # what 1 KiB holds: the most Python's getsockopt reads
 _NGROUPS_MAX = 65536  # Linux's limit on a process's supplementary groups
