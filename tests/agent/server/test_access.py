@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from secrets_agent.backends import registry
+from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent_client import AgentSecretsBackend
 from secrets_agent_client.transport import UnixTransport
@@ -255,12 +256,18 @@ def test_status_shows_the_rules_and_what_they_kept_out(agent: RunningAgent) -> N
     assert "access: no rules (every admitted peer reads every id);" in render(body)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [None, TransientError("up", "timed out"), DeniedError("up", "permission denied")],
+    ids=["value", "upstream-down", "upstream-refused"],
+)
 @pytest.mark.parametrize("via_aiohttp", [False, True], ids=["lean", "aiohttp"])
 def test_a_read_in_flight_at_a_reload_is_answered_under_the_new_rules(
-    short_tmp: Path, script: Script, via_aiohttp: bool
+    short_tmp: Path, script: Script, via_aiohttp: bool, failure: BackendError | None
 ) -> None:
     """The upstream call began under rules that allowed it; a reload that revokes the id before
-    it returns must not hand the value over."""
+    it returns must not hand the value over, nor what the upstream made of the read (its
+    failure is an answer too): the peer gets the refusal, and the audit says denied."""
     gate = script.gate = asyncio.Event()
     with open_connection_to_reloadable_agent(short_tmp, via_aiohttp) as (agent, conn, path):
         conn.sendall(get("/v1/variables/team_a_cold"))  # root's read, held upstream
@@ -269,13 +276,15 @@ def test_a_read_in_flight_at_a_reload_is_answered_under_the_new_rules(
             time.sleep(0.01)  # the agent's thread records the call: poll for it
         assert script.calls == [(V, "team_a_cold")]
         assert swap_rules(agent, path, '"team_a_*"', '"team_b_*"')
+        script.error = failure
 
         async def release() -> None:
             gate.set()
 
         agent.call(release())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += conn.recv(65536)
+        answer = exchange(conn, b"")
         assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert b'"error": "access_denied"' in answer
         assert b"s3cret" not in answer
+    lines = [e for e in audited(short_tmp / "audit.log") if e["id"] == "team_a_cold"]
+    assert [e["result"] for e in lines] == ["denied"]

@@ -19,7 +19,7 @@ from secrets_agent.lookup.cache import CacheState, Key, Result
 from secrets_agent.ops.audit import Read
 from secrets_agent.ops.logs import RateLimited
 from secrets_agent.server.access import AccessRules, PeerRules
-from secrets_agent.server.context import ApiContext
+from secrets_agent.server.context import ApiContext, Serving
 from secrets_agent.server.errors import Answer, answer_for, error_answer
 from secrets_agent.server.peers import AccessPolicy, Peer
 
@@ -200,15 +200,20 @@ class Reads:
                 kind, secret_id, team, refresh=read.forced, peer=caller.peer.uid
             )
         except Exception as exc:
+            if (now := self._reloaded(caller, read, runtime)) is not None:
+                return now
             backend = exc.backend if isinstance(exc, BackendError) else None
             failure = "denied" if isinstance(exc, DeniedError) else "error"
             self._audit(caller.peer, kind, secret_id, team, failure, backend)
             return answer_for(exc)
-        # Reloaded while the upstream answered: the rules now in force decide (a refusal, or
-        # the new cache's copy), not those the read began under.
-        if self.context.current() is not runtime and (now := self.now(caller, read)) is not None:
+        if (now := self._reloaded(caller, read, runtime)) is not None:
             return now
         return self._found(caller.peer, read, result)
+
+    def _reloaded(self, caller: Caller, read: Prepared, began: Serving) -> Answer | None:
+        """Reloaded while the upstream answered (or failed): the rules now in force decide (a
+        refusal, or the new cache's copy), not those the read began under."""
+        return None if self.context.current() is began else self.now(caller, read)
 
     def denied_peer(
         self, peer: Peer, kind: Kind | None, secret_id: str, team: str | None
