@@ -288,3 +288,51 @@ def test_a_read_in_flight_at_a_reload_is_answered_under_the_new_rules(
         assert b"s3cret" not in answer
     lines = [e for e in audited(short_tmp / "audit.log") if e["id"] == "team_a_cold"]
     assert [e["result"] for e in lines] == ["denied"]
+
+
+def connected_as(uid: int, path: str) -> socket.socket:
+    """A connection made by a child running as ``uid`` (the kernel keeps that peer for it),
+    handed back to this process to talk on."""
+    parent, child = socket.socketpair()
+    with parent, child:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                    conn.connect(path)
+                    socket.send_fds(child, [b"c"], [conn.fileno()])
+            finally:
+                os._exit(0)
+        _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+        os.waitpid(pid, 0)
+    conn = socket.socket(fileno=fds[0])
+    conn.settimeout(10)
+    return conn
+
+
+def test_a_reload_refuses_reads_the_compiled_path_remembered_on_an_open_connection(
+    short_tmp: Path, script: Script
+) -> None:
+    """No audit, so alice's repeated reads are answered by the compiled path from the decision
+    it remembered; a reload that takes them away (rules, then the socket's allow-list) refuses
+    her next request on the same connection."""
+    from secrets_agent.config.loader import load_config
+
+    head = f'[listener]\nsocket_path = "{short_tmp}/agent.sock"\n{LISTENER}'
+    path = write_config(short_tmp, head + BACKEND + rules())
+    with running_agent(load_config(path), config_path=path) as agent:
+        assert agent.agent.metrics.read_path == "compiled"
+        with connected_as(ALICE, agent.socket_path) as conn:
+            for _ in range(3):
+                assert exchange(conn, get("/v1/variables/team_a_token")).startswith(b"HTTP/1.1 200")
+            assert swap_rules(agent, path, '["team_a_*"]', '["team_b_*"]')
+            refused = exchange(conn, get("/v1/variables/team_a_token"))
+            assert refused.startswith(b"HTTP/1.1 403") and b"access_denied" in refused
+            for _ in range(3):
+                assert exchange(conn, get("/v1/variables/team_b_token")).startswith(b"HTTP/1.1 200")
+            assert swap_rules(agent, path, f"allowed_uids = [0, {ALICE}, ", "allowed_uids = [0, ")
+            refused = exchange(conn, get("/v1/variables/team_b_token"))
+            assert refused.startswith(b"HTTP/1.1 403") and b"peer_denied" in refused
