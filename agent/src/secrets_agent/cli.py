@@ -217,6 +217,7 @@ def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str], lis
     from secrets_agent.lookup.cipher import load_keys
     from secrets_agent.lookup.shared.build import require_fleet_keys
     from secrets_agent.lookup.snapshot import require_snapshot_keys
+    from secrets_agent.server.access import AccessRules
     from secrets_agent.server.listener import check_socket
 
     # LoadCredential= files (in $CREDENTIALS_DIRECTORY, /run/credentials/<unit>/) exist only
@@ -264,6 +265,7 @@ def _check_local_sources(config: AgentConfig) -> tuple[list[str], list[str], lis
         attempt(keys)
         attempt(lambda: loop_factory(config.listener.event_loop))
         attempt(lambda: check_socket(config.listener))  # as binding does (activation skips it)
+        attempt(lambda: AccessRules.from_config(config.access))  # this kernel can enforce them
         if config.shared_cache.enabled:
             from secrets_agent.lookup.shared.clients import check_files
 

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secrets_agent.config.loader import parse_config
-from secrets_agent.errors import ConfigError
+from secrets_agent.errors import ConfigError, StartupError
 from secrets_agent.kinds import Kind
+from secrets_agent.server import peers
 from secrets_agent.server.access import MEMO, AccessRules
 from secrets_agent.server.peers import Peer
 
@@ -76,6 +77,22 @@ def test_gid_rules_match_the_primary_or_a_supplementary_group() -> None:
     assert allows(access, Peer(1, 5000, TEAM_A_GID), V, "a_1")
     assert allows(access, ALICE, V, "a_1", groups=frozenset({TEAM_A_GID}))
     assert not allows(access, ALICE, V, "a_1")
+
+
+def test_a_deny_by_group_is_refused_where_the_kernel_hides_supplementary_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in its primary group only, a peer would escape a deny on its other groups: a start
+    (or reload) with such a rule is refused there, and every other rule still works."""
+    assert peers.groups_reported()  # this kernel: Linux >= 4.13
+    monkeypatch.setattr(peers, "groups_reported", lambda: False)  # the kernel, faked: < 4.13
+    allow = {"uid": 1001, "variables": ["*"]}
+    deny = {"gid": TEAM_A_GID, "effect": "deny", "variables": ["a_*"]}
+    with pytest.raises(StartupError, match=r"access\[1\]: a deny by group needs .*SO_PEERGROUPS"):
+        rules(allow, deny)
+    assert allows(rules(allow, {"gid": TEAM_A_GID, "variables": ["b_*"]}), ALICE, V, "x")
+    by_uid = {"uid": 1001, "effect": "deny", "variables": ["a_*"]}
+    assert not allows(rules(allow, by_uid), ALICE, V, "a_1")
 
 
 def test_everyone_and_deny_wins_over_allow_whatever_the_order() -> None:

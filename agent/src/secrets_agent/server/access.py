@@ -24,6 +24,7 @@ from secrets_agent.config.schema import AccessRule
 from secrets_agent.config.validators import GLOB_SET, resolve_group, resolve_user
 from secrets_agent.errors import StartupError
 from secrets_agent.kinds import Kind
+from secrets_agent.server import peers
 from secrets_agent.server.memo import Generations, sized_for
 from secrets_agent.server.peers import Peer
 
@@ -138,7 +139,16 @@ class AccessRules:
         many distinct keys the cache holds (``max_entries``), which sizes the decision memos."""
         if not rules:
             return None
-        return cls([Rule.compile(rule, index) for index, rule in enumerate(rules)], keys)
+        compiled = [Rule.compile(rule, index) for index, rule in enumerate(rules)]
+        denied = [i for i, rule in enumerate(compiled) if rule.who == "gid" and not rule.allow]
+        if denied and not peers.groups_reported():
+            # A peer would be seen in its primary group only, and escape a deny on the others.
+            raise StartupError(
+                f"access[{denied[0]}]: a deny by group needs the peer's supplementary groups, "
+                "which this kernel does not report (SO_PEERGROUPS, Linux 4.13 and later): "
+                "deny by uid instead"
+            )
+        return cls(compiled, keys)
 
     def __len__(self) -> int:
         return len(self._rules)

@@ -100,6 +100,19 @@ def peer_groups(sock: socket.socket) -> frozenset[int]:
     return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
+def groups_reported() -> bool:
+    """Whether this kernel tells a socket's peer's supplementary groups (Linux >= 4.13)."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        left.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * _MAX_GROUPS)
+    except OSError as exc:
+        return exc.errno == errno.ERANGE  # there, but more groups than the buffer holds
+    finally:
+        left.close()
+        right.close()
+    return True
+
+
 def _many_groups(fd: int) -> bytes:
     """A peer in more than 256 groups: libc's getsockopt, with room for Linux's most."""
     size = ctypes.c_uint32(4 * _NGROUPS_MAX)
