@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.utils import str_if_bytes
 
 from secrets_agent.lookup.shared.guard import STORE_ERRORS
 
@@ -46,6 +47,7 @@ class ShardedBus:
 
     def __init__(self, client: RedisCluster) -> None:
         self._client = client
+        self._again = False  # listened before: this is a start over, after a failure
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._client.spublish(channel, message)
@@ -53,16 +55,25 @@ class ShardedBus:
     async def listen(self, channels: Sequence[str], deliver: Deliver) -> None:
         # The slot map first (a no-op once known): a shard channel is routed by its slot.
         await self._client.initialize()
+        if self._again:
+            # Starting over, the map may be stale: the channel's slot moved (a resharding) or
+            # its primary changed, and the client corrects its map only from its own commands'
+            # MOVED, never from a subscription's. Without this, SSUBSCRIBE met MOVED for good.
+            await self._client.nodes_manager.initialize()
+        self._again = True
         pubsub = self._client.pubsub()
         try:
             await pubsub.ssubscribe(*channels)
             while True:
-                message = await pubsub.get_sharded_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                message = await pubsub.get_sharded_message(timeout=1.0)
                 if message is None and not pubsub.node_pubsub_mapping:
                     # Subscribed nowhere (it returns at once then): start over, not spin.
                     raise ConnectionError("no shard holds the invalidation channels")
+                if message is not None and str_if_bytes(message["type"]) == "sunsubscribe":
+                    # We never unsubscribe: the store dropped us, as the channel's slot moved
+                    # to another shard (a resharding, a failover). redis-py keeps waiting on
+                    # the old shard, where nothing arrives again: start over on the new owner.
+                    raise ConnectionError("the invalidation channel's slot moved")
                 _deliver(message, deliver)
         finally:
             # Bounded: leaving must not wait on a shard that is gone.
