@@ -351,3 +351,38 @@ async def test_an_invalidation_from_a_clock_behind_still_refuses_older_copies(
     assert (await node.service.lookup(V, "k")).value == "v2"
     assert node.sample("secrets_agent_shared_cache_results_total", result="refused") == 1
     await close(writer, node, behind)
+
+
+async def test_a_replayed_message_is_refused(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store writer who saw a message publishes it again: each replay of a fleet-wide
+    invalidation would empty every node's cache (and send every key upstream) once more."""
+    script = Script(values={(V, "k"): "v1"})
+    a, b = await subscribed_pair(store, script)
+    published: list[tuple[str, bytes]] = []
+    bus = a.tier._channel._bus
+    send = bus.publish
+
+    async def spy(channel: str, message: bytes) -> None:  # what the writer sees on the channel
+        published.append((channel, message))
+        await send(channel, message)
+
+    bus.publish = spy  # type: ignore[method-assign]
+    await b.service.lookup(V, "k")
+    a.service.invalidate()  # everything, everywhere
+    received = "secrets_agent_shared_cache_invalidations_received_total"
+    await wait_for(lambda: b.sample(received) == 1)
+    assert b.cache.get(V, "k") is None
+    await b.service.lookup(V, "k")
+    [(channel, data)] = published
+    command = "SPUBLISH" if isinstance(store, ClusterServers) else "PUBLISH"
+    with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
+        store.command(command, channel, data)
+        await wait_for(lambda: b.sample("secrets_agent_shared_cache_messages_refused_total") == 1)
+    assert b.sample(received) == 1
+    assert b.cache.get(V, "k") is not None  # nothing dropped again
+    assert len(script.calls) == 2  # and nothing fetched again
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "received before (a replay)" in line, line
+    await close(a, b)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+
+from cachetools import TTLCache
 
 from secrets_agent.kinds import Kind
 from secrets_agent.lookup.shared.bus import Bus
@@ -33,6 +36,10 @@ MAX_PENDING = 32
 # How long a message may take to arrive: an invalidation counts from no earlier than this before
 # it arrived, whatever the sender's clock said (one behind would let older copies pass it).
 IN_TRANSIT = 1.0  # seconds
+# Messages remembered, to refuse one heard before: a replay opens as well as the original for
+# as long as a message is accepted at all. Bounded: past this many within that time, the oldest
+# are forgotten (a replay of one of those is applied again, as any replay was before).
+HEARD = 16384
 
 Delete = Callable[[Kind, str], Awaitable[None]]
 
@@ -58,6 +65,8 @@ class Invalidations:
         self._handlers: dict[str, HintHandler] = {}
         # Its own throttle: a flood of forged messages must not hide the store's own warnings.
         self._refused_log = guard.throttled(log)
+        # Every token is unique (Fernet's random IV): a token heard twice was replayed.
+        self._heard: TTLCache[bytes, bool] = TTLCache(HEARD, MESSAGE_MAX_AGE + MESSAGE_MAX_AHEAD)
 
     def on_hint(self, topic: str, handler: HintHandler) -> None:
         self._handlers[topic] = handler
@@ -137,6 +146,13 @@ class Invalidations:
             return
         if message.sender == self.node:
             return  # our own
+        digest = hashlib.sha256(data).digest()
+        if digest in self._heard:
+            # A store writer publishing what it saw: a fleet-wide invalidation replayed would
+            # empty every node's cache, and send every key upstream, once per replay.
+            self._refused(data, "received before (a replay)")
+            return
+        self._heard[digest] = True
         if isinstance(message, Hint):
             handler = self._handlers.get(message.topic)
             if handler is not None:
@@ -150,20 +166,23 @@ class Invalidations:
         self._metrics.shared_invalidations.inc()
         self._local(message.kind, message.secret_id)
 
-    def _refused(self, data: bytes) -> None:
+    def _refused(self, data: bytes, why: str | None = None) -> None:
         """Our channel carries only what our fleet seals (a namespace and key have channels of
-        their own): a message we cannot open is someone's doing, or a clock gone wrong."""
+        their own): a message refused is someone's doing, or a clock gone wrong."""
         self._metrics.shared_messages_refused.inc()
+        why = why or self._unopened(data)
+        self._refused_log.warning(f"shared cache: a message on the invalidation channel: {why}")
+
+    def _unopened(self, data: bytes) -> str:
+        """Why our keys do not open ``data``."""
         age = self._sealer.message_age(data)
         if age is None:
-            why = "not sealed under this node's keys (written by someone without them)"
-        elif age > MESSAGE_MAX_AGE:
-            why = f"sealed {age:.0f} s ago (a replay, or the sender's clock is behind this one's)"
-        elif -age > MESSAGE_MAX_AHEAD:
-            why = f"sealed {-age:.0f} s ahead of this node's clock (the clocks differ)"
-        else:
-            why = "not a message this agent reads (another version's?)"
-        self._refused_log.warning(f"shared cache: a message on the invalidation channel: {why}")
+            return "not sealed under this node's keys (written by someone without them)"
+        if age > MESSAGE_MAX_AGE:
+            return f"sealed {age:.0f} s ago (a replay, or the sender's clock is behind this one's)"
+        if -age > MESSAGE_MAX_AHEAD:
+            return f"sealed {-age:.0f} s ahead of this node's clock (the clocks differ)"
+        return "not a message this agent reads (another version's?)"
 
     async def close(self) -> None:
         self._closed = True
