@@ -17,6 +17,7 @@ from secrets_agent.lookup.chain import BackendChain, Link
 from secrets_agent.lookup.cipher import Cipher
 from secrets_agent.lookup.service import RefreshPolicy, SecretService
 from secrets_agent.lookup.shared.breaker import Breaker
+from secrets_agent.lookup.shared.clients import StoreCluster
 from secrets_agent.lookup.shared.sealing import Sealer
 from secrets_agent.lookup.shared.store import RedisTier
 from secrets_agent.ops.metrics import Metrics
@@ -96,7 +97,7 @@ def client_for(store: Store) -> Redis | RedisCluster:
     if isinstance(store, ClusterServers):
         seeds = [ClusterNode("127.0.0.1", n.port) for n in store.nodes]
         username, password = store.nodes[0].user or (None, None)
-        return RedisCluster(
+        return StoreCluster(  # the agent's: its fixes to redis-py's cluster client included
             startup_nodes=seeds,
             require_full_coverage=False,
             socket_timeout=1.0,

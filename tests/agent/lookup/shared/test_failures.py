@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from redis.asyncio.cluster import RedisCluster
 
 from secrets_agent.lookup.shared.sealing import Sealer
 from support.fleet_stores import ACL, AGENT_USER, PREFIX
@@ -158,3 +159,53 @@ async def test_a_cluster_named_by_a_plain_url_says_which_url_to_use(
             assert (await node.service.lookup(V, f"k{i}")).value == "v"
     assert "the store is a cluster: use a redis+cluster:// URL" in caplog.text
     await node.tier.close()
+
+
+async def test_a_primary_down_leaves_the_other_slots_shared(
+    session_cluster: ClusterServers,
+) -> None:
+    # The client's first primary (the one redis-py asks for its command table) is down: its
+    # slots go upstream, the others stay shared.
+    session_cluster.start()
+    session_cluster.command("FLUSHALL")
+    script = Script(values={})
+    a, b = Node(session_cluster, script), Node(session_cluster, script)
+    names = Sealer([KEY], "namespace", "test:")
+    first = await first_primary(a)
+    dead = next(n for n in session_cluster.nodes if n.port == first)
+    _, gone = on_another_node(
+        session_cluster, names, {n.port for n in session_cluster.nodes} - {dead.port}
+    )
+    _, kept = on_another_node(session_cluster, names, {dead.port})
+    script.values.update({(V, gone): "g", (V, kept): "k"})
+    dead.stop()
+    try:
+        assert (await a.service.lookup(V, gone)).value == "g"  # its slot is down: upstream
+        assert (await b.service.lookup(V, kept)).value == "k"
+        assert (await a.service.lookup(V, kept)).value == "k"  # shared, from the live slot
+        assert a.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+        assert script.calls == [(V, gone), (V, kept)]
+    finally:
+        await close(a, b)
+        session_cluster.start()
+
+
+async def first_primary(node: Node) -> int:
+    """The port of the primary a node's client asks for the command table (its default)."""
+    client = node.tier._client
+    assert isinstance(client, RedisCluster)
+    await client.initialize()  # the slot map (a no-op once known)
+    default = client.get_default_node()
+    assert default is not None
+    return int(default.port)
+
+
+def on_another_node(
+    cluster: ClusterServers, names: Sealer, spared: set[int]
+) -> tuple[RedisServer, str]:
+    """A node whose port is not in ``spared``, and an id whose entry it serves."""
+    for secret_id in (f"k{n}" for n in range(1000)):
+        owner = cluster.owner(names.names(V, secret_id, None).entry)
+        if owner.port not in spared:
+            return owner, secret_id
+    raise AssertionError("no id on another node")

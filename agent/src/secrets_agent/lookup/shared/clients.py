@@ -12,6 +12,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.cluster import PRIMARY
+from redis.exceptions import ConnectionError as NoConnection
+from redis.exceptions import TimeoutError as NoAnswer
 
 from secrets_agent.config.schema import SharedCacheConfig
 from secrets_agent.config.validators import (
@@ -75,7 +78,7 @@ def _cluster(
         raise StartupError("shared_cache.url: not a redis+cluster:// URL")
     if shared.url.startswith("rediss"):
         tls["ssl"] = True
-    return RedisCluster(
+    return StoreCluster(
         startup_nodes=[ClusterNode(host, int(port)) for host, port in _hosts(match["hosts"])],
         # A slot without a primary must not stop the others: its lookups go to the upstream
         # (through the breaker) while the rest of the cluster keeps sharing.
@@ -85,6 +88,24 @@ def _cluster(
         **tls,
         **auth,
     )
+
+
+class StoreCluster(RedisCluster):
+    """redis-py's cluster client, which does not wait for one primary to come back."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except (NoConnection, NoAnswer):
+            # The slot map was read, but its first primary, whom redis-py asks for the command
+            # table, did not answer (down, its failover not done). After a pipeline's failure
+            # it asks that one again every time: every command failed, on every slot, until
+            # it was back. The next attempt asks another primary (as redis-py does itself
+            # after a single command's failure).
+            primaries = self.nodes_manager.get_nodes_by_server_type(PRIMARY)
+            if primaries:
+                self.nodes_manager.move_node_to_end_of_cached_nodes(primaries[0].name)
+            raise
 
 
 def _hosts(text: str) -> list[tuple[str, str]]:
