@@ -16,7 +16,7 @@ from secrets_agent.lookup.shared.sealing import Sealer
 from support.fleet_stores import ACL, AGENT_USER, PREFIX
 from support.helpers import FakeClock, Script
 from support.redis_server import ClusterServers, RedisServer, Store
-from support.shared_nodes import KEY, Node, V, close, wait_for
+from support.shared_nodes import KEY, Node, V, close, subscribed_pair, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +159,32 @@ async def test_a_cluster_named_by_a_plain_url_says_which_url_to_use(
             assert (await node.service.lookup(V, f"k{i}")).value == "v"
     assert "the store is a cluster: use a redis+cluster:// URL" in caplog.text
     await node.tier.close()
+
+
+async def test_an_invalidation_reaches_the_others_while_its_entrys_shard_is_down(
+    session_cluster: ClusterServers,
+) -> None:
+    # The entry's primary is gone, the channel's is not: the delete fails, the message must
+    # still go (the others then refuse any older copy, wherever it comes back from).
+    session_cluster.start()  # the nodes a test killed, if any
+    session_cluster.command("FLUSHALL")
+    script = Script(values={})
+    a, b = await subscribed_pair(session_cluster, script)
+    names = Sealer([KEY], "namespace", "test:")
+    [channel] = names.channels
+    spared = {session_cluster.owner(channel).port, await first_primary(a)}
+    dead, secret_id = on_another_node(session_cluster, names, spared)
+    script.values[(V, secret_id)] = "v1"
+    try:
+        await a.service.lookup(V, secret_id)
+        await b.service.lookup(V, secret_id)
+        dead.stop()
+        a.service.invalidate(V, secret_id)
+        await wait_for(lambda: b.cache.get(V, secret_id) is None)
+        assert a.sample("secrets_agent_shared_cache_errors_total", operation="invalidate") == 1
+    finally:
+        await close(a, b)
+        session_cluster.start()
 
 
 async def test_a_primary_down_leaves_the_other_slots_shared(

@@ -107,11 +107,14 @@ class Invalidations:
             await asyncio.wait(set(self._pending), timeout=self._guard.timeout)
 
     async def _send(self, message: Message) -> None:
-        with contextlib.suppress(StoreDown):
-            if isinstance(message, Invalidation) and message.kind is not None and message.secret_id:
+        if isinstance(message, Invalidation) and message.kind is not None and message.secret_id:
+            # Sent whether or not the delete went through: the entry's shard may be down while
+            # the channel's is up, and the nodes told refuse the older copy wherever it is.
+            with contextlib.suppress(StoreDown):
                 await self._guard.call("invalidate", self._delete(message.kind, message.secret_id))
-            # A kind, or everything: names hide the kind, so nothing to delete by name; every
-            # node refuses the older copies (its floors) and they expire within their TTL.
+        # A kind, or everything: names hide the kind, so nothing to delete by name; every
+        # node refuses the older copies (its floors) and they expire within their TTL.
+        with contextlib.suppress(StoreDown):
             for channel, data in self._sealer.seal_messages(message):
                 await self._guard.call("publish", self._bus.publish(channel, data))
 
