@@ -5,6 +5,7 @@ by their exact names, publish a sealed message, and apply the other nodes' messa
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -149,7 +150,9 @@ class Invalidations:
             return
         if message.sender == self.node:
             return  # our own
-        digest = hashlib.sha256(data).digest()
+        # Of the token's bytes, not its text: base64 decoding skips characters outside its
+        # alphabet and a last character's spare bits, so one token has many spellings.
+        digest = hashlib.sha256(base64.urlsafe_b64decode(data)).digest()
         if digest in self._heard:
             # A store writer publishing what it saw: a fleet-wide invalidation replayed would
             # empty every node's cache, and send every key upstream, once per replay.
