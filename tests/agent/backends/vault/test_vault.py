@@ -654,3 +654,16 @@ async def test_a_conn_uri_is_a_uri_only_when_it_is_non_empty_text(
     for data in ({"conn_uri": "", "conn_type": "http", "host": "h"}, {"conn_uri": 5}):
         with pytest.raises(BackendError, match="URI"):
             backend._value(C, "c", data)
+
+
+async def test_concurrent_reads_after_a_revocation_log_in_once_and_none_is_denied(
+    vault: Vault, started: Started
+) -> None:
+    approle = AppRoleAuth(role_id=vault.role_id, secret_id_file=str(vault.secret_id_file))
+    backend = await started(options(vault, auth_method="approle", approle=approle))
+    vault.server.api("POST", "/v1/auth/token/revoke-self", {}, token=backend._client.token)
+    # Every read was sent with the revoked token; one of them logs in again, and the others
+    # read again with its token: none is taken for a denial, none mints a token of its own.
+    values = await asyncio.gather(*(backend.fetch(V, "greeting") for _ in range(8)))
+    assert values == ["hello"] * 8
+    assert started.sample("secrets_agent_auth_attempts_total", result="success") == 2

@@ -140,15 +140,19 @@ class VaultBackend(Backend):
         if self._closed:  # a lookup that outlived a reload: no login for a retired backend
             raise TransientError(self.name, "backend closed (read)")
         await self.session.ensure_token()
+        token = self._client.token  # the one this read is sent with
         try:
             return await self._read_once(mount, path)
         except DeniedError:
             # Vault answers 403 both for a denied path and for a dead token: tell them apart.
-            if await self._token_alive():
+            # A concurrent read may have logged in again meanwhile: then the read is retried
+            # with the new token, not taken for a denial (lookup-self checked the new one).
+            if self._client.token == token and await self._token_alive(token):
                 raise
         except TokenRejected:
             pass
-        await self.session.token_rejected()
+        if self._client.token == token:  # else another read already logged in again
+            await self.session.token_rejected()
         return await self._read_once(mount, path)
 
     async def _read_once(self, mount: str, path: str) -> dict[str, Any] | None:
@@ -200,14 +204,15 @@ class VaultBackend(Backend):
                 return None  # hvac's reads (and its login) report the files as they always have
         return KvReader(o.url, o.namespace or None, tls, o.timeout, o.max_workers)
 
-    async def _token_alive(self) -> bool:
+    async def _token_alive(self, token: str) -> bool:
+        """Whether ``token`` still works; False too once another read replaced it."""
         try:
             await self._run("lookup-self", self._client.auth.token.lookup_self)
         except (DeniedError, TokenRejected):
             return False
         except TransientError:
             return True  # cannot tell; do not throw away a token that may be fine
-        return True
+        return bool(self._client.token == token)  # lookup-self may have used a newer one
 
     async def _run(self, operation: str, call: Callable[[], T]) -> T:
         """A blocking hvac call, in this backend's pool, counted and translated."""
