@@ -192,6 +192,27 @@ async def test_revalidate_uses_describe_secret(aws: MotoServer, backends: Backen
     assert backends.calls("sm", "GetSecretValue") == 1
 
 
+async def test_a_policy_without_describe_secret_still_serves_after_the_ttl(
+    aws: MotoServer, backends: Backends, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GetSecretValue is all the provider needs, so it is all many policies grant: the agent's
+    # revalidation must not turn every expired value into a 403.
+    version = aws.put_secret("airflow/variables/greeting", "hello")
+    key = aws.access_key("getter", ["secretsmanager:GetSecretValue"])
+    path = credentials_file(tmp_path / "credentials", "getter", key)
+    with aws.enforcing_auth():
+        sm = await backends.secrets_manager(credentials_file=path, profile="getter")
+        assert await sm.fetch(V, "greeting") == "hello"
+        assert not await sm.revalidate(V, "greeting", version)  # refetched, not denied
+        assert not await sm.revalidate(V, "greeting", version)
+    # Asked once, not again (moto words its AccessDenied so that botocore reads code "403").
+    asked = sum(backends.calls("sm", "DescribeSecret", r) for r in ("ok", "denied", "error"))
+    assert asked == 1
+    ours = [r for r in caplog.records if r.name.startswith("secrets_agent")]
+    assert [r.levelname for r in ours] == ["WARNING"] and "DescribeSecret" in ours[0].message
+    assert key[1] not in caplog.text
+
+
 async def test_prefetch_in_batches_of_ten(aws: MotoServer, backends: Backends) -> None:
     ids = [f"v{i:02d}" for i in range(12)]
     for secret_id in ids:

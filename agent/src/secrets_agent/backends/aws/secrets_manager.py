@@ -9,6 +9,7 @@ from typing import Any
 from secrets_agent.backends.aws.base import AwsBackend
 from secrets_agent.backends.aws.options import SecretsManagerOptions
 from secrets_agent.backends.base import Versioned
+from secrets_agent.errors import BackendError, TransientError
 from secrets_agent.kinds import Kind
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class SecretsManagerBackend(AwsBackend):
     Options = SecretsManagerOptions
     options: SecretsManagerOptions
     service = "secretsmanager"
+    _describe_refused = False  # DescribeSecret failed other than transiently: not asked again
 
     async def fetch_name(self, name: str) -> Versioned | None:
         response = await self.client.api("GetSecretValue", SecretId=name)
@@ -47,9 +49,24 @@ class SecretsManagerBackend(AwsBackend):
         """DescribeSecret, then a refetch only if AWSCURRENT moved: billed as one call like
         GetSecretValue, but no value crosses the wire and no KMS key decrypts it."""
         name = self.options.name_for(kind, secret_id)
-        if not self.options.revalidate or name is None:
+        if not self.options.revalidate or self._describe_refused or name is None:
             return False
-        response = await self.client.api("DescribeSecret", SecretId=name)
+        try:
+            response = await self.client.api("DescribeSecret", SecretId=name)
+        except TransientError:
+            raise  # stale-on-error, as for the fetch
+        except BackendError as exc:
+            # Revalidation only spares a fetch: a policy granting GetSecretValue alone (all
+            # the provider needs) must not turn every expired value into a 403. The fetch
+            # that follows decides; DescribeSecret is not asked again.
+            self._describe_refused = True
+            log.warning(
+                "backend %r: %s; values are fetched again at each TTL instead "
+                "(grant secretsmanager:DescribeSecret to revalidate them)",
+                self.name,
+                exc.reason,
+            )
+            return False
         if response is None or "DeletedDate" in response:
             return False  # pending deletion: the fetch that follows reads it as a miss
         stages: dict[str, list[str]] = response.get("VersionIdsToStages", {})
