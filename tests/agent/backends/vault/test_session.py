@@ -125,6 +125,17 @@ async def test_login_failures_back_off_exponentially_up_to_the_bound() -> None:
     assert f.sample("secrets_agent_authenticated") == 1
 
 
+async def test_a_failed_login_is_one_line_naming_the_backend_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Fixture()
+    f.ops.logins.append(DOWN)
+    with caplog.at_level("WARNING", logger="secrets_agent.backends.vault"):
+        await f.session.login()
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == "backend 'v': login failed (cannot connect to Vault); retrying in 1.00s"
+
+
 async def test_jitter_stays_within_half_to_full_backoff() -> None:
     f = Fixture()
     f.session._rng = lambda: 0.0

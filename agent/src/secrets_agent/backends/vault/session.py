@@ -150,7 +150,7 @@ class VaultSession:
         self.last_error, self._last_reason = str(exc), exc.reason
         self._metrics.auth_attempts.labels(self.backend, "failure").inc()
         log.warning(
-            "backend %r: %s failed (%s); retrying in %.2fs", self.backend, action, exc, delay
+            "backend %r: %s failed (%s); retrying in %.2fs", self.backend, action, exc.reason, delay
         )
         if self._lease is not None and not self._expired():
             self._due_at = self._clock() + delay  # the current token still works meanwhile
