@@ -15,8 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from secrets_agent.backends.migration import MigrationError
 from secrets_agent.config.loader import load_config
 from secrets_agent.kinds import Kind
+from secrets_agent.migrate.files import write_all
 from support.migrate import migrate_here
 
 VAULT = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
@@ -417,6 +419,27 @@ def test_nothing_is_overwritten_or_written_through_a_symlink(tmp_path: Path) -> 
     assert planted.returncode == 78 and target.read_text() == "untouched"
 
 
+def test_a_second_run_into_the_same_directory_adds_nothing(tmp_path: Path) -> None:
+    """Refused before the first file: a run with other kwargs used to leave its credential
+    file beside the first run's, then stop at agent.toml."""
+    assert migrate_here(tmp_path, VAULT, {"url": "http://v", "token": "t"})[0] == 0
+    before = sorted((tmp_path / "out").rglob("*"))
+    approle = {"url": "http://v", "auth_type": "approle", "role_id": "r", "secret_id": SECRET}
+    code, out, err = migrate_here(tmp_path, VAULT, approle)
+    assert code == 78 and "agent.toml: already exists" in err and "nothing written" in err, err
+    assert sorted((tmp_path / "out").rglob("*")) == before and SECRET not in out + err
+
+
+@pytest.mark.parametrize("option", ["token", "namespace"])
+def test_text_that_cannot_be_written_leaves_no_file(tmp_path: Path, option: str) -> None:
+    """A lone surrogate (JSON's \\ud800) cannot be UTF-8: refused before anything is created,
+    not after an empty credential file or agent.toml."""
+    kwargs = {"url": "http://v", "token": "t"} | {option: "bad\ud800"}
+    code, out, err = migrate_here(tmp_path, VAULT, kwargs)
+    assert code == 78 and "nothing written" in err and "bad" not in out + err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("switch", "multi_team", "team_layout"),
     [
@@ -689,3 +712,11 @@ def test_airflow_already_on_the_agent_is_said_so(tmp_path: Path) -> None:
     client = "secrets_agent_client.AgentSecretsBackend"
     code, _, err = migrate_here(tmp_path, client, {"socket_path": "/run/a.sock"})
     assert code == 78 and f"[secrets] already names {client}" in err, err
+
+
+def test_a_failed_write_undoes_the_files_and_directories_it_made(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    files = [(out / "a", b"x", 0o600), (out / "missing" / "b", b"y", 0o600)]
+    with pytest.raises(MigrationError, match="cannot create"):
+        write_all([out], files)
+    assert not out.exists()

@@ -20,7 +20,7 @@ from secrets_agent.backends.migration import MigrationError, Translation, transl
 from secrets_agent.config.schema import DEFAULT_SOCKET_PATH
 from secrets_agent.migrate.airflow_settings import AirflowSettings, FoundBackend
 from secrets_agent.migrate.check import check
-from secrets_agent.migrate.files import make_dir, write_new
+from secrets_agent.migrate.files import write_all
 from secrets_agent.migrate.render import table
 
 EX_CONFIG = 78
@@ -55,7 +55,11 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
         print(f"secrets-agent migrate: {exc}", file=err)
         return EX_CONFIG
     except (TypeError, ValueError, UnicodeError) as exc:  # a kwarg no TOML value can carry
-        print(f"secrets-agent migrate: cannot write the config ({type(exc).__name__})", file=err)
+        print(
+            f"secrets-agent migrate: cannot write the config ({type(exc).__name__}); "
+            "nothing written",
+            file=err,
+        )
         return EX_CONFIG
     print(
         f"{found.provider_class} (from [{found.section}]) -> type = {translation.type!r}", file=out
@@ -146,8 +150,8 @@ def find_backend(settings: AirflowSettings, section: str | None) -> FoundBackend
 
 
 def write(request: Request, found: FoundBackend, translation: Translation) -> list[Path]:
-    """The three outputs, once the agent's loader takes the config; credentials first, so the
-    config only names files that exist."""
+    """The three outputs, once the agent's loader takes the config, all or none (encoded
+    first: a kwarg's lone surrogate stops the command before anything is created)."""
     output = request.output.absolute()
     credentials = output / "credentials"
     options = dict(translation.options)
@@ -156,19 +160,14 @@ def write(request: Request, found: FoundBackend, translation: Translation) -> li
             _place(options, option_path, str(credentials / credential.file_name))
     config = agent_config(request, found, translation.type, options)
     check(config, output, found, translation.origins)
-    make_dir(output, 0o700)
-    written = []
-    if translation.credentials:
-        make_dir(credentials, 0o700)
-        for credential in translation.credentials.values():
-            path = credentials / credential.file_name
-            write_new(path, credential.value, 0o600)
-            written.append(path)
-    write_new(output / "agent.toml", config, 0o640)
-    written.append(output / "agent.toml")
-    write_new(output / "airflow.env", airflow_settings(request.socket_path), 0o644)
-    written.append(output / "airflow.env")
-    return written
+    files = [
+        (credentials / c.file_name, c.value.encode(), 0o600)
+        for c in translation.credentials.values()
+    ]
+    files.append((output / "agent.toml", config.encode(), 0o640))
+    files.append((output / "airflow.env", airflow_settings(request.socket_path).encode(), 0o644))
+    write_all([output, credentials] if translation.credentials else [output], files)
+    return [path for path, _, _ in files]
 
 
 def agent_config(
