@@ -375,6 +375,11 @@ def test_local_filesystem_backend(tmp_path: Path) -> None:
             "exited 1",
         ),
         (backend_env(GCP, {"impersonation_chain": ["sa", None]}), "cannot write the config"),
+        (
+            # Was written to agent.toml as the map's Python text, "{'path': '...'}".
+            backend_env(VAULT, {"url": "http://v", "mount_point": {"path": SECRET}}),
+            "mount_point: expected a string, got dict",
+        ),
     ],
 )
 def test_unsafe_or_ambiguous_stops(tmp_path: Path, env: dict[str, str], message: str) -> None:

@@ -40,8 +40,9 @@ def translate(kwargs: Kwargs) -> Translation:
     if not url:
         raise MigrationError("url: VaultBackend needs the Vault address")
     t.options["url"] = url
-    mount = kwargs.take("mount_point", "secret")
-    t.options["mount_point"] = "" if mount is None else str(mount)  # None: mount from the id
+    # None: the mount is the id's first segment. Not str(): a map's Python text is no mount.
+    has_mount = kwargs.has("mount_point")
+    t.options["mount_point"] = kwargs.text("mount_point", "") if has_mount else "secret"
     take_prefixes(kwargs, t, "{}_path", PATHS, lists=True)
     if kwargs.take("global_secrets_path", None) is not None:
         # The provider appends it to every kind's paths: a fallback path, as a list would be.
