@@ -374,7 +374,15 @@ def test_local_filesystem_backend(tmp_path: Path) -> None:
             {"AIRFLOW__SECRETS__BACKEND": VAULT, "AIRFLOW__SECRETS__BACKEND_KWARGS_CMD": "false"},
             "exited 1",
         ),
-        (backend_env(GCP, {"impersonation_chain": ["sa", None]}), "cannot write the config"),
+        (backend_env(GCP, {"impersonation_chain": ["sa", None]}), "impersonation_chain: expected"),
+        (  # was read as the map's keys: ["sa"]
+            backend_env(GCP, {"impersonation_chain": {"sa": SECRET}}),
+            "impersonation_chain: expected an account or a list of accounts",
+        ),
+        (
+            backend_env(GCP, {"project_id": "p", "gcp_credential_config_file": f"ext-{SECRET}"}),
+            "gcp_credential_config_file: neither an absolute file path nor JSON",
+        ),
         (
             # Was written to agent.toml as the map's Python text, "{'path': '...'}".
             backend_env(VAULT, {"url": "http://v", "mount_point": {"path": SECRET}}),
@@ -725,3 +733,20 @@ def test_a_failed_write_undoes_the_files_and_directories_it_made(tmp_path: Path)
     with pytest.raises(MigrationError, match="cannot create"):
         write_all([out], files)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_gcp_credential_configuration_goes_to_a_private_file_named_absolutely(
+    tmp_path: Path, as_text: bool
+) -> None:
+    """The provider takes the configuration as a map or as its JSON text: both are written to
+    a 0600 file (the text used to be printed in the to-do list), and the to-do names that file
+    by its absolute path (GOOGLE_APPLICATION_CREDENTIALS is read from the working directory)."""
+    config = {"type": "external_account", "credential_source": {"headers": {"x": SECRET}}}
+    given = json.dumps(config) if as_text else config
+    kwargs = {"project_id": "p", "gcp_credential_config_file": given}
+    code, out, err = migrate_here(tmp_path, GCP, kwargs)
+    path = tmp_path / "out" / "credentials" / "gcp-credential-config.json"
+    assert code == 0 and f"GOOGLE_APPLICATION_CREDENTIALS={path} " in out, out + err
+    assert SECRET not in out + err + written(tmp_path)
+    assert_private(path, json.dumps(config))

@@ -18,6 +18,9 @@ from secrets_agent.errors import AgentError
 from secrets_agent.kinds import Kind
 
 MISSING: Any = object()
+# A to-do naming a credential file the command writes says its directory so; the command
+# prints the absolute path (the agent would read a relative one from its working directory).
+CREDENTIALS_DIR = "<credentials>"
 
 
 class MigrationError(AgentError):

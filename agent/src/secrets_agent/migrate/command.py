@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from secrets_agent.backends.migration import MigrationError, Translation, translate
+from secrets_agent.backends.migration import (
+    CREDENTIALS_DIR,
+    MigrationError,
+    Translation,
+    translate,
+)
 from secrets_agent.config.schema import DEFAULT_SOCKET_PATH
 from secrets_agent.migrate.airflow_settings import AirflowSettings, FoundBackend
 from secrets_agent.migrate.check import check
@@ -68,8 +73,9 @@ def run(request: Request, env: Mapping[str, str], out: TextIO, err: TextIO) -> i
         print(f"  wrote {path}", file=out)
     if translation.todo:
         print("kwargs to review:", file=out)
+        credentials = str(request.output.absolute() / "credentials")
         for kwarg, what in translation.todo:
-            print(f"  {kwarg}: {what}", file=out)
+            print(f"  {kwarg}: {what.replace(CREDENTIALS_DIR, credentials)}", file=out)
     leftover = settings.per_key_variables()
     if leftover:
         print(

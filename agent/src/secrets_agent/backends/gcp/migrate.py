@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 from secrets_agent.backends.migration import (
+    CREDENTIALS_DIR,
     Credential,
     Kwargs,
     MigrationError,
@@ -40,24 +42,45 @@ def translate(kwargs: Kwargs) -> Translation:
         t.credentials[("credentials_file",)] = Credential("gcp-key.json", json.dumps(keyfile))
     config_file = kwargs.take("gcp_credential_config_file", None)
     if config_file:
-        if isinstance(config_file, dict):
-            t.credentials[("@gcp-credential-config",)] = Credential(
-                "gcp-credential-config.json", json.dumps(config_file)
-            )
-            where = "credentials/gcp-credential-config.json"
-        else:
-            where = str(config_file)
         t.todo.append(
             (
                 "gcp_credential_config_file",
-                f"set GOOGLE_APPLICATION_CREDENTIALS={where} in the agent's environment (ADC)",
+                f"set GOOGLE_APPLICATION_CREDENTIALS={_credential_config(config_file, t)} in the "
+                "agent's environment (ADC)",
             )
         )
     chain = kwargs.take("impersonation_chain", None)
     if chain:
-        t.options["impersonation_chain"] = [chain] if isinstance(chain, str) else list(chain)
+        chain = [chain] if isinstance(chain, str) else chain
+        if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain):
+            raise MigrationError("impersonation_chain: expected an account or a list of accounts")
+        t.options["impersonation_chain"] = chain
     if kwargs.has("gcp_scopes"):
         kwargs.take("gcp_scopes")
         t.todo.append(("gcp_scopes", "the agent asks for cloud-platform: dropped"))
     leftovers(kwargs, t, "no equivalent in the agent: review")
     return t
+
+
+def _credential_config(config_file: object, t: Translation) -> str:
+    """Where the agent finds the provider's credential configuration (a file's path).
+
+    The provider takes a map, a path, or the file's JSON text (whatever is not a path): the
+    map and the text are written to a 0600 file, never printed; a path must be absolute.
+    """
+    if isinstance(config_file, str):
+        text = config_file
+        try:
+            config_file = json.loads(text)
+        except ValueError:
+            if not os.path.isabs(text):
+                raise MigrationError(
+                    "gcp_credential_config_file: neither an absolute file path nor JSON"
+                ) from None
+            return text
+    if not isinstance(config_file, dict):
+        raise MigrationError("gcp_credential_config_file: expected a file path or a JSON object")
+    t.credentials[("@gcp-credential-config",)] = Credential(
+        "gcp-credential-config.json", json.dumps(config_file)
+    )
+    return f"{CREDENTIALS_DIR}/gcp-credential-config.json"
