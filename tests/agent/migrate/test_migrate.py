@@ -750,3 +750,27 @@ def test_gcp_credential_configuration_goes_to_a_private_file_named_absolutely(
     assert code == 0 and f"GOOGLE_APPLICATION_CREDENTIALS={path} " in out, out + err
     assert SECRET not in out + err + written(tmp_path)
     assert_private(path, json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("alias", "kwargs", "backend_type"),
+    [
+        ("hashicorp_vault.VaultBackend", {"url": "http://v", "token": "t"}, "vault"),
+        ("aws_secrets_manager.SecretsManagerBackend", {}, "aws_secrets_manager"),
+        ("aws_systems_manager.SystemsManagerParameterStoreBackend", {}, "aws_ssm"),
+        ("gcp_secrets_manager.CloudSecretManagerBackend", {}, "gcp_secret_manager"),
+        ("gcp_secrets_manager.CloudSecretsManagerBackend", {}, "gcp_secret_manager"),
+        (
+            "azure_key_vault.AzureKeyVaultBackend",
+            {"vault_url": "https://v.vault.azure.net"},
+            "azure_key_vault",
+        ),
+    ],
+)
+def test_airflow_2_contrib_paths_are_the_providers_classes(
+    tmp_path: Path, alias: str, kwargs: dict[str, Any], backend_type: str
+) -> None:
+    """Airflow 2.10 still imports these deprecated paths as the providers' classes
+    (airflow/contrib/secrets/__init__.py); they used to stop with "no translation"."""
+    code, out, err = migrate_here(tmp_path, f"airflow.contrib.secrets.{alias}", kwargs)
+    assert code == 0 and f"type = {backend_type!r}" in out, err

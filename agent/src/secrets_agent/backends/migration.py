@@ -181,9 +181,34 @@ TRANSLATORS = {
 }
 
 
+# Airflow 2's deprecated ``airflow.contrib.secrets`` paths, which it still imports (with a
+# warning) as the providers' classes; Airflow 3 dropped them.
+ALIASES = {
+    "airflow.contrib.secrets.hashicorp_vault.VaultBackend": (
+        "airflow.providers.hashicorp.secrets.vault.VaultBackend"
+    ),
+    "airflow.contrib.secrets.aws_secrets_manager.SecretsManagerBackend": (
+        "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
+    ),
+    "airflow.contrib.secrets.aws_systems_manager.SystemsManagerParameterStoreBackend": (
+        "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend"
+    ),
+    "airflow.contrib.secrets.gcp_secrets_manager.CloudSecretManagerBackend": (
+        "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend"
+    ),
+    "airflow.contrib.secrets.gcp_secrets_manager.CloudSecretsManagerBackend": (
+        "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend"
+    ),
+    "airflow.contrib.secrets.azure_key_vault.AzureKeyVaultBackend": (
+        "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend"
+    ),
+}
+
+
 def translator(provider_class: str) -> Translator:
     """The translator for ``provider_class``; ``MigrationError`` for a class none handles."""
-    path = TRANSLATORS.get(provider_class.strip())
+    given = provider_class.strip()
+    path = TRANSLATORS.get(ALIASES.get(given, given))
     if path is None:
         known = "\n  ".join(sorted(TRANSLATORS))
         raise MigrationError(
