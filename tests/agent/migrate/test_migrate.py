@@ -632,6 +632,51 @@ def test_aws_role_session_name_from_assume_role_kwargs(tmp_path: Path) -> None:
     assert code == 0 and "assume_role_kwargs: ignored by the provider without role_arn" in out
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"aws_access_key_id": None, "aws_secret_access_key": None, "aws_session_token": None},
+        {"aws_access_key_id": "", "aws_secret_access_key": ""},
+        {"profile_name": "p", "aws_session_token": None},
+    ],
+)
+def test_aws_null_or_empty_keys_are_no_keys_as_the_provider_reads_them(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
+    """The provider uses keys only where they are set (else the profile or the default chain);
+    a templated config's nulls stopped with "go together" or "both set"."""
+    code, _out, err = migrate_here(tmp_path, SM, kwargs)
+    assert code == 0, err
+    assert not (tmp_path / "out" / "credentials").exists()
+    options = load_config(tmp_path / "out" / "agent.toml").backends[0].options
+    assert (options.credentials_file, options.profile) == ("", kwargs.get("profile_name", ""))
+
+
+@pytest.mark.parametrize(
+    ("provider", "kwargs"),
+    [
+        (
+            SM,
+            {"role_arn": "arn:aws:iam::1:role/r", "assume_role_kwargs": {"RoleSessionName": None}},
+        ),
+        (
+            VAULT,
+            {
+                "url": "http://v",
+                "auth_type": "aws_iam",
+                "assume_role_kwargs": {"RoleArn": "arn:aws:iam::1:role/r", "RoleSessionName": 5},
+            },
+        ),
+    ],
+)
+def test_a_role_session_name_that_is_not_a_string_stops(
+    tmp_path: Path, provider: str, kwargs: dict[str, Any]
+) -> None:
+    """It was written as str(): null became the session name "None"."""
+    code, _out, err = migrate_here(tmp_path, provider, kwargs)
+    assert code == 78 and "RoleSessionName must be a string" in err, err
+
+
 def test_azure_connection_verify_true_is_the_default_and_false_stops(tmp_path: Path) -> None:
     base = {"vault_url": "https://v.vault.azure.net", "connection_verify": True}
     code, out, err = migrate_here(tmp_path, AZURE, base)

@@ -77,7 +77,8 @@ def _common(kwargs: Kwargs, type_name: str, default: str) -> Translation:
             "session_kwargs: give its aws_access_key_id / aws_secret_access_key / "
             "aws_session_token or profile_name as backend kwargs of their own"
         )
-    keys = {key: kwargs.text(key) for key in KEYS if kwargs.has(key)}
+    # null or "" is no key, as the provider reads them (then the default chain or the profile).
+    keys = {key: value for key in KEYS if (value := kwargs.text(key))}
     if keys:
         if "profile" in t.options:
             raise MigrationError("access keys and profile_name are both set: keep one")
@@ -112,7 +113,10 @@ def _assume_role(kwargs: Kwargs, t: Translation) -> None:
             f"assume_role_kwargs: the agent's AssumeRole takes RoleSessionName, not {unknown}"
         )
     if "RoleSessionName" in assume:
-        t.options["role_session_name"] = str(assume["RoleSessionName"])
+        name = assume["RoleSessionName"]
+        if not isinstance(name, str):  # str() wrote null as "None"; STS refuses it anyway
+            raise MigrationError("assume_role_kwargs: RoleSessionName must be a string")
+        t.options["role_session_name"] = name
 
 
 def _rest(kwargs: Kwargs, t: Translation) -> Translation:

@@ -189,5 +189,7 @@ def _aws_iam(kwargs: Kwargs, t: Translation, auth_mount: str) -> None:
                 f"assume_role_kwargs: the agent's AssumeRole takes RoleArn and RoleSessionName, "
                 f"not {unknown}"
             )
-        table |= {ASSUME_ROLE[k]: str(v) for k, v in assume.items()}
+        if not isinstance(assume.get("RoleSessionName", ""), str):  # str() wrote null as "None"
+            raise MigrationError("assume_role_kwargs: RoleSessionName must be a string")
+        table |= {ASSUME_ROLE[k]: v for k, v in assume.items()}
     t.options["aws_iam"] = table
