@@ -39,10 +39,11 @@ def check(text: str, base_dir: Path, found: FoundBackend, origins: Mapping[str, 
         ) from None
     moved = _moved(here.backends[0].options, elsewhere.backends[0].options, _BACKEND)
     if moved:
+        settings = dict.fromkeys(_setting(path, found, origins) for path in moved)  # cert: two
         lines = "\n".join(
-            f"  {_setting(path, found, origins)}: is relative to whatever directory each "
-            "Airflow process starts in; give the absolute path"
-            for path in moved
+            f"  {setting}: is relative to whatever directory each Airflow process starts in; "
+            "give the absolute path"
+            for setting in settings
         )
         raise MigrationError(f"a file path cannot be translated; nothing written:\n{lines}")
 
