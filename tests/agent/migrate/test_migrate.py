@@ -677,6 +677,21 @@ def test_a_role_session_name_that_is_not_a_string_stops(
     assert code == 78 and "RoleSessionName must be a string" in err, err
 
 
+@pytest.mark.parametrize(
+    ("provider", "kwargs"),
+    [
+        (SM, {}),
+        (GCP, {"project_id": "p"}),
+        (AZURE, {"vault_url": "https://v.vault.azure.net"}),
+    ],
+)
+def test_a_null_sep_stops(tmp_path: Path, provider: str, kwargs: dict[str, Any]) -> None:
+    """The providers fail on it or build names such as airflow/connectionsNoneid; it was
+    written as sep = "" (on Azure: underscores dropped from every name)."""
+    code, _out, err = migrate_here(tmp_path, provider, kwargs | {"sep": None})
+    assert code == 78 and "sep: null is no separator" in err, err
+
+
 def test_azure_connection_verify_true_is_the_default_and_false_stops(tmp_path: Path) -> None:
     base = {"vault_url": "https://v.vault.azure.net", "connection_verify": True}
     code, out, err = migrate_here(tmp_path, AZURE, base)

@@ -75,6 +75,13 @@ class Kwargs:
             raise MigrationError(f"{key}: expected a string, got {type(value).__name__}")
         return str(value)
 
+    def separator(self) -> str | None:
+        """``sep``, where given: the providers fail on null (``"_".replace("_", None)``,
+        names such as ``airflow-connectionsNoneid``), so it is no value to translate."""
+        if self._raw.get("sep", "") is None:
+            raise MigrationError("sep: null is no separator the provider can use; give a string")
+        return self.text("sep") if self.has("sep") else None
+
     def flag(self, key: str, default: bool) -> bool:
         value = self._raw.pop(key, default)
         if isinstance(value, bool):

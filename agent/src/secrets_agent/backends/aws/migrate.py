@@ -27,8 +27,8 @@ ASSUME_ROLE_KEYS = ("RoleSessionName", "RoleArn")
 
 def translate_secrets_manager(kwargs: Kwargs) -> Translation:
     t = _common(kwargs, "aws_secrets_manager", "airflow/{}")
-    if kwargs.has("sep"):
-        t.options["sep"] = kwargs.text("sep")
+    if (sep := kwargs.separator()) is not None:
+        t.options["sep"] = sep
     words = kwargs.take("extra_conn_words", None)
     if words:
         if not isinstance(words, dict) or not all(isinstance(v, list) for v in words.values()):

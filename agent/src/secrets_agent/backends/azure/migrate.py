@@ -14,7 +14,7 @@ from secrets_agent.backends.migration import (
 from secrets_agent.kinds import Kind
 
 DEFAULTS = {kind: f"airflow-{kind.plural}" for kind in Kind}
-KEPT = ("sep", "managed_identity_client_id", "workload_identity_tenant_id", "api_version")
+KEPT = ("managed_identity_client_id", "workload_identity_tenant_id", "api_version")
 
 
 def translate(kwargs: Kwargs) -> Translation:
@@ -24,6 +24,8 @@ def translate(kwargs: Kwargs) -> Translation:
         raise MigrationError("vault_url: AzureKeyVaultBackend needs the vault's URL")
     t.options["vault_url"] = vault_url
     take_prefixes(kwargs, t, "{}_prefix", DEFAULTS)
+    if (sep := kwargs.separator()) is not None:
+        t.options["sep"] = sep
     for key in KEPT:
         if kwargs.has(key):
             t.options[key] = kwargs.text(key)

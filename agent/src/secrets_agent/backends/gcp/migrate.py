@@ -22,9 +22,10 @@ DEFAULTS = {kind: f"airflow-{kind.plural}" for kind in Kind}
 def translate(kwargs: Kwargs) -> Translation:
     t = Translation("gcp_secret_manager", origins={"credentials_file": "gcp_key_path"})
     take_prefixes(kwargs, t, "{}_prefix", DEFAULTS)
-    for key in ("sep", "project_id"):
-        if kwargs.has(key):
-            t.options[key] = kwargs.text(key)
+    if (sep := kwargs.separator()) is not None:
+        t.options["sep"] = sep
+    if kwargs.has("project_id"):
+        t.options["project_id"] = kwargs.text("project_id")
     path = kwargs.text("gcp_key_path")
     keyfile = kwargs.take("gcp_keyfile_dict", None)
     if path and keyfile:
