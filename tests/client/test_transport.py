@@ -495,3 +495,30 @@ def test_an_answer_over_the_limit_is_named_as_too_large_not_broken(
     with pytest.raises(AgentUnreachable, match="more than the client takes \\(16 MiB\\)") as got:
         make_transport(server.path, 5).request("GET", "/x")
     assert "broken" not in str(got.value)
+
+
+def test_an_answer_dribbled_in_past_the_timeout_is_not_waited_for(short_tmp: Path) -> None:
+    """The timeout bounds the whole exchange, not each read: an agent sending its answer a
+    piece at a time (stuck mid-answer) does not hold a worker for a timeout per piece."""
+    now = [0.0]
+    gone = threading.Event()
+
+    def dribble(conn: socket.socket, index: int) -> None:
+        next(request_heads(conn))
+        now[0] = 100.0  # the request's time is up once its first piece arrives
+        conn.sendall(OK[:20])
+        conn.settimeout(2)  # a client that waits on gets the rest (bounded: only if broken)
+        with contextlib.suppress(OSError):
+            if conn.recv(1) == b"":
+                gone.set()
+                return
+        conn.sendall(OK[20:])
+
+    server = ThreadedUnixServer(str(short_tmp / "dribble.sock"), dribble)
+    transport = UnixTransport(server.path, 30, clock=lambda: now[0])
+    try:
+        with pytest.raises(AgentUnreachable, match="did not answer in time"):
+            transport.request("GET", "/v1/variables/k")
+        assert gone.wait(30)  # the client gave up and closed the connection
+    finally:
+        server.close()

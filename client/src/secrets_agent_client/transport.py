@@ -58,12 +58,22 @@ class _Connection:
         self.buffer = bytearray()
         self.view = memoryview(bytearray(65536))
 
-    def read_response(self, *, head_only: bool) -> tuple[Response, bool]:
-        eof = False
+    def read_response(
+        self, *, head_only: bool, deadline: float, clock: Callable[[], float]
+    ) -> tuple[Response, bool]:
+        eof, first = False, True
         while True:
             parsed = parse_response(self.buffer, head_only=head_only, eof=eof)
             if parsed is not None:
                 return parsed
+            if not first:
+                # The socket's timeout bounds one read: an answer arriving in pieces gets what
+                # is left of the request's time, not a whole timeout per piece.
+                left = deadline - clock()
+                if left <= 0:
+                    raise _socket.timeout("timed out")
+                self.sock.settimeout(left)
+            first = False
             n = self.sock.recv_into(self.view)
             eof = n == 0
             self.buffer += self.view[:n]
@@ -157,10 +167,12 @@ class UnixTransport:
             conn.sock.sendall(request_bytes(method, path, body))
         except (BrokenPipeError, ConnectionResetError):
             # An agent at its cap answers "busy" at once and closes: read that answer.
-            response, _ = conn.read_response(head_only=False)
+            response, _ = conn.read_response(head_only=False, deadline=deadline, clock=self._clock)
             self.close()
             return response
-        response, keep_alive = conn.read_response(head_only=method == "HEAD")
+        response, keep_alive = conn.read_response(
+            head_only=method == "HEAD", deadline=deadline, clock=self._clock
+        )
         if not keep_alive:
             self.close()
         return response
