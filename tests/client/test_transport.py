@@ -522,3 +522,27 @@ def test_an_answer_dribbled_in_past_the_timeout_is_not_waited_for(short_tmp: Pat
         assert gone.wait(30)  # the client gave up and closed the connection
     finally:
         server.close()
+
+
+def test_an_interim_1xx_answer_is_skipped_never_taken_for_the_final_one(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
+    """RFC 9110 15.2: a client parses 1xx answers it did not ask for. Taken as final, the real
+    answer would stay on the kept connection and be read by the next lookup as its own."""
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+    second = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
+    server.answers = [
+        [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early\r\nA: b\r\n\r\n" + first],
+        [second],
+    ]
+    transport = make_transport(server.path, 5)
+    assert transport.request("GET", "/v1/variables/first").body == b"first"
+    assert transport.request("GET", "/v1/variables/second").body == b"second"
+
+
+def test_a_switch_of_protocols_is_broken_http_not_an_answer(
+    server: RawServer, make_transport: MakeTransport
+) -> None:
+    server.answers = [[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n" + OK]]
+    with pytest.raises(AgentUnreachable, match="broken HTTP"):
+        make_transport(server.path, 5).request("GET", "/x")

@@ -115,19 +115,28 @@ Parsed = tuple[Response, bool]  # the response, and whether the connection may b
 
 def parse_response(buffer: bytearray, *, head_only: bool, eof: bool) -> Parsed | None:
     """One response from the front of ``buffer`` and whether the connection may be used again;
-    None while more bytes are needed (nothing is consumed until the response is whole).
+    None while more bytes are needed (nothing of the final response is consumed until it is
+    whole).
 
     ``eof``: the peer has closed, so a body delimited by the close is complete.
     """
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > MAX_HEAD:
-            raise ProtocolError("response head too large")
-        return _incomplete(eof)
-    status, headers, version = _parse_head(bytes(buffer[:end]).decode("latin-1"))
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                raise ProtocolError("response head too large")
+            return _incomplete(eof)
+        status, headers, version = _parse_head(bytes(buffer[:end]).decode("latin-1"))
+        start = end + 4
+        if not 100 <= status < 200:
+            break
+        if status == 101:
+            raise ProtocolError("the peer switched protocols")
+        # An interim answer (RFC 9110 15.2: taken even unasked), the final one follows. Taken
+        # as final, that one would stay on the connection for the next request to read.
+        del buffer[:start]
     keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
-    start = end + 4
-    if head_only or status in (204, 304) or 100 <= status < 200:
+    if head_only or status in (204, 304):
         del buffer[:start]
         return Response(status, headers, b""), keep_alive
     if "chunked" in headers.get("transfer-encoding", "").lower():
