@@ -546,3 +546,49 @@ def test_a_switch_of_protocols_is_broken_http_not_an_answer(
     server.answers = [[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n" + OK]]
     with pytest.raises(AgentUnreachable, match="broken HTTP"):
         make_transport(server.path, 5).request("GET", "/x")
+
+
+def test_close_from_another_thread_leaves_the_lookup_in_flight_its_answer(short_tmp: Path) -> None:
+    """``close`` while another thread's lookup waits for its answer: close returns at once,
+    without failing or pulling the connection (and its read buffer) from under the lookup,
+    which gets its answer; the connection is closed when it ends."""
+    asked, release = threading.Event(), threading.Event()
+
+    def answer(name: bytes) -> bytes:
+        if name == b"slow":
+            asked.set()
+            release.wait(30)
+        return OK
+
+    server = ThreadedUnixServer(str(short_tmp / "close.sock"), answering(answer))
+    transport = UnixTransport(server.path, timeout=30)
+    got: list[object] = []
+
+    def lookup() -> None:
+        try:
+            got.append(transport.request("GET", "/v1/variables/slow").body)
+        except BaseException as exc:
+            got.append(exc)
+
+    closed: list[BaseException | None] = []
+
+    def close() -> None:
+        try:
+            transport.close()
+        except BaseException as exc:
+            closed.append(exc)
+        else:
+            closed.append(None)
+
+    waiting = threading.Thread(target=lookup)
+    waiting.start()
+    assert asked.wait(30)  # the lookup is mid-exchange
+    closing = threading.Thread(target=close)
+    closing.start()
+    closing.join(30)  # close never waits for the lookup
+    release.set()
+    waiting.join(30)
+    assert got == [b"ok"] and closed == [None]
+    assert transport.request("GET", "/v1/variables/k").body == b"ok"
+    assert server.connections == 2  # close did close the connection, once the lookup ended
+    server.close()

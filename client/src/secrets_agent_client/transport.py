@@ -101,6 +101,7 @@ class UnixTransport:
         self._clock, self._sleep = clock, sleep
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
+        self._closing = False  # close() was asked while a lookup held the connection
         self._pid = os.getpid()
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
@@ -125,29 +126,43 @@ class UnixTransport:
             try:
                 return self._send(method, path, body, deadline)
             except (ConnectionError, ProtocolError) as exc:
-                self.close()
+                self._drop()
                 if not reused or isinstance(exc, ProtocolError):
                     raise AgentUnreachable(describe(exc, self.socket_path)) from None
             except OSError as exc:
-                self.close()
+                self._drop()
                 raise AgentUnreachable(describe(exc, self.socket_path)) from None
             except BaseException:
                 # Interrupted mid-exchange (a signal handler's exception: Airflow's
                 # execution_timeout raises from SIGALRM): the answer may still arrive, and the
                 # next lookup, whatever it asks for, must never read it as its own.
-                self.close()
+                self._drop()
                 raise
             # The kept-alive connection died (the agent restarted): one retry on a new one.
             try:
                 return self._send(method, path, body, deadline)
             except (OSError, ProtocolError) as exc:
-                self.close()
+                self._drop()
                 raise AgentUnreachable(describe(exc, self.socket_path)) from None
             except BaseException:
-                self.close()
+                self._drop()
                 raise
 
     def close(self) -> None:
+        """Close the kept-alive connection. One a lookup is using (on another thread, or the
+        one a signal handler interrupted) is closed when that lookup ends: never pulled from
+        under it mid-answer, and close never waits for it."""
+        if self._pid != os.getpid():
+            self._forked()
+        self._closing = True
+        if self._lock.acquire(False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+
+    def _drop(self) -> None:
+        self._closing = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -155,7 +170,7 @@ class UnixTransport:
     def __del__(self) -> None:
         # Backends live as long as the Airflow process; close quietly when one is dropped.
         if getattr(self, "_pid", None) == os.getpid():
-            self.close()
+            self._drop()
 
     def _send(self, method: str, path: str, body: bytes | None, deadline: float) -> Response:
         if self._conn is None:
@@ -168,13 +183,13 @@ class UnixTransport:
         except (BrokenPipeError, ConnectionResetError):
             # An agent at its cap answers "busy" at once and closes: read that answer.
             response, _ = conn.read_response(head_only=False, deadline=deadline, clock=self._clock)
-            self.close()
+            self._drop()
             return response
         response, keep_alive = conn.read_response(
             head_only=method == "HEAD", deadline=deadline, clock=self._clock
         )
-        if not keep_alive:
-            self.close()
+        if not keep_alive or self._closing:
+            self._drop()
         return response
 
     def _forked(self) -> None:
@@ -184,7 +199,7 @@ class UnixTransport:
         with _FORKS:  # the child's first lookups may race here from several threads
             if self._pid != os.getpid():
                 self._lock = _thread.allocate_lock()
-                self._conn, self._pid = None, os.getpid()
+                self._conn, self._closing, self._pid = None, False, os.getpid()
 
     def _connect(self, deadline: float) -> _socket.socket:
         backoff = Backoff(self._clock, deadline)
