@@ -435,9 +435,9 @@ def test_a_lookup_interrupted_mid_answer_never_hands_that_answer_to_the_next(
     server.close()
 
 
-def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_up(
-    short_tmp: Path,
-) -> None:
+def slow_server(path: Path) -> tuple[ThreadedUnixServer, threading.Event, threading.Event]:
+    """A server that answers ``ok`` at once, and ``slow`` only once released: it sets ``asked``
+    when the slow request is in, and waits for ``release``."""
     asked, release = threading.Event(), threading.Event()
 
     def answer(name: bytes) -> bytes:
@@ -446,7 +446,13 @@ def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_
             release.wait(30)
         return OK
 
-    server = ThreadedUnixServer(str(short_tmp / "fork.sock"), answering(answer))
+    return ThreadedUnixServer(str(path), answering(answer)), asked, release
+
+
+def test_a_child_forked_while_another_thread_waits_for_an_answer_can_still_look_up(
+    short_tmp: Path,
+) -> None:
+    server, asked, release = slow_server(short_tmp / "fork.sock")
     transport = UnixTransport(server.path, timeout=10)
     waiting = threading.Thread(target=transport.request, args=("GET", "/v1/variables/slow"))
     waiting.start()
@@ -552,15 +558,7 @@ def test_close_from_another_thread_leaves_the_lookup_in_flight_its_answer(short_
     """``close`` while another thread's lookup waits for its answer: close returns at once,
     without failing or pulling the connection (and its read buffer) from under the lookup,
     which gets its answer; the connection is closed when it ends."""
-    asked, release = threading.Event(), threading.Event()
-
-    def answer(name: bytes) -> bytes:
-        if name == b"slow":
-            asked.set()
-            release.wait(30)
-        return OK
-
-    server = ThreadedUnixServer(str(short_tmp / "close.sock"), answering(answer))
+    server, asked, release = slow_server(short_tmp / "close.sock")
     transport = UnixTransport(server.path, timeout=30)
     got: list[object] = []
 
