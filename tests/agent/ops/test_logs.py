@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 
@@ -111,3 +112,28 @@ def test_an_accept_retry_after_the_listener_closed_is_not_a_traceback() -> None:
         loop.close()
     assert [type(c.get("exception")) for c in passed] == [ValueError]
     assert getattr(passed[0]["handle"], "_callback", None) is int
+
+
+def test_json_lines_keep_the_traceback_on_the_same_line(
+    root_restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure_logging("info", "json")
+    log = logging.getLogger("secrets_agent.test")
+    try:
+        raise RuntimeError("first line\nsecond line é")
+    except RuntimeError:
+        log.exception("reload failed unexpectedly")
+    log.warning("two\nlines, ünïcode")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "reload failed unexpectedly"
+    assert first["level"] == "error"
+    # What the text format prints after the line, the JSON one keeps: the type, the message and
+    # the frames, escaped into the same object (a bug of ours must not lose its traceback).
+    assert first["exception"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError: first line\nsecond line é" in first["exception"]
+    assert "test_json_lines_keep_the_traceback_on_the_same_line" in first["exception"]
+    assert second["message"] == "two\nlines, ünïcode" and "exception" not in second
