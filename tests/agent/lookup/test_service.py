@@ -395,3 +395,25 @@ async def test_only_lookups_the_fleet_copy_answered_count_as_calls_avoided() -> 
     await f.service.idle()
     await f.service.renew((V, "k", None))
     assert f.sample(avoided, backend="a") == 2 and script.calls == []
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "past max_stale"])
+async def test_a_failed_load_serves_only_what_the_cache_still_holds_stale(meanwhile: str) -> None:
+    """The value held when the lookup began may be gone by the time its load fails: a secret
+    deleted upstream, or a stale window that ended while the upstream hung."""
+    script = Script(values={(V, "k"): "v"})
+    f = Fixture(("a", script, ""))
+    await f.service.lookup(V, "k")
+    f.clock.advance(61)  # expired: the next lookup asks the upstream, stale if that fails
+    script.gate, script.error = asyncio.Event(), TransientError("a", "connection reset")
+    script.called.clear()
+    async with asyncio.timeout(60):
+        lookup = asyncio.create_task(f.service.lookup(V, "k"))
+        await script.called.wait()
+        if meanwhile == "deleted":
+            assert f.service.changed((V, "k", None), gone=True)
+        else:
+            f.clock.advance(120)
+        script.gate.set()
+        with pytest.raises(TransientError):
+            await lookup

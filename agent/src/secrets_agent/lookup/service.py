@@ -115,11 +115,12 @@ class SecretService:
             if forced and not joins:
                 self._metrics.refreshes.labels(kind.value, "now", "error").inc()
             self._failing(exc)
-            if cached is None or cached.value is None:
+            # What the cache holds now, not when the lookup began: meanwhile the value may
+            # have been deleted upstream, invalidated, or outlived its stale window.
+            held = self.cache.get(kind, secret_id, team)
+            if held is None or held.value is None:
                 raise
-            return self._count(
-                kind, Result(cached.value, CacheState.STALE, cached.age, cached.source)
-            )
+            return self._count(kind, Result(held.value, CacheState.STALE, held.age, held.source))
         if shared:
             self._metrics.coalesced.labels(kind.value).inc()
             self._avoided(key, loaded.source)
