@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import stat
 from pathlib import Path
 
@@ -221,6 +222,28 @@ def test_no_file_is_not_a_warning_and_an_unwritable_place_is_one(
         "secrets_agent_snapshot_writes_total", {"result": "failure"}
     )
     assert failures == 1
+
+
+def test_a_write_cut_short_by_a_full_disk_keeps_the_last_good_file(
+    path: Path, wall: FakeClock
+) -> None:
+    """A write the filesystem ends early (no space left, a file size limit) writes part of the
+    data without an error: the partial file must never replace the last good one."""
+    node = filled(path, wall)
+    good = path.read_bytes()
+    node.cache.put(V, "large", "x" * 65536, "vault")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Past this size a write stops short, then fails (EFBIG): as on a disk that fills up.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(good) + 4096, hard))
+    try:
+        saved = node.snapshot.save(node.cache)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not saved
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left
+    restarted = Node(path, [KEY_A], wall)
+    assert restarted.snapshot.load(restarted.cache) == 2
 
 
 def test_a_snapshot_needs_configured_keys() -> None:

@@ -12,6 +12,7 @@ must never serve, even stale, what the old one held.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -89,7 +90,7 @@ class Snapshot:
             fd, name = tempfile.mkstemp(".tmp", f".{self.path.name}.", self.path.parent)
             temporary = Path(name)
             try:
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -169,6 +170,15 @@ class Snapshot:
 def _key(item: Persisted) -> list[str | None]:
     kind, secret_id, team = item.key
     return [kind.value, secret_id, team]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # A write may stop short without an error (a disk that fills up): the next one raises it.
+    view = memoryview(data)
+    while view:
+        if (written := os.write(fd, view)) == 0:  # never for a file; a loop must still end
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        view = view[written:]
 
 
 def _fsync_directory(directory: Path) -> None:
