@@ -48,6 +48,9 @@ class LeanRead:
     read: Prepared
     keep_alive: bool
     kind_label: str
+    # The memo's own key for it (None: not memoized). The compiled read path remembers what it
+    # answered under this very object, so a request's bytes are held once.
+    request: bytes | None = None
 
 
 def could_be_lean(start: bytes | bytearray) -> bool:
@@ -80,14 +83,19 @@ class HeadParser:
             return known  # type: ignore[return-value]  # a LeanRead or None, as put
         head = request[:-4] if request.endswith(b"\r\n\r\n") else request
         lean = parse_head(head, self._max_line, self._max_field)
+        held = len(request) <= _MEMO_HEAD  # a big head is no worker's: do not hold on to it
         parsed = (
             None
             if lean is None
-            else LeanRead(self._prepare(lean.query), lean.keep_alive, lean.kind_label)
+            else LeanRead(
+                self._prepare(lean.query),
+                lean.keep_alive,
+                lean.kind_label,
+                request if held else None,
+            )
         )
-        if len(request) > _MEMO_HEAD:  # a big head is no worker's: do not hold on to it
-            return parsed
-        self.memo.put(request, parsed)
+        if held:
+            self.memo.put(request, parsed)
         return parsed
 
 
