@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secrets_agent.kinds import Kind
-from secrets_agent.lookup.cache import Persisted, RefreshAhead, SecretCache
+from secrets_agent.lookup.cache import SECOND_CHANCES, Persisted, RefreshAhead, SecretCache, _Entry
 from secrets_agent.lookup.cipher import Cipher
 from support.helpers import FakeClock
 
@@ -69,6 +71,116 @@ def test_max_entries_evicts_the_least_recently_used() -> None:
     cache.put(V, "c", "3")
     assert cache.get(V, "b") is None
     assert {cache.get(V, "a").value, cache.get(V, "c").value} == {"1", "3"}  # type: ignore[union-attr]
+
+
+def test_eviction_gives_a_read_entry_a_second_chance() -> None:
+    cache = make_cache(FakeClock(), max_entries=3)
+    for name in "abc":
+        cache.put(V, name, name)
+    assert cache.get(V, "a") is not None  # read: passed over once, to the young end
+    cache.put(V, "d", "d")
+    assert [key[1] for key in cache._entries] == ["c", "d", "a"]  # b: the oldest unread
+    cache.put(V, "e", "e")
+    cache.put(V, "f", "f")
+    assert [key[1] for key in cache._entries] == ["a", "e", "f"]
+    cache.put(V, "g", "g")  # a's chance was spent, and it was not read since: its turn
+    assert [key[1] for key in cache._entries] == ["e", "f", "g"]
+
+
+def test_a_store_passes_over_a_bounded_number_of_read_entries() -> None:
+    """Even when every entry was read since the last store: a store moves at most
+    ``SECOND_CHANCES`` of them, then evicts the next."""
+    size = SECOND_CHANCES * 3
+    cache = make_cache(FakeClock(), max_entries=size)
+    for i in range(size):
+        cache.put(V, f"k{i}", "v")
+    for i in range(size):
+        assert cache.get(V, f"k{i}") is not None
+    cache.put(V, "new", "v")
+    order = [key[1] for key in cache._entries]
+    assert f"k{SECOND_CHANCES}" not in order  # the first read entry past the bound
+    assert order[-SECOND_CHANCES - 1 :] == ["new"] + [f"k{i}" for i in range(SECOND_CHANCES)]
+    assert len(cache) == size
+
+
+def test_a_lone_new_entry_beyond_a_zero_bound_goes() -> None:
+    cache = make_cache(FakeClock(), max_entries=0)
+    cache.put(V, "a", "v")
+    assert len(cache) == 0
+
+
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "put",
+                "put miss",
+                "put ttl 0",
+                "get",
+                "fresh",
+                "restamp",
+                "expire",
+                "drop",
+                "invalidate id",
+                "invalidate kind",
+                "sweep",
+                "restore",
+                "advance",
+            ]
+        ),
+        st.sampled_from("abcd"),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations=OPERATIONS)
+def test_an_entry_is_gone_exactly_when_the_cache_no_longer_holds_it(
+    operations: list[tuple[str, str]],
+) -> None:
+    """What the compiled read path relies on instead of a lookup (``_Entry.gone``); and a gone
+    entry no longer holds its value."""
+    clock = FakeClock()
+    cache = make_cache(clock, max_entries=3, max_stale=20.0)
+    seen: list[_Entry] = []
+    for operation, name in operations:
+        key = (V, name, None)
+        if operation == "put":
+            cache.put(V, name, f"value of {name}", source="local")
+        elif operation == "put miss":
+            cache.put(V, name, None)
+        elif operation == "put ttl 0":
+            cache.put(V, name, "v", ttl=0)
+        elif operation == "get":
+            cache.get(V, name)
+        elif operation == "fresh":
+            cache.fresh(key)
+        elif operation == "restamp":
+            cache.restamp(V, name)
+        elif operation == "expire":
+            cache.expire(key)
+        elif operation == "drop":
+            cache.drop(key)
+        elif operation == "invalidate id":
+            cache.invalidate(V, name)
+        elif operation == "invalidate kind":
+            cache.invalidate(V)
+        elif operation == "sweep":
+            cache.sweep()
+        elif operation == "restore":
+            cache.restore(cache.persisted() + [Persisted(key, _token(cache, name), 1.0, "s", None)])
+        else:
+            clock.advance(12.0)
+        seen += [entry for entry in cache._entries.values() if entry not in seen]
+        held = [id(entry) for entry in cache._entries.values()]
+        for entry in seen:
+            assert entry.gone is (id(entry) not in held)
+            assert entry.token is None or not entry.gone
+
+
+def _token(cache: SecretCache, name: str) -> bytes:
+    return cache.cipher.seal(f"restored {name}")
 
 
 def test_values_are_encrypted_in_memory() -> None:

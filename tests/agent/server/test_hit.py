@@ -21,7 +21,7 @@ from secrets_agent.server.hit import CLOSE, KEEP, PASS, Hit, make_hit
 from secrets_agent.server.lean import HeadParser, Renderer, http_date
 from secrets_agent.server.memo import Generations
 from secrets_agent.server.peers import Peer
-from secrets_agent.server.reads import Caller, Reads
+from secrets_agent.server.reads import NOT_FOUND, Caller, Reads
 from support.helpers import DEMO_BACKEND, FakeClock, RunningAgent, agent_config, running_agent
 
 pytestmark = pytest.mark.integration
@@ -70,21 +70,21 @@ class Twins:
 
     def effects(self, twin: Any, data: bytes) -> tuple[int, list[bytes], dict[Any, int], Any]:
         """What one call of ``twin`` did: its code, the bytes written, the counts it added, and
-        the cache's order and read marks after it."""
+        the cache's order and read and used marks after it."""
 
         async def call() -> tuple[int, list[bytes], dict[Any, int], Any]:
             metrics = self.running.agent.metrics
             metrics.tally.fold()
             cache = self.service.cache
             for entry in cache._entries.values():
-                entry.read = False
+                entry.read = entry.used = False
             histogram = {k: sum(v) for k, v in metrics.request_latency._counts.items()}
             wire = Wire()
             code = twin(self.caller, data, wire)
             counts: dict[Any, int] = dict(metrics.tally.pending)
             for kind, buckets in metrics.request_latency._counts.items():
                 counts[("latency", kind)] = sum(buckets) - histogram.get(kind, 0)
-            state = [(key, entry.read) for key, entry in cache._entries.items()]
+            state = [(key, entry.read, entry.used) for key, entry in cache._entries.items()]
             return code, wire.sent, {k: v for k, v in counts.items() if v}, state
 
         return self.running.call(call())
@@ -163,13 +163,74 @@ def test_a_value_without_a_backend_counts_the_backends_it_spares(twins: Twins) -
     assert code == KEEP
 
 
-def test_a_cache_hit_moves_the_entry_to_the_lru_end(twins: Twins) -> None:
+def test_a_cache_hit_marks_its_entry_and_moves_none(twins: Twins) -> None:
+    """Read (worth refreshing ahead) and used (kept at the next eviction): nothing reordered."""
     put(twins, "first", "1", source="local")
     put(twins, "second", "2", source="local")
     data = twins.request("variables/first")
-    code, _, _, state = twins.effects(twins.compiled, data)
-    assert code == KEEP
-    assert state[-1] == ((Kind.VARIABLE, "first", None), True)
+    for _ in range(2):  # parsed, then remembered
+        code, _, _, state = twins.effects(twins.compiled, data)
+        assert code == KEEP
+        assert state[-2:] == [
+            ((Kind.VARIABLE, "first", None), True, True),
+            ((Kind.VARIABLE, "second", None), False, False),
+        ]
+
+
+async def _change(twins: Twins, how: str) -> None:
+    cache = twins.service.cache
+    key = (Kind.VARIABLE, "held", None)
+    if how == "replaced":
+        cache.put(Kind.VARIABLE, "held", "after", source="local")
+    elif how == "restamped":
+        cache.restamp(Kind.VARIABLE, "held")
+    elif how == "now a miss":
+        cache.put(Kind.VARIABLE, "held", None)
+    elif how == "dropped":
+        cache.drop(key)
+    elif how == "invalidated":
+        cache.invalidate(Kind.VARIABLE, "held")
+    elif how == "expired":
+        cache.expire(key)
+    elif how == "evicted":  # its second chance (it was read), then its turn
+        for i in range(2 * cache._max_entries):
+            cache.put(Kind.VARIABLE, f"filler_{i}", "x", source="local")
+    else:  # "stored with ttl 0"
+        cache.put(Kind.VARIABLE, "held", "after", source="local", ttl=0)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "replaced",
+        "restamped",
+        "now a miss",
+        "dropped",
+        "invalidated",
+        "expired",
+        "evicted",
+        "stored with ttl 0",
+    ],
+)
+@pytest.mark.parametrize("before", ["before", None], ids=["value", "miss"])
+def test_a_remembered_read_follows_its_entry(twins: Twins, how: str, before: str | None) -> None:
+    """The compiled read remembers a request it answered with the entry it answered from;
+    whatever the cache does to that entry since, both twins answer alike."""
+    put(twins, "held", before, source=before and "local")
+    data = twins.request("variables/held")
+    first = twins.same(data)
+    assert first[0] == KEEP
+    assert twins.same(data) == first  # remembered
+    twins.running.call(_change(twins, how))
+    code, answer = twins.same(data)
+    expected = {
+        "replaced": b'"after"}',
+        "restamped": first[1].split(b"\r\n\r\n", 1)[1],  # a miss is left as it was
+        "now a miss": NOT_FOUND[Kind.VARIABLE],
+    }.get(how)
+    assert (code, answer.split(b"\r\n\r\n", 1)[-1].endswith(expected or b"")) == (
+        (KEEP, True) if expected else (PASS, True)
+    )
 
 
 @pytest.mark.parametrize(
@@ -216,6 +277,7 @@ async def _due(twins: Twins, key: Any) -> None:
 def test_audited_reads_and_unknown_peers_are_declined(twins: Twins) -> None:
     put(twins, "held", "v", source="local")
     data = twins.request("variables/held")
+    assert twins.same(data)[0] == KEEP  # remembered: checked again all the same
     audit = twins.running.agent.audit
     audit.enabled, enabled = True, audit.enabled
     try:
@@ -275,6 +337,10 @@ def test_access_rules_decided_once_then_answered_alike(ruled: Twins) -> None:
     assert ruled.effects(ruled.reference, opened)[0] == KEEP  # decides, and answers
     assert ruled.same(opened)[0] == KEEP
     assert ruled.same(closed) == (PASS, b"")  # refused: the general path's 403
+    # Another connection of the same peer: its own decisions, none made yet.
+    ruled.caller = Caller(Peer(os.getpid(), os.getuid(), os.getgid()), frozenset())
+    assert ruled.running.call(_allowed(ruled))
+    assert ruled.effects(ruled.compiled, opened)[:3] == (PASS, [], {})
 
 
 @settings(

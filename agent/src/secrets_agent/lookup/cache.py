@@ -17,6 +17,9 @@ Key = tuple[Kind, str, str | None]  # kind, id, team (None: no team scope)
 # After a stale value's refresh fails transiently, the upstream is asked again for it only in
 # the background, this long after the failure, doubling with each failure up to the cap.
 RETRY_FIRST, RETRY_MAX = 1.0, 10.0
+# Used entries an eviction passes over at most, before it takes one anyway: a store costs at
+# most this many moves, even when every entry was read since the last store.
+SECOND_CHANCES = 64
 
 
 @dataclass(slots=True)
@@ -30,6 +33,16 @@ class _Entry:
     read: bool = False  # read while fresh since it was stored: worth refreshing ahead
     failures: int = 0  # refreshes of this stale value that failed transiently in a row
     retry_at: float = 0.0  # when the upstream may be asked for it again (after a failure)
+    used: bool = False  # read since eviction last passed it over (its second chance)
+    # Removed from the cache or replaced there: no longer its answer for the key. What the
+    # compiled read path checks of an entry it remembers, instead of looking the key up.
+    gone: bool = False
+
+
+def _let_go(entry: _Entry) -> None:
+    """An entry the cache no longer holds: ``gone`` for whoever still does (the compiled read
+    path's memo, until it sees), and its value let go, so an old secret leaves memory."""
+    entry.gone, entry.token = True, None
 
 
 class CacheState(enum.StrEnum):
@@ -89,7 +102,8 @@ class RefreshAhead:
 
 
 class SecretCache:
-    """LRU-bounded; each entry is fresh until its TTL, then servable stale for ``max_stale``.
+    """Bounded, evicting the least recently used (by second chance); each entry is fresh
+    until its TTL, then servable stale for ``max_stale``.
 
     Not thread-safe: the agent uses it from its event loop only.
     """
@@ -105,8 +119,9 @@ class SecretCache:
         clock: Clock,
         refresh: RefreshAhead | None = None,
     ) -> None:
-        # An OrderedDict as the LRU (oldest first): a hit is two C calls, where cachetools'
-        # LRUCache runs five Python frames, on the path every cached lookup takes.
+        # Oldest first. A hit only marks its entry ``used``; eviction gives a used entry a
+        # second chance (to the young end, unmarked) and takes the first unused one: a hit
+        # touches no other entry, and no key is looked up twice (see ``_store``).
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._max_entries = max_entries
         self._ttl, self._negative_ttl, self._max_stale = ttl, negative_ttl, max_stale
@@ -141,10 +156,10 @@ class SecretCache:
         # Expired (``fresh`` would have answered otherwise): servable stale, or gone for good.
         now = self._clock()
         if entry.token is None or not self._servable_stale(entry, now):
-            del self._entries[key]  # a miss has no stale window
+            self._forget(key)  # a miss has no stale window
             return None
         value = self._cipher.unseal(entry.token)
-        self._entries.move_to_end(key)
+        entry.used = True
         age = max(0.0, now - entry.stored_at)
         failing = entry.failures > 0
         retry_due = failing and now >= entry.retry_at
@@ -162,8 +177,7 @@ class SecretCache:
             return None
         token = entry.token
         value = None if token is None else self._cipher.unseal(token)
-        self._entries.move_to_end(key)
-        entry.read = True
+        entry.used = entry.read = True
         age = now - entry.stored_at
         age = age if age > 0.0 else 0.0  # max(), without its call
         if value is None:
@@ -188,7 +202,7 @@ class SecretCache:
             ttl = self._negative_ttl if value is None else self._ttl(kind)
         key = (kind, secret_id, team)
         if ttl <= 0:
-            self._entries.pop(key, None)
+            self._forget(key)
             return
         now = self._clock()
         token = None if value is None else self._cipher.seal(value)
@@ -253,7 +267,7 @@ class SecretCache:
             if (kind is None or key[0] is kind) and (secret_id is None or key[1] == secret_id)
         ]
         for key in doomed:
-            del self._entries[key]
+            self._forget(key)
         return len(doomed)
 
     def holding(self) -> list[tuple[Key, str | None, str | None]]:
@@ -266,7 +280,7 @@ class SecretCache:
         if entry is None:
             return False
         if entry.token is None:
-            del self._entries[key]
+            self._forget(key)
             return True
         entry.expires_at = min(entry.expires_at, self._clock())
         entry.refresh_at = math.inf
@@ -275,7 +289,7 @@ class SecretCache:
 
     def drop(self, key: Key) -> bool:
         """Forget one entry (a deleted or disabled secret must not be served even stale)."""
-        return self._entries.pop(key, None) is not None
+        return self._forget(key) is not None
 
     def carried_over(self, sources: set[str]) -> SecretCache:
         """A new cache with the same settings and the entries ``sources`` produced.
@@ -294,7 +308,7 @@ class SecretCache:
         )
         for key, entry in self._scan():
             if entry.source in sources:
-                copy._store(key, entry)
+                copy._store(key, replace(entry, gone=False))  # its own: this cache may drop it
         return copy
 
     def resealed(self, cipher: Cipher) -> SecretCache:
@@ -323,7 +337,7 @@ class SecretCache:
             if now >= entry.expires_at and not self._servable_stale(entry, now)
         ]
         for key in doomed:
-            del self._entries[key]
+            self._forget(key)
         return len(doomed)
 
     def persisted(self) -> list[Persisted]:
@@ -362,10 +376,28 @@ class SecretCache:
 
     def _store(self, key: Key, entry: _Entry) -> None:
         """Insert or replace as the most recently used; evict the least recently used."""
+        replaced = self._entries.pop(key, None)
+        if replaced is not None and replaced is not entry:
+            _let_go(replaced)
         self._entries[key] = entry
-        self._entries.move_to_end(key)
+        chances = SECOND_CHANCES
         while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+            oldest, candidate = self._entries.popitem(last=False)
+            # Read since last passed over (a bounded number of such per store), or just stored
+            # while others are left to evict: to the young end, unmarked.
+            if (candidate.used and chances > 0) or (oldest == key and self._entries):
+                chances -= candidate.used
+                candidate.used = False
+                self._entries[oldest] = candidate
+            else:
+                _let_go(candidate)
+
+    def _forget(self, key: Key) -> _Entry | None:
+        """Remove an entry (marked ``gone``); None if there was none."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            _let_go(entry)
+        return entry
 
     def _scan(self) -> list[tuple[Key, _Entry]]:
         """Every entry, without marking it used: a scan must not reorder the LRU."""

@@ -4,7 +4,9 @@
  *
  * It reads the objects hit.Hit names at construction, and per request the attributes
  * Reads.plain, SecretService.cached, SecretCache.fresh, Metrics.served / answered and
- * Renderer.parts read: tests/agent/server/test_hit.py runs both on every case.
+ * Renderer.parts read: tests/agent/server/test_hit.py runs both on every case. A request it
+ * answered is remembered as one record (RecordObject), which answers the same bytes again
+ * without the parsed head, the read, the key's lookup in the cache or any other entry.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,7 +27,7 @@ static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_a
     *s_loop_decryptor, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
     *s_move_to_end, *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds,
     *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
-    *s_not_found, *s_read_counters, *s_avoided_counter;
+    *s_not_found, *s_read_counters, *s_avoided_counter, *s_used, *s_gone, *s_request;
 static PyObject *one; /* the int 1 */
 static PyObject *monotonic, *wall_time; /* time.monotonic and time.time: read here directly */
 
@@ -48,6 +50,9 @@ typedef struct {
     /* The backends each known miss spares (SecretService.spared_at), per service: two
      * generations of ``half`` entries each, as server/memo.py's Generations. */
     PyObject *names_of, *names_young, *names_old;
+    /* Requests answered here (bytes -> Record), under this runtime and cache: two
+     * generations of ``half`` each. */
+    PyObject *records_young, *records_old;
     Py_ssize_t half;
     long long second;
     char date[64];
@@ -56,6 +61,7 @@ typedef struct {
 
 static PyObject *Hit_vectorcall(PyObject *, PyObject *const *, size_t, PyObject *);
 static int read_clock(PyObject *, double *);
+static int forget_records(HitObject *);
 
 static const char *DAYS[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 static const char *MONTHS[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -90,6 +96,8 @@ Hit_traverse(HitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->sums);
     Py_VISIT(self->names_young);
     Py_VISIT(self->names_old);
+    Py_VISIT(self->records_young);
+    Py_VISIT(self->records_old);
     return 0;
 }
 
@@ -124,6 +132,8 @@ Hit_clear(HitObject *self)
     Py_CLEAR(self->sums);
     Py_CLEAR(self->names_young);
     Py_CLEAR(self->names_old);
+    Py_CLEAR(self->records_young);
+    Py_CLEAR(self->records_old);
     return 0;
 }
 
@@ -174,7 +184,8 @@ Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
     }
     self->hit_head = Py_NewRef(PyTuple_GET_ITEM(heads, 0));
     self->negative_head = Py_NewRef(PyTuple_GET_ITEM(heads, 1));
-    if ((self->kinds = PyDict_New()) == NULL || (self->sources = PyDict_New()) == NULL)
+    if ((self->kinds = PyDict_New()) == NULL || (self->sources = PyDict_New()) == NULL ||
+        forget_records(self) < 0)
         goto fail;
     {
         PyObject *size = PyObject_GetAttr(reference, s_size);
@@ -637,10 +648,57 @@ use_runtime(HitObject *self, PyObject *runtime)
     return 0;
 }
 
+/* A request that was answered here, remembered by its bytes: what answering it again takes
+ * from the parsed request (its key, labels, framing and JSON prefix, inline) and the cache
+ * entry it was answered from. Valid under the runtime and cache it was made with (the Hit
+ * forgets every record when either changes) while its entry is not ``gone``. One object in
+ * place of the head, the read, the key's lookup and the LRU's node: a mix of thousands of
+ * keys touches far less memory per read. */
+typedef struct {
+    PyObject_VAR_HEAD /* ob_size: the prefix's size */
+    PyObject *key, *entry, *kind_label;
+    PyObject *body; /* a miss's 404 body (NULL for a value) */
+    int keep_alive;
+    char prefix[1];
+} RecordObject;
+
+static void
+Record_dealloc(RecordObject *self)
+{
+    Py_XDECREF(self->key);
+    Py_XDECREF(self->entry);
+    Py_XDECREF(self->kind_label);
+    Py_XDECREF(self->body);
+    PyObject_Free(self);
+}
+
+static PyTypeObject RecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "secrets_agent.server._hit.Record",
+    .tp_doc = "A request answered before, with the cache entry it was answered from.",
+    .tp_basicsize = offsetof(RecordObject, prefix),
+    .tp_itemsize = 1,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Record_dealloc,
+};
+
+/* What an answer is made of, from a parsed request or a record (references borrowed). */
+typedef struct {
+    PyObject *key, *entry, *kind_label;
+    PyObject *read; /* the parsed read (NULL from a record): its prefix and kind, when needed */
+    const char *prefix;
+    Py_ssize_t prefix_size;
+    PyObject *body;
+    int keep_alive;
+} Plan;
+
 static Site entry_read = {&s_read, NULL, -1};
+static Site entry_used = {&s_used, NULL, -1};
+static Site entry_gone = {&s_gone, NULL, -1};
 static Site head_read = {&s_read, NULL, -1};
 static Site head_kind_label = {&s_kind_label, NULL, -1};
 static Site head_keep_alive = {&s_keep_alive, NULL, -1};
+static Site head_request = {&s_request, NULL, -1};
 static Site caller_allowed_by = {&s_allowed_by, NULL, -1};
 static Site caller_rules_of = {&s_rules_of, NULL, -1};
 static Site caller_rules = {&s_rules, NULL, -1};
@@ -661,71 +719,149 @@ static Site entry_refresh_at = {&s_refresh_at, NULL, -1};
 static Site tally_pending = {&s_pending, NULL, -1};
 static Site hit_memo_young = {&s_young, NULL, -1};
 
-static PyObject *
-answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transport)
+/* Forget every record (a reload brought another runtime or cache). */
+static int
+forget_records(HitObject *self)
 {
-    double started = perf_now(), now, expires_at, refresh_at, stored_at, age;
-    PyObject *read = NULL, *runtime = NULL, *policy = NULL, *key = NULL, *access = NULL;
-    PyObject *service = NULL, *cache = NULL, *entry = NULL, *token = NULL, *source = NULL;
-    PyObject *plain = NULL, *prefix = NULL, *kind_label = NULL, *counters = NULL;
-    PyObject *answer = NULL, *written, *pending = NULL, *body_bytes = NULL;
-    PyObject *result = NULL;
-    const char *prefix_text = NULL;
-    Py_ssize_t prefix_size = 0, quoted_size = 0, plain_size = 0, body_size;
-    const unsigned char *plain_text = NULL;
-    int keep_alive, is = 0, status;
-    long long age_seconds;
+    PyObject *young = PyDict_New(), *old = PyDict_New();
+    if (young == NULL || old == NULL) {
+        Py_XDECREF(young);
+        Py_XDECREF(old);
+        return -1;
+    }
+    Py_XSETREF(self->records_young, young);
+    Py_XSETREF(self->records_old, old);
+    return 0;
+}
 
-    if ((read = get(&head_read, head)) == NULL ||
-        (runtime = PyObject_CallNoArgs(self->current)) == NULL ||
-        (runtime != self->runtime && use_runtime(self, runtime) < 0))
-        goto error;
-    policy = Py_NewRef(self->policy);
-    access = Py_NewRef(self->access);
-    service = Py_NewRef(self->service);
-    /* Reads.plain: a peer allowed under the policy in force, a valid read, not refresh-now,
-     * no team, an access decision already made and allowing, no audit. */
-    if ((is = is_at(&caller_allowed_by, caller, policy)) != 1) goto decline_or_error;
-    if ((is = is_at(&read_invalid, read, Py_None)) != 1) goto decline_or_error;
-    if ((is = is_at(&read_forced, read, Py_False)) != 1) goto decline_or_error;
-    if ((key = get(&read_key, read)) == NULL) goto error;
-    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 3 || PyTuple_GET_ITEM(key, 2) != Py_None)
-        goto decline;
-    if (access != Py_None) {
+/* The runtime in force and its cache, read again (and the records forgotten) when either
+ * changed; 0, or -1 with an exception set. */
+static int
+use_current(HitObject *self)
+{
+    PyObject *runtime, *cache;
+    int changed = 0;
+    if ((runtime = PyObject_CallNoArgs(self->current)) == NULL)
+        return -1;
+    if (runtime != self->runtime) {
+        if (use_runtime(self, runtime) < 0) { Py_DECREF(runtime); return -1; }
+        changed = 1;
+    }
+    Py_DECREF(runtime);
+    if ((cache = get(&service_cache, self->service)) == NULL)
+        return -1;
+    if (cache != self->cache) {
+        if (use_cache(self, cache) < 0) { Py_DECREF(cache); return -1; }
+        changed = 1;
+    }
+    Py_DECREF(cache);
+    return changed ? forget_records(self) : 0;
+}
+
+/* Reads.plain's checks of the caller: allowed under the policy in force, an access decision
+ * already made and allowing ``key``, no audit. 1: they pass; 0: decline; -1: an error. */
+static int
+caller_may(HitObject *self, PyObject *caller, PyObject *key)
+{
+    int is;
+    if ((is = is_at(&caller_allowed_by, caller, self->policy)) != 1) return is;
+    if (self->access != Py_None) {
         PyObject *rules, *memo, *young, *decision;
-        if ((is = is_at(&caller_rules_of, caller, access)) != 1) goto decline_or_error;
-        if ((rules = get(&caller_rules, caller)) == NULL) goto error;
+        if ((is = is_at(&caller_rules_of, caller, self->access)) != 1) return is;
+        if ((rules = get(&caller_rules, caller)) == NULL) return -1;
         memo = rules == Py_None ? NULL : get(&rules_memo, rules);
         Py_DECREF(rules);
-        if (memo == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
+        if (memo == NULL) return PyErr_Occurred() ? -1 : 0;
         young = get(&memo_young, memo);
         Py_DECREF(memo);
-        if (young == NULL) goto error;
+        if (young == NULL) return -1;
         decision = PyDict_Check(young) ? PyDict_GetItemWithError(young, key) : NULL;
         Py_DECREF(young);
-        if (decision != Py_True) { if (PyErr_Occurred()) goto error; goto decline; }
+        if (decision != Py_True) return PyErr_Occurred() ? -1 : 0;
     }
     if (self->audit != Py_None) {
         PyObject *enabled = get(&audit_enabled, self->audit);
-        if (enabled == NULL) goto error;
+        if (enabled == NULL) return -1;
         is = PyObject_IsTrue(enabled);
         Py_DECREF(enabled);
-        if (is != 0) goto decline_or_error;
+        if (is != 0) return is < 0 ? -1 : 0;
     }
-    /* SecretCache.fresh */
-    if ((cache = get(&service_cache, service)) == NULL)
+    return 1;
+}
+
+/* Remember ``plan`` (just answered) as the record of ``data`` (the head memo's own key for
+ * it), in two generations of ``half`` records each, as server/memo.py's Generations. */
+static int
+remember(HitObject *self, PyObject *data, const Plan *plan)
+{
+    RecordObject *record;
+    int failed;
+    record = PyObject_NewVar(RecordObject, &RecordType, plan->prefix_size);
+    if (record == NULL)
+        return -1;
+    record->key = Py_NewRef(plan->key);
+    record->entry = Py_NewRef(plan->entry);
+    record->kind_label = Py_NewRef(plan->kind_label);
+    record->body = Py_XNewRef(plan->body);
+    record->keep_alive = plan->keep_alive;
+    if (plan->prefix_size)
+        memcpy(record->prefix, plan->prefix, plan->prefix_size);
+    if (PyDict_GET_SIZE(self->records_young) >= self->half) { /* the old generation goes */
+        PyObject *young = PyDict_New();
+        if (young == NULL) { Py_DECREF(record); return -1; }
+        Py_SETREF(self->records_old, self->records_young);
+        self->records_young = young;
+    }
+    failed = PyDict_SetItem(self->records_young, data, (PyObject *)record);
+    Py_DECREF(record);
+    return failed;
+}
+
+/* The record of ``data``: young, else old (then young again); borrowed, or NULL. */
+static PyObject *
+recall(HitObject *self, PyObject *data)
+{
+    PyObject *record = PyDict_GetItemWithError(self->records_young, data);
+    if (record != NULL || PyErr_Occurred() || PyDict_GET_SIZE(self->records_old) == 0)
+        return record;
+    record = PyDict_GetItemWithError(self->records_old, data);
+    if (record == NULL)
+        return NULL;
+    if (PyDict_GET_SIZE(self->records_young) >= self->half) {
+        PyObject *young = PyDict_New();
+        if (young == NULL) return NULL;
+        Py_INCREF(record); /* the old generation may go with it */
+        Py_SETREF(self->records_old, self->records_young);
+        self->records_young = young;
+        if (PyDict_SetItem(self->records_young, data, record) < 0) { Py_DECREF(record); return NULL; }
+        Py_DECREF(record);
+        return record;
+    }
+    return PyDict_SetItem(self->records_young, data, record) < 0 ? NULL : record;
+}
+
+/* SecretCache.fresh and what follows: answer ``plan`` from its entry if it is fresh (PASS,
+ * with no effect, otherwise), count it, write it. */
+static PyObject *
+serve(HitObject *self, double started, Plan *plan, PyObject *transport)
+{
+    double now, expires_at, refresh_at, stored_at, age;
+    PyObject *entry = plan->entry, *token = NULL, *source = NULL, *plain = NULL, *prefix = NULL;
+    PyObject *counters = NULL, *answer = NULL, *written, *pending = NULL, *body_bytes = NULL;
+    PyObject *result = NULL;
+    Py_ssize_t quoted_size = 0, plain_size = 0, body_size;
+    const unsigned char *plain_text = NULL;
+    int status;
+    long long age_seconds;
+
+    if (read_clock(self->clock, &now) < 0 || get_double(&entry_expires_at, entry, &expires_at) < 0)
         goto error;
-    if (cache != self->cache && use_cache(self, cache) < 0) goto error;
-    entry = PyDict_GetItemWithError(self->entries, key);
-    if (entry == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
-    Py_INCREF(entry);
-    if (read_clock(self->clock, &now) < 0 || get_double(&entry_expires_at, entry, &expires_at) < 0 ||
-        get_double(&entry_stored_at, entry, &stored_at) < 0 ||
+    if (!(now < expires_at)) goto decline;
+    if (get_double(&entry_stored_at, entry, &stored_at) < 0 ||
         (token = get(&entry_token, entry)) == NULL ||
         (source = get(&entry_source, entry)) == NULL) {
         goto error;
     }
-    if (!(now < expires_at)) { goto decline; }
     if (token != Py_None) {
         Py_ssize_t size, pad;
         PyObject *view;
@@ -733,6 +869,13 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         if (get_double(&entry_refresh_at, entry, &refresh_at) < 0) { goto error; }
         if (!(now < refresh_at) || !PyBytes_Check(token)) { /* refresh-ahead: the reference's */
             goto decline;
+        }
+        if (plan->prefix == NULL) { /* from a parsed read */
+            if (plan->read == NULL) { goto decline; }
+            if ((prefix = get(&read_prefix, plan->read)) == NULL) { goto error; }
+            plan->prefix = PyUnicode_Check(prefix)
+                               ? PyUnicode_AsUTF8AndSize(prefix, &plan->prefix_size) : NULL;
+            if (plan->prefix == NULL) { goto error_or_decline; }
         }
         size = PyBytes_GET_SIZE(token) - FERNET_HEAD - FERNET_MAC;
         if (size < 2 * BLOCK || size % BLOCK) { goto decline; }
@@ -753,51 +896,43 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         if ((quoted_size = quote(plain_text, plain_size, NULL)) < 0) {
             goto decline;
         }
-        if ((prefix = get(&read_prefix, read)) == NULL) { goto error; }
-        prefix_text = PyUnicode_Check(prefix) ? PyUnicode_AsUTF8AndSize(prefix, &prefix_size)
-                                              : NULL;
-        if (prefix_text == NULL) { goto error_or_decline; }
         status = 200;
-        body_size = prefix_size + quoted_size + 1;
+        body_size = plan->prefix_size + quoted_size + 1;
     } else {
-        PyObject *kind = get(&read_kind, read);
-        if (kind == NULL) { goto error; }
-        body_bytes = PyDict_GetItemWithError(self->not_found, kind);
-        Py_DECREF(kind);
-        if (body_bytes == NULL || !PyBytes_Check(body_bytes)) {
-            body_bytes = NULL; /* borrowed */
-            goto error_or_decline;
+        if (plan->body == NULL) { /* from a parsed read */
+            PyObject *kind;
+            if (plan->read == NULL) { goto decline; }
+            if ((kind = get(&read_kind, plan->read)) == NULL) { goto error; }
+            plan->body = PyDict_GetItemWithError(self->not_found, kind); /* borrowed */
+            Py_DECREF(kind);
+            if (plan->body == NULL || !PyBytes_Check(plan->body)) {
+                plan->body = NULL;
+                goto error_or_decline;
+            }
         }
-        Py_INCREF(body_bytes);
+        body_bytes = Py_NewRef(plan->body);
         status = 404;
         body_size = PyBytes_GET_SIZE(body_bytes);
     }
-    if ((kind_label = get(&head_kind_label, head)) == NULL) { goto error; }
-    keep_alive = is_at(&head_keep_alive, head, Py_True);
-    if (keep_alive < 0) { goto error; }
 
     /* From here the read is answered: the cache's, the metrics' and the answer's effects. */
-    written = PyObject_CallMethodOneArg(self->entries, s_move_to_end, key);
-    if (written == NULL || set_true(&entry_read, entry) < 0) {
-        Py_XDECREF(written);
+    if (set_true(&entry_used, entry) < 0 || set_true(&entry_read, entry) < 0)
         goto error;
-    }
-    Py_DECREF(written);
     age = now - stored_at;
     age = age > 0.0 ? age : 0.0;
     age_seconds = (long long)age;
     /* SecretService.cached's counts (Metrics.served), then Metrics.answered's */
-    counters = PyDict_GetItemWithError(self->kinds, kind_label);
+    counters = PyDict_GetItemWithError(self->kinds, plan->kind_label);
     if (counters == NULL) {
         if (PyErr_Occurred()) goto error;
-        counters = PyObject_CallOneArg(self->read_counters, kind_label);
+        counters = PyObject_CallOneArg(self->read_counters, plan->kind_label);
         if (counters == NULL) goto error;
         if (!PyTuple_Check(counters) || PyTuple_GET_SIZE(counters) != 4) {
             Py_DECREF(counters);
             PyErr_SetString(PyExc_TypeError, "Hit: read_counters gave no 4-tuple");
             goto error;
         }
-        if (PyDict_SetItem(self->kinds, kind_label, counters) < 0) { Py_DECREF(counters); goto error; }
+        if (PyDict_SetItem(self->kinds, plan->kind_label, counters) < 0) { Py_DECREF(counters); goto error; }
     } else {
         Py_INCREF(counters);
     }
@@ -808,7 +943,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         PyObject *avoided = avoided_of(self, source);
         if (avoided == NULL || bump(pending, avoided) < 0) goto error;
     } else {
-        PyObject *names = spared_names(self, service, key);
+        PyObject *names = spared_names(self, self->service, plan->key);
         Py_ssize_t i;
         if (names == NULL) goto error;
         for (i = 0; i < PyTuple_GET_SIZE(names); i++) {
@@ -821,7 +956,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         Py_DECREF(names);
     }
     if (bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0 ||
-        observe(self, kind_label, perf_now() - started) < 0)
+        observe(self, plan->kind_label, perf_now() - started) < 0)
         goto error;
 
     /* Renderer.parts: the head up to Age, then Age, Content-Length, Date, the framing, body */
@@ -831,6 +966,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         char numbers[96];
         int numbers_size = age_and_length(numbers, age_seconds, body_size);
         static const char close_line[] = "Connection: close\r\n";
+        int keep_alive = plan->keep_alive;
         Py_ssize_t close_size = keep_alive ? 0 : (Py_ssize_t)(sizeof close_line - 1);
         Py_ssize_t head_size = PyBytes_GET_SIZE(head_bytes);
         Py_ssize_t total = head_size + numbers_size + self->date_size + 2 + close_size + 2 + body_size;
@@ -848,7 +984,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
         if (close_size) { memcpy(o, close_line, close_size); o += close_size; }
         *o++ = '\r'; *o++ = '\n';
         if (status == 200) {
-            memcpy(o, prefix_text, prefix_size); o += prefix_size;
+            memcpy(o, plan->prefix, plan->prefix_size); o += plan->prefix_size;
             quote(plain_text, plain_size, o); o += quoted_size;
             *o++ = '}';
         } else {
@@ -858,12 +994,63 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     written = PyObject_CallMethodOneArg(transport, s_write, answer);
     if (written == NULL) goto error;
     Py_DECREF(written);
-    result = PyLong_FromLong(keep_alive ? KEEP : CLOSE);
+    result = PyLong_FromLong(plan->keep_alive ? KEEP : CLOSE);
     goto done;
 
 error_or_decline:
     if (PyErr_Occurred()) goto error;
-    goto decline;
+decline:
+    result = PyLong_FromLong(PASS);
+    goto done;
+error:
+    result = NULL;
+done:
+    Py_XDECREF(token);
+    Py_XDECREF(source);
+    Py_XDECREF(plain);
+    Py_XDECREF(prefix); /* plan->prefix points into it, and the read keeps it */
+    Py_XDECREF(counters);
+    Py_XDECREF(answer);
+    Py_XDECREF(pending);
+    Py_XDECREF(body_bytes);
+    return result;
+}
+
+/* A parsed read: Reads.plain's checks, the cache's entry, then ``serve``; remembered under
+ * its request's bytes once answered, if the head memo holds it. */
+static PyObject *
+answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transport)
+{
+    double started = perf_now();
+    PyObject *read = NULL, *key = NULL, *entry = NULL, *kind_label = NULL, *result = NULL;
+    PyObject *data = NULL;
+    Plan plan;
+    int is = 0, keep_alive;
+
+    if ((read = get(&head_read, head)) == NULL || use_current(self) < 0)
+        goto error;
+    /* Reads.plain: a valid read, not refresh-now, no team; then the caller's checks */
+    if ((is = is_at(&read_invalid, read, Py_None)) != 1) goto decline_or_error;
+    if ((is = is_at(&read_forced, read, Py_False)) != 1) goto decline_or_error;
+    if ((key = get(&read_key, read)) == NULL) goto error;
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 3 || PyTuple_GET_ITEM(key, 2) != Py_None)
+        goto decline;
+    if ((is = caller_may(self, caller, key)) != 1) goto decline_or_error;
+    /* SecretCache.fresh's lookup */
+    entry = PyDict_GetItemWithError(self->entries, key);
+    if (entry == NULL) { if (PyErr_Occurred()) goto error; goto decline; }
+    Py_INCREF(entry);
+    if ((kind_label = get(&head_kind_label, head)) == NULL) goto error;
+    if ((keep_alive = is_at(&head_keep_alive, head, Py_True)) < 0) goto error;
+    plan = (Plan){key, entry, kind_label, read, NULL, 0, NULL, keep_alive};
+    result = serve(self, started, &plan, transport);
+    if (result != NULL && PyLong_AsLong(result) != PASS) {
+        if ((data = get(&head_request, head)) == NULL ||
+            (PyBytes_CheckExact(data) && remember(self, data, &plan) < 0))
+            Py_CLEAR(result);
+    }
+    goto done;
+
 decline_or_error:
     if (is < 0) goto error;
 decline:
@@ -873,36 +1060,64 @@ error:
     result = NULL;
 done:
     Py_XDECREF(read);
-    Py_XDECREF(runtime);
-    Py_XDECREF(policy);
     Py_XDECREF(key);
-    Py_XDECREF(access);
-    Py_XDECREF(service);
-    Py_XDECREF(cache);
     Py_XDECREF(entry);
-    Py_XDECREF(token);
-    Py_XDECREF(source);
-    Py_XDECREF(plain);
-    Py_XDECREF(prefix);
     Py_XDECREF(kind_label);
-    Py_XDECREF(counters);
-    Py_XDECREF(answer);
-    Py_XDECREF(pending);
-    Py_XDECREF(body_bytes);
+    Py_XDECREF(data);
     return result;
+}
+
+/* A remembered request: the runtime and cache unchanged, the caller's checks, the entry still
+ * the cache's, then ``serve``. PASS (no effect) leaves it to the parsed read. */
+static PyObject *
+answer_record(HitObject *self, PyObject *caller, RecordObject *record, PyObject *transport)
+{
+    double started = perf_now();
+    PyObject *runtime;
+    Plan plan;
+    int is;
+    if ((runtime = PyObject_CallNoArgs(self->current)) == NULL)
+        return NULL;
+    Py_DECREF(runtime); /* the runtime holds it: only its identity is compared */
+    if (runtime != self->runtime)
+        return PyLong_FromLong(PASS);
+    {
+        PyObject *cache = get(&service_cache, self->service);
+        if (cache == NULL) return NULL;
+        Py_DECREF(cache);
+        if (cache != self->cache) return PyLong_FromLong(PASS);
+    }
+    if ((is = caller_may(self, caller, record->key)) != 1)
+        return is < 0 ? NULL : PyLong_FromLong(PASS);
+    if ((is = is_at(&entry_gone, record->entry, Py_False)) != 1)
+        return is < 0 ? NULL : PyLong_FromLong(PASS);
+    plan = (Plan){record->key, record->entry, record->kind_label, NULL,
+                  record->body == NULL ? record->prefix : NULL, Py_SIZE(record), record->body,
+                  record->keep_alive};
+    return serve(self, started, &plan, transport);
 }
 
 static PyObject *
 Hit_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     HitObject *self = (HitObject *)callable;
-    PyObject *young, *head, *result;
+    PyObject *young, *head, *record, *result;
     if (PyVectorcall_NARGS(nargsf) != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
         PyErr_SetString(PyExc_TypeError, "Hit(caller, data, transport)");
         return NULL;
     }
     if (self->memo == NULL) {
         PyErr_SetString(PyExc_TypeError, "Hit: not initialised");
+        return NULL;
+    }
+    if ((record = recall(self, args[1])) != NULL) {
+        Py_INCREF(record);
+        result = answer_record(self, args[0], (RecordObject *)record, args[2]);
+        Py_DECREF(record);
+        if (result == NULL || PyLong_AsLong(result) != PASS)
+            return result;
+        Py_DECREF(result);
+    } else if (PyErr_Occurred()) {
         return NULL;
     }
     if ((young = get(&hit_memo_young, self->memo)) == NULL)
@@ -986,6 +1201,7 @@ PyInit__hit(void)
     INTERN(s_histogram, "histogram") INTERN(s_wall, "wall")
     INTERN(s_heads, "heads") INTERN(s_not_found, "not_found")
     INTERN(s_read_counters, "read_counters") INTERN(s_avoided_counter, "avoided_counter")
+    INTERN(s_used, "used") INTERN(s_gone, "gone") INTERN(s_request, "request")
 #undef INTERN
     if ((one = PyLong_FromLong(1)) == NULL)
         return NULL;
@@ -999,7 +1215,7 @@ PyInit__hit(void)
         if (monotonic == NULL || wall_time == NULL)
             return NULL;
     }
-    if (PyType_Ready(&HitType) < 0)
+    if (PyType_Ready(&HitType) < 0 || PyType_Ready(&RecordType) < 0)
         return NULL;
     if ((module = PyModule_Create(&hit_module)) == NULL)
         return NULL;

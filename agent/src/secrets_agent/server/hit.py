@@ -7,7 +7,9 @@ the same bytes, counts and cache effects in a fraction of the CPU, and declines 
 few it leaves to this module's code: a first request or a reload since, an access decision not
 yet made, an audited or team-bound read, a value due for refresh-ahead. A declined read has had
 no effect: the connection's general path (``Reads.settle``) answers it. ``tests/agent/server/
-test_hit.py`` holds the two to one contract.
+test_hit.py`` holds the two to one contract. The twin remembers each request it answered, under
+the head memo's own key for it (``LeanRead.request``), with the cache entry it answered from: it
+answers those bytes again from that record while the entry is the cache's (``_Entry.gone``).
 """
 
 from __future__ import annotations
