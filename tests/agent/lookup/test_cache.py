@@ -169,7 +169,7 @@ def test_an_entry_is_gone_exactly_when_the_cache_no_longer_holds_it(
         elif operation == "sweep":
             cache.sweep()
         elif operation == "restore":
-            cache.restore(cache.persisted() + [Persisted(key, _token(cache, name), 1.0, "s", None)])
+            cache.restore([Persisted(key, _token(cache, name), 1.0, "s", None)])
         else:
             clock.advance(12.0)
         seen += [entry for entry in cache._entries.values() if entry not in seen]
