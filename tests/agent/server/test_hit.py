@@ -295,21 +295,56 @@ def test_a_reloaded_cache_is_read(twins: Twins) -> None:
     assert b'"before"' in twins.same(data)[1]
 
     async def swap() -> None:
-        runtime = twins.running.agent.runtime_now()
-        old = runtime.service.cache
-        new = type(old)(
-            max_entries=100,
-            ttl=lambda kind: 60.0,
-            negative_ttl=60.0,
-            max_stale=0.0,
-            cipher=old.cipher,
-            clock=twins.clock,
-        )
-        new.put(Kind.VARIABLE, "held", "after", source="local")
-        runtime.service.cache = new
+        _swap_cache(twins, "after")
 
     twins.running.call(swap())
     assert b'"after"' in twins.same(data)[1]
+
+
+def _swap_cache(twins: Twins, value: str) -> None:
+    """As a reload that brings another cache does (on the event loop), with ``value`` for
+    ``held``."""
+    runtime = twins.running.agent.runtime_now()
+    old = runtime.service.cache
+    new = type(old)(
+        max_entries=100,
+        ttl=lambda kind: 60.0,
+        negative_ttl=60.0,
+        max_stale=0.0,
+        cipher=old.cipher,
+        clock=twins.clock,
+    )
+    new.put(Kind.VARIABLE, "held", value, source="local")
+    runtime.service.cache = new
+
+
+class Reloading(Wire):
+    """A transport whose write runs the agent's code before it returns: a reload brings
+    another cache, and another connection's read is answered under it."""
+
+    def __init__(self, twins: Twins, other: bytes) -> None:
+        super().__init__()
+        self._twins, self._other = twins, other
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        _swap_cache(self._twins, "after")
+        assert self._twins.compiled(self._twins.caller, self._other, Wire()) == PASS
+
+
+def test_a_read_answered_across_a_reload_is_not_remembered(twins: Twins) -> None:
+    """What the twin remembers of a read holds under the runtime and cache it was answered
+    with: one that changed while its answer was written must not be answered from the old
+    cache's entry afterwards (which that cache never lets go of: it is dropped whole)."""
+    put(twins, "held", "before", source="local")
+    data, other = twins.request("variables/held"), twins.request("variables/other")
+
+    async def first() -> int:
+        return int(twins.compiled(twins.caller, data, Reloading(twins, other)))
+
+    assert twins.running.call(first()) == KEEP
+    code, answer = twins.same(data)
+    assert code == KEEP and answer.endswith(b'"after"}')
 
 
 @pytest.fixture

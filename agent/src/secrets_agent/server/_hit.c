@@ -1023,7 +1023,7 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
 {
     double started = perf_now();
     PyObject *read = NULL, *key = NULL, *entry = NULL, *kind_label = NULL, *result = NULL;
-    PyObject *data = NULL;
+    PyObject *data = NULL, *runtime = NULL, *cache = NULL;
     Plan plan;
     int is = 0, keep_alive;
 
@@ -1043,8 +1043,15 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     if ((kind_label = get(&head_kind_label, head)) == NULL) goto error;
     if ((keep_alive = is_at(&head_keep_alive, head, Py_True)) < 0) goto error;
     plan = (Plan){key, entry, kind_label, read, NULL, 0, NULL, keep_alive};
+    /* Held (not only compared): the write runs Python code, which may reload and have this
+     * Hit answer another read under the new runtime and cache (forgetting every record).
+     * What was answered under the old ones is then not remembered: its entry belongs to a
+     * cache dropped whole, which never marks it gone. */
+    runtime = Py_NewRef(self->runtime);
+    cache = Py_NewRef(self->cache);
     result = serve(self, started, &plan, transport);
-    if (result != NULL && PyLong_AsLong(result) != PASS) {
+    if (result != NULL && PyLong_AsLong(result) != PASS && self->runtime == runtime &&
+        self->cache == cache) {
         if ((data = get(&head_request, head)) == NULL ||
             (PyBytes_CheckExact(data) && remember(self, data, &plan) < 0))
             Py_CLEAR(result);
@@ -1064,6 +1071,8 @@ done:
     Py_XDECREF(entry);
     Py_XDECREF(kind_label);
     Py_XDECREF(data);
+    Py_XDECREF(runtime);
+    Py_XDECREF(cache);
     return result;
 }
 
