@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -106,17 +107,20 @@ def twins(short_tmp: Path) -> Iterator[Twins]:
 
 
 def build(
-    running: RunningAgent, clock: FakeClock, wall: Callable[[], float] = lambda: WALL
+    running: RunningAgent,
+    clock: FakeClock,
+    wall: Callable[[], float] = lambda: WALL,
+    size: int = 8192,
 ) -> Twins:
     agent = running.agent
 
     async def make() -> Twins:
         reads = Reads(ApiContext(agent.runtime_now, agent.metrics, agent.audit))
-        heads = HeadParser(8190, 8190, reads.prepare, 8192)
+        heads = HeadParser(8190, 8190, reads.prepare, size)
         renderer = Renderer(wall=wall)
         memo: Generations[bytes, Any] = heads.memo
-        reference = Hit(memo, reads, renderer, agent.metrics)
-        compiled = make_hit(memo, reads, renderer, agent.metrics)
+        reference = Hit(memo, reads, renderer, agent.metrics, size)
+        compiled = make_hit(memo, reads, renderer, agent.metrics, size)
         assert type(compiled).__module__ == "secrets_agent.server._hit", "not built"
         twins = Twins(running, clock, reference, compiled, heads)
         assert twins.caller.allowed(agent.runtime_now().policy)  # as the first request does
@@ -231,6 +235,29 @@ def test_a_remembered_read_follows_its_entry(twins: Twins, how: str, before: str
     assert (code, answer.split(b"\r\n\r\n", 1)[-1].endswith(expected or b"")) == (
         (KEEP, True) if expected else (PASS, True)
     )
+
+
+def test_a_record_brought_back_holds_the_memo_s_bytes_not_the_connection_s(
+    short_tmp: Path,
+) -> None:
+    """Records are kept by the head memo's own bytes for a request (``LeanRead.request``), so
+    a request's bytes are held once; one brought back from the old generation by a request
+    must not be kept by that request's bytes (a copy the connection received)."""
+    clock = FakeClock()
+    with running_agent(agent_config(short_tmp), clock=clock) as running:
+        twins = build(running, clock, size=4)  # two records a generation
+        for name in "abc":
+            put(twins, name, name, source="local")
+            assert twins.same(twins.request(f"variables/{name}"))[0] == KEEP
+        # a and b are in the old generation now; a copy of a's bytes brings a's record back
+        received = bytes(bytearray(twins.request("variables/a")))
+
+        async def call() -> tuple[int, int]:
+            before = sys.getrefcount(received)
+            code = int(twins.compiled(twins.caller, received, Wire()))
+            return code, sys.getrefcount(received) - before
+
+        assert twins.running.call(call()) == (KEEP, 0)
 
 
 @pytest.mark.parametrize(

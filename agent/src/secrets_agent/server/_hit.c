@@ -656,6 +656,7 @@ use_runtime(HitObject *self, PyObject *runtime)
  * keys touches far less memory per read. */
 typedef struct {
     PyObject_VAR_HEAD /* ob_size: the prefix's size */
+    PyObject *request; /* the head memo's own bytes for it: what the records are keyed by */
     PyObject *key, *entry, *kind_label;
     PyObject *body; /* a miss's 404 body (NULL for a value) */
     int keep_alive;
@@ -665,6 +666,7 @@ typedef struct {
 static void
 Record_dealloc(RecordObject *self)
 {
+    Py_XDECREF(self->request);
     Py_XDECREF(self->key);
     Py_XDECREF(self->entry);
     Py_XDECREF(self->kind_label);
@@ -799,6 +801,7 @@ remember(HitObject *self, PyObject *data, const Plan *plan)
     record = PyObject_NewVar(RecordObject, &RecordType, plan->prefix_size);
     if (record == NULL)
         return -1;
+    record->request = Py_NewRef(data);
     record->key = Py_NewRef(plan->key);
     record->entry = Py_NewRef(plan->entry);
     record->kind_label = Py_NewRef(plan->kind_label);
@@ -817,7 +820,8 @@ remember(HitObject *self, PyObject *data, const Plan *plan)
     return failed;
 }
 
-/* The record of ``data``: young, else old (then young again); borrowed, or NULL. */
+/* The record of ``data``: young, else old (then young again, under its own bytes: not
+ * ``data``, the connection's copy, which it would otherwise hold); borrowed, or NULL. */
 static PyObject *
 recall(HitObject *self, PyObject *data)
 {
@@ -827,6 +831,7 @@ recall(HitObject *self, PyObject *data)
     record = PyDict_GetItemWithError(self->records_old, data);
     if (record == NULL)
         return NULL;
+    data = ((RecordObject *)record)->request; /* the record holds it: alive while it is */
     if (PyDict_GET_SIZE(self->records_young) >= self->half) {
         PyObject *young = PyDict_New();
         if (young == NULL) return NULL;
