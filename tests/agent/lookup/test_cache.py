@@ -143,7 +143,7 @@ def test_an_entry_is_gone_exactly_when_the_cache_no_longer_holds_it(
     entry no longer holds its value."""
     clock = FakeClock()
     cache = make_cache(clock, max_entries=3, max_stale=20.0)
-    seen: list[_Entry] = []
+    seen: dict[int, _Entry] = {}  # by identity: two entries may be equal field for field
     for operation, name in operations:
         key = (V, name, None)
         if operation == "put":
@@ -172,9 +172,9 @@ def test_an_entry_is_gone_exactly_when_the_cache_no_longer_holds_it(
             cache.restore([Persisted(key, _token(cache, name), 1.0, "s", None)])
         else:
             clock.advance(12.0)
-        seen += [entry for entry in cache._entries.values() if entry not in seen]
+        seen |= {id(entry): entry for entry in cache._entries.values()}
         held = [id(entry) for entry in cache._entries.values()]
-        for entry in seen:
+        for entry in seen.values():
             assert entry.gone is (id(entry) not in held)
             assert entry.token is None or not entry.gone
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -441,6 +442,25 @@ def test_a_value_that_is_not_utf8_is_declined(twins: Twins, raw: bytes) -> None:
 class Broken:
     def write(self, data: bytes) -> None:
         raise ConnectionResetError("gone")
+
+
+def test_a_read_that_cannot_be_remembered_is_answered_all_the_same(twins: Twins) -> None:
+    """A head without the memo's bytes for its request (none was memoized): answered, written
+    and counted as the reference does, and not an error once the answer is out."""
+    put(twins, "held", "v", source="local")
+    parsed = twins.heads.parse(twins.request("variables/held"))
+    assert parsed is not None
+    head = SimpleNamespace(
+        read=parsed.read, keep_alive=parsed.keep_alive, kind_label=parsed.kind_label
+    )
+
+    async def call(twin: Any) -> tuple[int, list[bytes]]:
+        wire = Wire()
+        return twin.answer(twins.caller, head, wire), wire.sent
+
+    reference = twins.running.call(call(twins.reference))
+    assert twins.running.call(call(twins.compiled)) == reference
+    assert reference[0] == KEEP
 
 
 def test_a_write_that_fails_raises_from_both(twins: Twins) -> None:

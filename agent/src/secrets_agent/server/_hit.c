@@ -791,6 +791,21 @@ caller_may(HitObject *self, PyObject *caller, PyObject *key)
     return 1;
 }
 
+/* Room in the young generation of records: when it is full, the old one goes, and the young
+ * one becomes it (as server/memo.py's Generations). */
+static int
+records_room(HitObject *self)
+{
+    PyObject *young;
+    if (PyDict_GET_SIZE(self->records_young) < self->half)
+        return 0;
+    if ((young = PyDict_New()) == NULL)
+        return -1;
+    Py_SETREF(self->records_old, self->records_young);
+    self->records_young = young;
+    return 0;
+}
+
 /* Remember ``plan`` (just answered) as the record of ``data`` (the head memo's own key for
  * it), in two generations of ``half`` records each, as server/memo.py's Generations. */
 static int
@@ -809,15 +824,10 @@ remember(HitObject *self, PyObject *data, const Plan *plan)
     record->keep_alive = plan->keep_alive;
     if (plan->prefix_size)
         memcpy(record->prefix, plan->prefix, plan->prefix_size);
-    if (PyDict_GET_SIZE(self->records_young) >= self->half) { /* the old generation goes */
-        PyObject *young = PyDict_New();
-        if (young == NULL) { Py_DECREF(record); return -1; }
-        Py_SETREF(self->records_old, self->records_young);
-        self->records_young = young;
-    }
-    failed = PyDict_SetItem(self->records_young, data, (PyObject *)record);
+    failed = records_room(self) < 0 ||
+             PyDict_SetItem(self->records_young, data, (PyObject *)record) < 0;
     Py_DECREF(record);
-    return failed;
+    return failed ? -1 : 0;
 }
 
 /* The record of ``data``: young, else old (then young again, under its own bytes: not
@@ -831,18 +841,14 @@ recall(HitObject *self, PyObject *data)
     record = PyDict_GetItemWithError(self->records_old, data);
     if (record == NULL)
         return NULL;
-    data = ((RecordObject *)record)->request; /* the record holds it: alive while it is */
-    if (PyDict_GET_SIZE(self->records_young) >= self->half) {
-        PyObject *young = PyDict_New();
-        if (young == NULL) return NULL;
-        Py_INCREF(record); /* the old generation may go with it */
-        Py_SETREF(self->records_old, self->records_young);
-        self->records_young = young;
-        if (PyDict_SetItem(self->records_young, data, record) < 0) { Py_DECREF(record); return NULL; }
+    Py_INCREF(record); /* the old generation may go with it */
+    if (records_room(self) < 0 ||
+        PyDict_SetItem(self->records_young, ((RecordObject *)record)->request, record) < 0) {
         Py_DECREF(record);
-        return record;
+        return NULL;
     }
-    return PyDict_SetItem(self->records_young, data, record) < 0 ? NULL : record;
+    Py_DECREF(record); /* the young generation holds it */
+    return record;
 }
 
 /* SecretCache.fresh and what follows: answer ``plan`` from its entry if it is fresh (PASS,
@@ -1057,9 +1063,11 @@ answer_read(HitObject *self, PyObject *caller, PyObject *head, PyObject *transpo
     result = serve(self, started, &plan, transport);
     if (result != NULL && PyLong_AsLong(result) != PASS && self->runtime == runtime &&
         self->cache == cache) {
+        /* Answered, written and counted: a read that cannot be remembered (no request bytes
+         * on the head, no memory) is only answered the longer way the next time. */
         if ((data = get(&head_request, head)) == NULL ||
             (PyBytes_CheckExact(data) && remember(self, data, &plan) < 0))
-            Py_CLEAR(result);
+            PyErr_Clear();
     }
     goto done;
 
