@@ -25,7 +25,7 @@ static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_a
     *s_service, *s_allowed_by, *s_rules, *s_rules_of, *s_memo, *s_rules_memo, *s_invalid, *s_forced, *s_key,
     *s_prefix, *s_kind, *s_enabled, *s_cache, *s_entries, *s_clock, *s_cipher,
     *s_loop_decryptor, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
-    *s_move_to_end, *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds,
+    *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds,
     *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
     *s_not_found, *s_read_counters, *s_avoided_counter, *s_used, *s_gone, *s_request;
 static PyObject *one; /* the int 1 */
@@ -1216,7 +1216,7 @@ PyInit__hit(void)
     INTERN(s_loop_decryptor, "loop_decryptor") INTERN(s_token, "token")
     INTERN(s_stored_at, "stored_at") INTERN(s_expires_at, "expires_at")
     INTERN(s_source, "source") INTERN(s_refresh_at, "refresh_at")
-    INTERN(s_move_to_end, "move_to_end") INTERN(s_update, "update") INTERN(s_write, "write")
+    INTERN(s_update, "update") INTERN(s_write, "write")
     INTERN(s_pending, "pending") INTERN(s_counts, "_counts") INTERN(s_sums, "_sums")
     INTERN(s_bounds, "_bounds") INTERN(s_spared_at, "spared_at") INTERN(s_size, "size")
     INTERN(s_current, "current") INTERN(s_audit, "audit") INTERN(s_tally, "tally")
