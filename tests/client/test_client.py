@@ -131,6 +131,24 @@ def test_a_bad_timeout_is_refused_when_the_backend_is_built(short_tmp: Path, tim
         AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), timeout=timeout)
 
 
+@pytest.mark.parametrize("spin_us", [-1, "nan", "soon", 1e9, None])
+def test_a_bad_spin_us_is_refused_when_the_backend_is_built(short_tmp: Path, spin_us: Any) -> None:
+    with pytest.raises(ValueError, match="spin_us must be a number of microseconds"):
+        AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), spin_us=spin_us)
+
+
+@pytest.mark.parametrize("spin_us", ["0", "100", 5000])
+def test_lookups_answer_alike_however_long_they_poll(stub: StubAgent, spin_us: str | int) -> None:
+    """``spin_us`` as Airflow passes it (text from the environment's kwargs form) or a number;
+    0 sleeps at once. Both the blocking and the awaited lookups read the same answers."""
+    stub.answers["/v1/variables/k"] = value("x")
+    path: str = stub.server_address  # type: ignore[assignment]
+    client = AgentSecretsBackend(socket_path=path, spin_us=spin_us)
+    assert [client.get_variable("k") for _ in range(3)] == ["x", "x", "x"]
+    assert client.get_variable("absent") is None
+    assert asyncio.run(client.aget_variable("k")) == "x"
+
+
 def test_agent_down_falls_through_and_logs_once(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,6 +239,7 @@ def test_import_is_light() -> None:
     assert ours == {
         "secrets_agent_client",
         "secrets_agent_client.backend",
+        "secrets_agent_client.spin",
         "secrets_agent_client.transport",
         "secrets_agent_client.wire",
     }, result.stderr

@@ -11,8 +11,9 @@ one wake-up and one ``recv`` (``loop.sock_recv`` adds a failed ``recv``, an ``ep
 and a future per call), and an agent closing an idle connection is seen, and the connection
 dropped, before a lookup picks it. That still costs two turns of the loop (the reader's callback,
 then the task's wake-up), more than a blocking lookup; so where asyncio's loop has nothing else
-to run, a cached answer (tens of µs) is waited for in place instead, for ``WAIT_HERE`` at most,
-and the lookup returns without suspending. See bench/README.md.
+to run, a cached answer (tens of µs) is waited for in place instead (polled for first, as the
+blocking client does: see ``spin``), for ``WAIT_HERE`` at most, and the lookup returns without
+suspending. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import struct
 import time
 import weakref
 
+from secrets_agent_client.spin import DONTWAIT as _DONTWAIT
+from secrets_agent_client.spin import SPIN_US, Spin
 from secrets_agent_client.wire import (
     BUSY_ERRNOS,
     LAST_TRY,
@@ -53,7 +56,6 @@ MAX_IDLE = 8
 # How long a lookup waits for its answer in place when its loop has nothing else to do (see
 # ``_Connection.exchange``): a cached answer takes tens of µs, a miss a millisecond or more.
 WAIT_HERE = 0.0005
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class _Connection:
@@ -76,6 +78,7 @@ class _Connection:
         "pending",
         "pid",
         "sock",
+        "spin",
         "view",
         "waiter",
     )
@@ -86,6 +89,7 @@ class _Connection:
         loop: asyncio.AbstractEventLoop,
         idle: list[_Connection],
         wait_here: float,
+        spin: float,
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -105,6 +109,7 @@ class _Connection:
         self.pid = os.getpid()
         # How long an exchange may wait in place (0: never), as the socket's receive timeout.
         self.here = wait_here if wait_here > 0 and _receive_timeout(sock, wait_here) else 0.0
+        self.spin = Spin(spin)  # how a wait in place polls before it sleeps (see ``spin``)
         loop.add_reader(self.fd, self._readable)
 
     def exchange(
@@ -119,6 +124,7 @@ class _Connection:
         Python (the reader's callback, then the task's wake-up); only another socket's events
         can be late by it, and by ``here`` at most. A slower answer (a miss) is the loop's."""
         self.head_only = head_only
+        self.spin.start()
         try:
             sent = self.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -148,21 +154,26 @@ class _Connection:
         return waiter
 
     def _answer_here(self, head_only: bool) -> Parsed | None:
-        """The answer, if it comes within ``here`` (each ``recv`` blocks that long at most);
-        None: the loop waits for the rest."""
+        """The answer, if it comes within ``here`` (polled for first, then each ``recv`` blocks
+        that long at most); None: the loop waits for the rest."""
         until = 0.0
+        spin = self.spin
+        n = spin.read(self.sock, self.view, _DONTWAIT)
         while True:
-            try:
-                n = self.sock.recv_into(self.view)
-            except BlockingIOError:
-                return None
+            if n < 0:
+                try:
+                    n = self.sock.recv_into(self.view)
+                except BlockingIOError:
+                    return None
             if n:
                 self.buffer += self.view[:n]
             else:
                 self.eof = True
             parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
             if parsed is not None:
+                spin.answered()
                 return parsed
+            n = -1
             # A long answer in several reads: waited for here up to ``here`` in all.
             now = time.monotonic()
             if not until:
@@ -286,11 +297,13 @@ class AsyncUnixTransport:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         expected_uid: int | None = None,
         wait_here: float = WAIT_HERE,
+        spin: float = SPIN_US / 1e6,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = seconds(timeout)
         self.expected_uid = expected_uid
         self.wait_here = wait_here
+        self.spin = spin
         self._clock, self._sleep = clock, sleep
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection]]
         self._idle = weakref.WeakKeyDictionary()
@@ -378,7 +391,7 @@ class AsyncUnixTransport:
             try:
                 if self.expected_uid is not None:
                     check_peer(sock, self.expected_uid, self.socket_path)
-                return _Connection(sock, loop, idle, self.wait_here)
+                return _Connection(sock, loop, idle, self.wait_here, self.spin)
             except BaseException:
                 sock.close()
                 raise

@@ -3,7 +3,8 @@
 ``http.client`` costs more CPU per request than the agent spends answering (header parsing
 goes through ``email.parser``) and ~20 ms to import, so the client speaks the little HTTP it
 needs itself (``wire``): a request line and two headers out; a status line, ``Content-Length``,
-``Connection`` and a few headers back, read with ``recv_into`` into one buffer.
+``Connection`` and a few headers back, read with ``recv_into`` into one buffer, polled for a
+while before the read sleeps (``spin``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import _thread
 import os
 import time
 
+from secrets_agent_client.spin import SPIN_US, Spin
 from secrets_agent_client.wire import (
     BUSY_ERRNOS,
     LAST_TRY,
@@ -53,28 +55,39 @@ if hasattr(os, "register_at_fork"):
 class _Connection:
     """One connected socket and the bytes read from it but not yet consumed."""
 
-    def __init__(self, sock: _socket.socket) -> None:
+    def __init__(self, sock: _socket.socket, spin: float) -> None:
         self.sock = sock
         self.buffer = bytearray()
         self.view = memoryview(bytearray(65536))
+        self.spin = Spin(spin)
 
     def read_response(
         self, *, head_only: bool, deadline: float, clock: Callable[[], float]
     ) -> tuple[Response, bool]:
-        eof, first = False, True
+        eof, fresh = False, True  # fresh: the socket has the timeout ``_send`` gave it
+        spin = self.spin
+        spin.start()
+        polling = spin.quick
         while True:
             parsed = parse_response(self.buffer, head_only=head_only, eof=eof)
             if parsed is not None:
+                spin.answered()
                 return parsed
-            if not first:
-                # The socket's timeout bounds one read: an answer arriving in pieces gets what
-                # is left of the request's time, not a whole timeout per piece.
-                left = deadline - clock()
-                if left <= 0:
-                    raise _socket.timeout("timed out")
-                self.sock.settimeout(left)
-            first = False
-            n = self.sock.recv_into(self.view)
+            n = -1
+            if polling:  # the first read polls for a while before it sleeps (see ``spin``)
+                polling, fresh = False, False
+                self.sock.settimeout(0.0)
+                n = spin.read(self.sock, self.view, 0)
+            if n < 0:
+                if not fresh:
+                    # The socket's timeout bounds one read: an answer arriving in pieces gets
+                    # what is left of the request's time, not a whole timeout per piece.
+                    left = deadline - clock()
+                    if left <= 0:
+                        raise _socket.timeout("timed out")
+                    self.sock.settimeout(left)
+                fresh = False
+                n = self.sock.recv_into(self.view)
             eof = n == 0
             self.buffer += self.view[:n]
 
@@ -94,10 +107,12 @@ class UnixTransport:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         expected_uid: int | None = None,
+        spin: float = SPIN_US / 1e6,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = seconds(timeout)
         self.expected_uid = expected_uid
+        self.spin = spin  # seconds a read polls for its answer before it sleeps (see ``spin``)
         self._clock, self._sleep = clock, sleep
         self._lock = _thread.allocate_lock()
         self._conn: _Connection | None = None
@@ -174,7 +189,7 @@ class UnixTransport:
 
     def _send(self, method: str, path: str, body: bytes | None, deadline: float) -> Response:
         if self._conn is None:
-            self._conn = _Connection(self._connect(deadline))
+            self._conn = _Connection(self._connect(deadline), self.spin)
         conn = self._conn
         # Whatever went before (busy retries, a full backlog), the request ends by the deadline.
         conn.sock.settimeout(max(deadline - self._clock(), 0.001))
