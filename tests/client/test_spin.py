@@ -70,6 +70,18 @@ def test_a_poll_gives_up_at_its_budget_and_the_next_read_sleeps_at_once(
     assert ours.recv(64) == b"late"  # left for the caller's sleeping read
 
 
+def test_a_poll_ends_when_the_lookups_time_is_up_however_long_its_budget(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = pair
+    clock = Clock()
+    clock.step = 0.1
+    spin = Spin(1.0, clock=clock)
+    spin.start(left=0.25)  # the lookup's timeout leaves it less than its budget
+    assert spin.read(ours, memoryview(bytearray(8)), 0) == -1
+    assert clock.now < 0.5
+
+
 def test_polling_comes_back_once_an_answer_comes_within_the_budget() -> None:
     clock = Clock()
     spin = Spin(1.0, clock=clock)

@@ -607,3 +607,21 @@ def test_close_from_another_thread_leaves_the_lookup_in_flight_its_answer(short_
     assert transport.request("GET", "/v1/variables/k").body == b"ok"
     assert server.connections == 2  # close did close the connection, once the lookup ended
     server.close()
+
+
+def test_a_poll_for_the_answer_ends_when_the_lookups_time_is_up(
+    short_tmp: Path, make_transport: MakeTransport
+) -> None:
+    """``timeout`` bounds the whole lookup, the polling for its answer included: a client
+    allowed to poll far longer than its timeout (the transports take any budget) gives up on a
+    silent agent at the timeout, not at the end of the budget."""
+    server, _, release = slow_server(short_tmp / "silent.sock")
+    transport = make_transport(server.path, 0.05, spin=5.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AgentUnreachable, match="did not answer in time"):
+            transport.request("GET", "/v1/variables/slow")
+        assert time.monotonic() - started < 2.5
+    finally:
+        release.set()
+        server.close()

@@ -124,7 +124,7 @@ class _Connection:
         Python (the reader's callback, then the task's wake-up); only another socket's events
         can be late by it, and by ``here`` at most. A slower answer (a miss) is the loop's."""
         self.head_only = head_only
-        self.spin.start()
+        self.spin.start(due - loop.time())
         try:
             sent = self.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):

@@ -46,24 +46,29 @@ def spin_seconds(micros: float | str) -> float:
 class Spin:
     """One connection's polling: its budget, and whether its last answer came within it."""
 
-    __slots__ = ("budget", "clock", "quick", "started")
+    __slots__ = ("budget", "clock", "quick", "started", "until")
 
     def __init__(self, budget: float, clock: Callable[[], float] = time.perf_counter) -> None:
         self.budget = budget
         self.clock = clock
         self.quick = budget > 0
-        self.started = 0.0
+        self.started = self.until = 0.0
 
-    def start(self) -> None:
-        """The request is sent: its answer's time counts from here."""
+    def start(self, left: float = float("inf")) -> None:
+        """The request is sent: its answer's time counts from here, and polling for it ends
+        within ``left`` seconds (what the lookup's timeout leaves it)."""
         self.started = self.clock()
+        # The timeout bounds the whole lookup: a budget longer than what is left of it must not
+        # keep polling an agent that is not answering past the lookup's deadline.
+        self.until = self.started + min(self.budget, left)
 
     def read(self, sock: _socket.socket, view: memoryview, flags: int) -> int:
-        """Bytes read into ``view`` (0: the peer closed) within the budget, polling with
-        ``flags`` (the socket must not block on them); -1 when nothing came or polling is off."""
+        """Bytes read into ``view`` (0: the peer closed) within the budget and the time ``start``
+        was given, polling with ``flags`` (the socket must not block on them); -1 when nothing
+        came or polling is off."""
         if not self.quick:
             return -1
-        until = self.started + self.budget
+        until = self.until
         while True:
             try:
                 return sock.recv_into(view, 0, flags)

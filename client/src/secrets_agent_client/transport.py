@@ -66,7 +66,7 @@ class _Connection:
     ) -> tuple[Response, bool]:
         eof, fresh = False, True  # fresh: the socket has the timeout ``_send`` gave it
         spin = self.spin
-        spin.start()
+        spin.start(deadline - clock())
         polling = spin.quick
         while True:
             parsed = parse_response(self.buffer, head_only=head_only, eof=eof)
