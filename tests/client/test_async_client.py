@@ -516,6 +516,38 @@ async def test_with_a_timer_due_within_the_wait_the_loop_waits_for_the_answer(ag
 
 
 @on_a_loop
+async def test_a_timer_due_while_the_lookup_would_poll_in_place_runs_on_time(
+    short_tmp: Path,
+) -> None:
+    # The wait in place polls for the answer before its receive waits ``wait_here``: a timer due
+    # beyond ``wait_here`` but within the poll would be held up by it, so the loop waits.
+    go_on = threading.Event()
+
+    def after_the_timer(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        if go_on.wait(timeout=30):
+            conn.sendall(answer("after the timer"))
+        conn.recv(1)
+
+    with scripted(short_tmp, after_the_timer) as path:
+        transport = AsyncUnixTransport(path, 30, wait_here=0.05, spin=5.0)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + 0.2
+        late: list[float] = []
+
+        def fire() -> None:
+            late.append(loop.time() - due)
+            go_on.set()
+
+        loop.call_at(due, fire)
+        response = await transport.request("GET", "/v1/variables/x")
+        assert json.loads(response.body)["value"] == "after the timer"
+        assert late[0] < 2.0  # on time, not after the 5 s the lookup may poll
+        await transport.aclose()
+    go_on.set()
+
+
+@on_a_loop
 async def test_an_answer_slower_than_the_wait_in_place_is_the_loops(short_tmp: Path) -> None:
     # Half the answer at once, the rest only once a timer of the loop has fired (200 ms on,
     # beyond the wait, so the wait in place is tried): a wait that did not end after

@@ -118,13 +118,15 @@ class _Connection:
         """Send ``data``; its answer and whether the connection may be used again, or the
         future of them.
 
-        Where the loop has no callback ready and no timer due within ``here``, nothing would
-        run while the loop waited: the answer is waited for here instead, up to ``here``. That
-        costs a blocking ``recv`` (as the blocking client's), where the loop costs two turns of
-        Python (the reader's callback, then the task's wake-up); only another socket's events
-        can be late by it, and by ``here`` at most. A slower answer (a miss) is the loop's."""
+        Where the loop has no callback ready and no timer due within the wait (a poll, see
+        ``spin``, then ``here``), nothing would run while the loop waited: the answer is waited
+        for here instead, up to ``here`` after the poll. That costs a blocking ``recv`` (as the
+        blocking client's), where the loop costs two turns of Python (the reader's callback,
+        then the task's wake-up); only another socket's events can be late by it, and by that
+        wait at most. A slower answer (a miss) is the loop's."""
         self.head_only = head_only
-        self.spin.start(due - loop.time())
+        spin = self.spin
+        spin.start(due - loop.time())
         try:
             sent = self.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -139,7 +141,10 @@ class _Connection:
             parsed = parse_response(self.buffer, head_only=head_only, eof=self.eof)
             if parsed is not None:
                 return self._keep(parsed)
-        if self.here and not self.pending and _loop_idle(loop, self.here):
+        # The wait in place polls first (as long as ``start`` allows), then sleeps up to
+        # ``here``: nothing due on the loop may fall within either.
+        wait = self.here + (spin.until - spin.started if spin.quick else 0.0)
+        if self.here and not self.pending and _loop_idle(loop, wait):
             parsed = self._answer_here(head_only)
             if parsed is not None:
                 return self._keep(parsed)
