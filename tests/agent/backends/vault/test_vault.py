@@ -52,6 +52,8 @@ path "secret/data/variables/*" { capabilities = ["read"] }
 path "secret/data/config/*" { capabilities = ["read"] }
 path "secret/data/variables/forbidden" { capabilities = ["deny"] }
 path "kv1/*" { capabilities = ["read"] }
+path "secret/metadata/variables/*" { capabilities = ["read"] }
+path "secret/detailed-metadata/*" { capabilities = ["scan"] }
 """
 SA_NAME, SA_NAMESPACE = "airflow-worker", "airflow"
 PASSWORD = "pa55-never-logged"  # the test user's password
@@ -667,3 +669,22 @@ async def test_concurrent_reads_after_a_revocation_log_in_once_and_none_is_denie
     values = await asyncio.gather(*(backend.fetch(V, "greeting") for _ in range(8)))
     assert values == ["hello"] * 8
     assert started.sample("secrets_agent_auth_attempts_total", result="success") == 2
+
+
+async def test_the_feeds_metadata_calls_log_in_again_after_a_revocation(
+    vault: Vault, started: Started
+) -> None:
+    """The change feed's polls (a scan, or one key's metadata) meet a revoked token as reads
+    do: they log in again and poll, instead of failing every round until a lookup logs in."""
+    approle = AppRoleAuth(role_id=vault.role_id, secret_id_file=str(vault.secret_id_file))
+    backend = await started(options(vault, auth_method="approle", approle=approle))
+    token = backend._client.token
+    vault.server.api("POST", "/v1/auth/token/revoke-self", {}, token=token)
+    info = await backend.metadata("secret", "variables/greeting")
+    assert info is not None and info["current_version"] >= 1
+    assert backend._client.token != token
+    token = backend._client.token
+    vault.server.api("POST", "/v1/auth/token/revoke-self", {}, token=token)
+    assert "greeting" in await backend.detailed_metadata("secret", "variables")
+    assert backend._client.token != token
+    assert started.sample("secrets_agent_auth_attempts_total", result="success") == 3

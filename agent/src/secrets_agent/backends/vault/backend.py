@@ -139,21 +139,26 @@ class VaultBackend(Backend):
     async def _read(self, mount: str, path: str, kind: Kind) -> dict[str, Any] | None:
         if self._closed:  # a lookup that outlived a reload: no login for a retired backend
             raise TransientError(self.name, "backend closed (read)")
+        return await self._with_token(lambda: self._read_once(mount, path))
+
+    async def _with_token(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``call`` (a read, or the change feed's metadata poll) with a live token: logged in
+        first if due, and once more if Vault refused the token the call was sent with."""
         await self.session.ensure_token()
-        token = self._client.token  # the one this read is sent with
+        token = self._client.token  # the one this call is sent with
         try:
-            return await self._read_once(mount, path)
+            return await call()
         except DeniedError:
             # Vault answers 403 both for a denied path and for a dead token: tell them apart.
-            # A concurrent read may have logged in again meanwhile: then the read is retried
+            # A concurrent call may have logged in again meanwhile: then this one is retried
             # with the new token, not taken for a denial (lookup-self checked the new one).
             if self._client.token == token and await self._token_alive(token):
                 raise
         except TokenRejected:
             pass
-        if self._client.token == token:  # else another read already logged in again
+        if self._client.token == token:  # else another call already logged in again
             await self.session.token_rejected()
-        return await self._read_once(mount, path)
+        return await call()
 
     async def _read_once(self, mount: str, path: str) -> dict[str, Any] | None:
         if self._kv is not None:
@@ -295,8 +300,9 @@ class VaultBackend(Backend):
             except hvac.exceptions.InvalidPath:
                 return None
 
-        await self.session.ensure_token()
-        return await self.calls(operation, lambda: self._in_pool(call))
+        if self._closed:  # a feed that outlived a reload: no login for a retired backend
+            raise TransientError(self.name, f"backend closed ({operation})")
+        return await self._with_token(lambda: self.calls(operation, lambda: self._in_pool(call)))
 
 
 _FINISHING: set[asyncio.Task[None]] = set()  # closes left to run after a cancelled close
