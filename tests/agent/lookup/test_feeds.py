@@ -445,6 +445,22 @@ async def test_a_poll_feed_is_not_lagging_for_its_own_poll_interval() -> None:
     assert f.runner.health().detail.startswith("lagging")
 
 
+async def test_an_event_time_no_queue_could_have_kept_is_not_taken_for_lag() -> None:
+    """A time older than any manager keeps an event (a broken or hostile sender: 40 days,
+    year 1) still applies the change, but says nothing about how late the feed is: no
+    "lagging" for five minutes, no centuries in the lag histogram."""
+    f = Fixture(PollFeed(FeedOptions(key_interval=0.0, lag_warning=10.0)))
+    await f.service.lookup(V, "k")
+    for version, at in (("2", 5000.0 - 40 * 86400), ("3", -62135596800.0)):
+        f.script.versions[(V, "k")] = version
+        f.script.values[(V, "k")] = f"v{version}"
+        await f.deliver(Message((Hint(V, "k", version, at=at),)))
+        assert (await f.service.lookup(V, "k")).value == f"v{version}"
+    assert f.runner.health().detail == "ok"
+    lag = {"feed": "a"}
+    assert not f.metrics.registry.get_sample_value("secrets_agent_feed_lag_seconds_count", lag)
+
+
 async def test_a_failing_consumer_keeps_its_lease_while_it_backs_off() -> None:
     # Its retries renew the lease; a backoff longer than the lease handed the failing feed
     # from node to node, each failing a while then standing by, so no node stayed failing
