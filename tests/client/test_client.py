@@ -177,6 +177,33 @@ def test_the_reasons_logged_once_stay_bounded(
     assert caplog.text.count("id_999") == 1  # still logged once while remembered
 
 
+def test_a_forked_child_logs_the_reasons_its_parent_logged(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's task runs in a forked child with a log of its own: why its lookup fell
+    through belongs there, even when the parent (the worker) said so once already."""
+    monkeypatch.setattr(AgentSecretsBackend, "_warned", set())
+    client = AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), timeout="0.5")
+    assert client.get_variable("a") is None  # the parent logs the reason once
+    assert AgentSecretsBackend._warned
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            logged: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("secrets_agent_client").addHandler(handler)
+            client.get_variable("a")
+            os.write(write_end, str(len(logged)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"1"
+    os.waitpid(pid, 0)
+
+
 def test_a_config_option_never_falls_through_to_its_default(stub: StubAgent) -> None:
     """Airflow reads ``*_secret`` options through ``get_config`` and has no other source left
     but the option's default (for ``sql_alchemy_conn``: a new SQLite file): as with the

@@ -260,3 +260,13 @@ class AgentSecretsBackend(_Base):
             logging.getLogger(__name__).warning(
                 "secrets agent unavailable, falling through to other sources: %s", reason
             )
+
+
+def _forget_warned() -> None:
+    AgentSecretsBackend._warned.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    # A forked child (a worker's task) writes a log of its own: why its lookups fall through
+    # belongs there too, though the parent said so already.
+    os.register_at_fork(after_in_child=_forget_warned)
