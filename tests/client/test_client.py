@@ -131,6 +131,13 @@ def test_a_bad_timeout_is_refused_when_the_backend_is_built(short_tmp: Path, tim
         AgentSecretsBackend(socket_path=str(short_tmp / "gone.sock"), timeout=timeout)
 
 
+@pytest.mark.parametrize("path", ["/run/agent\0.sock", "\0abstract"])
+def test_a_socket_path_with_a_nul_is_refused_when_the_backend_is_built(path: str) -> None:
+    # Not at the first lookup, as "no agent socket" under the on_unavailable policy.
+    with pytest.raises(ValueError, match="socket_path must be a file's path, without NUL"):
+        AgentSecretsBackend(socket_path=path)
+
+
 @pytest.mark.parametrize("spin_us", [-1, "nan", "soon", 1e9, None])
 def test_a_bad_spin_us_is_refused_when_the_backend_is_built(short_tmp: Path, spin_us: Any) -> None:
     with pytest.raises(ValueError, match="spin_us must be a number of microseconds"):

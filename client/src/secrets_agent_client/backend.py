@@ -118,6 +118,10 @@ class AgentSecretsBackend(_Base):
         if on_unavailable not in ON_UNAVAILABLE:
             raise ValueError(f"on_unavailable must be one of {', '.join(ON_UNAVAILABLE)}")
         path = socket_path or os.environ.get("SECRETS_AGENT_SOCKET") or DEFAULT_SOCKET_PATH
+        if "\0" in path:
+            # The kernel would read a path up to its NUL, or one starting with it as an abstract
+            # name: neither is the agent's socket file. Refused here, not at the first lookup.
+            raise ValueError(f"socket_path must be a file's path, without NUL bytes: {path!r}")
         # Airflow's per-kwarg environment form passes every value as a string.
         uid = None if expected_agent_uid in (None, "") else int(expected_agent_uid)
         self._transport = UnixTransport(
