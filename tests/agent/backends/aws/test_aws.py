@@ -20,6 +20,7 @@ from secrets_agent.backends.aws.options import SecretsManagerOptions, SsmOptions
 from secrets_agent.backends.aws.secrets_manager import SecretsManagerBackend
 from secrets_agent.backends.aws.ssm import SsmBackend
 from secrets_agent.backends.base import BackendContext, Versioned
+from secrets_agent.backends.feeds import Message
 from secrets_agent.errors import BackendError, DeniedError, TransientError
 from secrets_agent.kinds import Kind
 from secrets_agent.ops.metrics import Metrics
@@ -561,3 +562,28 @@ async def test_botocore_retries_count_as_calls_the_manager_saw(
         assert backends.metrics.calls_made("sm") == proxy.seen == 4
     finally:
         proxy.close()
+
+
+async def test_messages_the_queue_would_not_delete_are_logged_and_come_back(
+    aws: MotoServer, backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DeleteMessageBatch answers 200 with a list of entries it did not delete: those come
+    back as duplicates (harmless), and the log says so, once per log_interval, without the
+    receipts; the rest of the batch is deleted."""
+    sqs = aws.client("sqs")
+    queue = sqs.create_queue(QueueName="partial", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="{}")
+    sm = await backends.secrets_manager()
+    feed = SqsFeed(sm, SqsFeedOptions(queue_url=queue, endpoint_url=aws.url, wait_time=0))
+    await feed.start()
+    try:
+        [message] = await feed.receive(list)
+        caplog.set_level(logging.WARNING)
+        for _ in range(2):
+            await feed.ack([message, Message(receipt="not-a-receipt")])
+        line = "1 of 2 messages could not be removed from its queue (ReceiptHandleIsInvalid)"
+        assert caplog.text.count(line) == 1
+        assert "not-a-receipt" not in caplog.text
+        assert await feed.receive(list) == []  # the real one was deleted
+    finally:
+        await feed.close()

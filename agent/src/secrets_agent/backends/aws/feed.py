@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from secrets_agent.backends.feeds import (
 )
 from secrets_agent.config.validators import check_http_url, setting, url_problem
 from secrets_agent.kinds import Kind
+from secrets_agent.ops.logs import RateLimited
 
 if TYPE_CHECKING:
     from secrets_agent.backends.aws.base import AwsBackend
@@ -243,6 +245,9 @@ def parse_body(body: str) -> dict[str, Any]:
     return event
 
 
+log = logging.getLogger(__name__)
+
+
 class SqsFeed(Feed):
     """Long-polls the backend's queue; maps each event's names to the backend's ids."""
 
@@ -258,6 +263,7 @@ class SqsFeed(Feed):
         # (no sts:GetCallerIdentity: one more endpoint a private network may not reach).
         self._region = ""
         self._account = role_account(backend.options.role_arn)
+        self._undeleted = RateLimited(log, options.log_interval)
 
     async def start(self) -> None:
         from secrets_agent.backends.aws.client import AwsClient
@@ -325,9 +331,30 @@ class SqsFeed(Feed):
             {"Id": str(index), "ReceiptHandle": message.receipt}
             for index, message in enumerate(messages)
         ]
+        failed: list[Any] = []
         for start in range(0, len(entries), 10):  # DeleteMessageBatch takes up to 10
-            await self._client.api(
+            answer = await self._client.api(
                 "DeleteMessageBatch",
                 QueueUrl=self.options.queue_url,
                 Entries=entries[start : start + 10],
+            )
+            found = (answer or {}).get("Failed")
+            failed += found if isinstance(found, list) else []
+        if failed:
+            # Answered 200 all the same: those messages come back after their visibility
+            # timeout, as duplicates (which cost no upstream read). Said, never failed on.
+            codes = {
+                re.sub(r"[^A-Za-z0-9._-]", "", str(entry.get("Code", "")))[:64] or "no code"
+                for entry in failed
+                if isinstance(entry, dict)
+            }
+            self._undeleted.log(
+                "undeleted",
+                logging.WARNING,
+                "feed %r: %d of %d messages could not be removed from its queue (%s): they "
+                "will be received again",
+                self.backend,
+                len(failed),
+                len(entries),
+                ", ".join(sorted(codes)) or "no code",
             )
