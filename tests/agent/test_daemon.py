@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 
+from secrets_agent import daemon
 from secrets_agent.backends import registry
 from secrets_agent.config.loader import load_config
+from secrets_agent.config.schema import AgentConfig
 from support.helpers import (
     DEMO_BACKEND,
     FakeClock,
@@ -191,3 +194,25 @@ def test_a_rejected_reload_is_one_log_line_naming_every_problem(
     message = record.getMessage()
     assert "\n" not in message  # a text log (and the journal) keeps a record to one line
     assert "cache.max_entries: must be >= 1" in message and "cache.bogus: unknown key" in message
+
+
+def test_a_reload_reads_its_config_off_the_event_loop(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the file and resolving ``[[access]]`` user and group names (NSS: LDAP, sssd)
+    can block: a reload does both on a thread, so lookups are answered meanwhile."""
+    path = listening_on(short_tmp, DEMO_BACKEND)
+    read_on: list[threading.Thread] = []
+
+    def spied(config_path: str | Path) -> AgentConfig:
+        read_on.append(threading.current_thread())
+        return load_config(config_path)
+
+    async def loop_thread() -> threading.Thread:
+        return threading.current_thread()
+
+    with running_agent(load_config(path), FakeClock(), config_path=path) as running:
+        monkeypatch.setattr(daemon, "load_config", spied)
+        assert running.call(running.agent.reload()) is True
+        on_loop = running.call(loop_thread())
+    assert len(read_on) == 1 and read_on[0] is not on_loop

@@ -257,7 +257,10 @@ class Agent:
             self.notifier.reloading()
             old = self.runtime
             try:
-                new_config = _keep_restart_only_settings(old.config, load_config(self.config_path))
+                # On a thread: reading the file and resolving [[access]] user and group names
+                # (NSS may ask LDAP or sssd) can block, and lookups go on meanwhile.
+                loaded = await asyncio.to_thread(load_config, self.config_path)
+                new_config = _keep_restart_only_settings(old.config, loaded)
                 new = await Runtime.build(
                     new_config,
                     self._pool,
