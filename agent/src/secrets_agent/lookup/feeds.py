@@ -39,8 +39,9 @@ CONCURRENCY = 4  # background refetches at a time, per feed
 JITTER = 0.25  # seconds a refetch may wait, so a fleet's nodes do not all read at once
 READINESS_PREFIX = "[feed:"  # not a valid backend name: a feed never hides a backend
 LAG_MEMORY = 300.0  # seconds a late event keeps the feed "lagging" in /readyz
-# No manager keeps an event longer (Pub/Sub's longest retention; SQS keeps 14 days): an older
-# time is a broken or hostile sender's, and says nothing about how late the feed is.
+# Pub/Sub's longest retention (SQS keeps 14 days; only a Storage queue can keep a message for
+# ever): an older time is a broken or hostile sender's far more often than a month's backlog,
+# and says nothing about how late the feed is now.
 MAX_EVENT_AGE = 31 * 86400.0
 RETRIES = 3  # re-reads after one that answered another version than the event named
 RETRY_DELAY = 0.5  # seconds before the first of them, doubling

@@ -137,7 +137,7 @@ class VaultPollFeed(Feed):
 
 
 def version_state(info: dict[str, Any], now: float) -> tuple[State, float | None]:
-    """A key's current version and whether it is deleted now, and when it was last written."""
+    """A key's current version and whether it is deleted now, and when it last changed."""
     current = int(info.get("current_version") or 0)
     version = (info.get("versions") or {}).get(str(current)) or {}
     # A deletion_time ahead is one scheduled (the mount's or the key's delete_version_after):
@@ -145,4 +145,9 @@ def version_state(info: dict[str, Any], now: float) -> tuple[State, float | None
     # clocks: seen gone early, its re-read would hold the value on past the deletion.)
     deleted = event_time(version.get("deletion_time"))
     gone = bool(version.get("destroyed")) or (deleted is not None and deleted <= now)
-    return (current, gone), event_time(info.get("updated_time"))
+    written = event_time(info.get("updated_time"))
+    if deleted is not None and deleted <= now:
+        # It changed when it was deleted: a scheduled deletion comes long after the last
+        # write, and a feed that sees it within a poll is not late by the key's age.
+        written = deleted if written is None else max(written, deleted)
+    return (current, gone), written
