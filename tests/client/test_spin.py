@@ -25,21 +25,27 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 class Clock:
     """Time that moves only when the test says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 0.0) -> None:
         self.now = 0.0
-        self.step = 0.0  # added on every reading: a poll that costs time
+        self.step = step  # added on every reading: a poll that costs time
 
     def __call__(self) -> float:
         self.now += self.step
         return self.now
 
 
+def started(clock: Clock, budget: float = 1.0, left: float = float("inf")) -> Spin:
+    """A connection's polling, its request just sent."""
+    spin = Spin(budget, clock=clock)
+    spin.start(left)
+    return spin
+
+
 def test_a_poll_waits_for_the_answer_while_its_budget_lasts(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     ours, theirs = pair
-    spin = Spin(1.0, clock=Clock())  # the clock stands still: the budget never runs out
-    spin.start()
+    spin = started(Clock())  # the clock stands still: the budget never runs out
     later = threading.Timer(0.05, theirs.sendall, (b"answer",))
     later.start()
     view = memoryview(bytearray(64))
@@ -56,10 +62,8 @@ def test_a_poll_gives_up_at_its_budget_and_the_next_read_sleeps_at_once(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     ours, theirs = pair
-    clock = Clock()
-    clock.step = 0.3
-    spin = Spin(1.0, clock=clock)
-    spin.start()
+    clock = Clock(step=0.3)
+    spin = started(clock)
     view = memoryview(bytearray(64))
     assert spin.read(ours, view, 0) == -1  # nothing came
     assert clock.now >= 1.0 and not spin.quick
@@ -74,10 +78,8 @@ def test_a_poll_ends_when_the_lookups_time_is_up_however_long_its_budget(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     ours, _ = pair
-    clock = Clock()
-    clock.step = 0.1
-    spin = Spin(1.0, clock=clock)
-    spin.start(left=0.25)  # the lookup's timeout leaves it less than its budget
+    clock = Clock(step=0.1)
+    spin = started(clock, left=0.25)  # the lookup's timeout leaves it less than its budget
     assert spin.read(ours, memoryview(bytearray(8)), 0) == -1
     assert clock.now < 0.5
 
@@ -101,9 +103,7 @@ def test_a_peer_that_closed_is_read_as_the_end(
 ) -> None:
     ours, theirs = pair
     theirs.close()
-    spin = Spin(1.0, clock=Clock())
-    spin.start()
-    assert spin.read(ours, memoryview(bytearray(8)), 0) == 0
+    assert started(Clock()).read(ours, memoryview(bytearray(8)), 0) == 0
 
 
 def test_a_blocking_socket_is_polled_with_dontwait(
@@ -111,18 +111,13 @@ def test_a_blocking_socket_is_polled_with_dontwait(
 ) -> None:
     ours, _ = pair
     ours.setblocking(True)  # the async transport's sockets: blocking, polled with MSG_DONTWAIT
-    clock = Clock()
-    clock.step = 0.5
-    spin = Spin(1.0, clock=clock)
-    spin.start()
-    assert spin.read(ours, memoryview(bytearray(8)), DONTWAIT) == -1
+    assert started(Clock(step=0.5)).read(ours, memoryview(bytearray(8)), DONTWAIT) == -1
 
 
 def test_a_budget_of_zero_never_polls(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
     theirs.sendall(b"there")
-    spin = Spin(0.0)
-    spin.start()
+    spin = started(Clock(), budget=0.0)
     assert spin.read(ours, memoryview(bytearray(8)), 0) == -1
     spin.answered()
     assert not spin.quick
