@@ -245,6 +245,8 @@ async def test_a_refresh_lock_planted_without_a_usable_expiry_is_taken_back(
         ("skewed", "s ahead of this node's clock (the clocks differ)"),
         ("replayed", "s ago (a replay, or the sender's clock is behind"),
         ("forged", "not sealed under this node's keys"),
+        # Refused by its size, before any decoding or MAC over megabytes a store writer chose.
+        ("huge", "2097152 bytes, more than any message an agent seals"),
     ],
 )
 async def test_a_message_the_node_cannot_open_is_counted_and_said(
@@ -261,6 +263,8 @@ async def test_a_message_the_node_cannot_open_is_counted_and_said(
     data = sender.seal_messages(Invalidation(V, "k", sender.wall(), "another-node"))[0][1]
     if message == "forged":  # a store writer: no key
         data = Fernet(Fernet.generate_key()).encrypt(b'{"k": null}')
+    if message == "huge":
+        data = b"A" * (2 * 1024 * 1024)
     command = "SPUBLISH" if isinstance(store, ClusterServers) else "PUBLISH"
     with caplog.at_level(logging.WARNING, logger="secrets_agent.lookup.shared"):
         store.command(command, channel, data)

@@ -21,6 +21,7 @@ from secrets_agent.lookup.shared.guard import STORE_ERRORS, StoreDown, StoreGuar
 from secrets_agent.lookup.shared.sealing import (
     MESSAGE_MAX_AGE,
     MESSAGE_MAX_AHEAD,
+    MESSAGE_MAX_BYTES,
     Hint,
     Invalidation,
     Message,
@@ -144,6 +145,11 @@ class Invalidations:
         return self._closed
 
     def _received(self, data: bytes) -> None:
+        if len(data) > MESSAGE_MAX_BYTES:
+            # Before any decoding: a store writer must not make every node decode and MAC
+            # megabytes of its choosing, once per message.
+            self._refused(data, f"{len(data)} bytes, more than any message an agent seals")
+            return
         message = self._sealer.open_message(data)
         if message is None:
             self._refused(data)

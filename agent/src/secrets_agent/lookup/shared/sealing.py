@@ -32,6 +32,9 @@ from secrets_agent.lookup.chain import Found
 _LABEL = b"airflow-secrets-agent shared-cache v2 "
 MESSAGE_MAX_AGE = 300  # seconds: a replayed old invalidation is refused after this
 MESSAGE_MAX_AHEAD = 60  # seconds: Fernet's bound on a token from the future (a clock ahead)
+# An agent's message is an id, a topic and a few short strings: a few KiB sealed at most, even
+# with every character of a 250-character id escaped. Far longer is not one of ours.
+MESSAGE_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
