@@ -211,6 +211,22 @@ async def test_a_name_holding_another_type_costs_only_that_key(store: Store) -> 
     await close(planter, node)
 
 
+async def test_a_type_planted_at_the_old_keys_name_does_not_unshare_an_id_in_a_rotation(
+    store: Store,
+) -> None:
+    """During a key rotation a node reads each id at the new key's name and at the old key's:
+    another type planted at the old name reads as garbage does, and the id is still shared."""
+    script = Script(values={(V, "k"): "v1"})
+    new_key = Fernet.generate_key()
+    first, second = (Node(store, script, keys=[new_key, KEY]) for _ in range(2))
+    store.command("HSET", entry_of(store, "namespace", "k"), "field", "planted")  # the old name
+    assert (await first.service.lookup(V, "k")).value == "v1"  # written at the new key's name
+    assert (await second.service.lookup(V, "k")).value == "v1"
+    assert second.sample("secrets_agent_shared_cache_results_total", result="hit") == 1
+    assert len(script.calls) == 1
+    await close(first, second)
+
+
 @pytest.mark.parametrize(
     "plant",
     [("SET", "someone"), ("SET", "someone", "PX", "3600000"), ("HSET", "field", "someone")],

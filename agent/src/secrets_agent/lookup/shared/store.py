@@ -52,8 +52,12 @@ MAX_ENTRY = 1 << 20  # bytes
 CLOCK_AHEAD = 1.0  # seconds
 # GET, but an empty (unreadable) string for a value larger than ARGV[1]. Lua on one key: the
 # ACL's +eval and +get, the key's slot.
+# Another type at the name (a store writer's, or another application's key) reads as garbage
+# does (''): unreadable at that name only. Raised, it would send the id upstream on every
+# lookup while any of its names (the old key's, during a key rotation) held it.
 _READ = (
-    "local v = redis.call('get', KEYS[1]) "
+    "local v = redis.pcall('get', KEYS[1]) "
+    "if type(v) == 'table' and v.err then return '' end "
     "if v and string.len(v) > tonumber(ARGV[1]) then return '' end return v"
 )
 
