@@ -44,9 +44,10 @@ class RedisServer:
         acl: str = "~* &* +@all",
         cluster: bool = False,
         certificate: tuple[bytes, bytes] | None = None,
+        replica_of: RedisServer | None = None,
     ) -> None:
         self.workdir, self.maxmemory, self.tls, self.user = workdir, maxmemory, tls, user
-        self.acl, self.cluster = acl, cluster
+        self.acl, self.cluster, self.replica_of = acl, cluster, replica_of
         # A cluster node's bus listens on port + 10000: both must be free and valid.
         self.port = cluster_port() if cluster else free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -88,6 +89,8 @@ class RedisServer:
             args += ["+@all"]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         if self.cluster:
             # nodes.conf stays in the workdir: a restarted node rejoins with its slots. Without
             # full coverage, the other primaries keep serving while one is down.
@@ -273,16 +276,28 @@ class ClusterServers:
 class SentinelServer(RedisServer):
     """``redis-server --sentinel`` watching ``master`` under the name ``name``."""
 
-    def __init__(self, workdir: Path, master: RedisServer, name: str = "mymaster") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        master: RedisServer,
+        name: str = "mymaster",
+        down_after_ms: int | None = None,
+    ) -> None:
         super().__init__(workdir)
-        self.master, self.name = master, name
+        self.master, self.name, self.down_after_ms = master, name, down_after_ms
 
     def start(self) -> None:
         config = self.workdir / "sentinel.conf"  # sentinel rewrites its config: a file of ours
+        quick = (  # a master gone this long is down, and its replica promoted at once
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+            if self.down_after_ms is not None
+            else ""
+        )
         config.write_text(
             # ::1 too where the host has it ("-": not a failure where it does not)
             f"port {self.port}\nbind 127.0.0.1 -::1\ndir {self.workdir}\n"
-            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n" + quick
         )
         with (self.workdir / "sentinel.log").open("ab") as log:
             self.process = subprocess.Popen(

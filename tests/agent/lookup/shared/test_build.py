@@ -3,9 +3,11 @@ wrong password or an untrusted certificate only sends lookups upstream, and is l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,71 @@ async def test_the_master_a_sentinel_names(tmp_path: Path, host: str) -> None:
     finally:
         sentinel.stop()
         master.stop()
+
+
+async def test_a_replica_sentinel_promotes_is_the_tiers_store_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The master dies and Sentinel promotes its replica: lookups go upstream meanwhile (no
+    error reaches them), then share again through the new master, found by asking the
+    sentinels again, with the tier never rebuilt."""
+    master = RedisServer(tmp_path / "master")
+    replica = RedisServer(tmp_path / "replica", replica_of=master)
+    sentinel = SentinelServer(tmp_path / "sentinel", master, down_after_ms=300)
+    try:
+        master.start()
+        replica.start()
+        # The replica attached before the sentinel starts: its first INFO finds it.
+        wait_for_sync(lambda: b"connected_slaves:1" in info(master, "replication"))
+        sentinel.start()
+        wait_for_sync(lambda: bool(sentinel.command("SENTINEL", "replicas", sentinel.name)))
+        metrics = Metrics()
+        tier = tier_for(tmp_path, {"url": sentinel.url, "timeout": 1.0}, metrics)
+        ScriptedBackend.scripts = {"up": Script(values={(V, f"k{i}"): "v" for i in range(999)})}
+        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
+        cache = SecretCache(
+            max_entries=1000,
+            ttl=lambda k: 60.0,
+            negative_ttl=10.0,
+            max_stale=0.0,
+            cipher=Cipher([KEY]),
+            clock=FakeClock(),
+        )
+        service = SecretService(chain, cache, metrics, shared=tier)
+        assert (await service.lookup(V, "k0")).value == "v"
+        wait_for_sync(lambda: len(replica.scan_all()) == 1)  # replicated
+        master.stop()
+        promoted = [b"127.0.0.1", str(replica.port).encode()]
+        wait_for_sync(
+            lambda: sentinel.command("SENTINEL", "get-master-addr-by-name", "mymaster") == promoted
+        )
+        for n in range(1, 999):  # every lookup answered, from the upstream while it must
+            assert (await service.lookup(V, f"k{n}")).value == "v"
+            if len(replica.scan_all()) > 1:
+                break  # written through the promoted replica
+            await asyncio.sleep(0.05)  # the breaker's probe comes on its own time
+        assert len(replica.scan_all()) > 1
+        health = tier.health()
+        assert health is not None and health.available
+        await tier.close()
+    finally:
+        sentinel.stop()
+        replica.stop()
+        master.stop()
+
+
+def info(server: RedisServer, section: str) -> bytes:
+    answer = server.command("INFO", section)
+    assert isinstance(answer, bytes)
+    return answer
+
+
+def wait_for_sync(condition: Callable[[], bool], limit: float = 60.0) -> None:
+    """Until ``condition`` holds (a readiness poll, with a bound for a busy machine)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.02)
 
 
 def test_seeds_named_by_ipv6_address_lose_their_brackets() -> None:
