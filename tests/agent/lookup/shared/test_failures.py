@@ -148,6 +148,24 @@ async def test_a_store_that_refuses_pub_sub_still_shares_entries(
         server.stop()
 
 
+async def test_a_store_that_refuses_the_reads_get_is_down_not_a_miss(tmp_path: Path) -> None:
+    """An ACL that lets the read script run but not its GET is the store failing, not an
+    unreadable entry: counted as a read error (which the breaker counts), never a miss."""
+    server = RedisServer(
+        tmp_path, user=AGENT_USER, acl=ACL.replace(PREFIX, "test:").replace(" +get", "")
+    )
+    server.start()
+    script = Script(values={(V, "k"): "v1"})
+    node = Node(server, script)
+    try:
+        assert (await node.service.lookup(V, "k")).value == "v1"
+        assert node.sample("secrets_agent_shared_cache_errors_total", operation="read") == 1
+        assert node.sample("secrets_agent_shared_cache_results_total", result="unreadable") == 0
+    finally:
+        await close(node)
+        server.stop()
+
+
 async def test_a_cluster_named_by_a_plain_url_says_which_url_to_use(
     session_cluster: ClusterServers, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -54,10 +54,12 @@ CLOCK_AHEAD = 1.0  # seconds
 # ACL's +eval and +get, the key's slot.
 # Another type at the name (a store writer's, or another application's key) reads as garbage
 # does (''): unreadable at that name only. Raised, it would send the id upstream on every
-# lookup while any of its names (the old key's, during a key rotation) held it.
+# lookup while any of its names (the old key's, during a key rotation) held it. Only a
+# WRONGTYPE: any other error (an ACL refusing the GET, ...) is the store's, returned as raised.
 _READ = (
     "local v = redis.pcall('get', KEYS[1]) "
-    "if type(v) == 'table' and v.err then return '' end "
+    "if type(v) == 'table' and v.err then "
+    "if string.sub(v.err, 1, 9) == 'WRONGTYPE' then return '' end return v end "
     "if v and string.len(v) > tonumber(ARGV[1]) then return '' end return v"
 )
 
