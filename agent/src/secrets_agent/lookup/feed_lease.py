@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 TOPIC = "feed:"  # + the feed's (backend's) name
 UNREACHABLE = "the shared cache is unreachable, so no node can take this feed's lease"
+# A version is the event's own text (AWS's and Azure's are ids of at most 64 characters): a
+# longer one, from whoever could send to the queue, would seal past MESSAGE_MAX_BYTES and be
+# refused by every other node. Without it a node refetches, whatever the version.
+MAX_VERSION = 256
 
 
 class FleetConsumers:
@@ -76,7 +80,7 @@ def to_data(hint: Hint) -> dict[str, str | None]:
     return {
         "kind": hint.kind.value,
         "id": hint.secret_id,
-        "version": hint.version,
+        "version": hint.version if len(hint.version or "") <= MAX_VERSION else None,
         "at": None if hint.at is None else repr(hint.at),
         "gone": "1" if hint.gone else None,
     }

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from secrets_agent.backends.feeds import Hint
+from secrets_agent.lookup.feed_lease import FleetConsumers
 from secrets_agent.lookup.shared.claim import MARGIN
-from secrets_agent.lookup.shared.sealing import Sealer
+from secrets_agent.lookup.shared.sealing import MESSAGE_MAX_BYTES, Sealer
 from secrets_agent.lookup.shared.tier import NoSharedTier
 from support.fleet_stores import ACL, AGENT_USER, PREFIX
 from support.helpers import Script
@@ -189,3 +191,22 @@ async def test_a_hint_reaches_every_other_node_and_only_its_topic(store: Store) 
 async def test_without_a_store_a_node_holds_every_lease() -> None:
     lease = NoSharedTier().lease("feed", ttl=10.0)
     assert await lease.acquire() and await lease.renew()
+
+
+async def test_a_hint_naming_an_overlong_version_still_reaches_the_other_nodes(
+    store: Store,
+) -> None:
+    """A feed event's version is the event's (a queue's sender chose it): one too long to seal
+    under MESSAGE_MAX_BYTES is relayed without it, not refused by every other node."""
+    script = Script(values={})
+    a, b = Node(store, script), Node(store, script)
+    got: list[Hint] = []
+    FleetConsumers(b.tier, b.metrics).listen("aws", got.extend)
+    await a.tier.start()
+    await b.tier.start()
+    await wait_for(lambda: subscribers(store) == 2)
+    FleetConsumers(a.tier, a.metrics).relay("aws", [Hint(V, "k", "x" * MESSAGE_MAX_BYTES)])
+    await wait_for(lambda: got)
+    assert got == [Hint(V, "k", None)]  # no version: the other nodes refetch whatever it is
+    assert b.sample("secrets_agent_shared_cache_messages_refused_total") == 0
+    await close(a, b)
