@@ -236,6 +236,7 @@ async def test_a_replica_sentinel_promotes_is_the_tiers_store_without_a_restart(
     master = RedisServer(tmp_path / "master")
     replica = RedisServer(tmp_path / "replica", replica_of=master)
     sentinel = SentinelServer(tmp_path / "sentinel", master, down_after_ms=300)
+    tier: SharedTier | None = None
     try:
         master.start()
         replica.start()
@@ -271,8 +272,9 @@ async def test_a_replica_sentinel_promotes_is_the_tiers_store_without_a_restart(
         assert len(replica.scan_all()) > 1
         health = tier.health()
         assert health is not None and health.available
-        await tier.close()
     finally:
+        if tier is not None:
+            await tier.close()
         sentinel.stop()
         replica.stop()
         master.stop()
