@@ -59,18 +59,25 @@ def tier_for(tmp_path: Path, shared: dict[str, Any], metrics: Metrics) -> Shared
     return build_tier(config, [KEY], metrics)
 
 
-async def lookup_through(tier: SharedTier, metrics: Metrics, *, close: bool = True) -> str | None:
-    ScriptedBackend.scripts = {"up": Script(values={(V, "k"): "v1"})}
+def service_through(
+    tier: SharedTier, metrics: Metrics, values: dict[tuple[Kind, str], str]
+) -> SecretService:
+    """A node's lookups through ``tier``, over a scripted upstream holding ``values``."""
+    ScriptedBackend.scripts = {"up": Script(values=values)}
     chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
     cache = SecretCache(
-        max_entries=10,
+        max_entries=len(values) + 10,
         ttl=lambda k: 60.0,
         negative_ttl=10.0,
         max_stale=0.0,
         cipher=Cipher([KEY]),
         clock=FakeClock(),
     )
-    result = await SecretService(chain, cache, metrics, shared=tier).lookup(V, "k")
+    return SecretService(chain, cache, metrics, shared=tier)
+
+
+async def lookup_through(tier: SharedTier, metrics: Metrics, *, close: bool = True) -> str | None:
+    result = await service_through(tier, metrics, {(V, "k"): "v1"}).lookup(V, "k")
     if close:
         await tier.close()
     return result.value
@@ -185,17 +192,7 @@ async def test_a_restarted_store_costs_no_failed_lookup(tmp_path: Path) -> None:
     try:
         metrics = Metrics()
         tier = tier_for(tmp_path, {"url": plain.url}, metrics)
-        ScriptedBackend.scripts = {"up": Script(values={(V, "a"): "1", (V, "b"): "2"})}
-        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
-        cache = SecretCache(
-            max_entries=10,
-            ttl=lambda k: 60.0,
-            negative_ttl=10.0,
-            max_stale=0.0,
-            cipher=Cipher([KEY]),
-            clock=FakeClock(),
-        )
-        service = SecretService(chain, cache, metrics, shared=tier)
+        service = service_through(tier, metrics, {(V, "a"): "1", (V, "b"): "2"})
         await service.lookup(V, "a")
         plain.stop()
         plain.start()  # the pooled connection is dead: one retry on a new one, not a failure
@@ -246,17 +243,7 @@ async def test_a_replica_sentinel_promotes_is_the_tiers_store_without_a_restart(
         wait_for_sync(lambda: bool(sentinel.command("SENTINEL", "replicas", sentinel.name)))
         metrics = Metrics()
         tier = tier_for(tmp_path, {"url": sentinel.url, "timeout": 1.0}, metrics)
-        ScriptedBackend.scripts = {"up": Script(values={(V, f"k{i}"): "v" for i in range(999)})}
-        chain = BackendChain([Link(ScriptedBackend("up", None), {V: None})], metrics)
-        cache = SecretCache(
-            max_entries=1000,
-            ttl=lambda k: 60.0,
-            negative_ttl=10.0,
-            max_stale=0.0,
-            cipher=Cipher([KEY]),
-            clock=FakeClock(),
-        )
-        service = SecretService(chain, cache, metrics, shared=tier)
+        service = service_through(tier, metrics, {(V, f"k{i}"): "v" for i in range(999)})
         assert (await service.lookup(V, "k0")).value == "v"
         wait_for_sync(lambda: len(replica.scan_all()) == 1)  # replicated
         master.stop()
