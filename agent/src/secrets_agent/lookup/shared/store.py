@@ -24,7 +24,7 @@ from secrets_agent.lookup.shared.bus import Bus, ClassicBus, ShardedBus
 from secrets_agent.lookup.shared.channel import Invalidations
 from secrets_agent.lookup.shared.claim import Claims, ms
 from secrets_agent.lookup.shared.floors import Floors
-from secrets_agent.lookup.shared.guard import Squatted, StoreDown, StoreGuard
+from secrets_agent.lookup.shared.guard import StoreDown, StoreGuard
 from secrets_agent.lookup.shared.lease import StoreLease
 from secrets_agent.lookup.shared.sealing import Names, Place, Sealer
 from secrets_agent.lookup.shared.tier import (
@@ -131,12 +131,6 @@ class RedisTier:
                 waited = await self._wait(names, name)
                 if waited is not None:
                     return waited
-        except Squatted:
-            # One of the names holds another type (no agent wrote it): unreadable, like
-            # garbage; our entry is written over it (SET replaces any type). The lock may be
-            # ours if the lock round trip met it: the write releases it only if it is.
-            self._metrics.shared_results.labels("unreadable").inc()
-            locked = True
         except StoreDown:
             return Shared(await upstream())
         fetched = self._sealer.wall()  # when we asked: the value is at least this fresh
