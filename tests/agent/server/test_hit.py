@@ -3,6 +3,7 @@ it answers, the same bytes, counts and cache effects; where it declines, no effe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +37,11 @@ VALUES = {
     "unicode": "mot de passe: çà€ — 日本語",
     "astral": "emoji 😀 and 𝄞 (two surrogates each)",
     "long": "x" * 20_000 + "é",
+    # Around the compiled path's own AES buffer (1,024 bytes on the stack, more allocated):
+    # a whole padding block, the buffer exactly full, and one block past it.
+    "one_block": "y" * 16,
+    "stack_full": "y" * 1_008,
+    "past_stack": "y" * 1_024,
 }
 
 
@@ -100,11 +106,26 @@ class Twins:
         return code, b"".join(sent)
 
 
-@pytest.fixture
-def twins(short_tmp: Path) -> Iterator[Twins]:
-    clock = FakeClock()
-    with running_agent(agent_config(short_tmp), clock=clock) as running:
-        yield build(running, clock)
+@pytest.fixture(params=["cpu-aes", "context"])
+def twins(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Twins]:
+    """Both ways the compiled twin decrypts: the CPU's AES instructions (``_aes.h``), and the
+    cipher's CipherContext (a CPU without them, or another architecture)."""
+    with native_aes(request.param == "cpu-aes"):
+        clock = FakeClock()
+        with running_agent(agent_config(short_tmp), clock=clock) as running:
+            yield build(running, clock)
+
+
+@contextlib.contextmanager
+def native_aes(allowed: bool) -> Iterator[None]:
+    from secrets_agent.server import _hit
+
+    if _hit.native_aes(allowed) != allowed:
+        pytest.skip("this CPU has no AES instructions")  # only with allowed=True
+    try:
+        yield
+    finally:
+        _hit.native_aes(True)
 
 
 def build(
@@ -152,6 +173,28 @@ def test_a_hit_is_answered_alike(twins: Twins, name: str) -> None:
     head, body = answer.split(b"\r\n\r\n", 1)
     assert b"\r\nAge: 7\r\n" in head and b"Date: Fri, 15 Jan 2027 08:00:00 GMT" in head
     assert body.decode("ascii").endswith("}")
+
+
+class Refusing:
+    """A decryption context that must not be used."""
+
+    def update(self, data: bytes) -> bytes:
+        raise AssertionError("the CipherContext was used")
+
+
+def test_the_cpu_aes_path_does_not_use_the_context(short_tmp: Path) -> None:
+    """Where the CPU has the instructions, a hit decrypts without the cipher's context (and
+    the contract above holds for that path, not only for the context)."""
+    with native_aes(True):
+        clock = FakeClock()
+        with running_agent(agent_config(short_tmp), clock=clock) as running:
+            twins = build(running, clock)
+            twins.service.cache.cipher.loop_decryptor = Refusing()  # read at the first hit
+            for name in ("plain", "past_stack"):
+                put(twins, f"v_{name}", VALUES[name], source="local")
+                code, answer = twins.same(twins.request(f"variables/v_{name}"))
+                assert code == KEEP
+                assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["value"] == VALUES[name]
 
 
 def test_a_known_miss_and_connection_close_are_answered_alike(twins: Twins) -> None:

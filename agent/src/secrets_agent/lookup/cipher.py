@@ -39,6 +39,9 @@ class Cipher:
         # The compiled read path's own context (``server.hit``): used on the event loop's
         # thread alone, so it needs no lock (see ``FernetOpener.__init__`` on sharing one).
         self.loop_decryptor = self._openers[0].decryptor()
+        # The same key's AES half, for the compiled path's decryption with the CPU's AES
+        # instructions (``server/_aes.h``), where the CPU has them; the context otherwise.
+        self.loop_aes_key = self._openers[0].aes_key
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode("utf-8"))

@@ -35,6 +35,7 @@ class FernetOpener:
         raw = _raw(key)
         signing, encryption = raw[:16], raw[16:]
         self._inner, self._outer = _pads(signing)
+        self.aes_key = encryption  # for the compiled read path's own AES (server/_aes.h)
         # One CBC context for every token, never finalized: CBC decrypts a block with the
         # block before it, so feeding it a token's IV and then its ciphertext yields one block
         # of garbage (the IV "decrypted" against the previous token's last block) and then

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "_aes.h"
+
 enum { PASS = 0, KEEP = 1, CLOSE = 2 };
 
 #define FERNET_HEAD 9 /* version (1) + timestamp (8); the IV follows */
@@ -24,12 +26,15 @@ enum { PASS = 0, KEEP = 1, CLOSE = 2 };
 static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_access,
     *s_service, *s_allowed_by, *s_rules, *s_rules_of, *s_memo, *s_rules_memo, *s_invalid, *s_forced, *s_key,
     *s_prefix, *s_kind, *s_enabled, *s_cache, *s_entries, *s_clock, *s_cipher,
-    *s_loop_decryptor, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
+    *s_loop_decryptor, *s_loop_aes_key, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
     *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds,
     *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
     *s_not_found, *s_read_counters, *s_avoided_counter, *s_used, *s_gone, *s_request;
 static PyObject *one; /* the int 1 */
 static PyObject *monotonic, *wall_time; /* time.monotonic and time.time: read here directly */
+/* Whether a hit may decrypt with the CPU's AES instructions (_aes.h) where they are at hand;
+ * ``native_aes(False)`` keeps every Hit on its CipherContext (the tests run both ways). */
+static int native_allowed = 1;
 
 typedef struct {
     PyObject_HEAD
@@ -47,6 +52,10 @@ typedef struct {
     PyObject *counts_by_kind, *sums;
     /* The cache last read from, and its parts (a reload may bring another). */
     PyObject *cache, *entries, *clock, *decryptor;
+    /* The same key's schedule for _aes.h, when the CPU has the instructions and the cipher
+     * gave its key (``aes_ready``); wiped with the Hit. */
+    AesKeys aes;
+    int aes_ready;
     /* The backends each known miss spares (SecretService.spared_at), per service: two
      * generations of ``half`` entries each, as server/memo.py's Generations. */
     PyObject *names_of, *names_young, *names_old;
@@ -123,6 +132,8 @@ Hit_clear(HitObject *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->decryptor);
+    aes_wipe(&self->aes, sizeof self->aes);
+    self->aes_ready = 0;
     Py_CLEAR(self->names_of);
     Py_CLEAR(self->runtime);
     Py_CLEAR(self->policy);
@@ -532,6 +543,26 @@ perf_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The schedule for the cipher's ``loop_aes_key`` (the first key's AES half, which
+ * ``loop_decryptor`` uses too), where the CPU can use it; otherwise hits keep the context. */
+static int
+use_key(HitObject *self, PyObject *cipher)
+{
+    PyObject *key;
+    aes_wipe(&self->aes, sizeof self->aes);
+    self->aes_ready = 0;
+    if (!aes_available())
+        return 0;
+    if ((key = PyObject_GetAttr(cipher, s_loop_aes_key)) == NULL)
+        return -1;
+    if (PyBytes_Check(key) && PyBytes_GET_SIZE(key) == BLOCK) {
+        aes_expand(&self->aes, (const unsigned char *)PyBytes_AS_STRING(key));
+        self->aes_ready = 1;
+    }
+    Py_DECREF(key);
+    return 0;
+}
+
 /* The cache's parts, read again when a reload brought another cache. */
 static int
 use_cache(HitObject *self, PyObject *cache)
@@ -546,6 +577,8 @@ use_cache(HitObject *self, PyObject *cache)
         PyErr_SetString(PyExc_TypeError, "Hit: the cache's entries are not a dict");
         goto fail;
     }
+    if (use_key(self, cipher) < 0)
+        goto fail;
     Py_DECREF(cipher);
     Py_XSETREF(self->entries, entries);
     Py_XSETREF(self->clock, clock);
@@ -860,8 +893,10 @@ serve(HitObject *self, double started, Plan *plan, PyObject *transport)
     PyObject *entry = plan->entry, *token = NULL, *source = NULL, *plain = NULL, *prefix = NULL;
     PyObject *counters = NULL, *answer = NULL, *written, *pending = NULL, *body_bytes = NULL;
     PyObject *result = NULL;
-    Py_ssize_t quoted_size = 0, plain_size = 0, body_size;
+    Py_ssize_t quoted_size = 0, plain_size = 0, body_size, opened_size = 0;
     const unsigned char *plain_text = NULL;
+    /* Where _aes.h decrypts to: on the stack for the usual value, else allocated; wiped. */
+    unsigned char stack[1024], *opened = NULL;
     int status;
     long long age_seconds;
 
@@ -890,19 +925,35 @@ serve(HitObject *self, double started, Plan *plan, PyObject *transport)
         }
         size = PyBytes_GET_SIZE(token) - FERNET_HEAD - FERNET_MAC;
         if (size < 2 * BLOCK || size % BLOCK) { goto decline; }
-        /* FernetOpener.unseal: the IV and the ciphertext through the loop's own context */
-        view = PyMemoryView_FromMemory(PyBytes_AS_STRING(token) + FERNET_HEAD, size, PyBUF_READ);
-        if (view == NULL) { goto error; }
-        plain = PyObject_CallMethodOneArg(self->decryptor, s_update, view);
-        Py_DECREF(view);
-        if (plain == NULL) { goto error; }
-        if (!PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != size) {
-            goto decline;
+        if (self->aes_ready && native_allowed) {
+            /* FernetOpener.unseal's plaintext, decrypted here: the IV, then the ciphertext */
+            const unsigned char *iv = (const unsigned char *)PyBytes_AS_STRING(token) + FERNET_HEAD;
+            opened_size = size - BLOCK;
+            if ((size_t)opened_size <= sizeof stack) {
+                opened = stack;
+            } else if ((opened = PyMem_Malloc(opened_size)) == NULL) {
+                opened_size = 0;
+                PyErr_NoMemory();
+                goto error;
+            }
+            aes_cbc_decrypt(&self->aes, iv, iv + BLOCK, (size_t)opened_size, opened);
+            padded = opened;
+        } else {
+            /* FernetOpener.unseal: the IV and the ciphertext through the loop's own context */
+            view = PyMemoryView_FromMemory(PyBytes_AS_STRING(token) + FERNET_HEAD, size, PyBUF_READ);
+            if (view == NULL) { goto error; }
+            plain = PyObject_CallMethodOneArg(self->decryptor, s_update, view);
+            Py_DECREF(view);
+            if (plain == NULL) { goto error; }
+            if (!PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != size) {
+                goto decline;
+            }
+            /* its first block out is the IV's garbage: dropped */
+            padded = (const unsigned char *)PyBytes_AS_STRING(plain) + BLOCK;
         }
-        padded = (const unsigned char *)PyBytes_AS_STRING(plain);
-        pad = padded[size - 1];
+        pad = padded[size - BLOCK - 1];
         if (pad < 1 || pad > BLOCK) { goto decline; }
-        plain_text = padded + BLOCK;
+        plain_text = padded;
         plain_size = size - BLOCK - pad;
         if ((quoted_size = quote(plain_text, plain_size, NULL)) < 0) {
             goto decline;
@@ -1016,6 +1067,11 @@ decline:
 error:
     result = NULL;
 done:
+    if (opened != NULL) {
+        aes_wipe(opened, (size_t)opened_size);
+        if (opened != stack)
+            PyMem_Free(opened);
+    }
     Py_XDECREF(token);
     Py_XDECREF(source);
     Py_XDECREF(plain);
@@ -1192,11 +1248,36 @@ static PyTypeObject HitType = {
     .tp_methods = Hit_methods,
 };
 
+/* native_aes(allowed=None): whether hits decrypt with the CPU's AES instructions (the CPU
+ * has them, and they are allowed); ``allowed`` allows or forbids it first, for every Hit. */
+static PyObject *
+native_aes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "native_aes(allowed=None)");
+        return NULL;
+    }
+    if (nargs == 1 && args[0] != Py_None) {
+        int allowed = PyObject_IsTrue(args[0]);
+        if (allowed < 0)
+            return NULL;
+        native_allowed = allowed;
+    }
+    return PyBool_FromLong(native_allowed && aes_available());
+}
+
+static PyMethodDef module_methods[] = {
+    {"native_aes", (PyCFunction)(void (*)(void))native_aes, METH_FASTCALL,
+     "Whether hits decrypt with the CPU's AES instructions; ``allowed`` sets it first."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef hit_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "secrets_agent.server._hit",
     .m_doc = "The compiled twin of secrets_agent.server.hit.Hit.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
@@ -1213,7 +1294,7 @@ PyInit__hit(void)
     INTERN(s_forced, "forced") INTERN(s_key, "key") INTERN(s_prefix, "prefix")
     INTERN(s_kind, "kind") INTERN(s_enabled, "enabled") INTERN(s_cache, "cache")
     INTERN(s_entries, "_entries") INTERN(s_clock, "_clock") INTERN(s_cipher, "cipher")
-    INTERN(s_loop_decryptor, "loop_decryptor") INTERN(s_token, "token")
+    INTERN(s_loop_decryptor, "loop_decryptor") INTERN(s_loop_aes_key, "loop_aes_key") INTERN(s_token, "token")
     INTERN(s_stored_at, "stored_at") INTERN(s_expires_at, "expires_at")
     INTERN(s_source, "source") INTERN(s_refresh_at, "refresh_at")
     INTERN(s_update, "update") INTERN(s_write, "write")
