@@ -33,6 +33,7 @@ from secrets_agent.ops.systemd import Notifier
 from secrets_agent.runtime import BackendPool, Runtime
 from secrets_agent.server.app import ApiContext, create_app, metrics_app
 from secrets_agent.server.connections import GuardedSockSite, accept_error_handler
+from secrets_agent.server.context import Current
 from secrets_agent.server.gate import Gate
 from secrets_agent.server.listener import bind_unix_socket, listen_backlog, remove_socket_file
 from secrets_agent.server.memo import sized_for
@@ -82,6 +83,7 @@ class Agent:
         self._inherited = inherited
         self._pool = BackendPool(self.metrics, clock)
         self._runtime: Runtime | None = None
+        self.current = Current()  # what requests read the runtime from (ApiContext.current)
         self._runners: list[web.AppRunner] = []
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,7 +130,7 @@ class Agent:
             )
             scrub(self.service.cache, self.service.chain.links)  # saved before rules came in
         self.metrics.track_cache_size(lambda: len(self.service.cache))
-        context = ApiContext(current=self.runtime_now, metrics=self.metrics, audit=self.audit)
+        context = ApiContext(current=self.current, metrics=self.metrics, audit=self.audit)
         reads = Reads(context)
         app = create_app(reads, cfg.listener.max_body_size)
         if self._inherited is not None:
@@ -158,7 +160,7 @@ class Agent:
         return runtime
 
     def _swap(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+        self._runtime = self.current.runtime = runtime
         self._pool.publish(runtime.backends, runtime.config.pricing)
 
     async def _serve_app(

@@ -4,6 +4,8 @@ it answers, the same bytes, counts and cache effects; where it declines, no effe
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import sys
@@ -133,11 +135,15 @@ def build(
     clock: FakeClock,
     wall: Callable[[], float] = lambda: WALL,
     size: int = 8192,
+    current: Callable[[], Any] | None = None,
 ) -> Twins:
+    """The twins on ``running``'s runtime, read as the agent reads it (its ``Current``, whose
+    slot the compiled twin reads) or through ``current``."""
     agent = running.agent
 
     async def make() -> Twins:
-        reads = Reads(ApiContext(agent.runtime_now, agent.metrics, agent.audit))
+        serving = agent.current if current is None else current
+        reads = Reads(ApiContext(serving, agent.metrics, agent.audit))
         heads = HeadParser(8190, 8190, reads.prepare, size)
         renderer = Renderer(wall=wall)
         memo: Generations[bytes, Any] = heads.memo
@@ -370,6 +376,31 @@ def test_a_reloaded_cache_is_read(twins: Twins) -> None:
 
     twins.running.call(swap())
     assert b'"after"' in twins.same(data)[1]
+
+
+@pytest.mark.parametrize("through", ["slot", "call"])
+def test_a_reloaded_runtime_is_read(short_tmp: Path, through: str) -> None:
+    """The twin serves under the runtime in force: read from the agent's ``Current`` slot, or
+    by calling whatever else ``current`` is. A reload's new runtime (here, with a policy the
+    caller was never checked against) is seen at the next read, by both twins alike."""
+    clock = FakeClock()
+    with running_agent(agent_config(short_tmp), clock=clock) as running:
+        agent = running.agent
+        twins = build(running, clock, current=None if through == "slot" else agent.runtime_now)
+        put(twins, "held", "v", source="local")
+        data = twins.request("variables/held")
+        assert twins.same(data)[0] == KEEP  # and remembered by the compiled twin
+        before = agent.runtime_now()
+
+        async def swap(runtime: Any) -> None:
+            agent._swap(runtime)
+
+        running.call(swap(dataclasses.replace(before, policy=copy.copy(before.policy))))
+        try:
+            assert twins.same(data) == (PASS, b"")
+        finally:
+            running.call(swap(before))
+        assert twins.same(data)[0] == KEEP
 
 
 def _swap_cache(twins: Twins, value: str) -> None:

@@ -28,7 +28,7 @@ static PyObject *s_young, *s_read, *s_keep_alive, *s_kind_label, *s_policy, *s_a
     *s_prefix, *s_kind, *s_enabled, *s_cache, *s_entries, *s_clock, *s_cipher,
     *s_loop_decryptor, *s_loop_aes_key, *s_token, *s_stored_at, *s_expires_at, *s_source, *s_refresh_at,
     *s_update, *s_write, *s_pending, *s_counts, *s_sums, *s_bounds,
-    *s_spared_at, *s_size, *s_current, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
+    *s_spared_at, *s_size, *s_current, *s_runtime, *s_audit, *s_tally, *s_histogram, *s_wall, *s_heads,
     *s_not_found, *s_read_counters, *s_avoided_counter, *s_used, *s_gone, *s_request;
 static PyObject *one; /* the int 1 */
 static PyObject *monotonic, *wall_time; /* time.monotonic and time.time: read here directly */
@@ -41,6 +41,8 @@ typedef struct {
     vectorcallfunc vectorcall; /* calls skip argument tuples */
     PyObject *reference; /* the hit.Hit this twins */
     PyObject *memo, *current, *audit, *tally, *histogram, *wall;
+    /* ``current``'s ``runtime`` slot, read instead of calling it (context.Current), or -1 */
+    Py_ssize_t current_slot;
     PyObject *hit_head, *negative_head, *not_found;
     PyObject *read_counters, *avoided_counter;
     PyObject *bounds;  /* the histogram's bucket bounds: a tuple of floats */
@@ -71,6 +73,7 @@ typedef struct {
 static PyObject *Hit_vectorcall(PyObject *, PyObject *const *, size_t, PyObject *);
 static int read_clock(PyObject *, double *);
 static int forget_records(HitObject *);
+static Py_ssize_t runtime_slot(PyTypeObject *);
 
 static const char *DAYS[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 static const char *MONTHS[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -116,6 +119,7 @@ Hit_clear(HitObject *self)
     Py_CLEAR(self->reference);
     Py_CLEAR(self->memo);
     Py_CLEAR(self->current);
+    self->current_slot = -1;
     Py_CLEAR(self->audit);
     Py_CLEAR(self->tally);
     Py_CLEAR(self->histogram);
@@ -176,6 +180,7 @@ Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
     TAKE(read_counters, s_read_counters)
     TAKE(avoided_counter, s_avoided_counter)
 #undef TAKE
+    self->current_slot = runtime_slot(Py_TYPE(self->current));
     if ((self->bounds = PyObject_GetAttr(self->histogram, s_bounds)) == NULL ||
         (self->counts_by_kind = PyObject_GetAttr(self->histogram, s_counts)) == NULL ||
         (self->sums = PyObject_GetAttr(self->histogram, s_sums)) == NULL)
@@ -563,6 +568,32 @@ use_key(HitObject *self, PyObject *cipher)
     return 0;
 }
 
+/* The offset of ``type``'s ``runtime`` slot if it has one (context.Current: what it returns
+ * when called, a frame less per read), else -1: the callable is called. */
+static Py_ssize_t
+runtime_slot(PyTypeObject *type)
+{
+    PyObject *descr = _PyType_Lookup(type, s_runtime); /* borrowed */
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX)
+            return member->offset;
+    }
+    return -1;
+}
+
+/* ``current()``: the runtime serving now (a new reference, or NULL with an exception set). */
+static PyObject *
+serving_now(HitObject *self)
+{
+    if (self->current_slot >= 0) {
+        PyObject *runtime = *(PyObject **)((char *)self->current + self->current_slot);
+        if (runtime != NULL && runtime != Py_None)
+            return Py_NewRef(runtime);
+    }
+    return PyObject_CallNoArgs(self->current); /* not started: its own error */
+}
+
 /* The cache's parts, read again when a reload brought another cache. */
 static int
 use_cache(HitObject *self, PyObject *cache)
@@ -776,7 +807,7 @@ use_current(HitObject *self)
 {
     PyObject *runtime, *cache;
     int changed = 0;
-    if ((runtime = PyObject_CallNoArgs(self->current)) == NULL)
+    if ((runtime = serving_now(self)) == NULL)
         return -1;
     if (runtime != self->runtime) {
         if (use_runtime(self, runtime) < 0) { Py_DECREF(runtime); return -1; }
@@ -1154,7 +1185,7 @@ answer_record(HitObject *self, PyObject *caller, RecordObject *record, PyObject 
     PyObject *runtime;
     Plan plan;
     int is;
-    if ((runtime = PyObject_CallNoArgs(self->current)) == NULL)
+    if ((runtime = serving_now(self)) == NULL)
         return NULL;
     Py_DECREF(runtime); /* the runtime holds it: only its identity is compared */
     if (runtime != self->runtime)
@@ -1300,7 +1331,7 @@ PyInit__hit(void)
     INTERN(s_update, "update") INTERN(s_write, "write")
     INTERN(s_pending, "pending") INTERN(s_counts, "_counts") INTERN(s_sums, "_sums")
     INTERN(s_bounds, "_bounds") INTERN(s_spared_at, "spared_at") INTERN(s_size, "size")
-    INTERN(s_current, "current") INTERN(s_audit, "audit") INTERN(s_tally, "tally")
+    INTERN(s_current, "current") INTERN(s_runtime, "runtime") INTERN(s_audit, "audit") INTERN(s_tally, "tally")
     INTERN(s_histogram, "histogram") INTERN(s_wall, "wall")
     INTERN(s_heads, "heads") INTERN(s_not_found, "not_found")
     INTERN(s_read_counters, "read_counters") INTERN(s_avoided_counter, "avoided_counter")
