@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import weakref
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from secrets_agent.ops.metrics import Metrics
@@ -55,3 +57,49 @@ def test_metrics_answered_and_looked_up_keep_names_and_labels() -> None:
     assert 'secrets_agent_request_duration_seconds_count{kind="variable"} 2.0' in text
     assert 'secrets_agent_cache_results_total{kind="variable",result="hit"} 1.0' in text
     assert "# TYPE secrets_agent_request_duration_seconds histogram" in text
+
+
+class Kept:
+    """Counts kept elsewhere (as the compiled read path keeps them), handed over on ``drain``."""
+
+    def __init__(self, tally: Tally, child: Counter, histogram: LatencyHistogram) -> None:
+        self.tally, self.child, self.histogram = tally, child, histogram
+        self.count, self.drains = 0, 0
+
+    def drain(self) -> None:
+        self.drains += 1
+        if self.count:
+            self.tally.pending[self.child] = self.tally.pending.get(self.child, 0) + self.count
+            buckets = [0] * (len(BUCKETS) + 1)
+            buckets[1] = self.count  # each observed at 0.001
+            self.histogram.merge("variable", buckets, 0.001 * self.count)
+            self.count = 0
+
+
+def test_an_attached_source_is_gathered_at_every_read_while_it_lives() -> None:
+    registry = CollectorRegistry()
+    tally = Tally(registry)
+    counter = Counter("hits", "Doc.", ["kind"], registry=registry)
+    histogram = LatencyHistogram("x_seconds", "Doc.", "kind", BUCKETS, registry)
+    kept = Kept(tally, counter.labels("variable"), histogram)
+    tally.attach(kept)
+    kept.count = 3
+    text = generate_latest(registry).decode()
+    assert 'hits_total{kind="variable"} 3.0' in text
+    assert 'x_seconds_bucket{kind="variable",le="0.001"} 3.0' in text
+    assert 'x_seconds_sum{kind="variable"} 0.003' in text
+    kept.count = 2
+    tally.gather()  # into pending, not yet the counter
+    assert tally.pending == {counter.labels("variable"): 2}
+    assert registry.get_sample_value("hits_total", {"kind": "variable"}) == 5
+    gone = weakref.ref(kept)
+    del kept  # attached weakly: the Tally does not keep a source alive
+    assert gone() is None
+    tally.fold()
+    assert registry.get_sample_value("hits_total", {"kind": "variable"}) == 5
+
+
+def test_merged_observations_must_fit_the_buckets() -> None:
+    histogram = LatencyHistogram("x_seconds", "Doc.", "kind", BUCKETS, CollectorRegistry())
+    with pytest.raises(ValueError, match="bucket counts"):
+        histogram.merge("variable", [1, 2], 0.5)

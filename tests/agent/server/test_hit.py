@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -91,6 +92,7 @@ class Twins:
             histogram = {k: sum(v) for k, v in metrics.request_latency._counts.items()}
             wire = Wire()
             code = twin(self.caller, data, wire)
+            metrics.tally.gather()  # the compiled twin keeps its counts until they are read
             counts: dict[Any, int] = dict(metrics.tally.pending)
             for kind, buckets in metrics.request_latency._counts.items():
                 counts[("latency", kind)] = sum(buckets) - histogram.get(kind, 0)
@@ -229,6 +231,52 @@ def test_a_cache_hit_marks_its_entry_and_moves_none(twins: Twins) -> None:
             ((Kind.VARIABLE, "first", None), True, True),
             ((Kind.VARIABLE, "second", None), False, False),
         ]
+
+
+def test_counts_kept_by_the_compiled_twin_are_in_every_read_of_the_metrics(twins: Twins) -> None:
+    """The twin counts in C until the metrics are read: a scrape (``/metrics``, ``status``)
+    shows every hit it answered, and one that goes away hands its counts over first."""
+    metrics = twins.running.agent.metrics
+    put(twins, "counted", "v", source="local")
+    data = twins.request("variables/counted")
+
+    def shown() -> tuple[float, float, float]:
+        async def read() -> tuple[float, float, float]:
+            assert b"secrets_agent_requests_total" in metrics.render()  # a scrape
+            return (
+                metrics.sample("secrets_agent_requests_total", kind="variable", status="200") or 0,
+                metrics.sample("secrets_agent_request_duration_seconds_count", kind="variable")
+                or 0,
+                metrics.calls_avoided("local"),
+            )
+
+        return twins.running.call(read())
+
+    before = shown()
+
+    async def answer(twin: Any, times: int) -> None:
+        for _ in range(times):
+            assert twin(twins.caller, data, Wire()) == KEEP
+
+    twins.running.call(answer(twins.compiled, 5))
+    assert shown() == tuple(n + 5 for n in before)
+    # A twin that goes (a stop; the GC) with counts not yet read hands them over as it goes.
+    reads = Reads(ApiContext(twins.running.agent.current, metrics, twins.running.agent.audit))
+    other = make_hit(twins.heads.memo, reads, Renderer(wall=lambda: WALL), metrics)
+    twins.running.call(answer(other, 3))
+    del other
+    gc.collect()
+    assert shown() == tuple(n + 8 for n in before)
+
+
+def test_counts_past_the_twin_s_own_room_go_to_the_tally_at_once(twins: Twins) -> None:
+    """More counters than the twin keeps in C (here, a backend's spared calls for each of 20
+    backends): the rest are counted in the Tally's dict, alike."""
+    for index in range(20):
+        put(twins, f"from_{index}", "v", source=f"backend_{index}")
+    for index in range(20):
+        code, _ = twins.same(twins.request(f"variables/from_{index}"))
+        assert code == KEEP
 
 
 async def _change(twins: Twins, how: str) -> None:

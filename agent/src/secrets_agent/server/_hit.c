@@ -36,9 +36,30 @@ static PyObject *monotonic, *wall_time; /* time.monotonic and time.time: read he
  * ``native_aes(False)`` keeps every Hit on its CipherContext (the tests run both ways). */
 static int native_allowed = 1;
 
+/* Counts kept here between reads of the metrics (``drain`` hands them to the Tally and the
+ * histogram): an increment is a C add on this object's own memory, where the dicts' updates
+ * touched a dozen objects a hit and allocated five. */
+#define TALLY_CHILDREN 16 /* counter children: a few per kind and backend */
+#define TALLY_KINDS 4     /* request kinds: variable, connection, config */
+#define TALLY_BUCKETS 32  /* the latency histogram's bounds, at most */
+
+typedef struct {
+    PyObject *child; /* a counter child (NULL: a free slot) */
+    long long count;
+} ChildCount;
+
+typedef struct {
+    PyObject *label;    /* a kind label (NULL: a free slot) */
+    PyObject *counters; /* Metrics.read_counters(label): answered 200/404, served hit/negative */
+    long long buckets[TALLY_BUCKETS + 1];
+    double seconds;
+    int observed; /* buckets or seconds to hand over */
+} KindCount;
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall; /* calls skip argument tuples */
+    PyObject *weakreflist;     /* the Tally attaches this Hit weakly */
     PyObject *reference; /* the hit.Hit this twins */
     PyObject *memo, *current, *audit, *tally, *histogram, *wall;
     /* ``current``'s ``runtime`` slot, read instead of calling it (context.Current), or -1 */
@@ -65,6 +86,10 @@ typedef struct {
      * generations of ``half`` each. */
     PyObject *records_young, *records_old;
     Py_ssize_t half;
+    ChildCount children[TALLY_CHILDREN];
+    KindCount kinds_counted[TALLY_KINDS];
+    double bounds_c[TALLY_BUCKETS]; /* the histogram's bounds as C doubles */
+    Py_ssize_t bounds_size;         /* how many; -1: too many to keep here (the dicts' path) */
     long long second;
     char date[64];
     Py_ssize_t date_size;
@@ -110,12 +135,29 @@ Hit_traverse(HitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->names_old);
     Py_VISIT(self->records_young);
     Py_VISIT(self->records_old);
+    for (int i = 0; i < TALLY_CHILDREN; i++)
+        Py_VISIT(self->children[i].child);
+    for (int i = 0; i < TALLY_KINDS; i++) {
+        Py_VISIT(self->kinds_counted[i].label);
+        Py_VISIT(self->kinds_counted[i].counters);
+    }
     return 0;
 }
 
 static int
 Hit_clear(HitObject *self)
 {
+    for (int i = 0; i < TALLY_CHILDREN; i++) {
+        Py_CLEAR(self->children[i].child);
+        self->children[i].count = 0;
+    }
+    for (int i = 0; i < TALLY_KINDS; i++) {
+        Py_CLEAR(self->kinds_counted[i].label);
+        Py_CLEAR(self->kinds_counted[i].counters);
+        memset(self->kinds_counted[i].buckets, 0, sizeof self->kinds_counted[i].buckets);
+        self->kinds_counted[i].seconds = 0.0;
+        self->kinds_counted[i].observed = 0;
+    }
     Py_CLEAR(self->reference);
     Py_CLEAR(self->memo);
     Py_CLEAR(self->current);
@@ -152,10 +194,31 @@ Hit_clear(HitObject *self)
     return 0;
 }
 
+static PyObject *Hit_drain(HitObject *, PyObject *);
+
+/* Counts still kept here go to the metrics before the Hit does (a reload or a stop). */
+static void
+Hit_finalize(HitObject *self)
+{
+    PyObject *type, *value, *traceback, *result;
+    if (self->tally == NULL)
+        return;
+    PyErr_Fetch(&type, &value, &traceback);
+    result = Hit_drain(self, NULL);
+    if (result == NULL)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(result);
+    PyErr_Restore(type, value, traceback);
+}
+
 static void
 Hit_dealloc(HitObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return; /* resurrected */
     PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     Hit_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -189,6 +252,11 @@ Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
         !PyDict_Check(self->counts_by_kind) || !PyDict_Check(self->sums)) {
         PyErr_SetString(PyExc_TypeError, "Hit: unexpected bounds or 404 bodies");
         goto fail;
+    }
+    self->bounds_size = PyTuple_GET_SIZE(self->bounds) <= TALLY_BUCKETS ? PyTuple_GET_SIZE(self->bounds) : -1;
+    for (Py_ssize_t i = 0; i < self->bounds_size; i++) {
+        self->bounds_c[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(self->bounds, i));
+        if (self->bounds_c[i] == -1.0 && PyErr_Occurred()) goto fail;
     }
     if ((heads = PyObject_GetAttr(reference, s_heads)) == NULL)
         goto fail;
@@ -785,6 +853,100 @@ static Site entry_refresh_at = {&s_refresh_at, NULL, -1};
 static Site tally_pending = {&s_pending, NULL, -1};
 static Site hit_memo_young = {&s_young, NULL, -1};
 
+/* Metrics.read_counters(label), remembered: a new reference to its 4-tuple. */
+static PyObject *
+counters_of(HitObject *self, PyObject *label)
+{
+    PyObject *counters = PyDict_GetItemWithError(self->kinds, label);
+    if (counters != NULL)
+        return Py_NewRef(counters);
+    if (PyErr_Occurred() || (counters = PyObject_CallOneArg(self->read_counters, label)) == NULL)
+        return NULL;
+    if (!PyTuple_Check(counters) || PyTuple_GET_SIZE(counters) != 4) {
+        Py_DECREF(counters);
+        PyErr_SetString(PyExc_TypeError, "Hit: read_counters gave no 4-tuple");
+        return NULL;
+    }
+    if (PyDict_SetItem(self->kinds, label, counters) < 0) {
+        Py_DECREF(counters);
+        return NULL;
+    }
+    return counters;
+}
+
+/* ``*out``: where this Hit counts reads of kind ``label``, or NULL where it has no room (its
+ * reads then go to the dicts at once). 0, or -1 with an exception set. */
+static int
+kind_count(HitObject *self, PyObject *label, KindCount **out)
+{
+    KindCount *free_slot = NULL;
+    int i;
+    *out = NULL;
+    if (self->bounds_size < 0)
+        return 0;
+    for (i = 0; i < TALLY_KINDS; i++) {
+        KindCount *k = &self->kinds_counted[i];
+        if (k->label == label) {
+            *out = k;
+            return 0;
+        }
+        if (k->label == NULL && free_slot == NULL)
+            free_slot = k;
+    }
+    if (free_slot == NULL)
+        return 0;
+    if ((free_slot->counters = counters_of(self, label)) == NULL)
+        return -1;
+    free_slot->label = Py_NewRef(label);
+    *out = free_slot;
+    return 0;
+}
+
+/* LatencyHistogram.observe, kept here until ``drain``. */
+static void
+observe_here(HitObject *self, KindCount *kind, double seconds)
+{
+    Py_ssize_t lo = 0, hi = self->bounds_size, mid;
+    while (lo < hi) { /* bisect.bisect_left */
+        mid = (lo + hi) / 2;
+        if (self->bounds_c[mid] < seconds)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    kind->buckets[lo]++;
+    kind->seconds += seconds;
+    kind->observed = 1;
+}
+
+/* Tally.add(child), kept here until ``drain`` (in the Tally's own dict where there is no room). */
+static int
+count(HitObject *self, PyObject *child)
+{
+    ChildCount *free_slot = NULL;
+    PyObject *pending;
+    int i, failed;
+    for (i = 0; i < TALLY_CHILDREN; i++) {
+        ChildCount *c = &self->children[i];
+        if (c->child == child) {
+            c->count++;
+            return 0;
+        }
+        if (c->child == NULL && free_slot == NULL)
+            free_slot = c;
+    }
+    if (free_slot != NULL) {
+        free_slot->child = Py_NewRef(child);
+        free_slot->count = 1;
+        return 0;
+    }
+    if ((pending = get(&tally_pending, self->tally)) == NULL)
+        return -1;
+    failed = bump(pending, child);
+    Py_DECREF(pending);
+    return failed;
+}
+
 /* Forget every record (a reload brought another runtime or cache). */
 static int
 forget_records(HitObject *self)
@@ -922,7 +1084,8 @@ serve(HitObject *self, double started, Plan *plan, PyObject *transport)
 {
     double now, expires_at, refresh_at, stored_at, age;
     PyObject *entry = plan->entry, *token = NULL, *source = NULL, *plain = NULL, *prefix = NULL;
-    PyObject *counters = NULL, *answer = NULL, *written, *pending = NULL, *body_bytes = NULL;
+    PyObject *counters = NULL, *answer = NULL, *written, *body_bytes = NULL;
+    KindCount *kind = NULL;
     PyObject *result = NULL;
     Py_ssize_t quoted_size = 0, plain_size = 0, body_size, opened_size = 0;
     const unsigned char *plain_text = NULL;
@@ -1015,41 +1178,33 @@ serve(HitObject *self, double started, Plan *plan, PyObject *transport)
     age = age > 0.0 ? age : 0.0;
     age_seconds = (long long)age;
     /* SecretService.cached's counts (Metrics.served), then Metrics.answered's */
-    counters = PyDict_GetItemWithError(self->kinds, plan->kind_label);
-    if (counters == NULL) {
-        if (PyErr_Occurred()) goto error;
-        counters = PyObject_CallOneArg(self->read_counters, plan->kind_label);
-        if (counters == NULL) goto error;
-        if (!PyTuple_Check(counters) || PyTuple_GET_SIZE(counters) != 4) {
-            Py_DECREF(counters);
-            PyErr_SetString(PyExc_TypeError, "Hit: read_counters gave no 4-tuple");
-            goto error;
-        }
-        if (PyDict_SetItem(self->kinds, plan->kind_label, counters) < 0) { Py_DECREF(counters); goto error; }
-    } else {
-        Py_INCREF(counters);
-    }
-    if ((pending = get(&tally_pending, self->tally)) == NULL ||
-        bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 2 : 3)) < 0)
+    if (kind_count(self, plan->kind_label, &kind) < 0)
+        goto error;
+    if ((counters = kind != NULL ? Py_NewRef(kind->counters) : counters_of(self, plan->kind_label)) == NULL)
+        goto error;
+    if (count(self, PyTuple_GET_ITEM(counters, status == 200 ? 2 : 3)) < 0)
         goto error;
     if (source != Py_None) {
         PyObject *avoided = avoided_of(self, source);
-        if (avoided == NULL || bump(pending, avoided) < 0) goto error;
+        if (avoided == NULL || count(self, avoided) < 0) goto error;
     } else {
         PyObject *names = spared_names(self, self->service, plan->key);
         Py_ssize_t i;
         if (names == NULL) goto error;
         for (i = 0; i < PyTuple_GET_SIZE(names); i++) {
             PyObject *avoided = avoided_of(self, PyTuple_GET_ITEM(names, i));
-            if (avoided == NULL || bump(pending, avoided) < 0) {
+            if (avoided == NULL || count(self, avoided) < 0) {
                 Py_DECREF(names);
                 goto error;
             }
         }
         Py_DECREF(names);
     }
-    if (bump(pending, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0 ||
-        observe(self, plan->kind_label, perf_now() - started) < 0)
+    if (count(self, PyTuple_GET_ITEM(counters, status == 200 ? 0 : 1)) < 0)
+        goto error;
+    if (kind != NULL)
+        observe_here(self, kind, perf_now() - started);
+    else if (observe(self, plan->kind_label, perf_now() - started) < 0)
         goto error;
 
     /* Renderer.parts: the head up to Age, then Age, Content-Length, Date, the framing, body */
@@ -1109,7 +1264,6 @@ done:
     Py_XDECREF(prefix); /* plan->prefix points into it, and the read keeps it */
     Py_XDECREF(counters);
     Py_XDECREF(answer);
-    Py_XDECREF(pending);
     Py_XDECREF(body_bytes);
     return result;
 }
@@ -1257,7 +1411,82 @@ Hit_answer(HitObject *self, PyObject *const *args, Py_ssize_t nargs)
     return answer_read(self, args[0], args[1], args[2]);
 }
 
+/* drain(): the counts kept here into the Tally's pending counts and the latency histogram.
+ * Each is taken and zeroed before any Python code runs, so a read counted meanwhile (the
+ * histogram's code could switch threads) is kept for the next drain, never lost. */
+static PyObject *
+Hit_drain(HitObject *self, PyObject *unused)
+{
+    int i;
+    if (self->tally == NULL)
+        Py_RETURN_NONE;
+    for (i = 0; i < TALLY_CHILDREN; i++) {
+        ChildCount *c = &self->children[i];
+        long long n = c->count;
+        PyObject *child, *pending, *total;
+        int failed;
+        if (c->child == NULL || n == 0)
+            continue;
+        c->count = 0;
+        child = Py_NewRef(c->child);
+        if ((pending = get(&tally_pending, self->tally)) == NULL) {
+            Py_DECREF(child);
+            return NULL;
+        }
+        total = PyDict_GetItemWithError(pending, child);
+        if (total == NULL && PyErr_Occurred()) {
+            failed = -1;
+        } else {
+            PyObject *more = PyLong_FromLongLong(n);
+            PyObject *sum = more == NULL || total == NULL ? Py_XNewRef(more) : PyNumber_Add(total, more);
+            failed = sum == NULL ? -1 : PyDict_SetItem(pending, child, sum);
+            Py_XDECREF(sum);
+            Py_XDECREF(more);
+        }
+        Py_DECREF(pending);
+        Py_DECREF(child);
+        if (failed < 0)
+            return NULL;
+    }
+    for (i = 0; i < TALLY_KINDS; i++) {
+        KindCount *k = &self->kinds_counted[i];
+        long long buckets[TALLY_BUCKETS + 1];
+        double seconds = k->seconds;
+        PyObject *label, *list, *result;
+        Py_ssize_t b;
+        if (k->label == NULL || !k->observed)
+            continue;
+        memcpy(buckets, k->buckets, sizeof buckets);
+        memset(k->buckets, 0, sizeof k->buckets);
+        k->seconds = 0.0;
+        k->observed = 0;
+        label = Py_NewRef(k->label);
+        if ((list = PyList_New(self->bounds_size + 1)) == NULL) {
+            Py_DECREF(label);
+            return NULL;
+        }
+        for (b = 0; b <= self->bounds_size; b++) {
+            PyObject *n = PyLong_FromLongLong(buckets[b]);
+            if (n == NULL) {
+                Py_DECREF(list);
+                Py_DECREF(label);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, b, n);
+        }
+        result = PyObject_CallMethod(self->histogram, "merge", "OOd", label, list, seconds);
+        Py_DECREF(list);
+        Py_DECREF(label);
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Hit_methods[] = {
+    {"drain", (PyCFunction)Hit_drain, METH_NOARGS,
+     "Hand the counts kept here to the Tally and the latency histogram."},
     {"answer", (PyCFunction)(void (*)(void))Hit_answer, METH_FASTCALL,
      "Answer a parsed read if it is plain and the cache holds it fresh."},
     {NULL, NULL, 0, NULL},
@@ -1273,6 +1502,8 @@ static PyTypeObject HitType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Hit_init,
     .tp_dealloc = (destructor)Hit_dealloc,
+    .tp_finalize = (destructor)Hit_finalize,
+    .tp_weaklistoffset = offsetof(HitObject, weakreflist),
     .tp_traverse = (traverseproc)Hit_traverse,
     .tp_clear = (inquiry)Hit_clear,
     .tp_call = PyVectorcall_Call,

@@ -112,4 +112,6 @@ def make_hit(
         )
         return reference
     metrics.read_path = "compiled"
-    return Compiled(reference)
+    compiled = Compiled(reference)
+    metrics.tally.attach(compiled)  # it keeps its counts until the metrics are read
+    return compiled
