@@ -72,6 +72,7 @@ def test_helm_values_add_the_sidecar(component: str) -> None:
     part = values[component]
     (agent,) = part["extraInitContainers"]
     check_sidecar(agent, str(Path(socket_path).parent))
+    assert agent["readinessProbe"]["exec"]["command"] == ["secrets-agent", "probe", "ready"]
     assert {v["name"] for v in part["extraVolumes"]} == {"agent-socket", "agent-config"}
     assert part["extraVolumeMounts"] == [
         {"name": "agent-socket", "mountPath": str(Path(socket_path).parent)}
