@@ -33,7 +33,7 @@ class Tally:
     """Pending increments per counter child, handed to the children whenever the registry is
     read: registered first, its ``collect`` runs before any metric's is."""
 
-    __slots__ = ("pending", "_sources")
+    __slots__ = ("_sources", "pending")
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.pending: dict[Incrementable, int] = {}
