@@ -269,6 +269,40 @@ def test_counts_kept_by_the_compiled_twin_are_in_every_read_of_the_metrics(twins
     assert shown() == tuple(n + 8 for n in before)
 
 
+def _counted(twins: Twins) -> tuple[float, float, float]:
+    """What a scrape shows of ``variable`` reads from ``local``: requests answered 200, their
+    latencies observed, and the backend calls they spared."""
+    metrics = twins.running.agent.metrics
+
+    async def read() -> tuple[float, float, float]:
+        return (
+            metrics.sample("secrets_agent_requests_total", kind="variable", status="200") or 0,
+            metrics.sample("secrets_agent_request_duration_seconds_count", kind="variable") or 0,
+            metrics.calls_avoided("local"),
+        )
+
+    return twins.running.call(read())
+
+
+def _answer(twins: Twins, data: bytes, times: int) -> None:
+    async def answer() -> None:
+        for _ in range(times):
+            assert twins.compiled(twins.caller, data, Wire()) == KEEP
+
+    twins.running.call(answer())
+
+
+def test_counts_kept_by_the_compiled_twin_survive_its_reinitialisation(twins: Twins) -> None:
+    """``__init__`` again reads the twin's state afresh: the counts it kept are handed over
+    first, not dropped with the rest."""
+    put(twins, "counted", "v", source="local")
+    data = twins.request("variables/counted")
+    before = _counted(twins)
+    _answer(twins, data, 3)
+    twins.compiled.__init__(twins.reference)
+    assert _counted(twins) == tuple(n + 3 for n in before)
+
+
 def test_counts_past_the_twin_s_own_room_go_to_the_tally_at_once(twins: Twins) -> None:
     """More counters than the twin keeps in C (here, a backend's spared calls for each of 20
     backends): the rest are counted in the Tally's dict, alike."""

@@ -229,6 +229,12 @@ Hit_init(HitObject *self, PyObject *args, PyObject *kwds)
     PyObject *reference, *heads = NULL;
     if (!PyArg_ParseTuple(args, "O:Hit", &reference))
         return -1;
+    if (self->tally != NULL) { /* initialised before: the counts kept so far go over first */
+        PyObject *drained = Hit_drain(self, NULL);
+        if (drained == NULL)
+            return -1;
+        Py_DECREF(drained);
+    }
     Hit_clear(self);
     self->reference = Py_NewRef(reference);
 #define TAKE(field, name)                                                  \
