@@ -303,6 +303,42 @@ def test_counts_kept_by_the_compiled_twin_survive_its_reinitialisation(twins: Tw
     assert _counted(twins) == tuple(n + 3 for n in before)
 
 
+class Unaddable(int):
+    """A pending count the next one cannot be added to."""
+
+    def __add__(self, other: object) -> int:
+        raise RuntimeError("not added")
+
+
+def test_a_drain_that_fails_midway_keeps_what_it_did_not_hand_over(twins: Twins) -> None:
+    """A drain that raises (a counter's sum, then the histogram's merge) keeps the counts it
+    could not hand over for the next drain: none lost, none counted twice."""
+    metrics = twins.running.agent.metrics
+    put(twins, "counted", "v", source="local")
+    data = twins.request("variables/counted")
+    before = _counted(twins)
+    _answer(twins, data, 3)
+    requests = metrics.read_counters("variable")[0]  # the last child a hit counts
+
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("not merged")
+
+    async def drain() -> None:
+        twins.compiled.drain()
+
+    metrics.tally.pending[requests] = Unaddable(0)
+    with pytest.raises(RuntimeError, match="not added"):
+        twins.running.call(drain())
+    del metrics.tally.pending[requests]
+    metrics.request_latency.merge = refuse  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(RuntimeError, match="not merged"):
+            twins.running.call(drain())
+    finally:
+        del metrics.request_latency.merge
+    assert _counted(twins) == tuple(n + 3 for n in before)
+
+
 def test_counts_past_the_twin_s_own_room_go_to_the_tally_at_once(twins: Twins) -> None:
     """More counters than the twin keeps in C (here, a backend's spared calls for each of 20
     backends): the rest are counted in the Tally's dict, alike."""

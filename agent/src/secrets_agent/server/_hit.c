@@ -1451,8 +1451,10 @@ Hit_drain(HitObject *self, PyObject *unused)
         }
         Py_DECREF(pending);
         Py_DECREF(child);
-        if (failed < 0)
+        if (failed < 0) {
+            c->count += n; /* not handed over: kept for the next drain */
             return NULL;
+        }
     }
     for (i = 0; i < TALLY_KINDS; i++) {
         KindCount *k = &self->kinds_counted[i];
@@ -1467,25 +1469,30 @@ Hit_drain(HitObject *self, PyObject *unused)
         k->seconds = 0.0;
         k->observed = 0;
         label = Py_NewRef(k->label);
-        if ((list = PyList_New(self->bounds_size + 1)) == NULL) {
-            Py_DECREF(label);
-            return NULL;
-        }
+        if ((list = PyList_New(self->bounds_size + 1)) == NULL)
+            goto keep;
         for (b = 0; b <= self->bounds_size; b++) {
             PyObject *n = PyLong_FromLongLong(buckets[b]);
             if (n == NULL) {
                 Py_DECREF(list);
-                Py_DECREF(label);
-                return NULL;
+                goto keep;
             }
             PyList_SET_ITEM(list, b, n);
         }
         result = PyObject_CallMethod(self->histogram, "merge", "OOd", label, list, seconds);
         Py_DECREF(list);
-        Py_DECREF(label);
         if (result == NULL)
-            return NULL;
+            goto keep;
+        Py_DECREF(label);
         Py_DECREF(result);
+        continue;
+    keep: /* not handed over: kept for the next drain (with what was counted meanwhile) */
+        Py_DECREF(label);
+        for (b = 0; b <= TALLY_BUCKETS; b++)
+            k->buckets[b] += buckets[b];
+        k->seconds += seconds;
+        k->observed = 1;
+        return NULL;
     }
     Py_RETURN_NONE;
 }
