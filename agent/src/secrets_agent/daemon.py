@@ -82,8 +82,8 @@ class Agent:
         self._clock = clock
         self._inherited = inherited
         self._pool = BackendPool(self.metrics, clock)
-        self._runtime: Runtime | None = None
-        self.current = Current()  # what requests read the runtime from (ApiContext.current)
+        # The runtime serving now (None before the start); what requests read it from.
+        self.current: Current[Runtime] = Current()
         self._runners: list[web.AppRunner] = []
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,13 +94,12 @@ class Agent:
 
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            raise RuntimeError("the agent is not started")
-        return self._runtime
+        return self.current()
 
     @property
     def config(self) -> AgentConfig:
-        return self._initial if self._runtime is None else self._runtime.config
+        runtime = self.current.runtime
+        return self._initial if runtime is None else runtime.config
 
     @property
     def service(self) -> SecretService:
@@ -154,13 +153,11 @@ class Agent:
         self.notifier.ready(f"serving on {self.socket_path}; backends: {names}")
 
     def runtime_now(self) -> Runtime:
-        """The runtime serving at this moment (what each request reads once)."""
-        if (runtime := self._runtime) is None:  # not ``self.runtime``: a frame less per request
-            raise RuntimeError("the agent is not started")
-        return runtime
+        """The runtime serving at this moment (``self.current()``, what requests read)."""
+        return self.current()
 
     def _swap(self, runtime: Runtime) -> None:
-        self._runtime = self.current.runtime = runtime
+        self.current.runtime = runtime
         self._pool.publish(runtime.backends, runtime.config.pricing)
 
     async def _serve_app(
@@ -331,11 +328,11 @@ class Agent:
             remove_socket_file(self.socket_path)
             self._socket = None
         # An inherited socket belongs to systemd, which keeps it for the next activation.
-        if self._runtime is not None:
+        if (runtime := self.current.runtime) is not None:
             if self._serving:
                 self._serving = False
                 await self.save_snapshot()
-            await self._retire_bounded(self._runtime, None)
+            await self._retire_bounded(runtime, None)
         self.audit.close()
 
     async def _retire_bounded(self, runtime: Runtime, successor: Runtime | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from secrets_agent.backends.base import Backend, Health
 from secrets_agent.config.schema import AgentConfig, BackendConfig
@@ -31,16 +31,19 @@ class Serving(Protocol):
     def readiness(self) -> dict[str, Health]: ...
 
 
-class Current:
+S = TypeVar("S", bound=Serving)
+
+
+class Current(Generic[S]):
     """The runtime serving now, returned when called (``ApiContext.current``); a reload sets
     ``runtime``. The compiled read path reads the slot itself: a frame less per read."""
 
     __slots__ = ("runtime",)
 
     def __init__(self) -> None:
-        self.runtime: Serving | None = None
+        self.runtime: S | None = None
 
-    def __call__(self) -> Serving:
+    def __call__(self) -> S:
         if (runtime := self.runtime) is None:
             raise RuntimeError("the agent is not started")
         return runtime
